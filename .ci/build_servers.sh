@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# .ci/build_servers.sh - build, and cache outside the repo, the real servers
+# that weft's integration tests run against:
+#
+#   kube-apiserver  k8s.io/kubernetes/cmd/kube-apiserver   (required)
+#   etcd (>= 3.5)   go.etcd.io/etcd/server/v3               (required)
+#   flanneld        github.com/flannel-io/flannel           (optional, --with-flanneld)
+#
+# Everything is built from source fetched through the Go module proxy (no
+# GitHub or container-registry downloads). k8s.io/kubernetes cannot be
+# consumed as a plain dependency because its go.mod points every k8s.io/*
+# staging module at ./staging/src/...; the wrapper module generated below
+# replaces each of those with the published v0.X.Y matching v1.X.Y.
+#
+# Usage: .ci/build_servers.sh [--with-flanneld] [--only-flanneld] [--force] [--help]
+#
+# Environment:
+#   WEFT_CACHE       cache root (default /var/cache/weft):
+#                      $WEFT_CACHE/bin       the binaries
+#                      $WEFT_CACHE/gomod     GOMODCACHE
+#                      $WEFT_CACHE/gocache   GOCACHE
+#                      $WEFT_CACHE/src/...   generated wrapper modules
+#                      $WEFT_CACHE/logs/...  build logs
+#   KUBE_VERSION     k8s.io/kubernetes version   (default below)
+#   ETCD_VERSION     go.etcd.io/etcd/server/v3   (default below)
+#   FLANNEL_VERSION  github.com/flannel-io/flannel (default below)
+#   WEFT_BUILD_JOBS  go build -p value (default 2)
+#   TEST_ASSET_KUBE_APISERVER, TEST_ASSET_ETCD, KUBEBUILDER_ASSETS
+#                    honoured like controller-runtime's envtest: when they
+#                    name an executable, that binary is used and nothing is
+#                    built for it.
+#
+# A cached binary is reused (nothing rebuilt) when it runs `--version` and
+# reports the pinned version, so a warm run takes about a second.
+#
+# Exit status: non-zero only when kube-apiserver or etcd cannot be provided.
+# A flanneld failure is reported (with the tail of its build log) but never
+# fails the script.
+#
+# Cold build on 2 cores (go1.26, empty caches; see the timing lines printed):
+# roughly 10-15 min for kube-apiserver, 2-3 min for etcd, 2-3 min flanneld.
+set -euo pipefail
+
+KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+FLANNEL_VERSION="${FLANNEL_VERSION:-v0.28.9}"
+WEFT_CACHE="${WEFT_CACHE:-/var/cache/weft}"
+JOBS="${WEFT_BUILD_JOBS:-2}"
+
+# Debian packages flanneld's cgo build needs (the UDP backend is C code that
+# only uses libc and kernel headers). Installed with apt-get when missing.
+FLANNEL_APT_PACKAGES=(gcc libc6-dev linux-libc-dev)
+
+BIN="$WEFT_CACHE/bin"
+LOGS="$WEFT_CACHE/logs"
+
+log() { printf 'build_servers: %s\n' "$*"; }
+die() { log "ERROR: $*"; exit 1; }
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+
+with_flanneld=0
+only_flanneld=0
+force=0
+while (($#)); do
+  case "$1" in
+    --with-flanneld) with_flanneld=1 ;;
+    --only-flanneld) with_flanneld=1; only_flanneld=1 ;;
+    --force) force=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+  shift
+done
+
+# ---------------------------------------------------------------- toolchain
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+  export PATH="$PATH:/usr/local/go/bin"
+fi
+command -v go >/dev/null 2>&1 || die "go not found (expected on PATH or at /usr/local/go/bin/go)"
+
+mkdir -p "$BIN" "$LOGS" "$WEFT_CACHE/src" "$WEFT_CACHE/gomod" "$WEFT_CACHE/gocache"
+export GOMODCACHE="$WEFT_CACHE/gomod"
+export GOCACHE="$WEFT_CACHE/gocache"
+export GO111MODULE=on
+# Build with the installed Go; never let a dependency's `toolchain` line make
+# the go command try to download another toolchain.
+export GOTOOLCHAIN=local
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+log "go: $(go version) GOMODCACHE=$GOMODCACHE GOCACHE=$GOCACHE"
+
+# One build at a time per cache (two CI jobs on one machine would otherwise
+# race on the same wrapper modules and output files).
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$WEFT_CACHE/.build_servers.lock"
+  if ! flock -n 9; then
+    log "waiting for another build_servers.sh holding $WEFT_CACHE/.build_servers.lock"
+    flock 9
+  fi
+fi
+
+# ------------------------------------------------------------------ helpers
+
+# binary_ok PATH EXPECTED: PATH runs `--version` and its output mentions EXPECTED.
+binary_ok() {
+  local path="$1" expected="$2" out
+  [[ -x "$path" ]] || return 1
+  out="$(timeout 30 "$path" --version 2>&1)" || return 1
+  [[ "$out" == *"$expected"* ]]
+}
+
+# external_asset NAME ENVVAR: print the envtest-style binary to use, if any.
+external_asset() {
+  local name="$1" var="$2" val
+  val="${!var:-}"
+  if [[ -n "$val" ]]; then
+    if [[ -x "$val" ]]; then printf '%s\n' "$val"; return 0; fi
+    log "WARNING: $var=$val is not an executable file; ignoring it" >&2
+  fi
+  if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/$name" ]]; then
+    printf '%s\n' "$KUBEBUILDER_ASSETS/$name"; return 0
+  fi
+  return 1
+}
+
+# mod_info MODULE@VERSION FIELD: a field (Dir, GoMod, Time, ...) of `go mod download -json`.
+mod_info() {
+  local json
+  json="$(cd "$WEFT_CACHE/src" && go mod download -json "$1")" || { printf '%s\n' "$json" >&2; return 1; }
+  printf '%s\n' "$json" | sed -n "s/^[[:space:]]*\"$2\": \"\\(.*\\)\",\{0,1\}\$/\\1/p" | head -n1
+}
+
+# origin_hash MODULE@VERSION: the VCS commit the proxy records, or "unknown".
+origin_hash() {
+  local h
+  h="$(cd "$WEFT_CACHE/src" && go list -m -f '{{with .Origin}}{{.Hash}}{{end}}' "$1" 2>/dev/null || true)"
+  printf '%s\n' "${h:-unknown}"
+}
+
+# run_logged LOGFILE CMD...: run CMD with output to LOGFILE; on failure show the tail.
+run_logged() {
+  local logfile="$1"; shift
+  "$@" >>"$logfile" 2>&1 && return 0
+  local rc=$?
+  log "command failed (exit $rc): $*"
+  log "last lines of $logfile:"
+  tail -n 40 "$logfile" | sed 's/^/build_servers:   | /'
+  return "$rc"
+}
+
+elapsed() { printf '%ds' "$((SECONDS - $1))"; }
+
+# ----------------------------------------------------------- kube-apiserver
+build_kube_apiserver() {
+  local ver="$KUBE_VERSION" out="$BIN/kube-apiserver" ext
+  if ext="$(external_asset kube-apiserver TEST_ASSET_KUBE_APISERVER)"; then
+    log "kube-apiserver: using $ext (from TEST_ASSET_KUBE_APISERVER/KUBEBUILDER_ASSETS); not building"
+    return 0
+  fi
+  if ((!force)) && binary_ok "$out" "Kubernetes $ver"; then
+    log "kube-apiserver: cached $out ($ver)"
+    return 0
+  fi
+
+  local start=$SECONDS logfile="$LOGS/kube-apiserver-$ver.log"
+  : >"$logfile"
+  [[ "$ver" =~ ^v1\.([0-9]+)\.([0-9]+)(-.*)?$ ]] || die "KUBE_VERSION must look like v1.X.Y, got $ver"
+  local minor="${BASH_REMATCH[1]}" staging_ver="v0.${ver#v1.}"
+  local src="$WEFT_CACHE/src/kube-apiserver@$ver"
+  log "kube-apiserver: building k8s.io/kubernetes@$ver (staging modules at $staging_ver); log: $logfile"
+
+  if [[ ! -f "$src/.ready" ]]; then
+    rm -rf "$src"; mkdir -p "$src"
+    local kgomod
+    kgomod="$(mod_info "k8s.io/kubernetes@$ver" GoMod)" || die "cannot fetch k8s.io/kubernetes@$ver from the module proxy"
+    [[ -f "$kgomod" ]] || die "no go.mod for k8s.io/kubernetes@$ver"
+    local gover
+    gover="$(awk '$1 == "go" {print $2; exit}' "$kgomod")"
+    # Every `k8s.io/foo => ./staging/src/k8s.io/foo` in kubernetes' go.mod.
+    local -a staging
+    mapfile -t staging < <(awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' "$kgomod" | sort -u)
+    ((${#staging[@]})) || die "found no staging replace directives in $kgomod"
+    {
+      printf '// Generated by weft .ci/build_servers.sh: builds k8s.io/kubernetes@%s binaries.\n' "$ver"
+      printf 'module weft.local/servers/kubernetes\n\ngo %s\n\n' "$gover"
+      # Same runtime GODEBUG defaults as upstream's own builds.
+      grep -E '^godebug' "$kgomod" || true
+      printf '\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$ver"
+    } >"$src/go.mod"
+    local m n=0
+    for m in "${staging[@]}"; do
+      # Some staging modules are never published (e.g. k8s.io/sample-cli-plugin);
+      # kube-apiserver does not need those, so only replace the ones that exist.
+      if (cd "$WEFT_CACHE/src" && go list -m "$m@$staging_ver" >/dev/null 2>>"$logfile"); then
+        printf '\t%s => %s %s\n' "$m" "$m" "$staging_ver" >>"$src/go.mod"
+        n=$((n + 1))
+      else
+        log "kube-apiserver: $m@$staging_ver is not on the proxy; not replacing it"
+      fi
+    done
+    printf ')\n' >>"$src/go.mod"
+    log "kube-apiserver: wrapper module $src (go $gover, $n staging replaces)"
+    (cd "$src" && run_logged "$logfile" go get "k8s.io/kubernetes/cmd/kube-apiserver@$ver") \
+      || die "kube-apiserver: resolving dependencies failed"
+    origin_hash "k8s.io/kubernetes@$ver" >"$src/.commit"
+    mod_info "k8s.io/kubernetes@$ver" Time >"$src/.time" || true
+    touch "$src/.ready"
+  fi
+
+  local commit build_date ldflags="-s -w" pkg
+  commit="$(cat "$src/.commit" 2>/dev/null || echo unknown)"
+  build_date="$(date -u -d "$(cat "$src/.time" 2>/dev/null || echo now)" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null \
+    || date -u +%Y-%m-%dT%H:%M:%SZ)"
+  # What hack/lib/version.sh stamps, so --version and the apiserver's
+  # compatibility/emulation version are v1.X.Y and not v0.0.0-master.
+  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    ldflags+=" -X $pkg.gitVersion=$ver -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitCommit=$commit -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
+  done
+  # Static, like upstream release binaries; tags as hack/lib/golang.sh uses
+  # for non-debug builds.
+  (cd "$src" && CGO_ENABLED=0 run_logged "$logfile" go build -mod=mod -p "$JOBS" -trimpath \
+    -tags selinux,notest,grpcnotrace -ldflags "$ldflags" \
+    -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver) || die "kube-apiserver: go build failed"
+  mv -f "$out.tmp" "$out"
+  binary_ok "$out" "Kubernetes $ver" || die "kube-apiserver: built $out but '$out --version' does not report $ver"
+  log "kube-apiserver: built $out ($("$out" --version)) in $(elapsed "$start")"
+}
+
+# --------------------------------------------------------------------- etcd
+build_etcd() {
+  local ver="$ETCD_VERSION" out="$BIN/etcd" ext
+  if ext="$(external_asset etcd TEST_ASSET_ETCD)"; then
+    log "etcd: using $ext (from TEST_ASSET_ETCD/KUBEBUILDER_ASSETS); not building"
+    return 0
+  fi
+  if ((!force)) && binary_ok "$out" "etcd Version: ${ver#v}"; then
+    log "etcd: cached $out ($ver)"
+    return 0
+  fi
+  [[ "$ver" =~ ^v3\.([5-9]|[1-9][0-9])\. ]] || die "ETCD_VERSION must be >= v3.5.0, got $ver"
+
+  local start=$SECONDS logfile="$LOGS/etcd-$ver.log" src="$WEFT_CACHE/src/etcd@$ver"
+  : >"$logfile"
+  log "etcd: building go.etcd.io/etcd/server/v3@$ver; log: $logfile"
+  if [[ ! -f "$src/.ready" ]]; then
+    rm -rf "$src"; mkdir -p "$src"
+    local egomod gover
+    egomod="$(mod_info "go.etcd.io/etcd/server/v3@$ver" GoMod)" || die "cannot fetch go.etcd.io/etcd/server/v3@$ver"
+    gover="$(awk '$1 == "go" {print $2; exit}' "$egomod")"
+    printf '// Generated by weft .ci/build_servers.sh: builds etcd %s.\nmodule weft.local/servers/etcd\n\ngo %s\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
+      "$ver" "$gover" "$ver" >"$src/go.mod"
+    (cd "$src" && run_logged "$logfile" go get "go.etcd.io/etcd/server/v3@$ver") \
+      || die "etcd: resolving dependencies failed"
+    origin_hash "go.etcd.io/etcd/server/v3@$ver" | cut -c1-9 >"$src/.commit"
+    touch "$src/.ready"
+  fi
+  local commit
+  commit="$(cat "$src/.commit" 2>/dev/null || echo unknown)"
+  (cd "$src" && CGO_ENABLED=0 run_logged "$logfile" go build -mod=mod -p "$JOBS" -trimpath \
+    -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$commit" \
+    -o "$out.tmp" go.etcd.io/etcd/server/v3) || die "etcd: go build failed"
+  mv -f "$out.tmp" "$out"
+  binary_ok "$out" "etcd Version: ${ver#v}" || die "etcd: built $out but '$out --version' does not report $ver"
+  log "etcd: built $out ($("$out" --version | head -n1)) in $(elapsed "$start")"
+}
+
+# ----------------------------------------------------------------- flanneld
+# Returns non-zero on failure; the caller only warns.
+build_flanneld() {
+  local ver="$FLANNEL_VERSION" out="$BIN/flanneld"
+  if ((!force)) && binary_ok "$out" "$ver"; then
+    log "flanneld: cached $out ($ver)"
+    return 0
+  fi
+  local start=$SECONDS logfile="$LOGS/flanneld-$ver.log"
+  : >"$logfile"
+  log "flanneld: building github.com/flannel-io/flannel@$ver (CGO_ENABLED=1); log: $logfile"
+
+  local -a missing=()
+  local p
+  if command -v dpkg-query >/dev/null 2>&1; then
+    for p in "${FLANNEL_APT_PACKAGES[@]}"; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+  fi
+  if ((${#missing[@]})); then
+    log "flanneld: installing Debian packages: ${missing[*]}"
+    if ((EUID != 0)) || ! command -v apt-get >/dev/null 2>&1; then
+      log "flanneld: cannot apt-get install ${missing[*]} (not root or no apt-get)"
+      return 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    run_logged "$logfile" apt-get update -q || return 1
+    run_logged "$logfile" apt-get install -y -q --no-install-recommends "${missing[@]}" || return 1
+  fi
+
+  local gobin="$WEFT_CACHE/src/flanneld-gobin"
+  rm -rf "$gobin"; mkdir -p "$gobin"
+  # `go install pkg@version` builds the module exactly as published, in
+  # module-aware mode outside any main module (its own go.mod decides).
+  (cd "$WEFT_CACHE/src" && CGO_ENABLED=1 GOBIN="$gobin" run_logged "$logfile" \
+    go install -p "$JOBS" -trimpath \
+    -ldflags "-s -w -X github.com/flannel-io/flannel/pkg/version.Version=$ver" \
+    "github.com/flannel-io/flannel@$ver") || return 1
+  [[ -x "$gobin/flannel" ]] || { log "flanneld: go install produced no $gobin/flannel"; return 1; }
+  mv -f "$gobin/flannel" "$out"
+  rmdir "$gobin" 2>/dev/null || true
+  binary_ok "$out" "$ver" || { log "flanneld: built $out but '$out --version' does not report $ver"; return 1; }
+  log "flanneld: built $out ($("$out" --version 2>&1 | head -n1)) in $(elapsed "$start")"
+}
+
+# --------------------------------------------------------------------- main
+total_start=$SECONDS
+if ((!only_flanneld)); then
+  build_etcd
+  build_kube_apiserver
+fi
+flanneld_status="not requested (use --with-flanneld)"
+if ((with_flanneld)); then
+  if build_flanneld; then
+    flanneld_status="$BIN/flanneld"
+  else
+    flanneld_status="FAILED (see $LOGS/flanneld-$FLANNEL_VERSION.log)"
+    log "WARNING: flanneld build failed; continuing without it (flanneld is optional)"
+  fi
+fi
+log "done in $(elapsed "$total_start"): bin=$BIN flanneld: $flanneld_status"
+
+# ---------------------------------------------------------------------------
+# kube-apiserver flags verified against these binaries (smoke test, see the
+# report in the lead's notes): filled in below.

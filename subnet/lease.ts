@@ -1,0 +1,76 @@
+/**
+ * Subnet leases, the unit of agreement between nodes: one node owns one
+ * subnet per family and publishes how to reach it (public IP, backend type,
+ * backend data). The Kubernetes manager derives leases from Node objects,
+ * the etcd manager from keys under `<prefix>/subnets/`. The backend only
+ * ever sees these values.
+ *
+ * @module
+ */
+import type { NetworkConfig } from "./config.ts";
+
+/** What a node publishes about itself, flanneld's `LeaseAttrs`. */
+export interface LeaseAttrs {
+  /** IPv4 address other nodes send encapsulated traffic to. */
+  readonly publicIP?: string;
+  readonly publicIPv6?: string;
+  /** `vxlan`, `host-gw`, ... */
+  readonly backendType: string;
+  /** Backend specific, already parsed from JSON (vxlan: `{VNI, VtepMAC}`). */
+  readonly backendData?: unknown;
+  readonly backendV6Data?: unknown;
+}
+
+/** One node's subnet lease. Subnets are canonical prefixes. */
+export interface Lease {
+  /** Stable identity: the node name (kube) or the etcd key (etcd). */
+  readonly key: string;
+  /** IPv4 subnet, `10.244.1.0/24`, when IPv4 is enabled. */
+  readonly subnet?: string;
+  /** IPv6 subnet, when IPv6 is enabled. */
+  readonly ipv6Subnet?: string;
+  readonly attrs: LeaseAttrs;
+  /** When the lease runs out (etcd mode); undefined means never. */
+  readonly expiration?: Date;
+}
+
+/** A change to the set of peer leases. */
+export interface LeaseEvent {
+  readonly type: "added" | "removed";
+  readonly lease: Lease;
+  /** `performance.now()` when the event was received, for latency metrics. */
+  readonly receivedAt: number;
+}
+
+/** Receives batches of lease events, in order. */
+export type LeaseHandler = (events: LeaseEvent[]) => void;
+
+/**
+ * Where leases come from: flanneld's subnet manager, reduced to what the
+ * agent uses.
+ */
+export interface SubnetManager {
+  /** Short name for logs: `kube` or `etcd`. */
+  readonly name: string;
+  /** The network configuration (net-conf.json, or `<prefix>/config`). */
+  getNetworkConfig(signal: AbortSignal): Promise<NetworkConfig>;
+  /** Takes (or reuses) this node's lease and publishes `attrs` with it. */
+  acquireLease(attrs: LeaseAttrs, signal: AbortSignal): Promise<Lease>;
+  /**
+   * Delivers every peer lease (ours included; the backend filters it) as
+   * `added` events, then changes as they happen, until `signal` aborts.
+   * Never returns early on a transient error: it retries with backoff.
+   */
+  watchLeases(handler: LeaseHandler, signal: AbortSignal): Promise<void>;
+  /**
+   * Keeps our own lease alive (etcd renewal) until `signal` aborts.
+   * Rejects when the lease is lost for good, which ends the agent.
+   */
+  keepLease(lease: Lease, signal: AbortSignal): Promise<void>;
+}
+
+/** VXLAN backend data, as flanneld writes it: `{"VNI":1,"VtepMAC":"..."}`. */
+export interface VxlanBackendData {
+  readonly VNI: number;
+  readonly VtepMAC: string;
+}

@@ -1,0 +1,209 @@
+/**
+ * Test harness for kernel tests: throwaway network namespaces, commands run
+ * inside them, JSON read back from iproute2, and `kernelTest`, which ignores
+ * a test (with the reason) when not root, except under `CI=true`, where
+ * a missing privilege is a failure: CI must never skip the kernel tier.
+ *
+ * Every namespace is named `weft-t-<tag>-<random>` so leftovers are easy to
+ * find (`ip netns list | grep weft-t-`) and `cleanupStale()` removes them.
+ *
+ * @module
+ */
+
+const decoder = new TextDecoder();
+
+/** Whether this process runs as root. */
+export function isRoot(): boolean {
+  return Deno.uid() === 0;
+}
+
+let warned = false;
+
+/**
+ * Declares a test that needs root and network namespaces. Without root it
+ * is ignored with a printed reason, or fails under `CI=true`.
+ */
+export function kernelTest(
+  name: string,
+  fn: (t: Deno.TestContext) => Promise<void> | void,
+): void {
+  const root = isRoot();
+  const ci = Deno.env.get("CI") === "true";
+  if (!root && !ci && !warned) {
+    warned = true;
+    console.warn(
+      "kernel tests ignored: they need root (network namespaces, netlink); run as root or with sudo",
+    );
+  }
+  Deno.test({
+    name,
+    ignore: !root && !ci,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: async (t) => {
+      if (!root) {
+        throw new Error("Kernel test needs root and CI=true forbids skipping");
+      }
+      await fn(t);
+    },
+  });
+}
+
+/** Output of a finished command. */
+export interface Output {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command and returns its output; never throws on exit status. */
+export async function run(cmd: string[], stdin?: string): Promise<Output> {
+  const [program, ...args] = cmd;
+  if (program === undefined) throw new Error("Empty command");
+  const child = new Deno.Command(program, {
+    args,
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(stdin));
+    await w.close();
+  }
+  const out = await child.output();
+  return {
+    code: out.code,
+    stdout: decoder.decode(out.stdout),
+    stderr: decoder.decode(out.stderr),
+  };
+}
+
+/** Runs a command and returns stdout, throwing with stderr on failure. */
+export async function sh(cmd: string[], stdin?: string): Promise<string> {
+  const out = await run(cmd, stdin);
+  if (out.code !== 0) {
+    throw new Error(
+      `Command "${cmd.join(" ")}" exited ${out.code}: ${out.stderr.trim()}`,
+    );
+  }
+  return out.stdout;
+}
+
+/** A network namespace owned by a test; deleted on dispose. */
+export class Netns implements AsyncDisposable {
+  readonly name: string;
+  #closed = false;
+
+  private constructor(name: string) {
+    this.name = name;
+  }
+
+  /** Creates a fresh namespace with loopback up. */
+  static async create(tag: string): Promise<Netns> {
+    const rand = crypto.randomUUID().slice(0, 6);
+    const ns = new Netns(`weft-t-${tag}-${rand}`);
+    await sh(["ip", "netns", "add", ns.name]);
+    await ns.ip("link", "set", "lo", "up");
+    return ns;
+  }
+
+  /** Path of the namespace file, for `setns(2)`. */
+  get path(): string {
+    return `/run/netns/${this.name}`;
+  }
+
+  /** Runs a command inside the namespace and returns stdout. */
+  exec(cmd: string[], stdin?: string): Promise<string> {
+    return sh(["ip", "netns", "exec", this.name, ...cmd], stdin);
+  }
+
+  /** Runs a command inside the namespace; never throws on exit status. */
+  tryExec(cmd: string[]): Promise<Output> {
+    return run(["ip", "netns", "exec", this.name, ...cmd]);
+  }
+
+  /** `ip <args>` inside the namespace. */
+  ip(...args: string[]): Promise<string> {
+    return sh(["ip", "-n", this.name, ...args]);
+  }
+
+  /** `ip -j <args>` (or `bridge -j` when args[0] is "bridge") parsed. */
+  async json<T = Record<string, unknown>[]>(...args: string[]): Promise<T> {
+    const out = args[0] === "bridge"
+      ? await sh(["bridge", "-n", this.name, "-j", ...args.slice(1)])
+      : await sh(["ip", "-n", this.name, "-j", ...args]);
+    return JSON.parse(out.trim() === "" ? "[]" : out) as T;
+  }
+
+  /** Pings `dst` from inside the namespace; true when a reply came back. */
+  async ping(dst: string, count = 1, timeoutSeconds = 2): Promise<boolean> {
+    const out = await this.tryExec([
+      "ping",
+      "-c",
+      String(count),
+      "-W",
+      String(timeoutSeconds),
+      "-i",
+      "0.2",
+      dst,
+    ]);
+    return out.code === 0;
+  }
+
+  /** Kills every process in the namespace and deletes it. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const pids = await run(["ip", "netns", "pids", this.name]);
+    for (const pid of pids.stdout.split("\n").filter((p) => p !== "")) {
+      await run(["kill", "-9", pid]);
+    }
+    await run(["ip", "netns", "del", this.name]);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/**
+ * Joins namespaces on one L2 segment: a bridge `br0` in `hub`, and a veth
+ * pair per node with `eth0` inside the node, addressed `addrs[i]`
+ * (`198.18.0.x/24`).
+ */
+export async function joinOnBridge(
+  hub: Netns,
+  nodes: Netns[],
+  addrs: string[],
+): Promise<void> {
+  await hub.ip("link", "add", "br0", "type", "bridge");
+  await hub.ip("link", "set", "br0", "up");
+  for (const [i, node] of nodes.entries()) {
+    const port = `p${i}`;
+    await hub.ip(
+      "link",
+      "add",
+      port,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "eth0",
+      "netns",
+      node.name,
+    );
+    await hub.ip("link", "set", port, "master", "br0", "up");
+    await node.ip("addr", "add", addrs[i]!, "dev", "eth0");
+    await node.ip("link", "set", "eth0", "up");
+  }
+}
+
+/** Deletes namespaces left behind by earlier, crashed test runs. */
+export async function cleanupStale(prefix = "weft-t-"): Promise<void> {
+  const list = await run(["ip", "netns", "list"]);
+  for (const line of list.stdout.split("\n")) {
+    const name = line.split(" ")[0];
+    if (name?.startsWith(prefix)) await run(["ip", "netns", "del", name]);
+  }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Makes sure the machine has what the tests (or, with --demo, the demo)
+# need: Debian packages, and for the integration tier the kube-apiserver and
+# etcd >= 3.5 test binaries (built once from the Go module proxy and cached
+# outside the repository by .ci/build_servers.sh). As root it installs what
+# is missing; otherwise it stops with the exact command to run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(libnl-3-200 libnl-route-3-200 iproute2 iputils-ping iptables nftables
+  etcd-server containernetworking-plugins iperf3 openssl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    echo "prepare: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "prepare: missing Debian packages; run:" >&2
+    echo "  sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+# Debian's etcd-server package may start a host etcd; tests start their own.
+if [ "${1:-}" != "--demo" ] && [ -x .ci/build_servers.sh ] && [ "${WEFT_SKIP_SERVER_BUILD:-}" != 1 ]; then
+  bash .ci/build_servers.sh
+fi
+deno install --frozen >/dev/null
