@@ -320,4 +320,3 @@ export function parseNetConfig(text: string): Result<NetworkConfig> {
     backendDefaulted,
   });
 }
-

@@ -1,0 +1,150 @@
+/**
+ * Validation of a peer's lease against the network config. A lease that
+ * fails here is never programmed: its reason is logged once and counted.
+ * Pure: it returns a value or a reason.
+ *
+ * @module
+ */
+import type { NetworkConfig } from "./config.ts";
+import {
+  formatNet,
+  type IpNet,
+  ipString,
+  netContainsNet,
+  parseIp,
+  parseSubnet,
+} from "./ip.ts";
+import type { Lease, VxlanBackendData } from "./lease.ts";
+import { parseUnicastMac } from "./mac.ts";
+import { fail, ok, type Result } from "./result.ts";
+
+const BACKEND_TYPE = /^[a-z0-9][a-z0-9-]{0,31}$/;
+
+/** Parses vxlan backend data `{"VNI":1,"VtepMAC":"..."}`. */
+export function parseVxlanData(
+  data: unknown,
+  field = "backend-data",
+): Result<VxlanBackendData> {
+  if (typeof data !== "object" || data === null || Array.isArray(data)) {
+    return fail(`Invalid ${field} ${short(data)}: not a JSON object`);
+  }
+  const d = data as Record<string, unknown>;
+  const vni = d.VNI ?? 0;
+  if (
+    typeof vni !== "number" || !Number.isInteger(vni) || vni < 0 ||
+    vni > 0xffffff
+  ) {
+    return fail(`Invalid ${field} VNI ${short(vni)}`);
+  }
+  const mac = parseUnicastMac(d.VtepMAC);
+  if (!mac.ok) return fail(`Invalid ${field} VtepMAC: ${mac.reason}`);
+  return ok({ VNI: vni, VtepMAC: mac.value });
+}
+
+/** Quotes a foreign value for a message, cut to a readable length. */
+export function short(v: unknown): string {
+  let s: string;
+  try {
+    s = JSON.stringify(v) ?? String(v);
+  } catch {
+    s = String(v);
+  }
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
+function familySubnet(
+  subnet: string | undefined,
+  network: IpNet | undefined,
+  label: string,
+): Result<string | undefined> {
+  if (subnet === undefined) return ok(undefined);
+  const net = parseSubnet(subnet);
+  if (!net.ok) return fail(`Invalid ${label}: ${net.reason}`);
+  if (network === undefined) return ok(undefined);
+  if (!netContainsNet(network, net.value)) {
+    return fail(
+      `${label} "${subnet}" is outside the network "${formatNet(network)}"`,
+    );
+  }
+  return ok(formatNet(net.value));
+}
+
+function publicIp(
+  text: string | undefined,
+  family: 4 | 6,
+  label: string,
+): Result<string> {
+  if (text === undefined || text === "") return fail(`Missing ${label}`);
+  const ip = parseIp(text);
+  if (!ip.ok || ip.value.family !== family) {
+    return fail(`Invalid ${label} ${short(text)}`);
+  }
+  return ok(ipString(ip.value));
+}
+
+/**
+ * Checks a peer lease: subnets canonical and inside the network, a public
+ * IP per subnet family, a sane backend type and, for vxlan, backend data
+ * with a unicast VTEP MAC. Returns the lease with canonical strings.
+ */
+export function validateLease(
+  lease: Lease,
+  config: NetworkConfig,
+): Result<Lease> {
+  const type = lease.attrs.backendType;
+  if (typeof type !== "string" || !BACKEND_TYPE.test(type)) {
+    return fail(`Invalid backend type ${short(type)}`);
+  }
+  const v4 = familySubnet(
+    config.enableIPv4 ? lease.subnet : undefined,
+    config.network,
+    "subnet",
+  );
+  if (!v4.ok) return v4;
+  const v6 = familySubnet(
+    config.enableIPv6 ? lease.ipv6Subnet : undefined,
+    config.ipv6Network,
+    "IPv6 subnet",
+  );
+  if (!v6.ok) return v6;
+  if (v4.value === undefined && v6.value === undefined) {
+    return fail("No subnet of an enabled address family");
+  }
+  let publicIP: string | undefined;
+  let publicIPv6: string | undefined;
+  let backendData: unknown = lease.attrs.backendData;
+  let backendV6Data: unknown = lease.attrs.backendV6Data;
+  if (v4.value !== undefined) {
+    const ip = publicIp(lease.attrs.publicIP, 4, "public IP");
+    if (!ip.ok) return ip;
+    publicIP = ip.value;
+    if (type === "vxlan") {
+      const d = parseVxlanData(lease.attrs.backendData);
+      if (!d.ok) return d;
+      backendData = d.value;
+    }
+  }
+  if (v6.value !== undefined) {
+    const ip = publicIp(lease.attrs.publicIPv6, 6, "public IPv6");
+    if (!ip.ok) return ip;
+    publicIPv6 = ip.value;
+    if (type === "vxlan") {
+      const d = parseVxlanData(lease.attrs.backendV6Data, "backend-v6-data");
+      if (!d.ok) return d;
+      backendV6Data = d.value;
+    }
+  }
+  return ok({
+    key: lease.key,
+    ...(v4.value !== undefined && { subnet: v4.value }),
+    ...(v6.value !== undefined && { ipv6Subnet: v6.value }),
+    attrs: {
+      backendType: type,
+      ...(publicIP !== undefined && { publicIP }),
+      ...(publicIPv6 !== undefined && { publicIPv6 }),
+      ...(backendData !== undefined && { backendData }),
+      ...(backendV6Data !== undefined && { backendV6Data }),
+    },
+    ...(lease.expiration !== undefined && { expiration: lease.expiration }),
+  });
+}

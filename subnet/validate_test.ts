@@ -1,0 +1,100 @@
+import assert from "node:assert/strict";
+import { parseVxlanData, validateLease } from "./validate.ts";
+import { parseNetConfig } from "./config.ts";
+import type { Lease } from "./lease.ts";
+import { unwrap } from "./result.ts";
+
+const v4 = unwrap(parseNetConfig('{"Network":"10.244.0.0/16"}'));
+const dual = unwrap(parseNetConfig(
+  '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}',
+));
+
+const good: Lease = {
+  key: "n1",
+  subnet: "10.244.3.0/24",
+  attrs: {
+    publicIP: "198.18.0.3",
+    backendType: "vxlan",
+    backendData: { VNI: 1, VtepMAC: "AA:bb:cc:dd:ee:01" },
+  },
+};
+
+Deno.test("validateLease() accepts a flanneld lease and canonicalises it", () => {
+  const r = validateLease(good, v4);
+  assert.ok(r.ok, r.ok ? "" : r.reason);
+  assert.deepEqual(r.value.attrs.backendData, {
+    VNI: 1,
+    VtepMAC: "aa:bb:cc:dd:ee:01",
+  });
+});
+
+Deno.test("validateLease() checks the IPv6 half of a dual-stack lease", () => {
+  const lease: Lease = {
+    ...good,
+    ipv6Subnet: "fc00:0:0:3::/64",
+    attrs: {
+      ...good.attrs,
+      publicIPv6: "2001:db8::3",
+      backendV6Data: { VNI: 1, VtepMAC: "aa:bb:cc:dd:ee:02" },
+    },
+  };
+  assert.ok(validateLease(lease, dual).ok);
+  const noV6Ip = {
+    ...lease,
+    attrs: { ...lease.attrs, publicIPv6: "198.18.0.3" },
+  };
+  const r = validateLease(noV6Ip, dual);
+  assert.ok(!r.ok && r.reason === 'Invalid public IPv6 "198.18.0.3"');
+});
+
+const cases: [string, Partial<Lease> & { attrs?: Lease["attrs"] }, RegExp][] = [
+  [
+    "a subnet outside the network",
+    { subnet: "10.245.0.0/24" },
+    /outside the network "10.244.0.0\/16"/,
+  ],
+  ["a subnet with host bits", { subnet: "10.244.3.1/24" }, /host bits set/],
+  [
+    "no public IP",
+    { attrs: { ...good.attrs, publicIP: "" } },
+    /Missing public IP/,
+  ],
+  ["an IPv6 public IP for IPv4", {
+    attrs: { ...good.attrs, publicIP: "fc00::1" },
+  }, /Invalid public IP/],
+  ["a multicast VtepMAC", {
+    attrs: {
+      ...good.attrs,
+      backendData: { VNI: 1, VtepMAC: "01:00:5e:00:00:01" },
+    },
+  }, /multicast/],
+  ["a VtepMAC that is a number", {
+    attrs: { ...good.attrs, backendData: { VtepMAC: 5 } },
+  }, /Cannot parse MAC address 5/],
+  ["backend data that is a string", {
+    attrs: { ...good.attrs, backendData: "x" },
+  }, /not a JSON object/],
+  ["a VNI out of range", {
+    attrs: {
+      ...good.attrs,
+      backendData: { VNI: 2 ** 24, VtepMAC: "0a:00:00:00:00:01" },
+    },
+  }, /VNI 16777216/],
+  [
+    "an odd backend type",
+    { attrs: { ...good.attrs, backendType: "VX LAN" } },
+    /Invalid backend type/,
+  ],
+];
+for (const [what, patch, want] of cases) {
+  Deno.test(`validateLease() refuses ${what}`, () => {
+    const r = validateLease({ ...good, ...patch } as Lease, v4);
+    assert.equal(r.ok, false);
+    if (!r.ok) assert.match(r.reason, want);
+  });
+}
+
+Deno.test("parseVxlanData() treats a missing VNI as 0 like Go", () => {
+  const r = parseVxlanData({ VtepMAC: "0a:00:00:00:00:01" });
+  assert.ok(r.ok && r.value.VNI === 0);
+});
