@@ -1,0 +1,106 @@
+/**
+ * The backend interface, as flannel splits it: a backend prepares what it
+ * can before the lease exists (the device, whose MAC goes into the lease),
+ * then, given our lease, returns a network that the reconciler keeps in
+ * shape. `createBackend` picks the implementation from net-conf.json.
+ *
+ * @module
+ */
+import type { Netlink } from "../ffi/types.ts";
+import type { NetworkConfig } from "../subnet/config.ts";
+import type { Lease, LeaseAttrs } from "../subnet/lease.ts";
+import { fail, type Result } from "../subnet/result.ts";
+import type { FamilyNetwork } from "./reconciler.ts";
+
+/** The external (underlay) interface the overlay runs over. */
+export interface Underlay {
+  readonly index: number;
+  readonly name: string;
+  readonly mtu: number;
+  /** IPv4 address of the interface (the VXLAN source). */
+  readonly ifaceAddr?: string;
+  readonly ifaceV6Addr?: string;
+  /** IPv4 address published to peers (may differ behind NAT). */
+  readonly publicIP?: string;
+  readonly publicIPv6?: string;
+}
+
+/** A backend network, ready for the reconciler. */
+export interface BackendNetwork {
+  /** MTU for pods: FLANNEL_MTU in subnet.env. */
+  readonly mtu: number;
+  readonly families: FamilyNetwork[];
+}
+
+/** A backend (`vxlan`, `host-gw`). */
+export interface Backend {
+  readonly type: string;
+  /**
+   * Creates devices as far as possible without a lease and returns the
+   * attributes to publish. `previous` is what we published before, if
+   * known, so the VTEP MAC survives a lost device.
+   */
+  prepare(previous?: LeaseAttrs): LeaseAttrs;
+  /** Completes setup for our lease. */
+  start(lease: Lease): BackendNetwork;
+}
+
+/** Extra knobs not in net-conf.json. */
+export interface BackendOptions {
+  /** Writes sysctls such as IPv6 `accept_ra`. */
+  readonly sysctl?: (path: string, value: string) => void;
+}
+
+type Factory = (
+  nl: Netlink,
+  config: NetworkConfig,
+  underlay: Underlay,
+  opts: BackendOptions,
+) => Result<Backend>;
+
+const factories = new Map<string, Factory>();
+
+/** Registers a backend type (called by each backend module). */
+export function registerBackend(type: string, factory: Factory): void {
+  factories.set(type, factory);
+}
+
+/** Creates the backend named by `config.backend.type`. */
+export function createBackend(
+  nl: Netlink,
+  config: NetworkConfig,
+  underlay: Underlay,
+  opts: BackendOptions = {},
+): Result<Backend> {
+  const factory = factories.get(config.backend.type);
+  if (!factory) {
+    return fail(
+      `Unsupported backend type "${config.backend.type}" (weft supports: ${
+        [...factories.keys()].join(", ")
+      })`,
+    );
+  }
+  return factory(nl, config, underlay, opts);
+}
+
+/**
+ * Reads a key of the Backend object case-insensitively (Go's
+ * encoding/json rules), checking its type.
+ */
+export function backendKey<T extends "number" | "boolean">(
+  raw: Record<string, unknown>,
+  key: string,
+  type: T,
+): Result<(T extends "number" ? number : boolean) | undefined> {
+  const k = Object.keys(raw).find((x) => x.toLowerCase() === key.toLowerCase());
+  const v = k === undefined ? undefined : raw[k];
+  if (v === undefined || v === null) return { ok: true, value: undefined };
+  if (typeof v !== type || (type === "number" && !Number.isInteger(v))) {
+    return fail(
+      `Invalid Backend.${key} ${JSON.stringify(v)}: must be ${
+        type === "number" ? "an integer" : "true or false"
+      }`,
+    );
+  }
+  return { ok: true, value: v as T extends "number" ? number : boolean };
+}

@@ -1,0 +1,286 @@
+/**
+ * Pure planning for the overlay: which neighbour, FDB entry and route each
+ * peer needs (desired state as data), which kernel entries belong to weft
+ * (ownership), and the ordered operations that turn what the kernel has
+ * into what is desired (diff). Nothing here touches the kernel; the
+ * reconciler feeds it kernel state read through {@linkcode Netlink} and
+ * applies what it returns.
+ *
+ * Ownership is deliberately narrow so nothing foreign is ever removed:
+ * on the overlay device, every permanent neighbour, every FDB entry and
+ * every route into the cluster network; on the external interface (only
+ * with host-gw or DirectRouting), routes into the cluster network through
+ * a gateway, except our own subnet.
+ *
+ * @module
+ */
+import {
+  type FdbInfo,
+  type NeighInfo,
+  NTF_SELF,
+  NUD_PERMANENT,
+  type RouteInfo,
+  RT_TABLE_MAIN,
+} from "../ffi/types.ts";
+import {
+  formatIp,
+  type IpNet,
+  netContainsNet,
+  networkAddr,
+  parseIpNet,
+} from "../subnet/ip.ts";
+import type { Lease, VxlanBackendData } from "../subnet/lease.ts";
+
+/** The kernel entries one peer needs. */
+export interface PeerEntries {
+  /** Lease key (node name or etcd key). */
+  readonly key: string;
+  readonly neigh?: NeighInfo;
+  readonly fdb?: FdbInfo;
+  readonly route: RouteInfo;
+}
+
+/** What one address family of one backend network should look like. */
+export interface FamilyPlan {
+  readonly family: 4 | 6;
+  /** Cluster network of this family. */
+  readonly network: IpNet;
+  /** Our own subnet, never routed to a peer. */
+  readonly ownSubnet: string;
+  /** Index of the overlay device, or undefined for host-gw. */
+  readonly deviceIndex?: number;
+  /** Index of the external (underlay) interface. */
+  readonly externalIndex: number;
+  /** Whether routes on the external interface are ours to manage. */
+  readonly manageExternal: boolean;
+}
+
+/** How a peer is reached, decided per peer by the backend. */
+export type PeerMode = "vxlan" | "direct";
+
+/** Kernel entries of one family that weft owns (see module doc). */
+export interface OwnedState {
+  readonly neighs: NeighInfo[];
+  readonly fdbs: FdbInfo[];
+  readonly routes: RouteInfo[];
+}
+
+/** One kernel change. `peer` names the lease it is for, if any. */
+export type Op =
+  | {
+    readonly kind: "neighSet" | "neighDel";
+    readonly neigh: NeighInfo;
+    readonly peer?: string;
+  }
+  | {
+    readonly kind: "fdbSet" | "fdbDel";
+    readonly fdb: FdbInfo;
+    readonly peer?: string;
+  }
+  | {
+    readonly kind: "routeReplace" | "routeDel";
+    readonly route: RouteInfo;
+    readonly peer?: string;
+  };
+
+/** The first address of a subnet (`10.244.1.0/24` → `10.244.1.0`). */
+export function subnetAddress(subnet: string): string {
+  const n = parseIpNet(subnet);
+  if (!n.ok) throw new TypeError(`Cannot plan for subnet "${subnet}"`);
+  return formatIp(n.value.family, networkAddr(n.value));
+}
+
+/** The peer's subnet, public IP and backend data for a family. */
+export function peerFamily(
+  lease: Lease,
+  family: 4 | 6,
+):
+  | { subnet: string; publicIP: string; data: VxlanBackendData | undefined }
+  | undefined {
+  const subnet = family === 4 ? lease.subnet : lease.ipv6Subnet;
+  const publicIP = family === 4 ? lease.attrs.publicIP : lease.attrs.publicIPv6;
+  if (subnet === undefined || publicIP === undefined) return undefined;
+  const data =
+    (family === 4 ? lease.attrs.backendData : lease.attrs.backendV6Data) as
+      | VxlanBackendData
+      | undefined;
+  return { subnet, publicIP, data };
+}
+
+/**
+ * Entries for a VXLAN peer: `<subnet .0> lladdr <VtepMAC>` permanent,
+ * `<VtepMAC> dst <publicIP> self permanent`, `<subnet> via <subnet .0>
+ * onlink` on the device; or, for a directly reachable peer,
+ * `<subnet> via <publicIP>` on the external interface.
+ */
+export function vxlanPeerEntries(
+  plan: FamilyPlan,
+  lease: Lease,
+  mode: PeerMode,
+): PeerEntries | undefined {
+  const p = peerFamily(lease, plan.family);
+  if (!p || plan.deviceIndex === undefined) return undefined;
+  if (mode === "direct") return directPeerEntries(plan, lease);
+  if (!p.data) return undefined;
+  const gw = subnetAddress(p.subnet);
+  const index = plan.deviceIndex;
+  return {
+    key: lease.key,
+    neigh: { index, dst: gw, lladdr: p.data.VtepMAC, state: NUD_PERMANENT },
+    fdb: {
+      index,
+      lladdr: p.data.VtepMAC,
+      dst: p.publicIP,
+      state: NUD_PERMANENT,
+      flags: NTF_SELF,
+    },
+    route: { dst: p.subnet, gw, index, onlink: true, table: RT_TABLE_MAIN },
+  };
+}
+
+/** Entries for a peer reached by plain routing: `<subnet> via <publicIP>`. */
+export function directPeerEntries(
+  plan: FamilyPlan,
+  lease: Lease,
+): PeerEntries | undefined {
+  const p = peerFamily(lease, plan.family);
+  if (!p) return undefined;
+  return {
+    key: lease.key,
+    route: {
+      dst: p.subnet,
+      gw: p.publicIP,
+      index: plan.externalIndex,
+      table: RT_TABLE_MAIN,
+    },
+  };
+}
+
+function inNetwork(plan: FamilyPlan, dst: string): boolean {
+  const n = parseIpNet(dst);
+  return n.ok && netContainsNet(plan.network, n.value);
+}
+
+/** Filters kernel state down to the entries weft owns (see module doc). */
+export function ownedState(
+  plan: FamilyPlan,
+  kernel: { neighs: NeighInfo[]; fdbs: FdbInfo[]; routes: RouteInfo[] },
+): OwnedState {
+  const dev = plan.deviceIndex;
+  return {
+    neighs: dev === undefined
+      ? []
+      : kernel.neighs.filter((n) =>
+        n.index === dev && (n.state & NUD_PERMANENT) !== 0
+      ),
+    fdbs: dev === undefined ? [] : kernel.fdbs.filter((f) => f.index === dev),
+    routes: kernel.routes.filter((r) =>
+      (r.table ?? RT_TABLE_MAIN) === RT_TABLE_MAIN &&
+      r.dst !== plan.ownSubnet &&
+      inNetwork(plan, r.dst) &&
+      ((dev !== undefined && r.index === dev) ||
+        (plan.manageExternal && r.index === plan.externalIndex &&
+          r.gw !== undefined))
+    ),
+  };
+}
+
+function sameRoute(a: RouteInfo, b: RouteInfo): boolean {
+  return a.dst === b.dst && a.gw === b.gw && a.index === b.index &&
+    Boolean(a.onlink) === Boolean(b.onlink);
+}
+
+function fdbKey(f: FdbInfo): string {
+  return `${f.lladdr}|${f.dst ?? ""}`;
+}
+
+/**
+ * Operations that turn `actual` into `desired`, in a safe order: per
+ * peer neighbour, FDB entry, then route (the route last, or the kernel
+ * would ARP for the gateway); then removal of what nobody wants, routes
+ * first. Idempotent: equal input gives no operations.
+ */
+export function diff(desired: Iterable<PeerEntries>, actual: OwnedState): Op[] {
+  const neighs = new Map(actual.neighs.map((n) => [n.dst, n]));
+  const fdbs = new Map(actual.fdbs.map((f) => [fdbKey(f), f]));
+  const routes = new Map(actual.routes.map((r) => [r.dst, r]));
+  const wantNeigh = new Set<string>();
+  const wantFdb = new Set<string>();
+  const wantRoute = new Set<string>();
+  const ops: Op[] = [];
+  for (const p of desired) {
+    if (p.neigh) {
+      wantNeigh.add(p.neigh.dst);
+      const have = neighs.get(p.neigh.dst);
+      if (!have || have.lladdr !== p.neigh.lladdr) {
+        ops.push({ kind: "neighSet", neigh: p.neigh, peer: p.key });
+      }
+    }
+    if (p.fdb) {
+      const k = fdbKey(p.fdb);
+      wantFdb.add(k);
+      const have = fdbs.get(k);
+      if (!have || (have.state & NUD_PERMANENT) === 0) {
+        ops.push({ kind: "fdbSet", fdb: p.fdb, peer: p.key });
+      }
+    }
+    wantRoute.add(p.route.dst);
+    const have = routes.get(p.route.dst);
+    if (!have || !sameRoute(have, p.route)) {
+      ops.push({ kind: "routeReplace", route: p.route, peer: p.key });
+    }
+  }
+  for (const r of actual.routes) {
+    if (!wantRoute.has(r.dst)) ops.push({ kind: "routeDel", route: r });
+  }
+  for (const f of actual.fdbs) {
+    if (!wantFdb.has(fdbKey(f))) ops.push({ kind: "fdbDel", fdb: f });
+  }
+  for (const n of actual.neighs) {
+    if (!wantNeigh.has(n.dst)) ops.push({ kind: "neighDel", neigh: n });
+  }
+  return ops;
+}
+
+/** Turns desired entries into the owned state they would produce. */
+export function asState(entries: Iterable<PeerEntries>): OwnedState {
+  const s: OwnedState = { neighs: [], fdbs: [], routes: [] };
+  for (const e of entries) {
+    if (e.neigh) s.neighs.push(e.neigh);
+    if (e.fdb) s.fdbs.push(e.fdb);
+    s.routes.push(e.route);
+  }
+  return s;
+}
+
+/** An operation in iproute2 words, for logs. */
+export function describeOp(
+  op: Op,
+  devName: (index?: number) => string,
+): string {
+  switch (op.kind) {
+    case "neighSet":
+    case "neighDel":
+      return `ip neigh ${
+        op.kind === "neighSet" ? "replace" : "del"
+      } ${op.neigh.dst}${
+        op.neigh.lladdr ? ` lladdr ${op.neigh.lladdr}` : ""
+      } dev ${devName(op.neigh.index)}${
+        op.kind === "neighSet" ? " nud permanent" : ""
+      }`;
+    case "fdbSet":
+    case "fdbDel":
+      return `bridge fdb ${
+        op.kind === "fdbSet" ? "replace" : "del"
+      } ${op.fdb.lladdr} dev ${devName(op.fdb.index)}${
+        op.fdb.dst ? ` dst ${op.fdb.dst}` : ""
+      } self${op.kind === "fdbSet" ? " permanent" : ""}`;
+    case "routeReplace":
+    case "routeDel":
+      return `ip route ${
+        op.kind === "routeReplace" ? "replace" : "del"
+      } ${op.route.dst}${op.route.gw ? ` via ${op.route.gw}` : ""} dev ${
+        devName(op.route.index)
+      }${op.route.onlink ? " onlink" : ""}`;
+  }
+}

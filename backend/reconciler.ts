@@ -1,0 +1,399 @@
+/**
+ * The reconciler keeps the kernel equal to the desired state derived from
+ * the peer leases, per address family.
+ *
+ * Two paths share one `diff`:
+ * - events: a lease added, changed or removed is applied at once by diffing
+ *   the peer's new entries against what was programmed for it, with no
+ *   kernel dump, so convergence costs a few netlink calls;
+ * - passes: on a timer, when rtnetlink reports a change to our objects,
+ *   and after any failure, the device is re-ensured and the kernel state
+ *   of our device and of the cluster routes is read back and diffed
+ *   against the whole desired state, repairing drift and removing stale
+ *   entries (peers deleted while weft was down).
+ *
+ * No pass prunes before the subnet manager has delivered its first full
+ * listing: a restart must never withdraw routes it has not yet heard of.
+ * A failing peer is counted, logged and retried on the next pass; it never
+ * blocks the others.
+ *
+ * @module
+ */
+import { KernelError, type Netlink } from "../ffi/types.ts";
+import type { Lease, LeaseEvent } from "../subnet/lease.ts";
+import {
+  asState,
+  describeOp,
+  diff,
+  type FamilyPlan,
+  type Op,
+  ownedState,
+  type PeerEntries,
+  type PeerMode,
+} from "./plan.ts";
+import { logger } from "../agent/log.ts";
+import { metrics } from "../agent/metrics.ts";
+
+const log = logger("reconcile");
+
+/** One address family of a backend network, as the reconciler drives it. */
+export interface FamilyNetwork {
+  readonly family: 4 | 6;
+  /** For logs: the device name, or `host-gw`. */
+  readonly label: string;
+  /** Ensures the device and its address; returns the plan. May throw. */
+  ensure(): FamilyPlan;
+  /** Kernel entries for one peer, or undefined if it has none here. */
+  entries(
+    plan: FamilyPlan,
+    lease: Lease,
+    modes: Map<string, PeerMode>,
+  ): PeerEntries | undefined;
+}
+
+/** Something that resolves when the kernel reports a change. */
+export interface ChangeSource {
+  next(): Promise<unknown>;
+  close(): void;
+}
+
+/** Options of {@linkcode Reconciler}. */
+export interface ReconcilerOptions {
+  /** Our lease key; its events are ignored. */
+  readonly ownKey: string;
+  /** Backend type whose leases are peers (`vxlan`, `host-gw`). */
+  readonly backendType: string;
+  /** Time between full passes, milliseconds. Default 10 000. */
+  readonly periodMs?: number;
+  /** Debounce after a kernel notification, milliseconds. Default 100. */
+  readonly debounceMs?: number;
+}
+
+interface FamilyState {
+  readonly net: FamilyNetwork;
+  plan: FamilyPlan | undefined;
+  /** What we believe the kernel holds, by lease key. */
+  programmed: Map<string, PeerEntries>;
+  /** Peers whose last operation failed. */
+  failed: Set<string>;
+}
+
+/** Outcome of one pass, for logs, tests and benchmarks. */
+export interface PassResult {
+  readonly ops: number;
+  readonly errors: number;
+}
+
+/** Keeps the kernel equal to what the leases ask for. */
+export class Reconciler {
+  readonly #nl: Netlink;
+  readonly #opts: Required<ReconcilerOptions>;
+  readonly #families: FamilyState[];
+  readonly #leases = new Map<string, Lease>();
+  /** Receive time of the oldest unprogrammed event per key. */
+  readonly #pendingSince = new Map<string, number>();
+  #synced = false;
+  #passes = 0;
+  #dirty = true;
+  #wake: (() => void) | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(nl: Netlink, families: FamilyNetwork[], opts: ReconcilerOptions) {
+    this.#nl = nl;
+    this.#opts = { periodMs: 10_000, debounceMs: 100, ...opts };
+    this.#families = families.map((net) => ({
+      net,
+      plan: undefined,
+      programmed: new Map(),
+      failed: new Set(),
+    }));
+  }
+
+  /** Peers (of our backend type) currently known. */
+  get peerCount(): number {
+    return this.#leases.size;
+  }
+
+  /** Whether the first listing arrived and a full pass left no failure. */
+  get ready(): boolean {
+    return this.#synced && this.#passes > 0 && !this.#dirty &&
+      this.#families.every((f) => f.plan !== undefined && f.failed.size === 0);
+  }
+
+  /** Number of full passes run. */
+  get passes(): number {
+    return this.#passes;
+  }
+
+  /** The current plan of a family (after a pass), for callers and tests. */
+  plan(family: 4 | 6): FamilyPlan | undefined {
+    return this.#families.find((f) => f.net.family === family)?.plan;
+  }
+
+  /**
+   * Takes a batch of lease events. The first call marks the initial
+   * listing complete (it may be empty); later calls are applied at once.
+   */
+  handle(events: LeaseEvent[]): void {
+    const touched = new Set<string>();
+    for (const ev of events) {
+      const { lease } = ev;
+      if (lease.key === this.#opts.ownKey) continue;
+      if (ev.type === "removed") {
+        if (this.#leases.delete(lease.key)) touched.add(lease.key);
+      } else if (lease.attrs.backendType !== this.#opts.backendType) {
+        log.v(
+          1,
+          `Ignoring lease "${lease.key}" of backend type "${lease.attrs.backendType}"`,
+        );
+        if (this.#leases.delete(lease.key)) touched.add(lease.key);
+        continue;
+      } else {
+        this.#leases.set(lease.key, lease);
+        touched.add(lease.key);
+      }
+      if (!this.#pendingSince.has(lease.key)) {
+        this.#pendingSince.set(lease.key, ev.receivedAt);
+      }
+    }
+    if (!this.#synced) {
+      this.#synced = true;
+      this.#trigger();
+      return;
+    }
+    if (touched.size > 0) this.#applyKeys(touched);
+  }
+
+  /** Applies the changes for some peers without reading the kernel. */
+  #applyKeys(keys: Set<string>): void {
+    if (this.#dirty || this.#families.some((f) => f.plan === undefined)) {
+      this.#trigger();
+      return;
+    }
+    for (const f of this.#families) {
+      const plan = f.plan!;
+      const modes = new Map<string, PeerMode>();
+      const before: PeerEntries[] = [];
+      const after: PeerEntries[] = [];
+      for (const key of keys) {
+        const old = f.programmed.get(key);
+        if (old) before.push(old);
+        const lease = this.#leases.get(key);
+        const now = lease ? f.net.entries(plan, lease, modes) : undefined;
+        if (now) after.push(now);
+      }
+      const ops = diff(after, asState(before));
+      const failed = this.#apply(f, ops);
+      for (const key of keys) {
+        f.programmed.delete(key);
+        f.failed.delete(key);
+      }
+      for (const e of after) {
+        if (failed.has(e.key)) f.failed.add(e.key);
+        else f.programmed.set(e.key, e);
+      }
+      if (failed.size > 0) {
+        this.#dirty = true;
+        this.#trigger();
+      }
+    }
+    this.#observeLatency(keys);
+    this.#updateGauge();
+  }
+
+  /**
+   * One full pass: ensure devices, read the kernel, diff against the
+   * whole desired state, apply. Does nothing before the initial listing.
+   */
+  pass(): PassResult {
+    if (!this.#synced) return { ops: 0, errors: 0 };
+    const started = performance.now();
+    let ops = 0, errors = 0;
+    let dirty = false;
+    for (const f of this.#families) {
+      try {
+        f.plan = f.net.ensure();
+      } catch (e) {
+        errors++;
+        dirty = true;
+        metrics.kernelErrors.inc({ op: "device" });
+        log.error(`Cannot set up ${f.net.label}: ${(e as Error).message}`);
+        continue;
+      }
+      const plan = f.plan;
+      const kernel = this.#readKernel(plan);
+      if (!kernel) {
+        errors++;
+        dirty = true;
+        continue;
+      }
+      const modes = new Map<string, PeerMode>();
+      const desired = new Map<string, PeerEntries>();
+      for (const lease of this.#leases.values()) {
+        const e = f.net.entries(plan, lease, modes);
+        if (e) desired.set(e.key, e);
+      }
+      const todo = diff(desired.values(), ownedState(plan, kernel));
+      if (todo.length > 0) {
+        log.info(
+          `${f.net.label}: ${todo.length} kernel change(s) to reach the desired state of ${desired.size} peer(s)`,
+        );
+      }
+      const failed = this.#apply(f, todo);
+      ops += todo.length;
+      errors += failed.size;
+      if (failed.size > 0) dirty = true;
+      f.failed = failed;
+      f.programmed = new Map(
+        [...desired].filter(([key]) => !failed.has(key)),
+      );
+      for (const op of todo) {
+        metrics.reconcileRepairs.inc({ kind: op.kind });
+      }
+    }
+    this.#dirty = dirty;
+    this.#passes++;
+    metrics.reconcilePasses.inc();
+    metrics.reconcileDuration.observe((performance.now() - started) / 1000);
+    this.#observeLatency(new Set(this.#leases.keys()));
+    this.#updateGauge();
+    return { ops, errors };
+  }
+
+  #readKernel(plan: FamilyPlan) {
+    try {
+      const dev = plan.deviceIndex;
+      return {
+        neighs: dev === undefined ? [] : this.#nl.neighList(dev, plan.family),
+        fdbs: dev === undefined ? [] : this.#nl.fdbList(dev),
+        routes: this.#nl.routeList({ family: plan.family }),
+      };
+    } catch (e) {
+      metrics.kernelErrors.inc({ op: "dump" });
+      log.error(`Cannot read kernel state: ${(e as Error).message}`);
+      return undefined;
+    }
+  }
+
+  /** Applies ops in order; returns the peers that failed. */
+  #apply(f: FamilyState, ops: Op[]): Set<string> {
+    const failed = new Set<string>();
+    const name = (index?: number) =>
+      index === f.plan?.deviceIndex ? f.net.label : `if${index}`;
+    for (const op of ops) {
+      if (op.peer !== undefined && failed.has(op.peer)) continue;
+      const level = op.kind.startsWith("route") ? 2 : 4;
+      if (log.enabled(level)) log.v(level, describeOp(op, name));
+      try {
+        this.#run(op);
+      } catch (e) {
+        const missing = e instanceof KernelError && e.notFound;
+        if (missing && op.kind.endsWith("Del")) continue;
+        metrics.kernelErrors.inc({ op: op.kind });
+        log.error(
+          `Failed: ${describeOp(op, name)}${
+            op.peer ? ` (peer "${op.peer}")` : ""
+          }: ${(e as Error).message}`,
+        );
+        if (op.peer !== undefined) failed.add(op.peer);
+        else failed.add(`stale:${op.kind}`);
+      }
+    }
+    return failed;
+  }
+
+  #run(op: Op): void {
+    const nl = this.#nl;
+    switch (op.kind) {
+      case "neighSet":
+        return nl.neighSet(op.neigh);
+      case "neighDel":
+        return nl.neighDel(op.neigh);
+      case "fdbSet":
+        return nl.fdbSet(op.fdb);
+      case "fdbDel":
+        return nl.fdbDel(op.fdb);
+      case "routeReplace":
+        return nl.routeReplace(op.route);
+      case "routeDel":
+        return nl.routeDel(op.route);
+    }
+  }
+
+  #observeLatency(keys: Set<string>): void {
+    const now = performance.now();
+    for (const key of keys) {
+      const since = this.#pendingSince.get(key);
+      if (since === undefined) continue;
+      if (this.#families.some((f) => f.failed.has(key))) continue;
+      this.#pendingSince.delete(key);
+      metrics.eventToKernel.observe((now - since) / 1000);
+    }
+  }
+
+  #updateGauge(): void {
+    let programmed = 0;
+    for (const key of this.#leases.keys()) {
+      if (!this.#families.some((f) => f.failed.has(key))) programmed++;
+    }
+    metrics.peersProgrammed.set(programmed);
+  }
+
+  /** Asks the run loop for a pass soon. */
+  #trigger(): void {
+    this.#wake?.();
+  }
+
+  /**
+   * Runs passes until `signal` aborts: on the period, soon after a kernel
+   * change reported by `changes`, and with backoff after a failure.
+   */
+  async run(signal: AbortSignal, changes?: ChangeSource): Promise<void> {
+    let failures = 0;
+    const watchChanges = async () => {
+      while (changes && !signal.aborted) {
+        try {
+          await changes.next();
+        } catch (e) {
+          if (!signal.aborted) {
+            log.warn(`Kernel notifications stopped: ${(e as Error).message}`);
+          }
+          return;
+        }
+        await sleep(this.#opts.debounceMs, signal);
+        this.#trigger();
+      }
+    };
+    const watcher = watchChanges();
+    signal.addEventListener("abort", () => {
+      changes?.close();
+      this.#trigger();
+    }, { once: true });
+    while (!signal.aborted) {
+      if (this.#synced) {
+        const r = this.pass();
+        failures = r.errors > 0 ? failures + 1 : 0;
+      }
+      const wait = failures > 0
+        ? Math.min(this.#opts.periodMs, 500 * 2 ** Math.min(failures, 6))
+        : this.#opts.periodMs;
+      await new Promise<void>((resolve) => {
+        this.#wake = resolve;
+        this.#timer = setTimeout(resolve, wait);
+      });
+      clearTimeout(this.#timer);
+      this.#wake = undefined;
+    }
+    await watcher;
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(t);
+      resolve();
+    }, { once: true });
+  });
+}

@@ -1,0 +1,390 @@
+import assert from "node:assert/strict";
+import { added, node, peer, removed } from "./_testing.ts";
+import { MemoryKernel } from "./memory_kernel.ts";
+import { createBackend } from "./backend.ts";
+import { Reconciler } from "./reconciler.ts";
+import { parseNetConfig } from "../subnet/config.ts";
+import { unwrap } from "../subnet/result.ts";
+import { NLE_EXIST } from "../ffi/types.ts";
+import { setLogSink } from "../agent/log.ts";
+
+setLogSink(() => {});
+
+function routesVia(kernel: MemoryKernel, index: number): string[] {
+  return kernel.routes.filter((r) => r.index === index).map((r) =>
+    `${r.dst} via ${r.gw}`
+  ).sort();
+}
+
+Deno.test("Reconciler creates flannel.1 as flanneld does and programs every peer", () => {
+  const { kernel, rec, attrs, eth0 } = node();
+  rec.handle(added(peer(2), peer(3)));
+  const r = rec.pass();
+  assert.deepEqual(r, { ops: 6, errors: 0 });
+  const dev = kernel.linkByName("flannel.1")!;
+  assert.equal(dev.mtu, 1450);
+  assert.equal(dev.up, true);
+  assert.deepEqual(dev.vxlan, {
+    vni: 1,
+    local: "198.18.0.1",
+    linkIndex: eth0.index,
+    port: 8472,
+    learning: false,
+    gbp: false,
+  });
+  assert.deepEqual(kernel.addrList(dev.index), [{
+    index: dev.index,
+    local: "10.244.1.0/32",
+  }]);
+  assert.deepEqual(attrs, {
+    backendType: "vxlan",
+    publicIP: "198.18.0.1",
+    backendData: { VNI: 1, VtepMAC: dev.mac },
+  });
+  assert.match(dev.mac!, /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
+  assert.equal(
+    parseInt(dev.mac!.slice(0, 2), 16) & 3,
+    2,
+    "locally administered unicast",
+  );
+  assert.deepEqual(routesVia(kernel, dev.index), [
+    "10.244.2.0/24 via 10.244.2.0",
+    "10.244.3.0/24 via 10.244.3.0",
+  ]);
+  assert.equal(kernel.fdbs.length, 2);
+  assert.equal(kernel.neighs.length, 2);
+  assert.equal(rec.ready, true);
+});
+
+Deno.test("Reconciler prunes nothing before the first listing arrives", () => {
+  const { kernel, rec } = node();
+  rec.handle(added(peer(2)));
+  rec.pass();
+  // A restart: a new reconciler over the same kernel, no listing yet.
+  const again = node(undefined, kernel);
+  assert.deepEqual(again.rec.pass(), { ops: 0, errors: 0 });
+  assert.equal(
+    kernel.routes.filter((r) => r.dst === "10.244.2.0/24").length,
+    1,
+  );
+  assert.equal(again.rec.ready, false);
+  // An empty listing is still a listing: then stale entries go.
+  again.rec.handle([]);
+  again.rec.pass();
+  assert.equal(
+    kernel.routes.filter((r) => r.dst === "10.244.2.0/24").length,
+    0,
+  );
+  assert.equal(kernel.fdbs.length, 0);
+  assert.equal(kernel.neighs.length, 0);
+});
+
+Deno.test("Reconciler keeps the device and its MAC across a restart with no change", () => {
+  const { kernel, rec, attrs } = node();
+  rec.handle(added(peer(2)));
+  rec.pass();
+  const calls = new Map(kernel.calls);
+  const again = node(undefined, kernel);
+  assert.deepEqual(again.attrs, attrs);
+  again.rec.handle(added(peer(2)));
+  assert.deepEqual(again.rec.pass(), { ops: 0, errors: 0 });
+  assert.deepEqual(
+    kernel.calls,
+    calls,
+    "no mutating call on a hitless restart",
+  );
+});
+
+Deno.test("Reconciler removes entries of peers deleted while it was down", () => {
+  const { kernel, rec } = node();
+  rec.handle(added(peer(2), peer(9)));
+  rec.pass();
+  const again = node(undefined, kernel);
+  again.rec.handle(added(peer(2)));
+  again.rec.pass();
+  const dev = kernel.linkByName("flannel.1")!;
+  assert.deepEqual(routesVia(kernel, dev.index), [
+    "10.244.2.0/24 via 10.244.2.0",
+  ]);
+  assert.deepEqual(kernel.fdbs.map((f) => f.dst), ["198.18.0.2"]);
+  assert.deepEqual(kernel.neighs.map((n) => n.dst), ["10.244.2.0"]);
+});
+
+Deno.test("Reconciler ignores its own lease and leases of another backend type", () => {
+  const { kernel, rec, own } = node();
+  rec.handle(added(own, peer(4, { type: "host-gw" }), peer(5)));
+  rec.pass();
+  assert.deepEqual(
+    kernel.routes.filter((r) => r.dst.startsWith("10.244.")).map((r) => r.dst),
+    [
+      "10.244.5.0/24",
+    ],
+  );
+  assert.equal(rec.peerCount, 1);
+});
+
+Deno.test("Reconciler recreates an incompatible device and replays every peer", () => {
+  const kernel = new MemoryKernel();
+  const eth0 = kernel.addDevice("eth0");
+  kernel.addrs.push({ index: eth0.index, local: "198.18.0.1/24" });
+  const old = kernel.linkAddVxlan({
+    name: "flannel.1",
+    vni: 7,
+    port: 0,
+    local: "198.18.0.1",
+    linkIndex: eth0.index,
+    learning: false,
+    gbp: false,
+    mtu: 1450,
+    mac: "0a:11:11:11:11:11",
+  });
+  const { rec } = node(undefined, kernel);
+  rec.handle(added(peer(2), peer(3)));
+  rec.pass();
+  const dev = kernel.linkByName("flannel.1")!;
+  assert.notEqual(dev.index, old.index);
+  assert.equal(dev.vxlan?.vni, 1);
+  assert.equal(kernel.routes.filter((r) => r.index === dev.index).length, 2);
+  assert.equal(kernel.fdbs.filter((f) => f.index === dev.index).length, 2);
+});
+
+Deno.test("Reconciler repairs a deleted device with the same MAC and replays peers", () => {
+  const { kernel, rec } = node();
+  rec.handle(added(peer(2), peer(3)));
+  rec.pass();
+  const before = kernel.linkByName("flannel.1")!;
+  kernel.linkDel(before.index);
+  assert.equal(
+    kernel.routes.filter((r) => r.dst.startsWith("10.244.")).length,
+    0,
+  );
+  const r = rec.pass();
+  const after = kernel.linkByName("flannel.1")!;
+  assert.equal(after.mac, before.mac);
+  assert.equal(r.errors, 0);
+  assert.equal(kernel.routes.filter((r) => r.index === after.index).length, 2);
+  assert.equal(kernel.neighs.length, 2);
+  assert.equal(kernel.fdbs.length, 2);
+  assert.deepEqual(kernel.addrList(after.index), [{
+    index: after.index,
+    local: "10.244.1.0/32",
+  }]);
+});
+
+Deno.test("Reconciler repairs drift: deleted route, altered neighbour, lost FDB entry", () => {
+  const { kernel, rec } = node();
+  rec.handle(added(peer(2), peer(3)));
+  rec.pass();
+  kernel.routes = kernel.routes.filter((r) => r.dst !== "10.244.2.0/24");
+  kernel.neighs = kernel.neighs.map((n) =>
+    n.dst === "10.244.3.0" ? { ...n, lladdr: "0a:ff:ff:ff:ff:ff" } : n
+  );
+  kernel.fdbs = kernel.fdbs.filter((f) => f.dst !== "198.18.0.3");
+  assert.deepEqual(rec.pass(), { ops: 3, errors: 0 });
+  assert.equal(
+    kernel.neighs.find((n) => n.dst === "10.244.3.0")?.lladdr,
+    "0a:00:00:00:00:03",
+  );
+  assert.equal(
+    kernel.routes.filter((r) => r.dst === "10.244.2.0/24").length,
+    1,
+  );
+  assert.equal(kernel.fdbs.filter((f) => f.dst === "198.18.0.3").length, 1);
+});
+
+Deno.test("Reconciler: one failing peer does not block the others and is retried", () => {
+  const { kernel, rec } = node();
+  kernel.fault = (op, obj) =>
+    op === "routeReplace" && (obj as { dst: string }).dst === "10.244.3.0/24"
+      ? NLE_EXIST
+      : undefined;
+  rec.handle(added(peer(2), peer(3), peer(4)));
+  const r = rec.pass();
+  assert.equal(r.errors, 1);
+  assert.deepEqual(
+    kernel.routes.filter((r) => r.dst.startsWith("10.244.")).map((r) => r.dst)
+      .sort(),
+    ["10.244.2.0/24", "10.244.4.0/24"],
+  );
+  assert.equal(rec.ready, false);
+  kernel.fault = undefined;
+  assert.equal(rec.pass().errors, 0);
+  assert.equal(
+    kernel.routes.filter((r) => r.dst === "10.244.3.0/24").length,
+    1,
+  );
+  assert.equal(rec.ready, true);
+});
+
+Deno.test("Reconciler applies events at once, without a pass", () => {
+  const { kernel, rec } = node();
+  rec.handle(added(peer(2)));
+  rec.pass();
+  const passes = rec.passes;
+  rec.handle(added(peer(5)));
+  assert.equal(
+    kernel.routes.filter((r) => r.dst === "10.244.5.0/24").length,
+    1,
+  );
+  rec.handle(added(peer(2, { mac: "0a:00:00:00:00:77" })));
+  assert.deepEqual(
+    kernel.fdbs.filter((f) => f.dst === "198.18.0.2").map((f) => f.lladdr),
+    [
+      "0a:00:00:00:00:77",
+    ],
+  );
+  assert.equal(
+    kernel.neighs.find((n) => n.dst === "10.244.2.0")?.lladdr,
+    "0a:00:00:00:00:77",
+  );
+  rec.handle(removed(peer(5)));
+  assert.equal(
+    kernel.routes.filter((r) => r.dst === "10.244.5.0/24").length,
+    0,
+  );
+  assert.equal(kernel.fdbs.filter((f) => f.dst === "198.18.0.5").length, 0);
+  assert.equal(rec.passes, passes);
+});
+
+Deno.test("Reconciler with DirectRouting routes on-link peers directly, others through VXLAN", () => {
+  const { kernel, rec, eth0 } = node(
+    '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}',
+  );
+  rec.handle(added(peer(2), peer(3, { ip: "203.0.113.3" })));
+  rec.pass();
+  const dev = kernel.linkByName("flannel.1")!;
+  assert.deepEqual(
+    routesVia(kernel, eth0.index).filter((r) => r.startsWith("10.244.")),
+    [
+      "10.244.2.0/24 via 198.18.0.2",
+    ],
+  );
+  assert.deepEqual(routesVia(kernel, dev.index), [
+    "10.244.3.0/24 via 10.244.3.0",
+  ]);
+  assert.deepEqual(kernel.fdbs.map((f) => f.dst), ["203.0.113.3"]);
+  // The peer leaves: its direct route goes too.
+  rec.handle(removed(peer(2)));
+  assert.deepEqual(
+    routesVia(kernel, eth0.index).filter((r) => r.startsWith("10.244.")),
+    [],
+  );
+});
+
+Deno.test("IPv6 device MTU allows for the 70-byte outer header", () => {
+  const kernel = new MemoryKernel();
+  const eth0 = kernel.addDevice("eth0", 1500);
+  const config = unwrap(parseNetConfig(
+    '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}',
+  ));
+  const backend = unwrap(createBackend(kernel, config, {
+    index: eth0.index,
+    name: "eth0",
+    mtu: 1500,
+    ifaceV6Addr: "2001:db8::1",
+    publicIPv6: "2001:db8::1",
+  }));
+  const attrs = backend.prepare();
+  const net = backend.start({
+    key: "me",
+    ipv6Subnet: "fc00:0:0:1::/64",
+    attrs,
+  });
+  assert.equal(net.mtu, 1430);
+  const rec = new Reconciler(kernel, net.families, {
+    ownKey: "me",
+    backendType: "vxlan",
+  });
+  rec.handle(added({
+    key: "p",
+    ipv6Subnet: "fc00:0:0:2::/64",
+    attrs: {
+      backendType: "vxlan",
+      publicIPv6: "2001:db8::2",
+      backendV6Data: { VNI: 1, VtepMAC: "0a:00:00:00:00:02" },
+    },
+  }));
+  rec.pass();
+  const dev = kernel.linkByName("flannel-v6.1")!;
+  assert.equal(dev.mtu, 1430);
+  assert.deepEqual(kernel.addrList(dev.index), [{
+    index: dev.index,
+    local: "fc00:0:0:1::/128",
+  }]);
+  assert.deepEqual(
+    kernel.routes.filter((r) => r.index === dev.index).map((r) =>
+      `${r.dst} via ${r.gw}`
+    ),
+    [
+      "fc00:0:0:2::/64 via fc00:0:0:2::",
+    ],
+  );
+});
+
+Deno.test("host-gw routes peers via their public IP and refuses NAT", () => {
+  const kernel = new MemoryKernel();
+  const eth0 = kernel.addDevice("eth0", 1500);
+  const config = unwrap(
+    parseNetConfig('{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}'),
+  );
+  const nat = createBackend(kernel, config, {
+    index: eth0.index,
+    name: "eth0",
+    mtu: 1500,
+    ifaceAddr: "198.18.0.1",
+    publicIP: "203.0.113.1",
+  });
+  assert.ok(!nat.ok && /cannot run behind NAT.*"203.0.113.1"/.test(nat.reason));
+  const backend = unwrap(createBackend(kernel, config, {
+    index: eth0.index,
+    name: "eth0",
+    mtu: 1500,
+    ifaceAddr: "198.18.0.1",
+    publicIP: "198.18.0.1",
+  }));
+  const attrs = backend.prepare();
+  assert.deepEqual(attrs, { backendType: "host-gw", publicIP: "198.18.0.1" });
+  const net = backend.start({ key: "me", subnet: "10.244.1.0/24", attrs });
+  assert.equal(net.mtu, 1500);
+  const rec = new Reconciler(kernel, net.families, {
+    ownKey: "me",
+    backendType: "host-gw",
+  });
+  rec.handle(added(peer(2, { type: "host-gw" }), peer(3)));
+  rec.pass();
+  assert.deepEqual(routesVia(kernel, eth0.index), [
+    "10.244.2.0/24 via 198.18.0.2",
+  ]);
+});
+
+Deno.test("createBackend() names a bad Backend key and an unknown type", () => {
+  const kernel = new MemoryKernel();
+  const eth0 = kernel.addDevice("eth0");
+  const u = {
+    index: eth0.index,
+    name: "eth0",
+    mtu: 1500,
+    ifaceAddr: "198.18.0.1",
+    publicIP: "198.18.0.1",
+  };
+  const bad = createBackend(
+    kernel,
+    unwrap(
+      parseNetConfig(
+        '{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}',
+      ),
+    ),
+    u,
+  );
+  assert.ok(
+    !bad.ok && bad.reason === 'Invalid Backend.VNI "1": must be an integer',
+  );
+  const udp = createBackend(
+    kernel,
+    unwrap(
+      parseNetConfig('{"Network":"10.0.0.0/16","Backend":{"Type":"udp"}}'),
+    ),
+    u,
+  );
+  assert.ok(!udp.ok && /Unsupported backend type "udp"/.test(udp.reason));
+});
