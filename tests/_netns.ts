@@ -95,7 +95,7 @@ export class Netns implements AsyncDisposable {
   readonly name: string;
   #closed = false;
 
-  private constructor(name: string) {
+  protected constructor(name: string) {
     this.name = name;
   }
 
@@ -104,6 +104,14 @@ export class Netns implements AsyncDisposable {
     const rand = crypto.randomUUID().slice(0, 6);
     const ns = new Netns(`weft-t-${tag}-${rand}`);
     await sh(["ip", "netns", "add", ns.name]);
+    await ns.ip("link", "set", "lo", "up");
+    return ns;
+  }
+
+  /** Creates a namespace with an exact name (cluster harnesses). */
+  static async named(name: string): Promise<Netns> {
+    const ns = new Netns(name);
+    await sh(["ip", "netns", "add", name]);
     await ns.ip("link", "set", "lo", "up");
     return ns;
   }
