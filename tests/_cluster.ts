@@ -221,9 +221,10 @@ export class Cluster implements AsyncDisposable {
         "--initial-cluster",
         "demo=http://127.0.0.1:2380",
       ],
-      stdout: log.writable,
-      stderr: "null",
+      stdout: "null",
+      stderr: "piped",
     }).spawn();
+    this.etcd.stderr.pipeTo(log.writable).catch(() => {});
     for (let i = 0; i < 100; i++) {
       const r = await this.etcdctl("endpoint", "health");
       if (r.code === 0) return;
@@ -297,9 +298,10 @@ export class Cluster implements AsyncDisposable {
       ],
       env: { NODE_NAME: node.name },
       stdout: "null",
-      stderr: log.writable,
+      stderr: "piped",
       cwd: ROOT,
     }).spawn();
+    child.stderr.pipeTo(log.writable).catch(() => {});
     node.agent = { child, logPath, started: performance.now() };
     return node.agent;
   }
