@@ -189,3 +189,38 @@ export const NLE_EXIST = 6;
 export const NLE_OBJ_NOTFOUND = 12;
 /** libnl: no such device. */
 export const NLE_NODEV = 31;
+
+/**
+ * What one wake-up of a {@linkcode NetlinkMonitor} saw: notifications
+ * counted by type, and the device indexes they named. Neighbour messages of
+ * family AF_BRIDGE count as FDB.
+ */
+export interface NotificationSummary {
+  readonly newLink: number;
+  readonly delLink: number;
+  readonly newAddr: number;
+  readonly delAddr: number;
+  readonly newRoute: number;
+  readonly delRoute: number;
+  readonly newNeigh: number;
+  readonly delNeigh: number;
+  readonly newFdb: number;
+  readonly delFdb: number;
+  /** Device indexes named by the messages, deduplicated, in order seen. */
+  readonly indexes: readonly number[];
+  /**
+   * The kernel dropped notifications (ENOBUFS): what changed is unknown,
+   * so the caller should resync everything.
+   */
+  readonly overrun: boolean;
+}
+
+/**
+ * Kernel change notifications (`ip monitor link address route neigh`).
+ * `next()` waits without blocking the JS thread; `close()` makes a pending
+ * `next()` reject promptly with `Deno.errors.BadResource`.
+ */
+export interface NetlinkMonitor {
+  next(): Promise<NotificationSummary>;
+  close(): void;
+}
