@@ -1,0 +1,807 @@
+/**
+ * A small etcd v3 client over the JSON gateway (`POST /v3/...`, served by
+ * etcd 3.4 and later on the client port), enough for flanneld's data
+ * model: range, put, txn, delete, compaction, leases, watch, and
+ * password authentication. Keys and values are UTF-8 strings here and
+ * base64 on the wire; int64 fields (revisions, lease IDs) arrive as JSON
+ * strings: revisions become bigints, lease IDs stay decimal strings (they
+ * exceed 2^53).
+ *
+ * Endpoints are tried in turn, starting with the last one that answered:
+ * a connection failure, a timeout, or an "unavailable" answer moves to the
+ * next, and when every endpoint fails the error names each one with its
+ * cause. Every request has a timeout, except a watch stream, which has an
+ * idle watchdog instead (etcd sends progress notifications on idle
+ * watches when asked, so silence means a dead connection).
+ *
+ * @module
+ */
+import { NdjsonDecoder } from "./ndjson.ts";
+
+/** TLS material for `--etcd-cafile/--etcd-certfile/--etcd-keyfile`. */
+export interface EtcdTlsFiles {
+  /** PEM CA bundle trusted in addition to the system roots. */
+  readonly caFile?: string;
+  /** PEM client certificate chain; needs `keyFile`. */
+  readonly certFile?: string;
+  /** PEM private key of `certFile`. */
+  readonly keyFile?: string;
+}
+
+/** Options of {@linkcode EtcdClient}. */
+export interface EtcdClientOptions {
+  /** Client URLs, `http://127.0.0.1:2379`; tried in order. */
+  readonly endpoints: readonly string[];
+  readonly tls?: EtcdTlsFiles;
+  /** With `password`: authenticate and send the token on every request. */
+  readonly username?: string;
+  readonly password?: string;
+  /** Timeout of each request, and of a watch's first answer. Default 10 s. */
+  readonly requestTimeoutMs?: number;
+}
+
+/** Why a request failed. */
+export type EtcdErrorKind =
+  /** No endpoint answered (connection refused, timeout, unavailable). */
+  | "unreachable"
+  /** etcd answered with an error. */
+  | "api"
+  /** The answer could not be understood. */
+  | "protocol";
+
+/** A failed etcd request; the message names the endpoint(s) and cause. */
+export class EtcdError extends Error {
+  override readonly name = "EtcdError";
+  constructor(
+    message: string,
+    readonly kind: EtcdErrorKind,
+    /** gRPC status code of an `api` error (5 not found, 11 out of range...). */
+    readonly code?: number,
+  ) {
+    super(message);
+  }
+}
+
+/** Whether retrying later may succeed: etcd unreachable or without leader. */
+export function isTransient(e: unknown): boolean {
+  if (!(e instanceof EtcdError)) return false;
+  if (e.kind === "unreachable") return true;
+  // 4 DeadlineExceeded ("request timed out"), 14 Unavailable ("no leader").
+  return e.kind === "api" && (e.code === 4 || e.code === 14);
+}
+
+/** A key and its metadata. */
+export interface KeyValue {
+  readonly key: string;
+  readonly value: string;
+  readonly createRevision: bigint;
+  readonly modRevision: bigint;
+  readonly version: bigint;
+  /** etcd lease ID as a decimal string; `"0"` when the key has no lease. */
+  readonly lease: string;
+}
+
+/** Result of a range request. */
+export interface RangeResult {
+  /** Store revision the range was read at. */
+  readonly revision: bigint;
+  readonly kvs: KeyValue[];
+  readonly more: boolean;
+}
+
+/** A transaction condition. */
+export type Compare =
+  | {
+    readonly key: string;
+    readonly target: "VERSION" | "CREATE" | "MOD";
+    readonly result: "EQUAL" | "NOT_EQUAL" | "GREATER" | "LESS";
+    readonly value: bigint;
+  }
+  | {
+    readonly key: string;
+    readonly target: "LEASE";
+    readonly result: "EQUAL" | "NOT_EQUAL";
+    /** Lease ID, decimal string. */
+    readonly value: string;
+  };
+
+/** A transaction operation. */
+export type Op =
+  | { readonly put: { key: string; value: string; lease?: string } }
+  | { readonly get: { key: string } }
+  | { readonly delete: { key: string } };
+
+/** Result of a transaction. */
+export interface TxnResult {
+  readonly succeeded: boolean;
+  readonly revision: bigint;
+  /** One per operation run; `kvs` for a get. */
+  readonly responses: { kvs: KeyValue[] }[];
+}
+
+/** A granted lease. */
+export interface GrantedLease {
+  readonly id: string;
+  /** TTL in seconds as granted. */
+  readonly ttl: number;
+}
+
+/** What to watch. */
+export interface WatchOptions {
+  readonly key: string;
+  /** Exclusive end; `prefixEnd(key)` watches a prefix. */
+  readonly rangeEnd?: string;
+  /** First revision to deliver; default: from now. */
+  readonly startRevision?: bigint;
+  /** Ask etcd for periodic empty responses while idle. Default true. */
+  readonly progressNotify?: boolean;
+  /** Abort the stream after this long without a byte. */
+  readonly idleTimeoutMs: number;
+  readonly signal: AbortSignal;
+}
+
+/** A change in a watch response. */
+export interface WatchEvent {
+  readonly type: "PUT" | "DELETE";
+  readonly kv: KeyValue;
+}
+
+/** One message of a watch stream. */
+export interface WatchResponse {
+  readonly revision: bigint;
+  readonly created: boolean;
+  readonly canceled: boolean;
+  /** Non-zero when the start revision was compacted away. */
+  readonly compactRevision: bigint;
+  readonly cancelReason: string;
+  readonly events: WatchEvent[];
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Base64 of the UTF-8 bytes of `s`, as the gateway wants keys and values. */
+export function b64(s: string | Uint8Array): string {
+  const bytes = typeof s === "string" ? encoder.encode(s) : s;
+  let bin = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(bin);
+}
+
+/** Decodes base64 to bytes; throws on bad input. */
+export function unb64(s: string): Uint8Array {
+  const bin = atob(s);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+/**
+ * The range end that selects every key starting with `prefix` (etcd's
+ * `WithPrefix`): the prefix with its last byte incremented, dropping
+ * trailing 0xff bytes; `"\0"` (every key) when all bytes are 0xff.
+ * Returned as base64, since the end is usually not valid UTF-8.
+ */
+export function prefixRangeEnd(prefix: string): string {
+  const bytes = encoder.encode(prefix);
+  for (let i = bytes.length - 1; i >= 0; i--) {
+    if (bytes[i]! < 0xff) {
+      const end = bytes.slice(0, i + 1);
+      end[i]!++;
+      return b64(end);
+    }
+  }
+  return b64(new Uint8Array([0]));
+}
+
+function big(v: unknown): bigint {
+  if (typeof v === "string" && /^-?\d+$/.test(v)) return BigInt(v);
+  if (typeof v === "number" && Number.isInteger(v)) return BigInt(v);
+  return 0n;
+}
+
+function str(v: unknown): string {
+  return typeof v === "string" ? v : "";
+}
+
+function obj(v: unknown): Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v)
+    ? v as Record<string, unknown>
+    : {};
+}
+
+function arr(v: unknown): unknown[] {
+  return Array.isArray(v) ? v : [];
+}
+
+function kvFrom(raw: unknown): KeyValue {
+  const r = obj(raw);
+  return {
+    key: decoder.decode(unb64(str(r.key))),
+    value: decoder.decode(unb64(str(r.value))),
+    createRevision: big(r.create_revision),
+    modRevision: big(r.mod_revision),
+    version: big(r.version),
+    lease: String(big(r.lease)),
+  };
+}
+
+function revisionOf(r: Record<string, unknown>): bigint {
+  return big(obj(r.header).revision);
+}
+
+function watchResponseFrom(raw: unknown): WatchResponse {
+  const r = obj(raw);
+  return {
+    revision: revisionOf(r),
+    created: r.created === true,
+    canceled: r.canceled === true,
+    compactRevision: big(r.compact_revision),
+    cancelReason: str(r.cancel_reason),
+    // PUT is the enum's zero value, which the gateway omits.
+    events: arr(r.events).map((e) => ({
+      type: obj(e).type === "DELETE" ? "DELETE" : "PUT",
+      kv: kvFrom(obj(e).kv),
+    })),
+  };
+}
+
+function opJson(op: Op): Record<string, unknown> {
+  if ("put" in op) {
+    return {
+      request_put: {
+        key: b64(op.put.key),
+        value: b64(op.put.value),
+        ...(op.put.lease !== undefined && { lease: op.put.lease }),
+      },
+    };
+  }
+  if ("get" in op) return { request_range: { key: b64(op.get.key) } };
+  return { request_delete_range: { key: b64(op.delete.key) } };
+}
+
+function compareJson(c: Compare): Record<string, unknown> {
+  const field = {
+    VERSION: "version",
+    CREATE: "create_revision",
+    MOD: "mod_revision",
+    LEASE: "lease",
+  }[c.target];
+  return {
+    key: b64(c.key),
+    target: c.target,
+    result: c.result,
+    [field]: String(c.value),
+  };
+}
+
+/** The message of a thrown value, with its cause when there is one. */
+export function describe(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  const cause = e.cause instanceof Error ? `: ${e.cause.message}` : "";
+  return `${e.message}${cause}`;
+}
+
+const AUTH_PATH = "/v3/auth/authenticate";
+
+/** An etcd v3 client over the JSON gateway. */
+export class EtcdClient implements Disposable {
+  readonly #endpoints: string[];
+  readonly #opts: EtcdClientOptions;
+  readonly #timeoutMs: number;
+  #current = 0;
+  #token: string | undefined;
+  #http: Promise<Deno.HttpClient | undefined> | undefined;
+  #closed = false;
+
+  constructor(opts: EtcdClientOptions) {
+    if (opts.endpoints.length === 0) {
+      throw new Error("No etcd endpoint given");
+    }
+    this.#endpoints = opts.endpoints.map((e) => {
+      const url = e.trim().replace(/\/+$/, "");
+      if (!/^https?:\/\/[^/]+$/.test(url)) {
+        throw new Error(
+          `Invalid etcd endpoint "${e}": expected http(s)://host:port`,
+        );
+      }
+      return url;
+    });
+    this.#opts = opts;
+    this.#timeoutMs = opts.requestTimeoutMs ?? 10_000;
+  }
+
+  /** The endpoints, normalised, in order. */
+  get endpoints(): readonly string[] {
+    return this.#endpoints;
+  }
+
+  /** Reads `key`, or every key from `key` to `rangeEnd` (base64). */
+  async range(
+    key: string,
+    opts: {
+      rangeEnd?: string;
+      revision?: bigint;
+      limit?: number;
+      signal?: AbortSignal;
+    } = {},
+  ): Promise<RangeResult> {
+    const r = await this.#post("/v3/kv/range", {
+      key: b64(key),
+      ...(opts.rangeEnd !== undefined && { range_end: opts.rangeEnd }),
+      ...(opts.revision !== undefined && { revision: String(opts.revision) }),
+      ...(opts.limit !== undefined && { limit: String(opts.limit) }),
+    }, opts.signal);
+    return {
+      revision: revisionOf(r),
+      kvs: arr(r.kvs).map(kvFrom),
+      more: r.more === true,
+    };
+  }
+
+  /** Reads one key; undefined when it does not exist. */
+  async get(
+    key: string,
+    signal?: AbortSignal,
+  ): Promise<{ kv: KeyValue | undefined; revision: bigint }> {
+    const r = await this.range(key, signal ? { signal } : {});
+    return { kv: r.kvs[0], revision: r.revision };
+  }
+
+  /**
+   * Reads every key starting with `prefix`, in pages of `pageSize`, all at
+   * the revision of the first page (a consistent snapshot).
+   */
+  async rangePrefix(
+    prefix: string,
+    signal?: AbortSignal,
+    pageSize = 1000,
+  ): Promise<{ revision: bigint; kvs: KeyValue[] }> {
+    const end = prefixRangeEnd(prefix);
+    const kvs: KeyValue[] = [];
+    let from = prefix;
+    let revision: bigint | undefined;
+    while (true) {
+      const page = await this.range(from, {
+        rangeEnd: end,
+        limit: pageSize,
+        ...(revision !== undefined && { revision }),
+        ...(signal && { signal }),
+      });
+      revision ??= page.revision;
+      kvs.push(...page.kvs);
+      const last = page.kvs[page.kvs.length - 1];
+      if (!page.more || last === undefined) break;
+      from = `${last.key}\0`;
+    }
+    return { revision, kvs };
+  }
+
+  /** Writes a key, attached to `lease` when given. Returns the revision. */
+  async put(
+    key: string,
+    value: string,
+    opts: { lease?: string; signal?: AbortSignal } = {},
+  ): Promise<bigint> {
+    const r = await this.#post("/v3/kv/put", {
+      key: b64(key),
+      value: b64(value),
+      ...(opts.lease !== undefined && { lease: opts.lease }),
+    }, opts.signal);
+    return revisionOf(r);
+  }
+
+  /** Deletes a key; returns how many were deleted (0 or 1). */
+  async delete(key: string, signal?: AbortSignal): Promise<number> {
+    const r = await this.#post(
+      "/v3/kv/deleterange",
+      { key: b64(key) },
+      signal,
+    );
+    return Number(big(r.deleted));
+  }
+
+  /** Runs `success` if every compare holds, else `failure`, atomically. */
+  async txn(
+    compare: Compare[],
+    success: Op[],
+    failure: Op[] = [],
+    signal?: AbortSignal,
+  ): Promise<TxnResult> {
+    const r = await this.#post("/v3/kv/txn", {
+      compare: compare.map(compareJson),
+      success: success.map(opJson),
+      failure: failure.map(opJson),
+    }, signal);
+    return {
+      succeeded: r.succeeded === true,
+      revision: revisionOf(r),
+      responses: arr(r.responses).map((x) => ({
+        kvs: arr(obj(obj(x).response_range).kvs).map(kvFrom),
+      })),
+    };
+  }
+
+  /** Compacts the history up to `revision`. */
+  async compact(revision: bigint, signal?: AbortSignal): Promise<void> {
+    await this.#post("/v3/kv/compaction", {
+      revision: String(revision),
+      physical: true,
+    }, signal);
+  }
+
+  /** Grants a lease of `ttlSeconds`. */
+  async leaseGrant(
+    ttlSeconds: number,
+    signal?: AbortSignal,
+  ): Promise<GrantedLease> {
+    const r = await this.#post("/v3/lease/grant", {
+      TTL: String(ttlSeconds),
+    }, signal);
+    const id = String(big(r.ID));
+    if (id === "0") {
+      throw new EtcdError(
+        `etcd lease grant returned no ID: ${JSON.stringify(r)}`,
+        "protocol",
+      );
+    }
+    return { id, ttl: Number(big(r.TTL)) };
+  }
+
+  /**
+   * Revokes a lease, deleting the keys attached to it. Returns false when
+   * the lease did not exist (already expired or revoked).
+   */
+  async leaseRevoke(id: string, signal?: AbortSignal): Promise<boolean> {
+    try {
+      await this.#post("/v3/lease/revoke", { ID: id }, signal);
+      return true;
+    } catch (e) {
+      if (e instanceof EtcdError && e.kind === "api" && e.code === 5) {
+        return false;
+      }
+      throw e;
+    }
+  }
+
+  /** Remaining TTL of a lease in seconds; -1 when it does not exist. */
+  async leaseTimeToLive(id: string, signal?: AbortSignal): Promise<number> {
+    const r = await this.#post("/v3/lease/timetolive", { ID: id }, signal);
+    return Number(big(r.TTL));
+  }
+
+  /**
+   * Watches a key or range, yielding each response of the stream until it
+   * breaks, etcd cancels it, or `signal` aborts. Throws an
+   * {@linkcode EtcdError} when the stream fails or stays silent longer than
+   * `idleTimeoutMs`; the caller reconnects from its next revision.
+   */
+  async *watch(opts: WatchOptions): AsyncGenerator<WatchResponse, void> {
+    const body = JSON.stringify({
+      create_request: {
+        key: b64(opts.key),
+        ...(opts.rangeEnd !== undefined && { range_end: opts.rangeEnd }),
+        ...(opts.startRevision !== undefined &&
+          { start_revision: String(opts.startRevision) }),
+        progress_notify: opts.progressNotify ?? true,
+      },
+    });
+    const { res, endpoint, ctl } = await this.#open("/v3/watch", body, opts);
+    const reader = res.body!.getReader();
+    try {
+      const lines = new NdjsonDecoder();
+      while (true) {
+        const chunk = await readWithin(
+          reader,
+          opts.idleTimeoutMs,
+          () =>
+            new EtcdError(
+              `Watch on etcd "${endpoint}" received nothing for ${opts.idleTimeoutMs} ms`,
+              "unreachable",
+            ),
+        );
+        if (chunk.done) {
+          throw new EtcdError(
+            `Watch stream from etcd "${endpoint}" ended`,
+            "unreachable",
+          );
+        }
+        for (const line of lines.push(chunk.value)) {
+          if (!line.ok) {
+            throw new EtcdError(
+              `Watch on etcd "${endpoint}": ${line.reason}`,
+              "protocol",
+            );
+          }
+          const msg = obj(line.value);
+          if (msg.error !== undefined) {
+            const err = apiError(endpoint, "/v3/watch", res.status, msg);
+            if (err.code === 16) this.#token = undefined;
+            throw err;
+          }
+          yield watchResponseFrom(msg.result);
+        }
+      }
+    } finally {
+      ctl.abort();
+      await reader.cancel().catch(() => {});
+    }
+  }
+
+  /** Closes the TLS client; further requests fail. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#http?.then((c) => c?.close()).catch(() => {});
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #httpClient(): Promise<Deno.HttpClient | undefined> {
+    if (this.#closed) {
+      return Promise.reject(new Error("etcd client is closed"));
+    }
+    this.#http ??= (async () => {
+      const tls = this.#opts.tls;
+      if (!tls?.caFile && !tls?.certFile && !tls?.keyFile) return undefined;
+      const read = async (what: string, path: string) => {
+        try {
+          return await Deno.readTextFile(path);
+        } catch (e) {
+          throw new Error(`Cannot read etcd ${what} "${path}": ${describe(e)}`);
+        }
+      };
+      if (!tls.certFile !== !tls.keyFile) {
+        throw new Error(
+          "etcd client certificate needs both --etcd-certfile and --etcd-keyfile",
+        );
+      }
+      const caCerts = tls.caFile ? [await read("CA file", tls.caFile)] : [];
+      if (tls.certFile && tls.keyFile) {
+        return Deno.createHttpClient({
+          caCerts,
+          cert: await read("certificate file", tls.certFile),
+          key: await read("key file", tls.keyFile),
+        });
+      }
+      return Deno.createHttpClient({ caCerts });
+    })();
+    // A failed load is retried on the next request (the file may appear).
+    this.#http.catch(() => this.#http = undefined);
+    return this.#http;
+  }
+
+  #headers(path: string): Record<string, string> {
+    const h: Record<string, string> = { "content-type": "application/json" };
+    if (this.#token !== undefined && path !== AUTH_PATH) {
+      h.authorization = this.#token;
+    }
+    return h;
+  }
+
+  async #authenticate(signal?: AbortSignal): Promise<void> {
+    const r = await this.#post(AUTH_PATH, {
+      name: this.#opts.username,
+      password: this.#opts.password ?? "",
+    }, signal);
+    const token = str(r.token);
+    if (token === "") {
+      throw new EtcdError(
+        `etcd authentication as "${this.#opts.username}" returned no token`,
+        "protocol",
+      );
+    }
+    this.#token = token;
+  }
+
+  async #ensureToken(path: string, signal?: AbortSignal): Promise<void> {
+    if (
+      this.#opts.username !== undefined && this.#token === undefined &&
+      path !== AUTH_PATH
+    ) {
+      await this.#authenticate(signal);
+    }
+  }
+
+  /** Endpoint order for one request: the last good one first. */
+  #order(): number[] {
+    const n = this.#endpoints.length;
+    return Array.from({ length: n }, (_, i) => (this.#current + i) % n);
+  }
+
+  /** POSTs a JSON body with failover, re-authentication and a timeout. */
+  async #post(
+    path: string,
+    body: unknown,
+    signal?: AbortSignal,
+  ): Promise<Record<string, unknown>> {
+    const client = await this.#httpClient();
+    await this.#ensureToken(path, signal);
+    const failures: string[] = [];
+    let reauthed = false;
+    const order = this.#order();
+    for (let i = 0; i < order.length; i++) {
+      const idx = order[i]!;
+      const ep = this.#endpoints[idx]!;
+      const timeout = AbortSignal.timeout(this.#timeoutMs);
+      let res: Response;
+      let text: string;
+      try {
+        res = await fetch(ep + path, {
+          method: "POST",
+          headers: this.#headers(path),
+          body: JSON.stringify(body),
+          signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+          ...(client && { client }),
+        });
+        text = await res.text();
+      } catch (e) {
+        if (signal?.aborted) throw signal.reason;
+        failures.push(
+          `"${ep}": ${
+            timeout.aborted
+              ? `no answer within ${this.#timeoutMs} ms`
+              : describe(e)
+          }`,
+        );
+        continue;
+      }
+      let json: Record<string, unknown>;
+      try {
+        json = obj(JSON.parse(text));
+      } catch {
+        throw new EtcdError(
+          `etcd "${ep}" ${path}: HTTP ${res.status} with a body that is not JSON: ${
+            text.slice(0, 200)
+          }`,
+          "protocol",
+        );
+      }
+      if (res.ok && json.error === undefined) {
+        this.#current = idx;
+        return json;
+      }
+      const err = apiError(ep, path, res.status, json);
+      if (
+        err.code === 16 && this.#opts.username !== undefined &&
+        path !== AUTH_PATH && !reauthed
+      ) {
+        // Token expired or the member restarted: log in again, same endpoint.
+        reauthed = true;
+        this.#token = undefined;
+        await this.#authenticate(signal);
+        i--;
+        continue;
+      }
+      if (err.code === 14 || res.status === 503) {
+        failures.push(`"${ep}": ${err.message}`);
+        continue;
+      }
+      this.#current = idx;
+      throw err;
+    }
+    throw new EtcdError(
+      `Cannot reach etcd for ${path}: ${failures.join("; ")}`,
+      "unreachable",
+    );
+  }
+
+  /** Opens a streaming POST (watch), with failover on the way in. */
+  async #open(
+    path: string,
+    body: string,
+    opts: { signal: AbortSignal },
+  ): Promise<{ res: Response; endpoint: string; ctl: AbortController }> {
+    const client = await this.#httpClient();
+    await this.#ensureToken(path, opts.signal);
+    const failures: string[] = [];
+    let reauthed = false;
+    const order = this.#order();
+    for (let i = 0; i < order.length; i++) {
+      const idx = order[i]!;
+      const ep = this.#endpoints[idx]!;
+      const ctl = new AbortController();
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        ctl.abort();
+      }, this.#timeoutMs);
+      let res: Response;
+      try {
+        res = await fetch(ep + path, {
+          method: "POST",
+          headers: this.#headers(path),
+          body,
+          signal: AbortSignal.any([opts.signal, ctl.signal]),
+          ...(client && { client }),
+        });
+      } catch (e) {
+        if (opts.signal.aborted) throw opts.signal.reason;
+        failures.push(
+          `"${ep}": ${
+            timedOut ? `no answer within ${this.#timeoutMs} ms` : describe(e)
+          }`,
+        );
+        continue;
+      } finally {
+        clearTimeout(timer);
+      }
+      if (res.ok) {
+        this.#current = idx;
+        return { res, endpoint: ep, ctl };
+      }
+      const text = await res.text().catch(() => "");
+      let json: Record<string, unknown> = {};
+      try {
+        json = obj(JSON.parse(text));
+      } catch {
+        json = { error: text.slice(0, 200) };
+      }
+      const err = apiError(ep, path, res.status, json);
+      if (
+        err.code === 16 && this.#opts.username !== undefined && !reauthed
+      ) {
+        reauthed = true;
+        this.#token = undefined;
+        await this.#authenticate(opts.signal);
+        i--;
+        continue;
+      }
+      if (err.code === 14 || res.status === 503) {
+        failures.push(`"${ep}": ${err.message}`);
+        continue;
+      }
+      throw err;
+    }
+    throw new EtcdError(
+      `Cannot reach etcd for ${path}: ${failures.join("; ")}`,
+      "unreachable",
+    );
+  }
+}
+
+/** Builds the error of a gateway error body `{"error","message","code"}`. */
+function apiError(
+  endpoint: string,
+  path: string,
+  status: number,
+  json: Record<string, unknown>,
+): EtcdError {
+  // Unary errors are flat; errors inside a stream are nested objects with
+  // grpc_code/http_code/message.
+  const inner = obj(json.error);
+  const message = str(json.message) || str(json.error) || str(inner.message) ||
+    `HTTP ${status}`;
+  const code = typeof json.code === "number"
+    ? json.code
+    : typeof inner.grpc_code === "number"
+    ? inner.grpc_code
+    : undefined;
+  return new EtcdError(
+    `etcd "${endpoint}" ${path}: ${message}${
+      code === undefined ? "" : ` (code ${code})`
+    }`,
+    "api",
+    code,
+  );
+}
+
+async function readWithin<T>(
+  reader: ReadableStreamDefaultReader<T>,
+  ms: number,
+  onTimeout: () => Error,
+): Promise<ReadableStreamReadResult<T>> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(onTimeout()), ms);
+  });
+  try {
+    return await Promise.race([reader.read(), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
