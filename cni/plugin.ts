@@ -1,0 +1,506 @@
+/**
+ * The flannel CNI plugin (conflist type `flannel`), run by the container
+ * runtime as `/opt/cni/bin/flannel`, which is the weft binary under that
+ * name. ADD reads subnet.env, renders the delegate configuration (see
+ * ./delegate.ts), stores it as `<dataDir>/<containerID>` and runs the
+ * delegate plugin (`bridge`) found in `CNI_PATH`; DEL runs the delegate
+ * with the stored configuration and removes it (nothing stored: success);
+ * CHECK runs the delegate's CHECK with the stored configuration. Errors are
+ * printed as CNI error JSON on stdout with exit status 1.
+ *
+ * Where weft differs from the Go plugin: CHECK is delegated (the Go
+ * plugin's is a no-op), a missing subnet.env is "try again later" (11)
+ * rather than an internal error, and STATUS (CNI 1.1) reports whether
+ * subnet.env is there.
+ *
+ * @module
+ */
+import {
+  missingSubnetEnvKeys,
+  parseSubnetEnv,
+  type SubnetEnvFile,
+  writeFileAtomic,
+} from "../agent/subnet_env.ts";
+import {
+  CNI_ERR,
+  type CniFailure,
+  type FlannelNetConf,
+  goMarshal,
+  parseNetConf,
+  renderDelegate,
+  validateDelegate,
+} from "./delegate.ts";
+
+/** CNI versions this plugin accepts in a configuration. */
+export const SUPPORTED_VERSIONS = [
+  "0.1.0",
+  "0.2.0",
+  "0.3.0",
+  "0.3.1",
+  "0.4.0",
+  "1.0.0",
+  "1.1.0",
+] as const;
+
+/** Output of a delegate plugin run. */
+export interface ExecOutput {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Side effects of the plugin, injectable for tests. */
+export interface CniDeps {
+  /** Writes to the plugin's stdout (the CNI result channel). */
+  readonly stdout: (text: string) => void;
+  /** Writes to the plugin's stderr (the runtime logs it). */
+  readonly stderr: (text: string) => void;
+  /** Reads a file; rejects with `Deno.errors.NotFound` when missing. */
+  readonly readTextFile: (path: string) => Promise<string>;
+  /** Writes a file atomically, creating its directory. */
+  readonly writeFile: (
+    path: string,
+    data: string,
+    mode: number,
+    dirMode: number,
+  ) => Promise<void>;
+  /** Removes a file; a missing file is not an error. */
+  readonly remove: (path: string) => Promise<void>;
+  /**
+   * Runs a plugin binary with exactly `env`; rejects with
+   * `Deno.errors.NotFound` when there is no such file.
+   */
+  readonly exec: (
+    path: string,
+    env: Record<string, string>,
+    stdin: string,
+  ) => Promise<ExecOutput>;
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** The real side effects, through Deno. */
+export const denoCniDeps: CniDeps = {
+  stdout: (text) => {
+    Deno.stdout.writeSync(enc.encode(text));
+  },
+  stderr: (text) => {
+    Deno.stderr.writeSync(enc.encode(text));
+  },
+  readTextFile: (path) => Deno.readTextFile(path),
+  writeFile: (path, data, mode, dirMode) =>
+    writeFileAtomic(path, data, mode, dirMode),
+  remove: async (path) => {
+    try {
+      await Deno.remove(path);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  },
+  exec: async (path, env, stdin) => {
+    const child = new Deno.Command(path, {
+      env,
+      clearEnv: true,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const w = child.stdin.getWriter();
+    await w.write(enc.encode(stdin));
+    await w.close();
+    const out = await child.output();
+    return {
+      code: out.code,
+      stdout: dec.decode(out.stdout),
+      stderr: dec.decode(out.stderr),
+    };
+  },
+};
+
+class CniError extends Error {
+  constructor(readonly failure: CniFailure) {
+    super(failure.msg);
+  }
+}
+
+function cniFail(code: number, msg: string): never {
+  throw new CniError({ code, msg });
+}
+
+function versionAtLeast(v: string, min: string): boolean {
+  const a = v.split(".").map(Number);
+  const b = min.split(".").map(Number);
+  for (let i = 0; i < 3; i++) {
+    const x = a[i] ?? 0, y = b[i] ?? 0;
+    if (x !== y) return x > y;
+  }
+  return true;
+}
+
+const CONTAINER_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
+
+function requireEnv(
+  env: Record<string, string | undefined>,
+  command: string,
+): void {
+  const needed = ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
+    .filter((k) => !(command === "DEL" && k === "CNI_NETNS"));
+  const missing = needed.filter((k) => !env[k]);
+  if (missing.length) {
+    cniFail(
+      CNI_ERR.invalidEnv,
+      `Required environment variables ${
+        missing.map((m) => `"${m}"`).join(", ")
+      } missing`,
+    );
+  }
+  const id = env.CNI_CONTAINERID!;
+  if (!CONTAINER_ID.test(id)) {
+    cniFail(
+      CNI_ERR.invalidEnv,
+      `Invalid CNI_CONTAINERID "${id}": only letters, digits, "_", "." and "-" are allowed`,
+    );
+  }
+  const ifname = env.CNI_IFNAME!;
+  if (
+    ifname.length > 15 || ifname === "." || ifname === ".." ||
+    /[/:\s]/.test(ifname)
+  ) {
+    cniFail(CNI_ERR.invalidEnv, `Invalid CNI_IFNAME "${ifname}"`);
+  }
+}
+
+function parseConf(stdin: string): FlannelNetConf {
+  const conf = parseNetConf(stdin);
+  if (!conf.ok) throw new CniError(conf.reason);
+  const v = conf.value.cniVersion;
+  if (v !== "" && !(SUPPORTED_VERSIONS as readonly string[]).includes(v)) {
+    cniFail(
+      CNI_ERR.incompatibleVersion,
+      `Incompatible CNI version "${v}": the plugin supports ${
+        SUPPORTED_VERSIONS.join(", ")
+      }`,
+    );
+  }
+  return conf.value;
+}
+
+async function loadSubnetEnv(
+  deps: CniDeps,
+  path: string,
+): Promise<SubnetEnvFile> {
+  let text: string;
+  try {
+    text = await deps.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      cniFail(
+        CNI_ERR.tryAgainLater,
+        `Subnet file "${path}" does not exist yet: the network agent (weft or flanneld) has not written it`,
+      );
+    }
+    cniFail(
+      CNI_ERR.ioFailure,
+      `Cannot read subnet file "${path}": ${(e as Error).message}`,
+    );
+  }
+  const env = parseSubnetEnv(text);
+  if (!env.ok) {
+    cniFail(CNI_ERR.internal, `Bad subnet file "${path}": ${env.reason}`);
+  }
+  const missing = missingSubnetEnvKeys(env.value);
+  if (missing) {
+    cniFail(
+      CNI_ERR.tryAgainLater,
+      `Subnet file "${path}" is missing ${missing}`,
+    );
+  }
+  return env.value;
+}
+
+/** Runs the delegate plugin `type` from `CNI_PATH` for `command`. */
+async function delegate(
+  deps: CniDeps,
+  env: Record<string, string | undefined>,
+  command: "ADD" | "DEL" | "CHECK",
+  type: string,
+  conf: string,
+): Promise<string> {
+  if (type === "" || type.includes("/")) {
+    cniFail(CNI_ERR.invalidNetworkConfig, `Invalid delegate type "${type}"`);
+  }
+  const childEnv: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) {
+    if (v !== undefined) childEnv[k] = v;
+  }
+  childEnv.CNI_COMMAND = command;
+  const cniPath = env.CNI_PATH ?? "";
+  for (const dir of cniPath.split(":").filter((d) => d !== "")) {
+    const path = `${dir.replace(/\/+$/, "")}/${type}`;
+    let out: ExecOutput;
+    try {
+      out = await deps.exec(path, childEnv, conf);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) continue;
+      cniFail(
+        CNI_ERR.internal,
+        `Cannot run delegate plugin "${path}": ${(e as Error).message}`,
+      );
+    }
+    if (out.stderr) deps.stderr(out.stderr);
+    if (out.code === 0) return out.stdout;
+    // A delegate's CNI error goes out as it is (Go's skel does the same).
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(out.stdout);
+    } catch {
+      parsed = undefined;
+    }
+    const p = parsed as Partial<CniFailure> | undefined;
+    if (p && typeof p.code === "number" && typeof p.msg === "string") {
+      throw new CniError({
+        code: p.code,
+        msg: p.msg,
+        ...(typeof p.details === "string" && p.details
+          ? { details: p.details }
+          : {}),
+      });
+    }
+    cniFail(
+      CNI_ERR.internal,
+      `Delegate plugin "${path}" ${command} exited ${out.code}: ${
+        (out.stdout || out.stderr).trim()
+      }`,
+    );
+  }
+  cniFail(
+    CNI_ERR.internal,
+    `Cannot find delegate plugin "${type}" in CNI_PATH "${cniPath}"`,
+  );
+}
+
+function storedPath(conf: FlannelNetConf, containerId: string): string {
+  return `${conf.dataDir.replace(/\/+$/, "")}/${containerId}`;
+}
+
+async function readStored(
+  deps: CniDeps,
+  path: string,
+): Promise<string | undefined> {
+  try {
+    return await deps.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    cniFail(
+      CNI_ERR.ioFailure,
+      `Cannot read stored delegate configuration "${path}": ${
+        (e as Error).message
+      }`,
+    );
+  }
+}
+
+function storedType(text: string): string | undefined {
+  try {
+    const v = JSON.parse(text) as { type?: unknown };
+    return typeof v?.type === "string" ? v.type : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function cmdAdd(
+  deps: CniDeps,
+  env: Record<string, string | undefined>,
+  conf: FlannelNetConf,
+): Promise<void> {
+  const subnetEnv = await loadSubnetEnv(deps, conf.subnetFile);
+  const invalid = validateDelegate(conf);
+  if (invalid) throw new CniError(invalid);
+  const rendered = renderDelegate(conf, subnetEnv);
+  if (!rendered.ok) throw new CniError(rendered.reason);
+  const bytes = goMarshal(rendered.value);
+  const path = storedPath(conf, env.CNI_CONTAINERID!);
+  try {
+    await deps.writeFile(path, bytes, 0o600, 0o700);
+  } catch (e) {
+    cniFail(CNI_ERR.ioFailure, (e as Error).message);
+  }
+  const result = await delegate(
+    deps,
+    env,
+    "ADD",
+    rendered.value.type as string,
+    bytes,
+  );
+  deps.stdout(result);
+}
+
+async function cmdDel(
+  deps: CniDeps,
+  env: Record<string, string | undefined>,
+  conf: FlannelNetConf,
+): Promise<void> {
+  const path = storedPath(conf, env.CNI_CONTAINERID!);
+  const stored = await readStored(deps, path);
+  // Nothing stored: never added, or already deleted. Success per the spec.
+  if (stored === undefined) return;
+  const type = storedType(stored);
+  if (type === undefined) {
+    deps.stderr(
+      `Ignoring unreadable delegate configuration "${path}"; the pod's interface is left to the next reboot\n`,
+    );
+    return;
+  }
+  await delegate(deps, env, "DEL", type, stored);
+  await deps.remove(path);
+}
+
+async function cmdCheck(
+  deps: CniDeps,
+  env: Record<string, string | undefined>,
+  conf: FlannelNetConf,
+): Promise<void> {
+  if (conf.cniVersion !== "" && !versionAtLeast(conf.cniVersion, "0.4.0")) {
+    cniFail(
+      CNI_ERR.incompatibleVersion,
+      `CNI version "${conf.cniVersion}" does not allow CHECK`,
+    );
+  }
+  const path = storedPath(conf, env.CNI_CONTAINERID!);
+  const stored = await readStored(deps, path);
+  if (stored === undefined) {
+    cniFail(
+      CNI_ERR.unknownContainer,
+      `No delegate configuration stored for container "${env.CNI_CONTAINERID}" in "${conf.dataDir}"`,
+    );
+  }
+  const parsed = JSON.parse(stored) as Record<string, unknown>;
+  if (typeof parsed.type !== "string") {
+    cniFail(
+      CNI_ERR.internal,
+      `Stored delegate configuration "${path}" has no "type"`,
+    );
+  }
+  if (conf.cniVersion !== "") parsed.cniVersion = conf.cniVersion;
+  if (conf.prevResult !== undefined) parsed.prevResult = conf.prevResult;
+  await delegate(deps, env, "CHECK", parsed.type, goMarshal(parsed));
+}
+
+async function cmdStatus(
+  deps: CniDeps,
+  conf: FlannelNetConf,
+): Promise<void> {
+  try {
+    await loadSubnetEnv(deps, conf.subnetFile);
+  } catch (e) {
+    if (e instanceof CniError) {
+      throw new CniError({
+        code: CNI_ERR.pluginNotAvailable,
+        msg: e.failure.msg,
+      });
+    }
+    throw e;
+  }
+}
+
+/**
+ * Runs one CNI command as the flannel plugin and returns the exit status
+ * (0, or 1 after printing a CNI error). `env` holds the `CNI_*`
+ * variables; `stdin` the network configuration.
+ *
+ * @example
+ * ```ts
+ * Deno.exit(await runCni(Deno.env.toObject(), stdinText));
+ * ```
+ */
+export async function runCni(
+  env: Record<string, string | undefined>,
+  stdin: string,
+  deps: CniDeps = denoCniDeps,
+): Promise<number> {
+  let version = "1.1.0";
+  try {
+    const command = env.CNI_COMMAND ?? "";
+    if (command === "VERSION") {
+      deps.stdout(
+        JSON.stringify({
+          cniVersion: "1.1.0",
+          supportedVersions: SUPPORTED_VERSIONS,
+        }) + "\n",
+      );
+      return 0;
+    }
+    if (command === "") {
+      cniFail(
+        CNI_ERR.invalidEnv,
+        `Required environment variables "CNI_COMMAND" missing`,
+      );
+    }
+    const conf = parseConf(stdin);
+    if (conf.cniVersion !== "") version = conf.cniVersion;
+    switch (command) {
+      case "ADD":
+        requireEnv(env, command);
+        await cmdAdd(deps, env, conf);
+        break;
+      case "DEL":
+        requireEnv(env, command);
+        await cmdDel(deps, env, conf);
+        break;
+      case "CHECK":
+        requireEnv(env, command);
+        await cmdCheck(deps, env, conf);
+        break;
+      case "STATUS":
+        await cmdStatus(deps, conf);
+        break;
+      case "GC":
+        // Stored configurations are removed by DEL; nothing else to collect.
+        break;
+      default:
+        cniFail(CNI_ERR.invalidEnv, `Unknown CNI_COMMAND "${command}"`);
+    }
+    return 0;
+  } catch (e) {
+    const failure = e instanceof CniError
+      ? e.failure
+      : { code: CNI_ERR.internal, msg: (e as Error).message ?? String(e) };
+    deps.stdout(
+      JSON.stringify({
+        cniVersion: version,
+        code: failure.code,
+        msg: failure.msg,
+        ...(failure.details ? { details: failure.details } : {}),
+      }) + "\n",
+    );
+    return 1;
+  }
+}
+
+/**
+ * Whether this process was started as the CNI plugin: the executable is
+ * named `flannel` (installed as `/opt/cni/bin/flannel`), or the first
+ * argument is `cni`.
+ */
+export function isCniInvocation(
+  execPath: string,
+  args: readonly string[],
+): boolean {
+  const base = execPath.slice(execPath.lastIndexOf("/") + 1);
+  return base === "flannel" || args[0] === "cni";
+}
+
+/** Reads all of stdin, then {@linkcode runCni} with the process env. */
+export async function cniMain(): Promise<number> {
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of Deno.stdin.readable) chunks.push(chunk);
+  const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.length;
+  }
+  return await runCni(Deno.env.toObject(), dec.decode(all));
+}
