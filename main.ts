@@ -1,17 +1,57 @@
 /**
- * weft: a flanneld-compatible node network agent. This file wires flags,
- * configuration, the subnet manager and the backend, and owns the process.
+ * weft: a flanneld-compatible node network agent. This file owns the
+ * process: it parses flanneld's flags, dispatches the CNI plugin
+ * (`weft cni`, or the binary installed as `flannel`), and runs the agent
+ * until SIGTERM or SIGINT, which exit 0 and leave the dataplane in place.
  *
  * @module
  */
+import { parseFlags, usage } from "./agent/flags.ts";
+import { FatalError, runAgent } from "./agent/agent.ts";
+import { logger } from "./agent/log.ts";
+import { cniMain } from "./cni/plugin.ts";
 import { VERSION } from "./version.ts";
 
-if (import.meta.main) {
-  const args = Deno.args;
-  if (args.includes("--version")) {
-    console.log(VERSION);
-    Deno.exit(0);
+const log = logger("main");
+
+async function main(args: string[]): Promise<number> {
+  const argv0 = Deno.execPath().split("/").pop();
+  if (args[0] === "cni" || argv0 === "flannel") return await cniMain();
+
+  const flags = parseFlags(args, Deno.env.toObject());
+  if (!flags.ok) {
+    console.error(`${flags.reason}\n\n${usage()}`);
+    return 2;
   }
-  console.log(`weft ${VERSION}: flanneld-compatible network agent
-Usage: weft [flags]   (see README.md)`);
+  if (flags.value.help) {
+    console.log(usage());
+    return 0;
+  }
+  if (flags.value.version) {
+    console.log(VERSION);
+    return 0;
+  }
+
+  const stop = new AbortController();
+  const onSignal = (name: string) => () => {
+    log.info(`Received ${name}: stopping (the dataplane is left in place)`);
+    stop.abort();
+  };
+  Deno.addSignalListener("SIGTERM", onSignal("SIGTERM"));
+  Deno.addSignalListener("SIGINT", onSignal("SIGINT"));
+  try {
+    await runAgent(flags.value, stop.signal);
+    return 0;
+  } catch (e) {
+    if (stop.signal.aborted) return 0;
+    const msg = e instanceof FatalError ? e.message : String(
+      (e as Error)?.stack ?? e,
+    );
+    log.error(msg);
+    return 1;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
 }

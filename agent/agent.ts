@@ -1,0 +1,292 @@
+/**
+ * The agent's life, in flanneld's order: pick the subnet manager, read the
+ * network config, choose the external interface, prepare the backend
+ * (its device MAC goes into the lease), acquire the lease, write
+ * subnet.env, install the traffic rules, then watch leases and reconcile
+ * until a signal. SIGTERM and SIGINT stop the agent and tear nothing down:
+ * the device, routes, neighbours, FDB entries, rules, annotations and the
+ * etcd lease all stay, so a restart costs no packet.
+ *
+ * @module
+ */
+import type { Flags } from "./flags.ts";
+import { logger, setVerbosity } from "./log.ts";
+import { metrics } from "./metrics.ts";
+import { Readiness, READY, startHealthServer } from "./health.ts";
+import { selectExternalInterface } from "./iface.ts";
+import { writeSubnetEnv } from "./subnet_env.ts";
+import { TrafficManager } from "./traffic.ts";
+import { openNetlink } from "../ffi/netlink.ts";
+import { openMonitor } from "../ffi/monitor.ts";
+import type { NetlinkMonitor } from "../ffi/types.ts";
+import { createBackend, Reconciler } from "../backend/mod.ts";
+import type { ChangeSource } from "../backend/mod.ts";
+import type { NetworkConfig } from "../subnet/config.ts";
+import { formatNet } from "../subnet/ip.ts";
+import type { LeaseAttrs, SubnetManager } from "../subnet/lease.ts";
+import { KubeSubnetManager } from "../subnet/kube/manager.ts";
+import { EtcdSubnetManager } from "../subnet/etcd/manager.ts";
+import { VERSION } from "../version.ts";
+
+const log = logger("main");
+
+/** An error that ends the agent with a message and exit code 1. */
+export class FatalError extends Error {
+  override readonly name = "FatalError";
+}
+
+/** A subnet manager that can tell what we published before. */
+interface WithPrevious {
+  previousAttrs(signal: AbortSignal): Promise<LeaseAttrs | undefined>;
+}
+
+function hasPrevious(sm: SubnetManager): sm is SubnetManager & WithPrevious {
+  return typeof (sm as Partial<WithPrevious>).previousAttrs === "function";
+}
+
+async function subnetManager(
+  flags: Flags,
+  signal: AbortSignal,
+): Promise<SubnetManager & { close?(): void }> {
+  if (flags.kubeSubnetMgr) return await KubeSubnetManager.create(flags, signal);
+  const tls = {
+    ...(flags.etcdCafile && { caFile: flags.etcdCafile }),
+    ...(flags.etcdCertfile && { certFile: flags.etcdCertfile }),
+    ...(flags.etcdKeyfile && { keyFile: flags.etcdKeyfile }),
+  };
+  return new EtcdSubnetManager({
+    endpoints: flags.etcdEndpoints,
+    prefix: flags.etcdPrefix,
+    ...(Object.keys(tls).length > 0 && { tls }),
+    ...(flags.etcdUsername && { username: flags.etcdUsername }),
+    ...(flags.etcdPassword && { password: flags.etcdPassword }),
+    subnetFile: flags.subnetFile,
+    renewMarginMinutes: flags.subnetLeaseRenewMargin,
+  });
+}
+
+/** Turns the kernel monitor into the reconciler's change source. */
+function changeSource(
+  monitor: NetlinkMonitor,
+  watched: () => Set<number>,
+): ChangeSource {
+  return {
+    // Wake the reconciler only for changes to our devices, or deletions
+    // (a route or neighbour of ours may be gone); pod churn on cni0 and
+    // veths is ignored, so a busy node does not spin passes.
+    async next() {
+      for (;;) {
+        const s = await monitor.next();
+        const ours = watched();
+        if (
+          s.overrun || s.delRoute > 0 || s.delLink > 0 ||
+          s.indexes.some((i) => ours.has(i))
+        ) return s;
+      }
+    },
+    close: () => monitor.close(),
+  };
+}
+
+function sysctl(path: string, value: string): void {
+  try {
+    Deno.writeTextFileSync(path, value);
+  } catch (e) {
+    log.warn(`Cannot write ${value} to ${path}: ${(e as Error).message}`);
+  }
+}
+
+function logConfig(config: NetworkConfig): void {
+  if (config.backendDefaulted) {
+    log.warn('Network config has no Backend type: using "vxlan"');
+  }
+  log.info(
+    `Network config: ${
+      [
+        config.network && `Network=${formatNet(config.network)}`,
+        config.ipv6Network && `IPv6Network=${formatNet(config.ipv6Network)}`,
+        `Backend=${config.backend.type}`,
+      ].filter(Boolean).join(" ")
+    }`,
+  );
+}
+
+/**
+ * Runs the agent until `signal` aborts. Resolves when it stopped cleanly;
+ * rejects with the reason when it cannot go on (the caller logs it and
+ * exits 1 so the supervisor restarts the agent).
+ */
+export async function runAgent(
+  flags: Flags,
+  signal: AbortSignal,
+): Promise<void> {
+  setVerbosity(flags.v);
+  log.info(`weft ${VERSION} (flanneld-compatible) starting`);
+  const readiness = new Readiness();
+  const setLease = readiness.register(READY.lease);
+  const setDevice = readiness.register(READY.device);
+  const setPeers = readiness.register(READY.peers);
+  const setEnv = readiness.register(READY.subnetEnv);
+  const setRules = readiness.register(READY.rules);
+  const health = startHealthServer({
+    hostname: flags.healthzIP,
+    port: flags.healthzPort,
+    readiness,
+    signal,
+  });
+
+  using nl = openNetlink();
+  const sm = await subnetManager(flags, signal);
+  try {
+    const config = await sm.getNetworkConfig(signal);
+    logConfig(config);
+
+    let publicIP = flags.publicIP;
+    let publicIPv6 = flags.publicIPv6;
+    if (sm instanceof KubeSubnetManager && !publicIP && !publicIPv6) {
+      const o = await sm.getNodePublicIPOverride(signal);
+      if (o.ipv4) log.info(`Using node-public-ip annotation: ${o.ipv4}`);
+      publicIP = o.ipv4 ?? "";
+      publicIPv6 = o.ipv6 ?? "";
+    }
+    const ext = selectExternalInterface(nl, {
+      iface: flags.iface,
+      ifaceRegex: flags.ifaceRegex,
+      ifaceCanReach: flags.ifaceCanReach,
+      publicIP,
+      publicIPv6,
+      enableIPv4: config.enableIPv4,
+      enableIPv6: config.enableIPv6,
+    });
+    if (!ext.ok) throw new FatalError(ext.reason);
+    const e = ext.value;
+    const backend = createBackend(nl, config, {
+      index: e.index,
+      name: e.name,
+      mtu: e.mtu,
+      ...(e.ipv4 !== undefined && { ifaceAddr: e.ipv4 }),
+      ...(e.ipv6 !== undefined && { ifaceV6Addr: e.ipv6 }),
+      ...(e.publicIP !== undefined && { publicIP: e.publicIP }),
+      ...(e.publicIPv6 !== undefined && { publicIPv6: e.publicIPv6 }),
+    }, { sysctl });
+    if (!backend.ok) throw new FatalError(backend.reason);
+
+    const previous = hasPrevious(sm)
+      ? await sm.previousAttrs(signal)
+      : undefined;
+    const attrs = backend.value.prepare(previous);
+    const lease = await sm.acquireLease(attrs, signal);
+    setLease(true, `lease ${lease.subnet ?? lease.ipv6Subnet}`);
+    log.info(
+      `Acquired lease: ${
+        [lease.subnet, lease.ipv6Subnet].filter(Boolean).join(", ")
+      }`,
+    );
+    const network = backend.value.start(lease);
+    const rec = new Reconciler(nl, network.families, {
+      ownKey: lease.key,
+      backendType: backend.value.type,
+      periodMs: flags.reconcilePeriod * 1000,
+    });
+
+    await writeSubnetEnv(flags.subnetFile, {
+      ...(config.network && lease.subnet &&
+        { network: config.network, subnet: lease.subnet }),
+      ...(config.ipv6Network && lease.ipv6Subnet &&
+        { ipv6Network: config.ipv6Network, ipv6Subnet: lease.ipv6Subnet }),
+      mtu: network.mtu,
+      ipMasq: flags.ipMasq,
+    });
+    setEnv(true, flags.subnetFile);
+    log.info(`Wrote ${flags.subnetFile} (MTU ${network.mtu})`);
+
+    const traffic = new TrafficManager({
+      spec: {
+        ipMasq: flags.ipMasq,
+        forwardRules: flags.iptablesForwardRules,
+        randomFully: !flags.ipMasqFullyRandomDisable,
+        ...(config.network && lease.subnet && {
+          ipv4: { network: formatNet(config.network), subnet: lease.subnet },
+        }),
+        ...(config.ipv6Network && lease.ipv6Subnet && {
+          ipv6: {
+            network: formatNet(config.ipv6Network),
+            subnet: lease.ipv6Subnet,
+          },
+        }),
+      },
+      nftables: config.enableNFTables,
+      resyncSeconds: flags.iptablesResync,
+      onState: (ready, detail) => setRules(ready, detail),
+    });
+
+    // Readiness follows the reconciler after each pass and event batch.
+    const refresh = () => {
+      const planned = network.families.every((f) =>
+        rec.plan(f.family) !== undefined
+      );
+      setDevice(planned, planned ? "ok" : "device not set up yet");
+      setPeers(
+        rec.ready,
+        rec.ready
+          ? `${rec.peerCount} peer(s)`
+          : `${metrics.peersProgrammed.get()} of ${rec.peerCount} peer(s) programmed`,
+      );
+    };
+    const tick = setInterval(refresh, 500);
+
+    let monitor: NetlinkMonitor | undefined;
+    try {
+      monitor = openMonitor();
+    } catch (err) {
+      log.warn(
+        `Kernel notifications unavailable, relying on the ${flags.reconcilePeriod}s timer: ${
+          (err as Error).message
+        }`,
+      );
+    }
+    const watched = () => {
+      const ids = new Set<number>([e.index]);
+      for (const f of network.families) {
+        const i = rec.plan(f.family)?.deviceIndex;
+        if (i !== undefined) ids.add(i);
+      }
+      return ids;
+    };
+
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    const tasks = [
+      sm.watchLeases((events) => {
+        rec.handle(events);
+        refresh();
+      }, stop.signal),
+      rec.run(stop.signal, monitor && changeSource(monitor, watched)),
+      traffic.run(stop.signal),
+      sm.keepLease(lease, stop.signal),
+    ];
+    try {
+      // The first task to fail ends the agent; a clean stop ends them all.
+      await Promise.race(tasks.map((t) =>
+        t.then(() => {
+          if (!stop.signal.aborted) {
+            throw new FatalError("A component stopped unexpectedly");
+          }
+        })
+      ));
+    } catch (err) {
+      stop.abort();
+      await Promise.allSettled(tasks);
+      throw err;
+    } finally {
+      clearInterval(tick);
+      signal.removeEventListener("abort", onAbort);
+    }
+    await Promise.allSettled(tasks);
+    log.info("Stopped; the dataplane is left in place");
+  } finally {
+    sm.close?.();
+    await health?.shutdown();
+  }
+}
