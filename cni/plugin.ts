@@ -9,7 +9,7 @@
  * printed as CNI error JSON on stdout with exit status 1.
  *
  * Where weft differs from the Go plugin: CHECK is delegated (the Go
- * plugin's is a no-op), a missing subnet.env is "try again later" (11)
+ * plugin's is a no-op; see {@linkcode withRouteGateways}), a missing subnet.env is "try again later" (11)
  * rather than an internal error, and STATUS (CNI 1.1) reports whether
  * subnet.env is there.
  *
@@ -384,8 +384,43 @@ async function cmdCheck(
     );
   }
   if (conf.cniVersion !== "") parsed.cniVersion = conf.cniVersion;
-  if (conf.prevResult !== undefined) parsed.prevResult = conf.prevResult;
+  if (conf.prevResult !== undefined) {
+    parsed.prevResult = parsed.type === "bridge"
+      ? withRouteGateways(conf.prevResult)
+      : conf.prevResult;
+  }
   await delegate(deps, env, "CHECK", parsed.type, goMarshal(parsed));
+}
+
+/**
+ * The bridge plugin installs an IPAM route without `gw` via the gateway of
+ * its family (plugins' `ipam.ConfigureIface`), but its CHECK looks for the
+ * route exactly as the result lists it, without a gateway, and so fails on
+ * every healthy pod of flannel's configuration. The Go flannel plugin
+ * avoids this by not checking at all; weft checks, with the gateway ADD
+ * used filled in.
+ */
+export function withRouteGateways(prevResult: unknown): unknown {
+  if (typeof prevResult !== "object" || prevResult === null) return prevResult;
+  const r = prevResult as { ips?: unknown; routes?: unknown };
+  if (!Array.isArray(r.ips) || !Array.isArray(r.routes)) return prevResult;
+  const gateway = (v6: boolean): string | undefined => {
+    for (const ip of r.ips as { address?: unknown; gateway?: unknown }[]) {
+      if (
+        typeof ip?.address === "string" && typeof ip.gateway === "string" &&
+        ip.address.includes(":") === v6
+      ) {
+        return ip.gateway;
+      }
+    }
+    return undefined;
+  };
+  const routes = (r.routes as Record<string, unknown>[]).map((route) => {
+    if (typeof route?.dst !== "string" || route.gw) return route;
+    const gw = gateway(route.dst.includes(":"));
+    return gw === undefined ? route : { ...route, gw };
+  });
+  return { ...r, routes };
 }
 
 async function cmdStatus(

@@ -295,3 +295,33 @@ Deno.test("isCniInvocation() knows the plugin by its name or the cni argument", 
   assertEquals(isCniInvocation("/usr/local/bin/weft", ["--ip-masq"]), false);
   assertEquals(isCniInvocation("/usr/bin/deno", []), false);
 });
+
+Deno.test("withRouteGateways() gives gateway-less routes the gateway of their family", () => {
+  assertEquals(
+    withRouteGateways({
+      cniVersion: "1.0.0",
+      ips: [
+        { address: "10.244.1.2/24", gateway: "10.244.1.1" },
+        { address: "fd00::2/64", gateway: "fd00::1" },
+      ],
+      routes: [
+        { dst: "10.244.0.0/16" },
+        { dst: "0.0.0.0/0", gw: "10.244.1.254" },
+        { dst: "fd00::/56" },
+      ],
+    }),
+    {
+      cniVersion: "1.0.0",
+      ips: [
+        { address: "10.244.1.2/24", gateway: "10.244.1.1" },
+        { address: "fd00::2/64", gateway: "fd00::1" },
+      ],
+      routes: [
+        { dst: "10.244.0.0/16", gw: "10.244.1.1" },
+        { dst: "0.0.0.0/0", gw: "10.244.1.254" },
+        { dst: "fd00::/56", gw: "fd00::1" },
+      ],
+    },
+  );
+  assertEquals(withRouteGateways("x"), "x");
+});

@@ -1,0 +1,273 @@
+/**
+ * Kernel tests of the flannel CNI plugin with Debian's reference plugins
+ * (`containernetworking-plugins`, CNI_PATH=/usr/lib/cni). The plugin runs
+ * as a separate process inside a "node" namespace (`ip netns exec`), as a
+ * runtime would run it, with CNI_NETNS naming a "pod" namespace. IPAM state
+ * and the stored delegate configurations live in a temporary directory.
+ *
+ * @module
+ */
+import {
+  deepStrictEqual as assertEquals,
+  ok as assert,
+} from "node:assert/strict";
+import { kernelTest, Netns, type Output, run } from "../_netns.ts";
+
+const CNI_PATH = "/usr/lib/cni";
+const ENTRY = new URL("../../cni/main.ts", import.meta.url).pathname;
+
+interface Setup {
+  node: Netns;
+  pod: Netns;
+  dir: string;
+  conf: (version?: string, extra?: Record<string, unknown>) => string;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+async function setup(): Promise<Setup> {
+  const node = await Netns.create("cni-node");
+  const pod = await Netns.create("cni-pod");
+  const dir = await Deno.makeTempDir({ prefix: "weft-cni-" });
+  await Deno.writeTextFile(
+    `${dir}/subnet.env`,
+    "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+  );
+  return {
+    node,
+    pod,
+    dir,
+    // The stock conflist's flannel entry, plus where to keep state.
+    conf: (version = "0.3.1", extra = {}) =>
+      JSON.stringify({
+        cniVersion: version,
+        name: "cbr0",
+        type: "flannel",
+        subnetFile: `${dir}/subnet.env`,
+        dataDir: `${dir}/flannel`,
+        ipam: { dataDir: `${dir}/ipam` },
+        delegate: { hairpinMode: true, isDefaultGateway: true },
+        ...extra,
+      }),
+    async [Symbol.asyncDispose]() {
+      await pod.close();
+      await node.close();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+/** Runs the plugin in the node namespace, the way a runtime would. */
+async function plugin(
+  s: Setup,
+  command: string,
+  conf: string,
+  containerId = "pod0",
+): Promise<Output> {
+  const env = {
+    CNI_COMMAND: command,
+    CNI_CONTAINERID: containerId,
+    CNI_NETNS: s.pod.path,
+    CNI_IFNAME: "eth0",
+    CNI_PATH,
+  };
+  const child = new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      s.node.name,
+      Deno.execPath(),
+      "run",
+      "--no-prompt",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      "--allow-run",
+      ENTRY,
+    ],
+    env,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const w = child.stdin.getWriter();
+  await w.write(new TextEncoder().encode(conf));
+  await w.close();
+  const out = await child.output();
+  const dec = new TextDecoder();
+  return {
+    code: out.code,
+    stdout: dec.decode(out.stdout),
+    stderr: dec.decode(out.stderr),
+  };
+}
+
+interface AddrJson {
+  ifname: string;
+  addr_info: { family: string; local: string; prefixlen: number }[];
+  linkinfo?: { info_kind?: string };
+  master?: string;
+}
+
+kernelTest(
+  "cni: ADD wires a pod to the cni0 bridge with an address in the node subnet, DEL removes it",
+  async () => {
+    if (!(await Deno.stat(`${CNI_PATH}/bridge`).catch(() => null))) {
+      throw new Error(
+        `No bridge plugin in ${CNI_PATH}: install containernetworking-plugins`,
+      );
+    }
+    await using s = await setup();
+
+    const add = await plugin(s, "ADD", s.conf());
+    assertEquals(add.code, 0, `ADD failed: ${add.stdout} ${add.stderr}`);
+    const result = JSON.parse(add.stdout) as {
+      ips: { address: string; gateway: string }[];
+    };
+    const address = result.ips[0]!.address;
+    assert(/^10\.244\.1\.\d+\/24$/.test(address), address);
+    assertEquals(result.ips[0]!.gateway, "10.244.1.1");
+
+    // The pod: eth0 with that address, default route and cluster route via .1.
+    const podAddrs = await s.pod.json<AddrJson[]>(
+      "addr",
+      "show",
+      "dev",
+      "eth0",
+    );
+    assertEquals(
+      podAddrs[0]!.addr_info.filter((a) => a.family === "inet").map((a) =>
+        `${a.local}/${a.prefixlen}`
+      ),
+      [address],
+    );
+    const routes = await s.pod.json<{ dst: string; gateway?: string }[]>(
+      "-4",
+      "route",
+      "show",
+    );
+    assert(
+      routes.some((r) => r.dst === "default" && r.gateway === "10.244.1.1"),
+      JSON.stringify(routes),
+    );
+    assert(
+      routes.some((r) =>
+        r.dst === "10.244.0.0/16" && r.gateway === "10.244.1.1"
+      ),
+      JSON.stringify(routes),
+    );
+    const mtu = await s.pod.json<{ mtu: number }[]>(
+      "link",
+      "show",
+      "dev",
+      "eth0",
+    );
+    assertEquals(mtu[0]!.mtu, 1450);
+
+    // The node: the bridge holding the gateway address and the pod's veth.
+    // The stock conflist names the network "cbr0"; the bridge plugin's
+    // device is "cni0" (its default), as on every flannel node.
+    const cni0 = await s.node.json<AddrJson[]>(
+      "-d",
+      "addr",
+      "show",
+      "dev",
+      "cni0",
+    );
+    assertEquals(cni0[0]!.linkinfo?.info_kind, "bridge");
+    assert(
+      cni0[0]!.addr_info.some((a) =>
+        a.local === "10.244.1.1" && a.prefixlen === 24
+      ),
+    );
+    const ports = await s.node.json<AddrJson[]>(
+      "link",
+      "show",
+      "master",
+      "cni0",
+    );
+    assertEquals(ports.length, 1);
+    assert(await s.pod.ping("10.244.1.1"), "pod reaches its gateway");
+
+    // The stored delegate is flannel's, with the configuration's ipam.
+    assertEquals(
+      await Deno.readTextFile(`${s.dir}/flannel/pod0`),
+      `{"cniVersion":"0.3.1","hairpinMode":true,"ipMasq":false,"ipam":{"dataDir":"${s.dir}/ipam","ranges":[[{"subnet":"10.244.1.0/24"}]],"routes":[{"dst":"10.244.0.0/16"}],"type":"host-local"},"isDefaultGateway":true,"isGateway":true,"mtu":1450,"name":"cbr0","type":"bridge"}`,
+    );
+    assertEquals(
+      (await Deno.stat(`${s.dir}/flannel/pod0`)).mode! & 0o777,
+      0o600,
+    );
+    const ip = address.split("/")[0]!;
+    assert(
+      await Deno.stat(`${s.dir}/ipam/cbr0/${ip}`),
+      "host-local reserved the IP",
+    );
+
+    const del = await plugin(s, "DEL", s.conf());
+    assertEquals([del.code, del.stdout], [0, ""], del.stderr);
+    const after = await s.pod.tryExec(["ip", "link", "show", "dev", "eth0"]);
+    assert(after.code !== 0, "eth0 is gone from the pod");
+    assertEquals(await s.node.json("link", "show", "master", "cni0"), []);
+    assertEquals(
+      await Deno.stat(`${s.dir}/flannel/pod0`).catch(() => null),
+      null,
+    );
+    assertEquals(
+      await Deno.stat(`${s.dir}/ipam/cbr0/${ip}`).catch(() => null),
+      null,
+    );
+
+    // A second DEL has nothing stored and still succeeds.
+    const again = await plugin(s, "DEL", s.conf());
+    assertEquals([again.code, again.stdout], [0, ""]);
+  },
+);
+
+kernelTest("cni: DEL of a container never added succeeds", async () => {
+  await using s = await setup();
+  const del = await plugin(s, "DEL", s.conf(), "never-added");
+  assertEquals([del.code, del.stdout], [0, ""], del.stderr);
+});
+
+kernelTest(
+  "cni: CHECK passes on a wired pod and fails once its address is gone",
+  async () => {
+    await using s = await setup();
+    const add = await plugin(s, "ADD", s.conf("1.0.0"));
+    assertEquals(add.code, 0, `ADD failed: ${add.stdout} ${add.stderr}`);
+    const prevResult = JSON.parse(add.stdout);
+    const check = await plugin(s, "CHECK", s.conf("1.0.0", { prevResult }));
+    assertEquals([check.code, check.stdout], [0, ""], check.stderr);
+
+    await s.pod.ip("addr", "flush", "dev", "eth0");
+    const broken = await plugin(s, "CHECK", s.conf("1.0.0", { prevResult }));
+    assertEquals(broken.code, 1);
+    const err = JSON.parse(broken.stdout) as { code: number; msg: string };
+    assert(err.msg.length > 0, broken.stdout);
+
+    const del = await plugin(s, "DEL", s.conf("1.0.0"));
+    assertEquals(del.code, 0, del.stdout);
+  },
+);
+
+kernelTest(
+  "cni: ADD before subnet.env exists asks the runtime to try again",
+  async () => {
+    await using s = await setup();
+    await Deno.remove(`${s.dir}/subnet.env`);
+    const add = await plugin(s, "ADD", s.conf());
+    assertEquals(add.code, 1);
+    assertEquals(JSON.parse(add.stdout), {
+      cniVersion: "0.3.1",
+      code: 11,
+      msg:
+        `Subnet file "${s.dir}/subnet.env" does not exist yet: the network agent (weft or flanneld) has not written it`,
+    });
+    assertEquals(
+      (await run(["ip", "-n", s.pod.name, "-o", "link"])).stdout.includes(
+        "eth0",
+      ),
+      false,
+    );
+  },
+);
