@@ -7,6 +7,7 @@ import {
   type ExecOutput,
   isCniInvocation,
   runCni,
+  withRouteGateways,
 } from "./plugin.ts";
 
 const SUBNET_ENV =
