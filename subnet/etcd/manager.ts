@@ -1,0 +1,755 @@
+/**
+ * The etcd subnet manager: flanneld's etcd mode (`pkg/subnet/etcd`) over
+ * the v3 JSON gateway. The network config is `<prefix>/config`; each node
+ * owns a key `<prefix>/subnets/<subnet>` attached to an etcd lease of a
+ * day, which it renews before expiry; a key without a lease is a
+ * reservation and never expires. Peers are listed, then watched from the
+ * next revision; when the watch falls behind a compaction the list is
+ * read again and diffed, so deletes missed in the gap are still reported.
+ *
+ * Nothing here touches the dataplane: an etcd outage only means no events
+ * until it is over (every loop retries with backoff until aborted).
+ *
+ * @module
+ */
+import { type NetworkConfig, parseNetConfig } from "../config.ts";
+import { formatIp, normalizeIp } from "../ip.ts";
+import type {
+  Lease,
+  LeaseAttrs,
+  LeaseEvent,
+  LeaseHandler,
+  SubnetManager,
+} from "../lease.ts";
+import { LeaseTable } from "../lease_table.ts";
+import { logger } from "../../agent/log.ts";
+import { metrics } from "../../agent/metrics.ts";
+import { readSubnetEnv } from "../../agent/subnet_env.ts";
+import { Backoff, sleep } from "./_retry.ts";
+import { chooseSubnets, fitsConfig, isTaken } from "./allocate.ts";
+import {
+  describe,
+  EtcdClient,
+  EtcdError,
+  type EtcdTlsFiles,
+  isTransient,
+  type KeyValue,
+  prefixRangeEnd,
+} from "./client.ts";
+import {
+  configKey,
+  decodeLeaseAttrs,
+  DEFAULT_PREFIX,
+  encodeLeaseAttrs,
+  leaseFromKv,
+  parseSubnetKey,
+  subnetKey,
+  type SubnetPair,
+  subnetsDir,
+} from "./keys.ts";
+import { type IpNet, parseIpNet } from "../ip.ts";
+
+const log = logger("etcd");
+
+/** flanneld gives up after this many lost races for a subnet key. */
+export const RACE_RETRIES = 10;
+
+/** Options of {@linkcode EtcdSubnetManager}. */
+export interface EtcdSubnetManagerOptions {
+  /** `--etcd-endpoints`, split on commas. */
+  readonly endpoints: readonly string[];
+  /** `--etcd-prefix`. Default `/coreos.com/network`. */
+  readonly prefix?: string;
+  /** `--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`. */
+  readonly tls?: EtcdTlsFiles;
+  /** `--etcd-username` and `--etcd-password`. */
+  readonly username?: string;
+  readonly password?: string;
+  /**
+   * `--subnet-file`: its FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET are tried
+   * first when this node has no lease. Default `/run/flannel/subnet.env`.
+   */
+  readonly subnetFile?: string;
+  /** `--subnet-lease-renew-margin` in minutes (fractions allowed). Default 60. */
+  readonly renewMarginMinutes?: number;
+  /** TTL of the etcd lease in seconds. Default 86400, as flanneld. */
+  readonly leaseTtlSeconds?: number;
+  /** Timeout of each etcd request. Default 10 s. */
+  readonly requestTimeoutMs?: number;
+  /** Pause between reads of a missing or invalid config. Default 5 s. */
+  readonly configRetryMs?: number;
+  /** Pause after a failed renewal. Default 1 min, as flanneld. */
+  readonly renewRetryMs?: number;
+  /**
+   * A watch silent for this long is reconnected. etcd sends a progress
+   * notification on idle watches every 10 min by default, so the default
+   * is 11 min.
+   */
+  readonly watchIdleTimeoutMs?: number;
+  /** Longest pause between retries after an etcd error. Default 10 s. */
+  readonly maxBackoffMs?: number;
+}
+
+/** Our lease is gone from etcd; the agent must stop. */
+export class LeaseRevokedError extends Error {
+  override readonly name = "LeaseRevokedError";
+  constructor(readonly key: string, why: string) {
+    super(`Lease has been revoked: etcd key "${key}" ${why}`);
+  }
+}
+
+/** The lease this manager holds. */
+interface Own {
+  lease: Lease;
+  /** etcd lease ID the key is attached to; `"0"` for a reservation. */
+  leaseId: string;
+  /** Revision of our last write to the key. */
+  revision: bigint;
+}
+
+/** Thrown around a handler's own exception so that it is not retried. */
+class HandlerFailure {
+  constructor(readonly error: unknown) {}
+}
+
+/** A subnet of a lease key as a prefix, for the taken set. */
+function netsOf(pair: SubnetPair): IpNet[] {
+  const out: IpNet[] = [];
+  for (const s of [pair.subnet, pair.ipv6Subnet]) {
+    if (s === undefined) continue;
+    const n = parseIpNet(s);
+    if (n.ok) out.push(n.value);
+  }
+  return out;
+}
+
+function describePair(pair: SubnetPair): string {
+  return `ip: ${pair.subnet} ipv6: ${pair.ipv6Subnet ?? "none"}`;
+}
+
+function ms(n: number): string {
+  return n >= 1000 ? `${(n / 1000).toFixed(1)}s` : `${Math.round(n)}ms`;
+}
+
+/** flanneld's etcd subnet manager, over the etcd v3 JSON gateway. */
+export class EtcdSubnetManager implements SubnetManager, Disposable {
+  readonly name = "etcd";
+  readonly #client: EtcdClient;
+  readonly #prefix: string;
+  readonly #subnetFile: string;
+  readonly #marginMs: number;
+  readonly #ttl: number;
+  readonly #configRetryMs: number;
+  readonly #renewRetryMs: number;
+  readonly #idleMs: number;
+  readonly #maxBackoffMs: number;
+  #config: NetworkConfig | undefined;
+  #own: Own | undefined;
+
+  constructor(opts: EtcdSubnetManagerOptions) {
+    this.#client = new EtcdClient({
+      endpoints: opts.endpoints,
+      ...(opts.tls && { tls: opts.tls }),
+      ...(opts.username !== undefined && opts.username !== "" &&
+        { username: opts.username, password: opts.password ?? "" }),
+      ...(opts.requestTimeoutMs !== undefined &&
+        { requestTimeoutMs: opts.requestTimeoutMs }),
+    });
+    this.#prefix = opts.prefix ?? DEFAULT_PREFIX;
+    this.#subnetFile = opts.subnetFile ?? "/run/flannel/subnet.env";
+    this.#marginMs = (opts.renewMarginMinutes ?? 60) * 60_000;
+    this.#ttl = opts.leaseTtlSeconds ?? 86_400;
+    this.#configRetryMs = opts.configRetryMs ?? 5_000;
+    this.#renewRetryMs = opts.renewRetryMs ?? 60_000;
+    this.#idleMs = opts.watchIdleTimeoutMs ?? 11 * 60_000;
+    this.#maxBackoffMs = opts.maxBackoffMs ?? 10_000;
+  }
+
+  /** The etcd client, for tests and diagnostics. */
+  get client(): EtcdClient {
+    return this.#client;
+  }
+
+  /**
+   * Reads `<prefix>/config`. A missing, unreadable or invalid config is
+   * logged (key and reason) and read again every few seconds until it is
+   * usable or `signal` aborts.
+   */
+  async getNetworkConfig(signal: AbortSignal): Promise<NetworkConfig> {
+    const key = configKey(this.#prefix);
+    let lastReason = "";
+    while (true) {
+      signal.throwIfAborted();
+      let reason: string;
+      try {
+        const { kv } = await this.#client.get(key, signal);
+        if (kv === undefined) {
+          reason = `not found (write net-conf.json there: etcdctl put ${key} ` +
+            `'{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}')`;
+        } else {
+          const parsed = parseNetConfig(kv.value);
+          if (!parsed.ok) reason = parsed.reason;
+          else if (!parsed.value.enableIPv4) {
+            reason = "EnableIPv4 is false, but etcd mode needs IPv4: " +
+              "flanneld's lease keys always hold an IPv4 subnet";
+          } else {
+            if (parsed.value.backendDefaulted) {
+              log.info(`No Backend.Type in etcd key "${key}": using vxlan`);
+            }
+            this.#config = parsed.value;
+            return parsed.value;
+          }
+        }
+      } catch (e) {
+        if (signal.aborted) throw signal.reason;
+        reason = describe(e);
+      }
+      const msg =
+        `Cannot use the network config in etcd key "${key}": ${reason}; ` +
+        `retrying every ${ms(this.#configRetryMs)}`;
+      if (reason !== lastReason) log.warn(msg);
+      else log.v(1, msg);
+      lastReason = reason;
+      await sleep(this.#configRetryMs, signal);
+    }
+  }
+
+  /**
+   * Takes this node's subnet, as flanneld's `tryAcquireLease`: the key
+   * whose PublicIP is ours if it fits the config (rewritten with `attrs`
+   * and a fresh lease), else the subnet remembered in subnet.env if free,
+   * else a random one among the first free ones. Creation is a
+   * transaction on `version(key) == 0`; a lost race is retried up to
+   * {@linkcode RACE_RETRIES} times. etcd being unreachable is retried
+   * until `signal` aborts; running out of subnets is an error.
+   */
+  async acquireLease(attrs: LeaseAttrs, signal: AbortSignal): Promise<Lease> {
+    const config = this.#config ?? await this.getNetworkConfig(signal);
+    const previous = await this.#previousSubnets();
+    const backoff = new Backoff(250, this.#maxBackoffMs);
+    let races = 0;
+    while (true) {
+      try {
+        const lease = await this.#tryAcquire(config, attrs, previous, signal);
+        if (lease !== undefined) return lease;
+        if (++races >= RACE_RETRIES) {
+          throw new Error(
+            `Max retries reached trying to acquire a subnet: lost ${races} races for a subnet key under "${
+              subnetsDir(this.#prefix)
+            }"`,
+          );
+        }
+        log.info("Another node took the subnet first, trying again");
+      } catch (e) {
+        if (signal.aborted) throw signal.reason;
+        if (!isTransient(e)) throw e;
+        const d = backoff.next();
+        log.warn(
+          `Cannot acquire a lease, retrying in ${ms(d)}: ${describe(e)}`,
+        );
+        await sleep(d, signal);
+      }
+    }
+  }
+
+  /**
+   * Keeps our lease: renews it at expiration minus the renew margin
+   * (retrying every minute on failure) and watches its key. Resolves when
+   * `signal` aborts; rejects with {@linkcode LeaseRevokedError} ("Lease has
+   * been revoked") when the key is deleted or taken over.
+   */
+  async keepLease(lease: Lease, signal: AbortSignal): Promise<void> {
+    const own = this.#own;
+    if (own === undefined || own.lease.key !== lease.key) {
+      throw new Error(
+        `Cannot keep lease "${lease.key}": it was not acquired by this manager`,
+      );
+    }
+    const inner = new AbortController();
+    const s = AbortSignal.any([signal, inner.signal]);
+    try {
+      await Promise.race([this.#watchOwnKey(s), this.#renewLoop(s)]);
+    } catch (e) {
+      if (signal.aborted) return;
+      throw e;
+    } finally {
+      inner.abort();
+    }
+  }
+
+  /**
+   * Lists the leases under `<prefix>/subnets/`, then watches for changes,
+   * delivering added/removed events through a {@linkcode LeaseTable} (which
+   * validates, refuses overlaps and leaves out our own key). Malformed keys
+   * and values are skipped with a warning. Returns when `signal` aborts;
+   * etcd errors are retried with backoff.
+   */
+  async watchLeases(handler: LeaseHandler, signal: AbortSignal): Promise<void> {
+    const config = this.#config ?? await this.getNetworkConfig(signal);
+    const own = this.#own;
+    const table = new LeaseTable(config, {
+      ownKey: own?.lease.key ?? "",
+      ...(own && { ownLease: own.lease }),
+      noun: "etcd key",
+    });
+    const dir = subnetsDir(this.#prefix);
+    const emit = (events: LeaseEvent[]) => {
+      if (events.length === 0) return;
+      try {
+        handler(events);
+      } catch (e) {
+        throw new HandlerFailure(e);
+      }
+    };
+    const backoff = new Backoff(250, this.#maxBackoffMs);
+    let next: bigint | undefined; // revision to watch from; undefined: list
+    let listed = false;
+    outer: while (!signal.aborted) {
+      try {
+        if (next === undefined) {
+          const listing = await this.#client.rangePrefix(dir, signal);
+          const now = performance.now();
+          const all = new Map(
+            listing.kvs.map((
+              kv,
+            ) => [kv.key, leaseFromKv(kv.key, kv.value, dir)]),
+          );
+          if (listed) metrics.relists.inc();
+          listed = true;
+          log.v(
+            1,
+            `Listed ${all.size} keys under "${dir}" at revision ${listing.revision}`,
+          );
+          next = listing.revision + 1n;
+          emit(table.replaceAll(all, now));
+        }
+        const stream = this.#client.watch({
+          key: dir,
+          rangeEnd: prefixRangeEnd(dir),
+          startRevision: next,
+          idleTimeoutMs: this.#idleMs,
+          signal,
+        });
+        for await (const resp of stream) {
+          backoff.reset();
+          if (resp.compactRevision > 0n) {
+            log.warn(
+              `Watch of "${dir}" fell behind etcd compaction (wanted revision ${next}, compacted up to ${resp.compactRevision}): listing again`,
+            );
+            next = undefined;
+            continue outer;
+          }
+          if (resp.canceled) {
+            throw new EtcdError(
+              `etcd canceled the watch of "${dir}": ${
+                resp.cancelReason || "no reason given"
+              }`,
+              "unreachable",
+            );
+          }
+          const now = performance.now();
+          const events: LeaseEvent[] = [];
+          for (const ev of resp.events) {
+            const key = ev.kv.key;
+            events.push(
+              ...(ev.type === "DELETE" ? table.remove(key, now) : table.update(
+                key,
+                leaseFromKv(key, ev.kv.value, dir),
+                now,
+              )),
+            );
+            if (ev.kv.modRevision >= next) next = ev.kv.modRevision + 1n;
+          }
+          // A progress notification: everything up to its revision is seen.
+          if (
+            resp.events.length === 0 && !resp.created && resp.revision >= next
+          ) {
+            next = resp.revision + 1n;
+          }
+          emit(events);
+        }
+      } catch (e) {
+        if (e instanceof HandlerFailure) throw e.error;
+        if (signal.aborted) break;
+        metrics.watchRestarts.inc();
+        const d = backoff.next();
+        log.warn(
+          `Watch of "${dir}" failed, reconnecting in ${ms(d)} from revision ${
+            next ?? "(new listing)"
+          }: ${describe(e)}`,
+        );
+        await sleep(d, signal).catch(() => {});
+      }
+    }
+  }
+
+  /** Closes the etcd client. Idempotent. */
+  close(): void {
+    this.#client.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  async #previousSubnets(): Promise<Partial<SubnetPair>> {
+    const env = await readSubnetEnv(this.#subnetFile);
+    if (!env.ok) {
+      log.warn(`Ignoring the previous subnet: ${env.reason}`);
+      return {};
+    }
+    if (env.value === null) return {};
+    return {
+      ...(env.value.subnet !== undefined && { subnet: env.value.subnet }),
+      ...(env.value.ipv6Subnet !== undefined &&
+        { ipv6Subnet: env.value.ipv6Subnet }),
+    };
+  }
+
+  /** One acquisition attempt; undefined when another node won a race. */
+  async #tryAcquire(
+    config: NetworkConfig,
+    attrs: LeaseAttrs,
+    previous: Partial<SubnetPair>,
+    signal: AbortSignal,
+  ): Promise<Lease | undefined> {
+    const dir = subnetsDir(this.#prefix);
+    const { kvs } = await this.#client.rangePrefix(dir, signal);
+    const ourIP = attrs.publicIP === undefined
+      ? undefined
+      : normalizeIp(attrs.publicIP);
+    const entries: { kv: KeyValue; pair: SubnetPair }[] = [];
+    let mine: { kv: KeyValue; pair: SubnetPair } | undefined;
+    for (const kv of kvs) {
+      const pair = parseSubnetKey(kv.key, dir);
+      if (!pair.ok) continue;
+      const entry = { kv, pair: pair.value };
+      entries.push(entry);
+      if (mine !== undefined || ourIP === undefined) continue;
+      const a = decodeLeaseAttrs(kv.value);
+      if (a.ok && a.value.publicIP !== undefined) {
+        if (normalizeIp(a.value.publicIP) === ourIP) mine = entry;
+      }
+    }
+
+    if (mine !== undefined) {
+      const what = describePair(mine.pair);
+      if (fitsConfig(config, mine.pair)) {
+        log.info(`Found lease (${what}) for current IP (${ourIP}), reusing`);
+        return await this.#rewrite(mine.kv, mine.pair, attrs, signal);
+      }
+      log.info(
+        `Found lease (${what}) for current IP (${ourIP}) but not compatible with current config, deleting`,
+      );
+      const del = await this.#client.txn(
+        [{
+          key: mine.kv.key,
+          target: "MOD",
+          result: "EQUAL",
+          value: mine.kv.modRevision,
+        }],
+        [{ delete: { key: mine.kv.key } }],
+        [],
+        signal,
+      );
+      if (!del.succeeded) return undefined;
+      entries.splice(entries.indexOf(mine), 1);
+    }
+
+    const taken = entries.flatMap((e) => netsOf(e.pair));
+    let pair: SubnetPair | undefined;
+    if (previous.subnet !== undefined) {
+      const prev: SubnetPair = {
+        subnet: previous.subnet,
+        ...(previous.ipv6Subnet !== undefined &&
+          { ipv6Subnet: previous.ipv6Subnet }),
+      };
+      if (!isTaken(prev, taken)) {
+        if (fitsConfig(config, prev)) {
+          log.info(
+            `Found previously leased subnet (${prev.subnet}), reusing`,
+          );
+          pair = prev;
+        } else {
+          log.error(
+            `Found previously leased subnet (${prev.subnet}) that is not compatible with the Etcd network config, ignoring`,
+          );
+        }
+      }
+    }
+    if (pair === undefined) {
+      log.info(
+        `Picking subnet in range ${formatIp(4, config.subnetMin!)} ... ${
+          formatIp(4, config.subnetMax!)
+        }`,
+      );
+      const choice = chooseSubnets(config, taken);
+      if (!choice.ok) {
+        throw new Error(
+          `Cannot acquire a subnet lease under "${dir}": ${choice.reason}`,
+        );
+      }
+      pair = choice.value;
+    }
+
+    const key = subnetKey(this.#prefix, pair);
+    const started = Date.now();
+    const grant = await this.#client.leaseGrant(this.#ttl, signal);
+    let txn;
+    try {
+      txn = await this.#client.txn(
+        [{ key, target: "VERSION", result: "EQUAL", value: 0n }],
+        [{ put: { key, value: encodeLeaseAttrs(attrs), lease: grant.id } }],
+        [],
+        signal,
+      );
+    } catch (e) {
+      await this.#revokeQuietly(grant.id);
+      throw e;
+    }
+    if (!txn.succeeded) {
+      await this.#revokeQuietly(grant.id);
+      return undefined;
+    }
+    const lease: Lease = {
+      key,
+      subnet: pair.subnet,
+      ...(pair.ipv6Subnet !== undefined && { ipv6Subnet: pair.ipv6Subnet }),
+      attrs,
+      expiration: new Date(started + grant.ttl * 1000),
+    };
+    this.#own = { lease, leaseId: grant.id, revision: txn.revision };
+    log.info(
+      `Allocated lease (${describePair(pair)}) to current node (${ourIP})`,
+    );
+    return lease;
+  }
+
+  /**
+   * Rewrites our existing key with new attributes: a reservation stays a
+   * reservation, a lease gets a fresh etcd lease (the old one is revoked
+   * once nothing is attached to it). Undefined when the key changed since
+   * it was read.
+   */
+  async #rewrite(
+    kv: KeyValue,
+    pair: SubnetPair,
+    attrs: LeaseAttrs,
+    signal: AbortSignal,
+  ): Promise<Lease | undefined> {
+    const unchanged = {
+      key: kv.key,
+      target: "MOD",
+      result: "EQUAL",
+      value: kv.modRevision,
+    } as const;
+    const value = encodeLeaseAttrs(attrs);
+    const base = {
+      key: kv.key,
+      subnet: pair.subnet,
+      ...(pair.ipv6Subnet !== undefined && { ipv6Subnet: pair.ipv6Subnet }),
+      attrs,
+    };
+    if (kv.lease === "0") {
+      const r = await this.#client.txn(
+        [unchanged],
+        [{ put: { key: kv.key, value } }],
+        [],
+        signal,
+      );
+      if (!r.succeeded) return undefined;
+      this.#own = { lease: base, leaseId: "0", revision: r.revision };
+      return base;
+    }
+    const started = Date.now();
+    const grant = await this.#client.leaseGrant(this.#ttl, signal);
+    let r;
+    try {
+      r = await this.#client.txn(
+        [unchanged],
+        [{ put: { key: kv.key, value, lease: grant.id } }],
+        [],
+        signal,
+      );
+    } catch (e) {
+      await this.#revokeQuietly(grant.id);
+      throw e;
+    }
+    if (!r.succeeded) {
+      await this.#revokeQuietly(grant.id);
+      return undefined;
+    }
+    await this.#revokeQuietly(kv.lease);
+    const lease = {
+      ...base,
+      expiration: new Date(started + grant.ttl * 1000),
+    };
+    this.#own = { lease, leaseId: grant.id, revision: r.revision };
+    return lease;
+  }
+
+  async #revokeQuietly(id: string): Promise<void> {
+    try {
+      await this.#client.leaseRevoke(id);
+    } catch (e) {
+      log.v(1, `Cannot revoke unused etcd lease ${id}: ${describe(e)}`);
+    }
+  }
+
+  /** Renews at expiration minus the margin; retries every minute. */
+  async #renewLoop(signal: AbortSignal): Promise<never> {
+    const due = () => {
+      const exp = this.#own!.lease.expiration;
+      if (exp === undefined) return Infinity; // a reservation never expires
+      // Never spin: with a margin longer than the TTL, renew every second.
+      return Math.max(1000, exp.getTime() - this.#marginMs - Date.now());
+    };
+    let delay = due();
+    while (true) {
+      if (delay !== Infinity) {
+        log.v(1, `Waiting for ${ms(delay)} to renew lease`);
+      }
+      await sleep(delay, signal);
+      try {
+        await this.#renew(signal);
+        log.info(
+          `Lease renewed, new expiration: ${
+            this.#own!.lease.expiration?.toISOString() ?? "never"
+          }`,
+        );
+        delay = due();
+      } catch (e) {
+        if (signal.aborted || e instanceof LeaseRevokedError) throw e;
+        log.error(
+          `Error renewing lease (trying again in ${ms(this.#renewRetryMs)}): ${
+            describe(e)
+          }`,
+        );
+        delay = this.#renewRetryMs;
+      }
+    }
+  }
+
+  /**
+   * Moves our key to a fresh etcd lease, on condition that it is still
+   * attached to ours (flanneld re-grants the same way; a keepalive stream
+   * through the gateway would be one more long-lived connection to keep
+   * healthy, for a renewal that happens once a day).
+   */
+  async #renew(signal: AbortSignal, depth = 0): Promise<void> {
+    const own = this.#own!;
+    const key = own.lease.key;
+    const started = Date.now();
+    const grant = await this.#client.leaseGrant(this.#ttl, signal);
+    let r;
+    try {
+      r = await this.#client.txn(
+        [{ key, target: "LEASE", result: "EQUAL", value: own.leaseId }],
+        [{
+          put: {
+            key,
+            value: encodeLeaseAttrs(own.lease.attrs),
+            lease: grant.id,
+          },
+        }],
+        [{ get: { key } }],
+        signal,
+      );
+    } catch (e) {
+      await this.#revokeQuietly(grant.id);
+      throw e;
+    }
+    if (r.succeeded) {
+      await this.#revokeQuietly(own.leaseId);
+      this.#own = {
+        lease: {
+          ...own.lease,
+          expiration: new Date(started + grant.ttl * 1000),
+        },
+        leaseId: grant.id,
+        revision: r.revision,
+      };
+      return;
+    }
+    await this.#revokeQuietly(grant.id);
+    const kv = r.responses[0]?.kvs[0];
+    if (kv === undefined) throw new LeaseRevokedError(key, "was deleted");
+    // Rewritten by someone else: still ours if it still names our address
+    // (an operator turning it into a reservation, a second instance).
+    const attrs = decodeLeaseAttrs(kv.value);
+    const ourIP = own.lease.attrs.publicIP;
+    if (
+      !attrs.ok || attrs.value.publicIP === undefined || ourIP === undefined ||
+      normalizeIp(attrs.value.publicIP) !== normalizeIp(ourIP) || depth >= 2
+    ) {
+      throw new LeaseRevokedError(
+        key,
+        `now belongs to ${attrs.ok ? attrs.value.publicIP : "another node"}`,
+      );
+    }
+    if (kv.lease === "0") {
+      log.info(`etcd key "${key}" became a reservation: no more renewals`);
+      const { expiration: _, ...rest } = own.lease;
+      this.#own = { lease: rest, leaseId: "0", revision: kv.modRevision };
+      return;
+    }
+    this.#own = { ...own, leaseId: kv.lease };
+    await this.#renew(signal, depth + 1);
+  }
+
+  /** Watches our own key; rejects when it is deleted. */
+  async #watchOwnKey(signal: AbortSignal): Promise<never> {
+    const key = this.#own!.lease.key;
+    let next = this.#own!.revision + 1n;
+    const backoff = new Backoff(250, this.#maxBackoffMs);
+    outer: while (true) {
+      try {
+        const stream = this.#client.watch({
+          key,
+          startRevision: next,
+          idleTimeoutMs: this.#idleMs,
+          signal,
+        });
+        for await (const resp of stream) {
+          backoff.reset();
+          if (resp.compactRevision > 0n) {
+            // History is gone: look at the key itself.
+            const { kv, revision } = await this.#client.get(key, signal);
+            if (kv === undefined) {
+              throw new LeaseRevokedError(key, "was deleted");
+            }
+            next = revision + 1n;
+            continue outer;
+          }
+          if (resp.canceled) {
+            throw new EtcdError(
+              `etcd canceled the watch of "${key}": ${resp.cancelReason}`,
+              "unreachable",
+            );
+          }
+          for (const ev of resp.events) {
+            if (ev.type === "DELETE") {
+              throw new LeaseRevokedError(key, "was deleted");
+            }
+            if (ev.kv.modRevision >= next) next = ev.kv.modRevision + 1n;
+          }
+          if (
+            resp.events.length === 0 && !resp.created && resp.revision >= next
+          ) {
+            next = resp.revision + 1n;
+          }
+        }
+      } catch (e) {
+        if (signal.aborted || e instanceof LeaseRevokedError) throw e;
+        metrics.watchRestarts.inc();
+        const d = backoff.next();
+        log.warn(
+          `Watch of own lease "${key}" failed, reconnecting in ${ms(d)}: ${
+            describe(e)
+          }`,
+        );
+        await sleep(d, signal);
+      }
+    }
+  }
+}
