@@ -16,6 +16,11 @@ import { Netns, run } from "./_netns.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 export const SWITCH_IP = "198.18.0.254";
+/** The network config a cluster gets unless told otherwise. */
+export const DEFAULT_NET_CONF =
+  '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
+/** Where Debian's host-local plugin keeps its allocations. */
+const HOST_LOCAL_DIR = "/var/lib/cni/networks";
 
 /** How one node's agent is started. */
 export interface NodeSpec {
@@ -79,6 +84,11 @@ export interface ClusterOptions {
   readonly agentFlags?: string[];
   /** Reconcile period passed to agents (seconds). */
   readonly reconcilePeriod?: number;
+  /**
+   * Start Debian's etcd in the switch namespace and write `netConf` to it.
+   * Default true; false for a cluster whose agents use the Kubernetes API.
+   */
+  readonly etcd?: boolean;
 }
 
 /** Permissions the agent runs with: the least it needs, never -A. */
@@ -93,6 +103,42 @@ export function agentPermissions(dir: string): string[] {
     `--allow-write=${dir},/proc/sys/net`,
     "--allow-run=iptables-restore,iptables-save,ip6tables-restore,ip6tables-save,nft",
   ];
+}
+
+/** What `ping` printed in its summary. */
+export interface PingSummary {
+  readonly transmitted: number;
+  readonly received: number;
+  readonly rttAvgMs?: number;
+  /** stderr and the summary, for messages. */
+  readonly text: string;
+}
+
+/** Parses ping's summary lines (iputils). */
+export function parsePing(stdout: string, stderr = ""): PingSummary {
+  const counts = stdout.match(/(\d+) packets transmitted, (\d+) received/);
+  const rtt = stdout.match(/= [\d.]+\/([\d.]+)\//);
+  return {
+    transmitted: Number(counts?.[1] ?? 0),
+    received: Number(counts?.[2] ?? 0),
+    ...(rtt?.[1] !== undefined && { rttAvgMs: Number(rtt[1]) }),
+    text: (stderr + stdout).trim(),
+  };
+}
+
+/** A subnet lease as stored in etcd. */
+export interface EtcdLease {
+  /** `/coreos.com/network/subnets/10.244.7.0-24`. */
+  readonly key: string;
+  /** `10.244.7.0/24`. */
+  readonly subnet: string;
+  readonly value: {
+    PublicIP: string;
+    BackendType: string;
+    BackendData?: { VNI?: number; VtepMAC?: string };
+  };
+  /** The etcd lease ID (decimal), "0" for a reservation. */
+  readonly etcdLease: string;
 }
 
 /** A running namespace cluster. Dispose to tear it down. */
@@ -137,6 +183,16 @@ export class Cluster implements AsyncDisposable {
       await run(["ip", "netns", "del", name]);
     }
     await Deno.remove(`/tmp/${prefix}`, { recursive: true }).catch(() => {});
+    // host-local keeps its allocations on the host, under the network name
+    // (`<prefix>-<node>`, see #cni): without this they pile up run after run.
+    try {
+      for await (const e of Deno.readDir(HOST_LOCAL_DIR)) {
+        if (e.name.startsWith(`${prefix}-`)) {
+          await Deno.remove(`${HOST_LOCAL_DIR}/${e.name}`, { recursive: true })
+            .catch(() => {});
+        }
+      }
+    } catch { /* no host-local state at all */ }
   }
 
   /** Builds the namespaces, the underlay and etcd with the network config. */
@@ -159,11 +215,10 @@ export class Cluster implements AsyncDisposable {
       await hub.ip("addr", "add", `${SWITCH_IP}/24`, "dev", "br0");
       await hub.ip("link", "set", "br0", "up");
       for (const node of nodes) await c.#wire(node);
-      await c.startEtcd();
-      await c.putConfig(
-        opts.netConf ??
-          '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}',
-      );
+      if (opts.etcd ?? true) {
+        await c.startEtcd();
+        await c.putConfig(opts.netConf ?? DEFAULT_NET_CONF);
+      }
     } catch (e) {
       await c.close();
       throw e;
@@ -441,22 +496,163 @@ export class Cluster implements AsyncDisposable {
     return stdout;
   }
 
-  /** Pings every pod from every pod on another node; returns failures. */
+  /**
+   * Pings every pod from every pod on another node, one echo each; `rttMs`
+   * is the round trip ping reported (absent when it failed).
+   */
   async pingMatrix(): Promise<
-    { from: string; to: string; ok: boolean }[]
+    { from: string; to: string; ok: boolean; rttMs?: number }[]
   > {
-    const results: { from: string; to: string; ok: boolean }[] = [];
+    const results: { from: string; to: string; ok: boolean; rttMs?: number }[] =
+      [];
     for (const a of this.pods) {
       for (const b of this.pods) {
         if (a.node === b.node) continue;
+        const s = await this.pingRun(a.id, b.ip, { count: 1, deadline: 2 });
         results.push({
           from: a.id,
           to: b.id,
-          ok: await a.ns.ping(b.ip, 1, 2),
+          ok: s.received === s.transmitted && s.transmitted > 0,
+          ...(s.rttAvgMs !== undefined && { rttMs: s.rttAvgMs }),
         });
       }
     }
     return results;
+  }
+
+  /** The pod with this id; throws when there is none. */
+  pod(id: string): { node: ClusterNode; ns: Netns; ip: string; id: string } {
+    const p = this.pods.find((p) => p.id === id);
+    if (!p) throw new Error(`No pod "${id}"`);
+    return p;
+  }
+
+  /**
+   * Runs `ping` from a pod and returns the counts from its summary
+   * (`N packets transmitted, M received`). With `interval` below 0.2 s
+   * this needs root, which the harness has.
+   */
+  async pingRun(
+    fromPod: string,
+    dst: string,
+    opts: {
+      count: number;
+      interval?: number;
+      deadline?: number;
+      size?: number;
+      dontFragment?: boolean;
+    },
+  ): Promise<PingSummary> {
+    const out = await this.pod(fromPod).ns.tryExec([
+      "ping",
+      "-n",
+      "-q",
+      "-c",
+      String(opts.count),
+      "-i",
+      String(opts.interval ?? 0.2),
+      ...(opts.deadline !== undefined ? ["-w", String(opts.deadline)] : []),
+      ...(opts.size !== undefined ? ["-s", String(opts.size)] : []),
+      ...(opts.dontFragment ? ["-M", "do"] : []),
+      dst,
+    ]);
+    return parsePing(out.stdout, out.stderr);
+  }
+
+  /**
+   * Measures TCP throughput from one pod to another with iperf3
+   * (`iperf3 -s -1` in the server pod, `iperf3 -c -t seconds -J` in the
+   * client pod).
+   */
+  async iperf(
+    fromPod: string,
+    toPod: string,
+    seconds = 3,
+  ): Promise<{ bitsPerSecond: number; retransmits: number }> {
+    const server = this.pod(toPod);
+    const srv = new Deno.Command("ip", {
+      args: [
+        "netns",
+        "exec",
+        server.ns.name,
+        "iperf3",
+        "-s",
+        "-1",
+        "-B",
+        server.ip,
+      ],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      let last = "";
+      // The server needs a moment to listen: retry "connection refused".
+      for (let i = 0; i < 50; i++) {
+        const r = await this.pod(fromPod).ns.tryExec([
+          "iperf3",
+          "-c",
+          server.ip,
+          "-t",
+          String(seconds),
+          "-J",
+        ]);
+        // iperf3 -J reports failures in an "error" key, sometimes with
+        // exit status 0.
+        let j: {
+          error?: string;
+          end?: {
+            sum_received?: { bits_per_second: number };
+            sum_sent?: { retransmits?: number };
+          };
+        } = {};
+        try {
+          j = JSON.parse(r.stdout);
+        } catch { /* not JSON: keep the text for the message */ }
+        const bps = j.end?.sum_received?.bits_per_second;
+        if (r.code === 0 && j.error === undefined && bps !== undefined) {
+          return {
+            bitsPerSecond: bps,
+            retransmits: j.end?.sum_sent?.retransmits ?? 0,
+          };
+        }
+        last = j.error ?? r.stdout + r.stderr;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error(`iperf3 ${fromPod} -> ${toPod} failed: ${last}`);
+    } finally {
+      try {
+        srv.kill("SIGKILL");
+      } catch { /* exited after its one test */ }
+      await srv.status;
+    }
+  }
+
+  /** The leases in etcd: key, subnet and the decoded value. */
+  async leases(): Promise<EtcdLease[]> {
+    const r = await this.etcdctl(
+      "get",
+      "--prefix",
+      "/coreos.com/network/subnets/",
+      "-w",
+      "json",
+    );
+    if (r.code !== 0) throw new Error(`etcdctl get leases: ${r.stderr}`);
+    // Lease IDs are int64: keep them as strings, past 2^53 JSON numbers lie.
+    const j = JSON.parse(
+      r.stdout.replace(/"lease":\s*(\d+)/g, '"lease":"$1"'),
+    ) as {
+      kvs?: { key: string; value: string; lease?: number | string }[];
+    };
+    return (j.kvs ?? []).map((kv) => {
+      const key = atob(kv.key);
+      const value = JSON.parse(atob(kv.value)) as EtcdLease["value"];
+      return {
+        key,
+        subnet: key.split("/").pop()!.replace("-", "/"),
+        value,
+        etcdLease: String(kv.lease ?? "0"),
+      };
+    });
   }
 
   /** Tears everything down: agents, pods, etcd, namespaces, files. */
