@@ -521,7 +521,17 @@ export class EtcdClient implements Disposable {
             if (err.code === 16) this.#token = undefined;
             throw err;
           }
-          yield watchResponseFrom(msg.result);
+          const resp = watchResponseFrom(msg.result);
+          if (
+            resp.canceled && this.#opts.username !== undefined &&
+            /permission denied|auth token/i.test(resp.cancelReason)
+          ) {
+            // etcd refuses a watch with a stale token by cancelling it
+            // ("permission denied"), not with an error: log in again on the
+            // next attempt, or reconnects would reuse the stale token forever.
+            this.#token = undefined;
+          }
+          yield resp;
         }
       }
     } finally {

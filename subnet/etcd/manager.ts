@@ -13,7 +13,7 @@
  * @module
  */
 import { type NetworkConfig, parseNetConfig } from "../config.ts";
-import { formatIp, normalizeIp } from "../ip.ts";
+import { formatIp, type IpNet, normalizeIp, parseIpNet } from "../ip.ts";
 import type {
   Lease,
   LeaseAttrs,
@@ -47,7 +47,6 @@ import {
   type SubnetPair,
   subnetsDir,
 } from "./keys.ts";
-import { type IpNet, parseIpNet } from "../ip.ts";
 
 const log = logger("etcd");
 
@@ -239,7 +238,9 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
             }"`,
           );
         }
-        log.info("Another node took the subnet first, trying again");
+        log.info(
+          "The subnet key changed while we claimed it (another node won the race): trying again",
+        );
       } catch (e) {
         if (signal.aborted) throw signal.reason;
         if (!isTransient(e)) throw e;

@@ -882,7 +882,7 @@ etcdTest(
 );
 
 etcdTest(
-  "username/password: authenticates, and again when the token expires",
+  "username/password: logs in, and again after token expiry or an etcd restart",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
     await etcd.request("/v3/auth/user/add", {
@@ -910,6 +910,22 @@ etcdTest(
     const peer = `${DIR}10.5.30.0-24`;
     await m.client.put(peer, flanneldValue("10.0.0.30", "0a:00:00:00:00:30"));
     await w.waitFor("added 10.5.30.0/24");
+    // A restart forgets every token: the watch reconnects with a stale one,
+    // which etcd answers by cancelling it, and must log in again.
+    await etcd.restart();
+    // Written through another client, so that only the watch can refresh
+    // the manager's token.
+    const other = new EtcdClient({
+      endpoints: [etcd.endpoint],
+      username: "root",
+      password: "s3cret",
+    });
+    await other.put(
+      `${DIR}10.5.31.0-24`,
+      flanneldValue("10.0.0.31", "0a:00:00:00:00:31"),
+    );
+    other.close();
+    await w.waitFor("added 10.5.31.0/24");
     await w[Symbol.asyncDispose]();
     assert.ok((await m.client.get(lease.key)).kv);
     m.close();
