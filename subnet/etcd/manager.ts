@@ -177,6 +177,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
   async getNetworkConfig(signal: AbortSignal): Promise<NetworkConfig> {
     const key = configKey(this.#prefix);
     let lastReason = "";
+    let lastWarned = 0;
     while (true) {
       signal.throwIfAborted();
       let reason: string;
@@ -206,8 +207,11 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       const msg =
         `Cannot use the network config in etcd key "${key}": ${reason}; ` +
         `retrying every ${ms(this.#configRetryMs)}`;
-      if (reason !== lastReason) log.warn(msg);
-      else log.v(1, msg);
+      // Warn on each new reason and once a minute while it lasts.
+      if (reason !== lastReason || Date.now() - lastWarned >= 60_000) {
+        log.warn(msg);
+        lastWarned = Date.now();
+      } else log.v(1, msg);
       lastReason = reason;
       await sleep(this.#configRetryMs, signal);
     }
@@ -294,8 +298,12 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       noun: "etcd key",
     });
     const dir = subnetsDir(this.#prefix);
+    // The first listing is always delivered, even empty: it tells the
+    // backend that the peer set is complete and stale entries may go.
+    let delivered = false;
     const emit = (events: LeaseEvent[]) => {
-      if (events.length === 0) return;
+      if (events.length === 0 && delivered) return;
+      delivered = true;
       try {
         handler(events);
       } catch (e) {

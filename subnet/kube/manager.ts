@@ -1,0 +1,436 @@
+/**
+ * The Kubernetes subnet manager (`--kube-subnet-mgr`): leases are Nodes.
+ * Our lease is our node's pod CIDR, which the controller manager assigns;
+ * we publish how to reach it in the node's flannel annotations, exactly as
+ * flanneld does, so weft and flanneld nodes interoperate. Peer leases come
+ * from a list+watch over Nodes that keeps only a slim record per node and
+ * feeds a {@linkcode LeaseTable}, which validates and diffs them.
+ *
+ * @module
+ */
+import { logger } from "../../agent/log.ts";
+import { type NetworkConfig, parseNetConfig } from "../config.ts";
+import type {
+  Lease,
+  LeaseAttrs,
+  LeaseEvent,
+  LeaseHandler,
+  SubnetManager,
+} from "../lease.ts";
+import { LeaseTable } from "../lease_table.ts";
+import { sleep } from "./backoff.ts";
+import {
+  connect,
+  type ConnectOptions,
+  isTransient,
+  KubeApiError,
+  type KubeClient,
+  resolveNodeName,
+  retrying,
+} from "./client.ts";
+import {
+  type AnnotationKeys,
+  annotationKeys,
+  annotationPatch,
+  DEFAULT_ANNOTATION_PREFIX,
+  nodePublicIPOverride,
+  nodeToLease,
+  ownSubnets,
+  podCidrsOf,
+  slimmer,
+  type SlimNode,
+} from "./node.ts";
+import { NodeWatcher, type NodeWatcherOptions } from "./watch.ts";
+
+const log = logger("kube");
+
+/** The NetworkUnavailable condition flanneld sets once it runs. */
+export const NETWORK_UP_CONDITION = {
+  type: "NetworkUnavailable",
+  status: "False",
+  reason: "FlannelIsUp",
+  message: "Flannel is running on this node",
+} as const;
+
+/** Options of {@linkcode KubeSubnetManager}. */
+export interface KubeSubnetManagerOptions {
+  readonly client: KubeClient;
+  /** This node's name. */
+  readonly nodeName: string;
+  /** `--net-config-path`. */
+  readonly netConfPath: string;
+  /** `--kube-annotation-prefix`. Default `flannel.alpha.coreos.com`. */
+  readonly annotationPrefix?: string;
+  /** `--set-node-network-unavailable`. Default true. */
+  readonly setNodeNetworkUnavailable?: boolean;
+  /** How long to wait for our node and its pod CIDR, ms. Default 30000. */
+  readonly podCidrTimeoutMs?: number;
+  /** Pause between looks at our node while waiting, ms. Default 1000. */
+  readonly podCidrIntervalMs?: number;
+  readonly watch?: NodeWatcherOptions;
+}
+
+/** The flags {@linkcode KubeSubnetManager.create} reads (agent/flags.ts). */
+export interface KubeFlags {
+  readonly kubeApiUrl: string;
+  readonly kubeconfigFile: string;
+  readonly kubeAnnotationPrefix: string;
+  readonly netConfigPath: string;
+  readonly setNodeNetworkUnavailable: boolean;
+}
+
+interface NodeObject {
+  metadata?: { annotations?: Record<string, string> };
+  spec?: unknown;
+  status?: {
+    conditions?: {
+      type?: string;
+      status?: string;
+      reason?: string;
+      message?: string;
+    }[];
+  };
+}
+
+/** Subnet manager backed by the Kubernetes API (`--kube-subnet-mgr`). */
+export class KubeSubnetManager implements SubnetManager {
+  readonly name = "kube";
+  readonly nodeName: string;
+  readonly keys: AnnotationKeys;
+  readonly #client: KubeClient;
+  readonly #opts: KubeSubnetManagerOptions;
+  readonly #nodePath: string;
+  #config: NetworkConfig | undefined;
+  #lease: Lease | undefined;
+  #ownCidrs: readonly string[] | undefined;
+  #table: LeaseTable | undefined;
+  #handler: LeaseHandler | undefined;
+
+  /** Throws when the annotation prefix is invalid. */
+  constructor(opts: KubeSubnetManagerOptions) {
+    const keys = annotationKeys(
+      opts.annotationPrefix ?? DEFAULT_ANNOTATION_PREFIX,
+    );
+    if (!keys.ok) throw new Error(keys.reason);
+    this.keys = keys.value;
+    this.#client = opts.client;
+    this.#opts = opts;
+    this.nodeName = opts.nodeName;
+    this.#nodePath = `/api/v1/nodes/${encodeURIComponent(opts.nodeName)}`;
+  }
+
+  /**
+   * Connects as flanneld does (kubeconfig, else in-cluster, `--kube-api-url`
+   * overriding the server), finds this node's name (`NODE_NAME`, else the
+   * pod's `spec.nodeName`) and returns the manager.
+   *
+   * @example
+   * ```ts
+   * const sm = await KubeSubnetManager.create(flags, signal);
+   * ```
+   */
+  static async create(
+    flags: KubeFlags,
+    signal: AbortSignal,
+    extra: Partial<ConnectOptions> & {
+      readonly watch?: NodeWatcherOptions;
+      readonly podCidrTimeoutMs?: number;
+    } = {},
+  ): Promise<KubeSubnetManager> {
+    // Validate the prefix before touching the network.
+    const keys = annotationKeys(flags.kubeAnnotationPrefix);
+    if (!keys.ok) throw new Error(keys.reason);
+    const client = await connect({
+      ...extra,
+      kubeApiUrl: flags.kubeApiUrl,
+      kubeconfigFile: flags.kubeconfigFile,
+    });
+    try {
+      const nodeName = await resolveNodeName(client, signal, extra.env);
+      log.info(
+        `Kubernetes subnet manager for node "${nodeName}" via ${client.server}`,
+      );
+      return new KubeSubnetManager({
+        client,
+        nodeName,
+        netConfPath: flags.netConfigPath,
+        annotationPrefix: flags.kubeAnnotationPrefix,
+        setNodeNetworkUnavailable: flags.setNodeNetworkUnavailable,
+        ...(extra.watch && { watch: extra.watch }),
+        ...(extra.podCidrTimeoutMs !== undefined &&
+          { podCidrTimeoutMs: extra.podCidrTimeoutMs }),
+      });
+    } catch (e) {
+      client.close();
+      throw e;
+    }
+  }
+
+  /** The API client (for the caller to close at exit). */
+  get client(): KubeClient {
+    return this.#client;
+  }
+
+  /** Reads and validates `--net-config-path` once. */
+  async getNetworkConfig(_signal: AbortSignal): Promise<NetworkConfig> {
+    if (this.#config) return this.#config;
+    const path = this.#opts.netConfPath;
+    let text: string;
+    try {
+      text = await Deno.readTextFile(path);
+    } catch (e) {
+      throw new Error(
+        `failed to read net conf "${path}": ${(e as Error).message}`,
+      );
+    }
+    const parsed = parseNetConfig(text);
+    if (!parsed.ok) {
+      throw new Error(
+        `error parsing subnet config "${path}": ${parsed.reason}`,
+      );
+    }
+    this.#config = parsed.value;
+    return parsed.value;
+  }
+
+  /** GETs our node, retrying transient errors and 404 until `deadline`. */
+  #getNode(signal: AbortSignal, deadlineMs: number): Promise<NodeObject> {
+    return retrying(
+      () => this.#client.getJson<NodeObject>(this.#nodePath, signal),
+      {
+        signal,
+        deadlineMs,
+        what: `get node "${this.nodeName}"`,
+        retryIf: (e) =>
+          isTransient(e) || (e instanceof KubeApiError && e.status === 404),
+      },
+    );
+  }
+
+  /**
+   * Reads our node's pod CIDRs (waiting up to `podCidrTimeoutMs` for the
+   * controller manager to assign them), publishes `attrs` in the node's
+   * annotations when they differ (one PATCH of the `status` subresource,
+   * which also sets NetworkUnavailable=False when enabled), and returns
+   * our lease.
+   */
+  async acquireLease(attrs: LeaseAttrs, signal: AbortSignal): Promise<Lease> {
+    const config = await this.getNetworkConfig(signal);
+    const timeoutMs = this.#opts.podCidrTimeoutMs ?? 30_000;
+    const intervalMs = this.#opts.podCidrIntervalMs ?? 1000;
+    const start = performance.now();
+    let node: NodeObject;
+    let waited = false;
+    for (;;) {
+      const left = Math.max(0, timeoutMs - (performance.now() - start));
+      try {
+        node = await this.#getNode(signal, left);
+      } catch (e) {
+        if (signal.aborted) throw e;
+        if (e instanceof KubeApiError && e.status === 404) {
+          throw new Error(`node "${this.nodeName}" not found`, { cause: e });
+        }
+        throw new Error(
+          `timeout contacting kube-api, failed to get node "${this.nodeName}": ${
+            (e as Error).message
+          }`,
+          { cause: e },
+        );
+      }
+      if (podCidrsOf(node.spec).length > 0) break;
+      if (performance.now() - start + intervalMs > timeoutMs) {
+        throw new Error(`node "${this.nodeName}" pod cidr not assigned`);
+      }
+      if (!waited) {
+        waited = true;
+        log.info(
+          `Waiting for node "${this.nodeName}" to be assigned a pod cidr`,
+        );
+      }
+      await sleep(intervalMs, signal);
+    }
+    const cidrs = podCidrsOf(node.spec);
+    const subnets = ownSubnets(this.nodeName, cidrs, config);
+    if (!subnets.ok) throw new Error(subnets.reason);
+
+    const annotations = node.metadata?.annotations ?? {};
+    for (
+      const [over, what] of [
+        [this.keys.publicIPOverwrite, "public ip"],
+        [this.keys.publicIPv6Overwrite, "public ipv6"],
+      ] as const
+    ) {
+      const v = annotations[over];
+      if (v) {
+        log.info(
+          `Overriding ${what} with '${v}' from node annotation '${over}'`,
+        );
+      }
+    }
+    const patch = annotationPatch(annotations, attrs, this.keys);
+    const body: Record<string, unknown> = {};
+    if (Object.keys(patch).length > 0) {
+      body.metadata = { annotations: patch };
+    }
+    if (this.#opts.setNodeNetworkUnavailable ?? true) {
+      const cond = node.status?.conditions?.find((c) =>
+        c.type === NETWORK_UP_CONDITION.type
+      );
+      if (
+        cond?.status !== NETWORK_UP_CONDITION.status ||
+        cond.reason !== NETWORK_UP_CONDITION.reason ||
+        cond.message !== NETWORK_UP_CONDITION.message
+      ) {
+        const now = new Date().toISOString().replace(/\.\d+Z$/, "Z");
+        body.status = {
+          conditions: [{
+            ...NETWORK_UP_CONDITION,
+            lastTransitionTime: now,
+            lastHeartbeatTime: now,
+          }],
+        };
+      }
+    }
+    if (Object.keys(body).length > 0) {
+      log.v(1, `Patching node "${this.nodeName}": ${JSON.stringify(body)}`);
+      try {
+        await retrying(
+          () =>
+            this.#client.patchJson(
+              `${this.#nodePath}/status`,
+              body,
+              "strategic",
+              signal,
+            ),
+          { signal, deadlineMs: 30_000, what: `patch node "${this.nodeName}"` },
+        );
+      } catch (e) {
+        if (signal.aborted) throw e;
+        throw new Error(
+          `failed to patch node "${this.nodeName}": ${(e as Error).message}`,
+          { cause: e },
+        );
+      }
+    } else {
+      log.v(1, `Node "${this.nodeName}" already carries our annotations`);
+    }
+
+    const lease: Lease = {
+      key: this.nodeName,
+      ...subnets.value,
+      attrs,
+    };
+    this.#lease = lease;
+    this.#ownCidrs = cidrs;
+    if (this.#table && this.#handler) {
+      this.#emit(this.#table.setOwnLease(lease, performance.now()));
+    }
+    return lease;
+  }
+
+  /** Set once the first listing has been handed over. */
+  #delivered = false;
+
+  /**
+   * Hands events to the handler. The first listing is always delivered,
+   * even empty: it tells the backend the peer set is complete.
+   */
+  #emit(events: LeaseEvent[]): void {
+    if (events.length === 0 && this.#delivered) return;
+    if (!this.#handler) return;
+    this.#delivered = true;
+    this.#handler(events);
+  }
+
+  /** Logs (once per change) when our node's pod CIDRs move under us. */
+  #checkOwn(node: SlimNode): void {
+    if (node.name !== this.nodeName || this.#ownCidrs === undefined) return;
+    const now = node.podCIDRs.join(",");
+    const before = this.#ownCidrs.join(",");
+    if (now === before) return;
+    this.#ownCidrs = node.podCIDRs;
+    log.error(
+      `Pod CIDR of node "${this.nodeName}" changed from "${before}" to "${now}"; weft keeps using "${before}" until it restarts`,
+    );
+  }
+
+  /**
+   * Lists and watches every Node, turning each into a lease (or a reason)
+   * for the LeaseTable, and hands `handler` the resulting events. Runs
+   * until `signal` aborts; API trouble is retried, never returned.
+   */
+  async watchLeases(handler: LeaseHandler, signal: AbortSignal): Promise<void> {
+    const config = await this.getNetworkConfig(signal);
+    const table = new LeaseTable(config, {
+      ownKey: this.nodeName,
+      noun: "node",
+      ...(this.#lease && { ownLease: this.#lease }),
+    });
+    this.#table = table;
+    this.#handler = handler;
+    const keys = this.keys;
+    const toLease = (n: SlimNode) => nodeToLease(n, keys, config);
+    const watcher = new NodeWatcher(
+      this.#client,
+      slimmer(keys),
+      this.#opts.watch,
+    );
+    let first = true;
+    await watcher.run({
+      sync: (nodes, at) => {
+        const listing = new Map<string, ReturnType<typeof toLease>>();
+        for (const [name, n] of nodes) {
+          this.#checkOwn(n);
+          listing.set(name, toLease(n));
+        }
+        const events = table.replaceAll(listing, at);
+        if (first) {
+          first = false;
+          log.info(
+            `Listed ${nodes.size} nodes: ${table.leases.length} peer leases, ${table.invalidCount} skipped`,
+          );
+        }
+        this.#emit(events);
+      },
+      upsert: (n, at) => {
+        this.#checkOwn(n);
+        this.#emit(table.update(n.name, toLease(n), at));
+      },
+      remove: (name, at) => this.#emit(table.remove(name, at)),
+    }, signal);
+  }
+
+  /**
+   * Kube leases do not expire: waits for `signal`. Changes of our own pod
+   * CIDR are reported by the watch.
+   */
+  keepLease(_lease: Lease, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      if (signal.aborted) return resolve();
+      signal.addEventListener("abort", () => resolve(), { once: true });
+    });
+  }
+
+  /**
+   * The `node-public-ip` / `node-public-ipv6` annotations of our node: the
+   * addresses a user wants used as `--public-ip` / `--public-ipv6`.
+   * Throws when one is set but is not an address of its family.
+   */
+  async getNodePublicIPOverride(
+    signal: AbortSignal = new AbortController().signal,
+  ): Promise<{ ipv4?: string; ipv6?: string }> {
+    const node = await this.#getNode(signal, 30_000);
+    const r = nodePublicIPOverride(
+      this.nodeName,
+      node.metadata?.annotations ?? {},
+      this.keys,
+    );
+    if (!r.ok) throw new Error(r.reason);
+    return r.value;
+  }
+
+  /** Releases the API client. */
+  close(): void {
+    this.#client.close();
+  }
+}
