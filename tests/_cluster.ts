@@ -254,6 +254,7 @@ export class Cluster implements AsyncDisposable {
     const log = await Deno.open(`${this.dir}/etcd.log`, {
       create: true,
       append: true,
+      write: true,
     });
     this.etcd = new Deno.Command("ip", {
       args: [
@@ -338,7 +339,11 @@ export class Cluster implements AsyncDisposable {
   /** Starts weft on a node (a separate process in its namespace). */
   async startAgent(node: ClusterNode, extra: string[] = []): Promise<Agent> {
     const logPath = `${node.dir}/weft.log`;
-    const log = await Deno.open(logPath, { create: true, append: true });
+    const log = await Deno.open(logPath, {
+      create: true,
+      append: true,
+      write: true,
+    });
     const child = new Deno.Command("ip", {
       args: [
         "netns",
