@@ -112,13 +112,14 @@ async function until<T>(
 class Watcher implements AsyncDisposable {
   readonly events: LeaseEvent[] = [];
   readonly #ac = new AbortController();
-  readonly done: Promise<void>;
+  /** The error watchLeases ended with, or undefined. */
+  readonly done: Promise<unknown>;
 
   constructor(m: EtcdSubnetManager) {
-    this.done = m.watchLeases(
+    this.done = settle(m.watchLeases(
       (evs) => this.events.push(...evs),
       this.#ac.signal,
-    );
+    ));
   }
 
   /** `type subnet` of every event so far. */
@@ -133,10 +134,21 @@ class Watcher implements AsyncDisposable {
     );
   }
 
+  /** Stops watching; watchLeases must resolve, not reject. */
   async [Symbol.asyncDispose](): Promise<void> {
     this.#ac.abort();
-    await this.done;
+    const err = await this.done;
+    if (err !== undefined) throw err;
   }
+}
+
+/**
+ * Attaches a handler at once (a rejection seen before the test awaits it
+ * would otherwise be reported as uncaught) and settles to the error, or
+ * undefined on success.
+ */
+function settle(p: Promise<unknown>): Promise<unknown> {
+  return p.then(() => undefined, (e) => e);
 }
 
 function captureLogs(): { lines: string[]; [Symbol.dispose](): void } {
@@ -372,14 +384,14 @@ etcdTest(
     );
     assert.equal(lease.subnet, "10.5.1.0/24");
     assert.equal(lease.expiration, undefined);
-    const keeping = owner.keepLease(lease, ac.signal);
+    const keeping = settle(owner.keepLease(lease, ac.signal));
     await new Promise((r) => setTimeout(r, 3000)); // longer than the lease TTL
     const raw = await etcd.get(`${DIR}10.5.1.0-24`);
     assert.ok(raw, "reservation still there");
     assert.equal(raw.lease, "0");
     assert.equal(raw.value, flanneldValue("10.0.0.9", "0a:00:00:00:00:19"));
     ac.abort();
-    await keeping;
+    assert.equal(await keeping, undefined);
     owner.close();
   },
 );
@@ -771,7 +783,7 @@ etcdTest(
     const lease = await m.acquireLease(attrs("10.0.0.1"), ac.signal);
     const first = (await etcd.get(lease.key))!;
     assert.ok(await etcd.leaseTtl(first.lease) <= 3);
-    const keeping = m.keepLease(lease, ac.signal);
+    const keeping = settle(m.keepLease(lease, ac.signal));
     await new Promise((r) => setTimeout(r, 4500));
     const now = await etcd.get(lease.key);
     assert.ok(now, "key still present after its original TTL");
@@ -783,7 +795,7 @@ etcdTest(
       logs.lines.some((l) => l.includes("Lease renewed, new expiration")),
     );
     ac.abort();
-    await keeping; // resolves on abort
+    assert.equal(await keeping, undefined); // resolves on abort
     m.close();
   },
 );
@@ -802,7 +814,7 @@ etcdTest(
     const ac = new AbortController();
     const lease = await m.acquireLease(attrs("10.0.0.1"), ac.signal);
     const first = (await etcd.get(lease.key))!;
-    const keeping = m.keepLease(lease, ac.signal);
+    const keeping = settle(m.keepLease(lease, ac.signal));
     await etcd.stop();
     await until(
       "a renewal error",
@@ -821,7 +833,7 @@ etcdTest(
     assert.notEqual(now.lease, first.lease);
     assert.ok(await etcd.leaseTtl(now.lease) > 25);
     ac.abort();
-    await keeping;
+    assert.equal(await keeping, undefined);
     m.close();
   },
 );
@@ -833,10 +845,10 @@ etcdTest(
     const m = manager(etcd);
     const ac = new AbortController();
     const lease = await m.acquireLease(attrs("10.0.0.1"), ac.signal);
-    const keeping = m.keepLease(lease, ac.signal);
+    const keeping = settle(m.keepLease(lease, ac.signal));
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(await etcd.delete(lease.key), 1);
-    const err = await keeping.then(() => undefined, (e) => e);
+    const err = await keeping;
     assert.ok(err instanceof LeaseRevokedError, String(err));
     assert.equal(
       err.message,
