@@ -14,11 +14,21 @@ import { VERSION } from "./version.ts";
 
 const log = logger("main");
 
+/**
+ * The environment as a lazy lookup rather than `Deno.env.toObject()`, so
+ * `--allow-env` can name only what weft reads (`FLANNELD_*`, `NODE_NAME`,
+ * `POD_NAME`, `POD_NAMESPACE`, `KUBERNETES_SERVICE_*`, `WEFT_*`).
+ */
+const envLookup = new Proxy({} as Record<string, string | undefined>, {
+  get: (_target, name) =>
+    typeof name === "string" ? Deno.env.get(name) : undefined,
+});
+
 async function main(args: string[]): Promise<number> {
   const argv0 = Deno.execPath().split("/").pop();
   if (args[0] === "cni" || argv0 === "flannel") return await cniMain();
 
-  const flags = parseFlags(args, Deno.env.toObject());
+  const flags = parseFlags(args, envLookup);
   if (!flags.ok) {
     console.error(`${flags.reason}\n\n${usage()}`);
     return 2;

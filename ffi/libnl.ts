@@ -271,6 +271,16 @@ function open<S extends Deno.ForeignLibraryInterface>(
   symbols: S,
   pkg: string,
 ): Deno.DynamicLibrary<S> {
+  // Debian's multiarch path first, so `--allow-ffi` can name the files;
+  // then the bare soname, resolved by the dynamic loader.
+  const full = file.includes("/")
+    ? undefined
+    : `/usr/lib/${Deno.build.arch}-linux-gnu/${file}`;
+  if (full !== undefined) {
+    try {
+      return Deno.dlopen(full, symbols);
+    } catch { /* not there, or not allowed: try the soname */ }
+  }
   try {
     return Deno.dlopen(file, symbols);
   } catch (e) {

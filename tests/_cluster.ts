@@ -91,15 +91,45 @@ export interface ClusterOptions {
   readonly etcd?: boolean;
 }
 
-/** Permissions the agent runs with: the least it needs, never -A. */
-export function agentPermissions(dir: string): string[] {
+/**
+ * Copies a child's output to a file as it arrives. (`pipeTo(file.writable)`
+ * holds data back until the stream ends, which hides a live agent's log.)
+ */
+export function teeToFile(
+  stream: ReadableStream<Uint8Array>,
+  file: Deno.FsFile,
+): void {
+  (async () => {
+    try {
+      for await (const chunk of stream) file.writeSync(chunk);
+    } catch { /* the child went away */ }
+  })();
+}
+
+/** Environment variables weft reads. */
+export const ENV_NAMES =
+  "FLANNELD_*,WEFT_*,NODE_NAME,POD_NAME,POD_NAMESPACE,KUBERNETES_SERVICE_HOST,KUBERNETES_SERVICE_PORT";
+
+/**
+ * Permissions the agent runs with: exactly the files, hosts, variables
+ * and commands it uses, never -A. `hosts` are the API server or etcd
+ * endpoints (`host:port`); the health port is added.
+ */
+export function agentPermissions(
+  dir: string,
+  hosts: string[],
+  healthPort: number,
+  readPaths: string[] = [],
+): string[] {
   return [
     "--no-prompt",
+    // Deno's pointer operations (UnsafePointer.create, pointer views)
+    // refuse a path-scoped FFI grant, so FFI cannot be narrowed to the
+    // libnl files; the code dlopens only libnl-3, libnl-route-3 and libc.
     "--allow-ffi",
-    "--allow-env",
-    "--allow-sys=hostname,networkInterfaces",
-    `--allow-net`,
-    `--allow-read=${dir},/proc/sys/net`,
+    `--allow-env=${ENV_NAMES}`,
+    `--allow-net=${[...hosts, `0.0.0.0:${healthPort}`].join(",")}`,
+    `--allow-read=${[dir, "/proc/sys/net", ...readPaths].join(",")}`,
     `--allow-write=${dir},/proc/sys/net`,
     "--allow-run=iptables-restore,iptables-save,ip6tables-restore,ip6tables-save,nft",
   ];
@@ -280,7 +310,7 @@ export class Cluster implements AsyncDisposable {
       stdout: "null",
       stderr: "piped",
     }).spawn();
-    this.etcd.stderr.pipeTo(log.writable).catch(() => {});
+    teeToFile(this.etcd.stderr, log);
     for (let i = 0; i < 100; i++) {
       const r = await this.etcdctl("endpoint", "health");
       if (r.code === 0) return;
@@ -351,7 +381,11 @@ export class Cluster implements AsyncDisposable {
         node.ns.name,
         Deno.execPath(),
         "run",
-        ...agentPermissions(node.dir),
+        ...agentPermissions(
+          node.dir,
+          [`${SWITCH_IP}:2379`],
+          node.healthPort,
+        ),
         `${ROOT}main.ts`,
         ...this.agentArgs(node),
         ...extra,
@@ -361,7 +395,7 @@ export class Cluster implements AsyncDisposable {
       stderr: "piped",
       cwd: ROOT,
     }).spawn();
-    child.stderr.pipeTo(log.writable).catch(() => {});
+    teeToFile(child.stderr, log);
     node.agent = { child, logPath, started: performance.now() };
     return node.agent;
   }
