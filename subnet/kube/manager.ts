@@ -68,6 +68,8 @@ export interface KubeSubnetManagerOptions {
   /** Pause between looks at our node while waiting, ms. Default 1000. */
   readonly podCidrIntervalMs?: number;
   readonly watch?: NodeWatcherOptions;
+  /** Reads `netConfPath`. Default `Deno.readTextFile` (tests replace it). */
+  readonly readTextFile?: (path: string) => Promise<string>;
 }
 
 /** The flags {@linkcode KubeSubnetManager.create} reads (agent/flags.ts). */
@@ -177,7 +179,7 @@ export class KubeSubnetManager implements SubnetManager {
     const path = this.#opts.netConfPath;
     let text: string;
     try {
-      text = await Deno.readTextFile(path);
+      text = await (this.#opts.readTextFile ?? Deno.readTextFile)(path);
     } catch (e) {
       throw new Error(
         `failed to read net conf "${path}": ${(e as Error).message}`,

@@ -1,0 +1,153 @@
+/**
+ * A scripted stand-in for the API server's HTTP interface, for unit tests
+ * of the client and the watcher: each request is recorded and answered by
+ * a handler; watch bodies are streams the test writes to, chunk by chunk.
+ *
+ * @module
+ */
+import { KubeClient, type TokenSource } from "./client.ts";
+
+/** A request as the fake server saw it. */
+export interface SeenRequest {
+  readonly method: string;
+  readonly url: URL;
+  readonly headers: Headers;
+  readonly body: string | undefined;
+}
+
+/** A watch body the test feeds. */
+export class WatchStream {
+  readonly #enc = new TextEncoder();
+  #ctl!: ReadableStreamDefaultController<Uint8Array>;
+  readonly body: ReadableStream<Uint8Array>;
+  cancelled = false;
+
+  constructor() {
+    this.body = new ReadableStream({
+      start: (c) => {
+        this.#ctl = c;
+      },
+      cancel: () => {
+        this.cancelled = true;
+      },
+    });
+  }
+
+  /** Sends raw text (not necessarily whole lines). */
+  send(text: string): void {
+    if (!this.cancelled) this.#ctl.enqueue(this.#enc.encode(text));
+  }
+
+  /** Sends one event as a line. */
+  event(type: string, object: unknown): void {
+    this.send(JSON.stringify({ type, object }) + "\n");
+  }
+
+  /** Ends the body as the server does at timeoutSeconds. */
+  end(): void {
+    if (!this.cancelled) this.#ctl.close();
+  }
+
+  /** Breaks the connection. */
+  fail(): void {
+    if (!this.cancelled) this.#ctl.error(new TypeError("connection reset"));
+  }
+}
+
+/** Answers a request; throw to simulate a network error. */
+export type Handler = (req: SeenRequest) => Response | Promise<Response>;
+
+/** A fake API server reachable through a {@linkcode KubeClient}. */
+export class FakeApi {
+  readonly requests: SeenRequest[] = [];
+  handler: Handler;
+
+  constructor(handler: Handler) {
+    this.handler = handler;
+  }
+
+  /** A client whose fetch is this fake. */
+  client(token?: (() => string) | TokenSource): KubeClient {
+    const source: TokenSource | undefined = typeof token === "function"
+      ? { token: () => Promise.resolve(token()), invalidate: () => {} }
+      : token;
+    return new KubeClient({
+      server: "https://api.test:6443",
+      ...(source && { token: source }),
+      fetch: async (input, init) => {
+        const url = new URL(String(input));
+        const req: SeenRequest = {
+          method: init?.method ?? "GET",
+          url,
+          headers: new Headers(init?.headers),
+          body: typeof init?.body === "string" ? init.body : undefined,
+        };
+        this.requests.push(req);
+        const signal = init?.signal;
+        if (signal?.aborted) throw signal.reason;
+        const res = await this.handler(req);
+        if (!res.body || !signal) return res;
+        // Like fetch: an abort errors the body and cancels the source.
+        return new Response(
+          res.body.pipeThrough(new TransformStream(), { signal }),
+          res,
+        );
+      },
+    });
+  }
+}
+
+/** A JSON response. */
+export function json(
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "Content-Type": "application/json", ...headers },
+  });
+}
+
+/** A Kubernetes Status error body. */
+export function status(
+  code: number,
+  reason: string,
+  message: string,
+  headers: Record<string, string> = {},
+): Response {
+  return json(code, {
+    kind: "Status",
+    apiVersion: "v1",
+    status: "Failure",
+    message,
+    reason,
+    code,
+  }, headers);
+}
+
+/** A Node object with flannel annotations. */
+export function node(
+  name: string,
+  rv: string,
+  subnet: string,
+  ip: string,
+  mac = "02:00:00:00:00:01",
+): Record<string, unknown> {
+  return {
+    kind: "Node",
+    apiVersion: "v1",
+    metadata: {
+      name,
+      resourceVersion: rv,
+      annotations: {
+        "flannel.alpha.coreos.com/backend-data": `{"VNI":1,"VtepMAC":"${mac}"}`,
+        "flannel.alpha.coreos.com/backend-type": "vxlan",
+        "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+        "flannel.alpha.coreos.com/public-ip": ip,
+      },
+    },
+    spec: { podCIDR: subnet, podCIDRs: [subnet] },
+    status: { conditions: [], images: [] },
+  };
+}

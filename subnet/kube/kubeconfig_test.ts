@@ -1,0 +1,138 @@
+import assert from "node:assert/strict";
+import { parseKubeconfig } from "./kubeconfig.ts";
+import { unwrap } from "../result.ts";
+
+const PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+const b64 = btoa(PEM);
+
+function reason(text: string, path = "/etc/weft/kubeconfig"): string {
+  const r = parseKubeconfig(text, path);
+  assert.equal(r.ok, false, "expected a failure");
+  return !r.ok ? r.reason : "";
+}
+
+const full = `
+apiVersion: v1
+kind: Config
+current-context: weft@cluster
+clusters:
+- name: other
+  cluster: {server: "https://192.0.2.99:6443"}
+- name: cluster
+  cluster:
+    server: https://10.0.0.1:6443/
+    certificate-authority-data: ${b64}
+contexts:
+- name: weft@cluster
+  context: {cluster: cluster, user: weft}
+users:
+- name: weft
+  user:
+    client-certificate: certs/client.crt
+    client-key-data: ${
+  btoa("-----BEGIN PRIVATE KEY-----\nAA\n-----END PRIVATE KEY-----\n")
+}
+`;
+
+Deno.test("parseKubeconfig() takes the current context's server and credentials", () => {
+  const c = unwrap(parseKubeconfig(full, "/etc/weft/kubeconfig"));
+  assert.equal(c.server, "https://10.0.0.1:6443");
+  assert.deepEqual(c.ca, { data: PEM });
+  assert.deepEqual(c.clientCert, { file: "/etc/weft/certs/client.crt" });
+  assert.ok(
+    c.clientKey && "data" in c.clientKey &&
+      c.clientKey.data.includes("PRIVATE KEY"),
+  );
+  assert.equal(c.insecureSkipTlsVerify, false);
+  assert.equal(c.context, "weft@cluster");
+});
+
+Deno.test("parseKubeconfig() lets --kube-api-url override the server", () => {
+  const c = unwrap(parseKubeconfig(full, "/k", "https://[fd00::1]:6443"));
+  assert.equal(c.server, "https://[fd00::1]:6443");
+});
+
+Deno.test("parseKubeconfig() reads token, tokenFile and certificate-authority paths", () => {
+  const text = `
+current-context: c
+clusters: [{name: k, cluster: {server: "https://k:6443", certificate-authority: /pki/ca.crt, insecure-skip-tls-verify: true}}]
+contexts: [{name: c, context: {cluster: k, user: u}}]
+users: [{name: u, user: {tokenFile: tok}}]
+`;
+  const c = unwrap(parseKubeconfig(text, "kube/config"));
+  assert.deepEqual(c.ca, { file: "/pki/ca.crt" });
+  assert.equal(c.tokenFile, "kube/tok");
+  assert.equal(c.insecureSkipTlsVerify, true);
+  const t = unwrap(
+    parseKubeconfig(text.replace("{tokenFile: tok}", "{token: abc}"), "/k"),
+  );
+  assert.equal(t.token, "abc");
+  assert.equal(t.tokenFile, undefined);
+});
+
+Deno.test("parseKubeconfig() errors name the file and the missing field", () => {
+  const p = "/etc/weft/kubeconfig";
+  assert.equal(
+    reason("clusters: []"),
+    `Cannot use kubeconfig "${p}": current-context is not set`,
+  );
+  assert.equal(
+    reason("current-context: x\ncontexts: []"),
+    `Cannot use kubeconfig "${p}": current-context "x" is not in contexts`,
+  );
+  assert.equal(
+    reason(full.replace("server: https://10.0.0.1:6443/", "foo: bar")),
+    `Cannot use kubeconfig "${p}": cluster "cluster" has no server`,
+  );
+  assert.equal(
+    reason(
+      full.replace(
+        "{cluster: cluster, user: weft}",
+        "{cluster: gone, user: weft}",
+      ),
+    ),
+    `Cannot use kubeconfig "${p}": cluster "gone" of context "weft@cluster" is not in clusters`,
+  );
+  assert.equal(
+    reason(
+      full.replace(
+        "{cluster: cluster, user: weft}",
+        "{cluster: cluster, user: nobody}",
+      ),
+    ),
+    `Cannot use kubeconfig "${p}": user "nobody" of context "weft@cluster" is not in users`,
+  );
+  assert.equal(
+    reason(
+      full.replace(
+        `certificate-authority-data: ${b64}`,
+        "certificate-authority-data: '%%%'",
+      ),
+    ),
+    `Cannot use kubeconfig "${p}": certificate-authority-data of cluster "cluster" is not base64-encoded PEM`,
+  );
+  assert.match(
+    reason(full.replace(/ {4}client-key-data: .*\n/, "")),
+    /user "weft" has no client-key\(-data\) to go with its client-certificate/,
+  );
+  assert.match(
+    reason(full.replace("server: https://10.0.0.1:6443/", "server: ftp://x")),
+    /server "ftp:\/\/x" of cluster "cluster" is not an http\(s\) URL/,
+  );
+  assert.match(
+    reason("a: [unclosed"),
+    /^Cannot parse kubeconfig "\/etc\/weft\/kubeconfig": /,
+  );
+  assert.match(reason("- just\n- a list"), /not a YAML mapping/);
+});
+
+Deno.test("parseKubeconfig() refuses exec plugins with a clear reason", () => {
+  const text = full.replace(
+    "    client-certificate: certs/client.crt\n",
+    "    exec: {command: aws}\n    client-certificate: certs/client.crt\n",
+  );
+  assert.match(
+    reason(text),
+    /user "weft" uses exec, which weft does not support/,
+  );
+});

@@ -1,0 +1,228 @@
+import assert from "node:assert/strict";
+import { FakeApi, json, node, status, WatchStream } from "./_fake_api.ts";
+import type { SeenRequest } from "./_fake_api.ts";
+import { KubeSubnetManager } from "./manager.ts";
+import type { LeaseEvent } from "../lease.ts";
+import { setLogSink } from "../../agent/log.ts";
+
+const lines: string[] = [];
+setLogSink((l) => lines.push(l));
+
+const NET_CONF = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
+const attrs = {
+  backendType: "vxlan",
+  publicIP: "192.0.2.10",
+  backendData: { VNI: 1, VtepMAC: "0a:58:0a:f4:00:01" },
+};
+
+function manager(api: FakeApi, extra: Record<string, unknown> = {}) {
+  return new KubeSubnetManager({
+    client: api.client(),
+    nodeName: "me",
+    netConfPath: "/etc/kube-flannel/net-conf.json",
+    readTextFile: () => Promise.resolve(NET_CONF),
+    podCidrIntervalMs: 20,
+    podCidrTimeoutMs: 1000,
+    ...extra,
+  });
+}
+
+function bareNode(podCIDR?: string) {
+  return {
+    kind: "Node",
+    metadata: { name: "me", annotations: { "other/x": "y" } },
+    spec: podCIDR ? { podCIDR, podCIDRs: [podCIDR] } : {},
+    status: {
+      conditions: [{ type: "Ready", status: "True", reason: "KubeletReady" }],
+    },
+  };
+}
+
+const signal = new AbortController().signal;
+
+async function waitFor(pred: () => boolean, ms = 3000): Promise<void> {
+  const end = performance.now() + ms;
+  while (!pred()) {
+    if (performance.now() > end) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+Deno.test("acquireLease() waits for the pod CIDR, then patches annotations and condition through /status", async () => {
+  let gets = 0;
+  const api = new FakeApi((r) => {
+    if (r.method === "GET") {
+      return json(200, bareNode(++gets < 3 ? undefined : "10.244.4.0/24"));
+    }
+    return json(200, bareNode("10.244.4.0/24"));
+  });
+  const lease = await manager(api).acquireLease(attrs, signal);
+  assert.deepEqual(lease, { key: "me", subnet: "10.244.4.0/24", attrs });
+  assert.equal(gets, 3);
+  const patch = api.requests.find((r) => r.method === "PATCH")!;
+  assert.equal(patch.url.pathname, "/api/v1/nodes/me/status");
+  assert.equal(
+    patch.headers.get("Content-Type"),
+    "application/strategic-merge-patch+json",
+  );
+  const body = JSON.parse(patch.body!);
+  assert.deepEqual(body.metadata, {
+    annotations: {
+      "flannel.alpha.coreos.com/backend-type": "vxlan",
+      "flannel.alpha.coreos.com/backend-data":
+        '{"VNI":1,"VtepMAC":"0a:58:0a:f4:00:01"}',
+      "flannel.alpha.coreos.com/public-ip": "192.0.2.10",
+      "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+    },
+  });
+  const [cond] = body.status.conditions;
+  assert.equal(cond.type, "NetworkUnavailable");
+  assert.equal(cond.status, "False");
+  assert.equal(cond.reason, "FlannelIsUp");
+  assert.equal(cond.message, "Flannel is running on this node");
+  assert.match(cond.lastTransitionTime, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+});
+
+Deno.test("acquireLease() writes nothing when the node already carries everything", async () => {
+  const n = node("me", "3", "10.244.4.0/24", "192.0.2.10", "0a:58:0a:f4:00:01");
+  (n.status as Record<string, unknown>).conditions = [{
+    type: "NetworkUnavailable",
+    status: "False",
+    reason: "FlannelIsUp",
+    message: "Flannel is running on this node",
+  }];
+  const api = new FakeApi(() => json(200, n));
+  await manager(api).acquireLease(attrs, signal);
+  assert.deepEqual(api.requests.map((r) => r.method), ["GET"]);
+  // Without --set-node-network-unavailable the condition is left alone.
+  (n.status as Record<string, unknown>).conditions = [];
+  const api2 = new FakeApi(() => json(200, n));
+  await manager(api2, { setNodeNetworkUnavailable: false }).acquireLease(
+    attrs,
+    signal,
+  );
+  assert.deepEqual(api2.requests.map((r) => r.method), ["GET"]);
+});
+
+Deno.test("acquireLease() fails with flanneld's messages", async () => {
+  const never = new FakeApi(() => json(200, bareNode()));
+  await assert.rejects(
+    manager(never, { podCidrTimeoutMs: 100 }).acquireLease(attrs, signal),
+    { message: 'node "me" pod cidr not assigned' },
+  );
+  const outside = new FakeApi(() => json(200, bareNode("10.10.0.0/24")));
+  await assert.rejects(manager(outside).acquireLease(attrs, signal), {
+    message:
+      'subnet "10.244.0.0/16" specified in the flannel net config doesn\'t contain "10.10.0.0/24" PodCIDR of the "me" node',
+  });
+  const forbidden = new FakeApi(() =>
+    status(403, "Forbidden", 'nodes "me" is forbidden')
+  );
+  await assert.rejects(
+    manager(forbidden).acquireLease(attrs, signal),
+    /failed to get node "me".*403/,
+  );
+  const badConf = new FakeApi(() => json(200, bareNode("10.244.4.0/24")));
+  await assert.rejects(
+    manager(badConf, { readTextFile: () => Promise.resolve("{") })
+      .acquireLease(attrs, signal),
+    /error parsing subnet config "\/etc\/kube-flannel\/net-conf.json": Cannot parse network config JSON/,
+  );
+});
+
+Deno.test("watchLeases() turns nodes into lease events, skipping unmanaged nodes and ourselves", async () => {
+  const streams: WatchStream[] = [];
+  const unmanaged = {
+    metadata: { name: "fresh", resourceVersion: "4" },
+    spec: { podCIDR: "10.244.9.0/24" },
+  };
+  const api = new FakeApi((r: SeenRequest) => {
+    if (r.url.pathname === "/api/v1/nodes/me") {
+      return json(200, node("me", "3", "10.244.4.0/24", "192.0.2.10"));
+    }
+    if (r.method === "PATCH") return json(200, {});
+    if (r.url.searchParams.get("watch") !== "1") {
+      return json(200, {
+        metadata: { resourceVersion: "5" },
+        items: [
+          node("me", "3", "10.244.4.0/24", "192.0.2.10"),
+          node("a", "4", "10.244.1.0/24", "192.0.2.1"),
+          unmanaged,
+        ],
+      });
+    }
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const m = manager(api);
+  await m.acquireLease(attrs, signal);
+  const batches: LeaseEvent[][] = [];
+  const ctl = new AbortController();
+  lines.length = 0;
+  const done = m.watchLeases((evs) => batches.push(evs), ctl.signal);
+  await waitFor(() => streams.length > 0);
+  assert.deepEqual(
+    batches.map((b) =>
+      b.map((e) => `${e.type} ${e.lease.key} ${e.lease.subnet}`)
+    ),
+    [["added a 10.244.1.0/24"]],
+  );
+  assert.ok(
+    lines.some((l) =>
+      l.includes(
+        'Skipping node "fresh": not annotated flannel.alpha.coreos.com/kube-subnet-manager=true',
+      )
+    ),
+    lines.join("\n"),
+  );
+  streams[0]!.event("MODIFIED", node("a", "6", "10.244.1.0/24", "192.0.2.99"));
+  streams[0]!.event("MODIFIED", node("a", "7", "10.244.1.0/24", "192.0.2.99"));
+  streams[0]!.event("ADDED", node("b", "8", "10.244.2.0/24", "192.0.2.2"));
+  streams[0]!.event("DELETED", node("a", "9", "10.244.1.0/24", "192.0.2.99"));
+  // Our own pod CIDR moving is reported, not followed.
+  streams[0]!.event(
+    "MODIFIED",
+    node("me", "10", "10.244.8.0/24", "192.0.2.10"),
+  );
+  await waitFor(() => batches.length >= 4);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(
+    batches.slice(1).map((b) =>
+      b.map((e) => `${e.type} ${e.lease.key} ${e.lease.attrs.publicIP}`)
+    ),
+    [
+      ["removed a 192.0.2.1", "added a 192.0.2.99"],
+      ["added b 192.0.2.2"],
+      ["removed a 192.0.2.99"],
+    ],
+  );
+  assert.ok(
+    lines.some((l) =>
+      /E.*Pod CIDR of node "me" changed from "10.244.4.0\/24" to "10.244.8.0\/24"/
+        .test(l)
+    ),
+  );
+  ctl.abort();
+  await done;
+  await m.keepLease({ key: "me", attrs }, ctl.signal);
+});
+
+Deno.test("getNodePublicIPOverride() reads node-public-ip(v6) from our node", async () => {
+  const n = bareNode("10.244.4.0/24");
+  (n.metadata.annotations as Record<string, string>)[
+    "flannel.alpha.coreos.com/node-public-ip"
+  ] = "203.0.113.5";
+  const api = new FakeApi(() => json(200, n));
+  assert.deepEqual(await manager(api).getNodePublicIPOverride(), {
+    ipv4: "203.0.113.5",
+  });
+});
+
+Deno.test("the constructor refuses an invalid annotation prefix", () => {
+  assert.throws(
+    () =>
+      manager(new FakeApi(() => json(200, {})), { annotationPrefix: "a/b/c" }),
+    /at most one slash/,
+  );
+});

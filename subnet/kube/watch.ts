@@ -1,0 +1,352 @@
+/**
+ * The list+watch loop over Nodes, client-go's reflector without its cache:
+ * a paginated LIST, then a WATCH from the list's resource version that
+ * resumes from the last version seen (bookmarks included) whenever it ends.
+ * `410 Gone` (a compacted or too old version, as HTTP status or in-stream
+ * ERROR) means events were missed: list again and hand the sink the whole
+ * state, which it diffs. Failures back off with jitter and honour
+ * `Retry-After`; a stream silent for longer than its timeout plus a grace
+ * period is aborted; after repeated failures the loop falls back to
+ * periodic listing and tries to watch again later. Each Node is reduced
+ * to a slim record as soon as it is parsed: nothing keeps whole objects.
+ * Only the signal ends the loop.
+ *
+ * @module
+ */
+import { logger } from "../../agent/log.ts";
+import { metrics } from "../../agent/metrics.ts";
+import type { Result } from "../result.ts";
+import { Backoff, type BackoffOptions, sleep } from "./backoff.ts";
+import { isTransient, KubeApiError, type KubeClient } from "./client.ts";
+import { LineSplitter } from "./ndjson.ts";
+import type { SlimNode } from "./node.ts";
+
+const log = logger("kube");
+
+/** Receives what the watcher learns, in order. */
+export interface NodeSink {
+  /** The complete set of nodes after a (re)list. */
+  sync(nodes: Map<string, SlimNode>, receivedAt: number): void;
+  /** A node was added or changed. */
+  upsert(node: SlimNode, receivedAt: number): void;
+  /** A node was deleted. */
+  remove(name: string, receivedAt: number): void;
+}
+
+/** Options of {@linkcode NodeWatcher}. Defaults suit production. */
+export interface NodeWatcherOptions {
+  /** LIST page size. Default 500. */
+  readonly pageSize?: number;
+  /** Server-side watch timeout, s. Default: random in [300, 600). */
+  readonly timeoutSeconds?: () => number;
+  /** Silence tolerated beyond the watch timeout, ms. Default 30000. */
+  readonly idleGraceMs?: number;
+  /** Consecutive watch failures before falling back to listing. Default 5. */
+  readonly fallbackAfter?: number;
+  /** Period of LIST while in fallback, ms. Default 60000. */
+  readonly pollIntervalMs?: number;
+  /** How long to stay in fallback before watching again, ms. Default 300000. */
+  readonly watchRetryMs?: number;
+  readonly backoff?: BackoffOptions;
+  /** Restricts the nodes (`metadata.name=a`). */
+  readonly fieldSelector?: string;
+}
+
+interface WatchEvent {
+  type?: unknown;
+  object?: {
+    code?: unknown;
+    reason?: unknown;
+    message?: unknown;
+    metadata?: { name?: unknown; resourceVersion?: unknown };
+  };
+}
+
+/** The result of one watch request. */
+type WatchEnd = "closed" | "gone";
+
+/** Raised by the idle watchdog. */
+class IdleWatch extends Error {
+  override readonly name = "IdleWatch";
+}
+
+/** A list+watch loop over Nodes that feeds a {@linkcode NodeSink}. */
+export class NodeWatcher {
+  readonly #client: KubeClient;
+  readonly #slim: (obj: unknown) => Result<SlimNode>;
+  readonly #pageSize: number;
+  readonly #timeoutSeconds: () => number;
+  readonly #idleGraceMs: number;
+  readonly #fallbackAfter: number;
+  readonly #pollMs: number;
+  readonly #watchRetryMs: number;
+  readonly #backoffOpts: BackoffOptions;
+  readonly #fieldSelector: string | undefined;
+  #rv: string | undefined;
+
+  constructor(
+    client: KubeClient,
+    slim: (obj: unknown) => Result<SlimNode>,
+    opts: NodeWatcherOptions = {},
+  ) {
+    this.#client = client;
+    this.#slim = slim;
+    this.#pageSize = opts.pageSize ?? 500;
+    this.#timeoutSeconds = opts.timeoutSeconds ??
+      (() => 300 + Math.floor(Math.random() * 300));
+    this.#idleGraceMs = opts.idleGraceMs ?? 30_000;
+    this.#fallbackAfter = opts.fallbackAfter ?? 5;
+    this.#pollMs = opts.pollIntervalMs ?? 60_000;
+    this.#watchRetryMs = opts.watchRetryMs ?? 300_000;
+    this.#backoffOpts = opts.backoff ?? {};
+    this.#fieldSelector = opts.fieldSelector;
+  }
+
+  /** The last resource version seen. */
+  get resourceVersion(): string | undefined {
+    return this.#rv;
+  }
+
+  #query(extra: Record<string, string>): string {
+    const q = new URLSearchParams(extra);
+    if (this.#fieldSelector) q.set("fieldSelector", this.#fieldSelector);
+    return q.toString();
+  }
+
+  /**
+   * Lists every node, page by page (`limit`, following `continue`), and
+   * returns them slim with the list's resource version. An expired
+   * continue token (410) restarts the listing from the first page.
+   */
+  async list(
+    signal: AbortSignal,
+  ): Promise<{ nodes: Map<string, SlimNode>; resourceVersion: string }> {
+    for (let attempt = 0;; attempt++) {
+      const nodes = new Map<string, SlimNode>();
+      let cont: string | undefined;
+      let rv = "";
+      try {
+        do {
+          const q: Record<string, string> = { limit: String(this.#pageSize) };
+          if (cont) q.continue = cont;
+          const page = await this.#client.getJson<{
+            metadata?: { continue?: unknown; resourceVersion?: unknown };
+            items?: unknown[];
+          }>(`/api/v1/nodes?${this.#query(q)}`, signal);
+          for (const item of page.items ?? []) {
+            const n = this.#slim(item);
+            if (n.ok) nodes.set(n.value.name, n.value);
+            else log.warn(`Ignoring a node in the list: ${n.reason}`);
+          }
+          const c = page.metadata?.continue;
+          cont = typeof c === "string" && c !== "" ? c : undefined;
+          const r = page.metadata?.resourceVersion;
+          if (typeof r === "string") rv = r;
+        } while (cont !== undefined);
+      } catch (e) {
+        if (e instanceof KubeApiError && e.gone && cont && attempt < 3) {
+          log.info("Node list continuation expired; listing again");
+          continue;
+        }
+        throw e;
+      }
+      return { nodes, resourceVersion: rv };
+    }
+  }
+
+  /**
+   * Lists then watches until `signal` aborts, feeding `sink`. Never ends
+   * early: every failure is logged and retried.
+   */
+  async run(sink: NodeSink, signal: AbortSignal): Promise<void> {
+    const backoff = new Backoff(this.#backoffOpts);
+    let failures = 0;
+    let pollingSince: number | undefined;
+    let relisted = false;
+    try {
+      while (!signal.aborted) {
+        try {
+          if (this.#rv === undefined || pollingSince !== undefined) {
+            if (relisted) metrics.relists.inc();
+            const { nodes, resourceVersion } = await this.list(signal);
+            this.#rv = resourceVersion;
+            relisted = true;
+            sink.sync(nodes, performance.now());
+            backoff.reset();
+            if (pollingSince !== undefined) {
+              if (performance.now() - pollingSince < this.#watchRetryMs) {
+                await sleep(this.#pollMs, signal);
+                continue;
+              }
+              log.info("Trying to watch nodes again after listing for a while");
+              pollingSince = undefined;
+              // One more failure sends us back to listing.
+              failures = this.#fallbackAfter - 1;
+            }
+          }
+          const started = performance.now();
+          const end = await this.#watch(this.#rv, sink, signal, () => {
+            backoff.reset();
+            failures = 0;
+          });
+          metrics.watchRestarts.inc();
+          // A server that ends watches at once must not make us spin.
+          if (performance.now() - started < 1000) {
+            await sleep(backoff.next(), signal);
+          }
+          if (end === "gone") {
+            log.info(
+              `Node watch from resource version ${this.#rv} is too old (410 Gone); listing again`,
+            );
+            this.#rv = undefined;
+          }
+        } catch (e) {
+          if (signal.aborted) break;
+          failures++;
+          metrics.watchRestarts.inc();
+          const transient = isTransient(e) || e instanceof IdleWatch;
+          const msg = `Node watch failed (${failures} in a row): ${
+            (e as Error).message
+          }`;
+          if (transient) log.v(1, msg);
+          else log.error(msg);
+          if (
+            failures >= this.#fallbackAfter && pollingSince === undefined &&
+            this.#rv !== undefined
+          ) {
+            log.warn(
+              `Node watch failed ${failures} times in a row; listing nodes every ${
+                Math.round(this.#pollMs / 1000)
+              }s instead, and watching again in ${
+                Math.round(this.#watchRetryMs / 1000)
+              }s`,
+            );
+            pollingSince = performance.now();
+          }
+          const retryAfter = e instanceof KubeApiError
+            ? e.retryAfterMs
+            : undefined;
+          await sleep(backoff.next(retryAfter), signal);
+        }
+      }
+    } catch (e) {
+      if (!signal.aborted) throw e;
+    }
+  }
+
+  /** One watch request, until the server ends it, 410, or an error. */
+  async #watch(
+    rv: string,
+    sink: NodeSink,
+    signal: AbortSignal,
+    onConnected: () => void,
+  ): Promise<WatchEnd> {
+    const timeoutSeconds = this.#timeoutSeconds();
+    const local = new AbortController();
+    const both = AbortSignal.any([signal, local.signal]);
+    const idleMs = timeoutSeconds * 1000 + this.#idleGraceMs;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const arm = () => {
+      if (timer !== undefined) clearTimeout(timer);
+      timer = setTimeout(() => {
+        local.abort(
+          new IdleWatch(
+            `no data for ${Math.round(idleMs / 1000)}s; restarting the watch`,
+          ),
+        );
+      }, idleMs);
+    };
+    arm();
+    try {
+      let res: Response;
+      try {
+        res = await this.#client.request(
+          "GET",
+          `/api/v1/nodes?${
+            this.#query({
+              watch: "1",
+              resourceVersion: rv,
+              allowWatchBookmarks: "true",
+              timeoutSeconds: String(timeoutSeconds),
+            })
+          }`,
+          { signal: both, timeoutMs: 0 },
+        );
+      } catch (e) {
+        if (e instanceof KubeApiError && e.gone) return "gone";
+        throw e;
+      }
+      onConnected();
+      const body = res.body;
+      if (!body) return "closed";
+      const reader = body.getReader();
+      const lines = new LineSplitter();
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          arm();
+          this.#client.bytesReceived += value.byteLength;
+          const receivedAt = performance.now();
+          for (const line of lines.push(value)) {
+            if (this.#event(line, sink, receivedAt) === "gone") return "gone";
+          }
+        }
+        for (const line of lines.flush()) {
+          if (this.#event(line, sink, performance.now()) === "gone") {
+            return "gone";
+          }
+        }
+      } catch (e) {
+        if (local.signal.aborted && !signal.aborted) throw local.signal.reason;
+        if (signal.aborted) throw e;
+        throw new Error(`Node watch stream broke: ${(e as Error).message}`, {
+          cause: e,
+        });
+      } finally {
+        reader.cancel().catch(() => {});
+      }
+      return "closed";
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Applies one watch event line; returns "gone" on an in-stream 410. */
+  #event(line: string, sink: NodeSink, receivedAt: number): WatchEnd | void {
+    let ev: WatchEvent;
+    try {
+      ev = JSON.parse(line) as WatchEvent;
+    } catch {
+      throw new Error(`Cannot parse watch event ${line.slice(0, 80)}`);
+    }
+    const obj = ev.object;
+    if (ev.type === "ERROR") {
+      const code = typeof obj?.code === "number" ? obj.code : 500;
+      if (code === 410) return "gone";
+      throw new KubeApiError(
+        `Watch error ${code}: ${String(obj?.message ?? "")}`,
+        code,
+        typeof obj?.reason === "string" ? obj.reason : undefined,
+      );
+    }
+    const rv = obj?.metadata?.resourceVersion;
+    if (ev.type === "BOOKMARK") {
+      if (typeof rv === "string" && rv !== "") this.#rv = rv;
+      return;
+    }
+    if (ev.type === "DELETED") {
+      const name = obj?.metadata?.name;
+      if (typeof name === "string") sink.remove(name, receivedAt);
+    } else if (ev.type === "ADDED" || ev.type === "MODIFIED") {
+      const n = this.#slim(obj);
+      if (n.ok) sink.upsert(n.value, receivedAt);
+      else log.warn(`Ignoring a node event: ${n.reason}`);
+    } else {
+      log.v(2, `Ignoring watch event of type ${String(ev.type)}`);
+    }
+    // Advance only after the sink has the event: a crash in between
+    // replays it rather than losing it.
+    if (typeof rv === "string" && rv !== "") this.#rv = rv;
+  }
+}

@@ -1,0 +1,306 @@
+import assert from "node:assert/strict";
+import { FakeApi, json, node, status, WatchStream } from "./_fake_api.ts";
+import type { SeenRequest } from "./_fake_api.ts";
+import { annotationKeys, slimmer, type SlimNode } from "./node.ts";
+import { type NodeSink, NodeWatcher } from "./watch.ts";
+import { unwrap } from "../result.ts";
+import { setLogSink } from "../../agent/log.ts";
+import { metrics } from "../../agent/metrics.ts";
+
+setLogSink(() => {});
+const slim = slimmer(unwrap(annotationKeys()));
+
+/** Records what the watcher tells its sink. */
+class Recorder implements NodeSink {
+  readonly log: string[] = [];
+  readonly state = new Map<string, SlimNode>();
+
+  sync(nodes: Map<string, SlimNode>): void {
+    this.log.push(`sync ${[...nodes.keys()].sort().join(",")}`);
+    this.state.clear();
+    for (const [k, v] of nodes) this.state.set(k, v);
+  }
+  upsert(n: SlimNode): void {
+    this.log.push(`upsert ${n.name}`);
+    this.state.set(n.name, n);
+  }
+  remove(name: string): void {
+    this.log.push(`remove ${name}`);
+    this.state.delete(name);
+  }
+  /** Resolves once `pred` holds (checked every 5ms). */
+  async until(pred: () => boolean, ms = 3000): Promise<void> {
+    const end = performance.now() + ms;
+    while (!pred()) {
+      if (performance.now() > end) {
+        throw new Error(`timed out; log: ${this.log.join(" | ")}`);
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+}
+
+function isWatch(r: SeenRequest): boolean {
+  return r.url.searchParams.get("watch") === "1";
+}
+
+function list(items: unknown[], rv: string, cont?: string): Response {
+  return json(200, {
+    kind: "NodeList",
+    metadata: { resourceVersion: rv, ...(cont && { continue: cont }) },
+    items,
+  });
+}
+
+const fast = { backoff: { initialMs: 5, maxMs: 20 } };
+
+Deno.test("list() follows continue tokens with limit=500 and keeps slim nodes", async () => {
+  const api = new FakeApi((r) =>
+    r.url.searchParams.get("continue") === "p2"
+      ? list([node("c", "9", "10.244.3.0/24", "192.0.2.3")], "10")
+      : list(
+        [
+          node("a", "5", "10.244.1.0/24", "192.0.2.1"),
+          node("b", "6", "10.244.2.0/24", "192.0.2.2"),
+        ],
+        "10",
+        "p2",
+      )
+  );
+  const w = new NodeWatcher(api.client(), slim);
+  const { nodes, resourceVersion } = await w.list(new AbortController().signal);
+  assert.deepEqual([...nodes.keys()], ["a", "b", "c"]);
+  assert.equal(resourceVersion, "10");
+  assert.deepEqual(nodes.get("c")!.podCIDRs, ["10.244.3.0/24"]);
+  assert.equal(api.requests.length, 2);
+  assert.equal(api.requests[0]!.url.search, "?limit=500");
+  assert.equal(api.requests[1]!.url.search, "?limit=500&continue=p2");
+});
+
+Deno.test("list() starts over when a continue token has expired (410)", async () => {
+  let expired = true;
+  const api = new FakeApi((r) => {
+    const cont = r.url.searchParams.get("continue");
+    if (cont === "old" && expired) {
+      expired = false;
+      return status(
+        410,
+        "Expired",
+        "The provided continue parameter is too old",
+      );
+    }
+    return cont
+      ? list([node("b", "6", "10.244.2.0/24", "192.0.2.2")], "20")
+      : list([node("a", "5", "10.244.1.0/24", "192.0.2.1")], "20", "old");
+  });
+  const w = new NodeWatcher(api.client(), slim, { pageSize: 1 });
+  const { nodes } = await w.list(new AbortController().signal);
+  assert.deepEqual([...nodes.keys()], ["a", "b"]);
+  assert.deepEqual(
+    api.requests.map((r) => r.url.search),
+    ["?limit=1", "?limit=1&continue=old", "?limit=1", "?limit=1&continue=old"],
+  );
+});
+
+Deno.test("run() watches from the list's version and resumes from the last event or bookmark", async () => {
+  const streams: WatchStream[] = [];
+  const api = new FakeApi((r) => {
+    if (!isWatch(r)) {
+      return list([node("a", "5", "10.244.1.0/24", "192.0.2.1")], "7");
+    }
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const rec = new Recorder();
+  const ctl = new AbortController();
+  const w = new NodeWatcher(api.client(), slim, fast);
+  const done = w.run(rec, ctl.signal);
+  await rec.until(() => streams.length === 1);
+  const q = api.requests[1]!.url.searchParams;
+  assert.equal(q.get("watch"), "1");
+  assert.equal(q.get("resourceVersion"), "7");
+  assert.equal(q.get("allowWatchBookmarks"), "true");
+  const timeout = Number(q.get("timeoutSeconds"));
+  assert.ok(timeout >= 300 && timeout < 600, `timeoutSeconds ${timeout}`);
+
+  // An event split across chunks, two events in one chunk, then a bookmark.
+  const added = JSON.stringify({
+    type: "ADDED",
+    object: node("b", "8", "10.244.2.0/24", "192.0.2.2"),
+  });
+  streams[0]!.send(added.slice(0, 17));
+  streams[0]!.send(
+    added.slice(17) + "\n" + JSON.stringify({
+      type: "DELETED",
+      object: node("a", "9", "10.244.1.0/24", "192.0.2.1"),
+    }) +
+      '\n{"type":"BOOKMARK","object":{"kind":"Node","metadata":{"resourceVersion":"12"}}}',
+  );
+  await rec.until(() => rec.log.length === 3);
+  streams[0]!.send("\n");
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(w.resourceVersion, "12");
+  streams[0]!.end(); // the server's timeoutSeconds
+  await rec.until(() => streams.length === 2);
+  assert.equal(
+    api.requests.at(-1)!.url.searchParams.get("resourceVersion"),
+    "12",
+  );
+  assert.deepEqual(rec.log, ["sync a", "upsert b", "remove a"]);
+  ctl.abort();
+  await done;
+  assert.ok(streams[1]!.cancelled, "the open watch is closed on abort");
+});
+
+Deno.test("run() relists after an in-stream 410 and after an HTTP 410", async () => {
+  let lists = 0;
+  let watches = 0;
+  const streams: WatchStream[] = [];
+  const api = new FakeApi((r) => {
+    if (!isWatch(r)) {
+      lists++;
+      // The second listing no longer has "a": a delete missed while away.
+      return lists === 1
+        ? list([node("a", "5", "10.244.1.0/24", "192.0.2.1")], "7")
+        : list([node("b", "30", "10.244.2.0/24", "192.0.2.2")], "31");
+    }
+    watches++;
+    if (watches === 2) {
+      return status(410, "Expired", "too old resource version: 7 (30)");
+    }
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const rec = new Recorder();
+  const ctl = new AbortController();
+  const relists = metrics.relists.get();
+  const done = new NodeWatcher(api.client(), slim, fast).run(rec, ctl.signal);
+  await rec.until(() => streams.length === 1);
+  streams[0]!.event("ERROR", {
+    kind: "Status",
+    status: "Failure",
+    message: "too old resource version: 7 (30)",
+    reason: "Expired",
+    code: 410,
+  });
+  await rec.until(() => rec.log.length === 2);
+  assert.deepEqual(rec.log, ["sync a", "sync b"]);
+  assert.equal(metrics.relists.get() - relists, 1);
+  // The relisted version is watched; an HTTP 410 relists again.
+  await rec.until(() => streams.length === 2);
+  assert.equal(lists, 3);
+  assert.equal(metrics.relists.get() - relists, 2);
+  assert.equal(
+    api.requests.at(-1)!.url.searchParams.get("resourceVersion"),
+    "31",
+  );
+  ctl.abort();
+  await done;
+});
+
+Deno.test("run() aborts a watch that stays silent past its timeout plus grace", async () => {
+  const streams: WatchStream[] = [];
+  const api = new FakeApi((r) => {
+    if (!isWatch(r)) return list([], "3");
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const rec = new Recorder();
+  const ctl = new AbortController();
+  const done = new NodeWatcher(api.client(), slim, {
+    ...fast,
+    timeoutSeconds: () => 0,
+    idleGraceMs: 100,
+  }).run(rec, ctl.signal);
+  await rec.until(() => streams.length === 1);
+  const t0 = performance.now();
+  // Data keeps it alive...
+  for (let i = 0; i < 4; i++) {
+    await new Promise((r) => setTimeout(r, 60));
+    streams[0]!.send("\n");
+  }
+  assert.equal(streams.length, 1);
+  // ...silence does not.
+  await rec.until(() => streams.length === 2, 2000);
+  assert.ok(streams[0]!.cancelled);
+  assert.ok(performance.now() - t0 >= 300);
+  ctl.abort();
+  await done;
+});
+
+Deno.test("run() falls back to periodic listing after repeated watch failures, then watches again", async () => {
+  let failWatches = true;
+  let lists = 0;
+  const streams: WatchStream[] = [];
+  const api = new FakeApi((r) => {
+    if (!isWatch(r)) {
+      lists++;
+      return list(
+        [node(`n${lists}`, "5", "10.244.1.0/24", "192.0.2.1")],
+        String(lists),
+      );
+    }
+    if (failWatches) throw new TypeError("connection refused");
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const lines: string[] = [];
+  const prev = setLogSink((l) => lines.push(l));
+  const rec = new Recorder();
+  const ctl = new AbortController();
+  const done = new NodeWatcher(api.client(), slim, {
+    ...fast,
+    fallbackAfter: 3,
+    pollIntervalMs: 30,
+    watchRetryMs: 200,
+  }).run(rec, ctl.signal);
+  try {
+    await rec.until(() => lists >= 4);
+    assert.ok(
+      lines.some((l) =>
+        /Node watch failed 3 times in a row; listing nodes every 0s/.test(l)
+      ),
+      lines.join("\n"),
+    );
+    assert.equal(api.requests.filter(isWatch).length, 3);
+    failWatches = false;
+    await rec.until(() => streams.length === 1, 3000);
+    assert.ok(lines.some((l) => /Trying to watch nodes again/.test(l)));
+    const n = lists;
+    await new Promise((r) => setTimeout(r, 150));
+    assert.equal(lists, n, "no more periodic lists once watching");
+  } finally {
+    ctl.abort();
+    await done;
+    setLogSink(prev);
+  }
+});
+
+Deno.test("run() waits as long as a 429's Retry-After says", async () => {
+  let watches = 0;
+  const at: number[] = [];
+  const streams: WatchStream[] = [];
+  const api = new FakeApi((r) => {
+    if (!isWatch(r)) return list([], "3");
+    at.push(performance.now());
+    if (watches++ === 0) {
+      return status(429, "TooManyRequests", "try later", {
+        "Retry-After": "1",
+      });
+    }
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const rec = new Recorder();
+  const ctl = new AbortController();
+  const done = new NodeWatcher(api.client(), slim, fast).run(rec, ctl.signal);
+  await rec.until(() => streams.length === 1, 3000);
+  assert.ok(at[1]! - at[0]! >= 950, `retried after ${at[1]! - at[0]!}ms`);
+  ctl.abort();
+  await done;
+});
