@@ -122,6 +122,10 @@ function netsOf(pair: SubnetPair): IpNet[] {
   return out;
 }
 
+function isCompacted(e: unknown): boolean {
+  return e instanceof EtcdError && /has been compacted/.test(e.message);
+}
+
 function describePair(pair: SubnetPair): string {
   return `ip: ${pair.subnet} ipv6: ${pair.ipv6Subnet ?? "none"}`;
 }
@@ -380,6 +384,9 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       } catch (e) {
         if (e instanceof HandlerFailure) throw e.error;
         if (signal.aborted) break;
+        // Compaction reported as an error rather than in a response
+        // ("mvcc: required revision has been compacted"): list again too.
+        if (isCompacted(e)) next = undefined;
         metrics.watchRestarts.inc();
         const d = backoff.next();
         log.warn(
@@ -750,6 +757,16 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
         }
       } catch (e) {
         if (signal.aborted || e instanceof LeaseRevokedError) throw e;
+        if (isCompacted(e)) {
+          // History is gone: look at the key itself (or retry that later).
+          const got = await this.#client.get(key, signal).catch(() =>
+            undefined
+          );
+          if (got && got.kv === undefined) {
+            throw new LeaseRevokedError(key, "was deleted");
+          }
+          if (got) next = got.revision + 1n;
+        }
         metrics.watchRestarts.inc();
         const d = backoff.next();
         log.warn(

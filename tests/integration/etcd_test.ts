@@ -858,6 +858,36 @@ etcdTest(
   },
 );
 
+etcdTest(
+  "keepLease notices our key's deletion even when compaction hid the event",
+  async (etcd) => {
+    await etcd.put(CONFIG_KEY, NET_CONF);
+    using _logs = captureLogs();
+    const proxy = new TcpProxy(portOf(etcd.endpoint));
+    const m = manager(etcd, { endpoints: [proxy.endpoint] });
+    try {
+      const ac = new AbortController();
+      const lease = await m.acquireLease(attrs("10.0.0.1"), ac.signal);
+      const keeping = settle(m.keepLease(lease, ac.signal));
+      await new Promise((r) => setTimeout(r, 300));
+      proxy.pause();
+      await etcd.delete(lease.key);
+      await etcd.put(
+        `${DIR}10.5.50.0-24`,
+        flanneldValue("10.0.0.50", "0a:00:00:00:00:50"),
+      );
+      await etcd.compact();
+      proxy.resume();
+      const err = await keeping;
+      assert.ok(err instanceof LeaseRevokedError, String(err));
+      assert.match(err.message, /^Lease has been revoked/);
+    } finally {
+      proxy.close();
+      m.close();
+    }
+  },
+);
+
 // --- endpoints, auth, TLS ------------------------------------------------------
 
 etcdTest(
