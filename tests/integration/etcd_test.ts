@@ -111,15 +111,17 @@ async function until<T>(
 /** Runs watchLeases in the background and collects its events. */
 class Watcher implements AsyncDisposable {
   readonly events: LeaseEvent[] = [];
+  /** Handler calls, empty batches included. */
+  batches = 0;
   readonly #ac = new AbortController();
   /** The error watchLeases ended with, or undefined. */
   readonly done: Promise<unknown>;
 
   constructor(m: EtcdSubnetManager) {
-    this.done = settle(m.watchLeases(
-      (evs) => this.events.push(...evs),
-      this.#ac.signal,
-    ));
+    this.done = settle(m.watchLeases((evs) => {
+      this.batches++;
+      this.events.push(...evs);
+    }, this.#ac.signal));
   }
 
   /** `type subnet` of every event so far. */
@@ -550,6 +552,24 @@ etcdTest(
         backendV6Data: { VNI: 1, VtepMAC: "3a:bb:55:60:be:51" },
       },
     });
+    m.close();
+  },
+);
+
+etcdTest(
+  "the first listing is delivered even when there is no peer",
+  async (etcd) => {
+    await etcd.put(CONFIG_KEY, NET_CONF);
+    const m = manager(etcd);
+    await using w = new Watcher(m);
+    await until("the first batch", () => w.batches === 1 || undefined);
+    assert.deepEqual(w.events, []);
+    await etcd.put(
+      `${DIR}10.5.60.0-24`,
+      flanneldValue("10.0.0.60", "0a:00:00:00:00:60"),
+    );
+    await w.waitFor("added 10.5.60.0/24");
+    assert.equal(w.batches, 2);
     m.close();
   },
 );
