@@ -23,7 +23,7 @@ import { createBackend, Reconciler } from "../backend/mod.ts";
 import type { ChangeSource } from "../backend/mod.ts";
 import type { NetworkConfig } from "../subnet/config.ts";
 import { formatNet } from "../subnet/ip.ts";
-import type { LeaseAttrs, SubnetManager } from "../subnet/lease.ts";
+import type { SubnetManager } from "../subnet/lease.ts";
 import { KubeSubnetManager } from "../subnet/kube/manager.ts";
 import { EtcdSubnetManager } from "../subnet/etcd/manager.ts";
 import { VERSION } from "../version.ts";
@@ -33,15 +33,6 @@ const log = logger("main");
 /** An error that ends the agent with a message and exit code 1. */
 export class FatalError extends Error {
   override readonly name = "FatalError";
-}
-
-/** A subnet manager that can tell what we published before. */
-interface WithPrevious {
-  previousAttrs(signal: AbortSignal): Promise<LeaseAttrs | undefined>;
-}
-
-function hasPrevious(sm: SubnetManager): sm is SubnetManager & WithPrevious {
-  return typeof (sm as Partial<WithPrevious>).previousAttrs === "function";
 }
 
 async function subnetManager(
@@ -171,9 +162,7 @@ export async function runAgent(
     }, { sysctl });
     if (!backend.ok) throw new FatalError(backend.reason);
 
-    const previous = hasPrevious(sm)
-      ? await sm.previousAttrs(signal)
-      : undefined;
+    const previous = await sm.previousAttrs(e.publicIP, signal);
     const attrs = backend.value.prepare(previous);
     const lease = await sm.acquireLease(attrs, signal);
     setLease(true, `lease ${lease.subnet ?? lease.ipv6Subnet}`);

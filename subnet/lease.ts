@@ -57,8 +57,10 @@ export interface SubnetManager {
   /** Takes (or reuses) this node's lease and publishes `attrs` with it. */
   acquireLease(attrs: LeaseAttrs, signal: AbortSignal): Promise<Lease>;
   /**
-   * Delivers every peer lease (ours included; the backend filters it) as
-   * `added` events, then changes as they happen, until `signal` aborts.
+   * Delivers every peer lease (never our own) as `added` events, then
+   * changes as they happen, until `signal` aborts. The first call of
+   * `handler` carries the complete initial listing and happens even when
+   * it is empty: only then may the backend prune stale kernel entries.
    * Never returns early on a transient error: it retries with backoff.
    */
   watchLeases(handler: LeaseHandler, signal: AbortSignal): Promise<void>;
@@ -67,6 +69,15 @@ export interface SubnetManager {
    * Rejects when the lease is lost for good, which ends the agent.
    */
   keepLease(lease: Lease, signal: AbortSignal): Promise<void>;
+  /**
+   * What this node published before (its backend data carries the VTEP
+   * MAC), so a recreated device keeps its MAC. `publicIP` identifies the
+   * node in etcd mode. Undefined when unknown.
+   */
+  previousAttrs(
+    publicIP: string | undefined,
+    signal: AbortSignal,
+  ): Promise<LeaseAttrs | undefined>;
 }
 
 /** VXLAN backend data, as flanneld writes it: `{"VNI":1,"VtepMAC":"..."}`. */

@@ -287,6 +287,37 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
   }
 
   /**
+   * What this node published before: the attributes of the lease whose
+   * PublicIP is `publicIP`, if any, so the VTEP MAC survives a lost device.
+   * Undefined when there is none or etcd cannot be read.
+   */
+  async previousAttrs(
+    publicIP: string | undefined,
+    signal: AbortSignal,
+  ): Promise<LeaseAttrs | undefined> {
+    const ours = publicIP === undefined ? undefined : normalizeIp(publicIP);
+    if (ours === undefined) return undefined;
+    try {
+      const { kvs } = await this.#client.rangePrefix(
+        subnetsDir(this.#prefix),
+        signal,
+      );
+      for (const kv of kvs) {
+        const a = decodeLeaseAttrs(kv.value);
+        if (
+          a.ok && a.value.publicIP !== undefined &&
+          normalizeIp(a.value.publicIP) === ours
+        ) return a.value;
+      }
+    } catch (e) {
+      log.warn(
+        `Cannot read earlier lease attributes: ${(e as Error).message}`,
+      );
+    }
+    return undefined;
+  }
+
+  /**
    * Lists the leases under `<prefix>/subnets/`, then watches for changes,
    * delivering added/removed events through a {@linkcode LeaseTable} (which
    * validates, refuses overlaps and leaves out our own key). Malformed keys

@@ -210,6 +210,48 @@ export class KubeSubnetManager implements SubnetManager {
   }
 
   /**
+   * What our node's annotations say we published before (backend type and
+   * data, with the VTEP MAC), so a recreated device keeps its MAC.
+   * Undefined when the node has none or cannot be read. `publicIP` is not
+   * needed: the node is ours by name.
+   */
+  async previousAttrs(
+    _publicIP: string | undefined,
+    signal: AbortSignal,
+  ): Promise<LeaseAttrs | undefined> {
+    let annotations: Record<string, string>;
+    try {
+      const node = await this.#getNode(signal, 10_000);
+      annotations = node.metadata?.annotations ?? {};
+    } catch (e) {
+      log.warn(
+        `Cannot read earlier annotations of node "${this.nodeName}": ${
+          (e as Error).message
+        }`,
+      );
+      return undefined;
+    }
+    const type = annotations[this.keys.backendType];
+    if (type === undefined) return undefined;
+    const json = (key: string): unknown => {
+      const text = annotations[key];
+      if (text === undefined) return undefined;
+      try {
+        return JSON.parse(text);
+      } catch {
+        return undefined;
+      }
+    };
+    const data = json(this.keys.backendData);
+    const v6 = json(this.keys.backendV6Data);
+    return {
+      backendType: type,
+      ...(data !== undefined && { backendData: data }),
+      ...(v6 !== undefined && { backendV6Data: v6 }),
+    };
+  }
+
+  /**
    * Reads our node's pod CIDRs (waiting up to `podCidrTimeoutMs` for the
    * controller manager to assign them), publishes `attrs` in the node's
    * annotations when they differ (one PATCH of the `status` subresource,
