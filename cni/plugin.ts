@@ -67,8 +67,12 @@ export interface CniDeps {
   /** Removes a file; a missing file is not an error. */
   readonly remove: (path: string) => Promise<void>;
   /**
-   * Runs a plugin binary with exactly `env`; rejects with
-   * `Deno.errors.NotFound` when there is no such file.
+   * Runs a plugin binary with the process environment plus `env` (the
+   * `CNI_*` variables, `CNI_COMMAND` set for the delegate); rejects with
+   * `Deno.errors.NotFound` when there is no such file. The environment is
+   * inherited rather than copied so that `--allow-env` can stay limited to
+   * `CNI_*`: the delegate still sees `PATH` and the rest, as Go's
+   * `invoke` gives it `os.Environ()`.
    */
   readonly exec: (
     path: string,
@@ -101,7 +105,6 @@ export const denoCniDeps: CniDeps = {
   exec: async (path, env, stdin) => {
     const child = new Deno.Command(path, {
       env,
-      clearEnv: true,
       stdin: "piped",
       stdout: "piped",
       stderr: "piped",
@@ -137,6 +140,16 @@ function versionAtLeast(v: string, min: string): boolean {
   }
   return true;
 }
+
+/** The variables of the CNI protocol (spec, "Parameters"). */
+export const CNI_VARS = [
+  "CNI_COMMAND",
+  "CNI_CONTAINERID",
+  "CNI_NETNS",
+  "CNI_IFNAME",
+  "CNI_ARGS",
+  "CNI_PATH",
+] as const;
 
 const CONTAINER_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$/;
 
@@ -231,7 +244,8 @@ async function delegate(
     cniFail(CNI_ERR.invalidNetworkConfig, `Invalid delegate type "${type}"`);
   }
   const childEnv: Record<string, string> = {};
-  for (const [k, v] of Object.entries(env)) {
+  for (const k of CNI_VARS) {
+    const v = env[k];
     if (v !== undefined) childEnv[k] = v;
   }
   childEnv.CNI_COMMAND = command;
@@ -443,11 +457,11 @@ async function cmdStatus(
 /**
  * Runs one CNI command as the flannel plugin and returns the exit status
  * (0, or 1 after printing a CNI error). `env` holds the `CNI_*`
- * variables; `stdin` the network configuration.
+ * variables (others are ignored); `stdin` the network configuration.
  *
  * @example
  * ```ts
- * Deno.exit(await runCni(Deno.env.toObject(), stdinText));
+ * Deno.exit(await runCni({ CNI_COMMAND: "VERSION" }, ""));
  * ```
  */
 export async function runCni(
@@ -527,7 +541,7 @@ export function isCniInvocation(
   return base === "flannel" || args[0] === "cni";
 }
 
-/** Reads all of stdin, then {@linkcode runCni} with the process env. */
+/** Reads all of stdin, then {@linkcode runCni} with the `CNI_*` variables. */
 export async function cniMain(): Promise<number> {
   const chunks: Uint8Array[] = [];
   for await (const chunk of Deno.stdin.readable) chunks.push(chunk);
@@ -537,5 +551,8 @@ export async function cniMain(): Promise<number> {
     all.set(c, at);
     at += c.length;
   }
-  return await runCni(Deno.env.toObject(), dec.decode(all));
+  // Only the protocol's variables: `--allow-env=CNI_*` is enough.
+  const env: Record<string, string | undefined> = {};
+  for (const k of CNI_VARS) env[k] = Deno.env.get(k);
+  return await runCni(env, dec.decode(all));
 }

@@ -78,10 +78,12 @@ async function plugin(
       Deno.execPath(),
       "run",
       "--no-prompt",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-run",
+      // As narrow as the compiled binary's: the state directory, the CNI
+      // variables, the delegate.
+      `--allow-read=${s.dir}`,
+      `--allow-write=${s.dir}`,
+      "--allow-env=CNI_*",
+      `--allow-run=${CNI_PATH}/bridge`,
       ENTRY,
     ],
     env,
