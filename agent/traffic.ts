@@ -393,6 +393,7 @@ export class TrafficManager {
   /** nftables: `nft list table` text right after our last write. */
   readonly #nftSnapshot = new Map<4 | 6, string>();
   #ready = false;
+  #last: Promise<void> = Promise.resolve();
 
   constructor(opts: TrafficManagerOptions) {
     this.#spec = opts.spec;
@@ -462,8 +463,18 @@ export class TrafficManager {
     return this.#probed;
   }
 
-  /** Checks the rules once and rewrites whatever differs. */
-  async ensure(): Promise<EnsureResult> {
+  /**
+   * Checks the rules once and rewrites whatever differs. Calls are
+   * serialised: a read-then-restore must not interleave with another
+   * (flanneld guards its iptables-restore with a mutex for the same reason).
+   */
+  ensure(): Promise<EnsureResult> {
+    const next = this.#last.then(() => this.#ensureOnce());
+    this.#last = next.then(() => {}, () => {});
+    return next;
+  }
+
+  async #ensureOnce(): Promise<EnsureResult> {
     if (this.#empty) {
       this.#setState(true, "no rules wanted");
       return { changed: false, reasons: [] };

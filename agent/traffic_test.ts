@@ -314,3 +314,16 @@ Deno.test("TrafficManager with no rule wanted runs no command", async () => {
   assertEquals(ipt.calls, []);
   assert(tm.ready);
 });
+
+Deno.test("TrafficManager.ensure() calls do not interleave", async () => {
+  const ipt = fakeIptables();
+  const tm = new TrafficManager({ spec, run: ipt.run });
+  const results = await Promise.all([tm.ensure(), tm.ensure(), tm.ensure()]);
+  // Only the first finds anything to do; interleaved, all three would
+  // have read the empty tables and restored the rules three times.
+  assertEquals(results.map((r) => r.changed), [true, false, false]);
+  assertEquals(
+    ipt.calls.filter((c) => c.startsWith("iptables-restore --noflush")).length,
+    1,
+  );
+});
