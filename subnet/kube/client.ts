@@ -132,11 +132,21 @@ export class KubeApiError extends Error {
 /** The API server could not be reached (connection, TLS, timeout). */
 export class KubeConnectionError extends Error {
   override readonly name = "KubeConnectionError";
+  /** The TLS handshake failed (bad CA, name mismatch): retrying won't help. */
+  readonly tls: boolean;
+
+  constructor(message: string, tls: boolean, options?: ErrorOptions) {
+    super(message, options);
+    this.tls = tls;
+  }
 }
 
-/** Whether retrying the request may succeed (network, 401, 408, 429, 5xx). */
+/**
+ * Whether retrying the request may succeed: network trouble other than a
+ * TLS verification failure, 401 (a token being rotated), 408, 429, 5xx.
+ */
 export function isTransient(e: unknown): boolean {
-  if (e instanceof KubeConnectionError) return true;
+  if (e instanceof KubeConnectionError) return !e.tls;
   if (e instanceof KubeApiError) {
     return e.status === 401 || e.status === 408 || e.status === 429 ||
       e.status >= 500;
@@ -248,19 +258,26 @@ export class KubeClient {
 
   #connectionError(e: unknown, url: string): KubeConnectionError {
     const err = e as Error;
+    // fetch says "fetch failed" and nests the reason in `cause`: "error
+    // sending request for url (...): client error (Connect): invalid peer
+    // certificate: UnknownIssuer". Use the innermost message.
+    let inner: unknown = e;
+    for (let i = 0; i < 5 && inner instanceof Error && inner.cause; i++) {
+      inner = inner.cause;
+    }
     let msg = err?.name === "TimeoutError"
       ? "request timed out"
-      : String(err?.message ?? e);
-    // fetch nests the cause: "error sending request for url (...): client
-    // error (Connect): invalid peer certificate: UnknownIssuer".
+      : String((inner as Error)?.message ?? inner);
     msg = msg.replace(/^error sending request for url \([^)]*\):\s*/, "");
-    if (/certificate|tls|handshake|UnknownIssuer/i.test(msg)) {
+    const tls = /certificate|tls|handshake|UnknownIssuer/i.test(msg);
+    if (tls) {
       msg = `TLS error: ${msg}${this.#caHint ? ` (${this.#caHint})` : ""}`;
     }
     return new KubeConnectionError(
       `Cannot reach Kubernetes API server "${this.server}" (${
         new URL(url).pathname
       }): ${msg}`,
+      tls,
       { cause: e },
     );
   }

@@ -70,20 +70,33 @@ Deno.test("KubeClient names the server in connection and TLS errors", async () =
   const c = new KubeClient({
     server: "https://10.0.0.1:6443",
     caHint: "is the API server's certificate signed by the CA?",
+    // Deno's fetch: "fetch failed", the reason in `cause`.
     fetch: () =>
       Promise.reject(
-        new TypeError(
-          "error sending request for url (https://10.0.0.1:6443/api/v1/nodes): client error (Connect): invalid peer certificate: UnknownIssuer",
-        ),
+        new TypeError("fetch failed", {
+          cause: new Error(
+            "error sending request for url (https://10.0.0.1:6443/api/v1/nodes): client error (Connect): invalid peer certificate: UnknownIssuer",
+          ),
+        }),
       ),
   });
   const err = await c.getJson("/api/v1/nodes").catch((e) => e);
   assert.ok(err instanceof KubeConnectionError);
+  assert.equal(err.tls, true);
   assert.equal(
     err.message,
     'Cannot reach Kubernetes API server "https://10.0.0.1:6443" (/api/v1/nodes): TLS error: client error (Connect): invalid peer certificate: UnknownIssuer (is the API server\'s certificate signed by the CA?)',
   );
-  assert.equal(isTransient(err), true);
+  assert.equal(isTransient(err), false, "a bad CA does not fix itself");
+  const refused = new KubeClient({
+    server: "https://10.0.0.1:6443",
+    fetch: () =>
+      Promise.reject(new TypeError("Connection refused (os error 111)")),
+  });
+  const err2 = await refused.getJson("/x").catch((e) => e);
+  assert.ok(err2 instanceof KubeConnectionError);
+  assert.equal(err2.tls, false);
+  assert.equal(isTransient(err2), true);
 });
 
 Deno.test("retrying() honours Retry-After on 429 and 503, then succeeds", async () => {
