@@ -34,7 +34,7 @@ export const IFA_F_TEMPORARY = 0x01;
  * carry flags yet; when it does, they are used, and until then every
  * address counts as permanent and not deprecated.
  */
-type FlaggedAddr = AddrInfo & { readonly flags?: number };
+type FlaggedAddr = AddrInfo;
 
 /** The chosen interface. Addresses are plain (no prefix length). */
 export interface ExternalInterface {

@@ -148,6 +148,7 @@ export const LIBNL_ROUTE_SYMBOLS = {
   rtnl_addr_get_family: { parameters: ["pointer"], result: "i32" }, // (struct rtnl_addr *)
   rtnl_addr_set_prefixlen: { parameters: ["pointer", "i32"], result: "void" }, // (struct rtnl_addr *, int)
   rtnl_addr_get_prefixlen: { parameters: ["pointer"], result: "i32" }, // (struct rtnl_addr *)
+  rtnl_addr_get_flags: { parameters: ["pointer"], result: "u32" }, // unsigned int (struct rtnl_addr *): IFA_F_*
   rtnl_addr_set_local: { parameters: ["pointer", "pointer"], result: "i32" }, // (struct rtnl_addr *, struct nl_addr *)
   rtnl_addr_get_local: { parameters: ["pointer"], result: "pointer" }, // struct nl_addr *(struct rtnl_addr *)
   // routes

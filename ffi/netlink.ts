@@ -468,7 +468,11 @@ export class LibnlNetlink implements Netlink, Disposable {
       if (index !== undefined && i !== index) continue;
       const ip = this.#ip(rtnl.rtnl_addr_get_local(o));
       if (ip === undefined) continue;
-      out.push({ index: i, local: `${ip}/${rtnl.rtnl_addr_get_prefixlen(o)}` });
+      out.push({
+        index: i,
+        local: `${ip}/${rtnl.rtnl_addr_get_prefixlen(o)}`,
+        flags: rtnl.rtnl_addr_get_flags(o),
+      });
     }
     return out;
   }

@@ -75,6 +75,8 @@ export interface VxlanLinkSpec {
 export interface AddrInfo {
   readonly index: number;
   readonly local: string;
+  /** IFA_F_* flags (permanent, deprecated, temporary, ...) when read back. */
+  readonly flags?: number;
 }
 
 /** A route. `dst` is a canonical prefix (`0.0.0.0/0` for the default). */

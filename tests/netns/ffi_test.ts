@@ -197,9 +197,13 @@ kernelTest("address methods agree with ip addr, IPv4 and IPv6", async () => {
     fromIp,
   );
   assert(fromIp.includes("10.244.3.0/32") && fromIp.includes("fd01::5/128"));
+  // IFA_F_PERMANENT (0x80): added by hand, never expires, as `ip addr` says.
   assertEquals(nl.addrList(eth1.index, 4), [
-    { index: eth1.index, local: "10.244.3.0/32" },
+    { index: eth1.index, local: "10.244.3.0/32", flags: 0x80 },
   ]);
+  assert(
+    (ip.addr_info as Json[]).every((a) => a.valid_life_time === 4294967295),
+  );
   assert(nl.addrList(undefined, 6).every((a) => a.local.includes(":")));
 
   const dup = kernelErr(() =>
