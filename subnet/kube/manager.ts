@@ -377,11 +377,13 @@ export class KubeSubnetManager implements SubnetManager {
 
   /**
    * Hands events to the handler. The first listing is always delivered,
-   * even empty: it tells the backend the peer set is complete.
+   * even empty: it tells the backend the peer set is complete. Nothing is
+   * delivered before it (an acquireLease racing the first LIST).
    */
-  #emit(events: LeaseEvent[]): void {
-    if (events.length === 0 && this.#delivered) return;
+  #emit(events: LeaseEvent[], listing = false): void {
     if (!this.#handler) return;
+    if (!this.#delivered && !listing) return;
+    if (events.length === 0 && this.#delivered) return;
     this.#delivered = true;
     this.#handler(events);
   }
@@ -412,6 +414,7 @@ export class KubeSubnetManager implements SubnetManager {
     });
     this.#table = table;
     this.#handler = handler;
+    this.#delivered = false;
     const keys = this.keys;
     const toLease = (n: SlimNode) => nodeToLease(n, keys, config);
     const watcher = new NodeWatcher(
@@ -434,7 +437,7 @@ export class KubeSubnetManager implements SubnetManager {
             `Listed ${nodes.size} nodes: ${table.leases.length} peer leases, ${table.invalidCount} skipped`,
           );
         }
-        this.#emit(events);
+        this.#emit(events, true);
       },
       upsert: (n, at) => {
         this.#checkOwn(n);

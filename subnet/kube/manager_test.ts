@@ -208,6 +208,36 @@ Deno.test("watchLeases() turns nodes into lease events, skipping unmanaged nodes
   await m.keepLease({ key: "me", attrs }, ctl.signal);
 });
 
+Deno.test("watchLeases() delivers the first listing even when it has no peer", async () => {
+  const streams: WatchStream[] = [];
+  const api = new FakeApi((r: SeenRequest) => {
+    if (r.url.searchParams.get("watch") !== "1") {
+      return json(200, {
+        metadata: { resourceVersion: "5" },
+        items: [node("me", "3", "10.244.4.0/24", "192.0.2.10")],
+      });
+    }
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const m = manager(api);
+  const batches: LeaseEvent[][] = [];
+  const ctl = new AbortController();
+  const done = m.watchLeases((evs) => batches.push(evs), ctl.signal);
+  await waitFor(() => streams.length > 0);
+  assert.deepEqual(batches.map((b) => b.length), [0]);
+  // A change that makes no event is not delivered.
+  streams[0]!.event("MODIFIED", node("me", "6", "10.244.4.0/24", "192.0.2.10"));
+  streams[0]!.event("ADDED", node("b", "8", "10.244.2.0/24", "192.0.2.2"));
+  await waitFor(() => batches.length === 2);
+  assert.deepEqual(batches[1]!.map((e) => `${e.type} ${e.lease.key}`), [
+    "added b",
+  ]);
+  ctl.abort();
+  await done;
+});
+
 Deno.test("getNodePublicIPOverride() reads node-public-ip(v6) from our node", async () => {
   const n = bareNode("10.244.4.0/24");
   (n.metadata.annotations as Record<string, string>)[
