@@ -366,8 +366,15 @@ export class Cluster implements AsyncDisposable {
     ];
   }
 
-  /** Starts weft on a node (a separate process in its namespace). */
-  async startAgent(node: ClusterNode, extra: string[] = []): Promise<Agent> {
+  /**
+   * Starts weft on a node (a separate process in its namespace). `hosts`
+   * are more `host:port` the agent may reach (e.g. a fault proxy).
+   */
+  async startAgent(
+    node: ClusterNode,
+    extra: string[] = [],
+    hosts: string[] = [],
+  ): Promise<Agent> {
     const logPath = `${node.dir}/weft.log`;
     const log = await Deno.open(logPath, {
       create: true,
@@ -383,7 +390,7 @@ export class Cluster implements AsyncDisposable {
         "run",
         ...agentPermissions(
           node.dir,
-          [`${SWITCH_IP}:2379`],
+          [`${SWITCH_IP}:2379`, ...hosts],
           node.healthPort,
         ),
         `${ROOT}main.ts`,

@@ -1,0 +1,555 @@
+/**
+ * The bad-input corpus of the fault suite, as data: peer leases as etcd
+ * keys and values, network configs (`<prefix>/config`) and command lines.
+ * Each case says what it is and what weft must do with it; the suite
+ * (tests/e2e/faults_test.ts) injects them into a running cluster and
+ * lists every case in its table.
+ *
+ * Peer cases are built from a {@linkcode PeerSlot}: a free subnet, an
+ * unused public IP and MAC of their own, so any kernel entry a refused
+ * case leaves behind can be traced back to it.
+ *
+ * @module
+ */
+
+/** What a peer case gets to build its key and value from. */
+export interface PeerSlot {
+  /** `/coreos.com/network/subnets/`. */
+  readonly dir: string;
+  /** A /24 in the cluster network used by nobody: `10.244.201.0/24`. */
+  readonly subnet: string;
+  /** The slot's public IP, never a real node's: `198.18.0.201`. */
+  readonly publicIP: string;
+  /** The slot's VTEP MAC: `0a:fa:00:00:00:c9`. */
+  readonly mac: string;
+  /** The subnet of the node under test (node1). */
+  readonly ownSubnet: string;
+  /** The subnets of its real peers. */
+  readonly peerSubnets: readonly string[];
+}
+
+/** A peer lease to write: full etcd key and exact value bytes. */
+export interface PeerInput {
+  readonly key: string;
+  readonly value: string | Uint8Array;
+  /** Subnet the key claims, when it names one (for the kernel check). */
+  readonly claims?: string;
+}
+
+/** One malformed (or, for the control, valid) peer lease. */
+export interface PeerCase {
+  readonly name: string;
+  /** `refused`: warned about, never programmed; `programmed`: the control. */
+  readonly expect: "refused" | "programmed";
+  readonly make: (s: PeerSlot) => PeerInput;
+}
+
+/** `10.244.7.0/24` → `10.244.7.0-24`. */
+export function keyName(subnet: string): string {
+  return subnet.replace("/", "-");
+}
+
+function octets(subnet: string): number[] {
+  return subnet.split("/")[0]!.split(".").map(Number);
+}
+
+/** The /`len` network containing `subnet`. */
+export function supernet(subnet: string, len: number): string {
+  const [a, b, c, d] = octets(subnet) as [number, number, number, number];
+  const n = ((a << 24) | (b << 16) | (c << 8) | d) >>> 0;
+  const m = len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
+  const x = (n & m) >>> 0;
+  return `${x >>> 24}.${(x >>> 16) & 255}.${(x >>> 8) & 255}.${x & 255}/${len}`;
+}
+
+/** Whether `a` and `b` (IPv4 CIDRs) overlap. */
+export function overlaps(a: string, b: string): boolean {
+  const la = Number(a.split("/")[1]);
+  const lb = Number(b.split("/")[1]);
+  const l = Math.min(la, lb);
+  return supernet(a, l) === supernet(b, l);
+}
+
+/** The lease value flanneld writes, for the slot. */
+function validValue(s: PeerSlot): Record<string, unknown> {
+  return {
+    PublicIP: s.publicIP,
+    PublicIPv6: null,
+    BackendType: "vxlan",
+    BackendData: { VNI: 1, VtepMAC: s.mac },
+  };
+}
+
+/** A case whose value is the valid lease with some fields replaced. */
+function patched(
+  name: string,
+  patch: (v: Record<string, unknown>, s: PeerSlot) => void,
+): PeerCase {
+  return {
+    name,
+    expect: "refused",
+    make: (s) => {
+      const v = validValue(s);
+      patch(v, s);
+      return { key: s.dir + keyName(s.subnet), value: JSON.stringify(v) };
+    },
+  };
+}
+
+/** A case with a raw value at the slot's key. */
+function raw(
+  name: string,
+  value: (s: PeerSlot) => string | Uint8Array,
+): PeerCase {
+  return {
+    name,
+    expect: "refused",
+    make: (s) => ({ key: s.dir + keyName(s.subnet), value: value(s) }),
+  };
+}
+
+/** A case with a valid value under a bad or hostile key name. */
+function keyed(
+  name: string,
+  key: (s: PeerSlot) => string,
+  claims?: (s: PeerSlot) => string,
+): PeerCase {
+  return {
+    name,
+    expect: "refused",
+    make: (s) => ({
+      key: s.dir + key(s),
+      value: JSON.stringify(validValue(s)),
+      ...(claims && { claims: claims(s) }),
+    }),
+  };
+}
+
+function data(v: Record<string, unknown>): Record<string, unknown> {
+  return v.BackendData as Record<string, unknown>;
+}
+
+/** A real peer subnet whose /23 does not hold our own subnet. */
+function supernetTarget(s: PeerSlot): string {
+  for (const p of s.peerSubnets) {
+    if (!overlaps(supernet(p, 23), s.ownSubnet)) return supernet(p, 23);
+  }
+  return supernet(s.peerSubnets[0]!, 22);
+}
+
+const MIB = 1 << 20;
+
+/** Malformed peer leases (plus one valid control), at least 50. */
+export const PEER_CASES: readonly PeerCase[] = [
+  {
+    name: "control: a valid lease (must be programmed)",
+    expect: "programmed",
+    make: (s) => ({
+      key: s.dir + keyName(s.subnet),
+      value: JSON.stringify(validValue(s)),
+    }),
+  },
+  // Not JSON, or not a JSON object.
+  raw("value is not JSON", () => "not json"),
+  raw(
+    "value is truncated JSON",
+    (s) => JSON.stringify(validValue(s)).slice(0, 30),
+  ),
+  raw("value is empty", () => ""),
+  raw("value has a trailing comma", (s) => `{"PublicIP":"${s.publicIP}",}`),
+  raw("value is null", () => "null"),
+  raw("value is an array", (s) => JSON.stringify([validValue(s)])),
+  raw("value is a number", () => "42"),
+  raw("value is a string", () => '"vxlan"'),
+  raw("value is true", () => "true"),
+  raw("value is an empty object", () => "{}"),
+  raw(
+    "value starts with a UTF-8 BOM",
+    (s) => "\uFEFF" + JSON.stringify(validValue(s)),
+  ),
+  raw(
+    "value is not UTF-8",
+    () => new Uint8Array([0xff, 0xfe, 0x7b, 0x80, 0x7d]),
+  ),
+  raw("value is 1 MiB of garbage", () => "x".repeat(MIB)),
+  patched(
+    "value is 1 MiB (PublicIP padded)",
+    (v, s) => v.PublicIP = s.publicIP + " ".repeat(MIB),
+  ),
+  raw(
+    "value nests arrays 100 000 deep",
+    () => "[".repeat(100_000) + "]".repeat(100_000),
+  ),
+  // PublicIP.
+  patched("PublicIP missing", (v) => delete v.PublicIP),
+  patched("PublicIP null", (v) => v.PublicIP = null),
+  patched("PublicIP a number", (v) => v.PublicIP = 3323068617),
+  patched("PublicIP an object", (v) => v.PublicIP = { ip: "198.18.0.9" }),
+  patched(
+    "PublicIP not an address (999.1.1.1)",
+    (v) => v.PublicIP = "999.1.1.1",
+  ),
+  patched("PublicIP three octets", (v) => v.PublicIP = "198.18.0"),
+  patched(
+    "PublicIP with a prefix length",
+    (v, s) => v.PublicIP = `${s.publicIP}/24`,
+  ),
+  patched("PublicIP IPv6 in the IPv4 field", (v) => v.PublicIP = "fd00::1"),
+  patched("PublicIP with leading zeros", (v) => v.PublicIP = "198.018.000.010"),
+  patched(
+    "PublicIP with a leading space",
+    (v, s) => v.PublicIP = ` ${s.publicIP}`,
+  ),
+  patched("PublicIP unspecified (0.0.0.0)", (v) => v.PublicIP = "0.0.0.0"),
+  patched("PublicIP multicast (224.0.0.1)", (v) => v.PublicIP = "224.0.0.1"),
+  patched(
+    "PublicIP broadcast (255.255.255.255)",
+    (v) => v.PublicIP = "255.255.255.255",
+  ),
+  patched("PublicIP given twice, the last one bad", (v) => v.publicip = "bad"),
+  // BackendType.
+  patched("BackendType missing", (v) => delete v.BackendType),
+  patched("BackendType a number", (v) => v.BackendType = 1),
+  patched("BackendType upper case (VXLAN)", (v) => v.BackendType = "VXLAN"),
+  patched(
+    "BackendType unknown (bogus-type)",
+    (v) => v.BackendType = "bogus-type",
+  ),
+  patched(
+    "BackendType of another backend (host-gw)",
+    (v) => v.BackendType = "host-gw",
+  ),
+  patched(
+    "BackendType 1000 characters",
+    (v) => v.BackendType = "v".repeat(1000),
+  ),
+  // BackendData.
+  patched("BackendData missing", (v) => delete v.BackendData),
+  patched("BackendData null", (v) => v.BackendData = null),
+  patched(
+    "BackendData a JSON string",
+    (v) => v.BackendData = JSON.stringify(v.BackendData),
+  ),
+  patched("BackendData an array", (v) => v.BackendData = [v.BackendData]),
+  patched("VNI a string", (v) => data(v).VNI = "1"),
+  patched("VNI negative", (v) => data(v).VNI = -1),
+  patched("VNI above 2^24", (v) => data(v).VNI = 16777216),
+  patched("VNI a fraction", (v) => data(v).VNI = 1.5),
+  raw(
+    "VNI 1e400 (infinite)",
+    (s) => JSON.stringify(validValue(s)).replace('"VNI":1', '"VNI":1e400'),
+  ),
+  patched("VtepMAC missing", (v) => delete data(v).VtepMAC),
+  patched("VtepMAC a number", (v) => data(v).VtepMAC = 42),
+  patched("VtepMAC not hex", (v) => data(v).VtepMAC = "zz:zz:zz:zz:zz:zz"),
+  patched(
+    "VtepMAC five octets",
+    (v, s) => data(v).VtepMAC = s.mac.slice(0, 14),
+  ),
+  patched("VtepMAC seven octets", (v, s) => data(v).VtepMAC = `${s.mac}:01`),
+  patched(
+    "VtepMAC without separators",
+    (v, s) => data(v).VtepMAC = s.mac.replaceAll(":", ""),
+  ),
+  patched(
+    "VtepMAC multicast (01:00:5e:00:00:01)",
+    (v) => data(v).VtepMAC = "01:00:5e:00:00:01",
+  ),
+  patched("VtepMAC broadcast", (v) => data(v).VtepMAC = "ff:ff:ff:ff:ff:ff"),
+  patched("VtepMAC all zeros", (v) => data(v).VtepMAC = "00:00:00:00:00:00"),
+  // Subnets that do not fit.
+  keyed(
+    "subnet outside the network (10.99.x.0/24)",
+    (s) => keyName(s.subnet).replace("10.244.", "10.99."),
+    (s) => s.subnet.replace("10.244.", "10.99."),
+  ),
+  keyed(
+    "subnet inside ours (upper /25 of our /24)",
+    (s) => keyName(s.ownSubnet).replace(".0-24", ".128-25"),
+    (s) => s.ownSubnet.replace(".0/24", ".128/25"),
+  ),
+  keyed(
+    "subnet inside a peer's (upper /25)",
+    (s) => keyName(s.peerSubnets[0]!).replace(".0-24", ".128-25"),
+    (s) => s.peerSubnets[0]!.replace(".0/24", ".128/25"),
+  ),
+  keyed(
+    "supernet of a peer's subnet (sorts before it)",
+    (s) => keyName(supernetTarget(s)),
+    supernetTarget,
+  ),
+  keyed(
+    "the whole cluster network (10.244.0.0/16)",
+    () => "10.244.0.0-16",
+    () => "10.244.0.0/16",
+  ),
+  keyed(
+    "a peer's subnet again, under a dual-stack key",
+    (s) => `${keyName(s.peerSubnets[0]!)}&fc00::-64`,
+    (s) => s.peerSubnets[0]!,
+  ),
+  // Keys that are not subnets.
+  keyed("key is not a subnet (foo)", () => "foo"),
+  keyed("key has no prefix length", (s) => s.subnet.split("/")[0]!),
+  keyed("key has an extra path element", (s) => `${keyName(s.subnet)}/extra`),
+  keyed(
+    "key has leading zeros",
+    (s) => keyName(s.subnet).replace("10.244.", "10.244.0"),
+  ),
+  keyed(
+    "key has prefix length 33",
+    (s) => keyName(s.subnet).replace("-24", "-33"),
+  ),
+  keyed("key has an octet of 300", () => "10.244.300.0-24"),
+  keyed(
+    "key has host bits (x.1/24)",
+    (s) => keyName(s.subnet).replace(".0-24", ".1-24"),
+  ),
+  keyed("key has a bad IPv6 part", (s) => `${keyName(s.subnet)}&nothex-64`),
+  keyed("key has a trailing space", (s) => `${keyName(s.subnet)} `),
+  keyed("key is 4096 characters", () => "9".repeat(4096)),
+];
+
+/** What an agent must do with a bad network config of its own. */
+export type ConfigExpectation =
+  /** Keep running and retry, logging a message naming the etcd key. */
+  | { readonly kind: "retry"; readonly mentions: readonly string[] }
+  /** Exit with status 1 and a message naming the input. */
+  | { readonly kind: "exit"; readonly mentions: readonly string[] };
+
+/** A bad `<prefix>/config`. */
+export interface ConfigCase {
+  readonly name: string;
+  /** The value written; undefined leaves the key missing. */
+  readonly value: string | undefined;
+  readonly expect: ConfigExpectation;
+}
+
+const retry = (...mentions: string[]): ConfigExpectation => ({
+  kind: "retry",
+  mentions,
+});
+const exit = (...mentions: string[]): ConfigExpectation => ({
+  kind: "exit",
+  mentions,
+});
+const net = (extra: Record<string, unknown>) =>
+  JSON.stringify({ Network: "10.244.0.0/16", ...extra });
+
+/** Bad network configs in etcd (`<prefix>/config`). */
+export const CONFIG_CASES: readonly ConfigCase[] = [
+  { name: "config key missing", value: undefined, expect: retry("not found") },
+  { name: "config not JSON", value: '{"Network":', expect: retry("JSON") },
+  { name: "config empty", value: "", expect: retry("JSON") },
+  { name: "config null", value: "null", expect: retry("not a JSON object") },
+  { name: "config an array", value: "[]", expect: retry("not a JSON object") },
+  { name: "config without Network", value: "{}", expect: retry("Network") },
+  {
+    name: "Network a number",
+    value: '{"Network":42}',
+    expect: retry("Network"),
+  },
+  {
+    name: "Network without prefix length",
+    value: '{"Network":"10.244.0.0"}',
+    expect: retry("Network", "10.244.0.0"),
+  },
+  {
+    name: "Network prefix /33",
+    value: '{"Network":"10.244.0.0/33"}',
+    expect: retry("Network"),
+  },
+  {
+    name: "Network IPv6 in the IPv4 field",
+    value: '{"Network":"fc00::/48"}',
+    expect: retry("Network", "fc00::/48"),
+  },
+  {
+    name: "Network too small (/29)",
+    value: '{"Network":"10.244.0.0/29"}',
+    expect: retry("too small"),
+  },
+  {
+    name: "SubnetLen 31",
+    value: net({ SubnetLen: 31 }),
+    expect: retry("SubnetLen"),
+  },
+  {
+    name: "SubnetLen 17 (< prefix+2)",
+    value: net({ SubnetLen: 17 }),
+    expect: retry("SubnetLen"),
+  },
+  {
+    name: "SubnetLen a string",
+    value: net({ SubnetLen: "24" }),
+    expect: retry("SubnetLen"),
+  },
+  {
+    name: "SubnetMin outside Network",
+    value: net({ SubnetMin: "10.9.0.0" }),
+    expect: retry("SubnetMin"),
+  },
+  {
+    name: "SubnetMin off a boundary",
+    value: net({ SubnetMin: "10.244.1.7" }),
+    expect: retry("SubnetMin"),
+  },
+  {
+    name: "SubnetMin above SubnetMax",
+    value: net({ SubnetMin: "10.244.200.0", SubnetMax: "10.244.100.0" }),
+    expect: retry("SubnetMin", "SubnetMax"),
+  },
+  {
+    name: "EnableIPv4 false (etcd mode)",
+    value: net({
+      EnableIPv4: false,
+      EnableIPv6: true,
+      IPv6Network: "fc00::/48",
+    }),
+    expect: retry("EnableIPv4"),
+  },
+  {
+    name: "EnableIPv4 a string",
+    value: net({ EnableIPv4: "yes" }),
+    expect: retry("EnableIPv4"),
+  },
+  {
+    name: "Backend a string",
+    value: net({ Backend: "vxlan" }),
+    expect: retry("Backend"),
+  },
+  {
+    name: "Backend.Type a number",
+    value: net({ Backend: { Type: 1 } }),
+    expect: retry("Backend.Type"),
+  },
+  {
+    name: "config 1 MiB of garbage",
+    value: "x".repeat(MIB),
+    expect: retry("JSON"),
+  },
+  {
+    name: "Backend.Type unknown",
+    value: net({ Backend: { Type: "bogus" } }),
+    expect: exit("bogus"),
+  },
+  {
+    name: "Backend.VNI above 2^24",
+    value: net({ Backend: { Type: "vxlan", VNI: 16777216 } }),
+    expect: exit("Backend.VNI"),
+  },
+  {
+    name: "Backend.Port a string",
+    value: net({ Backend: { Type: "vxlan", Port: "8472" } }),
+    expect: exit("Backend.Port"),
+  },
+];
+
+/** A bad command line. */
+export interface FlagCase {
+  readonly name: string;
+  readonly args: readonly string[];
+  readonly env?: Readonly<Record<string, string>>;
+  /** Fragments the error must contain (besides the usage text). */
+  readonly mentions: readonly string[];
+}
+
+/** Bad flags: each must exit 2 with a message naming it and the usage. */
+export const FLAG_CASES: readonly FlagCase[] = [
+  {
+    name: "unknown flag",
+    args: ["--no-such-flag"],
+    mentions: ["--no-such-flag"],
+  },
+  { name: "unknown single-dash flag", args: ["-x"], mentions: ["-x"] },
+  { name: "positional argument", args: ["eth0"], mentions: ["eth0"] },
+  {
+    name: "bad flag syntax (---iface)",
+    args: ["---iface=eth0"],
+    mentions: ["---iface"],
+  },
+  {
+    name: "value missing at the end",
+    args: ["--subnet-file"],
+    mentions: ["subnet-file"],
+  },
+  {
+    name: "--subnet-lease-renew-margin=0",
+    args: ["--subnet-lease-renew-margin=0"],
+    mentions: ["subnet-lease-renew-margin", "0"],
+  },
+  {
+    name: "--subnet-lease-renew-margin=1440",
+    args: ["--subnet-lease-renew-margin=1440"],
+    mentions: ["subnet-lease-renew-margin", "1440"],
+  },
+  {
+    name: "--subnet-lease-renew-margin=abc",
+    args: ["--subnet-lease-renew-margin=abc"],
+    mentions: ["subnet-lease-renew-margin", "abc"],
+  },
+  {
+    name: "--iface-regex=( (bad regex)",
+    args: ["--iface-regex=("],
+    mentions: ["iface-regex", "("],
+  },
+  {
+    name: "--iface-regex=[a- (bad regex)",
+    args: ["--iface-regex=[a-"],
+    mentions: ["iface-regex", "[a-"],
+  },
+  { name: "--iface= (empty)", args: ["--iface="], mentions: ["iface"] },
+  {
+    name: "--public-ip=1.2.3.999",
+    args: ["--public-ip=1.2.3.999"],
+    mentions: ["public-ip", "1.2.3.999"],
+  },
+  {
+    name: "--public-ip=fd00::1 (IPv6)",
+    args: ["--public-ip=fd00::1"],
+    mentions: ["public-ip", "fd00::1"],
+  },
+  {
+    name: "--healthz-port=70000",
+    args: ["--healthz-port=70000"],
+    mentions: ["healthz-port", "70000"],
+  },
+  {
+    name: "--iptables-resync=0",
+    args: ["--iptables-resync=0"],
+    mentions: ["iptables-resync"],
+  },
+  {
+    name: "--ip-masq=maybe",
+    args: ["--ip-masq=maybe"],
+    mentions: ["ip-masq", "maybe"],
+  },
+  {
+    name: "--etcd-endpoints=ftp://x",
+    args: ["--etcd-endpoints=ftp://x"],
+    mentions: ["etcd-endpoints", "ftp://x"],
+  },
+  {
+    name: "--kube-api-url=not a url",
+    args: ["--kube-api-url=not a url"],
+    mentions: ["kube-api-url"],
+  },
+  {
+    name: "--kube-annotation-prefix=a/b/c",
+    args: ["--kube-annotation-prefix=a/b/c"],
+    mentions: ["kube-annotation-prefix"],
+  },
+  { name: "-v=x", args: ["-v=x"], mentions: ["-v", "x"] },
+  {
+    name: "FLANNELD_SUBNET_LEASE_RENEW_MARGIN=2000",
+    args: [],
+    env: { FLANNELD_SUBNET_LEASE_RENEW_MARGIN: "2000" },
+    mentions: ["FLANNELD_SUBNET_LEASE_RENEW_MARGIN", "2000"],
+  },
+  {
+    name: "FLANNELD_IFACE_REGEX=( (bad regex)",
+    args: [],
+    env: { FLANNELD_IFACE_REGEX: "(" },
+    mentions: ["FLANNELD_IFACE_REGEX"],
+  },
+];

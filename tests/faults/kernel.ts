@@ -1,0 +1,203 @@
+/**
+ * What a node's kernel holds for the overlay, read back with iproute2
+ * (`ip -j`, `bridge -j`), and how it compares with what the leases in
+ * etcd ask for: per peer a neighbour, an FDB entry and an onlink route on
+ * `flannel.1`, and nothing else on that device. The fault suite polls
+ * this to time repairs and to prove a refused lease left no entry.
+ *
+ * @module
+ */
+import type { Netns } from "../_netns.ts";
+import type { EtcdLease } from "../_cluster.ts";
+
+/** The VXLAN device name (VNI 1). */
+export const DEVICE = "flannel.1";
+
+/** The overlay state of one node. */
+export interface OverlayState {
+  /** `flannel.1`, when it exists. */
+  readonly device?: {
+    readonly mac: string;
+    readonly up: boolean;
+    readonly addrs: readonly string[];
+  };
+  /** Main-table IPv4 routes: destination, gateway, device. */
+  readonly routes: readonly {
+    dst: string;
+    gw?: string;
+    dev: string;
+    onlink: boolean;
+  }[];
+  /** Neighbours on `flannel.1`. */
+  readonly neighs: readonly { dst: string; lladdr?: string; state: string }[];
+  /** FDB entries on `flannel.1`. */
+  readonly fdb: readonly { mac: string; dst?: string; state: string }[];
+}
+
+/** A peer as a node must program it. */
+export interface PeerEntry {
+  readonly subnet: string;
+  /** `<subnet>.0`, the neighbour and the route's gateway. */
+  readonly gw: string;
+  readonly mac: string;
+  readonly publicIP: string;
+}
+
+async function tryJson<T>(ns: Netns, ...args: string[]): Promise<T[]> {
+  try {
+    return await ns.json<T[]>(...args);
+  } catch {
+    return []; // no device
+  }
+}
+
+/** Reads a node's overlay state. */
+export async function readOverlay(ns: Netns): Promise<OverlayState> {
+  const [links, routes, neighs, fdb] = await Promise.all([
+    tryJson<{
+      address?: string;
+      flags?: string[];
+      addr_info?: { family: string; local: string; prefixlen: number }[];
+    }>(ns, "addr", "show", "dev", DEVICE),
+    tryJson<{ dst: string; gateway?: string; dev: string; flags?: string[] }>(
+      ns,
+      "route",
+      "show",
+      "table",
+      "main",
+    ),
+    tryJson<{ dst: string; lladdr?: string; state?: string[] }>(
+      ns,
+      "neigh",
+      "show",
+      "dev",
+      DEVICE,
+    ),
+    tryJson<{ mac: string; dst?: string; state?: string }>(
+      ns,
+      "bridge",
+      "fdb",
+      "show",
+      "dev",
+      DEVICE,
+    ),
+  ]);
+  const link = links[0];
+  return {
+    ...(link && {
+      device: {
+        mac: link.address ?? "",
+        up: (link.flags ?? []).includes("UP"),
+        addrs: (link.addr_info ?? []).filter((a) => a.family === "inet").map((
+          a,
+        ) => `${a.local}/${a.prefixlen}`),
+      },
+    }),
+    routes: routes.map((r) => ({
+      dst: r.dst,
+      ...(r.gateway !== undefined && { gw: r.gateway }),
+      dev: r.dev,
+      onlink: (r.flags ?? []).includes("onlink"),
+    })),
+    neighs: neighs.map((n) => ({
+      dst: n.dst,
+      ...(n.lladdr !== undefined && { lladdr: n.lladdr }),
+      state: (n.state ?? []).join(","),
+    })),
+    fdb: fdb.map((f) => ({
+      mac: f.mac,
+      ...(f.dst !== undefined && { dst: f.dst }),
+      state: f.state ?? "",
+    })),
+  };
+}
+
+/** The peers a node with public IP `selfIP` must program. */
+export function expectedPeers(
+  leases: readonly EtcdLease[],
+  selfIP: string,
+): PeerEntry[] {
+  return leases
+    .filter((l) =>
+      l.value.PublicIP !== selfIP && l.value.BackendType === "vxlan" &&
+      l.value.BackendData?.VtepMAC !== undefined
+    )
+    .map((l) => ({
+      subnet: l.subnet,
+      gw: l.subnet.split("/")[0]!,
+      mac: l.value.BackendData!.VtepMAC!,
+      publicIP: l.value.PublicIP,
+    }));
+}
+
+/**
+ * What differs between a node's state and the peers it must program,
+ * within `network` (`10.244.0.0/16`): missing or wrong entries, and
+ * anything else on `flannel.1`. `ownAddr` is the device address
+ * (`10.244.7.0/32`). Empty when converged.
+ */
+export function overlayProblems(
+  s: OverlayState,
+  peers: readonly PeerEntry[],
+  opts: { ownAddr?: string; inNetwork: (dst: string) => boolean },
+): string[] {
+  const out: string[] = [];
+  if (!s.device) return [`${DEVICE} missing`];
+  if (!s.device.up) out.push(`${DEVICE} down`);
+  if (opts.ownAddr !== undefined && !s.device.addrs.includes(opts.ownAddr)) {
+    out.push(`${DEVICE} lacks address ${opts.ownAddr}`);
+  }
+  const want = new Map(peers.map((p) => [p.subnet, p]));
+  for (const p of peers) {
+    const r = s.routes.find((r) => r.dst === p.subnet);
+    if (!r) out.push(`route ${p.subnet} missing`);
+    else if (r.dev !== DEVICE || r.gw !== p.gw || !r.onlink) {
+      out.push(
+        `route ${p.subnet} is via ${r.gw} dev ${r.dev}${
+          r.onlink ? " onlink" : ""
+        }`,
+      );
+    }
+    const n = s.neighs.find((n) => n.dst === p.gw);
+    if (!n) out.push(`neighbour ${p.gw} missing`);
+    else if (n.lladdr !== p.mac || !n.state.includes("PERMANENT")) {
+      out.push(`neighbour ${p.gw} is ${n.lladdr} ${n.state}`);
+    }
+    const f = s.fdb.filter((f) => f.mac === p.mac);
+    if (!f.some((f) => f.dst === p.publicIP)) {
+      out.push(`fdb ${p.mac} dst ${p.publicIP} missing`);
+    }
+    for (const x of f) {
+      if (x.dst !== p.publicIP) out.push(`fdb ${p.mac} has extra dst ${x.dst}`);
+    }
+  }
+  for (const r of s.routes) {
+    if (r.dev === DEVICE && !want.has(r.dst)) {
+      out.push(`extra route ${r.dst} dev ${r.dev}`);
+    }
+  }
+  const gws = new Set(peers.map((p) => p.gw));
+  for (const n of s.neighs) {
+    if (
+      !gws.has(n.dst) && n.state.includes("PERMANENT") && opts.inNetwork(n.dst)
+    ) {
+      out.push(`extra neighbour ${n.dst} ${n.lladdr}`);
+    }
+  }
+  const macs = new Set(peers.map((p) => p.mac));
+  for (const f of s.fdb) {
+    if (!macs.has(f.mac)) out.push(`extra fdb ${f.mac} dst ${f.dst}`);
+  }
+  return out;
+}
+
+/** Whether dotted IPv4 `ip` (or a CIDR's address) lies in `cidr`. */
+export function inCidr(ip: string, cidr: string): boolean {
+  const toInt = (a: string) =>
+    a.split(".").reduce((n, o) => ((n << 8) | Number(o)) >>> 0, 0);
+  const [net, len] = cidr.split("/") as [string, string];
+  const l = Number(len);
+  const mask = l === 0 ? 0 : (0xffffffff << (32 - l)) >>> 0;
+  return ((toInt(ip.split("/")[0]!) & mask) >>> 0) === ((toInt(net) & mask) >>>
+    0);
+}
