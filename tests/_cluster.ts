@@ -89,6 +89,12 @@ export interface ClusterOptions {
    * Default true; false for a cluster whose agents use the Kubernetes API.
    */
   readonly etcd?: boolean;
+  /**
+   * Agents and etcd write their logs to their files themselves and outlive
+   * this process (`deno task demo --keep`). Default false: this process
+   * copies their logs, and they lose their log when it exits.
+   */
+  readonly detached?: boolean;
 }
 
 /**
@@ -286,8 +292,9 @@ export class Cluster implements AsyncDisposable {
       append: true,
       write: true,
     });
-    this.etcd = new Deno.Command("ip", {
+    this.etcd = new Deno.Command(this.opts.detached ? "sh" : "ip", {
       args: [
+        ...this.#detach(`${this.dir}/etcd.log`),
         "netns",
         "exec",
         this.hub.name,
@@ -308,9 +315,9 @@ export class Cluster implements AsyncDisposable {
         "demo=http://127.0.0.1:2380",
       ],
       stdout: "null",
-      stderr: "piped",
+      stderr: this.opts.detached ? "null" : "piped",
     }).spawn();
-    teeToFile(this.etcd.stderr, log);
+    if (!this.opts.detached) teeToFile(this.etcd.stderr, log);
     for (let i = 0; i < 100; i++) {
       const r = await this.etcdctl("endpoint", "health");
       if (r.code === 0) return;
@@ -345,6 +352,18 @@ export class Cluster implements AsyncDisposable {
     ]);
   }
 
+  /**
+   * With `detached`, the arguments that make `sh` run `ip ...` with its
+   * output appended to `logPath` by the child itself
+   * (`sh -c 'exec "$@" >>log 2>&1'`): the pid stays the program's and the
+   * log keeps going after this process exits.
+   */
+  #detach(logPath: string): string[] {
+    return this.opts.detached
+      ? ["-c", 'exec "$@" >>"$0" 2>&1', logPath, "ip"]
+      : [];
+  }
+
   /** Writes the network config to `/coreos.com/network/config`. */
   async putConfig(netConf: string): Promise<void> {
     const r = await this.etcdctl("put", "/coreos.com/network/config", netConf);
@@ -354,7 +373,9 @@ export class Cluster implements AsyncDisposable {
   /** The flags a node's agent runs with, flanneld's names. */
   agentArgs(node: ClusterNode): string[] {
     return [
-      `--etcd-endpoints=${this.etcdEndpoint}`,
+      ...(this.opts.etcd ?? true
+        ? [`--etcd-endpoints=${this.etcdEndpoint}`]
+        : []),
       `--subnet-file=${node.subnetFile}`,
       "--ip-masq",
       `--healthz-port=${node.healthPort}`,
@@ -381,8 +402,9 @@ export class Cluster implements AsyncDisposable {
       append: true,
       write: true,
     });
-    const child = new Deno.Command("ip", {
+    const child = new Deno.Command(this.opts.detached ? "sh" : "ip", {
       args: [
+        ...this.#detach(logPath),
         "netns",
         "exec",
         node.ns.name,
@@ -399,10 +421,10 @@ export class Cluster implements AsyncDisposable {
       ],
       env: { NODE_NAME: node.name },
       stdout: "null",
-      stderr: "piped",
+      stderr: this.opts.detached ? "null" : "piped",
       cwd: ROOT,
     }).spawn();
-    teeToFile(child.stderr, log);
+    if (!this.opts.detached) teeToFile(child.stderr, log);
     node.agent = { child, logPath, started: performance.now() };
     return node.agent;
   }
