@@ -62,16 +62,16 @@ function changeSource(
   watched: () => Set<number>,
 ): ChangeSource {
   return {
-    // Wake the reconciler only for changes to our devices, or deletions
-    // (a route or neighbour of ours may be gone); pod churn on cni0 and
-    // veths is ignored, so a busy node does not spin passes.
+    // Wake the reconciler for anything on our devices (the overlay device
+    // and the external interface: links, neighbours, FDB entries, routes)
+    // and for any route deletion; pod churn (veths coming and going, ARP on
+    // cni0) is ignored, so a busy node does not spin passes.
     async next() {
       for (;;) {
         const s = await monitor.next();
         const ours = watched();
         if (
-          s.overrun || s.delRoute > 0 || s.delLink > 0 ||
-          s.indexes.some((i) => ours.has(i))
+          s.overrun || s.delRoute > 0 || s.indexes.some((i) => ours.has(i))
         ) return s;
       }
     },
