@@ -18,6 +18,8 @@ import { metrics } from "../../agent/metrics.ts";
 import type { Result } from "../result.ts";
 import { Backoff, type BackoffOptions, sleep } from "./backoff.ts";
 import { isTransient, KubeApiError, type KubeClient } from "./client.ts";
+import { forEachChunk } from "./_body.ts";
+import { ListSplitter } from "./list_stream.ts";
 import { LineSplitter } from "./ndjson.ts";
 import type { SlimNode } from "./node.ts";
 
@@ -115,8 +117,9 @@ export class NodeWatcher {
 
   /**
    * Lists every node, page by page (`limit`, following `continue`), and
-   * returns them slim with the list's resource version. An expired
-   * continue token (410) restarts the listing from the first page.
+   * returns them slim with the list's resource version. Pages are parsed
+   * as they stream in, one Node at a time, so a page is never held whole.
+   * An expired continue token (410) restarts the listing.
    */
   async list(
     signal: AbortSignal,
@@ -129,18 +132,14 @@ export class NodeWatcher {
         do {
           const q: Record<string, string> = { limit: String(this.#pageSize) };
           if (cont) q.continue = cont;
-          const page = await this.#client.getJson<{
-            metadata?: { continue?: unknown; resourceVersion?: unknown };
-            items?: unknown[];
-          }>(`/api/v1/nodes?${this.#query(q)}`, signal);
-          for (const item of page.items ?? []) {
-            const n = this.#slim(item);
-            if (n.ok) nodes.set(n.value.name, n.value);
-            else log.warn(`Ignoring a node in the list: ${n.reason}`);
-          }
-          const c = page.metadata?.continue;
+          const meta = await this.#page(
+            `/api/v1/nodes?${this.#query(q)}`,
+            nodes,
+            signal,
+          );
+          const c = meta?.continue;
           cont = typeof c === "string" && c !== "" ? c : undefined;
-          const r = page.metadata?.resourceVersion;
+          const r = meta?.resourceVersion;
           if (typeof r === "string") rv = r;
         } while (cont !== undefined);
       } catch (e) {
@@ -152,6 +151,33 @@ export class NodeWatcher {
       }
       return { nodes, resourceVersion: rv };
     }
+  }
+
+  /** Reads one LIST page into `nodes`; returns its list metadata. */
+  async #page(
+    path: string,
+    nodes: Map<string, SlimNode>,
+    signal: AbortSignal,
+  ): Promise<{ continue?: unknown; resourceVersion?: unknown } | undefined> {
+    const res = await this.#client.request("GET", path, { signal });
+    const splitter = new ListSplitter();
+    const add = (item: unknown) => {
+      const n = this.#slim(item);
+      if (n.ok) nodes.set(n.value.name, n.value);
+      else log.warn(`Ignoring a node in the list: ${n.reason}`);
+    };
+    if (res.body) {
+      await forEachChunk(res.body, (chunk) => {
+        this.#client.bytesReceived += chunk.byteLength;
+        for (const item of splitter.push(chunk)) add(item);
+      });
+    }
+    const rest = splitter.finish() as {
+      metadata?: { continue?: unknown; resourceVersion?: unknown };
+      items?: unknown;
+    };
+    if (Array.isArray(rest.items)) { for (const item of rest.items) add(item); }
+    return rest.metadata;
   }
 
   /**

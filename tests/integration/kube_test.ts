@@ -147,8 +147,10 @@ class Events {
   readonly all: string[] = [];
   readonly peers = new Map<string, string>();
   readonly problems: string[] = [];
+  batches = 0;
 
   readonly handler = (evs: LeaseEvent[]) => {
+    this.batches++;
     for (const e of evs) {
       const desc = `${e.lease.subnet} ${e.lease.attrs.publicIP}`;
       this.all.push(`${e.type} ${e.lease.key} ${desc}`);
@@ -503,6 +505,39 @@ kubeTest(
       assert.ok(
         logLines.some((l) => /Skipping node "bad": Invalid public IP/.test(l)),
       );
+      ctl.abort();
+      await watching;
+    } finally {
+      sm.close();
+    }
+  },
+);
+
+kubeTest(
+  "the first listing follows continue tokens page by page",
+  async (k, dir) => {
+    await k.createNode(nodeSpec("me", "10.244.1.0/24"));
+    const want: Record<string, string> = {};
+    for (let i = 2; i <= 8; i++) {
+      await k.createNode(
+        peer(
+          `p${i}`,
+          `10.244.${i}.0/24`,
+          `198.18.0.${i}`,
+          `0a:00:00:00:00:0${i}`,
+        ),
+      );
+      want[`p${i}`] = `10.244.${i}.0/24 198.18.0.${i}`;
+    }
+    const sm = await adminManager(k, dir, "me", { ...fastWatch, pageSize: 3 });
+    const ctl = new AbortController();
+    try {
+      const ev = new Events();
+      const watching = sm.watchLeases(ev.handler, ctl.signal);
+      await ev.until(want);
+      // One batch: the complete listing, although it took three pages.
+      assert.equal(ev.all.length, 7);
+      assert.ok(sm.client.bytesReceived > 0);
       ctl.abort();
       await watching;
     } finally {

@@ -1,0 +1,224 @@
+/**
+ * Streaming parse of a Kubernetes List body (`{"kind":"NodeList",
+ * "metadata":{...},"items":[{...},...]}`): each element of `items` is
+ * parsed on its own as soon as its last byte arrives, so a page of 500
+ * Nodes (several MB) is never held as one string or one object tree; the
+ * caller reduces each item and drops it. The rest of the document
+ * (`kind`, `metadata` with `continue` and `resourceVersion`) is kept and
+ * parsed at the end with `items` left empty.
+ *
+ * The scanner works on bytes: every structural character of JSON is
+ * ASCII and every byte of a multi-byte UTF-8 character is >= 0x80, so
+ * chunk boundaries anywhere, even inside a character, are safe.
+ *
+ * @module
+ */
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const LBRACE = 0x7b;
+const RBRACE = 0x7d;
+const LBRACKET = 0x5b;
+const RBRACKET = 0x5d;
+const COLON = 0x3a;
+const COMMA = 0x2c;
+
+function isSpace(c: number): boolean {
+  return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0]!;
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/**
+ * Splits a List body into its items, chunk by chunk.
+ *
+ * @example
+ * ```ts
+ * const s = new ListSplitter();
+ * for await (const chunk of res.body!) for (const item of s.push(chunk)) use(item);
+ * const { metadata } = s.finish(); // continue, resourceVersion
+ * ```
+ */
+export class ListSplitter {
+  readonly #decoder = new TextDecoder();
+  #depth = 0;
+  #inString = false;
+  #escape = false;
+  /** At depth 1, the next string is a key. */
+  #expectKey = false;
+  #keyParts: number[] | undefined;
+  #lastKey = "";
+  /** After `"items":`, waiting for its `[`. */
+  #itemsNext = false;
+  /** Inside the items array (its elements are at depth 2). */
+  #inItems = false;
+  /**
+   * The item being read, decoded as it arrives (the caller may reuse its
+   * chunk buffer), or undefined between items.
+   */
+  #item: string[] | undefined;
+  /** Decodes item pieces; a character cut by a chunk boundary waits. */
+  readonly #itemDecoder = new TextDecoder();
+  /** The document without the items' contents. */
+  readonly #rest: Uint8Array[] = [];
+  #items = 0;
+
+  /** Items returned so far. */
+  get count(): number {
+    return this.#items;
+  }
+
+  /**
+   * Adds a chunk and returns the items it completes, parsed. The chunk may
+   * be reused by the caller afterwards: nothing keeps a view of it.
+   */
+  push(chunk: Uint8Array): unknown[] {
+    const out: unknown[] = [];
+    let seg = 0;
+    // Next backslash in the chunk (-1: none left), searched lazily.
+    let nextBackslash = -2;
+    for (let i = 0; i < chunk.length; i++) {
+      if (this.#inString && !this.#escape && !this.#keyParts) {
+        // Inside a value string: jump to its closing quote or the next
+        // escape with native searches rather than byte by byte.
+        const q = chunk.indexOf(QUOTE, i);
+        if (nextBackslash !== -1 && nextBackslash < i) {
+          nextBackslash = chunk.indexOf(BACKSLASH, i);
+        }
+        const b = nextBackslash;
+        if (b !== -1 && (q === -1 || b < q)) {
+          this.#escape = true;
+          i = b;
+          continue;
+        }
+        if (q === -1) break;
+        this.#inString = false;
+        i = q;
+        continue;
+      }
+      const c = chunk[i]!;
+      if (this.#inString) {
+        if (this.#escape) this.#escape = false;
+        else if (c === BACKSLASH) this.#escape = true;
+        else if (c === QUOTE) {
+          this.#inString = false;
+          if (this.#keyParts) {
+            this.#lastKey = String.fromCharCode(...this.#keyParts);
+            this.#keyParts = undefined;
+          }
+        } else if (this.#keyParts && this.#keyParts.length < 64) {
+          this.#keyParts.push(c);
+        }
+        continue;
+      }
+      if (this.#inItems && this.#depth === 2 && this.#item === undefined) {
+        // Between items: separators are dropped, "]" ends the array.
+        if (isSpace(c) || c === COMMA) {
+          this.#keep(chunk, seg, i);
+          seg = i + 1;
+          continue;
+        }
+        if (c === RBRACKET) {
+          this.#inItems = false;
+          this.#depth = 1;
+          continue;
+        }
+        if (c !== LBRACE && c !== LBRACKET) {
+          throw new Error(
+            `Cannot parse list: item ${this.#items} is not an object`,
+          );
+        }
+        this.#keep(chunk, seg, i);
+        seg = i;
+        this.#item = [];
+      }
+      switch (c) {
+        case QUOTE:
+          this.#inString = true;
+          if (this.#depth === 1 && this.#expectKey) {
+            this.#keyParts = [];
+            this.#expectKey = false;
+          }
+          break;
+        case LBRACE:
+        case LBRACKET:
+          this.#depth++;
+          if (this.#depth === 1) this.#expectKey = c === LBRACE;
+          if (this.#itemsNext) {
+            this.#itemsNext = false;
+            if (c === LBRACKET && this.#depth === 2) this.#inItems = true;
+          }
+          break;
+        case RBRACE:
+        case RBRACKET:
+          this.#depth--;
+          if (this.#item && this.#depth === 2) {
+            // "}" is ASCII: no character is left half decoded.
+            this.#item.push(
+              this.#itemDecoder.decode(chunk.subarray(seg, i + 1)),
+            );
+            seg = i + 1;
+            const text = this.#item.join("");
+            this.#item = undefined;
+            out.push(JSON.parse(text));
+            this.#items++;
+          }
+          break;
+        case COLON:
+          if (this.#depth === 1) this.#itemsNext = this.#lastKey === "items";
+          break;
+        case COMMA:
+          if (this.#depth === 1) this.#expectKey = true;
+          break;
+        default:
+          if (this.#itemsNext && !isSpace(c)) this.#itemsNext = false;
+      }
+    }
+    if (this.#item) {
+      this.#item.push(
+        this.#itemDecoder.decode(chunk.subarray(seg), { stream: true }),
+      );
+    } else this.#keep(chunk, seg, chunk.length);
+    return out;
+  }
+
+  /** Copies bytes of the document outside the items. */
+  #keep(chunk: Uint8Array, from: number, to: number): void {
+    if (to > from) this.#rest.push(chunk.slice(from, to));
+  }
+
+  /**
+   * Ends the body and returns the document without its items
+   * (`items: []`). Throws when the body was cut short. Items whose key was
+   * written with escapes (never by the API server) were not recognised and
+   * are left in `items`.
+   */
+  finish(): Record<string, unknown> {
+    if (this.#depth !== 0 || this.#inString || this.#item) {
+      throw new Error(
+        `Cannot parse list: the body ended early (after ${this.#items} items)`,
+      );
+    }
+    let doc: unknown;
+    try {
+      doc = JSON.parse(this.#decoder.decode(concat(this.#rest)));
+    } catch (e) {
+      throw new Error(`Cannot parse list: ${(e as Error).message}`);
+    }
+    if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
+      throw new Error("Cannot parse list: not a JSON object");
+    }
+    return doc as Record<string, unknown>;
+  }
+}

@@ -1,0 +1,98 @@
+import assert from "node:assert/strict";
+import { ListSplitter } from "./list_stream.ts";
+
+const doc = {
+  kind: "NodeList",
+  apiVersion: "v1",
+  metadata: {
+    resourceVersion: "4711",
+    continue: "eyJ2IjoibWV0YS5rOHMuaW8vdjEifQ",
+  },
+  items: [
+    {
+      metadata: {
+        name: "a",
+        annotations: {
+          tricky: 'x"}],{[\\"items\\":[',
+          "ends-in-backslash": "C:\\",
+          "\\": '\\\\"',
+        },
+      },
+      spec: { podCIDRs: ["10.244.1.0/24"] },
+    },
+    {
+      metadata: { name: "ノード-ü" },
+      status: { images: [{ names: ["€".repeat(50)] }] },
+    },
+    {
+      metadata: { name: "c", labels: { items: "[]" } },
+      list: [[1, 2], [], {}],
+    },
+  ],
+};
+
+function split(chunks: Uint8Array[]): { items: unknown[]; rest: unknown } {
+  const s = new ListSplitter();
+  const items: unknown[] = [];
+  for (const c of chunks) items.push(...s.push(c));
+  return { items, rest: s.finish() };
+}
+
+const bytes = (v: unknown, space?: number) =>
+  new TextEncoder().encode(JSON.stringify(v, null, space));
+
+Deno.test("ListSplitter yields each item whatever the chunk boundaries", () => {
+  const rest = { ...doc, items: [] };
+  for (const space of [undefined, 2]) {
+    const body = bytes(doc, space);
+    for (let cut = 0; cut <= body.length; cut++) {
+      const out = split([body.subarray(0, cut), body.subarray(cut)]);
+      assert.deepEqual(out.items, doc.items);
+      assert.deepEqual(out.rest, rest);
+    }
+    assert.deepEqual(
+      split([...body].map((b) => new Uint8Array([b]))).items,
+      doc.items,
+    );
+  }
+});
+
+Deno.test("ListSplitter returns items as soon as they are complete", () => {
+  const body = bytes(doc);
+  const firstEnd = new TextEncoder().encode(
+    JSON.stringify(doc).split(',{"metadata":{"name":"ノード')[0],
+  ).length;
+  const s = new ListSplitter();
+  assert.equal(s.push(body.subarray(0, firstEnd - 1)).length, 0);
+  assert.deepEqual(s.push(body.subarray(firstEnd - 1, firstEnd)), [
+    doc.items[0],
+  ]);
+  assert.equal(s.count, 1);
+});
+
+Deno.test("ListSplitter handles metadata after items, empty and null items", () => {
+  const late = { items: [{ a: 1 }], metadata: { resourceVersion: "9" } };
+  assert.deepEqual(split([bytes(late)]), {
+    items: [{ a: 1 }],
+    rest: { items: [], metadata: { resourceVersion: "9" } },
+  });
+  assert.deepEqual(split([bytes({ items: [] })]), {
+    items: [],
+    rest: { items: [] },
+  });
+  assert.deepEqual(split([bytes({ items: null })]), {
+    items: [],
+    rest: { items: null },
+  });
+});
+
+Deno.test("ListSplitter refuses a truncated body and scalar items", () => {
+  const body = bytes(doc);
+  const s = new ListSplitter();
+  s.push(body.subarray(0, 100));
+  assert.throws(() => s.finish(), /the body ended early \(after 0 items\)/);
+  assert.throws(
+    () => new ListSplitter().push(new TextEncoder().encode('{"items":[1]}')),
+    /item 0 is not an object/,
+  );
+});
