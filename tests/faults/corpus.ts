@@ -553,3 +553,172 @@ export const FLAG_CASES: readonly FlagCase[] = [
     mentions: ["FLANNELD_IFACE_REGEX"],
   },
 ];
+
+/** What a Kubernetes node case builds its Node object from. */
+export interface NodeSlot {
+  /** `fault-07`: sorts before the real nodes (`node1`...), as a relist sees it. */
+  readonly name: string;
+  /** A free /24 in the cluster network. */
+  readonly podCIDR: string;
+  readonly publicIP: string;
+  readonly mac: string;
+  /** The pod CIDR of the node under test (node1). */
+  readonly ownPodCIDR: string;
+  /** The pod CIDRs of its real peers. */
+  readonly peerPodCIDRs: readonly string[];
+}
+
+/** One bad Node object (or, for the control, a valid one). */
+export interface NodeCase {
+  readonly name: string;
+  readonly expect: "refused" | "programmed";
+  /** The Node object to create (`metadata.name` is the slot's). */
+  readonly make: (s: NodeSlot) => Record<string, unknown>;
+  /** The subnet it claims, for the kernel check (default the slot's). */
+  readonly claims?: (s: NodeSlot) => string | undefined;
+}
+
+/** flanneld's annotation prefix. */
+const ANN = "flannel.alpha.coreos.com/";
+
+/** The annotations a flannel agent publishes, for the slot. */
+function validAnnotations(s: NodeSlot): Record<string, string> {
+  return {
+    [`${ANN}backend-type`]: "vxlan",
+    [`${ANN}backend-data`]: JSON.stringify({ VNI: 1, VtepMAC: s.mac }),
+    [`${ANN}kube-subnet-manager`]: "true",
+    [`${ANN}public-ip`]: s.publicIP,
+  };
+}
+
+function node(
+  s: NodeSlot,
+  annotations: Record<string, string>,
+  podCIDR: string | undefined,
+): Record<string, unknown> {
+  return {
+    apiVersion: "v1",
+    kind: "Node",
+    metadata: { name: s.name, annotations },
+    spec: podCIDR === undefined ? {} : { podCIDR, podCIDRs: [podCIDR] },
+  };
+}
+
+/** A case with the valid annotations changed by `patch`. */
+function annotated(
+  name: string,
+  patch: (a: Record<string, string>, s: NodeSlot) => void,
+): NodeCase {
+  return {
+    name,
+    expect: "refused",
+    make: (s) => {
+      const a = validAnnotations(s);
+      patch(a, s);
+      return node(s, a, s.podCIDR);
+    },
+  };
+}
+
+/** A case with valid annotations and another pod CIDR. */
+function cidr(
+  name: string,
+  podCIDR: (s: NodeSlot) => string | undefined,
+  claims?: (s: NodeSlot) => string | undefined,
+): NodeCase {
+  return {
+    name,
+    expect: "refused",
+    make: (s) => node(s, validAnnotations(s), podCIDR(s)),
+    claims: claims ?? podCIDR,
+  };
+}
+
+/** Bad Node objects for Kubernetes mode, plus one valid control. */
+export const NODE_CASES: readonly NodeCase[] = [
+  {
+    name:
+      "control: a node as a flannel agent annotates it (must be programmed)",
+    expect: "programmed",
+    make: (s) => node(s, validAnnotations(s), s.podCIDR),
+  },
+  annotated("backend-data not JSON", (a) => a[`${ANN}backend-data`] = "{VNI:1"),
+  annotated(
+    "backend-data a JSON array",
+    (a, s) =>
+      a[`${ANN}backend-data`] = JSON.stringify([{ VNI: 1, VtepMAC: s.mac }]),
+  ),
+  annotated("backend-data null", (a) => a[`${ANN}backend-data`] = "null"),
+  annotated("backend-data empty", (a) => a[`${ANN}backend-data`] = ""),
+  annotated(
+    "backend-data without VtepMAC",
+    (a) => a[`${ANN}backend-data`] = '{"VNI":1}',
+  ),
+  annotated(
+    "backend-data VtepMAC multicast",
+    (a) => a[`${ANN}backend-data`] = '{"VNI":1,"VtepMAC":"01:00:5e:00:00:01"}',
+  ),
+  annotated(
+    "backend-data VtepMAC not a MAC",
+    (a) => a[`${ANN}backend-data`] = '{"VNI":1,"VtepMAC":"not-a-mac"}',
+  ),
+  annotated(
+    "backend-data VNI a string",
+    (a, s) =>
+      a[`${ANN}backend-data`] = JSON.stringify({ VNI: "1", VtepMAC: s.mac }),
+  ),
+  annotated(
+    "backend-data 200 KiB (VtepMAC padded)",
+    (a, s) =>
+      a[`${ANN}backend-data`] = JSON.stringify({
+        VNI: 1,
+        VtepMAC: s.mac + " ".repeat(200 * 1024),
+      }),
+  ),
+  annotated("backend-type missing", (a) => delete a[`${ANN}backend-type`]),
+  annotated(
+    "backend-type unknown (bogus)",
+    (a) => a[`${ANN}backend-type`] = "bogus",
+  ),
+  annotated("public-ip missing", (a) => delete a[`${ANN}public-ip`]),
+  annotated(
+    "public-ip not an address",
+    (a) => a[`${ANN}public-ip`] = "999.1.1.1",
+  ),
+  annotated(
+    "public-ip IPv6 in the IPv4 annotation",
+    (a) => a[`${ANN}public-ip`] = "fd00::1",
+  ),
+  annotated(
+    "public-ip unspecified (0.0.0.0)",
+    (a) => a[`${ANN}public-ip`] = "0.0.0.0",
+  ),
+  annotated(
+    "kube-subnet-manager missing",
+    (a) => delete a[`${ANN}kube-subnet-manager`],
+  ),
+  annotated(
+    'kube-subnet-manager "false"',
+    (a) => a[`${ANN}kube-subnet-manager`] = "false",
+  ),
+  cidr("podCIDR missing", () => undefined, (s) => s.podCIDR),
+  cidr(
+    "podCIDR outside Network (10.99.x.0/24)",
+    (s) => s.podCIDR.replace("10.244.", "10.99."),
+  ),
+  // A podCIDR that is not a CIDR, or has host bits, never gets this far:
+  // the apiserver refuses the Node object (422).
+  cidr(
+    "podCIDR inside ours (upper /25)",
+    (s) => s.ownPodCIDR.replace(".0/24", ".128/25"),
+  ),
+  cidr(
+    "podCIDR inside a peer's (upper /25)",
+    (s) => s.peerPodCIDRs[0]!.replace(".0/24", ".128/25"),
+  ),
+  cidr(
+    "podCIDR equal to a peer's (this node sorts first)",
+    (s) => s.peerPodCIDRs[0]!,
+    () => undefined,
+  ),
+];

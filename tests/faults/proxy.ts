@@ -1,15 +1,18 @@
 /**
  * A misbehaving HTTP proxy for the fault suite: it sits between one agent
- * and an API server (etcd's JSON gateway, or a kube-apiserver over plain
- * HTTP) and, on command, cuts responses mid-stream, holds watches open
- * without sending a byte, or answers every request with a status such as
- * 429 (with `Retry-After`) or 500. Every request is recorded with its time,
- * so the suite can count how often a client retries during a storm.
+ * and an API server (etcd's JSON gateway, or kube-apiserver, terminating
+ * TLS with a certificate of the cluster's CA and presenting a client
+ * certificate upstream) and, on command, cuts responses mid-stream, holds
+ * watches open without sending a byte, or answers every request with a
+ * status such as 429 (with `Retry-After`) or 500. Every request is
+ * recorded with its time, so the suite can count how often a client
+ * retries during a storm.
  *
  * It runs as its own process inside the namespace that can reach the
- * upstream (`deno run --allow-net proxy.ts --listen=HOST:PORT
- * --upstream=URL`) and is driven over stdin/stdout with one JSON object
- * per line; {@linkcode FaultProxy} does that from the test process.
+ * upstream (`deno run --allow-net --allow-read proxy.ts --listen=HOST:PORT
+ * --upstream=URL [--tls=JSON]`) and is driven over stdin/stdout with one
+ * JSON object per line; {@linkcode FaultProxy} does that from the test
+ * process.
  * Switching modes breaks every response in flight (streams included), so
  * long-lived watches reconnect into the new behaviour.
  *
@@ -58,12 +61,25 @@ function isWatch(url: URL): boolean {
   return url.pathname === "/v3/watch" || w === "1" || w === "true";
 }
 
+/** PEM files for TLS: what the proxy serves, and how it reaches upstream. */
+export interface ProxyTlsFiles {
+  /** Serve HTTPS with this certificate and key. */
+  readonly certFile?: string;
+  readonly keyFile?: string;
+  /** CA that signed the upstream's certificate. */
+  readonly upstreamCaFile?: string;
+  /** Client certificate and key presented upstream (mutual TLS). */
+  readonly upstreamCertFile?: string;
+  readonly upstreamKeyFile?: string;
+}
+
 /** Options of {@linkcode serveFaultProxy}. */
 export interface FaultProxyServerOptions {
   readonly hostname: string;
   readonly port: number;
   /** `http://127.0.0.1:2379`. */
   readonly upstream: string;
+  readonly tls?: ProxyTlsFiles;
   readonly onListen?: (addr: Deno.NetAddr) => void;
 }
 
@@ -83,6 +99,18 @@ export function serveFaultProxy(
   /** Breaks a response in flight; called on every mode change. */
   const inflight = new Set<() => void>();
   const upstream = opts.upstream.replace(/\/+$/, "");
+  const t = opts.tls ?? {};
+  const read = (f: string | undefined) =>
+    f === undefined ? undefined : Deno.readTextFileSync(f);
+  const client = t.upstreamCaFile || t.upstreamCertFile
+    ? Deno.createHttpClient({
+      ...(t.upstreamCaFile && { caCerts: [read(t.upstreamCaFile)!] }),
+      ...(t.upstreamCertFile && t.upstreamKeyFile && {
+        cert: read(t.upstreamCertFile)!,
+        key: read(t.upstreamKeyFile)!,
+      }),
+    })
+    : undefined;
 
   const forward = async (
     req: Request,
@@ -92,7 +120,7 @@ export function serveFaultProxy(
   ): Promise<Response> => {
     const ctl = new AbortController();
     const headers = new Headers();
-    for (const h of ["content-type", "authorization", "accept"]) {
+    for (const h of ["content-type", "authorization", "accept", "user-agent"]) {
       const v = req.headers.get(h);
       if (v !== null) headers.set(h, v);
     }
@@ -106,6 +134,7 @@ export function serveFaultProxy(
         headers,
         ...(body !== undefined && { body }),
         signal: ctl.signal,
+        ...(client && { client }),
       });
     } catch (e) {
       rec.status = 502;
@@ -177,6 +206,8 @@ export function serveFaultProxy(
   const server = Deno.serve({
     hostname: opts.hostname,
     port: opts.port,
+    ...(t.certFile && t.keyFile &&
+      { cert: read(t.certFile)!, key: read(t.keyFile)! }),
     onListen: (addr) => opts.onListen?.(addr as Deno.NetAddr),
   }, async (req) => {
     const url = new URL(req.url);
@@ -243,6 +274,7 @@ export function serveFaultProxy(
     async shutdown() {
       for (const stop of [...inflight]) stop();
       await server.shutdown();
+      client?.close();
     },
   };
 }
@@ -295,6 +327,7 @@ export class FaultProxy implements AsyncDisposable {
     hostname: string;
     port: number;
     upstream: string;
+    tls?: ProxyTlsFiles;
     logPath?: string;
   }): Promise<FaultProxy> {
     const cmd = [
@@ -302,9 +335,11 @@ export class FaultProxy implements AsyncDisposable {
       "run",
       "--no-prompt",
       "--allow-net",
+      "--allow-read",
       new URL(import.meta.url).pathname,
       `--listen=${opts.hostname}:${opts.port}`,
       `--upstream=${opts.upstream}`,
+      ...(opts.tls ? [`--tls=${JSON.stringify(opts.tls)}`] : []),
     ];
     const argv = opts.netns === undefined
       ? cmd
@@ -326,7 +361,9 @@ export class FaultProxy implements AsyncDisposable {
     }
     const ready = JSON.parse(first.value) as { port: number };
     return new FaultProxy(
-      `http://${opts.hostname}:${ready.port}`,
+      `${
+        opts.tls?.certFile ? "https" : "http"
+      }://${opts.hostname}:${ready.port}`,
       child,
       out,
       child.stdin.getWriter(),
@@ -381,8 +418,8 @@ export interface RateStats {
   /** Requests per second over the whole window. */
   readonly perSecond: number;
   /**
-   * Shortest gap between two consecutive requests to the same path
-   * (query included), ms; Infinity with fewer than two.
+   * Shortest gap between two consecutive requests with the same method
+   * and path (query aside), ms; Infinity with fewer than two.
    */
   readonly minGapSamePathMs: number;
 }
@@ -402,9 +439,12 @@ export function rateStats(
   const last = new Map<string, number>();
   let minGap = Infinity;
   for (const r of inside) {
-    const p = last.get(r.path);
+    // The same request again: method and path, the query aside (a watch
+    // retried from a new resourceVersion is the same request).
+    const key = `${r.method} ${r.path.split("?")[0]}`;
+    const p = last.get(key);
     if (p !== undefined) minGap = Math.min(minGap, r.at - p);
-    last.set(r.path, r.at);
+    last.set(key, r.at);
   }
   return {
     requests: inside.length,
@@ -430,6 +470,8 @@ if (import.meta.main) {
     hostname: listen.slice(0, colon),
     port: Number(listen.slice(colon + 1)),
     upstream,
+    ...(arg("tls") !== undefined &&
+      { tls: JSON.parse(arg("tls")!) as ProxyTlsFiles }),
     onListen: (addr) => void say({ port: addr.port }),
   });
   for await (const line of lines(Deno.stdin.readable)) {

@@ -1,0 +1,512 @@
+/**
+ * The machinery of the fault suite (tests/e2e/faults_test.ts), shared by
+ * its etcd-mode and Kubernetes-mode runs: durations from the environment,
+ * polling, per-row checks, and {@linkcode FaultRun}, which wraps a
+ * namespace cluster with what every phase needs (agents whose exit is
+ * noticed, their logs, background pings, the kernel state each node must
+ * have, rows of the table) and writes the table at the end.
+ *
+ * @module
+ */
+import {
+  type Agent,
+  agentPermissions,
+  type Cluster,
+  type ClusterNode,
+  type EtcdLease,
+  SWITCH_IP,
+} from "../_cluster.ts";
+import { run } from "../_netns.ts";
+import {
+  DEVICE,
+  expectedPeers,
+  inCidr,
+  overlayProblems,
+  readOverlay,
+} from "./kernel.ts";
+import {
+  type FaultRow,
+  type Outcome,
+  outcomeText,
+  tally,
+  toConsole,
+  toMarkdown,
+} from "./report.ts";
+import { BackgroundPing, type Loss } from "./traffic.ts";
+import { type FaultProxy, type ProxyMode, rateStats } from "./proxy.ts";
+import { fmtMs } from "./report.ts";
+
+/** The repository root, with a trailing slash. */
+export const ROOT = new URL("../..", import.meta.url).pathname;
+
+export function envNumber(name: string, dflt: number): number {
+  const v = Number(Deno.env.get(name) ?? "");
+  return Number.isFinite(v) && v > 0 ? v : dflt;
+}
+
+export const OUTAGE_S = envNumber("WEFT_FAULT_OUTAGE_S", 15);
+export const PROXY_S = envNumber("WEFT_FAULT_PROXY_S", 6);
+export const RESULTS = Deno.env.get("WEFT_FAULT_RESULTS") ??
+  `${ROOT}bench/results/faults.md`;
+/** `WEFT_FAULT_ONLY=drift,corpus` runs only those phases (for debugging). */
+export const ONLY = Deno.env.get("WEFT_FAULT_ONLY")
+  ? new Set(Deno.env.get("WEFT_FAULT_ONLY")!.split(","))
+  : undefined;
+export const NETWORK = "10.244.0.0/16";
+/** Drift must be repaired this fast (rtnetlink-driven, not the 10 s timer). */
+export const REPAIR_LIMIT_MS = 2000;
+/** Requests per second the proxied agent may send during an error storm. */
+export const STORM_PEAK_LIMIT = 5;
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** Base64 of a string's UTF-8 bytes, or of bytes. */
+export function b64(v: string | Uint8Array): string {
+  const bytes = typeof v === "string" ? enc.encode(v) : v;
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(s);
+}
+
+/** Polls `fn` until true; the time it took, or undefined on timeout. */
+export async function waitUntil(
+  fn: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  stepMs = 20,
+): Promise<number | undefined> {
+  const start = performance.now();
+  while (true) {
+    if (await fn()) return performance.now() - start;
+    if (performance.now() - start > timeoutMs) return undefined;
+    await sleep(stepMs);
+  }
+}
+
+/** Collects failed expectations of one row. */
+export class Checks {
+  readonly failures: string[] = [];
+  readonly notes: string[] = [];
+  that(ok: boolean, why: string): boolean {
+    if (!ok) this.failures.push(why);
+    return ok;
+  }
+  note(n: string): void {
+    this.notes.push(n);
+  }
+  outcome(): Outcome {
+    if (this.failures.length > 0) {
+      return {
+        kind: "fail",
+        why: [...this.failures, ...this.notes.map((n) => `(${n})`)].join("; "),
+      };
+    }
+    return this.notes.length > 0
+      ? { kind: "pass", note: this.notes.join("; ") }
+      : { kind: "pass" };
+  }
+}
+
+/** `3 of 412` (lost of sent), or a dash. */
+export function lossText(l: Loss | undefined): string {
+  return l === undefined ? "—" : `${l.lost} of ${l.transmitted}`;
+}
+
+/** A process started by the suite itself (config and flag cases). */
+export interface Spawned {
+  readonly child: Deno.ChildProcess;
+  readonly logPath: string;
+  readonly started: number;
+  exit?: Deno.CommandStatus;
+}
+
+/**
+ * A cluster under test plus the suite's bookkeeping. Subclasses say where
+ * the leases come from (etcd keys or Node objects).
+ */
+export abstract class FaultRun {
+  readonly c: Cluster;
+  readonly rows: FaultRow[];
+  readonly #exits = new Map<Agent, Deno.CommandStatus>();
+
+  constructor(c: Cluster, rows: FaultRow[]) {
+    this.c = c;
+    this.rows = rows;
+  }
+
+  /** Every node's lease as the store has it now. */
+  abstract leases(): Promise<EtcdLease[]>;
+
+  node(i: number): ClusterNode {
+    return this.c.nodes[i - 1]!;
+  }
+
+  nodes(...i: number[]): ClusterNode[] {
+    return i.map((n) => this.node(n));
+  }
+
+  /** Starts a node's agent and remembers when it exits. */
+  async start(
+    n: ClusterNode,
+    extra: string[] = [],
+    hosts: string[] = [],
+  ): Promise<Agent> {
+    const a = await this.c.startAgent(n, extra, hosts);
+    a.child.status.then((st) => this.#exits.set(a, st));
+    return a;
+  }
+
+  /** Whether the node's agent is running. */
+  async alive(n: ClusterNode): Promise<boolean> {
+    const a = n.agent;
+    if (!a) return false;
+    await sleep(0);
+    return !this.#exits.has(a);
+  }
+
+  async logSize(n: ClusterNode): Promise<number> {
+    try {
+      return (await Deno.stat(`${n.dir}/weft.log`)).size;
+    } catch {
+      return 0;
+    }
+  }
+
+  async logSince(n: ClusterNode, offset: number): Promise<string> {
+    const bytes = await Deno.readFile(`${n.dir}/weft.log`);
+    return dec.decode(bytes.subarray(offset));
+  }
+
+  async httpCode(n: ClusterNode, path: string): Promise<string> {
+    const r = await n.ns.tryExec([
+      "curl",
+      "-s",
+      "-m",
+      "2",
+      "-o",
+      "/dev/null",
+      "-w",
+      "%{http_code}",
+      `http://127.0.0.1:${n.healthPort}${path}`,
+    ]);
+    return r.stdout;
+  }
+
+  /** Background ping between two pods (ids), 20 per second. */
+  ping(from = "node1-pod1", to = "node2-pod1"): BackgroundPing {
+    return BackgroundPing.start(
+      this.c.pod(from).ns.name,
+      this.c.pod(to).ip,
+    );
+  }
+
+  /** The problems of each node against `leases` (default: etcd's now). */
+  async problems(
+    nodes: ClusterNode[],
+    leases?: readonly EtcdLease[],
+  ): Promise<string[]> {
+    const ls = leases ?? await this.leases();
+    const out: string[] = [];
+    await Promise.all(nodes.map(async (n) => {
+      const own = ls.find((l) => l.value.PublicIP === n.ip);
+      const p = overlayProblems(
+        await readOverlay(n.ns),
+        expectedPeers(ls, n.ip),
+        {
+          ...(own && { ownAddr: `${own.subnet.split("/")[0]}/32` }),
+          inNetwork: (ip) => inCidr(ip, NETWORK),
+        },
+      );
+      out.push(...p.map((x) => `${n.name}: ${x}`));
+    }));
+    return out;
+  }
+
+  /** Waits until the nodes match the leases; ms, or undefined. */
+  converged(
+    nodes: ClusterNode[],
+    timeoutMs: number,
+    leases?: readonly EtcdLease[],
+  ): Promise<number | undefined> {
+    return waitUntil(
+      async () => (await this.problems(nodes, leases)).length === 0,
+      timeoutMs,
+    );
+  }
+
+  async hasRoute(n: ClusterNode, subnet: string): Promise<boolean> {
+    const r = await n.ns.json<{ dst: string; dev: string }[]>(
+      "route",
+      "show",
+      subnet,
+    );
+    return r.some((x) => x.dst === subnet && x.dev === DEVICE);
+  }
+
+  /** Time until every node has (or, `present` false, lacks) a route. */
+  routeOnAll(
+    nodes: ClusterNode[],
+    subnet: string,
+    present: boolean,
+    timeoutMs: number,
+  ): Promise<number | undefined> {
+    return waitUntil(async () => {
+      for (const n of nodes) {
+        if ((await this.hasRoute(n, subnet)) !== present) return false;
+      }
+      return true;
+    }, timeoutMs);
+  }
+
+  row(r: FaultRow): void {
+    this.rows.push(r);
+    console.log(
+      `  ${r.section} | ${r.fault} | lost ${r.lost} | ${r.recovery} | ${
+        outcomeText(r.outcome)
+      }`,
+    );
+  }
+
+  /** Runs a phase as a test step; its failed rows fail the step. */
+  async phase(
+    t: Deno.TestContext,
+    section: string,
+    fn: () => Promise<void>,
+  ): Promise<void> {
+    const before = this.rows.length;
+    await t.step(section, async () => {
+      try {
+        await fn();
+      } catch (e) {
+        this.row({
+          section,
+          fault: "(phase stopped by an error)",
+          expected: "—",
+          lost: "—",
+          recovery: "—",
+          outcome: {
+            kind: "fail",
+            why: String((e as Error)?.message ?? e).slice(0, 400),
+          },
+        });
+        throw e;
+      }
+      const failed = this.rows.slice(before).filter((r) =>
+        r.outcome.kind === "fail"
+      );
+      if (failed.length > 0) {
+        throw new Error(
+          failed.map((r) => `${r.fault}: ${outcomeText(r.outcome)}`).join(
+            "\n",
+          ),
+        );
+      }
+    });
+  }
+
+  /** Spawns weft with its permissions inside a node's namespace. */
+  async spawn(
+    n: ClusterNode,
+    args: readonly string[],
+    logPath: string,
+    env: Record<string, string> = {},
+    hosts: string[] = [`${SWITCH_IP}:2379`],
+  ): Promise<Spawned> {
+    const log = await Deno.open(logPath, { create: true, write: true });
+    const child = new Deno.Command("ip", {
+      args: [
+        "netns",
+        "exec",
+        n.ns.name,
+        Deno.execPath(),
+        "run",
+        ...agentPermissions(n.dir, hosts, 0),
+        `${ROOT}main.ts`,
+        ...args,
+      ],
+      env: { NODE_NAME: n.name, ...env },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      cwd: ROOT,
+    }).spawn();
+    const s: Spawned = { child, logPath, started: performance.now() };
+    // stdout and stderr both go to the log (usage goes to stderr), written
+    // as they come so the suite can read the log while the agent runs.
+    const pump = async (r: ReadableStream<Uint8Array>) => {
+      try {
+        for await (const chunk of r) log.writeSync(chunk);
+      } catch { /* the child went away */ }
+    };
+    Promise.all([pump(child.stdout), pump(child.stderr)]).finally(() =>
+      log.close()
+    );
+    child.status.then((st) => s.exit = st);
+    return s;
+  }
+
+  /**
+   * Holds each proxy fault for {@linkcode PROXY_S} while pods ping: a peer
+   * added during the fault must reach the node once the proxy behaves,
+   * and its removal too; the agent must live and back off.
+   */
+  async proxyFaults(o: ProxyFaultsOptions): Promise<void> {
+    const n = o.node;
+    for (const f of o.faults) {
+      const chk = new Checks();
+      const p = this.ping(...o.ping);
+      await sleep(300);
+      const from = Date.now();
+      await o.proxy.set(f.mode);
+      if (f.restart) await o.restart();
+      await sleep(1000);
+      const probe = await o.probe();
+      await sleep(PROXY_S * 1000 - 1000);
+      const during = await this.hasRoute(n, probe.subnet);
+      chk.that(
+        await this.alive(n),
+        `${n.name}'s agent exited during the fault`,
+      );
+      const to = Date.now();
+      await o.proxy.set({ kind: "pass" });
+      const t0 = performance.now();
+      const recovered = await this.routeOnAll([n], probe.subnet, true, 30_000);
+      let ready: number | undefined;
+      if (f.restart) {
+        ready = await this.c.waitReady(n, 30_000).then(
+          () => performance.now() - t0,
+          () => undefined,
+        );
+        chk.that(ready !== undefined, `${n.name} not ready after the fault`);
+      }
+      await probe.remove();
+      const gone = await this.routeOnAll([n], probe.subnet, false, 15_000);
+      const loss = await p.stop();
+      const stats = rateStats(await o.proxy.records(), from, to);
+      chk.that(await this.alive(n), `${n.name}'s agent exited`);
+      chk.that(
+        recovered !== undefined,
+        `a peer added during the fault never reached ${n.name}`,
+      );
+      chk.that(gone !== undefined, "the probe peer's removal was not applied");
+      chk.that(loss.lost === 0, `${loss.lost} lost`);
+      chk.that(
+        stats.peakPerSecond <= STORM_PEAK_LIMIT,
+        `${stats.peakPerSecond} requests in one second (limit ${STORM_PEAK_LIMIT})`,
+      );
+      chk.note(
+        `${stats.requests} requests in ${PROXY_S} s, peak ${stats.peakPerSecond}/s`,
+      );
+      if (f.mode.kind === "status" && f.mode.retryAfterS !== undefined) {
+        // A little slack for timer granularity.
+        const honoured =
+          stats.minGapSamePathMs >= f.mode.retryAfterS * 1000 - 50;
+        const text = honoured
+          ? "Retry-After honoured"
+          : `Retry-After not honoured (same request again after ${
+            fmtMs(stats.minGapSamePathMs)
+          })`;
+        if (o.retryAfterRequired) chk.that(honoured, text);
+        else chk.note(text);
+      }
+      chk.note(
+        `peer added during the fault applied ${
+          during ? "during it" : "only after it"
+        }`,
+      );
+      this.row({
+        section: o.section,
+        fault: `${f.name}, ${PROXY_S} s`,
+        expected:
+          `no crash; retries backed off (≤ ${STORM_PEAK_LIMIT} requests/s${
+            o.retryAfterRequired ? ", Retry-After honoured" : ""
+          }); change made during the fault applied once the proxy behaves`,
+        lost: lossText(loss),
+        recovery: f.restart ? `ready ${fmtMs(ready)} after` : fmtMs(recovered),
+        outcome: chk.outcome(),
+      });
+    }
+  }
+}
+
+/** One misbehaviour of the proxy, held for {@linkcode PROXY_S}. */
+export interface ProxyFault {
+  readonly name: string;
+  readonly mode: ProxyMode;
+  /** Restart the agent as the fault begins. */
+  readonly restart?: boolean;
+}
+
+/** The faults every API gets: cut streams, silence, 429, 500s. */
+export const STANDARD_FAULTS: readonly ProxyFault[] = [
+  {
+    name: "responses cut mid-stream (64 bytes in)",
+    mode: { kind: "cut", afterBytes: 64 },
+  },
+  { name: "watches that send nothing", mode: { kind: "silent" } },
+  {
+    name: "429 with Retry-After: 2",
+    mode: { kind: "status", status: 429, retryAfterS: 2 },
+  },
+  { name: "500 storm", mode: { kind: "status", status: 500 } },
+];
+
+/** Options of {@linkcode FaultRun.proxyFaults}. */
+export interface ProxyFaultsOptions {
+  readonly section: string;
+  readonly proxy: FaultProxy;
+  /** The node whose agent talks through the proxy. */
+  readonly node: ClusterNode;
+  /** Pods pinging each other meanwhile: [from, to]. */
+  readonly ping: [string, string];
+  readonly faults: readonly ProxyFault[];
+  /** Restarts the node's agent (for faults with `restart`). */
+  readonly restart: () => Promise<void>;
+  /** Adds a valid fake peer; its subnet, and how to remove it. */
+  readonly probe: () => Promise<{ subnet: string; remove(): Promise<void> }>;
+  /** Whether a `Retry-After` must be honoured (Kubernetes) or is noted only. */
+  readonly retryAfterRequired: boolean;
+}
+
+/** Writes the table to {@linkcode RESULTS} and prints it. */
+export async function writeReport(rows: readonly FaultRow[]): Promise<void> {
+  const t = tally(rows);
+  const git = await run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]);
+  const uname = await run(["uname", "-r"]);
+  const md = [
+    "# Fault and bad-input suite",
+    "",
+    `Written by \`deno task test:e2e\` (tests/e2e/faults_test.ts) on ${
+      new Date().toISOString()
+    }: weft at ${git.stdout.trim() || "?"}, Linux ${uname.stdout.trim()}, ` +
+    `Deno ${Deno.version.deno}.`,
+    "",
+    "Namespace clusters (etcd mode, then Kubernetes mode with a real " +
+    "kube-apiserver in the switch namespace) run weft as one process per " +
+    "node; a pod on node1 pings a pod on another node every 50 ms while each " +
+    'fault is injected. "Packets lost" counts echoes without reply, the one ' +
+    "in flight when ping stopped excepted.",
+    "",
+    `Durations: API outage ${OUTAGE_S} s (\`WEFT_FAULT_OUTAGE_S\`, default 15; ` +
+    "set `WEFT_FAULT_OUTAGE_S=60` for the one-minute outage), each proxy " +
+    `fault ${PROXY_S} s (\`WEFT_FAULT_PROXY_S\`, default 6). Drift must be ` +
+    `repaired within ${REPAIR_LIMIT_MS} ms.`,
+    "",
+    `Totals: ${t.pass} pass, ${t.fail} fail, ${t.skip} not run.`,
+    "",
+    toMarkdown(rows),
+  ].join("\n");
+  try {
+    await Deno.mkdir(RESULTS.replace(/\/[^/]*$/, ""), { recursive: true });
+    await Deno.writeTextFile(RESULTS, md);
+  } catch (e) {
+    console.error(`Cannot write ${RESULTS}: ${(e as Error).message}`);
+  }
+  console.log(`\n${toConsole(rows)}\n`);
+  console.log(
+    `fault suite: ${t.pass} pass, ${t.fail} fail, ${t.skip} not run; table in ${RESULTS}`,
+  );
+}
