@@ -560,7 +560,9 @@ async function clientFromKubeconfig(
     ? new FileToken(c.tokenFile)
     : undefined;
   if (token) await token.token();
-  const caHint = c.ca
+  const caHint = c.insecureSkipTlsVerify
+    ? `${where} sets insecure-skip-tls-verify, which weft can only honour when run with --unsafely-ignore-certificate-errors`
+    : c.ca
     ? `is the API server's certificate signed by the certificate-authority of ${where}?`
     : `${where} sets no certificate-authority for cluster "${c.cluster}"`;
   return new KubeClient({

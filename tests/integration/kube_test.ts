@@ -804,6 +804,44 @@ kubeTest(
 );
 
 kubeTest(
+  "insecure-skip-tls-verify warns and explains what weft needs",
+  async (k, dir) => {
+    await k.createNode(nodeSpec("me", "10.244.1.0/24"));
+    const kc = await k.writeKubeconfig(`${dir}/insecure.kubeconfig`, {
+      token: k.adminToken,
+      caPem: null,
+      insecure: true,
+    });
+    const sm = await KubeSubnetManager.create(
+      flags(dir, { kubeconfigFile: kc }),
+      new AbortController().signal,
+      { env: envOf({ NODE_NAME: "me" }) },
+    );
+    try {
+      assert.ok(
+        logLines.some((l) =>
+          /^W.*sets insecure-skip-tls-verify; weft cannot skip verification per connection/
+            .test(l)
+        ),
+      );
+      // This test process does not run with --unsafely-ignore-certificate-errors.
+      const err = await sm.acquireLease(
+        attrs("198.18.0.1", "0a:00:00:00:00:01"),
+        new AbortController().signal,
+      ).catch((e) => e as Error);
+      assert.ok(err instanceof Error);
+      assert.ok(err.message.includes(`"${k.url}"`), err.message);
+      assert.match(
+        err.message,
+        /TLS error: .*--unsafely-ignore-certificate-errors/,
+      );
+    } finally {
+      sm.close();
+    }
+  },
+);
+
+kubeTest(
   "connection errors name the kubeconfig and the field",
   async (_k, dir) => {
     const kc = `${dir}/broken.kubeconfig`;

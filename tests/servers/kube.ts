@@ -44,8 +44,10 @@ export interface ClientCert {
 /** What a kubeconfig written by {@linkcode KubeServers.writeKubeconfig} holds. */
 export interface KubeconfigSpec {
   readonly server?: string;
-  /** PEM of the CA; default the cluster CA. */
-  readonly caPem?: string;
+  /** PEM of the CA; default the cluster CA; null: none. */
+  readonly caPem?: string | null;
+  /** `insecure-skip-tls-verify: true`. */
+  readonly insecure?: boolean;
   /** Write the CA as a file path rather than inline data. */
   readonly caAsFile?: boolean;
   readonly token?: string;
@@ -435,9 +437,11 @@ export class KubeServers implements AsyncDisposable {
   /** Writes a kubeconfig with one context and returns its path. */
   async writeKubeconfig(path: string, spec: KubeconfigSpec): Promise<string> {
     const b64 = (s: string) => btoa(s);
-    const ca = spec.caPem ?? this.caPem;
+    const ca = spec.caPem === undefined ? this.caPem : spec.caPem;
     let caLine: string;
-    if (spec.caAsFile) {
+    if (ca === null) {
+      caLine = spec.insecure ? "insecure-skip-tls-verify: true" : "";
+    } else if (spec.caAsFile) {
       await Deno.writeTextFile(`${path}.ca.crt`, ca);
       caLine = `certificate-authority: ${path}.ca.crt`;
     } else {
