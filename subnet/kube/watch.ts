@@ -193,8 +193,8 @@ export class NodeWatcher {
       while (!signal.aborted) {
         try {
           if (this.#rv === undefined || pollingSince !== undefined) {
-            if (relisted) metrics.relists.inc();
             const { nodes, resourceVersion } = await this.list(signal);
+            if (relisted) metrics.relists.inc();
             this.#rv = resourceVersion;
             relisted = true;
             sink.sync(nodes, performance.now());
@@ -212,6 +212,9 @@ export class NodeWatcher {
           }
           const started = performance.now();
           const end = await this.#watch(this.#rv, sink, signal, () => {
+            if (failures > 0) {
+              log.info(`Node watch resumed after ${failures} failures`);
+            }
             backoff.reset();
             failures = 0;
           });
