@@ -285,8 +285,8 @@ export const PEER_CASES: readonly PeerCase[] = [
   ),
   keyed(
     "a peer's subnet again, under a dual-stack key",
-    (s) => `${keyName(s.peerSubnets[0]!)}&fc00::-64`,
-    (s) => s.peerSubnets[0]!,
+    (s) => `${keyName(s.peerSubnets[1] ?? s.peerSubnets[0]!)}&fc00::-64`,
+    (s) => s.peerSubnets[1] ?? s.peerSubnets[0]!,
   ),
   // Keys that are not subnets.
   keyed("key is not a subnet (foo)", () => "foo"),
@@ -717,8 +717,8 @@ export const NODE_CASES: readonly NodeCase[] = [
     (s) => s.peerPodCIDRs[0]!.replace(".0/24", ".128/25"),
   ),
   cidr(
-    "podCIDR equal to a peer's (this node sorts first)",
-    (s) => s.peerPodCIDRs[0]!,
+    "podCIDR equal to another peer's (this node sorts first)",
+    (s) => s.peerPodCIDRs[1] ?? s.peerPodCIDRs[0]!,
     () => undefined,
   ),
 ];

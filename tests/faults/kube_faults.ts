@@ -919,6 +919,16 @@ export class KubeFaults extends FaultRun {
       if (tls) chk.note(tls.slice(0, 200));
     }
     chk.that(loss.lost === 0, `${loss.lost} lost`);
+    // Whatever happened, node2 starts again with the new CA file, so the
+    // phases after this one have a working node2.
+    await this.c.stopAgent(n2, "SIGTERM");
+    await this.startKube(n2);
+    const restarted = await this.c.waitReady(n2, 30_000).catch(() => undefined);
+    chk.note(
+      restarted === undefined
+        ? "node2 not ready even after a restart"
+        : "a restarted agent reads the new CA file",
+    );
     this.row({
       section,
       fault:
