@@ -92,6 +92,8 @@ export class Reconciler {
   readonly #leases = new Map<string, Lease>();
   /** Receive time of the oldest unprogrammed event per key. */
   readonly #pendingSince = new Map<string, number>();
+  /** Backend type last warned about, by key of an ignored lease. */
+  readonly #ignored = new Map<string, string>();
   #synced = false;
   #passes = 0;
   #dirty = true;
@@ -140,12 +142,18 @@ export class Reconciler {
       const { lease } = ev;
       if (lease.key === this.#opts.ownKey) continue;
       if (ev.type === "removed") {
+        this.#ignored.delete(lease.key);
         if (this.#leases.delete(lease.key)) touched.add(lease.key);
       } else if (lease.attrs.backendType !== this.#opts.backendType) {
-        log.v(
-          1,
-          `Ignoring lease "${lease.key}" of backend type "${lease.attrs.backendType}"`,
-        );
+        // flanneld warns about these too; once per node and type is enough.
+        const type = lease.attrs.backendType;
+        if (this.#ignored.get(lease.key) !== type) {
+          this.#ignored.set(lease.key, type);
+          metrics.peersInvalid.inc();
+          log.warn(
+            `Ignoring lease "${lease.key}": backend type "${type}", this node runs "${this.#opts.backendType}"`,
+          );
+        }
         if (this.#leases.delete(lease.key)) touched.add(lease.key);
         continue;
       } else {

@@ -111,6 +111,8 @@ Deno.test("Reconciler removes entries of peers deleted while it was down", () =>
 });
 
 Deno.test("Reconciler ignores its own lease and leases of another backend type", () => {
+  const lines: string[] = [];
+  setLogSink((l) => lines.push(l));
   const { kernel, rec, own } = node();
   rec.handle(added(own, peer(4, { type: "host-gw" }), peer(5)));
   rec.pass();
@@ -121,6 +123,14 @@ Deno.test("Reconciler ignores its own lease and leases of another backend type",
     ],
   );
   assert.equal(rec.peerCount, 1);
+  // The same lease again: no second warning.
+  rec.handle(added(peer(4, { type: "host-gw" })));
+  setLogSink(() => {});
+  const warned = lines.filter((l) =>
+    l.startsWith("W") && l.includes('"node-4"')
+  );
+  assert.equal(warned.length, 1);
+  assert.match(warned[0]!, /backend type "host-gw", this node runs "vxlan"/);
 });
 
 Deno.test("Reconciler recreates an incompatible device and replays every peer", () => {

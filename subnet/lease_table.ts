@@ -134,6 +134,12 @@ export class LeaseTable {
     } else this.#entries.set(key, { valid, nets });
   }
 
+  /** Whether a subnet has the length the config hands out. */
+  #standard(n: IpNet): boolean {
+    return n.prefix ===
+      (n.family === 4 ? this.#config.subnetLen : this.#config.ipv6SubnetLen);
+  }
+
   #warn(key: string, reason: string): void {
     if (this.#warned.get(key) === reason) return;
     this.#warned.set(key, reason);
@@ -146,11 +152,21 @@ export class LeaseTable {
     const next = new Map<string, Lease>();
     const claimed: { key: string; nets: IpNet[] }[] = [];
     const lengths = new Set<string>();
-    // Keys already accepted keep priority over newcomers.
-    const order = [
-      ...[...this.#entries.keys()].filter((k) => this.#accepted.has(k)),
-      ...[...this.#entries.keys()].filter((k) => !this.#accepted.has(k)),
-    ];
+    // Who wins an overlap: a key already accepted keeps its subnet; then a
+    // claim of the configured subnet length beats an odd-sized one (a stray
+    // supernet key must not take a real node's routes after a restart,
+    // when nothing is accepted yet); then arrival order.
+    const rank = (key: string, e: Entry) =>
+      this.#accepted.has(key)
+        ? 0
+        : e.nets.every((n) => this.#standard(n))
+        ? 1
+        : 2;
+    const order = [...this.#entries].map(([key, e]) => ({
+      key,
+      r: rank(key, e),
+    }))
+      .sort((a, b) => a.r - b.r).map((x) => x.key);
     const byPrefix = new Map<string, string>();
     for (const key of order) {
       const entry = this.#entries.get(key)!;

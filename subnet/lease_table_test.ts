@@ -129,3 +129,26 @@ Deno.test("LeaseTable.replaceAll() synthesises removals for vanished keys", () =
   ]);
   assert.equal(ev[0]!.receivedAt, 5);
 });
+
+Deno.test("LeaseTable: after a restart a real node's subnet beats a stray supernet key", () => {
+  const log = captureLogs();
+  try {
+    const t = new LeaseTable(config, { ownKey: "me", noun: "etcd key" });
+    // A relist in key order: the /23 sorts before the real /24.
+    const ev = t.replaceAll(
+      new Map([
+        ["a-stray", ok(lease("a-stray", "10.244.32.0/23", "198.18.0.157"))],
+        ["b-real", ok(lease("b-real", "10.244.32.0/24", "198.18.0.3"))],
+      ]),
+      0,
+    );
+    assert.deepEqual(ev.map((e) => `${e.type} ${e.lease.key}`), [
+      "added b-real",
+    ]);
+    assert.ok(
+      log.lines.some((l) => /Skipping etcd key "a-stray": .*"b-real"/.test(l)),
+    );
+  } finally {
+    log.restore();
+  }
+});

@@ -8,6 +8,7 @@
 import type { NetworkConfig } from "./config.ts";
 import {
   formatNet,
+  type Ip,
   type IpNet,
   ipString,
   netContainsNet,
@@ -79,7 +80,29 @@ function publicIp(
   if (!ip.ok || ip.value.family !== family) {
     return fail(`Invalid ${label} ${short(text)}`);
   }
+  const why = notUnicast(ip.value);
+  if (why !== undefined) {
+    return fail(`Invalid ${label} ${short(text)}: ${why}`);
+  }
   return ok(ipString(ip.value));
+}
+
+/**
+ * Why an address cannot be a VTEP or gateway on the underlay, if it
+ * cannot: unspecified, loopback, multicast or broadcast.
+ */
+export function notUnicast(ip: Ip): string | undefined {
+  const v = ip.value;
+  if (v === 0n) return "unspecified address";
+  if (ip.family === 4) {
+    if (v >> 24n === 127n) return "loopback address";
+    if (v >> 28n === 0xen) return "multicast address";
+    if (v === 0xffffffffn) return "broadcast address";
+    return undefined;
+  }
+  if (v === 1n) return "loopback address";
+  if (v >> 120n === 0xffn) return "multicast address";
+  return undefined;
 }
 
 /**

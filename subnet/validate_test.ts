@@ -62,6 +62,18 @@ const cases: [string, Partial<Lease> & { attrs?: Lease["attrs"] }, RegExp][] = [
   ["an IPv6 public IP for IPv4", {
     attrs: { ...good.attrs, publicIP: "fc00::1" },
   }, /Invalid public IP/],
+  ["an unspecified public IP", {
+    attrs: { ...good.attrs, publicIP: "0.0.0.0" },
+  }, /"0.0.0.0": unspecified address/],
+  ["a multicast public IP", {
+    attrs: { ...good.attrs, publicIP: "224.0.0.1" },
+  }, /multicast address/],
+  ["a broadcast public IP", {
+    attrs: { ...good.attrs, publicIP: "255.255.255.255" },
+  }, /broadcast address/],
+  ["a loopback public IP", {
+    attrs: { ...good.attrs, publicIP: "127.0.0.1" },
+  }, /loopback address/],
   ["a multicast VtepMAC", {
     attrs: {
       ...good.attrs,

@@ -17,6 +17,7 @@
  * @module
  */
 import { NdjsonDecoder } from "./ndjson.ts";
+import { parseRetryAfter } from "../retry.ts";
 
 /** TLS material for `--etcd-cafile/--etcd-certfile/--etcd-keyfile`. */
 export interface EtcdTlsFiles {
@@ -57,9 +58,16 @@ export class EtcdError extends Error {
     readonly kind: EtcdErrorKind,
     /** gRPC status code of an `api` error (5 not found, 11 out of range...). */
     readonly code?: number,
+    /** Delay the server asked for (`Retry-After` on a 429 or 503), ms. */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
   }
+}
+
+/** The delay an error's server asked for before a retry, if any. */
+export function retryAfterOf(e: unknown): number | undefined {
+  return e instanceof EtcdError ? e.retryAfterMs : undefined;
 }
 
 /** Whether retrying later may succeed: etcd unreachable or without leader. */
@@ -158,7 +166,9 @@ export interface WatchResponse {
 }
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
+// ignoreBOM keeps a leading U+FEFF in the text, so a value starting with a
+// BOM fails JSON.parse as it fails Go's json.Unmarshal in flanneld.
+const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
 /** Base64 of the UTF-8 bytes of `s`, as the gateway wants keys and values. */
 export function b64(s: string | Uint8Array): string {
@@ -632,6 +642,7 @@ export class EtcdClient implements Disposable {
     const client = await this.#httpClient();
     await this.#ensureToken(path, signal);
     const failures: string[] = [];
+    let lastRetryAfter: number | undefined;
     let reauthed = false;
     const order = this.#order();
     for (let i = 0; i < order.length; i++) {
@@ -660,10 +671,18 @@ export class EtcdClient implements Disposable {
         );
         continue;
       }
+      const retryAfter = parseRetryAfter(res.headers.get("retry-after"));
+      if (retryAfter !== undefined) lastRetryAfter = retryAfter;
       let json: Record<string, unknown>;
       try {
         json = obj(JSON.parse(text));
       } catch {
+        // An overloaded member or a proxy in front of it: try the next
+        // endpoint, then back off (honouring Retry-After).
+        if (res.status === 429 || res.status >= 500) {
+          failures.push(`"${ep}": HTTP ${res.status} ${text.slice(0, 80)}`);
+          continue;
+        }
         throw new EtcdError(
           `etcd "${ep}" ${path}: HTTP ${res.status} with a body that is not JSON: ${
             text.slice(0, 200)
@@ -675,7 +694,7 @@ export class EtcdClient implements Disposable {
         this.#current = idx;
         return json;
       }
-      const err = apiError(ep, path, res.status, json);
+      const err = apiError(ep, path, res.status, json, retryAfter);
       if (
         err.code === 16 && this.#opts.username !== undefined &&
         path !== AUTH_PATH && !reauthed
@@ -687,7 +706,7 @@ export class EtcdClient implements Disposable {
         i--;
         continue;
       }
-      if (err.code === 14 || res.status === 503) {
+      if (err.code === 14 || res.status === 503 || res.status === 429) {
         failures.push(`"${ep}": ${err.message}`);
         continue;
       }
@@ -697,6 +716,8 @@ export class EtcdClient implements Disposable {
     throw new EtcdError(
       `Cannot reach etcd for ${path}: ${failures.join("; ")}`,
       "unreachable",
+      undefined,
+      lastRetryAfter,
     );
   }
 
@@ -709,6 +730,7 @@ export class EtcdClient implements Disposable {
     const client = await this.#httpClient();
     await this.#ensureToken(path, opts.signal);
     const failures: string[] = [];
+    let lastRetryAfter: number | undefined;
     let reauthed = false;
     const order = this.#order();
     for (let i = 0; i < order.length; i++) {
@@ -751,7 +773,9 @@ export class EtcdClient implements Disposable {
       } catch {
         json = { error: text.slice(0, 200) };
       }
-      const err = apiError(ep, path, res.status, json);
+      const retryAfter = parseRetryAfter(res.headers.get("retry-after"));
+      if (retryAfter !== undefined) lastRetryAfter = retryAfter;
+      const err = apiError(ep, path, res.status, json, retryAfter);
       if (
         err.code === 16 && this.#opts.username !== undefined && !reauthed
       ) {
@@ -761,7 +785,9 @@ export class EtcdClient implements Disposable {
         i--;
         continue;
       }
-      if (err.code === 14 || res.status === 503) {
+      if (
+        err.code === 14 || res.status === 429 || res.status >= 500
+      ) {
         failures.push(`"${ep}": ${err.message}`);
         continue;
       }
@@ -770,6 +796,8 @@ export class EtcdClient implements Disposable {
     throw new EtcdError(
       `Cannot reach etcd for ${path}: ${failures.join("; ")}`,
       "unreachable",
+      undefined,
+      lastRetryAfter,
     );
   }
 }
@@ -780,6 +808,7 @@ function apiError(
   path: string,
   status: number,
   json: Record<string, unknown>,
+  retryAfterMs?: number,
 ): EtcdError {
   // Unary errors are flat; errors inside a stream are nested objects with
   // grpc_code/http_code/message.
@@ -797,6 +826,7 @@ function apiError(
     }`,
     "api",
     code,
+    retryAfterMs,
   );
 }
 

@@ -25,7 +25,7 @@ import { LeaseTable } from "../lease_table.ts";
 import { logger } from "../../agent/log.ts";
 import { metrics } from "../../agent/metrics.ts";
 import { readSubnetEnv } from "../../agent/subnet_env.ts";
-import { Backoff, sleep } from "./_retry.ts";
+import { Backoff, sleep } from "../retry.ts";
 import { chooseSubnets, fitsConfig, isTaken } from "./allocate.ts";
 import {
   describe,
@@ -35,6 +35,7 @@ import {
   isTransient,
   type KeyValue,
   prefixRangeEnd,
+  retryAfterOf,
 } from "./client.ts";
 import {
   configKey,
@@ -233,7 +234,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
   async acquireLease(attrs: LeaseAttrs, signal: AbortSignal): Promise<Lease> {
     const config = this.#config ?? await this.getNetworkConfig(signal);
     const previous = await this.#previousSubnets();
-    const backoff = new Backoff(250, this.#maxBackoffMs);
+    const backoff = new Backoff({ initialMs: 250, maxMs: this.#maxBackoffMs });
     let races = 0;
     while (true) {
       try {
@@ -252,7 +253,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       } catch (e) {
         if (signal.aborted) throw signal.reason;
         if (!isTransient(e)) throw e;
-        const d = backoff.next();
+        const d = backoff.next(retryAfterOf(e));
         log.warn(
           `Cannot acquire a lease, retrying in ${ms(d)}: ${describe(e)}`,
         );
@@ -345,7 +346,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
         throw new HandlerFailure(e);
       }
     };
-    const backoff = new Backoff(250, this.#maxBackoffMs);
+    const backoff = new Backoff({ initialMs: 250, maxMs: this.#maxBackoffMs });
     let next: bigint | undefined; // revision to watch from; undefined: list
     let listed = false;
     outer: while (!signal.aborted) {
@@ -419,7 +420,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
         // ("mvcc: required revision has been compacted"): list again too.
         if (isCompacted(e)) next = undefined;
         metrics.watchRestarts.inc();
-        const d = backoff.next();
+        const d = backoff.next(retryAfterOf(e));
         log.warn(
           `Watch of "${dir}" failed, reconnecting in ${ms(d)} from revision ${
             next ?? "(new listing)"
@@ -748,7 +749,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
   async #watchOwnKey(signal: AbortSignal): Promise<never> {
     const key = this.#own!.lease.key;
     let next = this.#own!.revision + 1n;
-    const backoff = new Backoff(250, this.#maxBackoffMs);
+    const backoff = new Backoff({ initialMs: 250, maxMs: this.#maxBackoffMs });
     outer: while (true) {
       try {
         const stream = this.#client.watch({
@@ -799,7 +800,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
           if (got) next = got.revision + 1n;
         }
         metrics.watchRestarts.inc();
-        const d = backoff.next();
+        const d = backoff.next(retryAfterOf(e));
         log.warn(
           `Watch of own lease "${key}" failed, reconnecting in ${ms(d)}: ${
             describe(e)

@@ -16,7 +16,7 @@ import {
   type BackoffOptions,
   parseRetryAfter,
   sleep,
-} from "./backoff.ts";
+} from "../retry.ts";
 import {
   type KubeconfigConnection,
   parseKubeconfig,

@@ -18,7 +18,7 @@ import type {
   SubnetManager,
 } from "../lease.ts";
 import { LeaseTable } from "../lease_table.ts";
-import { sleep } from "./backoff.ts";
+import { sleep } from "../retry.ts";
 import {
   connect,
   type ConnectOptions,

@@ -16,7 +16,7 @@
 import { logger } from "../../agent/log.ts";
 import { metrics } from "../../agent/metrics.ts";
 import type { Result } from "../result.ts";
-import { Backoff, type BackoffOptions, sleep } from "./backoff.ts";
+import { Backoff, type BackoffOptions, sleep } from "../retry.ts";
 import { isTransient, KubeApiError, type KubeClient } from "./client.ts";
 import { forEachChunk } from "./_body.ts";
 import { ListSplitter } from "./list_stream.ts";

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Backoff, parseRetryAfter, sleep } from "./backoff.ts";
+import { Backoff, parseRetryAfter, sleep } from "./retry.ts";
 
 Deno.test("Backoff grows exponentially within [cap/2, cap] and resets", () => {
   let r = 0;

@@ -1,9 +1,14 @@
 /**
- * Retry timing for API requests: exponential backoff with full jitter, and
- * the `Retry-After` header a 429 or 5xx answer may carry.
+ * Retry timing shared by the Kubernetes and etcd clients: exponential
+ * backoff with jitter (so agents restarted together do not retry in
+ * lockstep), the `Retry-After` header a 429 or 5xx answer may carry, and an
+ * abortable sleep.
  *
  * @module
  */
+
+/** Longest single timer the runtime supports (about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Options of {@linkcode Backoff}. */
 export interface BackoffOptions {
@@ -81,18 +86,29 @@ export function parseRetryAfter(
   return Math.max(0, t - now);
 }
 
-/** Resolves after `ms`, or rejects with the signal's reason when it aborts. */
+/**
+ * Resolves after `ms` (Infinity: never), or rejects with the signal's
+ * reason as soon as it aborts.
+ */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const onAbort = () => {
       clearTimeout(timer);
       reject(signal!.reason);
     };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
+    const end = Date.now() + ms;
+    const arm = () => {
+      const left = end - Date.now();
+      if (left <= 0) {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+        return;
+      }
+      timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
+    };
     signal?.addEventListener("abort", onAbort, { once: true });
+    if (ms !== Infinity) arm();
   });
 }
