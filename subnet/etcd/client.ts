@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { NdjsonDecoder } from "./ndjson.ts";
+import { LineSplitter, parseJsonLine } from "../ndjson.ts";
 import { parseRetryAfter } from "../retry.ts";
 
 /** TLS material for `--etcd-cafile/--etcd-certfile/--etcd-keyfile`. */
@@ -501,7 +501,7 @@ export class EtcdClient implements Disposable {
     const { res, endpoint, ctl } = await this.#open("/v3/watch", body, opts);
     const reader = res.body!.getReader();
     try {
-      const lines = new NdjsonDecoder();
+      const lines = new LineSplitter();
       while (true) {
         const chunk = await readWithin(
           reader,
@@ -518,7 +518,8 @@ export class EtcdClient implements Disposable {
             "unreachable",
           );
         }
-        for (const line of lines.push(chunk.value)) {
+        for (const text of lines.push(chunk.value)) {
+          const line = parseJsonLine(text);
           if (!line.ok) {
             throw new EtcdError(
               `Watch on etcd "${endpoint}": ${line.reason}`,

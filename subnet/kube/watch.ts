@@ -20,7 +20,7 @@ import { Backoff, type BackoffOptions, sleep } from "../retry.ts";
 import { isTransient, KubeApiError, type KubeClient } from "./client.ts";
 import { forEachChunk } from "./_body.ts";
 import { ListSplitter } from "./list_stream.ts";
-import { LineSplitter } from "./ndjson.ts";
+import { LineSplitter } from "../ndjson.ts";
 import type { SlimNode } from "./node.ts";
 
 const log = logger("kube");

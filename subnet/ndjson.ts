@@ -1,11 +1,13 @@
 /**
- * Splitting of a watch body into events. The API server sends one JSON
- * object per line, but a network chunk is not a line: an event may arrive
- * in pieces, several may share a chunk, and a multi-byte UTF-8 character
- * may be cut in two. {@linkcode LineSplitter} turns chunks into whole lines.
+ * Newline-delimited JSON, as the API server's watch and etcd's gateway
+ * stream it. A network chunk is not a line: an event may arrive in pieces,
+ * several may share a chunk, and a multi-byte UTF-8 character may be cut
+ * in two. {@linkcode LineSplitter} turns chunks into whole lines and
+ * {@linkcode parseJsonLine} parses one.
  *
  * @module
  */
+import { fail, ok, type Result } from "./result.ts";
 
 /**
  * Turns byte chunks into complete lines (without the newline). Blank lines
@@ -61,5 +63,17 @@ export class LineSplitter {
       this.#partial = "";
       throw new Error(`Watch line longer than ${this.#maxLine} bytes (${n})`);
     }
+  }
+}
+
+/** Parses one line, or says why it is not JSON (the line quoted, cut). */
+export function parseJsonLine(line: string): Result<unknown> {
+  try {
+    return ok(JSON.parse(line));
+  } catch (e) {
+    const shown = line.length > 120 ? `${line.slice(0, 117)}...` : line;
+    return fail(
+      `Cannot parse stream line "${shown}": ${(e as Error).message}`,
+    );
   }
 }

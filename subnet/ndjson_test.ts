@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { LineSplitter } from "./ndjson.ts";
+import { LineSplitter, parseJsonLine } from "./ndjson.ts";
 
 const events = [
   { type: "ADDED", object: { metadata: { name: "a", resourceVersion: "1" } } },
@@ -67,4 +67,16 @@ Deno.test("LineSplitter refuses a line longer than its limit", () => {
     () => s.push(new TextEncoder().encode("x".repeat(11))),
     /Watch line longer than 10 bytes/,
   );
+});
+
+Deno.test("parseJsonLine() reports a line that is not JSON, quoting it", () => {
+  const s = new LineSplitter();
+  const out = s.push(new TextEncoder().encode('oops\n{"a":1}\r\n')).map(
+    parseJsonLine,
+  );
+  assert.equal(out.length, 2);
+  assert.ok(
+    !out[0]!.ok && /Cannot parse stream line "oops"/.test(out[0]!.reason),
+  );
+  assert.deepEqual(out[1], { ok: true, value: { a: 1 } });
 });
