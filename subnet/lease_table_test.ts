@@ -152,3 +152,24 @@ Deno.test("LeaseTable: after a restart a real node's subnet beats a stray supern
     log.restore();
   }
 });
+
+Deno.test("LeaseTable: a holder moving to another subnet frees the waiting claimant", () => {
+  const log = captureLogs();
+  try {
+    const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
+    t.update("a", ok(lease("a", "10.244.1.0/24")), 0);
+    assert.equal(t.update("b", ok(lease("b", "10.244.1.0/24")), 0).length, 0);
+    const ev = t.update("a", ok(lease("a", "10.244.9.0/24")), 0);
+    assert.deepEqual(
+      ev.map((e) => `${e.type} ${e.lease.key} ${e.lease.subnet}`),
+      [
+        "removed a 10.244.1.0/24",
+        "added a 10.244.9.0/24",
+        "added b 10.244.1.0/24",
+      ],
+    );
+    assert.equal(t.invalidCount, 0);
+  } finally {
+    log.restore();
+  }
+});
