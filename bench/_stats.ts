@@ -42,11 +42,25 @@ export function quietLogs(): () => void {
   return () => setLogSink(prev);
 }
 
+/**
+ * Reads a file under /proc through `cat`: Deno 2 wants `--allow-all` for
+ * /proc itself, and `deno task bench` runs with narrower permissions.
+ */
+export async function readProc(path: string): Promise<string> {
+  const out = await new Deno.Command("cat", {
+    args: [path],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  if (!out.success) throw new Error(`Cannot read ${path}`);
+  return new TextDecoder().decode(out.stdout);
+}
+
 /** `nproc`, CPU model and kernel, for the header of result files. */
 export async function machine(): Promise<string> {
-  const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => "");
+  const cpuinfo = await readProc("/proc/cpuinfo").catch(() => "");
   const model = /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? "unknown";
-  const version = (await Deno.readTextFile("/proc/version").catch(() => ""))
+  const version = (await readProc("/proc/version").catch(() => ""))
     .split(" ").slice(0, 3).join(" ");
   return `${navigator.hardwareConcurrency} CPU(s), ${model}, ${version}, Deno ${Deno.version.deno}`;
 }

@@ -26,7 +26,7 @@ import { createBackend, Reconciler } from "../backend/mod.ts";
 import { parseNetConfig } from "../subnet/config.ts";
 import { unwrap } from "../subnet/result.ts";
 import type { Lease, LeaseEvent } from "../subnet/lease.ts";
-import { cpuMs, median, quietLogs } from "./_stats.ts";
+import { cpuMs, machine, median, quietLogs } from "./_stats.ts";
 
 /** The default reconcile period of the agent, milliseconds. */
 const PERIOD_MS = 10_000;
@@ -313,5 +313,5 @@ if (import.meta.main) {
   const rows = await benchReconcile(ns, {
     progress: (line) => console.error(line),
   });
-  console.log(formatRows(rows));
+  console.log(`Machine: ${await machine()}\n\n${formatRows(rows)}`);
 }
