@@ -560,7 +560,7 @@ class EtcdFaults extends FaultRun {
     // same keys and keep the real peers.
     const n1 = this.node(1);
     offsets.set(n1, await this.logSize(n1));
-    await this.c.stopAgent(n1, "SIGTERM");
+    await this.stop(n1);
     await this.start(n1);
     const ready = await this.c.waitReady(n1, 20_000).catch(() => undefined);
     const conv2 = await this.converged(live, 10_000, expected);
@@ -652,7 +652,7 @@ class EtcdFaults extends FaultRun {
       logPath: `${this.c.dir}/proxy.log`,
     });
     try {
-      await this.c.stopAgent(n3, "SIGTERM");
+      await this.stop(n3);
       await this.start(n3, [`--etcd-endpoints=${proxy.url}`], [
         `${SWITCH_IP}:2479`,
       ]);
@@ -668,7 +668,7 @@ class EtcdFaults extends FaultRun {
           restart: true,
         }],
         restart: async () => {
-          await this.c.stopAgent(n3, "SIGTERM");
+          await this.stop(n3);
           await this.start(n3, [`--etcd-endpoints=${proxy.url}`], [
             `${SWITCH_IP}:2479`,
           ]);
@@ -680,7 +680,7 @@ class EtcdFaults extends FaultRun {
         retryAfterRequired: false,
       });
     } finally {
-      await this.c.stopAgent(n3, "SIGTERM");
+      await this.stop(n3);
       await this.start(n3);
       await this.c.waitReady(n3, 20_000);
       await proxy.close();
@@ -835,6 +835,75 @@ class EtcdFaults extends FaultRun {
         group.map(({ k, i }) => this.#configCase(n5, k, i, section)),
       );
     }
+    await this.#sigtermAtStartup(n5);
+  }
+
+  /**
+   * SIGTERM the moment an agent logs "Acquired lease" (before its run
+   * loop), a few times: it must exit 0 within 10 s every time.
+   */
+  async #sigtermAtStartup(n: ClusterNode): Promise<void> {
+    const attempts = 8;
+    const hung: string[] = [];
+    const codes: number[] = [];
+    await Promise.all(Array.from({ length: attempts }, async (_, j) => {
+      const prefix = `/weft-fault/term${j}`;
+      await this.put(
+        `${prefix}/config`,
+        JSON.stringify({
+          Network: NETWORK,
+          Backend: { Type: "vxlan", VNI: 200 + j },
+        }),
+      );
+      const logPath = `${n.dir}/term${j}.log`;
+      const a = await this.spawn(n, [
+        `--etcd-endpoints=${this.c.etcdEndpoint}`,
+        `--etcd-prefix=${prefix}`,
+        `--subnet-file=${n.dir}/term${j}/subnet.env`,
+        "--iface=eth0",
+        "--healthz-port=0",
+      ], logPath);
+      const text = () => Deno.readTextFile(logPath).catch(() => "");
+      await waitUntil(
+        async () => (await text()).includes("Acquired lease"),
+        20_000,
+        5,
+      );
+      try {
+        a.child.kill("SIGTERM");
+      } catch { /* exited */ }
+      const done = await waitUntil(() => a.exit !== undefined, 10_000, 50);
+      if (done === undefined) {
+        a.child.kill("SIGKILL");
+        hung.push(
+          `#${j}: ${
+            (await text()).trimEnd().split("\n").slice(-2).join(" / ")
+          }`,
+        );
+      }
+      await a.child.status;
+      if (a.exit && done !== undefined) codes.push(a.exit.code);
+    }));
+    const chk = new Checks();
+    chk.that(
+      hung.length === 0,
+      `${hung.length} of ${attempts} still running 10 s after SIGTERM, killed (${
+        hung.join("; ")
+      })`,
+    );
+    chk.that(
+      codes.every((c) => c === 0),
+      `exit codes ${codes.join(", ")}, expected 0`,
+    );
+    this.row({
+      section: "agent lifecycle",
+      fault:
+        `SIGTERM the moment the agent logs "Acquired lease" (${attempts} agents)`,
+      expected: "each exits 0 within 10 s",
+      lost: "—",
+      recovery: "—",
+      outcome: chk.outcome(),
+    });
   }
 
   async #configCase(
@@ -898,6 +967,13 @@ class EtcdFaults extends FaultRun {
           proceeded !== undefined,
           "did not proceed once the config was fixed",
         );
+        // Let it reach its run loop: SIGTERM during startup is tested apart.
+        await waitUntil(
+          async () => (await text()).includes("Wrote "),
+          5_000,
+          50,
+        );
+        await sleep(300);
         recovery = `message ${fmtMs((seen ?? NaN) + 0)}; proceeded ${
           fmtMs(
             proceeded === undefined ? undefined : performance.now() - fixedAt,
@@ -923,6 +999,20 @@ class EtcdFaults extends FaultRun {
         try {
           a.child.kill("SIGTERM");
         } catch { /* exited */ }
+        const stopped = await waitUntil(() => a.exit !== undefined, 10_000, 50);
+        if (stopped === undefined) {
+          a.child.kill("SIGKILL");
+          chk.that(
+            false,
+            `still running 10 s after SIGTERM (sent ${
+              k.expect.kind === "retry"
+                ? "right after it acquired its lease"
+                : ""
+            }), killed: ${
+              (await text()).trimEnd().split("\n").slice(-2).join(" / ")
+            }`,
+          );
+        }
       }
       await a.child.status;
     }

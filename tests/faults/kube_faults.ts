@@ -616,7 +616,7 @@ export class KubeFaults extends FaultRun {
     await inspect("live", live);
     const n1 = this.node(1);
     offsets.set(n1, await this.logSize(n1));
-    await this.c.stopAgent(n1, "SIGTERM");
+    await this.stop(n1);
     await this.startKube(n1);
     const ready = await this.c.waitReady(n1, 30_000).catch(() => undefined);
     const conv2 = await this.converged(live, 10_000, expected);
@@ -704,7 +704,7 @@ export class KubeFaults extends FaultRun {
       ),
     );
     try {
-      await this.c.stopAgent(n3, "SIGTERM");
+      await this.stop(n3);
       await this.startKube(n3, kubeconfig);
       await this.c.waitReady(n3, 30_000);
       await this.proxyFaults({
@@ -718,7 +718,7 @@ export class KubeFaults extends FaultRun {
         retryAfterRequired: true,
       });
     } finally {
-      await this.c.stopAgent(n3, "SIGTERM");
+      await this.stop(n3);
       await this.startKube(n3);
       await this.c.waitReady(n3, 30_000);
       await proxy.close();
@@ -921,7 +921,7 @@ export class KubeFaults extends FaultRun {
     chk.that(loss.lost === 0, `${loss.lost} lost`);
     // Whatever happened, node2 starts again with the new CA file, so the
     // phases after this one have a working node2.
-    await this.c.stopAgent(n2, "SIGTERM");
+    await this.stop(n2);
     await this.startKube(n2);
     const restarted = await this.c.waitReady(n2, 30_000).catch(() => undefined);
     chk.note(

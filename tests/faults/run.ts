@@ -159,6 +159,45 @@ export abstract class FaultRun {
     return a;
   }
 
+  /**
+   * Stops a node's agent with `signal` and waits for it; an agent still
+   * running 10 s later is killed and the table gets a failed row for it
+   * (SIGTERM must stop weft at any moment, startup included).
+   */
+  async stop(
+    n: ClusterNode,
+    signal: Deno.Signal = "SIGTERM",
+  ): Promise<Deno.CommandStatus | undefined> {
+    const a = n.agent;
+    if (!a) return undefined;
+    let forced = false;
+    const timer = setTimeout(() => {
+      forced = true;
+      try {
+        a.child.kill("SIGKILL");
+      } catch { /* exited meanwhile */ }
+    }, 10_000);
+    const st = await this.c.stopAgent(n, signal);
+    clearTimeout(timer);
+    if (forced) {
+      const log = (await this.logSince(n, 0)).trimEnd().split("\n").slice(-3);
+      this.row({
+        section: "agent lifecycle",
+        fault: `${signal} to ${n.name}'s agent`,
+        expected: "exits 0 within 10 s, dataplane left in place",
+        lost: "—",
+        recovery: "—",
+        outcome: {
+          kind: "fail",
+          why: `still running 10 s after ${signal}, killed; log ends: ${
+            log.join(" / ")
+          }`,
+        },
+      });
+    }
+    return st;
+  }
+
   /** Whether the node's agent is running. */
   async alive(n: ClusterNode): Promise<boolean> {
     const a = n.agent;
