@@ -18,6 +18,13 @@
  */
 import { type Netns, run, sh } from "../_netns.ts";
 import { serverBinary } from "../servers/paths.ts";
+import {
+  CLIENT_EXT,
+  makeCa,
+  SERVER_EXT,
+  serviceAccountKeys,
+  signedCert,
+} from "../servers/pki.ts";
 
 /** Port of the apiserver. */
 export const KUBE_PORT = 6443;
@@ -70,10 +77,6 @@ export async function kubeUnavailable(): Promise<string | undefined> {
     return "openssl is needed for the certificates: apt-get install -y openssl";
   }
   return undefined;
-}
-
-async function openssl(...args: string[]): Promise<void> {
-  await sh(["openssl", ...args]);
 }
 
 function b64(text: string): string {
@@ -131,97 +134,20 @@ export class KubeControlPlane implements AsyncDisposable {
     return cp;
   }
 
-  async #cert(
-    name: string,
-    subject: string,
-    ext: string,
-  ): Promise<void> {
-    const p = this.#pki;
-    await Deno.writeTextFile(`${p}/${name}.ext`, ext);
-    await openssl(
-      "req",
-      "-new",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-keyout",
-      `${p}/${name}.key`,
-      "-subj",
-      subject,
-      "-out",
-      `${p}/${name}.csr`,
-    );
-    await openssl(
-      "x509",
-      "-req",
-      "-in",
-      `${p}/${name}.csr`,
-      "-CA",
-      `${p}/ca.crt`,
-      "-CAkey",
-      `${p}/ca.key`,
-      "-CAcreateserial",
-      "-days",
-      "2",
-      "-extfile",
-      `${p}/${name}.ext`,
-      "-out",
-      `${p}/${name}.crt`,
-    );
-  }
-
   async #certificates(): Promise<void> {
     const p = this.#pki;
-    await openssl(
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-keyout",
-      `${p}/ca.key`,
-      "-out",
-      `${p}/ca.crt`,
-      "-days",
-      "2",
-      "-subj",
-      "/CN=weft-cluster-ca",
-      "-addext",
-      "basicConstraints=critical,CA:TRUE",
-      "-addext",
-      "keyUsage=critical,keyCertSign,cRLSign",
-    );
-    await this.#cert(
-      "apiserver",
-      "/CN=kube-apiserver",
-      `subjectAltName=IP:${this.ip},IP:127.0.0.1,IP:10.96.0.1,DNS:kubernetes,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n`,
-    );
-    await this.#cert(
-      "admin",
+    await makeCa(p, "weft-cluster-ca");
+    await signedCert(p, `${p}/apiserver`, "/CN=kube-apiserver", [
+      ...SERVER_EXT,
+      `subjectAltName=IP:${this.ip},IP:127.0.0.1,IP:10.96.0.1,DNS:kubernetes,DNS:localhost`,
+    ]);
+    await signedCert(
+      p,
+      `${p}/admin`,
       "/O=system:masters/CN=weft-admin",
-      "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
+      CLIENT_EXT,
     );
-    await openssl(
-      "genpkey",
-      "-algorithm",
-      "EC",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-out",
-      `${p}/sa.key`,
-    );
-    await openssl(
-      "pkey",
-      "-in",
-      `${p}/sa.key`,
-      "-pubout",
-      "-out",
-      `${p}/sa.pub`,
-    );
+    await serviceAccountKeys(p);
   }
 
   #spawn(name: string, args: string[]): Deno.ChildProcess {
@@ -449,10 +375,11 @@ export class KubeControlPlane implements AsyncDisposable {
    */
   async writeKubeconfig(name: string, path: string): Promise<void> {
     const cert = `node-${name}`;
-    await this.#cert(
-      cert,
+    await signedCert(
+      this.#pki,
+      `${this.#pki}/${cert}`,
       `/O=${AGENT_GROUP}/CN=weft:${name}`,
-      "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
+      CLIENT_EXT,
     );
     const read = (f: string) => Deno.readTextFile(`${this.#pki}/${f}`);
     const kubeconfig = [

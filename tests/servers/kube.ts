@@ -14,7 +14,13 @@
  */
 import { serverBinary } from "./paths.ts";
 import { EtcdServer } from "./etcd.ts";
-import { run, sh } from "../_netns.ts";
+import {
+  CLIENT_EXT,
+  makeCa,
+  SERVER_EXT,
+  serviceAccountKeys,
+  signedCert,
+} from "./pki.ts";
 
 /** Whether kube-apiserver and etcd >= 3.5 are built. */
 export async function kubeServersAvailable(): Promise<
@@ -113,17 +119,11 @@ export class KubeServers implements AsyncDisposable {
     let etcd: EtcdServer | undefined;
     try {
       await makeCa(dir);
-      await makeServingCert(dir);
-      await sh(["openssl", "genrsa", "-out", `${dir}/sa.key`, "2048"]);
-      await sh([
-        "openssl",
-        "rsa",
-        "-in",
-        `${dir}/sa.key`,
-        "-pubout",
-        "-out",
-        `${dir}/sa.pub`,
+      await signedCert(dir, `${dir}/apiserver`, "/CN=kube-apiserver", [
+        ...SERVER_EXT,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
       ]);
+      await serviceAccountKeys(dir);
       etcd = await EtcdServer.start({
         bin: bins.etcd,
         args: ["--unsafe-no-fsync", "--quota-backend-bytes=8589934592"],
@@ -413,11 +413,7 @@ export class KubeServers implements AsyncDisposable {
   async clientCert(cn: string, groups: string[] = []): Promise<ClientCert> {
     const base = `${this.dir}/client-${cn.replace(/[^a-z0-9-]/gi, "_")}`;
     const subj = `/${groups.map((g) => `O=${g}/`).join("")}CN=${cn}`;
-    await signedCert(this.dir, base, subj, [
-      "basicConstraints=CA:FALSE",
-      "keyUsage=critical,digitalSignature,keyEncipherment",
-      "extendedKeyUsage=clientAuth",
-    ]);
+    await signedCert(this.dir, base, subj, CLIENT_EXT);
     return {
       certFile: `${base}.crt`,
       keyFile: `${base}.key`,
@@ -522,84 +518,6 @@ async function tail(path: string, lines = 40): Promise<string> {
   } catch {
     return "(no log)";
   }
-}
-
-async function makeCa(dir: string): Promise<void> {
-  await sh([
-    "openssl",
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:prime256v1",
-    "-nodes",
-    "-keyout",
-    `${dir}/ca.key`,
-    "-out",
-    `${dir}/ca.crt`,
-    "-days",
-    "2",
-    "-subj",
-    `/CN=weft-test-ca-${crypto.randomUUID().slice(0, 8)}`,
-    "-addext",
-    "basicConstraints=critical,CA:TRUE",
-    "-addext",
-    "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-  ]);
-}
-
-/** Creates `<base>.key` and `<base>.crt` signed by `<dir>/ca.*`. */
-async function signedCert(
-  dir: string,
-  base: string,
-  subj: string,
-  ext: string[],
-): Promise<void> {
-  await sh([
-    "openssl",
-    "req",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:prime256v1",
-    "-nodes",
-    "-keyout",
-    `${base}.key`,
-    "-out",
-    `${base}.csr`,
-    "-subj",
-    subj,
-  ]);
-  await Deno.writeTextFile(`${base}.ext`, ext.join("\n") + "\n");
-  const out = await run([
-    "openssl",
-    "x509",
-    "-req",
-    "-in",
-    `${base}.csr`,
-    "-CA",
-    `${dir}/ca.crt`,
-    "-CAkey",
-    `${dir}/ca.key`,
-    "-CAcreateserial",
-    "-out",
-    `${base}.crt`,
-    "-days",
-    "2",
-    "-extfile",
-    `${base}.ext`,
-  ]);
-  if (out.code !== 0) throw new Error(`openssl x509 -req: ${out.stderr}`);
-}
-
-async function makeServingCert(dir: string): Promise<void> {
-  await signedCert(dir, `${dir}/apiserver`, "/CN=kube-apiserver", [
-    "basicConstraints=CA:FALSE",
-    "keyUsage=critical,digitalSignature,keyEncipherment",
-    "extendedKeyUsage=serverAuth",
-    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
-  ]);
 }
 
 /**
