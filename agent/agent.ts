@@ -56,23 +56,35 @@ async function subnetManager(
   });
 }
 
-/** Turns the kernel monitor into the reconciler's change source. */
+/** How long after our own kernel writes their notifications are echoes. */
+const ECHO_MS = 250;
+
+/**
+ * Turns the kernel monitor into the reconciler's change source. It wakes
+ * the reconciler for anything on our devices (the overlay device and the
+ * external interface) and for any route deletion; pod churn (veths coming
+ * and going, ARP on cni0) is ignored so a busy node does not spin passes.
+ * Notifications right after our own writes are echoes of them: waking a
+ * full pass for each would stall the next lease event behind a pass over
+ * thousands of peers. A deletion is only an echo if we deleted something.
+ */
 function changeSource(
   monitor: NetlinkMonitor,
   watched: () => Set<number>,
+  rec: Reconciler,
 ): ChangeSource {
   return {
-    // Wake the reconciler for anything on our devices (the overlay device
-    // and the external interface: links, neighbours, FDB entries, routes)
-    // and for any route deletion; pod churn (veths coming and going, ARP on
-    // cni0) is ignored, so a busy node does not spin passes.
     async next() {
       for (;;) {
         const s = await monitor.next();
+        if (s.overrun) return s;
+        const now = performance.now();
         const ours = watched();
-        if (
-          s.overrun || s.delRoute > 0 || s.indexes.some((i) => ours.has(i))
-        ) return s;
+        const dels = s.delLink + s.delAddr + s.delNeigh + s.delFdb;
+        const onOurs = s.indexes.some((i) => ours.has(i));
+        const del = s.delRoute > 0 || (onOurs && dels > 0);
+        if (del && now - rec.lastWrite.del > ECHO_MS) return s;
+        if (onOurs && now - rec.lastWrite.any > ECHO_MS) return s;
       }
     },
     close: () => monitor.close(),
@@ -251,7 +263,7 @@ export async function runAgent(
         rec.handle(events);
         refresh();
       }, stop.signal),
-      rec.run(stop.signal, monitor && changeSource(monitor, watched)),
+      rec.run(stop.signal, monitor && changeSource(monitor, watched, rec)),
       traffic.run(stop.signal),
       sm.keepLease(lease, stop.signal),
     ];

@@ -92,6 +92,7 @@ export class Reconciler {
   readonly #leases = new Map<string, Lease>();
   /** Receive time of the oldest unprogrammed event per key. */
   readonly #pendingSince = new Map<string, number>();
+  #lastWrite = { any: -Infinity, del: -Infinity };
   /** Backend type last warned about, by key of an ignored lease. */
   readonly #ignored = new Map<string, string>();
   #synced = false;
@@ -125,6 +126,15 @@ export class Reconciler {
   /** Number of full passes run. */
   get passes(): number {
     return this.#passes;
+  }
+
+  /**
+   * When this reconciler last changed the kernel (`performance.now()`):
+   * any change, and deletions. Kernel notifications that follow our own
+   * writes are echoes, not drift (see agent.ts).
+   */
+  get lastWrite(): { readonly any: number; readonly del: number } {
+    return this.#lastWrite;
   }
 
   /** The current plan of a family (after a pass), for callers and tests. */
@@ -294,6 +304,11 @@ export class Reconciler {
       if (log.enabled(level)) log.v(level, describeOp(op, name));
       try {
         this.#run(op);
+        const now = performance.now();
+        this.#lastWrite = {
+          any: now,
+          del: op.kind.endsWith("Del") ? now : this.#lastWrite.del,
+        };
       } catch (e) {
         const missing = e instanceof KernelError && e.notFound;
         if (missing && op.kind.endsWith("Del")) continue;

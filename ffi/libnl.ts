@@ -17,6 +17,11 @@ export const LIBNL_SYMBOLS = {
   nl_socket_alloc: { parameters: [], result: "pointer" }, // struct nl_sock *(void)
   nl_socket_free: { parameters: ["pointer"], result: "void" }, // (struct nl_sock *)
   nl_connect: { parameters: ["pointer", "i32"], result: "i32" }, // (struct nl_sock *, int protocol)
+  nl_socket_disable_msg_peek: { parameters: ["pointer"], result: "void" }, // (struct nl_sock *)
+  nl_socket_set_msg_buf_size: {
+    parameters: ["pointer", "usize"],
+    result: "i32",
+  }, // (struct nl_sock *, size_t)
   nl_socket_get_fd: { parameters: ["pointer"], result: "i32" }, // (const struct nl_sock *)
   nl_socket_add_membership: {
     parameters: ["pointer", "i32"], // (struct nl_sock *, int group)

@@ -120,6 +120,15 @@ export function openNetlink(opts: OpenNetlinkOptions = {}): LibnlNetlink {
         "netlink connect",
         "NETLINK_ROUTE",
       );
+      // libnl peeks at every reply to size its buffer, which costs a second
+      // recvmsg per call; a fixed 32 KiB buffer (enough for any single
+      // rtnetlink reply weft reads this way) makes it one.
+      l.nl.nl_socket_disable_msg_peek(sk.ptr);
+      check(
+        l.nl.nl_socket_set_msg_buf_size(sk.ptr, 32768n),
+        "netlink buffer",
+        "32768 bytes",
+      );
       return sk.release();
     } finally {
       sk[Symbol.dispose]();
