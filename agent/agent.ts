@@ -255,9 +255,12 @@ export async function runAgent(
       return ids;
     };
 
+    // Our own stop (a component failed) or the caller's (a signal, which
+    // may already have fired while we were acquiring the lease).
     const stop = new AbortController();
     const onAbort = () => stop.abort();
-    signal.addEventListener("abort", onAbort, { once: true });
+    if (signal.aborted) stop.abort();
+    else signal.addEventListener("abort", onAbort, { once: true });
     const tasks = [
       sm.watchLeases((events) => {
         rec.handle(events);

@@ -17,7 +17,12 @@ import { logger } from "../../agent/log.ts";
 import { metrics } from "../../agent/metrics.ts";
 import type { Result } from "../result.ts";
 import { Backoff, type BackoffOptions, sleep } from "../retry.ts";
-import { isTransient, KubeApiError, type KubeClient } from "./client.ts";
+import {
+  isTransient,
+  KubeApiError,
+  type KubeClient,
+  KubeConnectionError,
+} from "./client.ts";
 import { forEachChunk } from "./_body.ts";
 import { ListSplitter } from "./list_stream.ts";
 import { LineSplitter } from "../ndjson.ts";
@@ -43,9 +48,14 @@ export interface NodeWatcherOptions {
   readonly timeoutSeconds?: () => number;
   /** Silence tolerated beyond the watch timeout, ms. Default 30000. */
   readonly idleGraceMs?: number;
-  /** Consecutive watch failures before falling back to listing. Default 5. */
+  /**
+   * Consecutive broken watch streams, with the server reachable, before
+   * falling back to listing. An unreachable server does not count: while
+   * it is down listing cannot help, and once it is back watching should
+   * resume at once. Default 5.
+   */
   readonly fallbackAfter?: number;
-  /** Period of LIST while in fallback, ms. Default 60000. */
+  /** Period of LIST while in fallback, ms. Default 30000. */
   readonly pollIntervalMs?: number;
   /** How long to stay in fallback before watching again, ms. Default 300000. */
   readonly watchRetryMs?: number;
@@ -98,7 +108,7 @@ export class NodeWatcher {
       (() => 300 + Math.floor(Math.random() * 300));
     this.#idleGraceMs = opts.idleGraceMs ?? 30_000;
     this.#fallbackAfter = opts.fallbackAfter ?? 5;
-    this.#pollMs = opts.pollIntervalMs ?? 60_000;
+    this.#pollMs = opts.pollIntervalMs ?? 30_000;
     this.#watchRetryMs = opts.watchRetryMs ?? 300_000;
     this.#backoffOpts = opts.backoff ?? {};
     this.#fieldSelector = opts.fieldSelector;
@@ -187,6 +197,8 @@ export class NodeWatcher {
   async run(sink: NodeSink, signal: AbortSignal): Promise<void> {
     const backoff = new Backoff(this.#backoffOpts);
     let failures = 0;
+    /** Failures with the server answering (see `fallbackAfter`). */
+    let streamFailures = 0;
     let pollingSince: number | undefined;
     let relisted = false;
     try {
@@ -206,8 +218,8 @@ export class NodeWatcher {
               }
               log.info("Trying to watch nodes again after listing for a while");
               pollingSince = undefined;
-              // One more failure sends us back to listing.
-              failures = this.#fallbackAfter - 1;
+              // One more broken stream sends us back to listing.
+              streamFailures = this.#fallbackAfter - 1;
             }
           }
           const started = performance.now();
@@ -217,6 +229,7 @@ export class NodeWatcher {
             }
             backoff.reset();
             failures = 0;
+            streamFailures = 0;
           });
           metrics.watchRestarts.inc();
           // A server that ends watches at once must not make us spin.
@@ -232,6 +245,7 @@ export class NodeWatcher {
         } catch (e) {
           if (signal.aborted) break;
           failures++;
+          if (!(e instanceof KubeConnectionError)) streamFailures++;
           metrics.watchRestarts.inc();
           const transient = isTransient(e) || e instanceof IdleWatch;
           const msg = `Node watch failed (${failures} in a row): ${
@@ -240,8 +254,8 @@ export class NodeWatcher {
           if (transient) log.v(1, msg);
           else log.error(msg);
           if (
-            failures >= this.#fallbackAfter && pollingSince === undefined &&
-            this.#rv !== undefined
+            streamFailures >= this.#fallbackAfter &&
+            pollingSince === undefined && this.#rv !== undefined
           ) {
             log.warn(
               `Node watch failed ${failures} times in a row; listing nodes every ${

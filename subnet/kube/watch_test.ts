@@ -241,7 +241,8 @@ Deno.test("run() falls back to periodic listing after repeated watch failures, t
         String(lists),
       );
     }
-    if (failWatches) throw new TypeError("connection refused");
+    // A proxy that lets LIST through but breaks every watch.
+    if (failWatches) return new Response("broken", { status: 502 });
     const s = new WatchStream();
     streams.push(s);
     return new Response(s.body, { status: 200 });
@@ -271,6 +272,45 @@ Deno.test("run() falls back to periodic listing after repeated watch failures, t
     const n = lists;
     await new Promise((r) => setTimeout(r, 150));
     assert.equal(lists, n, "no more periodic lists once watching");
+  } finally {
+    ctl.abort();
+    await done;
+    setLogSink(prev);
+  }
+});
+
+Deno.test("run() keeps watching, not polling, while the server is unreachable", async () => {
+  let down = true;
+  let lists = 0;
+  const streams: WatchStream[] = [];
+  const api = new FakeApi((r) => {
+    if (!isWatch(r)) {
+      lists++;
+      return list([node("n1", "5", "10.244.1.0/24", "192.0.2.1")], "7");
+    }
+    if (down) throw new TypeError("connection refused");
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const lines: string[] = [];
+  const prev = setLogSink((l) => lines.push(l));
+  const ctl = new AbortController();
+  const done = new NodeWatcher(api.client(), slim, {
+    ...fast,
+    fallbackAfter: 2,
+    pollIntervalMs: 60_000,
+  }).run(new Recorder(), ctl.signal);
+  try {
+    const rec = new Recorder();
+    await rec.until(() => api.requests.filter(isWatch).length >= 5, 3000);
+    assert.ok(
+      !lines.some((l) => /listing nodes every/.test(l)),
+      lines.join("\n"),
+    );
+    down = false;
+    await rec.until(() => streams.length === 1, 3000);
+    assert.equal(lists, 1, "resumed from the last version, no relist");
   } finally {
     ctl.abort();
     await done;
