@@ -167,6 +167,36 @@ export interface KubeClientOptions {
   readonly requestTimeoutMs?: number;
   /** Extra words for TLS errors: where the CA came from. */
   readonly caHint?: string;
+  /**
+   * After a TLS failure: a new HTTP client if the CA file changed (CA
+   * rotation), else undefined. Default: none.
+   */
+  readonly reloadHttpClient?: () => Promise<Deno.HttpClient | undefined>;
+}
+
+/**
+ * Rebuilds an HTTP client when the CA file's content changes, so a rotated
+ * CA (a bundle with old and new CA, then a server certificate of the new
+ * one) is picked up without a restart.
+ */
+export function caFileReloader(
+  caPath: string,
+  first: string,
+  build: (caPem: string) => Deno.HttpClient,
+): () => Promise<Deno.HttpClient | undefined> {
+  let current = first;
+  return async () => {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(caPath);
+    } catch {
+      return undefined;
+    }
+    if (text === current) return undefined;
+    current = text;
+    log.info(`CA file "${caPath}" changed: using the new one`);
+    return build(text);
+  };
 }
 
 /** Options of one request. */
@@ -182,7 +212,8 @@ export interface RequestOptions {
 export class KubeClient {
   readonly server: string;
   readonly #token: TokenSource | undefined;
-  readonly #http: Deno.HttpClient | undefined;
+  #http: Deno.HttpClient | undefined;
+  readonly #reload: (() => Promise<Deno.HttpClient | undefined>) | undefined;
   readonly #fetch: typeof fetch;
   readonly #timeoutMs: number;
   readonly #caHint: string;
@@ -197,6 +228,7 @@ export class KubeClient {
     this.#fetch = opts.fetch ?? fetch;
     this.#timeoutMs = opts.requestTimeoutMs ?? 30_000;
     this.#caHint = opts.caHint ?? "";
+    this.#reload = opts.reloadHttpClient;
   }
 
   /**
@@ -213,6 +245,13 @@ export class KubeClient {
     try {
       return await this.#send(method, path, opts);
     } catch (e) {
+      if (e instanceof KubeConnectionError && e.tls && this.#reload) {
+        const next = await this.#reload();
+        if (!next) throw e;
+        this.#http?.close();
+        this.#http = next;
+        return await this.#send(method, path, opts);
+      }
       if (!(e instanceof KubeApiError) || e.status !== 401 || !this.#token) {
         throw e;
       }
@@ -512,12 +551,14 @@ export async function connect(opts: ConnectOptions = {}): Promise<KubeClient> {
   }
   const token = new FileToken(tokenPath);
   await token.token(); // fail early, naming the file
+  const build = (pem: string) => Deno.createHttpClient({ caCerts: [pem] });
   return new KubeClient({
     server,
     token,
     ...(caCerts && {
-      httpClient: Deno.createHttpClient({ caCerts }),
+      httpClient: build(caCerts[0]!),
       caHint: `is the API server's certificate signed by "${caPath}"?`,
+      reloadHttpClient: caFileReloader(caPath, caCerts[0]!, build),
     }),
     ...timeout,
   });
@@ -548,11 +589,17 @@ async function clientFromKubeconfig(
     );
   }
   const https = c.server.startsWith("https:");
-  const httpClient = https && (caCerts || tls)
-    ? Deno.createHttpClient({
-      ...(caCerts && { caCerts }),
+  const build = (caPem?: string) =>
+    Deno.createHttpClient({
+      ...(caPem !== undefined && { caCerts: [caPem] }),
       ...(tls && tls),
-    })
+    });
+  const httpClient = https && (caCerts || tls)
+    ? build(caCerts?.[0])
+    : undefined;
+  // A CA given as a file can rotate under us; inline data cannot.
+  const reloadHttpClient = https && c.ca && "file" in c.ca && caCerts
+    ? caFileReloader(c.ca.file, caCerts[0]!, build)
     : undefined;
   const token = c.token !== undefined
     ? new StaticToken(c.token)
@@ -569,6 +616,7 @@ async function clientFromKubeconfig(
     server: c.server,
     ...(token && { token }),
     ...(httpClient && { httpClient }),
+    ...(reloadHttpClient && { reloadHttpClient }),
     caHint,
     ...extra,
   });

@@ -152,3 +152,61 @@ Deno.test("inClusterServer() brackets an IPv6 service host", () => {
     "https://[fd00:10:96::1]:443",
   );
 });
+
+Deno.test("KubeClient retries a TLS failure once with a client rebuilt from a rotated CA", async () => {
+  let calls = 0;
+  const clients: (Deno.HttpClient | undefined)[] = [];
+  const fakeFetch =
+    ((_url: string, init?: RequestInit & { client?: Deno.HttpClient }) => {
+      calls++;
+      clients.push(init?.client);
+      if (calls === 1) {
+        return Promise.reject(
+          new TypeError("fetch failed", {
+            cause: new Error(
+              "client error (Connect): invalid peer certificate: UnknownIssuer",
+            ),
+          }),
+        );
+      }
+      return Promise.resolve(
+        new Response('{"kind":"NodeList"}', { status: 200 }),
+      );
+    }) as typeof fetch;
+  let reloads = 0;
+  const rotated = Deno.createHttpClient({});
+  const client = new KubeClient({
+    server: "https://198.18.0.254:6443",
+    fetch: fakeFetch,
+    httpClient: Deno.createHttpClient({}),
+    reloadHttpClient: () => {
+      reloads++;
+      return Promise.resolve(rotated);
+    },
+  });
+  try {
+    assert.deepEqual(await client.getJson("/api/v1/nodes"), {
+      kind: "NodeList",
+    });
+    assert.equal(reloads, 1);
+    assert.equal(calls, 2);
+    assert.equal(clients[1], rotated);
+  } finally {
+    client.close();
+  }
+  // Unchanged CA: the TLS error stands, naming the server.
+  const stuck = new KubeClient({
+    server: "https://198.18.0.254:6443",
+    fetch: (() =>
+      Promise.reject(
+        new TypeError("fetch failed", {
+          cause: new Error("invalid peer certificate: UnknownIssuer"),
+        }),
+      )) as typeof fetch,
+    reloadHttpClient: () => Promise.resolve(undefined),
+  });
+  await assert.rejects(
+    () => stuck.getJson("/api/v1/nodes"),
+    /Cannot reach Kubernetes API server "https:\/\/198.18.0.254:6443".*TLS error/,
+  );
+});
