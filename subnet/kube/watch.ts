@@ -57,8 +57,6 @@ export interface NodeWatcherOptions {
   readonly fallbackAfter?: number;
   /** Period of LIST while in fallback, ms. Default 30000. */
   readonly pollIntervalMs?: number;
-  /** How long to stay in fallback before watching again, ms. Default 300000. */
-  readonly watchRetryMs?: number;
   readonly backoff?: BackoffOptions;
   /** Restricts the nodes (`metadata.name=a`). */
   readonly fieldSelector?: string;
@@ -91,7 +89,6 @@ export class NodeWatcher {
   readonly #idleGraceMs: number;
   readonly #fallbackAfter: number;
   readonly #pollMs: number;
-  readonly #watchRetryMs: number;
   readonly #backoffOpts: BackoffOptions;
   readonly #fieldSelector: string | undefined;
   #rv: string | undefined;
@@ -109,7 +106,6 @@ export class NodeWatcher {
     this.#idleGraceMs = opts.idleGraceMs ?? 30_000;
     this.#fallbackAfter = opts.fallbackAfter ?? 5;
     this.#pollMs = opts.pollIntervalMs ?? 30_000;
-    this.#watchRetryMs = opts.watchRetryMs ?? 300_000;
     this.#backoffOpts = opts.backoff ?? {};
     this.#fieldSelector = opts.fieldSelector;
   }
@@ -203,28 +199,27 @@ export class NodeWatcher {
     let relisted = false;
     try {
       while (!signal.aborted) {
+        // Whether this round's LIST worked: in fallback, a watch that then
+        // fails again means "list again after pollMs", not "back off".
+        let listed = false;
         try {
           if (this.#rv === undefined || pollingSince !== undefined) {
             const { nodes, resourceVersion } = await this.list(signal);
             if (relisted) metrics.relists.inc();
             this.#rv = resourceVersion;
             relisted = true;
+            listed = true;
             sink.sync(nodes, performance.now());
             backoff.reset();
-            if (pollingSince !== undefined) {
-              if (performance.now() - pollingSince < this.#watchRetryMs) {
-                await sleep(this.#pollMs, signal);
-                continue;
-              }
-              log.info("Trying to watch nodes again after listing for a while");
-              pollingSince = undefined;
-              // One more broken stream sends us back to listing.
-              streamFailures = this.#fallbackAfter - 1;
-            }
           }
+          // In fallback too: every round tries the watch once more, so
+          // watching resumes as soon as streams work again.
           const started = performance.now();
           const end = await this.#watch(this.#rv, sink, signal, () => {
-            if (failures > 0) {
+            if (pollingSince !== undefined) {
+              log.info("Node watch works again: no more periodic listing");
+              pollingSince = undefined;
+            } else if (failures > 0) {
               log.info(`Node watch resumed after ${failures} failures`);
             }
             backoff.reset();
@@ -260,16 +255,18 @@ export class NodeWatcher {
             log.warn(
               `Node watch failed ${failures} times in a row; listing nodes every ${
                 Math.round(this.#pollMs / 1000)
-              }s instead, and watching again in ${
-                Math.round(this.#watchRetryMs / 1000)
-              }s`,
+              }s instead, trying the watch again after each list`,
             );
             pollingSince = performance.now();
           }
           const retryAfter = e instanceof KubeApiError
             ? e.retryAfterMs
             : undefined;
-          await sleep(backoff.next(retryAfter), signal);
+          const polling = pollingSince !== undefined && listed;
+          await sleep(
+            polling ? this.#pollMs : backoff.next(retryAfter),
+            signal,
+          );
         }
       }
     } catch (e) {
