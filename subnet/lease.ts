@@ -32,6 +32,12 @@ export interface Lease {
   readonly attrs: LeaseAttrs;
   /** When the lease runs out (etcd mode); undefined means never. */
   readonly expiration?: Date;
+  /**
+   * Creation order, for breaking ties between overlapping claims (older
+   * wins): the Node's `creationTimestamp` in ms, or the etcd key's create
+   * revision. Comparable only within one source.
+   */
+  readonly createdAt?: number;
 }
 
 /** A change to the set of peer leases. */

@@ -8,8 +8,9 @@
  * Who wins an overlap: a key already accepted keeps its subnet; then a
  * claim of the configured subnet length beats an odd-sized one (so a stray
  * supernet key cannot take a real node's routes after a restart, when
- * nothing is accepted yet); then arrival order. A peer claiming our own
- * subnet always loses.
+ * nothing is accepted yet); then the older claim (Node creation time, etcd
+ * create revision), so a restart decides as the live agent did; then
+ * arrival order. A peer claiming our own subnet always loses.
  *
  * A single update costs O(1) plus a look at the keys it may unblock, not a
  * pass over the whole cluster: at 5000 nodes each watch event would
@@ -243,9 +244,7 @@ export class LeaseTable {
   /** After a claim was released: accepts the blocked keys that now fit. */
   #unblock(receivedAt: number): LeaseEvent[] {
     if (this.#blocked.size === 0) return [];
-    const waiting = [...this.#blocked].sort((a, b) =>
-      this.#rank(a) - this.#rank(b)
-    );
+    const waiting = this.#byPriority([...this.#blocked], (k) => this.#rank(k));
     return waiting.flatMap((key) => this.#tryAccept(key, receivedAt));
   }
 
@@ -255,12 +254,26 @@ export class LeaseTable {
     return e && e.nets.every((n) => this.#standard(n)) ? 1 : 2;
   }
 
+  /** Creation order of a key's lease (older first); unknown goes last. */
+  #age(key: string): number {
+    const v = this.#entries.get(key)?.valid;
+    return (v?.ok ? v.value.createdAt : undefined) ?? Infinity;
+  }
+
+  /** Orders claimants: rank, then age, then arrival (a stable sort). */
+  #byPriority(keys: string[], rank: (key: string) => number): string[] {
+    return keys.map((key, i) => ({ key, r: rank(key), a: this.#age(key), i }))
+      .sort((x, y) => x.r - y.r || x.a - y.a || x.i - y.i)
+      .map((x) => x.key);
+  }
+
   /** Decides every key from scratch (relist, own lease) and diffs. */
   #recomputeAll(receivedAt: number): LeaseEvent[] {
     const before = new Map(this.#accepted);
-    const order = [...this.#entries.keys()]
-      .map((key) => ({ key, r: before.has(key) ? 0 : this.#rank(key) }))
-      .sort((a, b) => a.r - b.r);
+    const order = this.#byPriority(
+      [...this.#entries.keys()],
+      (key) => before.has(key) ? 0 : this.#rank(key),
+    );
     this.#accepted.clear();
     this.#claims.clear();
     this.#lengths.clear();
@@ -268,7 +281,7 @@ export class LeaseTable {
     for (const key of [...this.#warned.keys()]) {
       if (!this.#entries.has(key)) this.#warned.delete(key);
     }
-    for (const { key } of order) this.#tryAccept(key, receivedAt);
+    for (const key of order) this.#tryAccept(key, receivedAt);
     const events: LeaseEvent[] = [];
     for (const [key, lease] of before) {
       const now = this.#accepted.get(key);

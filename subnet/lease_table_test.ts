@@ -173,3 +173,30 @@ Deno.test("LeaseTable: a holder moving to another subnet frees the waiting claim
     log.restore();
   }
 });
+
+Deno.test("LeaseTable: after a restart the older of two equal claims wins, whatever the key order", () => {
+  const log = captureLogs();
+  try {
+    const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
+    const real = {
+      ...lease("z-real", "10.244.3.0/24", "198.18.0.3"),
+      createdAt: 1000,
+    };
+    const copy = {
+      ...lease("a-copy", "10.244.3.0/24", "198.18.0.122"),
+      createdAt: 5000,
+    };
+    const ev = t.replaceAll(
+      new Map([["a-copy", ok(copy)], ["z-real", ok(real)]]),
+      0,
+    );
+    assert.deepEqual(ev.map((e) => `${e.type} ${e.lease.key}`), [
+      "added z-real",
+    ]);
+    assert.ok(
+      log.lines.some((l) => /Skipping node "a-copy": .*"z-real"/.test(l)),
+    );
+  } finally {
+    log.restore();
+  }
+});

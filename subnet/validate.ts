@@ -169,5 +169,6 @@ export function validateLease(
       ...(backendV6Data !== undefined && { backendV6Data }),
     },
     ...(lease.expiration !== undefined && { expiration: lease.expiration }),
+    ...(lease.createdAt !== undefined && { createdAt: lease.createdAt }),
   });
 }

@@ -216,6 +216,7 @@ export function leaseFromKv(
   value: string,
   dir: string,
   expiration?: Date,
+  createRevision?: bigint,
 ): Result<Lease> {
   const pair = parseSubnetKey(key, dir);
   if (!pair.ok) return pair;
@@ -228,5 +229,6 @@ export function leaseFromKv(
       { ipv6Subnet: pair.value.ipv6Subnet }),
     attrs: attrs.value,
     ...(expiration !== undefined && { expiration }),
+    ...(createRevision !== undefined && { createdAt: Number(createRevision) }),
   });
 }

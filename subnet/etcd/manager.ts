@@ -357,7 +357,10 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
           const all = new Map(
             listing.kvs.map((
               kv,
-            ) => [kv.key, leaseFromKv(kv.key, kv.value, dir)]),
+            ) => [
+              kv.key,
+              leaseFromKv(kv.key, kv.value, dir, undefined, kv.createRevision),
+            ]),
           );
           if (listed) metrics.relists.inc();
           listed = true;
@@ -399,7 +402,13 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
             events.push(
               ...(ev.type === "DELETE" ? table.remove(key, now) : table.update(
                 key,
-                leaseFromKv(key, ev.kv.value, dir),
+                leaseFromKv(
+                  key,
+                  ev.kv.value,
+                  dir,
+                  undefined,
+                  ev.kv.createRevision,
+                ),
                 now,
               )),
             );

@@ -106,6 +106,8 @@ export interface SlimNode {
   readonly podCIDRs: readonly string[];
   /** Only the flannel annotations named in {@linkcode AnnotationKeys}. */
   readonly annotations: Readonly<Record<string, string>>;
+  /** `metadata.creationTimestamp` in ms, when readable. */
+  readonly createdAt?: number;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -145,7 +147,13 @@ export function slimNode(
       if (typeof v === "string") annotations[k] = v;
     }
   }
-  return ok({ name, podCIDRs: podCidrsOf(obj.spec), annotations });
+  const created = Date.parse(String(obj.metadata.creationTimestamp ?? ""));
+  return ok({
+    name,
+    podCIDRs: podCidrsOf(obj.spec),
+    annotations,
+    ...(Number.isFinite(created) && { createdAt: created }),
+  });
 }
 
 /** A slim node reduced with a key set computed once. */
@@ -247,6 +255,7 @@ export function nodeToLease(
   }
   return ok({
     key: node.name,
+    ...(node.createdAt !== undefined && { createdAt: node.createdAt }),
     ...(subnet !== undefined && { subnet }),
     ...(ipv6Subnet !== undefined && { ipv6Subnet }),
     attrs: {
