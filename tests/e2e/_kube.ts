@@ -16,7 +16,7 @@
  *
  * @module
  */
-import { type Netns, run, sh } from "../_netns.ts";
+import { type Netns, run } from "../_netns.ts";
 import { serverBinary } from "../servers/paths.ts";
 import {
   CLIENT_EXT,
