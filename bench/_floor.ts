@@ -28,6 +28,32 @@ export async function underlayNs(tag: string): Promise<Netns> {
   return ns;
 }
 
+/**
+ * {@linkcode underlayNs} plus `flannel.1` as flanneld makes it (`vxlan id 1
+ * local 198.18.0.1 dev eth0 dstport 8472 nolearning`, a /32, up), made with
+ * iproute2 so that what is measured is only the peer programming.
+ */
+export async function vxlanNs(
+  tag: string,
+  address = "10.0.1.0/32",
+): Promise<Netns> {
+  const ns = await underlayNs(tag);
+  try {
+    await ns.ip(
+      ..."link add flannel.1 type vxlan id 1 local 198.18.0.1 dev eth0".split(
+        " ",
+      ),
+      ..."dstport 8472 nolearning".split(" "),
+    );
+    await ns.ip("addr", "add", address, "dev", "flannel.1");
+    await ns.ip("link", "set", "flannel.1", "up");
+  } catch (e) {
+    await ns.close();
+    throw e;
+  }
+  return ns;
+}
+
 /** Number of routes, neighbours and FDB entries on `flannel.1`. */
 export async function countObjects(ns: Netns): Promise<number> {
   const routes = await ns.json("route", "show", "dev", "flannel.1");
@@ -43,25 +69,7 @@ export async function countObjects(ns: Netns): Promise<number> {
 export async function ipBatchFloor(
   peers: readonly FloorPeer[],
 ): Promise<number> {
-  await using ns = await underlayNs("bench-ipb");
-  await ns.ip(
-    "link",
-    "add",
-    "flannel.1",
-    "type",
-    "vxlan",
-    "id",
-    "1",
-    "local",
-    "198.18.0.1",
-    "dev",
-    "eth0",
-    "dstport",
-    "8472",
-    "nolearning",
-  );
-  await ns.ip("addr", "add", "10.0.1.0/32", "dev", "flannel.1");
-  await ns.ip("link", "set", "flannel.1", "up");
+  await using ns = await vxlanNs("bench-ipb");
   const ipLines: string[] = [];
   const fdbLines: string[] = [];
   for (const p of peers) {

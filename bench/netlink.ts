@@ -8,9 +8,10 @@
  *
  * @module
  */
-import { Netns, sh } from "../tests/_netns.ts";
+import { sh } from "../tests/_netns.ts";
 import { openNetlink } from "../ffi/netlink.ts";
 import { NTF_SELF, NUD_PERMANENT } from "../ffi/types.ts";
+import { countObjects, vxlanNs } from "./_floor.ts";
 
 /** One line of the result table. */
 export interface Row {
@@ -46,41 +47,8 @@ function peers(n: number): Peer[] {
   return out;
 }
 
-async function node(tag: string): Promise<Netns> {
-  const ns = await Netns.create(tag);
-  await ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth1");
-  await ns.ip("addr", "add", "198.18.0.1/24", "dev", "eth0");
-  await ns.ip("link", "set", "eth0", "up");
-  await ns.ip(
-    "link",
-    "add",
-    "flannel.1",
-    "type",
-    "vxlan",
-    "id",
-    "1",
-    "local",
-    "198.18.0.1",
-    "dev",
-    "eth0",
-    "dstport",
-    "8472",
-    "nolearning",
-  );
-  await ns.ip("addr", "add", "10.255.255.0/32", "dev", "flannel.1");
-  await ns.ip("link", "set", "flannel.1", "up");
-  return ns;
-}
-
-async function count(ns: Netns): Promise<number> {
-  const routes = await ns.json("route", "show", "dev", "flannel.1");
-  const neigh = await ns.json("neigh", "show", "dev", "flannel.1");
-  const fdb = await ns.json("bridge", "fdb", "show", "dev", "flannel.1");
-  return routes.length + neigh.length + fdb.length;
-}
-
 async function timeFfi(list: Peer[]): Promise<number> {
-  await using ns = await node("bench-ffi");
+  await using ns = await vxlanNs("bench-ffi", "10.255.255.0/32");
   using nl = openNetlink({ netns: ns.path });
   const index = nl.linkByName("flannel.1")!.index;
   const t0 = performance.now();
@@ -96,7 +64,7 @@ async function timeFfi(list: Peer[]): Promise<number> {
     nl.routeReplace({ dst: p.subnet, gw: p.gw, index, onlink: true });
   }
   const ms = performance.now() - t0;
-  const got = await count(ns);
+  const got = await countObjects(ns);
   if (got !== 3 * list.length) {
     throw new Error(`ffi/ made ${got} objects, want ${3 * list.length}`);
   }
@@ -104,7 +72,7 @@ async function timeFfi(list: Peer[]): Promise<number> {
 }
 
 async function timeBatch(list: Peer[]): Promise<number> {
-  await using ns = await node("bench-ip");
+  await using ns = await vxlanNs("bench-ip", "10.255.255.0/32");
   const ipLines: string[] = [];
   const fdbLines: string[] = [];
   for (const p of list) {
@@ -124,7 +92,7 @@ async function timeBatch(list: Peer[]): Promise<number> {
     await sh(["ip", "-n", ns.name, "-batch", `${dir}/ip`]);
     await sh(["bridge", "-n", ns.name, "-batch", `${dir}/fdb`]);
     const ms = performance.now() - t0;
-    const got = await count(ns);
+    const got = await countObjects(ns);
     if (got !== 3 * list.length) {
       throw new Error(`ip -batch made ${got} objects, want ${3 * list.length}`);
     }

@@ -39,7 +39,13 @@ import {
   type PeerInput,
   type PeerSlot,
 } from "../faults/corpus.ts";
-import { DEVICE, expectedPeers, readOverlay } from "../faults/kernel.ts";
+import {
+  DEVICE,
+  expectedPeers,
+  judgeEntries,
+  readOverlay,
+  slotEntries,
+} from "../faults/kernel.ts";
 import { FaultProxy } from "../faults/proxy.ts";
 import { KubeFaults } from "../faults/kube_faults.ts";
 import { kubeUnavailable } from "./_kube.ts";
@@ -518,29 +524,13 @@ class EtcdFaults extends FaultRun {
           : named;
         for (const n of nodes) {
           const s = states.get(n)!;
-          const entries = [
-            ...s.routes.filter((r) =>
-              r.dev === DEVICE && (r.dst === claims || r.gw === slot.publicIP)
-            ).map((r) => `route ${r.dst}`),
-            ...s.fdb.filter((f) =>
-              f.mac === slot.mac || f.dst === slot.publicIP
-            )
-              .map((f) => `fdb ${f.mac} dst ${f.dst}`),
-            ...s.neighs.filter((x) => x.lladdr === slot.mac).map((x) =>
-              `neigh ${x.dst}`
-            ),
-          ];
-          if (k.expect === "refused" && entries.length > 0) {
-            caseFailures[i]!.push(
-              `${round}: ${n.name} programmed ${entries.join(", ")}`,
-            );
-          }
-          if (
-            k.expect === "programmed" &&
-            !entries.some((e) => e.startsWith("route"))
-          ) {
-            caseFailures[i]!.push(`${round}: ${n.name} did not program it`);
-          }
+          const trace = { claims, mac: slot.mac, publicIP: slot.publicIP };
+          const entries = slotEntries(s, trace, (r) =>
+            r.dev === DEVICE &&
+            (r.dst === claims || r.gw === slot.publicIP));
+          caseFailures[i]!.push(
+            ...judgeEntries(k.expect, entries, `${round}: ${n.name}`),
+          );
         }
         if (k.expect === "refused") {
           for (const n of nodes) {

@@ -201,3 +201,50 @@ export function inCidr(ip: string, cidr: string): boolean {
   return ((toInt(ip.split("/")[0]!) & mask) >>> 0) === ((toInt(net) & mask) >>>
     0);
 }
+
+/** What a corpus case's peer would look like in the kernel. */
+export interface SlotTrace {
+  /** The subnet it claims, unless a real node holds that subnet. */
+  readonly claims: string | undefined;
+  readonly mac: string;
+  readonly publicIP: string;
+}
+
+/**
+ * The kernel entries on one node that belong to a corpus case, in
+ * iproute2 words (`route ...`, `fdb ...`, `neigh ...`). `route` decides
+ * which routes count (etcd mode also matches the gateway).
+ */
+export function slotEntries(
+  s: OverlayState,
+  slot: SlotTrace,
+  route: (r: OverlayState["routes"][number]) => boolean = (r) =>
+    r.dst === slot.claims,
+): string[] {
+  return [
+    ...s.routes.filter(route).map((r) => `route ${r.dst}`),
+    ...s.fdb.filter((f) => f.mac === slot.mac || f.dst === slot.publicIP)
+      .map((f) => `fdb ${f.mac} dst ${f.dst}`),
+    ...s.neighs.filter((x) => x.lladdr === slot.mac).map((x) =>
+      `neigh ${x.dst}`
+    ),
+  ];
+}
+
+/**
+ * Why a node's entries for a case are wrong: a refused case must leave
+ * none, a programmed one needs its route. Empty when right.
+ */
+export function judgeEntries(
+  expect: "refused" | "programmed",
+  entries: string[],
+  where: string,
+): string[] {
+  if (expect === "refused" && entries.length > 0) {
+    return [`${where} programmed ${entries.join(", ")}`];
+  }
+  if (expect === "programmed" && !entries.some((e) => e.startsWith("route"))) {
+    return [`${where} did not program it`];
+  }
+  return [];
+}

@@ -28,7 +28,7 @@ import {
 import { run, sh } from "../_netns.ts";
 import { KUBE_PORT, KubeControlPlane } from "../e2e/_kube.ts";
 import { NODE_CASES, type NodeSlot } from "./corpus.ts";
-import { readOverlay } from "./kernel.ts";
+import { judgeEntries, readOverlay, slotEntries } from "./kernel.ts";
 import { FaultProxy } from "./proxy.ts";
 import { type FaultRow, fmtMs } from "./report.ts";
 import {
@@ -582,29 +582,14 @@ export class KubeFaults extends FaultRun {
           const claims = named !== undefined && realSubnets.has(named)
             ? undefined
             : named;
-          const entries = [
-            ...s.routes.filter((r) => r.dst === claims).map((r) =>
-              `route ${r.dst}`
-            ),
-            ...s.fdb.filter((f) =>
-              f.mac === slot.mac || f.dst === slot.publicIP
-            )
-              .map((f) => `fdb ${f.mac} dst ${f.dst}`),
-            ...s.neighs.filter((x) => x.lladdr === slot.mac).map((x) =>
-              `neigh ${x.dst}`
-            ),
-          ];
-          if (k.expect === "refused" && entries.length > 0) {
-            failures[i]!.push(
-              `${round}: ${n.name} programmed ${entries.join(", ")}`,
-            );
-          }
-          if (
-            k.expect === "programmed" &&
-            !entries.some((e) => e.startsWith("route"))
-          ) {
-            failures[i]!.push(`${round}: ${n.name} did not program it`);
-          }
+          const entries = slotEntries(s, {
+            claims,
+            mac: slot.mac,
+            publicIP: slot.publicIP,
+          });
+          failures[i]!.push(
+            ...judgeEntries(k.expect, entries, `${round}: ${n.name}`),
+          );
           if (k.expect === "refused" && !w(slot.name)) {
             failures[i]!.push(
               `${round}: no warning naming the node on ${n.name}`,
