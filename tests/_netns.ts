@@ -9,8 +9,7 @@
  *
  * @module
  */
-
-const decoder = new TextDecoder();
+import { type CommandOutput, commandRunner } from "../agent/traffic.ts";
 
 /** Whether this process runs as root. */
 export function isRoot(): boolean {
@@ -50,33 +49,33 @@ export function kernelTest(
 }
 
 /** Output of a finished command. */
-export interface Output {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type Output = CommandOutput;
+
+const runner = commandRunner();
 
 /** Runs a command and returns its output; never throws on exit status. */
-export async function run(cmd: string[], stdin?: string): Promise<Output> {
-  const [program, ...args] = cmd;
-  if (program === undefined) throw new Error("Empty command");
-  const child = new Deno.Command(program, {
-    args,
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  return {
-    code: out.code,
-    stdout: decoder.decode(out.stdout),
-    stderr: decoder.decode(out.stderr),
+export function run(cmd: string[], stdin?: string): Promise<Output> {
+  return runner(cmd, stdin);
+}
+
+/**
+ * Stops a child process: `signal`, then SIGKILL if it is still there after
+ * `graceMs`; resolves once it has exited.
+ */
+export async function halt(
+  child: Deno.ChildProcess,
+  signal: Deno.Signal,
+  graceMs: number,
+): Promise<void> {
+  const kill = (s: Deno.Signal) => {
+    try {
+      child.kill(s);
+    } catch { /* already exited */ }
   };
+  kill(signal);
+  const timer = setTimeout(() => kill("SIGKILL"), graceMs);
+  await child.status;
+  clearTimeout(timer);
 }
 
 /** Runs a command and returns stdout, throwing with stderr on failure. */

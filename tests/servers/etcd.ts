@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { halt } from "../_netns.ts";
 
 /** Debian's etcd-server 3.4. */
 export const DEBIAN_ETCD = "/usr/bin/etcd";
@@ -198,20 +199,7 @@ export class EtcdServer implements AsyncDisposable {
     const child = this.#child;
     if (!child) return;
     this.#child = undefined;
-    try {
-      child.kill(signal);
-    } catch {
-      // Already exited.
-    }
-    const timer = setTimeout(() => {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // Already exited.
-      }
-    }, 5000);
-    await child.status;
-    clearTimeout(timer);
+    await halt(child, signal, 5000);
   }
 
   /** Stops etcd gracefully (SIGTERM, SIGKILL after 5 s). */

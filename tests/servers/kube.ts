@@ -14,6 +14,7 @@
  */
 import { serverBinary } from "./paths.ts";
 import { EtcdServer } from "./etcd.ts";
+import { halt } from "../_netns.ts";
 import {
   CLIENT_EXT,
   makeCa,
@@ -218,20 +219,7 @@ export class KubeServers implements AsyncDisposable {
     const child = this.#child;
     if (!child) return;
     this.#child = undefined;
-    try {
-      child.kill(signal);
-    } catch {
-      // Already gone.
-    }
-    const timer = setTimeout(() => {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // Already gone.
-      }
-    }, 15_000);
-    await child.status;
-    clearTimeout(timer);
+    await halt(child, signal, 15_000);
   }
 
   /** Stops and starts kube-apiserver on the same port and etcd. */
