@@ -273,7 +273,8 @@ export class Reconciler {
     this.#passes++;
     metrics.reconcilePasses.inc();
     metrics.reconcileDuration.observe((performance.now() - started) / 1000);
-    this.#observeLatency(new Set(this.#leases.keys()));
+    // Everything pending is settled by a full pass, removals included.
+    this.#observeLatency(this.#pendingSince.keys());
     this.#updateGauge();
     return { ops, errors };
   }
@@ -343,23 +344,28 @@ export class Reconciler {
     }
   }
 
-  #observeLatency(keys: Set<string>): void {
+  /** Records event-to-kernel latency for `keys` now programmed. */
+  #observeLatency(keys: Iterable<string>): void {
     const now = performance.now();
-    for (const key of keys) {
+    for (const key of [...keys]) {
       const since = this.#pendingSince.get(key);
-      if (since === undefined) continue;
-      if (this.#families.some((f) => f.failed.has(key))) continue;
+      if (since === undefined || this.#failed(key)) continue;
       this.#pendingSince.delete(key);
       metrics.eventToKernel.observe((now - since) / 1000);
     }
   }
 
+  #failed(key: string): boolean {
+    return this.#families.some((f) => f.failed.has(key));
+  }
+
+  /** Peers programmed = known peers minus those failing in any family. */
   #updateGauge(): void {
-    let programmed = 0;
-    for (const key of this.#leases.keys()) {
-      if (!this.#families.some((f) => f.failed.has(key))) programmed++;
+    const failing = new Set<string>();
+    for (const f of this.#families) {
+      for (const key of f.failed) if (this.#leases.has(key)) failing.add(key);
     }
-    metrics.peersProgrammed.set(programmed);
+    metrics.peersProgrammed.set(this.#leases.size - failing.size);
   }
 
   /** Asks the run loop for a pass soon. */

@@ -7,6 +7,7 @@ import { parseNetConfig } from "../subnet/config.ts";
 import { unwrap } from "../subnet/result.ts";
 import { NLE_EXIST } from "../ffi/types.ts";
 import { setLogSink } from "../agent/log.ts";
+import { metrics } from "../agent/metrics.ts";
 
 setLogSink(() => {});
 
@@ -397,4 +398,31 @@ Deno.test("createBackend() names a bad Backend key and an unknown type", () => {
     u,
   );
   assert.ok(!udp.ok && /Unsupported backend type "udp"/.test(udp.reason));
+});
+
+Deno.test("Reconciler metrics: peers programmed excludes failing peers; latency is observed once programmed", () => {
+  const { kernel, rec } = node();
+  kernel.fault = (op, obj) =>
+    op === "routeReplace" && (obj as { dst: string }).dst === "10.244.3.0/24"
+      ? NLE_EXIST
+      : undefined;
+  const before = metrics.eventToKernel.count;
+  rec.handle(added(peer(2), peer(3), peer(4)));
+  rec.pass();
+  assert.equal(metrics.peersProgrammed.get(), 2);
+  assert.equal(
+    metrics.eventToKernel.count - before,
+    2,
+    "the failing peer is not observed yet",
+  );
+  kernel.fault = undefined;
+  rec.pass();
+  assert.equal(metrics.peersProgrammed.get(), 3);
+  assert.equal(metrics.eventToKernel.count - before, 3);
+  // A removal is observed when its entries are gone.
+  rec.handle(removed(peer(4)));
+  assert.equal(metrics.peersProgrammed.get(), 2);
+  assert.equal(metrics.eventToKernel.count - before, 4);
+  rec.pass();
+  assert.equal(metrics.eventToKernel.count - before, 4, "observed once");
 });
