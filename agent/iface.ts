@@ -29,13 +29,6 @@ export const IFA_F_DEPRECATED = 0x20;
 /** Address flag: RFC 4941 privacy address (IFA_F_TEMPORARY). */
 export const IFA_F_TEMPORARY = 0x01;
 
-/**
- * An address with its IFA_F_* flags. `ffi/types.ts` `AddrInfo` does not
- * carry flags yet; when it does, they are used, and until then every
- * address counts as permanent and not deprecated.
- */
-type FlaggedAddr = AddrInfo;
-
 /** The chosen interface. Addresses are plain (no prefix length). */
 export interface ExternalInterface {
   readonly index: number;
@@ -94,7 +87,8 @@ interface Parsed {
   readonly flags: number;
 }
 
-function parseAddr(a: FlaggedAddr): Parsed | undefined {
+/** An address read back; one without flags counts as permanent. */
+function parseAddr(a: AddrInfo): Parsed | undefined {
   const net = parseIpNet(a.local);
   const ip = net.ok ? undefined : parseIp(a.local);
   const family = net.ok ? net.value.family : ip?.ok ? ip.value.family : 0;

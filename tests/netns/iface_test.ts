@@ -150,3 +150,38 @@ kernelTest("iface: nothing matching lists what was tried", async () => {
       "Cannot choose the interface of the default route: no default route",
   });
 });
+
+kernelTest(
+  "iface: a deprecated address loses to a permanent one on the same interface",
+  async () => {
+    await using ns = await node();
+    // Added first, so it is listed first; preferred_lft 0 makes it deprecated.
+    await ns.ip("addr", "flush", "dev", "eth1");
+    await ns.ip(
+      "addr",
+      "add",
+      "198.51.100.4/24",
+      "dev",
+      "eth1",
+      "valid_lft",
+      "3600",
+      "preferred_lft",
+      "0",
+    );
+    await ns.ip("addr", "add", "198.51.100.5/24", "dev", "eth1");
+    const flags = (await ns.json<
+      { addr_info: { local: string; deprecated?: boolean }[] }[]
+    >(
+      "addr",
+      "show",
+      "dev",
+      "eth1",
+    ))[0]!.addr_info;
+    assertEquals(
+      flags.find((a) => a.local === "198.51.100.4")?.deprecated,
+      true,
+    );
+    const r = choose(ns, { iface: ["eth1"] });
+    assertEquals(r.ok && r.value.ipv4, "198.51.100.5");
+  },
+);
