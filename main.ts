@@ -8,9 +8,9 @@
  */
 import { parseFlags, usage } from "./agent/flags.ts";
 import { FatalError, runAgent } from "./agent/agent.ts";
-import { logger } from "./agent/log.ts";
+import { logger } from "./lib/log.ts";
 import { cniMain } from "./cni/plugin.ts";
-import { VERSION } from "./version.ts";
+import { VERSION } from "./lib/version.ts";
 
 const log = logger("main");
 

@@ -10,23 +10,23 @@
  * @module
  */
 import type { Flags } from "./flags.ts";
-import { logger, setVerbosity } from "./log.ts";
-import { metrics } from "./metrics.ts";
+import { logger, setVerbosity } from "../lib/log.ts";
+import { metrics } from "../lib/metrics.ts";
 import { Readiness, READY, startHealthServer } from "./health.ts";
 import { selectExternalInterface } from "./iface.ts";
-import { writeSubnetEnv } from "./subnet_env.ts";
-import { TrafficManager } from "./traffic.ts";
+import { writeSubnetEnv } from "../subnet/subnet_env.ts";
+import { TrafficManager } from "../traffic/manager.ts";
 import { openNetlink } from "../ffi/netlink.ts";
 import { openMonitor } from "../ffi/monitor.ts";
 import type { NetlinkMonitor } from "../ffi/types.ts";
 import { createBackend, Reconciler } from "../backend/mod.ts";
 import type { ChangeSource } from "../backend/mod.ts";
 import type { NetworkConfig } from "../subnet/config.ts";
-import { formatNet } from "../subnet/ip.ts";
+import { formatNet } from "../lib/ip.ts";
 import type { SubnetManager } from "../subnet/lease.ts";
 import { KubeSubnetManager } from "../subnet/kube/manager.ts";
 import { EtcdSubnetManager } from "../subnet/etcd/manager.ts";
-import { VERSION } from "../version.ts";
+import { VERSION } from "../lib/version.ts";
 
 const log = logger("main");
 

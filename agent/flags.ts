@@ -14,8 +14,8 @@
  *
  * @module
  */
-import { fail, ok, type Result } from "../subnet/result.ts";
-import { parseIp } from "../subnet/ip.ts";
+import { fail, ok, type Result } from "../lib/result.ts";
+import { parseIp } from "../lib/ip.ts";
 
 /** Parsed command line. Field docs name the flag and its default. */
 export interface Flags {

@@ -6,14 +6,14 @@
  * programmed, subnet.env written, rules in place) reports ready, and 503
  * otherwise with one line per condition in the Kubernetes style
  * (`[+]name ok`, `[-]name: why`). `/metrics` renders the Prometheus
- * registry of agent/metrics.ts.
+ * registry of lib/metrics.ts.
  *
  * The request handler is a plain function, tested without a socket.
  *
  * @module
  */
-import { metrics } from "./metrics.ts";
-import { logger } from "./log.ts";
+import { metrics } from "../lib/metrics.ts";
+import { logger } from "../lib/log.ts";
 
 const log = logger("healthz");
 

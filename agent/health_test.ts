@@ -5,7 +5,7 @@ import {
   Readiness,
   READY,
 } from "./health.ts";
-import { Registry } from "./metrics.ts";
+import { Registry } from "../lib/metrics.ts";
 
 async function get(
   handler: (req: Request) => Response,

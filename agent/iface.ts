@@ -16,9 +16,9 @@
  * @module
  */
 import type { AddrInfo, LinkInfo, Netlink, RouteInfo } from "../ffi/types.ts";
-import { type Family, ipString, parseIp, parseIpNet } from "../subnet/ip.ts";
-import { fail, ok, type Result } from "../subnet/result.ts";
-import { logger } from "./log.ts";
+import { type Family, ipString, parseIp, parseIpNet } from "../lib/ip.ts";
+import { fail, ok, type Result } from "../lib/result.ts";
+import { logger } from "../lib/log.ts";
 
 const log = logger("iface");
 

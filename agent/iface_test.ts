@@ -12,8 +12,8 @@ import {
   selectExternalInterface,
   usableAddrs,
 } from "./iface.ts";
-import { setLogSink } from "./log.ts";
-import { parseIp } from "../subnet/ip.ts";
+import { setLogSink } from "../lib/log.ts";
+import { parseIp } from "../lib/ip.ts";
 
 setLogSink(() => {});
 

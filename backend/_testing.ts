@@ -6,11 +6,12 @@
  * @module
  */
 import { MemoryKernel } from "./memory_kernel.ts";
-import { createBackend, type Underlay } from "./backend.ts";
+import type { Underlay } from "./backend.ts";
+import { createBackend } from "./registry.ts";
 import { Reconciler } from "./reconciler.ts";
 import type { Lease, LeaseEvent } from "../subnet/lease.ts";
 import { parseNetConfig } from "../subnet/config.ts";
-import { unwrap } from "../subnet/result.ts";
+import { unwrap } from "../lib/result.ts";
 import "./vxlan.ts";
 import "./hostgw.ts";
 

@@ -2,14 +2,15 @@
  * The backend interface, as flannel splits it: a backend prepares what it
  * can before the lease exists (the device, whose MAC goes into the lease),
  * then, given our lease, returns a network that the reconciler keeps in
- * shape. `createBackend` picks the implementation from net-conf.json.
+ * shape. `createBackend` (registry.ts) picks the implementation from
+ * net-conf.json.
  *
  * @module
  */
 import type { Netlink } from "../ffi/types.ts";
 import type { NetworkConfig } from "../subnet/config.ts";
 import type { Lease, LeaseAttrs } from "../subnet/lease.ts";
-import { fail, type Result } from "../subnet/result.ts";
+import { fail, type Result } from "../lib/result.ts";
 import type { FamilyNetwork } from "./reconciler.ts";
 
 /** The external (underlay) interface the overlay runs over. */
@@ -51,37 +52,13 @@ export interface BackendOptions {
   readonly sysctl?: (path: string, value: string) => void;
 }
 
-type Factory = (
+/** Builds one backend type's implementation from net-conf.json. */
+export type BackendFactory = (
   nl: Netlink,
   config: NetworkConfig,
   underlay: Underlay,
   opts: BackendOptions,
 ) => Result<Backend>;
-
-const factories = new Map<string, Factory>();
-
-/** Registers a backend type (called by each backend module). */
-export function registerBackend(type: string, factory: Factory): void {
-  factories.set(type, factory);
-}
-
-/** Creates the backend named by `config.backend.type`. */
-export function createBackend(
-  nl: Netlink,
-  config: NetworkConfig,
-  underlay: Underlay,
-  opts: BackendOptions = {},
-): Result<Backend> {
-  const factory = factories.get(config.backend.type);
-  if (!factory) {
-    return fail(
-      `Unsupported backend type "${config.backend.type}" (weft supports: ${
-        [...factories.keys()].join(", ")
-      })`,
-    );
-  }
-  return factory(nl, config, underlay, opts);
-}
 
 /**
  * Reads a key of the Backend object case-insensitively (Go's

@@ -14,9 +14,9 @@ import {
   netContainsIp,
   parseIp,
   parseIpNet,
-} from "../subnet/ip.ts";
-import { randomMac } from "../subnet/mac.ts";
-import { logger } from "../agent/log.ts";
+} from "../lib/ip.ts";
+import { randomMac } from "../lib/mac.ts";
+import { logger } from "../lib/log.ts";
 
 const log = logger("vxlan");
 

@@ -10,13 +10,8 @@
 import type { Netlink } from "../ffi/types.ts";
 import type { NetworkConfig } from "../subnet/config.ts";
 import type { Lease, LeaseAttrs } from "../subnet/lease.ts";
-import { fail, ok, type Result } from "../subnet/result.ts";
-import {
-  type Backend,
-  type BackendNetwork,
-  registerBackend,
-  type Underlay,
-} from "./backend.ts";
+import { fail, ok, type Result } from "../lib/result.ts";
+import { type Backend, type BackendNetwork, type Underlay } from "./backend.ts";
 import { directPeerEntries } from "./plan.ts";
 import type { FamilyNetwork } from "./reconciler.ts";
 
@@ -89,5 +84,3 @@ export function createHostGwBackend(
   }
   return ok(new HostGwBackend(config, underlay));
 }
-
-registerBackend("host-gw", createHostGwBackend);

@@ -22,7 +22,7 @@ import {
   RT_TABLE_MAIN,
   type VxlanLinkSpec,
 } from "../ffi/types.ts";
-import { netContainsIp, parseIp, parseIpNet } from "../subnet/ip.ts";
+import { netContainsIp, parseIp, parseIpNet } from "../lib/ip.ts";
 
 /** Decides whether an operation fails: return a libnl code to fail it. */
 export type FaultHook = (op: string, object: unknown) => number | undefined;

@@ -1,10 +1,10 @@
 /**
- * The backends: importing this module registers `vxlan` and `host-gw`.
+ * The backends' public face: the interfaces, the registry of backend
+ * types and the reconciler.
  *
  * @module
  */
 export * from "./backend.ts";
 export { Reconciler } from "./reconciler.ts";
 export type { ChangeSource, FamilyNetwork, PassResult } from "./reconciler.ts";
-import "./vxlan.ts";
-import "./hostgw.ts";
+export { BACKENDS, createBackend } from "./registry.ts";

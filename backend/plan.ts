@@ -28,7 +28,7 @@ import {
   netContainsNet,
   networkAddr,
   parseIpNet,
-} from "../subnet/ip.ts";
+} from "../lib/ip.ts";
 import type { Lease, VxlanBackendData } from "../subnet/lease.ts";
 
 /** The kernel entries one peer needs. */

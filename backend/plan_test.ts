@@ -8,8 +8,8 @@ import {
   type PeerEntries,
   vxlanPeerEntries,
 } from "./plan.ts";
-import { parseIpNet } from "../subnet/ip.ts";
-import { unwrap } from "../subnet/result.ts";
+import { parseIpNet } from "../lib/ip.ts";
+import { unwrap } from "../lib/result.ts";
 import { peer } from "./_testing.ts";
 
 const plan: FamilyPlan = {

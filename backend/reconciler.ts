@@ -31,8 +31,9 @@ import {
   type PeerEntries,
   type PeerMode,
 } from "./plan.ts";
-import { logger } from "../agent/log.ts";
-import { metrics } from "../agent/metrics.ts";
+import { logger } from "../lib/log.ts";
+import { metrics } from "../lib/metrics.ts";
+import { sleep } from "../lib/retry.ts";
 
 const log = logger("reconcile");
 
@@ -389,7 +390,7 @@ export class Reconciler {
           }
           return;
         }
-        await sleep(this.#opts.debounceMs, signal);
+        await sleep(this.#opts.debounceMs, signal).catch(() => {});
         this.#trigger();
       }
     };
@@ -415,14 +416,4 @@ export class Reconciler {
     }
     await watcher;
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
-      clearTimeout(t);
-      resolve();
-    }, { once: true });
-  });
 }

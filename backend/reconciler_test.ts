@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { added, node, peer, removed } from "./_testing.ts";
 import { MemoryKernel } from "./memory_kernel.ts";
-import { createBackend } from "./backend.ts";
+import { createBackend } from "./registry.ts";
 import { Reconciler } from "./reconciler.ts";
 import { parseNetConfig } from "../subnet/config.ts";
-import { unwrap } from "../subnet/result.ts";
+import { unwrap } from "../lib/result.ts";
 import { NLE_EXIST } from "../ffi/types.ts";
-import { setLogSink } from "../agent/log.ts";
-import { metrics } from "../agent/metrics.ts";
+import { setLogSink } from "../lib/log.ts";
+import { metrics } from "../lib/metrics.ts";
 
 setLogSink(() => {});
 

@@ -28,16 +28,15 @@
  */
 import type { Netlink } from "../ffi/types.ts";
 import type { NetworkConfig } from "../subnet/config.ts";
-import type { IpNet } from "../subnet/ip.ts";
+import type { IpNet } from "../lib/ip.ts";
 import type { Lease, LeaseAttrs } from "../subnet/lease.ts";
-import { fail, ok, type Result } from "../subnet/result.ts";
+import { fail, ok, type Result } from "../lib/result.ts";
 import { parseVxlanData } from "../subnet/validate.ts";
 import {
   type Backend,
   backendKey,
   type BackendNetwork,
   type BackendOptions,
-  registerBackend,
   type Underlay,
 } from "./backend.ts";
 import { configureDevice, ensureVxlanDevice } from "./device.ts";
@@ -48,7 +47,7 @@ import {
   vxlanPeerEntries,
 } from "./plan.ts";
 import type { FamilyNetwork } from "./reconciler.ts";
-import { logger } from "../agent/log.ts";
+import { logger } from "../lib/log.ts";
 
 const log = logger("vxlan");
 
@@ -288,5 +287,3 @@ export function createVxlanBackend(
   }
   return ok(new VxlanBackend(nl, cfg.value, underlay, specs, opts));
 }
-
-registerBackend("vxlan", createVxlanBackend);

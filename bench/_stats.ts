@@ -6,7 +6,7 @@
  * @module
  */
 import process from "node:process";
-import { setLogSink } from "../agent/log.ts";
+import { setLogSink } from "../lib/log.ts";
 
 /** The p-th percentile (0..100, nearest rank) of `xs`; NaN when empty. */
 export function percentile(xs: readonly number[], p: number): number {

@@ -32,8 +32,8 @@ import {
 import { NodeWatcher } from "../subnet/kube/watch.ts";
 import { LeaseTable } from "../subnet/lease_table.ts";
 import { parseNetConfig } from "../subnet/config.ts";
-import { ok, unwrap } from "../subnet/result.ts";
-import { setLogSink } from "../agent/log.ts";
+import { ok, unwrap } from "../lib/result.ts";
+import { setLogSink } from "../lib/log.ts";
 import { machine } from "./_stats.ts";
 
 const NET_CONF = '{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}';

@@ -24,7 +24,7 @@ import { openNetlink } from "../ffi/netlink.ts";
 import { NTF_SELF, NUD_PERMANENT } from "../ffi/types.ts";
 import { createBackend, Reconciler } from "../backend/mod.ts";
 import { parseNetConfig } from "../subnet/config.ts";
-import { unwrap } from "../subnet/result.ts";
+import { unwrap } from "../lib/result.ts";
 import type { Lease, LeaseEvent } from "../subnet/lease.ts";
 import { cpuMs, machine, median, quietLogs } from "./_stats.ts";
 

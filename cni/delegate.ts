@@ -15,8 +15,8 @@ import {
   ipString,
   parseIp,
   parseIpNet,
-} from "../subnet/ip.ts";
-import type { SubnetEnvFile } from "../agent/subnet_env.ts";
+} from "../lib/ip.ts";
+import type { SubnetEnvFile } from "../subnet/subnet_env.ts";
 
 /** Where subnet.env is read when the configuration does not say. */
 export const DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env";

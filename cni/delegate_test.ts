@@ -7,7 +7,7 @@ import {
   renderDelegate,
   validateDelegate,
 } from "./delegate.ts";
-import { parseSubnetEnv, type SubnetEnvFile } from "../agent/subnet_env.ts";
+import { parseSubnetEnv, type SubnetEnvFile } from "../subnet/subnet_env.ts";
 
 /** The flannel entry of kube-flannel's stock conflist, as libcni passes it. */
 const STOCK = JSON.stringify({

@@ -19,8 +19,9 @@ import {
   missingSubnetEnvKeys,
   parseSubnetEnv,
   type SubnetEnvFile,
-  writeFileAtomic,
-} from "../agent/subnet_env.ts";
+} from "../subnet/subnet_env.ts";
+import { writeFileAtomic } from "../lib/atomic_write.ts";
+import { runCommand } from "../lib/command.ts";
 import {
   CNI_ERR,
   type CniFailure,
@@ -102,23 +103,7 @@ export const denoCniDeps: CniDeps = {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
   },
-  exec: async (path, env, stdin) => {
-    const child = new Deno.Command(path, {
-      env,
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const w = child.stdin.getWriter();
-    await w.write(enc.encode(stdin));
-    await w.close();
-    const out = await child.output();
-    return {
-      code: out.code,
-      stdout: dec.decode(out.stdout),
-      stderr: dec.decode(out.stderr),
-    };
-  },
+  exec: (path, env, stdin) => runCommand([path], { env, stdin }),
 };
 
 class CniError extends Error {

@@ -3,7 +3,7 @@
  * interface through which everything above `ffi/` reads and changes them.
  * `ffi/netlink.ts` implements it over libnl-route-3; `backend/memory_kernel.ts`
  * implements it in memory for tests. Addresses are canonical strings
- * (see `subnet/ip.ts`), MACs lower-case `aa:bb:cc:dd:ee:ff`.
+ * (see `lib/ip.ts`), MACs lower-case `aa:bb:cc:dd:ee:ff`.
  *
  * @module
  */

@@ -14,7 +14,7 @@ import {
   networkAddr,
   parseIp,
   parseIpNet,
-} from "../subnet/ip.ts";
+} from "../lib/ip.ts";
 import {
   type AddrInfo,
   type FdbInfo,

@@ -16,8 +16,8 @@ import {
   parseIp,
   parseIpNet,
   sizeOf,
-} from "./ip.ts";
-import { fail, ok, type Result } from "./result.ts";
+} from "../lib/ip.ts";
+import { fail, ok, type Result } from "../lib/result.ts";
 
 /** The backend section of net-conf.json. `type` is lower-cased. */
 export interface BackendConfig {

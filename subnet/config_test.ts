@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { parseNetConfig } from "./config.ts";
-import { formatIp, formatNet } from "./ip.ts";
+import { formatIp, formatNet } from "../lib/ip.ts";
 
 Deno.test("parseNetConfig() fills flanneld's defaults for a /16", () => {
   const r = parseNetConfig(

@@ -19,12 +19,12 @@
  * @module
  */
 import type { NetworkConfig } from "./config.ts";
-import { type IpNet, netsOverlap, parseIpNet } from "./ip.ts";
+import { type IpNet, netsOverlap, parseIpNet } from "../lib/ip.ts";
 import type { Lease, LeaseEvent } from "./lease.ts";
-import type { Result } from "./result.ts";
+import type { Result } from "../lib/result.ts";
 import { validateLease } from "./validate.ts";
-import { logger } from "../agent/log.ts";
-import { metrics } from "../agent/metrics.ts";
+import { logger } from "../lib/log.ts";
+import { metrics } from "../lib/metrics.ts";
 
 const log = logger("subnet");
 

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { LeaseTable } from "./lease_table.ts";
 import { parseNetConfig } from "./config.ts";
 import type { Lease } from "./lease.ts";
-import { fail, ok, unwrap } from "./result.ts";
-import { setLogSink } from "../agent/log.ts";
+import { fail, ok, unwrap } from "../lib/result.ts";
+import { setLogSink } from "../lib/log.ts";
 
 const config = unwrap(parseNetConfig('{"Network":"10.244.0.0/16"}'));
 

@@ -14,10 +14,10 @@ import {
   netContainsNet,
   parseIp,
   parseSubnet,
-} from "./ip.ts";
+} from "../lib/ip.ts";
 import type { Lease, VxlanBackendData } from "./lease.ts";
-import { parseUnicastMac } from "./mac.ts";
-import { fail, ok, type Result } from "./result.ts";
+import { parseUnicastMac } from "../lib/mac.ts";
+import { fail, ok, type Result } from "../lib/result.ts";
 
 const BACKEND_TYPE = /^[a-z0-9][a-z0-9-]{0,31}$/;
 

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { parseVxlanData, validateLease } from "./validate.ts";
 import { parseNetConfig } from "./config.ts";
 import type { Lease } from "./lease.ts";
-import { unwrap } from "./result.ts";
+import { unwrap } from "../lib/result.ts";
 
 const v4 = unwrap(parseNetConfig('{"Network":"10.244.0.0/16"}'));
 const dual = unwrap(parseNetConfig(

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { type CommandOutput, commandRunner } from "../agent/traffic.ts";
+import { type CommandOutput, commandRunner } from "../lib/command.ts";
 
 /** Whether this process runs as root. */
 export function isRoot(): boolean {

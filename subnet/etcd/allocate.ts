@@ -16,8 +16,8 @@ import {
   networkAddr,
   parseIpNet,
   sizeOf,
-} from "../ip.ts";
-import { fail, ok, type Result } from "../result.ts";
+} from "../../lib/ip.ts";
+import { fail, ok, type Result } from "../../lib/result.ts";
 import type { SubnetPair } from "./keys.ts";
 
 /** flanneld picks among at most this many free subnets. */

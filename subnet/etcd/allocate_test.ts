@@ -7,8 +7,8 @@ import {
   MAX_CANDIDATES,
 } from "./allocate.ts";
 import { parseNetConfig } from "../config.ts";
-import { formatIp, type IpNet, parseIpNet } from "../ip.ts";
-import { unwrap } from "../result.ts";
+import { formatIp, type IpNet, parseIpNet } from "../../lib/ip.ts";
+import { unwrap } from "../../lib/result.ts";
 
 const net = (s: string): IpNet => unwrap(parseIpNet(s));
 const v4 = (addrs: bigint[]) => addrs.map((a) => formatIp(4, a));

@@ -16,8 +16,8 @@
  *
  * @module
  */
-import { LineSplitter, parseJsonLine } from "../ndjson.ts";
-import { parseRetryAfter } from "../retry.ts";
+import { LineSplitter, parseJsonLine } from "../../lib/ndjson.ts";
+import { parseRetryAfter } from "../../lib/retry.ts";
 
 /** TLS material for `--etcd-cafile/--etcd-certfile/--etcd-keyfile`. */
 export interface EtcdTlsFiles {

@@ -9,9 +9,9 @@
  *
  * @module
  */
-import { formatNet, parseIpNet } from "../ip.ts";
+import { formatNet, parseIpNet } from "../../lib/ip.ts";
 import type { Lease, LeaseAttrs } from "../lease.ts";
-import { fail, ok, type Result } from "../result.ts";
+import { fail, ok, type Result } from "../../lib/result.ts";
 import { short } from "../validate.ts";
 
 /** flanneld's default `--etcd-prefix`. */

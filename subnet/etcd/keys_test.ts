@@ -14,7 +14,7 @@ import {
 } from "./keys.ts";
 import { LeaseTable } from "../lease_table.ts";
 import { parseNetConfig } from "../config.ts";
-import { unwrap } from "../result.ts";
+import { unwrap } from "../../lib/result.ts";
 
 // Written by flanneld v0.28 (json.Marshal of LeaseAttrs), as stored in etcd.
 const FLANNELD_V4 =

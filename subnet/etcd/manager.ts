@@ -13,7 +13,7 @@
  * @module
  */
 import { type NetworkConfig, parseNetConfig } from "../config.ts";
-import { formatIp, type IpNet, normalizeIp, parseIpNet } from "../ip.ts";
+import { formatIp, type IpNet, normalizeIp, parseIpNet } from "../../lib/ip.ts";
 import type {
   Lease,
   LeaseAttrs,
@@ -22,10 +22,10 @@ import type {
   SubnetManager,
 } from "../lease.ts";
 import { LeaseTable } from "../lease_table.ts";
-import { logger } from "../../agent/log.ts";
-import { metrics } from "../../agent/metrics.ts";
-import { readSubnetEnv } from "../../agent/subnet_env.ts";
-import { Backoff, sleep } from "../retry.ts";
+import { logger } from "../../lib/log.ts";
+import { metrics } from "../../lib/metrics.ts";
+import { readSubnetEnv } from "../subnet_env.ts";
+import { Backoff, sleep } from "../../lib/retry.ts";
 import { chooseSubnets, fitsConfig, isTaken } from "./allocate.ts";
 import {
   describe,

@@ -9,14 +9,14 @@
  *
  * @module
  */
-import { logger } from "../../agent/log.ts";
-import { VERSION } from "../../version.ts";
+import { logger } from "../../lib/log.ts";
+import { VERSION } from "../../lib/version.ts";
 import {
   Backoff,
   type BackoffOptions,
   parseRetryAfter,
   sleep,
-} from "../retry.ts";
+} from "../../lib/retry.ts";
 import {
   type KubeconfigConnection,
   parseKubeconfig,

@@ -8,7 +8,7 @@ import {
   KubeConnectionError,
   retrying,
 } from "./client.ts";
-import { setLogSink } from "../../agent/log.ts";
+import { setLogSink } from "../../lib/log.ts";
 
 setLogSink(() => {});
 

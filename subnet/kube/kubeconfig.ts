@@ -9,7 +9,7 @@
  */
 import process from "node:process";
 import { parse } from "yaml";
-import { fail, ok, type Result } from "../result.ts";
+import { fail, ok, type Result } from "../../lib/result.ts";
 
 /** Where a PEM blob comes from: inline (`*-data`, decoded) or a file. */
 export type PemSource = { readonly data: string } | { readonly file: string };

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { parseKubeconfig } from "./kubeconfig.ts";
-import { unwrap } from "../result.ts";
+import { unwrap } from "../../lib/result.ts";
 
 const PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 const b64 = btoa(PEM);

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { logger } from "../../agent/log.ts";
+import { logger } from "../../lib/log.ts";
 import { type NetworkConfig, parseNetConfig } from "../config.ts";
 import type {
   Lease,
@@ -18,7 +18,7 @@ import type {
   SubnetManager,
 } from "../lease.ts";
 import { LeaseTable } from "../lease_table.ts";
-import { sleep } from "../retry.ts";
+import { sleep } from "../../lib/retry.ts";
 import {
   connect,
   type ConnectOptions,

@@ -3,7 +3,7 @@ import { FakeApi, json, node, status, WatchStream } from "./_fake_api.ts";
 import type { SeenRequest } from "./_fake_api.ts";
 import { KubeSubnetManager } from "./manager.ts";
 import type { LeaseEvent } from "../lease.ts";
-import { setLogSink } from "../../agent/log.ts";
+import { setLogSink } from "../../lib/log.ts";
 
 const lines: string[] = [];
 setLogSink((l) => lines.push(l));

@@ -15,9 +15,9 @@ import {
   normalizeIp,
   parseIp,
   parseIpNet,
-} from "../ip.ts";
+} from "../../lib/ip.ts";
 import type { Lease, LeaseAttrs } from "../lease.ts";
-import { fail, ok, type Result } from "../result.ts";
+import { fail, ok, type Result } from "../../lib/result.ts";
 import { short } from "../validate.ts";
 
 /** flanneld's default `--kube-annotation-prefix`. */

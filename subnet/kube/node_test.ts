@@ -9,7 +9,7 @@ import {
   slimNode,
 } from "./node.ts";
 import { parseNetConfig } from "../config.ts";
-import { unwrap } from "../result.ts";
+import { unwrap } from "../../lib/result.ts";
 
 const keys = unwrap(annotationKeys());
 const v4 = { enableIPv4: true, enableIPv6: false };

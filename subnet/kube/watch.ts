@@ -13,10 +13,10 @@
  *
  * @module
  */
-import { logger } from "../../agent/log.ts";
-import { metrics } from "../../agent/metrics.ts";
-import type { Result } from "../result.ts";
-import { Backoff, type BackoffOptions, sleep } from "../retry.ts";
+import { logger } from "../../lib/log.ts";
+import { metrics } from "../../lib/metrics.ts";
+import type { Result } from "../../lib/result.ts";
+import { Backoff, type BackoffOptions, sleep } from "../../lib/retry.ts";
 import {
   isTransient,
   KubeApiError,
@@ -25,7 +25,7 @@ import {
 } from "./client.ts";
 import { forEachChunk } from "./_body.ts";
 import { ListSplitter } from "./list_stream.ts";
-import { LineSplitter } from "../ndjson.ts";
+import { LineSplitter } from "../../lib/ndjson.ts";
 import type { SlimNode } from "./node.ts";
 
 const log = logger("kube");

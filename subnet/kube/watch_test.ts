@@ -3,9 +3,9 @@ import { FakeApi, json, node, status, WatchStream } from "./_fake_api.ts";
 import type { SeenRequest } from "./_fake_api.ts";
 import { annotationKeys, slimmer, type SlimNode } from "./node.ts";
 import { type NodeSink, NodeWatcher } from "./watch.ts";
-import { unwrap } from "../result.ts";
-import { setLogSink } from "../../agent/log.ts";
-import { metrics } from "../../agent/metrics.ts";
+import { unwrap } from "../../lib/result.ts";
+import { setLogSink } from "../../lib/log.ts";
+import { metrics } from "../../lib/metrics.ts";
 
 setLogSink(() => {});
 const slim = slimmer(unwrap(annotationKeys()));

@@ -19,7 +19,7 @@ import { parseAllDocuments } from "yaml";
 import { parseFlags } from "../../agent/flags.ts";
 import { parseNetConfig } from "../../subnet/config.ts";
 import { goMarshal, parseNetConf, renderDelegate } from "../../cni/delegate.ts";
-import { parseSubnetEnv } from "../../agent/subnet_env.ts";
+import { parseSubnetEnv } from "../../subnet/subnet_env.ts";
 import { KubeServers, kubeServersAvailable } from "../servers/kube.ts";
 
 const MANIFEST = new URL("../../deploy/weft.yaml", import.meta.url);

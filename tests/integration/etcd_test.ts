@@ -13,8 +13,8 @@ import {
   LeaseRevokedError,
 } from "../../subnet/etcd/manager.ts";
 import type { LeaseAttrs, LeaseEvent } from "../../subnet/lease.ts";
-import { setLogSink } from "../../agent/log.ts";
-import { metrics } from "../../agent/metrics.ts";
+import { setLogSink } from "../../lib/log.ts";
+import { metrics } from "../../lib/metrics.ts";
 import {
   DEBIAN_ETCD,
   etcdAvailable,

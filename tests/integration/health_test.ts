@@ -14,8 +14,8 @@ import {
   READY,
   startHealthServer,
 } from "../../agent/health.ts";
-import { metrics } from "../../agent/metrics.ts";
-import { setLogSink } from "../../agent/log.ts";
+import { metrics } from "../../lib/metrics.ts";
+import { setLogSink } from "../../lib/log.ts";
 
 setLogSink(() => {});
 

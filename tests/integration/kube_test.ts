@@ -12,8 +12,8 @@ import { KubeSubnetManager } from "../../subnet/kube/manager.ts";
 import type { KubeFlags } from "../../subnet/kube/manager.ts";
 import type { NodeWatcherOptions } from "../../subnet/kube/watch.ts";
 import type { LeaseAttrs, LeaseEvent } from "../../subnet/lease.ts";
-import { setLogSink } from "../../agent/log.ts";
-import { metrics } from "../../agent/metrics.ts";
+import { setLogSink } from "../../lib/log.ts";
+import { metrics } from "../../lib/metrics.ts";
 import {
   KubeServers,
   kubeServersAvailable,

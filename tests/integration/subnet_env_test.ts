@@ -8,11 +8,8 @@ import {
   deepStrictEqual as assertEquals,
   ok as assert,
 } from "node:assert/strict";
-import {
-  readSubnetEnv,
-  writeFileAtomic,
-  writeSubnetEnv,
-} from "../../agent/subnet_env.ts";
+import { readSubnetEnv, writeSubnetEnv } from "../../subnet/subnet_env.ts";
+import { writeFileAtomic } from "../../lib/atomic_write.ts";
 
 const params = {
   network: "10.244.0.0/16",

@@ -12,8 +12,8 @@ import type { LibnlNetlink } from "../../ffi/netlink.ts";
 import { createBackend, Reconciler } from "../../backend/mod.ts";
 import type { Lease, LeaseEvent } from "../../subnet/lease.ts";
 import { parseNetConfig } from "../../subnet/config.ts";
-import { unwrap } from "../../subnet/result.ts";
-import { setLogSink } from "../../agent/log.ts";
+import { unwrap } from "../../lib/result.ts";
+import { setLogSink } from "../../lib/log.ts";
 
 setLogSink(() => {});
 

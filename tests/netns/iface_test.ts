@@ -12,7 +12,7 @@ import {
   type IfaceOptions,
   selectExternalInterface,
 } from "../../agent/iface.ts";
-import { setLogSink } from "../../agent/log.ts";
+import { setLogSink } from "../../lib/log.ts";
 
 setLogSink(() => {});
 

@@ -1,5 +1,5 @@
 /**
- * Kernel tests of agent/traffic.ts: rules applied inside a throwaway
+ * Kernel tests of traffic/: rules applied inside a throwaway
  * network namespace (every command runs under `ip netns exec`), read back
  * with iptables-save / nft, broken by hand and repaired. The host's own
  * rules are compared before and after to prove they were never touched.
@@ -11,12 +11,10 @@ import {
   ok as assert,
 } from "node:assert/strict";
 import { kernelTest, Netns, run } from "../_netns.ts";
-import {
-  commandRunner,
-  TrafficManager,
-  type TrafficSpec,
-} from "../../agent/traffic.ts";
-import { setLogSink } from "../../agent/log.ts";
+import { commandRunner } from "../../lib/command.ts";
+import { TrafficManager } from "../../traffic/manager.ts";
+import type { TrafficSpec } from "../../traffic/spec.ts";
+import { setLogSink } from "../../lib/log.ts";
 
 setLogSink(() => {});
 
@@ -68,7 +66,7 @@ kernelTest(
     await using ns = await Netns.create("ipt");
     const tm = new TrafficManager({
       spec,
-      run: commandRunner(["ip", "netns", "exec", ns.name]),
+      run: commandRunner({ prefix: ["ip", "netns", "exec", ns.name] }),
     });
     assert((await tm.ensure()).changed);
     assertEquals(await rules(ns, "iptables-save", "nat"), NAT_V4);
@@ -128,7 +126,7 @@ kernelTest(
     );
     const tm = new TrafficManager({
       spec,
-      run: commandRunner(["ip", "netns", "exec", ns.name]),
+      run: commandRunner({ prefix: ["ip", "netns", "exec", ns.name] }),
     });
     assertEquals(await tm.ensure(), { changed: false, reasons: [] });
 
@@ -165,7 +163,7 @@ kernelTest("traffic: IPv6 rules go through ip6tables-restore", async () => {
       randomFully: false,
       ipv6: { network: "fd00:10:244::/56", subnet: "fd00:10:244:1::/64" },
     },
-    run: commandRunner(["ip", "netns", "exec", ns.name]),
+    run: commandRunner({ prefix: ["ip", "netns", "exec", ns.name] }),
   });
   await tm.ensure();
   assertEquals(await rules(ns, "ip6tables-save", "nat"), [
@@ -201,7 +199,7 @@ kernelTest(
         ipv6: { network: "fd00:10:244::/56", subnet: "fd00:10:244:1::/64" },
       },
       nftables: true,
-      run: commandRunner(["ip", "netns", "exec", ns.name]),
+      run: commandRunner({ prefix: ["ip", "netns", "exec", ns.name] }),
     });
     await tm.ensure();
     const v4 = await ns.exec(["nft", "list", "table", "ip", "flannel-ipv4"]);

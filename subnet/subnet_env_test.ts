@@ -4,7 +4,7 @@ import {
   parseSubnetEnv,
   renderSubnetEnv,
 } from "./subnet_env.ts";
-import { parseIpNet } from "../subnet/ip.ts";
+import { parseIpNet } from "../lib/ip.ts";
 
 Deno.test("renderSubnetEnv() writes flanneld's IPv4 file byte for byte", () => {
   assertEquals(

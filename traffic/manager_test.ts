@@ -3,25 +3,14 @@ import {
   ok as assert,
   rejects,
 } from "node:assert/strict";
-import {
-  chainDrift,
-  type CommandRunner,
-  desiredChains,
-  forwardRules,
-  masqRules,
-  parseIptablesSave,
-  renderNftables,
-  renderRestore,
-  type SavedTables,
-  TrafficManager,
-  type TrafficSpec,
-} from "./traffic.ts";
-import { setLogSink } from "./log.ts";
+import type { CommandRunner } from "../lib/command.ts";
+import { TrafficManager } from "./manager.ts";
+import type { TrafficSpec } from "./spec.ts";
+import { setLogSink } from "../lib/log.ts";
 
 setLogSink(() => {});
 
 const v4 = { network: "10.244.0.0/16", subnet: "10.244.1.0/24" };
-const v6 = { network: "fd00:10:244::/56", subnet: "fd00:10:244:1::/64" };
 const spec: TrafficSpec = {
   ipMasq: true,
   forwardRules: true,
@@ -38,135 +27,6 @@ const FLANNEL_V4_NAT = [
   '-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully',
   '-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully',
 ];
-
-Deno.test("masqRules() renders flanneld's six rules as iptables-save prints them", () => {
-  assertEquals(
-    masqRules(4, v4, true).map((r) => `-A FLANNEL-POSTRTG ${r}`),
-    FLANNEL_V4_NAT.slice(1),
-  );
-  assertEquals(
-    masqRules(6, v6, false).slice(4),
-    [
-      '-s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE',
-      '! -s fd00:10:244::/56 -d fd00:10:244::/56 -m comment --comment "flanneld masq" -j MASQUERADE',
-    ],
-  );
-  assertEquals(forwardRules("10.244.0.0/16"), [
-    '-s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
-    '-d 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
-  ]);
-});
-
-Deno.test("desiredChains() follows --ip-masq, --iptables-forward-rules and the families", () => {
-  assertEquals(desiredChains(spec, 4).map((c) => c.chain), [
-    "FLANNEL-POSTRTG",
-    "FLANNEL-FWD",
-  ]);
-  assertEquals(desiredChains(spec, 6), []);
-  assertEquals(
-    desiredChains({ ...spec, ipMasq: false }, 4).map((c) => c.chain),
-    ["FLANNEL-FWD"],
-  );
-  assertEquals(
-    desiredChains({ ...spec, forwardRules: false, ipv6: v6 }, 6).map((c) =>
-      c.chain
-    ),
-    ["FLANNEL-POSTRTG"],
-  );
-});
-
-Deno.test("renderRestore() flushes our chain, moves the jump to the end and deletes stale rules", () => {
-  const saved = parseIptablesSave(
-    [
-      "*nat",
-      ":POSTROUTING ACCEPT [0:0]",
-      ":FLANNEL-POSTRTG - [0:0]",
-      '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
-      '-A POSTROUTING -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "flanneld masq" -j RETURN',
-      "-A POSTROUTING -j KUBE-POSTROUTING",
-      "COMMIT",
-      "",
-    ].join("\n"),
-  );
-  const nat = desiredChains(spec, 4).filter((c) => c.table === "nat");
-  assertEquals(
-    renderRestore("nat", nat, saved),
-    [
-      "*nat",
-      ":FLANNEL-POSTRTG - [0:0]",
-      '-D POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
-      '-D POSTROUTING -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "flanneld masq" -j RETURN',
-      ...FLANNEL_V4_NAT,
-      "COMMIT",
-      "",
-    ].join("\n"),
-  );
-  assertEquals(chainDrift(nat[0]!, saved), [
-    'rule "-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN" is missing',
-    'rule "-A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN" is missing',
-    'rule "-A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN" is missing',
-    'rule "-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN" is missing',
-    'rule "-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully" is missing',
-    'rule "-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully" is missing',
-    'stale rule "-A POSTROUTING -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment "flanneld masq" -j RETURN"',
-  ]);
-});
-
-Deno.test("chainDrift() sees a reordered chain and a doubled jump", () => {
-  const [nat] = desiredChains(spec, 4);
-  const rules = [...nat!.rules];
-  [rules[0], rules[1]] = [rules[1]!, rules[0]!];
-  const saved: SavedTables = new Map([[
-    "nat",
-    new Map([
-      ["POSTROUTING", [nat!.jump, nat!.jump]],
-      ["FLANNEL-POSTRTG", rules],
-    ]),
-  ]]);
-  assertEquals(chainDrift(nat!, saved), [
-    "chain nat/FLANNEL-POSTRTG is out of order",
-    `rule "-A POSTROUTING ${nat!.jump}" appears 2 times`,
-  ]);
-});
-
-Deno.test("renderNftables() writes flanneld's tables and chains in one transaction", () => {
-  assertEquals(
-    renderNftables({ ...spec, ipv6: v6, randomFully: false }),
-    [
-      'add table ip flannel-ipv4 { comment "rules for flannel-ipv4" ; }',
-      'add chain ip flannel-ipv4 postrtg { type nat hook postrouting priority srcnat ; comment "chain to manage traffic masquerading by flannel" ; }',
-      "flush chain ip flannel-ipv4 postrtg",
-      "add rule ip flannel-ipv4 postrtg meta mark & 0x00004000 == 0x00004000 return",
-      "add rule ip flannel-ipv4 postrtg ip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 return",
-      "add rule ip flannel-ipv4 postrtg ip saddr 10.244.0.0/16 ip daddr 10.244.1.0/24 return",
-      "add rule ip flannel-ipv4 postrtg ip saddr != 10.244.0.0/16 ip daddr 10.244.1.0/24 return",
-      "add rule ip flannel-ipv4 postrtg ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade",
-      "add rule ip flannel-ipv4 postrtg ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade",
-      'add chain ip flannel-ipv4 forward { type filter hook forward priority filter ; comment "chain to accept flannel traffic" ; }',
-      "flush chain ip flannel-ipv4 forward",
-      "add rule ip flannel-ipv4 forward ip saddr 10.244.0.0/16 accept",
-      "add rule ip flannel-ipv4 forward ip daddr 10.244.0.0/16 accept",
-      'add table ip6 flannel-ipv6 { comment "rules for flannel-ipv6" ; }',
-      'add chain ip6 flannel-ipv6 postrtg { type nat hook postrouting priority srcnat ; comment "chain to manage traffic masquerading by flannel" ; }',
-      "flush chain ip6 flannel-ipv6 postrtg",
-      "add rule ip6 flannel-ipv6 postrtg meta mark & 0x00004000 == 0x00004000 return",
-      "add rule ip6 flannel-ipv6 postrtg ip6 saddr fd00:10:244:1::/64 ip6 daddr fd00:10:244::/56 return",
-      "add rule ip6 flannel-ipv6 postrtg ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:1::/64 return",
-      "add rule ip6 flannel-ipv6 postrtg ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:1::/64 return",
-      "add rule ip6 flannel-ipv6 postrtg ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade",
-      "add rule ip6 flannel-ipv6 postrtg ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade",
-      'add chain ip6 flannel-ipv6 forward { type filter hook forward priority filter ; comment "chain to accept flannel traffic" ; }',
-      "flush chain ip6 flannel-ipv6 forward",
-      "add rule ip6 flannel-ipv6 forward ip6 saddr fd00:10:244::/56 accept",
-      "add rule ip6 flannel-ipv6 forward ip6 daddr fd00:10:244::/56 accept",
-      "",
-    ].join("\n"),
-  );
-  assertEquals(
-    renderNftables({ ...spec, ipMasq: false, forwardRules: false }),
-    "",
-  );
-});
 
 /**
  * An in-memory iptables: `iptables-save -t T` prints the state and

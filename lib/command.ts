@@ -1,0 +1,120 @@
+/**
+ * Running an external program to completion with optional stdin and a
+ * deadline. The agent runs iptables and nft through it, the CNI plugin its
+ * delegates, the tests `ip netns exec`. A program that outlives its
+ * deadline is killed (SIGKILL) and reported as timed out, so one hung
+ * command (an `iptables-restore` waiting for the xtables lock, a stuck
+ * delegate) cannot freeze its caller.
+ *
+ * @module
+ */
+
+/** Output of a finished command. */
+export interface CommandOutput {
+  /** Exit code; 124 when killed at the deadline (like timeout(1)). */
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+  /** Whether the command was killed because it passed its deadline. */
+  readonly timedOut?: boolean;
+}
+
+/** Runs a command to completion; never throws on a non-zero exit. */
+export type CommandRunner = (
+  cmd: readonly string[],
+  stdin?: string,
+) => Promise<CommandOutput>;
+
+/** Options of {@linkcode commandRunner}. */
+export interface CommandRunnerOptions {
+  /** Prepended to every command (tests: `["ip", "netns", "exec", ns]`). */
+  readonly prefix?: readonly string[];
+  /** Milliseconds before the command is killed; default 60 000. */
+  readonly timeoutMs?: number;
+  /** Environment of the child; default: inherited. */
+  readonly env?: Record<string, string>;
+  /** Whether `env` replaces the inherited environment; default false. */
+  readonly clearEnv?: boolean;
+}
+
+/** Exit code reported for a command killed at its deadline. */
+export const TIMED_OUT = 124;
+
+/** Options of one {@linkcode runCommand} call. */
+export interface RunOptions extends CommandRunnerOptions {
+  /** Written to the command's stdin, which is closed after it. */
+  readonly stdin?: string;
+}
+
+/**
+ * Runs `cmd` to completion, killing it at the deadline.
+ *
+ * @example
+ * ```ts
+ * const out = await runCommand(["nft", "-f", "-"], { stdin: "flush ruleset\n" });
+ * ```
+ */
+export async function runCommand(
+  cmd: readonly string[],
+  opts: RunOptions = {},
+): Promise<CommandOutput> {
+  const [program, ...args] = [...(opts.prefix ?? []), ...cmd];
+  if (program === undefined) throw new Error("Cannot run an empty command");
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  const child = new Deno.Command(program, {
+    args,
+    stdin: opts.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+    ...(opts.env ? { env: opts.env } : {}),
+    ...(opts.clearEnv ? { clearEnv: true } : {}),
+  }).spawn();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already exited */ }
+  }, timeoutMs);
+  try {
+    if (opts.stdin !== undefined) {
+      const w = child.stdin.getWriter();
+      // A child that exits without reading its stdin closes the pipe.
+      await w.write(new TextEncoder().encode(opts.stdin)).catch(() => {});
+      await w.close().catch(() => {});
+    }
+    const out = await child.output();
+    const dec = new TextDecoder();
+    const stderr = dec.decode(out.stderr);
+    if (!timedOut) {
+      return {
+        code: out.code,
+        stdout: dec.decode(out.stdout),
+        stderr,
+      };
+    }
+    return {
+      code: TIMED_OUT,
+      stdout: dec.decode(out.stdout),
+      stderr: `${stderr}${stderr ? "\n" : ""}killed after ${timeoutMs} ms`,
+      timedOut,
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * A {@linkcode CommandRunner} over {@linkcode runCommand}, with options
+ * fixed for every command it runs.
+ *
+ * @example
+ * ```ts
+ * const run = commandRunner({ timeoutMs: 5_000 });
+ * const out = await run(["iptables-save", "-t", "nat"]);
+ * ```
+ */
+export function commandRunner(opts: CommandRunnerOptions = {}): CommandRunner {
+  return (cmd, stdin) =>
+    runCommand(cmd, stdin === undefined ? opts : { ...opts, stdin });
+}
