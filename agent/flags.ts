@@ -1,6 +1,6 @@
 /**
  * The command line of weft, which is flanneld's: same flag names, defaults
- * and help texts (see ../shared/REFERENCE.md "Command line"), plus weft's
+ * and help texts (docs/flanneld-compat.md, "Command line"), plus weft's
  * own `--reconcile-period`. Parsing follows Go's `flag` package, which
  * flanneld uses: `-name` and `--name` are the same flag, values come as
  * `--name=value` or `--name value`, booleans only take the `=` form

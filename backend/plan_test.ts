@@ -39,7 +39,7 @@ function kinds(ops: ReturnType<typeof diff>): string[] {
 
 const empty: OwnedState = { neighs: [], fdbs: [], routes: [] };
 
-Deno.test("vxlanPeerEntries() matches seed 004's kernel state", () => {
+Deno.test("vxlanPeerEntries() matches a flanneld worker's kernel state", () => {
   const [e] = entries([0, { mac: "e6:7d:c5:e2:80:1a", ip: "172.80.0.2" }]);
   assert.deepEqual(e!.neigh, {
     index: 5,

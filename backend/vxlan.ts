@@ -1,5 +1,6 @@
 /**
- * The VXLAN backend, flanneld's default and the layout of seed 004.
+ * The VXLAN backend, flanneld's default, with the kernel layout of a
+ * flanneld node (docs/flanneld-compat.md, "VXLAN backend").
  *
  * Each node has one VXLAN device per family (`flannel.<VNI>`,
  * `flannel-v6.<VNI>`) with no learning and no L2/L3 miss callouts: every

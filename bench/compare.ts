@@ -1,5 +1,5 @@
 /**
- * Benchmark (not a test, issue 8): weft beside upstream flanneld, one
+ * Benchmark (not a test): weft beside upstream flanneld, one
  * after the other, against the same real kube-apiserver holding N
  * realistic Node objects annotated as flannel vxlan nodes.
  *

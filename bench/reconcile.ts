@@ -1,6 +1,6 @@
 /**
  * Benchmark (not a test) of the reconciler over the real vxlan backend and
- * `ffi/` (issue 3). Each measurement runs in a fresh namespace that it
+ * `ffi/`. Each measurement runs in a fresh namespace that it
  * creates and deletes, beside a floor measured in the same run:
  *
  * - cold start: `rec.handle(<N added events>)` then the first `rec.pass()`,

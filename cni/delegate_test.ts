@@ -39,7 +39,7 @@ function render(c: FlannelNetConf, e: SubnetEnvFile) {
   return r.value;
 }
 
-Deno.test("renderDelegate() gives REFERENCE.md's delegate for the stock conflist", () => {
+Deno.test("renderDelegate() gives flanneld's delegate for the stock conflist", () => {
   const d = render(conf(STOCK), V4);
   assertEquals(
     JSON.parse(goMarshal(d)),

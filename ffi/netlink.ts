@@ -925,7 +925,7 @@ export class LibnlNetlink implements Netlink, Disposable {
     try {
       rtnl.rtnl_neigh_set_ifindex(n.ptr, fdb.index);
       // libnl refuses a dst whose family differs from one already set: dst
-      // first, then the family (REFERENCE.md).
+      // first, then the family (libnl's NLE_AF_MISMATCH).
       if (dst !== undefined) {
         using d = this.#addr(dst, "dst");
         check(rtnl.rtnl_neigh_set_dst(n.ptr, d.ptr), op, desc);

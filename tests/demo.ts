@@ -82,7 +82,7 @@ function clock(): string {
   return new Date().toTimeString().slice(0, 8);
 }
 
-/** A section header in the seed's style: `21:55:17 - INFO: ...`. */
+/** A section header: `21:55:17 - INFO: ...`. */
 function info(msg: string): void {
   console.log(`\n${clock()} - INFO: ${msg}`);
 }

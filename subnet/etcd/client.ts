@@ -39,6 +39,8 @@ export interface EtcdClientOptions {
   readonly password?: string;
   /** Timeout of each request, and of a watch's first answer. Default 10 s. */
   readonly requestTimeoutMs?: number;
+  /** The fetch to use; tests inject one. Default: the global `fetch`. */
+  readonly fetch?: typeof fetch;
 }
 
 /** Why a request failed. */
@@ -301,6 +303,7 @@ export class EtcdClient implements Disposable {
   readonly #endpoints: string[];
   readonly #opts: EtcdClientOptions;
   readonly #timeoutMs: number;
+  readonly #fetch: typeof fetch;
   #current = 0;
   #token: string | undefined;
   #http: Promise<Deno.HttpClient | undefined> | undefined;
@@ -321,6 +324,7 @@ export class EtcdClient implements Disposable {
     });
     this.#opts = opts;
     this.#timeoutMs = opts.requestTimeoutMs ?? 10_000;
+    this.#fetch = opts.fetch ?? fetch;
   }
 
   /** The endpoints, normalised, in order. */
@@ -634,102 +638,48 @@ export class EtcdClient implements Disposable {
     return Array.from({ length: n }, (_, i) => (this.#current + i) % n);
   }
 
-  /** POSTs a JSON body with failover, re-authentication and a timeout. */
+  /** POSTs a JSON body and returns the JSON answer (see `#exchange`). */
   async #post(
     path: string,
     body: unknown,
     signal?: AbortSignal,
   ): Promise<Record<string, unknown>> {
-    const client = await this.#httpClient();
-    await this.#ensureToken(path, signal);
-    const failures: string[] = [];
-    let lastRetryAfter: number | undefined;
-    let reauthed = false;
-    const order = this.#order();
-    for (let i = 0; i < order.length; i++) {
-      const idx = order[i]!;
-      const ep = this.#endpoints[idx]!;
-      const timeout = AbortSignal.timeout(this.#timeoutMs);
-      let res: Response;
-      let text: string;
-      try {
-        res = await fetch(ep + path, {
-          method: "POST",
-          headers: this.#headers(path),
-          body: JSON.stringify(body),
-          signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
-          ...(client && { client }),
-        });
-        text = await res.text();
-      } catch (e) {
-        if (signal?.aborted) throw signal.reason;
-        failures.push(
-          `"${ep}": ${
-            timeout.aborted
-              ? `no answer within ${this.#timeoutMs} ms`
-              : describe(e)
-          }`,
-        );
-        continue;
-      }
-      const retryAfter = parseRetryAfter(res.headers.get("retry-after"));
-      if (retryAfter !== undefined) lastRetryAfter = retryAfter;
-      let json: Record<string, unknown>;
-      try {
-        json = obj(JSON.parse(text));
-      } catch {
-        // An overloaded member or a proxy in front of it: try the next
-        // endpoint, then back off (honouring Retry-After).
-        if (res.status === 429 || res.status >= 500) {
-          failures.push(`"${ep}": HTTP ${res.status} ${text.slice(0, 80)}`);
-          continue;
-        }
-        throw new EtcdError(
-          `etcd "${ep}" ${path}: HTTP ${res.status} with a body that is not JSON: ${
-            text.slice(0, 200)
-          }`,
-          "protocol",
-        );
-      }
-      if (res.ok && json.error === undefined) {
-        this.#current = idx;
-        return json;
-      }
-      const err = apiError(ep, path, res.status, json, retryAfter);
-      if (
-        err.code === 16 && this.#opts.username !== undefined &&
-        path !== AUTH_PATH && !reauthed
-      ) {
-        // Token expired or the member restarted: log in again, same endpoint.
-        reauthed = true;
-        this.#token = undefined;
-        await this.#authenticate(signal);
-        i--;
-        continue;
-      }
-      if (err.code === 14 || res.status === 503 || res.status === 429) {
-        failures.push(`"${ep}": ${err.message}`);
-        continue;
-      }
-      this.#current = idx;
-      throw err;
-    }
-    throw new EtcdError(
-      `Cannot reach etcd for ${path}: ${failures.join("; ")}`,
-      "unreachable",
-      undefined,
-      lastRetryAfter,
-    );
+    const { json } = await this.#exchange(path, JSON.stringify(body), {
+      ...(signal && { signal }),
+      stream: false,
+    });
+    return json!;
   }
 
-  /** Opens a streaming POST (watch), with failover on the way in. */
-  async #open(
+  /** Opens a streaming POST (watch); the caller reads and aborts the body. */
+  #open(
     path: string,
     body: string,
     opts: { signal: AbortSignal },
-  ): Promise<{ res: Response; endpoint: string; ctl: AbortController }> {
+  ): Promise<Exchange> {
+    return this.#exchange(path, body, { signal: opts.signal, stream: true });
+  }
+
+  /**
+   * One request under the client's one failover policy
+   * ({@linkcode failoverVerdict}): endpoints are tried in order from the
+   * last good one; a connection failure or a request timeout moves on to
+   * the next endpoint, and so does an answer the verdict calls `next`; an
+   * expired token is renewed once on the same endpoint; any other answer
+   * is final. When every endpoint failed, throws an `unreachable` error
+   * naming each endpoint's reason, with the last `Retry-After` seen.
+   *
+   * A stream is returned as soon as its headers arrive; otherwise the
+   * body is read (within the timeout) and parsed.
+   */
+  async #exchange(
+    path: string,
+    body: string,
+    opts: { signal?: AbortSignal; stream: boolean },
+  ): Promise<Exchange> {
+    const { signal, stream } = opts;
     const client = await this.#httpClient();
-    await this.#ensureToken(path, opts.signal);
+    await this.#ensureToken(path, signal);
     const failures: string[] = [];
     let lastRetryAfter: number | undefined;
     let reauthed = false;
@@ -744,16 +694,18 @@ export class EtcdClient implements Disposable {
         ctl.abort();
       }, this.#timeoutMs);
       let res: Response;
+      let text = "";
       try {
-        res = await fetch(ep + path, {
+        res = await this.#fetch(ep + path, {
           method: "POST",
           headers: this.#headers(path),
           body,
-          signal: AbortSignal.any([opts.signal, ctl.signal]),
+          signal: signal ? AbortSignal.any([signal, ctl.signal]) : ctl.signal,
           ...(client && { client }),
         });
+        if (!stream || !res.ok) text = await res.text();
       } catch (e) {
-        if (opts.signal.aborted) throw opts.signal.reason;
+        if (signal?.aborted) throw signal.reason;
         failures.push(
           `"${ep}": ${
             timedOut ? `no answer within ${this.#timeoutMs} ms` : describe(e)
@@ -763,34 +715,53 @@ export class EtcdClient implements Disposable {
       } finally {
         clearTimeout(timer);
       }
-      if (res.ok) {
+      if (stream && res.ok) {
         this.#current = idx;
         return { res, endpoint: ep, ctl };
       }
-      const text = await res.text().catch(() => "");
-      let json: Record<string, unknown> = {};
+      const retryAfter = parseRetryAfter(res.headers.get("retry-after"));
+      if (retryAfter !== undefined) lastRetryAfter = retryAfter;
+      let json: Record<string, unknown> | undefined;
       try {
         json = obj(JSON.parse(text));
       } catch {
-        json = { error: text.slice(0, 200) };
+        json = undefined;
       }
-      const retryAfter = parseRetryAfter(res.headers.get("retry-after"));
-      if (retryAfter !== undefined) lastRetryAfter = retryAfter;
-      const err = apiError(ep, path, res.status, json, retryAfter);
+      if (res.ok && json !== undefined && json.error === undefined) {
+        this.#current = idx;
+        return { res, endpoint: ep, ctl, json };
+      }
+      const err = apiError(
+        ep,
+        path,
+        res.status,
+        json ?? { error: text.slice(0, 200) },
+        retryAfter,
+      );
+      const verdict = failoverVerdict(res.status, err.code);
       if (
-        err.code === 16 && this.#opts.username !== undefined && !reauthed
+        verdict === "reauth" && this.#opts.username !== undefined &&
+        path !== AUTH_PATH && !reauthed
       ) {
+        // Token expired or the member restarted: log in again, same endpoint.
         reauthed = true;
         this.#token = undefined;
-        await this.#authenticate(opts.signal);
+        await this.#authenticate(signal);
         i--;
         continue;
       }
-      if (
-        err.code === 14 || res.status === 429 || res.status >= 500
-      ) {
+      if (verdict === "next") {
         failures.push(`"${ep}": ${err.message}`);
         continue;
+      }
+      this.#current = idx;
+      if (json === undefined) {
+        throw new EtcdError(
+          `etcd "${ep}" ${path}: HTTP ${res.status} with a body that is not JSON: ${
+            text.slice(0, 200)
+          }`,
+          "protocol",
+        );
       }
       throw err;
     }
@@ -801,6 +772,34 @@ export class EtcdClient implements Disposable {
       lastRetryAfter,
     );
   }
+}
+
+/** One endpoint's successful answer. */
+interface Exchange {
+  readonly res: Response;
+  readonly endpoint: string;
+  /** Aborts the request (and a stream's body). */
+  readonly ctl: AbortController;
+  /** The parsed body of a unary answer. */
+  readonly json?: Record<string, unknown>;
+}
+
+/**
+ * What an endpoint's error answer means for the request, the client's one
+ * failover policy: `reauth` for an expired or invalid token (gRPC 16),
+ * `next` (try the next endpoint, then back off) when the member cannot
+ * serve now: gRPC Unavailable (14, no leader), HTTP 429 or any 5xx, JSON
+ * or not; `final` for everything else (the request itself was refused).
+ * Failing over a write is safe: every write weft makes is a transaction
+ * guarded by a compare, or a lease grant whose leftover expires.
+ */
+export function failoverVerdict(
+  status: number,
+  grpcCode: number | undefined,
+): "reauth" | "next" | "final" {
+  if (grpcCode === 16) return "reauth";
+  if (grpcCode === 14 || status === 429 || status >= 500) return "next";
+  return "final";
 }
 
 /** Builds the error of a gateway error body `{"error","message","code"}`. */

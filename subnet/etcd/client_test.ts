@@ -3,6 +3,7 @@ import {
   b64,
   EtcdClient,
   EtcdError,
+  failoverVerdict,
   isTransient,
   prefixRangeEnd,
   unb64,
@@ -41,4 +42,139 @@ Deno.test("isTransient() retries unreachable and no-leader errors only", () => {
   assert.ok(isTransient(new EtcdError("x", "api", 14)));
   assert.ok(!isTransient(new EtcdError("x", "api", 3)));
   assert.ok(!isTransient(new Error("x")));
+});
+
+/** A scripted gateway: each endpoint answers from its own queue. */
+function scripted(
+  answers: Record<string, (() => Response | Promise<Response>)[]>,
+): { fetch: typeof fetch; calls: string[] } {
+  const calls: string[] = [];
+  const fetchFn = (input: RequestInfo | URL, init?: RequestInit) => {
+    const url = new URL(String(input));
+    calls.push(`${url.host}${url.pathname}`);
+    const next = answers[url.host]?.shift();
+    if (!next) return Promise.reject(new TypeError("connection refused"));
+    if (init?.signal?.aborted) return Promise.reject(init.signal.reason);
+    return Promise.resolve(next());
+  };
+  return { fetch: fetchFn as typeof fetch, calls };
+}
+
+const json = (status: number, body: unknown, headers: HeadersInit = {}) => () =>
+  new Response(JSON.stringify(body), { status, headers });
+const OK_RANGE = json(200, { header: { revision: "7" }, kvs: [] });
+const endpoints = ["http://a:1", "http://b:2"];
+
+Deno.test("failoverVerdict() renews on 16, moves on for 14, 429 and 5xx, stops otherwise", () => {
+  assert.equal(failoverVerdict(401, 16), "reauth");
+  assert.equal(failoverVerdict(503, 14), "next");
+  assert.equal(failoverVerdict(429, undefined), "next");
+  assert.equal(failoverVerdict(500, 2), "next");
+  assert.equal(failoverVerdict(502, undefined), "next");
+  assert.equal(failoverVerdict(400, 3), "final");
+  assert.equal(failoverVerdict(404, 5), "final");
+});
+
+Deno.test("EtcdClient fails over a refused connection and remembers the good endpoint", async () => {
+  const s = scripted({ "b:2": [OK_RANGE, OK_RANGE] });
+  using c = new EtcdClient({ endpoints, fetch: s.fetch });
+  assert.equal((await c.range("k")).revision, 7n);
+  await c.range("k");
+  assert.deepEqual(s.calls, [
+    "a:1/v3/kv/range",
+    "b:2/v3/kv/range",
+    "b:2/v3/kv/range",
+  ]);
+});
+
+Deno.test("EtcdClient fails over a JSON 500 for unary requests and watches alike", async () => {
+  const err500 = json(500, { error: "etcdserver: unknown", code: 2 });
+  const s = scripted({
+    "a:1": [err500, err500],
+    "b:2": [OK_RANGE, () => new Response("", { status: 200 })],
+  });
+  using c = new EtcdClient({ endpoints, fetch: s.fetch });
+  assert.equal((await c.range("k")).revision, 7n);
+  // The watch opens on b (the last good one) first; make a fail first.
+  const s2 = scripted({
+    "a:1": [err500],
+    "b:2": [() => new Response("", { status: 200 })],
+  });
+  using w = new EtcdClient({ endpoints, fetch: s2.fetch });
+  const stream = w.watch({
+    key: "k",
+    idleTimeoutMs: 1000,
+    signal: new AbortController().signal,
+  });
+  await assert.rejects(
+    stream.next(),
+    /Watch stream from etcd "http:\/\/b:2" ended/,
+  );
+  assert.deepEqual(s2.calls, ["a:1/v3/watch", "b:2/v3/watch"]);
+});
+
+Deno.test("EtcdClient stops at a final error and names the endpoint and code", async () => {
+  const s = scripted({
+    "a:1": [json(400, { error: "etcdserver: too many operations", code: 3 })],
+  });
+  using c = new EtcdClient({ endpoints, fetch: s.fetch });
+  await assert.rejects(
+    c.range("k"),
+    (e: unknown) =>
+      e instanceof EtcdError && e.kind === "api" && e.code === 3 &&
+      e.message ===
+        'etcd "http://a:1" /v3/kv/range: etcdserver: too many operations (code 3)',
+  );
+  assert.deepEqual(s.calls, ["a:1/v3/kv/range"]);
+});
+
+Deno.test("EtcdClient reports every endpoint's reason and the last Retry-After when all fail", async () => {
+  const s = scripted({
+    "a:1": [json(429, { error: "too many requests" }, { "retry-after": "3" })],
+    "b:2": [() => new Response("<html>bad gateway</html>", { status: 502 })],
+  });
+  using c = new EtcdClient({ endpoints, fetch: s.fetch });
+  await assert.rejects(c.range("k"), (e: unknown) => {
+    assert.ok(e instanceof EtcdError);
+    assert.equal(e.kind, "unreachable");
+    assert.equal(e.retryAfterMs, 3000);
+    assert.match(e.message, /"http:\/\/a:1": .*too many requests/);
+    assert.match(e.message, /"http:\/\/b:2": .*bad gateway/);
+    return true;
+  });
+});
+
+Deno.test("EtcdClient logs in again once on an expired token, on the same endpoint", async () => {
+  const s = scripted({
+    "a:1": [
+      json(200, { token: "t1" }),
+      json(401, { error: "etcdserver: invalid auth token", code: 16 }),
+      json(200, { token: "t2" }),
+      OK_RANGE,
+    ],
+  });
+  using c = new EtcdClient({
+    endpoints,
+    username: "root",
+    password: "pw",
+    fetch: s.fetch,
+  });
+  assert.equal((await c.range("k")).revision, 7n);
+  assert.deepEqual(s.calls, [
+    "a:1/v3/auth/authenticate",
+    "a:1/v3/kv/range",
+    "a:1/v3/auth/authenticate",
+    "a:1/v3/kv/range",
+  ]);
+});
+
+Deno.test("EtcdClient treats a 200 whose body is not JSON as a protocol error", async () => {
+  const s = scripted({
+    "a:1": [() => new Response("<html>", { status: 200 })],
+  });
+  using c = new EtcdClient({ endpoints, fetch: s.fetch });
+  await assert.rejects(
+    c.range("k"),
+    (e: unknown) => e instanceof EtcdError && e.kind === "protocol",
+  );
 });

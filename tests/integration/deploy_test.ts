@@ -142,7 +142,7 @@ Deno.test("deploy/weft.yaml runs weft with host access, flags it parses, and pro
   assert(scripts[1].endsWith("/etc/cni/net.d/10-flannel.conflist"), scripts[1]);
 });
 
-Deno.test("deploy/weft.yaml's ConfigMap is accepted by weft and renders REFERENCE.md's delegate", async () => {
+Deno.test("deploy/weft.yaml's ConfigMap is accepted by weft and renders flanneld's delegate", async () => {
   const cm = find(await manifest(), "ConfigMap");
   const net = parseNetConfig(cm.data["net-conf.json"]);
   assert(net.ok, net.ok ? "" : net.reason);

@@ -507,7 +507,7 @@ kernelTest(
         onlink: true,
       });
     }
-    // The flanneld state from REFERENCE.md, as iproute2 prints it.
+    // A flanneld worker's state (docs/flanneld-compat.md), as iproute2 prints it.
     const route = await a.ip("route", "show", "dev", "flannel.1");
     assertEquals(route.trim(), "10.244.2.0/24 via 10.244.2.0 onlink");
     const fdb = await a.exec(["bridge", "fdb", "show", "dev", "flannel.1"]);
