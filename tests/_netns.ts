@@ -1,8 +1,7 @@
 /**
  * Test harness for kernel tests: throwaway network namespaces, commands run
- * inside them, JSON read back from iproute2, and `kernelTest`, which ignores
- * a test (with the reason) when not root, except under `CI=true`, where
- * a missing privilege is a failure: CI must never skip the kernel tier.
+ * inside them, JSON read back from iproute2, and `kernelTest`: a
+ * `gatedTest` (`_gate.ts`) that needs root.
  *
  * Every namespace is named `weft-t-<tag>-<random>` so leftovers are easy to
  * find (`ip netns list | grep weft-t-`) and `cleanupStale()` removes them.
@@ -10,42 +9,22 @@
  * @module
  */
 import { type CommandOutput, commandRunner } from "../lib/command.ts";
+import { gatedTest, ROOT } from "./_gate.ts";
 
 /** Whether this process runs as root. */
 export function isRoot(): boolean {
   return Deno.uid() === 0;
 }
 
-let warned = false;
-
 /**
- * Declares a test that needs root and network namespaces. Without root it
- * is ignored with a printed reason, or fails under `CI=true`.
+ * Declares a test that needs root and network namespaces: ignored with
+ * the reason without root, failing under `CI=true` (see `_gate.ts`).
  */
 export function kernelTest(
   name: string,
   fn: (t: Deno.TestContext) => Promise<void> | void,
 ): void {
-  const root = isRoot();
-  const ci = Deno.env.get("CI") === "true";
-  if (!root && !ci && !warned) {
-    warned = true;
-    console.warn(
-      "kernel tests ignored: they need root (network namespaces, netlink); run as root or with sudo",
-    );
-  }
-  Deno.test({
-    name,
-    ignore: !root && !ci,
-    sanitizeOps: false,
-    sanitizeResources: false,
-    fn: async (t) => {
-      if (!root) {
-        throw new Error("Kernel test needs root and CI=true forbids skipping");
-      }
-      await fn(t);
-    },
-  });
+  gatedTest({ name, needs: [ROOT], fn });
 }
 
 /** Output of a finished command. */

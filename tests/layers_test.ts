@@ -38,6 +38,7 @@ const ENTRIES = [
   "cni/main.ts",
   "backend/_testing.ts",
   "subnet/kube/_fake_api.ts",
+  "subnet/etcd/_fake_etcd.ts",
 ];
 
 const ROOT = new URL("../", import.meta.url);

@@ -298,6 +298,24 @@ export function describe(e: unknown): string {
 
 const AUTH_PATH = "/v3/auth/authenticate";
 
+/**
+ * What the subnet manager needs from etcd: {@linkcode EtcdClient} over
+ * the gateway, or an in-memory store in unit tests.
+ */
+export type EtcdApi = Pick<
+  EtcdClient,
+  | "get"
+  | "rangePrefix"
+  | "put"
+  | "delete"
+  | "txn"
+  | "leaseGrant"
+  | "leaseRevoke"
+  | "leaseTimeToLive"
+  | "watch"
+  | "close"
+>;
+
 /** An etcd v3 client over the JSON gateway. */
 export class EtcdClient implements Disposable {
   readonly #endpoints: string[];

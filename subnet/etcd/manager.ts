@@ -23,18 +23,23 @@ import type {
 } from "../lease.ts";
 import { LeaseTable } from "../lease_table.ts";
 import { logger } from "../../lib/log.ts";
-import { metrics } from "../../lib/metrics.ts";
 import { readSubnetEnv } from "../subnet_env.ts";
 import { Backoff, sleep } from "../../lib/retry.ts";
 import { chooseSubnets, fitsConfig, isTaken } from "./allocate.ts";
 import {
+  type EtcdWatchOptions,
+  LeaseRevokedError,
+  ms,
+  watchOwnKey,
+  watchSubnets,
+} from "./watch.ts";
+import {
   describe,
+  type EtcdApi,
   EtcdClient,
-  EtcdError,
   type EtcdTlsFiles,
   isTransient,
   type KeyValue,
-  prefixRangeEnd,
   retryAfterOf,
 } from "./client.ts";
 import {
@@ -50,6 +55,8 @@ import {
 } from "./keys.ts";
 
 const log = logger("etcd");
+
+export { LeaseRevokedError };
 
 /** flanneld gives up after this many lost races for a subnet key. */
 export const RACE_RETRIES = 10;
@@ -88,14 +95,8 @@ export interface EtcdSubnetManagerOptions {
   readonly watchIdleTimeoutMs?: number;
   /** Longest pause between retries after an etcd error. Default 10 s. */
   readonly maxBackoffMs?: number;
-}
-
-/** Our lease is gone from etcd; the agent must stop. */
-export class LeaseRevokedError extends Error {
-  override readonly name = "LeaseRevokedError";
-  constructor(readonly key: string, why: string) {
-    super(`Lease has been revoked: etcd key "${key}" ${why}`);
-  }
+  /** The etcd client; default one built from the options above (tests inject one). */
+  readonly client?: EtcdApi;
 }
 
 /** The lease this manager holds. */
@@ -105,11 +106,6 @@ interface Own {
   leaseId: string;
   /** Revision of our last write to the key. */
   revision: bigint;
-}
-
-/** Thrown around a handler's own exception so that it is not retried. */
-class HandlerFailure {
-  constructor(readonly error: unknown) {}
 }
 
 /** A subnet of a lease key as a prefix, for the taken set. */
@@ -123,35 +119,27 @@ function netsOf(pair: SubnetPair): IpNet[] {
   return out;
 }
 
-function isCompacted(e: unknown): boolean {
-  return e instanceof EtcdError && /has been compacted/.test(e.message);
-}
-
 function describePair(pair: SubnetPair): string {
   return `ip: ${pair.subnet} ipv6: ${pair.ipv6Subnet ?? "none"}`;
-}
-
-function ms(n: number): string {
-  return n >= 1000 ? `${(n / 1000).toFixed(1)}s` : `${Math.round(n)}ms`;
 }
 
 /** flanneld's etcd subnet manager, over the etcd v3 JSON gateway. */
 export class EtcdSubnetManager implements SubnetManager, Disposable {
   readonly name = "etcd";
-  readonly #client: EtcdClient;
+  readonly #client: EtcdApi;
   readonly #prefix: string;
   readonly #subnetFile: string;
   readonly #marginMs: number;
   readonly #ttl: number;
   readonly #configRetryMs: number;
   readonly #renewRetryMs: number;
-  readonly #idleMs: number;
+  readonly #watchOpts: EtcdWatchOptions;
   readonly #maxBackoffMs: number;
   #config: NetworkConfig | undefined;
   #own: Own | undefined;
 
   constructor(opts: EtcdSubnetManagerOptions) {
-    this.#client = new EtcdClient({
+    this.#client = opts.client ?? new EtcdClient({
       endpoints: opts.endpoints,
       ...(opts.tls && { tls: opts.tls }),
       ...(opts.username !== undefined && opts.username !== "" &&
@@ -165,12 +153,15 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     this.#ttl = opts.leaseTtlSeconds ?? 86_400;
     this.#configRetryMs = opts.configRetryMs ?? 5_000;
     this.#renewRetryMs = opts.renewRetryMs ?? 60_000;
-    this.#idleMs = opts.watchIdleTimeoutMs ?? 11 * 60_000;
     this.#maxBackoffMs = opts.maxBackoffMs ?? 10_000;
+    this.#watchOpts = {
+      idleTimeoutMs: opts.watchIdleTimeoutMs ?? 11 * 60_000,
+      maxBackoffMs: this.#maxBackoffMs,
+    };
   }
 
   /** The etcd client, for tests and diagnostics. */
-  get client(): EtcdClient {
+  get client(): EtcdApi {
     return this.#client;
   }
 
@@ -278,7 +269,16 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     const inner = new AbortController();
     const s = AbortSignal.any([signal, inner.signal]);
     try {
-      await Promise.race([this.#watchOwnKey(s), this.#renewLoop(s)]);
+      await Promise.race([
+        watchOwnKey(
+          this.#client,
+          this.#own!.lease.key,
+          this.#own!.revision + 1n,
+          this.#watchOpts,
+          s,
+        ),
+        this.#renewLoop(s),
+      ]);
     } catch (e) {
       if (signal.aborted) return;
       throw e;
@@ -334,110 +334,39 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       noun: "etcd key",
     });
     const dir = subnetsDir(this.#prefix);
+    const toLease = (kv: KeyValue) =>
+      leaseFromKv(kv.key, kv.value, dir, undefined, kv.createRevision);
     // The first listing is always delivered, even empty: it tells the
     // backend that the peer set is complete and stale entries may go.
     let delivered = false;
+    let batch: LeaseEvent[] = [];
     const emit = (events: LeaseEvent[]) => {
       if (events.length === 0 && delivered) return;
       delivered = true;
-      try {
-        handler(events);
-      } catch (e) {
-        throw new HandlerFailure(e);
-      }
+      handler(events);
     };
-    const backoff = new Backoff({ initialMs: 250, maxMs: this.#maxBackoffMs });
-    let next: bigint | undefined; // revision to watch from; undefined: list
-    let listed = false;
-    outer: while (!signal.aborted) {
-      try {
-        if (next === undefined) {
-          const listing = await this.#client.rangePrefix(dir, signal);
-          const now = performance.now();
-          const all = new Map(
-            listing.kvs.map((
-              kv,
-            ) => [
-              kv.key,
-              leaseFromKv(kv.key, kv.value, dir, undefined, kv.createRevision),
-            ]),
-          );
-          if (listed) metrics.relists.inc();
-          listed = true;
-          log.v(
-            1,
-            `Listed ${all.size} keys under "${dir}" at revision ${listing.revision}`,
-          );
-          next = listing.revision + 1n;
-          emit(table.replaceAll(all, now));
-        }
-        const stream = this.#client.watch({
-          key: dir,
-          rangeEnd: prefixRangeEnd(dir),
-          startRevision: next,
-          idleTimeoutMs: this.#idleMs,
-          signal,
-        });
-        for await (const resp of stream) {
-          backoff.reset();
-          if (resp.compactRevision > 0n) {
-            log.warn(
-              `Watch of "${dir}" fell behind etcd compaction (wanted revision ${next}, compacted up to ${resp.compactRevision}): listing again`,
-            );
-            next = undefined;
-            continue outer;
-          }
-          if (resp.canceled) {
-            throw new EtcdError(
-              `etcd canceled the watch of "${dir}": ${
-                resp.cancelReason || "no reason given"
-              }`,
-              "unreachable",
-            );
-          }
-          const now = performance.now();
-          const events: LeaseEvent[] = [];
-          for (const ev of resp.events) {
-            const key = ev.kv.key;
-            events.push(
-              ...(ev.type === "DELETE" ? table.remove(key, now) : table.update(
-                key,
-                leaseFromKv(
-                  key,
-                  ev.kv.value,
-                  dir,
-                  undefined,
-                  ev.kv.createRevision,
-                ),
-                now,
-              )),
-            );
-            if (ev.kv.modRevision >= next) next = ev.kv.modRevision + 1n;
-          }
-          // A progress notification: everything up to its revision is seen.
-          if (
-            resp.events.length === 0 && !resp.created && resp.revision >= next
-          ) {
-            next = resp.revision + 1n;
-          }
+    await watchSubnets(
+      this.#client,
+      dir,
+      {
+        sync: (kvs, at) =>
+          emit(
+            table.replaceAll(
+              new Map(kvs.map((kv) => [kv.key, toLease(kv)])),
+              at,
+            ),
+          ),
+        put: (kv, at) => batch.push(...table.update(kv.key, toLease(kv), at)),
+        remove: (key, at) => batch.push(...table.remove(key, at)),
+        flush: () => {
+          const events = batch;
+          batch = [];
           emit(events);
-        }
-      } catch (e) {
-        if (e instanceof HandlerFailure) throw e.error;
-        if (signal.aborted) break;
-        // Compaction reported as an error rather than in a response
-        // ("mvcc: required revision has been compacted"): list again too.
-        if (isCompacted(e)) next = undefined;
-        metrics.watchRestarts.inc();
-        const d = backoff.next(retryAfterOf(e));
-        log.warn(
-          `Watch of "${dir}" failed, reconnecting in ${ms(d)} from revision ${
-            next ?? "(new listing)"
-          }: ${describe(e)}`,
-        );
-        await sleep(d, signal).catch(() => {});
-      }
-    }
+        },
+      },
+      this.#watchOpts,
+      signal,
+    );
   }
 
   /** Closes the etcd client. Idempotent. */
@@ -752,71 +681,5 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     }
     this.#own = { ...own, leaseId: kv.lease };
     await this.#renew(signal, depth + 1);
-  }
-
-  /** Watches our own key; rejects when it is deleted. */
-  async #watchOwnKey(signal: AbortSignal): Promise<never> {
-    const key = this.#own!.lease.key;
-    let next = this.#own!.revision + 1n;
-    const backoff = new Backoff({ initialMs: 250, maxMs: this.#maxBackoffMs });
-    outer: while (true) {
-      try {
-        const stream = this.#client.watch({
-          key,
-          startRevision: next,
-          idleTimeoutMs: this.#idleMs,
-          signal,
-        });
-        for await (const resp of stream) {
-          backoff.reset();
-          if (resp.compactRevision > 0n) {
-            // History is gone: look at the key itself.
-            const { kv, revision } = await this.#client.get(key, signal);
-            if (kv === undefined) {
-              throw new LeaseRevokedError(key, "was deleted");
-            }
-            next = revision + 1n;
-            continue outer;
-          }
-          if (resp.canceled) {
-            throw new EtcdError(
-              `etcd canceled the watch of "${key}": ${resp.cancelReason}`,
-              "unreachable",
-            );
-          }
-          for (const ev of resp.events) {
-            if (ev.type === "DELETE") {
-              throw new LeaseRevokedError(key, "was deleted");
-            }
-            if (ev.kv.modRevision >= next) next = ev.kv.modRevision + 1n;
-          }
-          if (
-            resp.events.length === 0 && !resp.created && resp.revision >= next
-          ) {
-            next = resp.revision + 1n;
-          }
-        }
-      } catch (e) {
-        if (signal.aborted || e instanceof LeaseRevokedError) throw e;
-        if (isCompacted(e)) {
-          // History is gone: look at the key itself (or retry that later).
-          const got = await this.#client.get(key, signal).catch(() =>
-            undefined
-          );
-          if (got && got.kv === undefined) {
-            throw new LeaseRevokedError(key, "was deleted");
-          }
-          if (got) next = got.revision + 1n;
-        }
-        metrics.watchRestarts.inc();
-        const d = backoff.next(retryAfterOf(e));
-        log.warn(
-          `Watch of own lease "${key}" failed, reconnecting in ${ms(d)}: ${
-            describe(e)
-          }`,
-        );
-        await sleep(d, signal);
-      }
-    }
   }
 }

@@ -7,8 +7,8 @@
  * packets lost, time to recover, result), printed at the end and written
  * to bench/results/faults.md. The first test runs an etcd-mode cluster
  * (Debian's etcd); the second a Kubernetes-mode one (a real kube-apiserver
- * in the switch namespace, tests/e2e/_kube.ts), or lists its rows as
- * "not run" with the reason when the server binaries are missing.
+ * in the switch namespace, tests/e2e/_kube.ts); without the server
+ * binaries it is ignored with the reason, or fails under CI=true.
  *
  * Durations are short by default so the suite stays within minutes:
  * - `WEFT_FAULT_OUTAGE_S` (15): how long etcd or kube-apiserver is down.
@@ -29,6 +29,7 @@ import {
   SWITCH_IP,
 } from "../_cluster.ts";
 import { kernelTest, run } from "../_netns.ts";
+import { gatedTest, ROOT } from "../_gate.ts";
 import {
   CONFIG_CASES,
   type ConfigCase,
@@ -1112,41 +1113,11 @@ kernelTest(
   },
 );
 
-const KUBE_ROWS: [string, string][] = [
-  [
-    "node corpus",
-    "warning naming the node; no kernel entry; valid peers unaffected",
-  ],
-  [
-    "misbehaving proxy to kube-apiserver",
-    "no crash; Retry-After honoured; recovery",
-  ],
-  [
-    "kube-apiserver outage, then a node joins",
-    "zero loss; watch resumed; convergence",
-  ],
-  ["service-account token rotated, old one revoked", "agent keeps working"],
-  ["CA file replaced", "agent keeps working"],
-];
-const kubeWhy = await kubeUnavailable();
-
-kernelTest(
-  "fault suite, Kubernetes mode: a running cluster survives faults and bad inputs (table in bench/results/faults.md)",
-  async (t) => {
-    if (kubeWhy !== undefined) {
-      for (const [fault, expected] of KUBE_ROWS) {
-        ROWS.push({
-          section: "Kubernetes mode",
-          fault,
-          expected,
-          lost: "—",
-          recovery: "—",
-          outcome: { kind: "skip", why: kubeWhy },
-        });
-      }
-      await writeReport(ROWS);
-      return;
-    }
+await gatedTest({
+  name:
+    "fault suite, Kubernetes mode: a running cluster survives faults and bad inputs (table in bench/results/faults.md)",
+  needs: [ROOT, kubeUnavailable],
+  fn: async (t) => {
     const s = await KubeFaults.create(ROWS, "weft-fk");
     try {
       const phases: [string, string, () => Promise<void>][] = [
@@ -1167,4 +1138,4 @@ kernelTest(
       await writeReport(ROWS);
     }
   },
-);
+});

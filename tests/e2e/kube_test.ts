@@ -3,29 +3,27 @@
  * real kube-apiserver (and etcd >= 3.5) in the switch namespace, Node
  * objects carrying spec.podCIDR, and agents running
  * `--kube-subnet-mgr --kubeconfig-file` under flannel's stock RBAC.
- * Without the server binaries (.ci/build_servers.sh) the test is ignored
- * with the reason, as every server-backed test is.
+ * Without root or the server binaries (.ci/build_servers.sh) the test is
+ * ignored with the reason, or fails under CI=true (`_gate.ts`).
  *
  * @module
  */
-import { kernelTest } from "../_netns.ts";
+import { gatedTest, ROOT } from "../_gate.ts";
 import { kubeUnavailable } from "./_kube.ts";
 import { startScenario } from "./_scenario.ts";
 import { scenarioSteps } from "./_steps.ts";
 
 const NAME =
   "e2e kube: pods talk across VXLAN; agents survive kill -9 and SIGTERM, repair drift and forget deleted Nodes";
-const why = await kubeUnavailable();
-if (why) {
-  console.warn(`${NAME}: ignored: ${why}`);
-  Deno.test({ name: NAME, ignore: true, fn() {} });
-} else {
-  kernelTest(NAME, async (t) => {
+await gatedTest({
+  name: NAME,
+  needs: [ROOT, kubeUnavailable],
+  fn: async (t) => {
     await using s = await startScenario({
       prefix: "weft-e2k",
       mode: "kube",
       reconcilePeriod: 300,
     });
     await scenarioSteps(t, s);
-  });
-}
+  },
+});

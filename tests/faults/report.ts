@@ -2,8 +2,9 @@
  * The fault suite's table: one row per fault or bad input (what was
  * injected, what weft must do, packets lost by the background ping, time
  * to recover, result), printed to the console and written as Markdown to
- * bench/results/faults.md. A row is `pass`, `FAIL: <why>` or
- * `not run: <why>`: nothing that did not run is shown as a pass.
+ * bench/results/faults.md. A row is `pass` or `FAIL: <why>`; a suite
+ * whose servers are missing does not run at all (`tests/_gate.ts`), so
+ * nothing that did not run is ever shown.
  *
  * @module
  */
@@ -11,8 +12,7 @@
 /** Outcome of one row. */
 export type Outcome =
   | { readonly kind: "pass"; readonly note?: string }
-  | { readonly kind: "fail"; readonly why: string }
-  | { readonly kind: "skip"; readonly why: string };
+  | { readonly kind: "fail"; readonly why: string };
 
 /** One line of the table. */
 export interface FaultRow {
@@ -34,8 +34,6 @@ export function outcomeText(o: Outcome): string {
       return o.note ? `pass (${o.note})` : "pass";
     case "fail":
       return `FAIL: ${o.why}`;
-    case "skip":
-      return `not run: ${o.why}`;
   }
 }
 
@@ -72,14 +70,13 @@ export function toMarkdown(rows: readonly FaultRow[]): string {
   return out.join("\n");
 }
 
-/** Counts of pass / fail / not run. */
+/** Counts of pass / fail. */
 export function tally(
   rows: readonly FaultRow[],
-): { pass: number; fail: number; skip: number } {
+): { pass: number; fail: number } {
   return {
     pass: rows.filter((r) => r.outcome.kind === "pass").length,
     fail: rows.filter((r) => r.outcome.kind === "fail").length,
-    skip: rows.filter((r) => r.outcome.kind === "skip").length,
   };
 }
 

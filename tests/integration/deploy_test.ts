@@ -20,7 +20,8 @@ import { parseFlags } from "../../agent/flags.ts";
 import { parseNetConfig } from "../../subnet/config.ts";
 import { goMarshal, parseNetConf, renderDelegate } from "../../cni/delegate.ts";
 import { parseSubnetEnv } from "../../subnet/subnet_env.ts";
-import { KubeServers, kubeServersAvailable } from "../servers/kube.ts";
+import { KUBE_SERVERS, KubeServers } from "../servers/kube.ts";
+import { gatedTest } from "../_gate.ts";
 
 const MANIFEST = new URL("../../deploy/weft.yaml", import.meta.url);
 
@@ -191,26 +192,11 @@ function collection(o: Obj): string {
 
 const DRY = "dryRun=All&fieldManager=weft-deploy-test&fieldValidation=Strict";
 
-const ci = Deno.env.get("CI") === "true";
-const servers = await kubeServersAvailable();
-if (!servers && !ci) {
-  console.warn(
-    "deploy dry-run test ignored: kube-apiserver or etcd >= 3.5 is missing (run .ci/build_servers.sh)",
-  );
-}
-
-Deno.test({
+await gatedTest({
   name:
     "deploy/weft.yaml is accepted whole by a real kube-apiserver (server-side dry run, strict fields)",
-  ignore: !servers && !ci,
-  sanitizeOps: false,
-  sanitizeResources: false,
+  needs: [KUBE_SERVERS],
   fn: async () => {
-    if (!servers) {
-      throw new Error(
-        "Deploy test needs kube-apiserver and etcd >= 3.5 and CI=true forbids skipping",
-      );
-    }
     const objs = await manifest();
     await using k = await KubeServers.start();
     // Namespaced objects are only admitted into a namespace that exists.

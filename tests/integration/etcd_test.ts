@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { gatedTest } from "../_gate.ts";
 import assert from "node:assert/strict";
 import { EtcdClient } from "../../subnet/etcd/client.ts";
 import {
@@ -16,8 +17,7 @@ import type { LeaseAttrs, LeaseEvent } from "../../subnet/lease.ts";
 import { setLogSink } from "../../lib/log.ts";
 import { metrics } from "../../lib/metrics.ts";
 import {
-  DEBIAN_ETCD,
-  etcdAvailable,
+  DEBIAN_ETCD_SERVER,
   EtcdServer,
   type EtcdServerOptions,
 } from "../servers/etcd.ts";
@@ -28,33 +28,16 @@ const DIR = `${PREFIX}/subnets/`;
 const CONFIG_KEY = `${PREFIX}/config`;
 const NET_CONF = '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}';
 
-const ci = Deno.env.get("CI") === "true";
-const have = await etcdAvailable();
-if (!have && !ci) {
-  console.warn(
-    `etcd integration tests ignored: ${DEBIAN_ETCD} is missing (apt-get install etcd-server)`,
-  );
-}
-
 /** A test with its own fresh etcd. */
 function etcdTest(
   name: string,
   fn: (etcd: EtcdServer) => Promise<void>,
   opts: EtcdServerOptions | (() => Promise<EtcdServerOptions>) = {},
-): void {
-  Deno.test({
+): Promise<void> {
+  return gatedTest({
     name,
-    ignore: !have && !ci,
-    // Watch streams and the etcd child outlive single awaits by design;
-    // each test aborts and awaits what it started.
-    sanitizeOps: false,
-    sanitizeResources: false,
+    needs: [DEBIAN_ETCD_SERVER],
     fn: async () => {
-      if (!have) {
-        throw new Error(
-          `etcd test needs ${DEBIAN_ETCD} and CI=true forbids skipping`,
-        );
-      }
       const o = typeof opts === "function" ? await opts() : opts;
       await using etcd = await EtcdServer.start(o);
       try {
@@ -64,7 +47,7 @@ function etcdTest(
         throw e;
       }
     },
-  });
+  }) as Promise<void>;
 }
 
 function manager(
@@ -230,7 +213,7 @@ function portOf(url: string): number {
 
 // --- acquisition -----------------------------------------------------------
 
-etcdTest(
+await etcdTest(
   "five managers racing for subnets get five distinct subnets",
   async (etcd) => {
     // Five subnets for five nodes: random picks almost always collide
@@ -268,7 +251,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "a restarted node with the same public IP gets its subnet back",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -301,7 +284,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "the previous subnet from subnet.env is reused when free",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -326,7 +309,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "the previous subnet is not reused when another node holds it",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -358,7 +341,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "a reservation (key without lease) is honoured and never expires",
   async (etcd) => {
     await etcd.put(
@@ -398,45 +381,51 @@ etcdTest(
   },
 );
 
-etcdTest("a full network gives a clear out-of-subnets error", async (etcd) => {
-  await etcd.put(
-    CONFIG_KEY,
-    '{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.1.0"}',
-  );
-  await etcd.put(
-    `${DIR}10.5.1.0-24`,
-    flanneldValue("10.0.0.99", "0a:00:00:00:00:99"),
-  );
-  const m = manager(etcd);
-  await assert.rejects(
-    m.acquireLease(attrs("10.0.0.1"), new AbortController().signal),
-    {
-      message:
-        `Cannot acquire a subnet lease under "${DIR}": Out of subnets: every subnet from 10.5.1.0/24 to 10.5.1.0/24 is taken`,
-    },
-  );
-  m.close();
-});
+await etcdTest(
+  "a full network gives a clear out-of-subnets error",
+  async (etcd) => {
+    await etcd.put(
+      CONFIG_KEY,
+      '{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.1.0"}',
+    );
+    await etcd.put(
+      `${DIR}10.5.1.0-24`,
+      flanneldValue("10.0.0.99", "0a:00:00:00:00:99"),
+    );
+    const m = manager(etcd);
+    await assert.rejects(
+      m.acquireLease(attrs("10.0.0.1"), new AbortController().signal),
+      {
+        message:
+          `Cannot acquire a subnet lease under "${DIR}": Out of subnets: every subnet from 10.5.1.0/24 to 10.5.1.0/24 is taken`,
+      },
+    );
+    m.close();
+  },
+);
 
-etcdTest("the stored value is byte-identical to flanneld's", async (etcd) => {
-  await etcd.put(CONFIG_KEY, NET_CONF);
-  const m = manager(etcd);
-  const lease = await m.acquireLease(
-    attrs("192.168.64.3", "3a:bb:55:60:be:4e"),
-    new AbortController().signal,
-  );
-  m.close();
-  assert.match(
-    lease.key,
-    /^\/coreos\.com\/network\/subnets\/10\.5\.\d+\.0-24$/,
-  );
-  assert.equal(
-    (await etcd.get(lease.key))!.value,
-    '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"3a:bb:55:60:be:4e"}}',
-  );
-});
+await etcdTest(
+  "the stored value is byte-identical to flanneld's",
+  async (etcd) => {
+    await etcd.put(CONFIG_KEY, NET_CONF);
+    const m = manager(etcd);
+    const lease = await m.acquireLease(
+      attrs("192.168.64.3", "3a:bb:55:60:be:4e"),
+      new AbortController().signal,
+    );
+    m.close();
+    assert.match(
+      lease.key,
+      /^\/coreos\.com\/network\/subnets\/10\.5\.\d+\.0-24$/,
+    );
+    assert.equal(
+      (await etcd.get(lease.key))!.value,
+      '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"3a:bb:55:60:be:4e"}}',
+    );
+  },
+);
 
-etcdTest(
+await etcdTest(
   "a dual-stack lease is stored under flanneld's dual key with both addresses",
   async (etcd) => {
     await etcd.put(
@@ -466,7 +455,7 @@ etcdTest(
 
 // --- config ------------------------------------------------------------------
 
-etcdTest(
+await etcdTest(
   "getNetworkConfig waits for a missing config and names the key",
   async (etcd) => {
     using logs = captureLogs();
@@ -499,7 +488,7 @@ etcdTest(
   },
 );
 
-etcdTest("getNetworkConfig stops retrying when aborted", async (etcd) => {
+await etcdTest("getNetworkConfig stops retrying when aborted", async (etcd) => {
   using _logs = captureLogs();
   const m = manager(etcd);
   const ac = new AbortController();
@@ -511,7 +500,7 @@ etcdTest("getNetworkConfig stops retrying when aborted", async (etcd) => {
 
 // --- watching ------------------------------------------------------------------
 
-etcdTest(
+await etcdTest(
   "a lease written in flanneld's exact JSON is read, IPv4 and dual stack",
   async (etcd) => {
     await etcd.put(
@@ -564,7 +553,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "the first listing is delivered even when there is no peer",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -582,7 +571,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "malformed keys and values are skipped with a warning, never emitted",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -630,7 +619,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "deleting a peer key (or its lease expiring) emits removed",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -655,7 +644,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "the watch resumes after etcd restarts and later events arrive",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -680,7 +669,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "after compaction the watch relists and synthesises the delete it missed",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -728,7 +717,7 @@ etcdTest(
   },
 );
 
-etcdTest("our own key is never reported as a peer", async (etcd) => {
+await etcdTest("our own key is never reported as a peer", async (etcd) => {
   await etcd.put(CONFIG_KEY, NET_CONF);
   await etcd.put(
     `${DIR}10.5.20.0-24`,
@@ -750,7 +739,7 @@ etcdTest("our own key is never reported as a peer", async (etcd) => {
   m.close();
 });
 
-etcdTest(
+await etcdTest(
   "a silent watch is reconnected by the idle watchdog and still delivers",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -776,7 +765,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "progress notifications keep an idle watch open",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -800,7 +789,7 @@ etcdTest(
 
 // --- keeping the lease ---------------------------------------------------------
 
-etcdTest(
+await etcdTest(
   "renewal before expiry keeps the key past its first TTL",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -828,7 +817,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "a failed renewal is logged and retried until etcd is back",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -866,7 +855,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "keepLease rejects with 'Lease has been revoked' when our key is deleted",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -886,7 +875,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "keepLease notices our key's deletion even when compaction hid the event",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -918,7 +907,7 @@ etcdTest(
 
 // --- endpoints, auth, TLS ------------------------------------------------------
 
-etcdTest(
+await etcdTest(
   "with the first endpoint dead, the second one is used",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -951,7 +940,7 @@ etcdTest(
   },
 );
 
-etcdTest(
+await etcdTest(
   "username/password: logs in, and again after token expiry or an etcd restart",
   async (etcd) => {
     await etcd.put(CONFIG_KEY, NET_CONF);
@@ -1004,7 +993,7 @@ etcdTest(
 );
 
 let tlsDir = "";
-etcdTest("TLS with a client certificate", async (etcd) => {
+await etcdTest("TLS with a client certificate", async (etcd) => {
   try {
     await etcd.put(CONFIG_KEY, NET_CONF);
     const m = manager(etcd, {

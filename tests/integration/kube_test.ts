@@ -7,6 +7,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { gatedTest } from "../_gate.ts";
 import { parseAllDocuments } from "yaml";
 import { KubeSubnetManager } from "../../subnet/kube/manager.ts";
 import type { KubeFlags } from "../../subnet/kube/manager.ts";
@@ -15,22 +16,14 @@ import type { LeaseAttrs, LeaseEvent } from "../../subnet/lease.ts";
 import { setLogSink } from "../../lib/log.ts";
 import { metrics } from "../../lib/metrics.ts";
 import {
+  KUBE_SERVERS,
   KubeServers,
-  kubeServersAvailable,
   type KubeServersOptions,
   TcpProxy,
 } from "../servers/kube.ts";
 
 const NET_CONF = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
 const P = "flannel.alpha.coreos.com";
-
-const ci = Deno.env.get("CI") === "true";
-const have = await kubeServersAvailable();
-if (!have && !ci) {
-  console.warn(
-    "kube integration tests ignored: kube-apiserver or etcd >= 3.5 is missing (run .ci/build_servers.sh)",
-  );
-}
 
 /** Log lines of the running test, printed when it fails. */
 let logLines: string[] = [];
@@ -41,20 +34,11 @@ function kubeTest(
   name: string,
   fn: (k: KubeServers, dir: string) => Promise<void>,
   opts: KubeServersOptions = {},
-): void {
-  Deno.test({
+): Promise<void> {
+  return gatedTest({
     name,
-    ignore: !have && !ci,
-    // Watch streams and server children outlive single awaits by design;
-    // each test aborts and awaits what it started.
-    sanitizeOps: false,
-    sanitizeResources: false,
+    needs: [KUBE_SERVERS],
     fn: async () => {
-      if (!have) {
-        throw new Error(
-          "kube test needs kube-apiserver and etcd >= 3.5 and CI=true forbids skipping",
-        );
-      }
       logLines = [];
       const dir = await Deno.makeTempDir({ prefix: "weft-kube-test-" });
       await using k = await KubeServers.start(opts);
@@ -73,7 +57,7 @@ function kubeTest(
         await Deno.remove(dir, { recursive: true }).catch(() => {});
       }
     },
-  });
+  }) as Promise<void>;
 }
 
 /** A Node as a kubelet registers it, with the pod CIDR already assigned. */
@@ -250,7 +234,7 @@ async function adminManager(
   );
 }
 
-kubeTest(
+await kubeTest(
   "acquireLease() publishes flanneld's annotations and NetworkUnavailable=False",
   async (k, dir) => {
     await k.createNode(nodeSpec("w1", "10.244.3.0/24"));
@@ -316,7 +300,7 @@ kubeTest(
   },
 );
 
-kubeTest(
+await kubeTest(
   "acquireLease() waits for a late pod CIDR and fails clearly without one",
   async (k, dir) => {
     await k.createNode(nodeSpec("late", undefined));
@@ -364,7 +348,7 @@ kubeTest(
   },
 );
 
-kubeTest(
+await kubeTest(
   "a ServiceAccount bound only to deploy/weft.yaml's ClusterRole runs acquire and watch",
   async (k, dir) => {
     const role = await deployClusterRole();
@@ -441,7 +425,7 @@ kubeTest(
   },
 );
 
-kubeTest(
+await kubeTest(
   "watchLeases() reports added, changed and deleted nodes, and skips unmanaged ones",
   async (k, dir) => {
     await k.createNode(nodeSpec("me", "10.244.1.0/24"));
@@ -513,7 +497,7 @@ kubeTest(
   },
 );
 
-kubeTest(
+await kubeTest(
   "the first listing follows continue tokens page by page",
   async (k, dir) => {
     await k.createNode(nodeSpec("me", "10.244.1.0/24"));
@@ -546,7 +530,7 @@ kubeTest(
   },
 );
 
-kubeTest(
+await kubeTest(
   "a kube-apiserver restart mid-watch loses and duplicates no event",
   async (k, dir) => {
     await k.createNode(nodeSpec("me", "10.244.1.0/24"));
@@ -676,7 +660,7 @@ for (const watchCache of [false, true]) {
   );
 }
 
-kubeTest(
+await kubeTest(
   "a rotated service-account token is picked up without a restart",
   async (k, dir) => {
     const role = await deployClusterRole();
@@ -745,35 +729,38 @@ kubeTest(
   },
 );
 
-kubeTest("a kubeconfig with client certificates works", async (k, dir) => {
-  await k.createNode(nodeSpec("me", "10.244.1.0/24"));
-  const cert = await k.clientCert("weft-node", ["system:masters"]);
-  const kc = await k.writeKubeconfig(`${dir}/cert.kubeconfig`, {
-    clientCert: cert,
-    caAsFile: true,
-  });
-  const sm = await KubeSubnetManager.create(
-    flags(dir, { kubeconfigFile: kc }),
-    new AbortController().signal,
-    { env: envOf({ NODE_NAME: "me" }) },
-  );
-  try {
-    const lease = await sm.acquireLease(
-      attrs("198.18.0.1", "0a:00:00:00:00:01"),
+await kubeTest(
+  "a kubeconfig with client certificates works",
+  async (k, dir) => {
+    await k.createNode(nodeSpec("me", "10.244.1.0/24"));
+    const cert = await k.clientCert("weft-node", ["system:masters"]);
+    const kc = await k.writeKubeconfig(`${dir}/cert.kubeconfig`, {
+      clientCert: cert,
+      caAsFile: true,
+    });
+    const sm = await KubeSubnetManager.create(
+      flags(dir, { kubeconfigFile: kc }),
       new AbortController().signal,
+      { env: envOf({ NODE_NAME: "me" }) },
     );
-    assert.equal(lease.subnet, "10.244.1.0/24");
-    assert.equal(
-      (await k.getNode("me")).metadata.annotations
-        ?.[`${P}/kube-subnet-manager`],
-      "true",
-    );
-  } finally {
-    sm.close();
-  }
-});
+    try {
+      const lease = await sm.acquireLease(
+        attrs("198.18.0.1", "0a:00:00:00:00:01"),
+        new AbortController().signal,
+      );
+      assert.equal(lease.subnet, "10.244.1.0/24");
+      assert.equal(
+        (await k.getNode("me")).metadata.annotations
+          ?.[`${P}/kube-subnet-manager`],
+        "true",
+      );
+    } finally {
+      sm.close();
+    }
+  },
+);
 
-kubeTest(
+await kubeTest(
   "a kubeconfig with the wrong CA fails with a TLS error naming the server",
   async (k, dir) => {
     await k.createNode(nodeSpec("me", "10.244.1.0/24"));
@@ -803,7 +790,7 @@ kubeTest(
   },
 );
 
-kubeTest(
+await kubeTest(
   "insecure-skip-tls-verify warns and explains what weft needs",
   async (k, dir) => {
     await k.createNode(nodeSpec("me", "10.244.1.0/24"));
@@ -841,7 +828,7 @@ kubeTest(
   },
 );
 
-kubeTest(
+await kubeTest(
   "connection errors name the kubeconfig and the field",
   async (_k, dir) => {
     const kc = `${dir}/broken.kubeconfig`;

@@ -9,6 +9,7 @@
  *
  * @module
  */
+import type { Need } from "../_gate.ts";
 import { halt } from "../_netns.ts";
 
 /** Debian's etcd-server 3.4. */
@@ -22,6 +23,12 @@ export async function etcdAvailable(bin = DEBIAN_ETCD): Promise<boolean> {
     return false;
   }
 }
+
+/** A test need (`_gate.ts`): Debian's etcd is installed. */
+export const DEBIAN_ETCD_SERVER: Need = async () =>
+  (await etcdAvailable())
+    ? undefined
+    : `${DEBIAN_ETCD} is missing (apt-get install etcd-server)`;
 
 /** TLS for the client port. */
 export interface EtcdServerTls {

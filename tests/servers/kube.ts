@@ -12,6 +12,7 @@
  *
  * @module
  */
+import type { Need } from "../_gate.ts";
 import { serverBinary } from "./paths.ts";
 import { EtcdServer } from "./etcd.ts";
 import { halt } from "../_netns.ts";
@@ -22,6 +23,12 @@ import {
   serviceAccountKeys,
   signedCert,
 } from "./pki.ts";
+
+/** A test need (`_gate.ts`): kube-apiserver and etcd >= 3.5 are built. */
+export const KUBE_SERVERS: Need = async () =>
+  (await kubeServersAvailable())
+    ? undefined
+    : "kube-apiserver or etcd >= 3.5 is missing (run .ci/build_servers.sh)";
 
 /** Whether kube-apiserver and etcd >= 3.5 are built. */
 export async function kubeServersAvailable(): Promise<

@@ -1,0 +1,220 @@
+import assert from "node:assert/strict";
+import { EtcdSubnetManager, LeaseRevokedError } from "./manager.ts";
+import { FakeEtcd } from "./_fake_etcd.ts";
+import type { LeaseAttrs, LeaseEvent } from "../lease.ts";
+import { setLogSink } from "../../lib/log.ts";
+import { formatNet } from "../../lib/ip.ts";
+
+const logs: string[] = [];
+setLogSink((line) => logs.push(line));
+
+const PREFIX = "/coreos.com/network";
+const CONFIG = '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}';
+const attrs = (ip: string, mac = "0a:00:00:00:00:01"): LeaseAttrs => ({
+  publicIP: ip,
+  backendType: "vxlan",
+  backendData: { VNI: 1, VtepMAC: mac },
+});
+const value = (ip: string, mac: string) =>
+  `{"PublicIP":"${ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"${mac}"}}`;
+
+function setup(): { etcd: FakeEtcd; m: EtcdSubnetManager } {
+  const etcd = new FakeEtcd();
+  const m = new EtcdSubnetManager({
+    endpoints: ["http://fake:2379"],
+    client: etcd,
+    configRetryMs: 1,
+    maxBackoffMs: 1,
+    // No subnet.env in unit tests: a path that does not exist.
+    subnetFile: "/nonexistent/weft-unit/subnet.env",
+  });
+  return { etcd, m };
+}
+
+/** Collects handler batches; `until` resolves once `pred` holds. */
+function collector() {
+  const batches: LeaseEvent[][] = [];
+  const waiters: [() => boolean, () => void][] = [];
+  return {
+    batches,
+    handler: (events: LeaseEvent[]) => {
+      batches.push(events);
+      for (const [pred, done] of [...waiters]) if (pred()) done();
+    },
+    until(pred: () => boolean): Promise<void> {
+      if (pred()) return Promise.resolve();
+      return new Promise((resolve) => waiters.push([pred, resolve]));
+    },
+    summary: () => batches.flat().map((e) => `${e.type} ${e.lease.subnet}`),
+  };
+}
+
+Deno.test("EtcdSubnetManager waits for a missing config, then acquires a subnet with a day-long etcd lease", async () => {
+  const { etcd, m } = setup();
+  const ac = new AbortController();
+  const config = m.getNetworkConfig(ac.signal);
+  // The first read finds nothing; the config appears later.
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  assert.equal(formatNet((await config).network!), "10.5.0.0/16");
+  assert.ok(logs.some((l) => l.includes(`"${PREFIX}/config": not found`)));
+  const lease = await m.acquireLease(attrs("198.18.0.1"), ac.signal);
+  assert.match(lease.subnet!, /^10\.5\.\d+\.0\/24$/);
+  const key = `${PREFIX}/subnets/${lease.subnet!.replace("/", "-")}`;
+  assert.equal(lease.key, key);
+  assert.equal(
+    etcd.values().get(key),
+    value("198.18.0.1", "0a:00:00:00:00:01"),
+  );
+  assert.equal(etcd.ttlOf(etcd.leaseOf(key)!), 86400);
+});
+
+Deno.test("EtcdSubnetManager reuses the lease that holds this node's public IP", async () => {
+  const { etcd, m } = setup();
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  const grant = await etcd.leaseGrant(86400);
+  await etcd.put(
+    `${PREFIX}/subnets/10.5.77.0-24`,
+    value("198.18.0.9", "0a:00:00:00:00:09"),
+    { lease: grant.id },
+  );
+  const ac = new AbortController();
+  const lease = await m.acquireLease(attrs("198.18.0.9"), ac.signal);
+  assert.equal(lease.subnet, "10.5.77.0/24");
+  assert.equal(etcd.values().size, 2);
+});
+
+Deno.test("EtcdSubnetManager retries with another subnet when a racer creates its chosen key first", async () => {
+  const { etcd, m } = setup();
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  const raced: string[] = [];
+  etcd.onTxn = async (compare) => {
+    // The first two creates lose: another node writes the key in between.
+    const c = compare[0];
+    if (raced.length < 2 && c?.target === "VERSION" && c.value === 0n) {
+      raced.push(c.key);
+      await etcd.put(c.key, value("198.18.0.99", "0a:00:00:00:00:99"));
+    }
+  };
+  const ac = new AbortController();
+  const lease = await m.acquireLease(attrs("198.18.0.1"), ac.signal);
+  assert.equal(raced.length, 2);
+  assert.ok(!raced.includes(lease.key), `${lease.key} was taken`);
+  for (const key of raced) {
+    assert.equal(
+      etcd.values().get(key),
+      value("198.18.0.99", "0a:00:00:00:00:99"),
+    );
+  }
+  assert.equal(
+    etcd.values().get(lease.key),
+    value("198.18.0.1", "0a:00:00:00:00:01"),
+  );
+});
+
+Deno.test("watchLeases() delivers the first listing even empty, then adds and removals; bad values are skipped with a warning", async () => {
+  const { etcd, m } = setup();
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  const ac = new AbortController();
+  const c = collector();
+  const done = m.watchLeases(c.handler, ac.signal);
+  await c.until(() => c.batches.length === 1);
+  assert.deepEqual(c.batches[0], []);
+  await etcd.put(
+    `${PREFIX}/subnets/10.5.2.0-24`,
+    value("198.18.0.2", "0a:00:00:00:00:02"),
+  );
+  await etcd.put(`${PREFIX}/subnets/10.5.3.0-24`, '{"PublicIP":"not an ip"}');
+  await etcd.delete(`${PREFIX}/subnets/10.5.2.0-24`);
+  await c.until(() => c.summary().length === 2);
+  assert.deepEqual(c.summary(), ["added 10.5.2.0/24", "removed 10.5.2.0/24"]);
+  assert.ok(
+    logs.some((l) =>
+      l.startsWith("W") && l.includes(`${PREFIX}/subnets/10.5.3.0-24`)
+    ),
+    "a warning names the bad key",
+  );
+  ac.abort();
+  await done;
+});
+
+Deno.test("watchLeases() lists again after compaction and reports the deletes it missed", async () => {
+  const { etcd, m } = setup();
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  await etcd.put(
+    `${PREFIX}/subnets/10.5.2.0-24`,
+    value("198.18.0.2", "0a:00:00:00:00:02"),
+  );
+  const ac = new AbortController();
+  const c = collector();
+  const done = m.watchLeases(c.handler, ac.signal);
+  await c.until(() => c.summary().length === 1);
+  // Behind the watch's back: an outage breaks it, the key goes, history
+  // is compacted; the reconnect must list again.
+  await etcd.watching();
+  etcd.breakWatches();
+  const deleted = etcd.delete(`${PREFIX}/subnets/10.5.2.0-24`);
+  etcd.compact();
+  await deleted;
+  await c.until(() => c.summary().includes("removed 10.5.2.0/24"));
+  assert.ok(etcd.calls.filter((x) => x === "rangePrefix").length >= 2);
+  ac.abort();
+  await done;
+});
+
+Deno.test("keepLease() rejects with LeaseRevokedError when the lease key is deleted", async () => {
+  const { etcd, m } = setup();
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  const ac = new AbortController();
+  const lease = await m.acquireLease(attrs("198.18.0.1"), ac.signal);
+  const kept = m.keepLease(lease, ac.signal);
+  await etcd.delete(lease.key);
+  await assert.rejects(
+    kept,
+    (e: unknown) =>
+      e instanceof LeaseRevokedError &&
+      e.message ===
+        `Lease has been revoked: etcd key "${lease.key}" was deleted`,
+  );
+  ac.abort();
+});
+
+Deno.test("keepLease() resolves on abort and leaves the lease in etcd", async () => {
+  const { etcd, m } = setup();
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  const ac = new AbortController();
+  const lease = await m.acquireLease(attrs("198.18.0.1"), ac.signal);
+  const kept = m.keepLease(lease, ac.signal);
+  ac.abort();
+  await kept;
+  assert.ok(etcd.values().has(lease.key));
+});
+
+Deno.test("keepLease() renews before expiry by moving the key to a fresh etcd lease", async () => {
+  const etcd = new FakeEtcd();
+  const m = new EtcdSubnetManager({
+    endpoints: ["http://fake:2379"],
+    client: etcd,
+    leaseTtlSeconds: 2,
+    // Renew 1.99 s before a 2 s expiry: at once.
+    renewMarginMinutes: 1.99 / 60,
+    subnetFile: "/nonexistent/weft-unit/subnet.env",
+  });
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  const ac = new AbortController();
+  const lease = await m.acquireLease(attrs("198.18.0.1"), ac.signal);
+  const first = etcd.leaseOf(lease.key)!;
+  const kept = m.keepLease(lease, ac.signal);
+  while (etcd.leaseOf(lease.key) === first || etcd.ttlOf(first) !== undefined) {
+    await etcd.changed();
+  }
+  const renewed = etcd.leaseOf(lease.key)!;
+  assert.notEqual(renewed, "0");
+  assert.equal(etcd.ttlOf(renewed), 2);
+  assert.equal(etcd.ttlOf(first), undefined, "the old etcd lease is revoked");
+  assert.equal(
+    etcd.values().get(lease.key),
+    value("198.18.0.1", "0a:00:00:00:00:01"),
+  );
+  ac.abort();
+  await kept;
+});
