@@ -170,8 +170,11 @@ export class MemoryKernel implements Netlink {
     this.#count("routeDel", route);
     const table = route.table ?? RT_TABLE_MAIN;
     const n = this.routes.length;
+    // As the kernel: a gateway or device named in the delete must match.
     this.routes = this.routes.filter((r) =>
-      !(r.dst === route.dst && (r.table ?? RT_TABLE_MAIN) === table)
+      !(r.dst === route.dst && (r.table ?? RT_TABLE_MAIN) === table &&
+        (route.gw === undefined || r.gw === route.gw) &&
+        (route.index === undefined || r.index === route.index))
     );
     if (this.routes.length === n) {
       throw new KernelError(

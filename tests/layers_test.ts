@@ -39,6 +39,7 @@ const ENTRIES = [
   "backend/_testing.ts",
   "subnet/kube/_fake_api.ts",
   "subnet/etcd/_fake_etcd.ts",
+  "backend/_netlink_contract.ts",
 ];
 
 const ROOT = new URL("../", import.meta.url);
