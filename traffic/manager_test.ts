@@ -153,14 +153,20 @@ Deno.test("TrafficManager reports a failed restore as not ready, naming the comm
 
 Deno.test("TrafficManager.run() checks every resync period until aborted", async () => {
   const ipt = fakeIptables();
-  const tm = new TrafficManager({ spec, run: ipt.run, resyncSeconds: 0.01 });
   const ac = new AbortController();
-  const done = tm.run(ac.signal);
-  await new Promise((r) => setTimeout(r, 60));
-  ac.abort();
-  await done;
+  let checks = 0;
+  // Synchronise on the checks themselves: abort at the third.
+  const tm = new TrafficManager({
+    spec,
+    run: ipt.run,
+    resyncSeconds: 0.01,
+    onState: () => {
+      if (++checks === 3) ac.abort();
+    },
+  });
+  await tm.run(ac.signal);
   const saves = ipt.calls.filter((c) => c === "iptables-save -t nat").length;
-  assert(saves >= 3, `checked ${saves} times`);
+  assertEquals(saves, 3, `checked ${saves} times`);
   assert(tm.ready);
 });
 
