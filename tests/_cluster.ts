@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { runCommand } from "../lib/command.ts";
 import { Netns, run } from "./_netns.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -523,21 +524,21 @@ export class Cluster implements AsyncDisposable {
       dataDir: `${node.dir}/cni`,
       delegate: { hairpinMode: true, isDefaultGateway: true },
     });
-    const child = new Deno.Command("ip", {
-      args: [
-        "netns",
-        "exec",
-        node.ns.name,
-        Deno.execPath(),
-        "run",
-        "--no-prompt",
-        "--allow-read",
-        "--allow-write",
-        "--allow-env",
-        "--allow-run",
-        `${ROOT}main.ts`,
-        "cni",
-      ],
+    const out = await runCommand([
+      "ip",
+      "netns",
+      "exec",
+      node.ns.name,
+      Deno.execPath(),
+      "run",
+      "--no-prompt",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      "--allow-run",
+      `${ROOT}main.ts`,
+      "cni",
+    ], {
       env: {
         CNI_COMMAND: command,
         CNI_CONTAINERID: id,
@@ -545,23 +546,14 @@ export class Cluster implements AsyncDisposable {
         CNI_IFNAME: "eth0",
         CNI_PATH: "/usr/lib/cni",
       },
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(conf));
-    await w.close();
-    const out = await child.output();
-    const stdout = new TextDecoder().decode(out.stdout);
-    if (!out.success) {
+      stdin: conf,
+    });
+    if (out.code !== 0) {
       throw new Error(
-        `CNI ${command} ${id} failed: ${stdout} ${
-          new TextDecoder().decode(out.stderr)
-        }`,
+        `CNI ${command} ${id} failed: ${out.stdout} ${out.stderr}`,
       );
     }
-    return stdout;
+    return out.stdout;
   }
 
   /**

@@ -40,6 +40,7 @@ const ENTRIES = [
   "subnet/kube/_fake_api.ts",
   "subnet/etcd/_fake_etcd.ts",
   "backend/_netlink_contract.ts",
+  "traffic/_testing.ts",
 ];
 
 const ROOT = new URL("../", import.meta.url);

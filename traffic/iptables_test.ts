@@ -8,26 +8,12 @@ import {
   renderRestore,
   type SavedTables,
 } from "./iptables.ts";
-import type { TrafficSpec } from "./spec.ts";
-
-const v4 = { network: "10.244.0.0/16", subnet: "10.244.1.0/24" };
-const v6 = { network: "fd00:10:244::/56", subnet: "fd00:10:244:1::/64" };
-const spec: TrafficSpec = {
-  ipMasq: true,
-  forwardRules: true,
-  randomFully: true,
-  ipv4: v4,
-};
-
-const FLANNEL_V4_NAT = [
-  '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
-  '-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully',
-  '-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully',
-];
+import {
+  FLANNEL_V4_NAT,
+  SPEC as spec,
+  V4 as v4,
+  V6 as v6,
+} from "./_testing.ts";
 
 Deno.test("masqRules() renders flanneld's six rules as iptables-save prints them", () => {
   assertEquals(

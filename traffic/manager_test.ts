@@ -5,28 +5,10 @@ import {
 } from "node:assert/strict";
 import type { CommandRunner } from "../lib/command.ts";
 import { TrafficManager } from "./manager.ts";
-import type { TrafficSpec } from "./spec.ts";
+import { FLANNEL_V4_NAT, SPEC as spec } from "./_testing.ts";
 import { setLogSink } from "../lib/log.ts";
 
 setLogSink(() => {});
-
-const v4 = { network: "10.244.0.0/16", subnet: "10.244.1.0/24" };
-const spec: TrafficSpec = {
-  ipMasq: true,
-  forwardRules: true,
-  randomFully: true,
-  ipv4: v4,
-};
-
-const FLANNEL_V4_NAT = [
-  '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
-  '-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully',
-  '-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully',
-];
 
 /**
  * An in-memory iptables: `iptables-save -t T` prints the state and

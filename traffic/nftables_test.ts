@@ -1,15 +1,6 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { renderNftables } from "./nftables.ts";
-import type { TrafficSpec } from "./spec.ts";
-
-const v4 = { network: "10.244.0.0/16", subnet: "10.244.1.0/24" };
-const v6 = { network: "fd00:10:244::/56", subnet: "fd00:10:244:1::/64" };
-const spec: TrafficSpec = {
-  ipMasq: true,
-  forwardRules: true,
-  randomFully: true,
-  ipv4: v4,
-};
+import { SPEC as spec, V6 as v6 } from "./_testing.ts";
 
 Deno.test("renderNftables() writes flanneld's tables and chains in one transaction", () => {
   assertEquals(

@@ -12,6 +12,7 @@ import {
   ok as assert,
 } from "node:assert/strict";
 import { kernelTest, Netns, type Output, run } from "../_netns.ts";
+import { runCommand } from "../../lib/command.ts";
 
 const CNI_PATH = "/usr/lib/cni";
 const ENTRY = new URL("../../cni/main.ts", import.meta.url).pathname;
@@ -57,7 +58,7 @@ async function setup(): Promise<Setup> {
 }
 
 /** Runs the plugin in the node namespace, the way a runtime would. */
-async function plugin(
+function plugin(
   s: Setup,
   command: string,
   conf: string,
@@ -70,37 +71,22 @@ async function plugin(
     CNI_IFNAME: "eth0",
     CNI_PATH,
   };
-  const child = new Deno.Command("ip", {
-    args: [
-      "netns",
-      "exec",
-      s.node.name,
-      Deno.execPath(),
-      "run",
-      "--no-prompt",
-      // As narrow as the compiled binary's: the state directory, the CNI
-      // variables, the delegate.
-      `--allow-read=${s.dir}`,
-      `--allow-write=${s.dir}`,
-      "--allow-env=CNI_*",
-      `--allow-run=${CNI_PATH}/bridge`,
-      ENTRY,
-    ],
-    env,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = child.stdin.getWriter();
-  await w.write(new TextEncoder().encode(conf));
-  await w.close();
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return {
-    code: out.code,
-    stdout: dec.decode(out.stdout),
-    stderr: dec.decode(out.stderr),
-  };
+  return runCommand([
+    "ip",
+    "netns",
+    "exec",
+    s.node.name,
+    Deno.execPath(),
+    "run",
+    "--no-prompt",
+    // As narrow as the compiled binary's: the state directory, the CNI
+    // variables, the delegate.
+    `--allow-read=${s.dir}`,
+    `--allow-write=${s.dir}`,
+    "--allow-env=CNI_*",
+    `--allow-run=${CNI_PATH}/bridge`,
+    ENTRY,
+  ], { env, stdin: conf });
 }
 
 interface AddrJson {

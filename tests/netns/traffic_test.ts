@@ -13,32 +13,14 @@ import {
 import { kernelTest, Netns, run } from "../_netns.ts";
 import { commandRunner } from "../../lib/command.ts";
 import { TrafficManager } from "../../traffic/manager.ts";
-import type { TrafficSpec } from "../../traffic/spec.ts";
+import {
+  FLANNEL_V4_FILTER as FILTER_V4,
+  FLANNEL_V4_NAT as NAT_V4,
+  SPEC as spec,
+} from "../../traffic/_testing.ts";
 import { setLogSink } from "../../lib/log.ts";
 
 setLogSink(() => {});
-
-const spec: TrafficSpec = {
-  ipMasq: true,
-  forwardRules: true,
-  randomFully: true,
-  ipv4: { network: "10.244.0.0/16", subnet: "10.244.1.0/24" },
-};
-
-const NAT_V4 = [
-  '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
-  '-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN',
-  '-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully',
-  '-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully',
-];
-const FILTER_V4 = [
-  '-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD',
-  '-A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
-  '-A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
-];
 
 async function rules(
   ns: Netns,
