@@ -13,7 +13,8 @@ import type { Flags } from "./flags.ts";
 import { logger, setVerbosity } from "../lib/log.ts";
 import { metrics } from "../lib/metrics.ts";
 import { Readiness, READY, startHealthServer } from "./health.ts";
-import { selectExternalInterface } from "./iface.ts";
+import { keepBlackholeRoutes } from "./blackhole.ts";
+import { publicIPChoice, selectExternalInterface } from "./iface.ts";
 import { writeSubnetEnv } from "../subnet/subnet_env.ts";
 import { TrafficManager } from "../traffic/manager.ts";
 import { openNetlink } from "../ffi/netlink.ts";
@@ -125,6 +126,11 @@ export async function runAgent(
 ): Promise<void> {
   setVerbosity(flags.v);
   log.info(`weft ${VERSION} (flanneld-compatible) starting`);
+  if (flags.vmodule || flags.logBacktraceAt) {
+    log.info(
+      "-vmodule and -log_backtrace_at are accepted for flanneld compatibility and ignored (-v applies to every file)",
+    );
+  }
   const readiness = new Readiness();
   const setLease = readiness.register(READY.lease);
   const setDevice = readiness.register(READY.device);
@@ -144,13 +150,12 @@ export async function runAgent(
     const config = await sm.getNetworkConfig(signal);
     logConfig(config);
 
-    let publicIP = flags.publicIP;
-    let publicIPv6 = flags.publicIPv6;
-    if (sm instanceof KubeSubnetManager && !publicIP && !publicIPv6) {
+    let { publicIP, publicIPv6 } = flags;
+    if (sm instanceof KubeSubnetManager) {
       const o = await sm.getNodePublicIPOverride(signal);
       if (o.ipv4) log.info(`Using node-public-ip annotation: ${o.ipv4}`);
-      publicIP = o.ipv4 ?? "";
-      publicIPv6 = o.ipv6 ?? "";
+      if (o.ipv6) log.info(`Using node-public-ipv6 annotation: ${o.ipv6}`);
+      ({ publicIP, publicIPv6 } = publicIPChoice(flags, o));
     }
     const ext = selectExternalInterface(nl, {
       iface: flags.iface,
@@ -269,6 +274,14 @@ export async function runAgent(
       rec.run(stop.signal, monitor && changeSource(monitor, watched, rec)),
       traffic.run(stop.signal),
       sm.keepLease(lease, stop.signal),
+      ...(flags.ipBlackholeRoute
+        ? [keepBlackholeRoutes(
+          nl,
+          [lease.subnet, lease.ipv6Subnet].filter((s) => s !== undefined),
+          flags.iptablesResync,
+          stop.signal,
+        )]
+        : []),
     ];
     try {
       // The first task to fail ends the agent; a clean stop ends them all.

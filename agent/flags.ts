@@ -71,8 +71,14 @@ export interface Flags {
   readonly iptablesForwardRules: boolean;
   /** `--set-node-network-unavailable` (true): set NetworkUnavailable=False. */
   readonly setNodeNetworkUnavailable: boolean;
-  /** `-v` (0): log verbosity. */
+  /** `--ip-blackhole-route` (false): blackhole route for the own subnet. */
+  readonly ipBlackholeRoute: boolean;
+  /** `-v` (0): log verbosity; any int32, as klog takes it. */
   readonly v: number;
+  /** `-vmodule` (""): klog's per-file levels; checked, then ignored. */
+  readonly vmodule: string;
+  /** `-log_backtrace_at` (""): klog's `file.go:N`; checked, then ignored. */
+  readonly logBacktraceAt: string;
   /** `--version` (false): print the version and exit. */
   readonly version: boolean;
   /** `-h`, `--help` (false): print {@linkcode usage} and exit. */
@@ -116,6 +122,35 @@ function anyIp(text: string): string | undefined {
 function range(min: number, max: number) {
   return (n: number): string | undefined =>
     n < min || n > max ? `out of range ${min}..${max}` : undefined;
+}
+
+/** klog's `-vmodule` grammar (klog v2 `parseModuleSpec`). */
+function vmoduleSyntax(text: string): string | undefined {
+  for (const pat of text.split(",")) {
+    if (pat === "") continue;
+    const [name, level, ...rest] = pat.split("=");
+    if (!name || !level || rest.length > 0 || !/^[+-]?\d+$/.test(level)) {
+      return "syntax error: expect comma-separated list of filename=N";
+    }
+    const n = Number(level);
+    if (n >= 2 ** 31 || n < -(2 ** 31)) {
+      return "syntax error: expect comma-separated list of filename=N";
+    }
+    if (n < 0) return "negative value for vmodule level";
+  }
+  return undefined;
+}
+
+/** klog's `-log_backtrace_at` grammar (`file.go:N`, or empty). */
+function traceSyntax(text: string): string | undefined {
+  if (text === "") return undefined;
+  const fields = text.split(":");
+  if (fields.length !== 2 || !fields[0]!.includes(".")) {
+    return "syntax error: expect file.go:234";
+  }
+  if (!/^[+-]?\d+$/.test(fields[1]!)) return "syntax error: expect file.go:234";
+  if (Number(fields[1]) <= 0) return "negative or zero value for level";
+  return undefined;
 }
 
 const FLAGS: readonly FlagDef[] = [
@@ -365,12 +400,38 @@ const FLAGS: readonly FlagDef[] = [
     help: "set NodeNetworkUnavailable after ready",
   },
   {
+    name: "ip-blackhole-route",
+    kind: "bool",
+    key: "ipBlackholeRoute",
+    def: "false",
+    help: "add blackroute route ont the node for the local podCIDR",
+  },
+  // The three klog flags flanneld copies onto its command line, checked
+  // with klog's own syntax so a manifest that starts flanneld starts weft.
+  {
     name: "v",
     kind: "int",
     key: "v",
     def: "0",
     help: "number for the log level verbosity",
-    check: range(0, 10),
+    check: range(-(2 ** 31), 2 ** 31 - 1),
+  },
+  {
+    name: "vmodule",
+    kind: "string",
+    key: "vmodule",
+    def: "",
+    help:
+      "comma-separated list of pattern=N settings for file-filtered logging",
+    check: vmoduleSyntax,
+  },
+  {
+    name: "log_backtrace_at",
+    kind: "string",
+    key: "logBacktraceAt",
+    def: "",
+    help: "when logging hits line file:N, emit a stack trace",
+    check: traceSyntax,
   },
   {
     name: "reconcile-period",
@@ -393,6 +454,9 @@ const FLAGS: readonly FlagDef[] = [
 
 const BY_NAME = new Map(FLAGS.map((f) => [f.name, f]));
 BY_NAME.set("h", BY_NAME.get("help")!);
+
+/** klog's flags, whose type Go prints as "value". */
+const KLOG = new Set(["v", "vmodule", "log_backtrace_at"]);
 
 /** The environment variable a flag may come from: `FLANNELD_IFACE_REGEX`. */
 export function envName(flag: string): string {
@@ -536,7 +600,7 @@ export function usage(program = "weft"): string {
   for (const def of sorted) {
     const type = def.kind === "bool"
       ? ""
-      : def.kind === "list" || def.name === "v"
+      : def.kind === "list" || KLOG.has(def.name)
       ? " value"
       : ` ${def.kind}`;
     let line = `  -${def.name}${type}`;

@@ -54,7 +54,10 @@ Deno.test("parseFlags() gives flanneld's defaults with no arguments", () => {
     iptablesForwardRules: true,
     netConfigPath: "/etc/kube-flannel/net-conf.json",
     setNodeNetworkUnavailable: true,
+    ipBlackholeRoute: false,
     v: 0,
+    vmodule: "",
+    logBacktraceAt: "",
     reconcilePeriod: 10,
     help: false,
   });
@@ -75,6 +78,13 @@ Deno.test("parseFlags() accepts every spelling Go's flag package accepts", () =>
     [["-v", "2"], { v: 2 }],
     [["--v=2"], { v: 2 }],
     [["--v", "3"], { v: 3 }],
+    [["--v=12"], { v: 12 }],
+    [["-v=-1"], { v: -1 }],
+    [["-v=2147483647"], { v: 2147483647 }],
+    [["--ip-blackhole-route"], { ipBlackholeRoute: true }],
+    [["-vmodule=vxlan=4,kube*=2,"], { vmodule: "vxlan=4,kube*=2," }],
+    [["-vmodule", ""], { vmodule: "" }],
+    [["-log_backtrace_at=main.go:120"], { logBacktraceAt: "main.go:120" }],
     [["--subnet-file", "/tmp/s.env"], { subnetFile: "/tmp/s.env" }],
     [["--etcd-endpoints=https://a:2379,http://b:2379"], {
       etcdEndpoints: ["https://a:2379", "http://b:2379"],
@@ -110,6 +120,22 @@ Deno.test("parseFlags() accepts every spelling Go's flag package accepts", () =>
 Deno.test("parseFlags() rejects bad input with a reason naming it", () => {
   const cases: [string[], string][] = [
     [["--nope"], 'Unknown flag "--nope"'],
+    [
+      ["-v=2147483648"],
+      'Invalid value "2147483648" for flag -v: out of range -2147483648..2147483647',
+    ],
+    [
+      ["-vmodule=vxlan"],
+      'Invalid value "vxlan" for flag --vmodule: syntax error: expect comma-separated list of filename=N',
+    ],
+    [
+      ["-vmodule=vxlan=-1"],
+      'Invalid value "vxlan=-1" for flag --vmodule: negative value for vmodule level',
+    ],
+    [
+      ["-log_backtrace_at=main:12"],
+      'Invalid value "main:12" for flag --log_backtrace_at: syntax error: expect file.go:234',
+    ],
     [["-x=1"], 'Unknown flag "-x=1"'],
     [["--healthz-port"], 'Flag "--healthz-port" needs a value'],
     [
@@ -168,7 +194,6 @@ Deno.test("parseFlags() rejects bad input with a reason naming it", () => {
       ["--kube-annotation-prefix=a/b/c"],
       'Invalid value "a/b/c" for flag --kube-annotation-prefix: more than one slash',
     ],
-    [["-v=-1"], 'Invalid value "-1" for flag -v: out of range 0..10'],
     [
       ["--iptables-resync=0"],
       'Invalid value "0" for flag --iptables-resync: out of range 1..86400',

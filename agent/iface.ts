@@ -29,6 +29,21 @@ export const IFA_F_DEPRECATED = 0x20;
 /** Address flag: RFC 4941 privacy address (IFA_F_TEMPORARY). */
 export const IFA_F_TEMPORARY = 0x01;
 
+/**
+ * The public addresses to look for: the node's `node-public-ip` /
+ * `node-public-ipv6` annotations win over `--public-ip` / `--public-ipv6`,
+ * family by family, as in flanneld's main.go.
+ */
+export function publicIPChoice(
+  flags: { readonly publicIP: string; readonly publicIPv6: string },
+  annotated: { readonly ipv4?: string; readonly ipv6?: string },
+): { publicIP: string; publicIPv6: string } {
+  return {
+    publicIP: annotated.ipv4 || flags.publicIP,
+    publicIPv6: annotated.ipv6 || flags.publicIPv6,
+  };
+}
+
 /** The chosen interface. Addresses are plain (no prefix length). */
 export interface ExternalInterface {
   readonly index: number;

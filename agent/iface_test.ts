@@ -9,6 +9,7 @@ import {
   IFA_F_TEMPORARY,
   type IfaceNetlink,
   isGlobalUnicast,
+  publicIPChoice,
   selectExternalInterface,
   usableAddrs,
 } from "./iface.ts";
@@ -258,4 +259,21 @@ Deno.test("isGlobalUnicast() agrees with Go's net.IP.IsGlobalUnicast", () => {
     assert(ip.ok);
     assertEquals(isGlobalUnicast(ip.value.family, ip.value.value), want, text);
   }
+});
+
+Deno.test("publicIPChoice() lets node-public-ip annotations win over flags, per family", () => {
+  const flags = { publicIP: "198.18.0.1", publicIPv6: "2001:db8::1" };
+  assertEquals(publicIPChoice(flags, {}), flags);
+  assertEquals(publicIPChoice(flags, { ipv4: "198.18.0.9" }), {
+    publicIP: "198.18.0.9",
+    publicIPv6: "2001:db8::1",
+  });
+  assertEquals(publicIPChoice(flags, { ipv6: "2001:db8::9" }), {
+    publicIP: "198.18.0.1",
+    publicIPv6: "2001:db8::9",
+  });
+  assertEquals(
+    publicIPChoice({ publicIP: "", publicIPv6: "" }, { ipv4: "198.18.0.9" }),
+    { publicIP: "198.18.0.9", publicIPv6: "" },
+  );
 });

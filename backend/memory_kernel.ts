@@ -166,6 +166,19 @@ export class MemoryKernel implements Netlink {
     );
     this.routes.push({ ...route, table });
   }
+  routeAdd(route: RouteInfo): void {
+    this.#count("routeAdd", route);
+    const table = route.table ?? RT_TABLE_MAIN;
+    if (
+      this.routes.some((r) =>
+        r.dst === route.dst && (r.table ?? RT_TABLE_MAIN) === table
+      )
+    ) {
+      throw new KernelError("route add", route.dst, NLE_EXIST, "Object exists");
+    }
+    if (!route.blackhole) this.#dev(route.index, "route add");
+    this.routes.push({ ...route, table });
+  }
   routeDel(route: RouteInfo): void {
     this.#count("routeDel", route);
     const table = route.table ?? RT_TABLE_MAIN;

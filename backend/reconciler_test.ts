@@ -282,7 +282,7 @@ Deno.test("Reconciler with DirectRouting routes on-link peers directly, others t
   );
 });
 
-Deno.test("IPv6 device MTU allows for the 70-byte outer header", () => {
+Deno.test("IPv6 device MTU is capped by the 70-byte IPv6 outer header", () => {
   const kernel = new MemoryKernel();
   const eth0 = kernel.addDevice("eth0", 1500);
   const config = unwrap(parseNetConfig(
@@ -425,4 +425,74 @@ Deno.test("Reconciler metrics: peers programmed excludes failing peers; latency 
   assert.equal(metrics.eventToKernel.count - before, 4);
   rec.pass();
   assert.equal(metrics.eventToKernel.count - before, 4, "observed once");
+});
+
+Deno.test("Backend.MTU is the underlay MTU: devices get 50 less, capped as the kernel caps them", () => {
+  const cases: [string, number, number, number][] = [
+    // [Backend MTU key, underlay MTU, flannel.1, flannel-v6.1]
+    ["", 1500, 1450, 1430],
+    [',"MTU":1400', 1500, 1350, 1350],
+    [',"MTU":9000', 1500, 1450, 1430],
+    [',"MTU":1460', 1500, 1410, 1410],
+    ["", 9000, 8950, 8930],
+  ];
+  for (const [key, underlay, v4, v6] of cases) {
+    const kernel = new MemoryKernel();
+    const eth0 = kernel.addDevice("eth0", underlay);
+    const config = unwrap(parseNetConfig(
+      `{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"${key}}}`,
+    ));
+    const backend = unwrap(createBackend(kernel, config, {
+      index: eth0.index,
+      name: "eth0",
+      mtu: underlay,
+      ifaceAddr: "198.18.0.1",
+      publicIP: "198.18.0.1",
+      ifaceV6Addr: "2001:db8::1",
+      publicIPv6: "2001:db8::1",
+    }));
+    backend.prepare();
+    const net = backend.start({
+      key: "me",
+      subnet: "10.244.1.0/24",
+      ipv6Subnet: "fc00:0:0:1::/64",
+      attrs: { backendType: "vxlan" },
+    });
+    assert.equal(kernel.linkByName("flannel.1")!.mtu, v4, `${key} ${underlay}`);
+    assert.equal(
+      kernel.linkByName("flannel-v6.1")!.mtu,
+      v6,
+      `${key} ${underlay}`,
+    );
+    assert.equal(net.mtu, v4, `subnet.env MTU ${key} ${underlay}`);
+  }
+  const bad = createBackend(
+    new MemoryKernel(),
+    unwrap(parseNetConfig(
+      '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":100}}',
+    )),
+    { index: 1, name: "eth0", mtu: 1500, ifaceAddr: "198.18.0.1" },
+  );
+  assert.ok(!bad.ok && /Backend.MTU 100: must be 118..65535/.test(bad.reason));
+});
+
+Deno.test("flannel.1 follows an external interface that is deleted and recreated", () => {
+  const { kernel, rec, eth0 } = node();
+  rec.handle(added(peer(2)));
+  rec.pass();
+  // Deleting the interface deletes the VXLAN devices bound to it.
+  kernel.linkDel(kernel.linkByName("flannel.1")!.index);
+  kernel.linkDel(eth0.index);
+  const gone = rec.pass();
+  assert.ok(gone.errors > 0, "a pass without the interface reports an error");
+  assert.equal(kernel.linkByName("flannel.1"), undefined);
+  const eth0b = kernel.addDevice("eth0", 1500);
+  assert.notEqual(eth0b.index, eth0.index);
+  rec.pass();
+  const dev = kernel.linkByName("flannel.1")!;
+  assert.equal(dev.vxlan?.linkIndex, eth0b.index);
+  assert.deepEqual(routesVia(kernel, dev.index), [
+    "10.244.2.0/24 via 10.244.2.0",
+  ]);
+  assert.equal(kernel.fdbs.filter((f) => f.index === dev.index).length, 1);
 });

@@ -22,8 +22,14 @@
  * flanneld falls short, weft differs: an incompatible device is recreated
  * and all peers are replayed (the next pass sees an empty device), a
  * peer's old FDB entry goes when its MAC changes, entries of vanished
- * peers are pruned, and the IPv6 device MTU allows for the 70-byte
- * IPv6 outer header.
+ * peers are pruned.
+ *
+ * MTU, as flanneld v0.28.9 (pkg/backend/vxlan/device.go): `Backend.MTU`
+ * is the underlay's MTU (default: the external interface's), and each
+ * device asks for it minus 50. The kernel caps a VXLAN device at its
+ * lower device's MTU minus the outer headers (50 bytes over IPv4, 70 over
+ * IPv6), so on a 1500-byte underlay `flannel-v6.1` ends at 1430 under
+ * both agents; weft asks for the capped value directly.
  *
  * @module
  */
@@ -63,7 +69,10 @@ export interface VxlanConfig {
   readonly vni: number;
   /** UDP port; 0 (default) means the kernel's 8472. */
   readonly port: number;
-  /** Device MTU; 0 (default) means external MTU minus overhead. */
+  /**
+   * Underlay MTU the devices are sized for (device MTU = this − 50);
+   * 0 (default) means the external interface's MTU.
+   */
   readonly mtu: number;
   readonly gbp: boolean;
   readonly learning: boolean;
@@ -100,8 +109,12 @@ export function parseVxlanConfig(
   if (cfg.port < 0 || cfg.port > 65535) {
     return fail(`Invalid Backend.Port ${cfg.port}: must be 0..65535`);
   }
-  if (cfg.mtu !== 0 && (cfg.mtu < 68 || cfg.mtu > 65535)) {
-    return fail(`Invalid Backend.MTU ${cfg.mtu}: must be 68..65535`);
+  if (cfg.mtu !== 0 && (cfg.mtu < 68 + OVERHEAD_V4 || cfg.mtu > 65535)) {
+    return fail(
+      `Invalid Backend.MTU ${cfg.mtu}: must be ${
+        68 + OVERHEAD_V4
+      }..65535 (the underlay MTU; the device gets 50 less)`,
+    );
   }
   return ok(cfg);
 }
@@ -123,6 +136,8 @@ class VxlanBackend implements Backend {
   readonly #opts: BackendOptions;
   /** VTEP MAC per family, once known. */
   readonly #macs = new Map<4 | 6, string>();
+  /** The external interface's index now: it changes when it is recreated. */
+  #underlayIndex: number;
 
   constructor(
     nl: Netlink,
@@ -136,15 +151,38 @@ class VxlanBackend implements Backend {
     this.#underlay = underlay;
     this.#specs = specs;
     this.#opts = opts;
+    this.#underlayIndex = underlay.index;
+  }
+
+  /**
+   * Finds the external interface again by name, as flanneld does when its
+   * device goes: deleting the interface deletes the VXLAN devices on it,
+   * and a recreated interface has a new index.
+   */
+  #lookupUnderlay(): number {
+    const link = this.#nl.linkByName(this.#underlay.name);
+    if (!link) {
+      throw new Error(
+        `External interface "${this.#underlay.name}" not found: waiting for it to come back`,
+      );
+    }
+    if (link.index !== this.#underlayIndex) {
+      log.info(
+        `External interface "${this.#underlay.name}" is now index ${link.index} (was ${this.#underlayIndex})`,
+      );
+      this.#underlayIndex = link.index;
+    }
+    return link.index;
   }
 
   #ensure(spec: FamilySpec) {
+    const linkIndex = this.#lookupUnderlay();
     const r = ensureVxlanDevice(this.#nl, {
       name: spec.name,
       vni: this.#cfg.vni,
       port: this.#cfg.port,
       local: spec.local,
-      linkIndex: this.#underlay.index,
+      linkIndex,
       learning: this.#cfg.learning,
       gbp: this.#cfg.gbp,
       mtu: spec.mtu,
@@ -196,7 +234,6 @@ class VxlanBackend implements Backend {
       }`;
       const nl = this.#nl;
       const direct = this.#cfg.directRouting;
-      const underlay = this.#underlay;
       families.push({
         family: spec.family,
         label: spec.name,
@@ -208,7 +245,7 @@ class VxlanBackend implements Backend {
             network: spec.network,
             ownSubnet: subnet,
             deviceIndex: link.index,
-            externalIndex: underlay.index,
+            externalIndex: this.#underlayIndex,
             manageExternal: direct,
           };
         },
@@ -245,6 +282,20 @@ function onLink(nl: Netlink, ip: string): PeerMode {
   }
 }
 
+/**
+ * The MTU a VXLAN device ends up with: `Backend.MTU` (else the underlay's)
+ * minus 50, as flanneld asks, capped as the kernel caps it (lower device
+ * MTU minus the outer headers of the family).
+ */
+export function deviceMtu(
+  backendMtu: number,
+  underlayMtu: number,
+  family: 4 | 6,
+): number {
+  const cap = underlayMtu - (family === 4 ? OVERHEAD_V4 : OVERHEAD_V6);
+  return Math.max(68, Math.min((backendMtu || underlayMtu) - OVERHEAD_V4, cap));
+}
+
 /** Creates a vxlan backend for the config and underlay. */
 export function createVxlanBackend(
   nl: Netlink,
@@ -268,7 +319,7 @@ export function createVxlanBackend(
       family: 4,
       name: `flannel.${cfg.value.vni}`,
       local: underlay.ifaceAddr,
-      mtu: cfg.value.mtu || underlay.mtu - OVERHEAD_V4,
+      mtu: deviceMtu(cfg.value.mtu, underlay.mtu, 4),
       network: config.network!,
     });
   }
@@ -282,7 +333,7 @@ export function createVxlanBackend(
       family: 6,
       name: `flannel-v6.${cfg.value.vni}`,
       local: underlay.ifaceV6Addr,
-      mtu: cfg.value.mtu || underlay.mtu - OVERHEAD_V6,
+      mtu: deviceMtu(cfg.value.mtu, underlay.mtu, 6),
       network: config.ipv6Network!,
     });
   }

@@ -87,6 +87,7 @@ const IFF_UP = 0x1;
 const AF_LLC = 26; // libnl's family for link-layer addresses
 const AF_UNSPEC = 0;
 const RTN_UNICAST = 1;
+const RTN_BLACKHOLE = 6;
 const RTPROT_BOOT = 3; // what `ip route` uses
 const RTPROT_UNSPEC = 0; // on delete: match routes of any protocol
 const RTNH_F_ONLINK = 4;
@@ -686,7 +687,9 @@ export class LibnlNetlink implements Netlink, Disposable {
     const scope = checkUint(
       "scope",
       route.scope ??
-        (gw !== undefined || route.onlink ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK),
+        (gw !== undefined || route.onlink || route.blackhole
+          ? RT_SCOPE_UNIVERSE
+          : RT_SCOPE_LINK),
       255,
       op,
       desc,
@@ -700,7 +703,14 @@ export class LibnlNetlink implements Netlink, Disposable {
       rtnl.rtnl_route_set_table(p, table);
       rtnl.rtnl_route_set_scope(p, scope);
       rtnl.rtnl_route_set_protocol(p, del ? RTPROT_UNSPEC : RTPROT_BOOT);
-      check(rtnl.rtnl_route_set_type(p, RTN_UNICAST), op, desc);
+      check(
+        rtnl.rtnl_route_set_type(
+          p,
+          route.blackhole ? RTN_BLACKHOLE : RTN_UNICAST,
+        ),
+        op,
+        desc,
+      );
       if (src !== undefined) {
         using s = this.#addr(src, "src");
         check(rtnl.rtnl_route_set_pref_src(p, s.ptr), op, desc);
@@ -742,6 +752,25 @@ export class LibnlNetlink implements Netlink, Disposable {
         this.#socket,
         r.ptr,
         NLM_F_CREATE | NLM_F_REPLACE,
+      ),
+      op,
+      () => describeRoute(route, this.#devName),
+    );
+  }
+
+  /**
+   * Adds a route (`ip route add [blackhole] DST ...`, create + excl): an
+   * existing route to DST of the same table and metric fails with
+   * NLE_EXIST, so a connected route is never replaced.
+   */
+  routeAdd(route: RouteInfo): void {
+    const op = "route add";
+    using r = this.#routeObj(route, op, false);
+    check(
+      this.#l.rtnl.rtnl_route_add(
+        this.#socket,
+        r.ptr,
+        NLM_F_CREATE | NLM_F_EXCL,
       ),
       op,
       () => describeRoute(route, this.#devName),

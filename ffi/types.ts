@@ -92,6 +92,8 @@ export interface RouteInfo {
   readonly table?: number;
   /** Preferred source address, if any. */
   readonly src?: string;
+  /** A blackhole route (`ip route add blackhole DST`): no nexthop. */
+  readonly blackhole?: boolean;
 }
 
 /** An IPv4/IPv6 neighbour (ARP/NDP) entry. */
@@ -142,6 +144,8 @@ export interface Netlink {
   addrDel(addr: AddrInfo): void;
   routeList(filter?: RouteFilter): RouteInfo[];
   routeReplace(route: RouteInfo): void;
+  /** Adds a route, failing with NLE_EXIST when one is there (create + excl). */
+  routeAdd(route: RouteInfo): void;
   routeDel(route: RouteInfo): void;
   /** Routes the kernel would use to reach `dst` (`ip route get`). */
   routeGet(dst: string): RouteInfo[];
