@@ -26,6 +26,7 @@ if ((${#missing[@]})); then
 fi
 # Debian's etcd-server package may start a host etcd; tests start their own.
 if [ "${1:-}" != "--demo" ] && [ -x .ci/build_servers.sh ] && [ "${WEFT_SKIP_SERVER_BUILD:-}" != 1 ]; then
-  bash .ci/build_servers.sh
+  # flanneld v0.28.9 is the reference the conformance tier runs weft against.
+  bash .ci/build_servers.sh --with-flanneld
 fi
 deno install --frozen >/dev/null

@@ -1,0 +1,782 @@
+/**
+ * The conformance harness: flanneld v0.28.9 and weft started with the same
+ * network config, flags, environment and peers, each in its own node
+ * namespace of one cluster, then their kernel and API state compared
+ * field by field.
+ *
+ * One switch namespace (`weft-k-sw`) holds the underlay bridge
+ * (198.18.0.254/24 and fd00:18::fe/64), Debian's etcd (etcd mode) and
+ * etcd ≥ 3.5 plus kube-apiserver (kube mode, see tests/e2e/_kube.ts).
+ * Each case gets fresh node namespaces: `weft-k-f` (flanneld, 198.18.0.1)
+ * and `weft-k-w` (weft, 198.18.0.2), and one more peer that no agent runs:
+ * a lease (etcd) or Node (kube) for 198.18.0.9 with a fixed VTEP MAC, so
+ * both agents program the same foreign peer besides each other.
+ *
+ * A snapshot of a node is plain data in flanneld's and iproute2's words.
+ * Normalising replaces, in each node's snapshot, what must differ between
+ * the two nodes by role tokens: the node's own subnet, public IP and VTEP
+ * MAC become `<self…>`, the other agent's become `<peer…>`. Nothing else
+ * is touched, so any other difference is a real one.
+ *
+ * @module
+ */
+import { Netns, run, sh } from "../_netns.ts";
+import { agentPermissions } from "../_cluster.ts";
+import { serverBinary } from "../servers/paths.ts";
+import { KubeControlPlane } from "../e2e/_kube.ts";
+
+/** Namespace and temp dir prefix of this tier (others use `weft-c`, `weft-t-`). */
+export const PREFIX = "weft-k";
+export const SWITCH_IP = "198.18.0.254";
+export const SWITCH_IP6 = "fd00:18::fe";
+export const ETCD_PREFIX = "/coreos.com/network";
+/** The foreign peer (no agent). */
+export const PEER9 = {
+  name: "peer9",
+  ip: "198.18.0.9",
+  ip6: "fd00:18::9",
+  subnet: "10.244.9.0/24",
+  subnet6: "fc00:0:0:9::/64",
+  mac: "0a:58:0a:f4:09:00",
+  mac6: "0a:58:0a:f4:09:06",
+};
+const ROOT = new URL("../..", import.meta.url).pathname;
+
+export type Mode = "etcd" | "kube";
+export type Role = "flanneld" | "weft";
+
+/** One node of a case: who runs there and its addresses. */
+export interface NodeSpec {
+  readonly role: Role;
+  readonly name: string;
+  readonly n: number;
+}
+
+export const NODES: readonly NodeSpec[] = [
+  { role: "flanneld", name: "nodef", n: 1 },
+  { role: "weft", name: "nodew", n: 2 },
+];
+
+/** What a case sets up. Every field applies to both agents alike. */
+export interface CaseInput {
+  readonly netConf: string;
+  /** Extra flags (after the mode's own). */
+  readonly flags?: readonly string[];
+  readonly env?: Readonly<Record<string, string>>;
+  /** Node annotations set before the agents start (kube mode); `{n}` = node number. */
+  readonly annotations?: Readonly<Record<string, string>>;
+  /** Extra IPv4 addresses on eth0, `{n}` = node number (`198.18.0.10{n}/24`). */
+  readonly extraAddrs?: readonly string[];
+  /** No foreign peer. */
+  readonly noPeer9?: boolean;
+  /** Runs after both agents settled; the case is then settled again. */
+  readonly after?: (
+    h: Harness,
+    ns: Netns,
+    node: NodeSpec,
+    input: CaseInput,
+  ) => Promise<void>;
+  /** Milliseconds both must stay unchanged to count as settled (default 1500). */
+  readonly quietMs?: number;
+  /** Settling starts this long after the agents (default 0). */
+  readonly minMs?: number;
+}
+
+/** A node's state, as compared. */
+export type Snapshot = Record<string, unknown>;
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Why the tier cannot run here, or undefined. */
+export async function conformanceUnavailable(): Promise<string | undefined> {
+  if (Deno.uid() !== 0) return "needs root (network namespaces)";
+  if (!(await serverBinary("flanneld"))) {
+    return "flanneld v0.28.9 is not built: run .ci/build_servers.sh --with-flanneld";
+  }
+  if (!(await serverBinary("kube-apiserver"))) {
+    return "kube-apiserver is not built: run .ci/build_servers.sh";
+  }
+  const etcd = await run(["which", "etcd", "etcdctl"]);
+  if (etcd.code !== 0) return "Debian's etcd-server / etcd-client are missing";
+  return undefined;
+}
+
+interface Running {
+  readonly child: Deno.ChildProcess;
+  readonly log: string;
+  code: number | undefined;
+}
+
+/** The cluster the cases run in. */
+export class Harness implements AsyncDisposable {
+  readonly dir: string;
+  readonly sw: Netns;
+  readonly flanneld: string;
+  etcd: Deno.ChildProcess | undefined;
+  kube: KubeControlPlane | undefined;
+  nodes = new Map<Role, Netns>();
+  #agents = new Map<Role, Running>();
+  #seq = 0;
+
+  private constructor(dir: string, sw: Netns, flanneld: string) {
+    this.dir = dir;
+    this.sw = sw;
+    this.flanneld = flanneld;
+  }
+
+  /** Removes this tier's leftovers (namespaces named `weft-k-*`). */
+  static async cleanup(): Promise<void> {
+    const list = await run(["ip", "netns", "list"]);
+    for (const line of list.stdout.split("\n")) {
+      const name = line.split(" ")[0];
+      if (!name?.startsWith(`${PREFIX}-`)) continue;
+      const pids = await run(["ip", "netns", "pids", name]);
+      for (const pid of pids.stdout.split("\n").filter((p) => p)) {
+        await run(["kill", "-9", pid]);
+      }
+      await run(["ip", "netns", "del", name]);
+    }
+    await Deno.remove(`/tmp/${PREFIX}`, { recursive: true }).catch(() => {});
+  }
+
+  /** Builds the switch, starts etcd and the Kubernetes control plane. */
+  static async create(): Promise<Harness> {
+    await Harness.cleanup();
+    const dir = `/tmp/${PREFIX}`;
+    await Deno.mkdir(dir, { recursive: true });
+    const sw = await Netns.named(`${PREFIX}-sw`);
+    const h = new Harness(dir, sw, (await serverBinary("flanneld"))!);
+    try {
+      await sw.ip("link", "add", "br0", "type", "bridge");
+      await sw.ip("addr", "add", `${SWITCH_IP}/24`, "dev", "br0");
+      await sw.ip("addr", "add", `${SWITCH_IP6}/64`, "dev", "br0", "nodad");
+      await sw.ip("link", "set", "br0", "up");
+      await h.#startEtcd();
+      h.kube = await KubeControlPlane.start(sw, SWITCH_IP, `${dir}/kube`);
+    } catch (e) {
+      await h.close();
+      throw e;
+    }
+    return h;
+  }
+
+  async #startEtcd(): Promise<void> {
+    const data = `${this.dir}/etcd`;
+    const log = await Deno.open(`${this.dir}/etcd.log`, {
+      create: true,
+      write: true,
+      truncate: true,
+    });
+    this.etcd = new Deno.Command("ip", {
+      args: [
+        "netns",
+        "exec",
+        this.sw.name,
+        "etcd",
+        "--name",
+        "conformance",
+        "--data-dir",
+        data,
+        "--listen-client-urls",
+        `http://${SWITCH_IP}:2379,http://127.0.0.1:2379`,
+        "--advertise-client-urls",
+        `http://${SWITCH_IP}:2379`,
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        "conformance=http://127.0.0.1:2380",
+        "--unsafe-no-fsync",
+      ],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const tee = async (s: ReadableStream<Uint8Array>) => {
+      try {
+        for await (const c of s) log.writeSync(c);
+      } catch { /* gone */ }
+    };
+    tee(this.etcd.stdout);
+    tee(this.etcd.stderr);
+    for (let i = 0; i < 100; i++) {
+      const r = await this.etcdctl("endpoint", "health");
+      if (r.code === 0) return;
+      await sleep(100);
+    }
+    throw new Error("Debian etcd did not become healthy");
+  }
+
+  /** `etcdctl` (v3 API) against the cluster's etcd. */
+  etcdctl(...args: string[]) {
+    return run([
+      "ip",
+      "netns",
+      "exec",
+      this.sw.name,
+      "env",
+      "ETCDCTL_API=3",
+      "etcdctl",
+      "--endpoints=http://127.0.0.1:2379",
+      ...args,
+    ]);
+  }
+
+  /** Fresh node namespaces wired to the switch, and fresh etcd / API state. */
+  async reset(mode: Mode, input: CaseInput): Promise<void> {
+    await this.stopAgents();
+    for (const ns of this.nodes.values()) await ns.close();
+    this.nodes.clear();
+    await this.etcdctl("del", "--prefix", ETCD_PREFIX);
+    for (const node of NODES) {
+      const ns = await Netns.named(`${PREFIX}-${node.role[0]}`);
+      this.nodes.set(node.role, ns);
+      await this.wire(ns, node, input);
+    }
+    const v6 = /"EnableIPv6"\s*:\s*true/.test(input.netConf);
+    const v4 = !/"EnableIPv4"\s*:\s*false/.test(input.netConf);
+    const type = backendType(input.netConf);
+    const vni = Number(/"VNI"\s*:\s*(\d+)/.exec(input.netConf)?.[1] ?? 1);
+    if (mode === "etcd") {
+      await this.etcdctl("put", `${ETCD_PREFIX}/config`, input.netConf);
+      if (!input.noPeer9) {
+        const key = [v4 && "10.244.9.0-24", v6 && "fc00:0:0:9::-64"].filter(
+          Boolean,
+        ).join("&");
+        await this.etcdctl(
+          "put",
+          `${ETCD_PREFIX}/subnets/${key}`,
+          JSON.stringify(peer9Attrs(type, vni, v4, v6, "etcd")),
+        );
+      }
+    } else {
+      const k = this.kube!;
+      const nodes = await k.nodes();
+      for (const n of nodes) await k.deleteNode(n.metadata.name);
+      for (const node of NODES) {
+        await this.#createNode(node.name, node.n, v4, v6, {
+          "weft.test/case": String(this.#seq),
+          ...Object.fromEntries(
+            Object.entries(input.annotations ?? {}).map((
+              [key, v],
+            ) => [key, v.replaceAll("{n}", String(node.n))]),
+          ),
+        });
+      }
+      if (!input.noPeer9) {
+        await this.#createNode(
+          PEER9.name,
+          9,
+          v4,
+          v6,
+          peer9Attrs(type, vni, v4, v6, "kube") as Record<string, string>,
+        );
+      }
+    }
+    this.#seq++;
+  }
+
+  async #createNode(
+    name: string,
+    n: number,
+    v4: boolean,
+    v6: boolean,
+    annotations: Record<string, string>,
+  ): Promise<void> {
+    const cidrs = [v4 && `10.244.${n}.0/24`, v6 && `fc00:0:0:${n}::/64`]
+      .filter((c): c is string => typeof c === "string");
+    const r = await this.kube!.api("POST", "/api/v1/nodes", {
+      apiVersion: "v1",
+      kind: "Node",
+      metadata: { name, annotations },
+      spec: { podCIDR: cidrs[0], podCIDRs: cidrs },
+    });
+    if (r.status !== 201) {
+      throw new Error(
+        `POST node ${name}: ${r.status} ${JSON.stringify(r.body)}`,
+      );
+    }
+  }
+
+  /** Wires a node namespace: `eth0` on the switch with v4 + v6 addresses. */
+  async wire(ns: Netns, node: NodeSpec, input: CaseInput): Promise<void> {
+    const port = `${PREFIX}-p${node.n}`;
+    await run(["ip", "-n", this.sw.name, "link", "del", port]);
+    await this.sw.ip(
+      "link",
+      "add",
+      port,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "eth0",
+      "netns",
+      ns.name,
+    );
+    await this.sw.ip("link", "set", port, "master", "br0", "up");
+    await ns.ip("addr", "add", `198.18.0.${node.n}/24`, "dev", "eth0");
+    for (const a of input.extraAddrs ?? []) {
+      await ns.ip(
+        "addr",
+        "add",
+        a.replaceAll("{n}", String(node.n)),
+        "dev",
+        "eth0",
+      );
+    }
+    await ns.ip("addr", "add", `fd00:18::${node.n}/64`, "dev", "eth0", "nodad");
+    await ns.ip("link", "set", "eth0", "up");
+    await ns.ip("route", "add", "default", "via", SWITCH_IP);
+    await ns.ip("-6", "route", "add", "default", "via", SWITCH_IP6);
+  }
+
+  /** The flags both agents get in a mode, before the case's own. */
+  modeFlags(mode: Mode, dir: string): string[] {
+    return mode === "etcd"
+      ? [
+        `--etcd-endpoints=http://${SWITCH_IP}:2379`,
+        `--subnet-file=${dir}/subnet.env`,
+      ]
+      : [
+        "--kube-subnet-mgr",
+        `--kubeconfig-file=${dir}/kubeconfig`,
+        `--net-config-path=${dir}/net-conf.json`,
+        `--subnet-file=${dir}/subnet.env`,
+      ];
+  }
+
+  nodeDir(role: Role): string {
+    return `${this.dir}/${role}`;
+  }
+
+  /** Starts both agents with the case's input. */
+  async startAgents(mode: Mode, input: CaseInput): Promise<void> {
+    for (const node of NODES) {
+      const dir = this.nodeDir(node.role);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.mkdir(dir, { recursive: true });
+      if (mode === "kube") {
+        await Deno.writeTextFile(`${dir}/net-conf.json`, input.netConf);
+        await this.kube!.writeKubeconfig(node.name, `${dir}/kubeconfig`);
+      }
+      const flags = [...this.modeFlags(mode, dir), ...(input.flags ?? [])]
+        .map((f) => f.replaceAll("{n}", String(node.n)));
+      const cmd = node.role === "flanneld" ? [this.flanneld, ...flags] : [
+        Deno.execPath(),
+        "run",
+        ...agentPermissions(dir, [
+          `${SWITCH_IP}:2379`,
+          `${SWITCH_IP}:6443`,
+        ], 0),
+        `${ROOT}main.ts`,
+        ...flags,
+      ];
+      const log = `${dir}/agent.log`;
+      const child = new Deno.Command("sh", {
+        args: [
+          "-c",
+          'exec ip netns exec "$NS" "$@" >"$LOG" 2>&1',
+          "sh",
+          ...cmd,
+        ],
+        env: {
+          NS: this.nodes.get(node.role)!.name,
+          LOG: log,
+          NODE_NAME: node.name,
+          ...input.env,
+        },
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      const running: Running = { child, log, code: undefined };
+      child.status.then((s) => running.code = s.code);
+      this.#agents.set(node.role, running);
+    }
+  }
+
+  /** Exit code, or undefined while running. */
+  exitCode(role: Role): number | undefined {
+    return this.#agents.get(role)?.code;
+  }
+
+  async agentLog(role: Role): Promise<string> {
+    const a = this.#agents.get(role);
+    return a ? await Deno.readTextFile(a.log).catch(() => "") : "";
+  }
+
+  /** SIGTERM both agents (SIGKILL after 5 s). */
+  async stopAgents(): Promise<void> {
+    for (const a of this.#agents.values()) {
+      if (a.code !== undefined) continue;
+      try {
+        a.child.kill("SIGTERM");
+      } catch { /* gone */ }
+      const t = setTimeout(() => {
+        try {
+          a.child.kill("SIGKILL");
+        } catch { /* gone */ }
+      }, 5000);
+      await a.child.status;
+      clearTimeout(t);
+    }
+    this.#agents.clear();
+  }
+
+  /** Reads a node's whole state. */
+  async snapshot(mode: Mode, node: NodeSpec): Promise<Snapshot> {
+    const ns = this.nodes.get(node.role)!;
+    const j = async (...args: string[]) => {
+      const r = await run(
+        args[0] === "bridge"
+          ? ["bridge", "-n", ns.name, "-j", ...args.slice(1)]
+          : ["ip", "-n", ns.name, "-j", ...args],
+      );
+      return r.code === 0 && r.stdout.trim() ? JSON.parse(r.stdout) : [];
+    };
+    const flannelDev = (o: { ifname?: string; dev?: string }) =>
+      (o.ifname ?? o.dev ?? "").startsWith("flannel");
+    const links = (await j("-d", "link", "show")).filter(flannelDev).map(
+      cleanLink,
+    );
+    const addrs = (await j("addr", "show")).filter(flannelDev).map((
+      l: { ifname: string; addr_info: Record<string, unknown>[] },
+    ) => ({
+      dev: l.ifname,
+      addrs: l.addr_info.map((a) => ({
+        family: a.family,
+        local: a.local,
+        prefixlen: a.prefixlen,
+        scope: a.scope,
+      })),
+    }));
+    const routes = [
+      ...(await j("-4", "route", "show", "table", "all")),
+      ...(await j("-6", "route", "show", "table", "all")),
+    ].filter((r: Record<string, unknown>) =>
+      // the underlay's own IPv6 link-local and multicast routes are the
+      // kernel's, identical on both nodes; keep everything else
+      !(String(r.dst).startsWith("ff00::") || String(r.dst).startsWith("fe80"))
+    ).map(cleanRoute).sort(byJson);
+    const neigh = [
+      ...(await j("-4", "neigh", "show")),
+      ...(await j("-6", "neigh", "show")),
+    ].filter((n: Record<string, unknown>) =>
+      flannelDev(n as { dev: string }) ||
+      (n.state as string[] | undefined)?.includes("PERMANENT")
+    ).sort(byJson);
+    const fdb = (await j("bridge", "fdb", "show")).filter(flannelDev).sort(
+      byJson,
+    );
+    const dir = this.nodeDir(node.role);
+    const subnetEnv = await Deno.readTextFile(`${dir}/subnet.env`).catch(() =>
+      null
+    );
+    const ipt = async (cmd: string) => {
+      const r = await ns.tryExec([cmd]);
+      return r.stdout.split("\n").filter((l) => !l.startsWith("#") && l !== "")
+        .map((l) => l.replace(/\[\d+:\d+\]/, "[0:0]"));
+    };
+    const nft = await ns.tryExec(["nft", "list", "ruleset"]);
+    const snap: Snapshot = {
+      exit: this.exitCode(node.role) ?? "running",
+      links,
+      addrs,
+      routes,
+      neigh,
+      fdb,
+      subnetEnv,
+      iptables: await ipt("iptables-save"),
+      ip6tables: await ipt("ip6tables-save"),
+      nftables: nft.stdout.split("\n").filter((l) => l.trim() !== "").map((
+        l,
+      ) => l.replace(/packets \d+ bytes \d+/, "packets 0 bytes 0")),
+    };
+    if (mode === "etcd") snap.etcd = await this.#etcdLease(node);
+    else snap.node = await this.#nodeState(node.name);
+    return snap;
+  }
+
+  /** The agent's own lease: key, value and TTL. */
+  async #etcdLease(node: NodeSpec): Promise<unknown> {
+    const r = await this.etcdctl(
+      "get",
+      "--prefix",
+      `${ETCD_PREFIX}/subnets/`,
+      "-w",
+      "json",
+    );
+    if (r.code !== 0) return `etcdctl failed: ${r.stderr}`;
+    // Lease IDs are 64-bit: keep them as text, JSON numbers lose digits.
+    const raw = r.stdout.replace(/"lease":(\d+)/g, '"lease":"$1"');
+    const kvs = (JSON.parse(raw).kvs ?? []) as {
+      key: string;
+      value: string;
+      lease?: number | string;
+    }[];
+    for (const kv of kvs) {
+      const value = atob(kv.value);
+      let parsed: { PublicIP?: string; PublicIPv6?: string };
+      try {
+        parsed = JSON.parse(value);
+      } catch {
+        continue;
+      }
+      const ip = `198.18.0.${node.n}`;
+      if (
+        parsed.PublicIP !== ip && parsed.PublicIPv6 !== `fd00:18::${node.n}`
+      ) {
+        continue;
+      }
+      let ttl: unknown = "no lease";
+      if (kv.lease) {
+        const t = await this.etcdctl(
+          "lease",
+          "timetolive",
+          BigInt(kv.lease).toString(16),
+        );
+        const m = /granted with TTL\((\d+)s\), remaining\((\d+)s\)/.exec(
+          t.stdout,
+        );
+        ttl = m
+          ? {
+            granted: Number(m[1]),
+            remainingWithin60s: Number(m[1]) - Number(m[2]) < 60,
+          }
+          : t.stdout.trim();
+      }
+      return { key: atob(kv.key), value, ttl };
+    }
+    return null;
+  }
+
+  async #nodeState(name: string): Promise<unknown> {
+    const r = await this.kube!.api("GET", `/api/v1/nodes/${name}`);
+    if (r.status !== 200) return `GET node: ${r.status}`;
+    const n = r.body as {
+      metadata: { annotations?: Record<string, string> };
+      status?: { conditions?: Record<string, string>[] };
+    };
+    const annotations = Object.fromEntries(
+      Object.entries(n.metadata.annotations ?? {}).filter(([k]) =>
+        !k.startsWith("weft.test/")
+      ).sort(),
+    );
+    const conditions = (n.status?.conditions ?? []).map((c) => ({
+      type: c.type,
+      status: c.status,
+      reason: c.reason,
+      message: c.message,
+    }));
+    return { annotations, conditions };
+  }
+
+  async close(): Promise<void> {
+    await this.stopAgents();
+    await this.kube?.close();
+    if (this.etcd) {
+      try {
+        this.etcd.kill("SIGKILL");
+      } catch { /* gone */ }
+      await this.etcd.status;
+    }
+    await Harness.cleanup();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+function byJson(a: unknown, b: unknown): number {
+  const x = JSON.stringify(a), y = JSON.stringify(b);
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+const VOLATILE_LINK = new Set([
+  "ifindex",
+  "link_index",
+  "stats",
+  "stats64",
+  "txqlen",
+  "perm_address",
+]);
+
+function cleanLink(l: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(l)) {
+    if (!VOLATILE_LINK.has(k)) out[k] = v;
+  }
+  return out;
+}
+
+function cleanRoute(r: Record<string, unknown>): Record<string, unknown> {
+  const out = { ...r };
+  delete out.expires;
+  return out;
+}
+
+/** The Backend type of a net-conf, as the agents would read it. */
+export function backendType(netConf: string): string {
+  try {
+    const t = JSON.parse(netConf)?.Backend?.Type;
+    return typeof t === "string" ? t.toLowerCase() : "vxlan";
+  } catch {
+    return "vxlan";
+  }
+}
+
+function peer9Attrs(
+  type: string,
+  vni: number,
+  v4: boolean,
+  v6: boolean,
+  mode: Mode,
+): unknown {
+  const data = { VNI: vni, VtepMAC: PEER9.mac };
+  const data6 = { VNI: vni, VtepMAC: PEER9.mac6 };
+  const isVxlan = type === "vxlan";
+  if (mode === "etcd") {
+    return {
+      PublicIP: v4 ? PEER9.ip : "",
+      ...(v6 && { PublicIPv6: PEER9.ip6 }),
+      BackendType: type,
+      ...(isVxlan && v4 && { BackendData: data }),
+      ...(isVxlan && v6 && { BackendV6Data: data6 }),
+    };
+  }
+  const p = "flannel.alpha.coreos.com/";
+  return {
+    [`${p}backend-type`]: type,
+    [`${p}kube-subnet-manager`]: "true",
+    ...(v4 && { [`${p}public-ip`]: PEER9.ip }),
+    ...(v6 && { [`${p}public-ipv6`]: PEER9.ip6 }),
+    ...(isVxlan && v4 && { [`${p}backend-data`]: JSON.stringify(data) }),
+    ...(isVxlan && v6 && { [`${p}backend-v6-data`]: JSON.stringify(data6) }),
+    ...(!isVxlan && { [`${p}backend-data`]: "null" }),
+  };
+}
+
+/** Role tokens for one node's snapshot: what must differ, and nothing else. */
+export interface Tokens {
+  readonly [text: string]: string;
+}
+
+/** The values that name "self" and "peer" in a node's snapshot. */
+export function tokensOf(
+  self: Snapshot,
+  selfNode: NodeSpec,
+  peer: Snapshot,
+  peerNode: NodeSpec,
+): Map<string, string> {
+  const map = new Map<string, string>();
+  const add = (snap: Snapshot, node: NodeSpec, who: string) => {
+    map.set(`198.18.0.${node.n}`, `<${who}-ip>`);
+    map.set(`198.18.0.10${node.n}`, `<${who}-ip2>`);
+    map.set(`fd00:18::${node.n}`, `<${who}-ip6>`);
+    map.set(`203.0.113.${node.n}`, `<${who}-nat-ip>`);
+    map.set(node.name, `<${who}-node>`);
+    map.set(`${PREFIX}-p${node.n}`, `<${who}-port>`);
+    for (const l of (snap.links as { ifname: string; address?: string }[])) {
+      if (l.address) map.set(l.address, `<${who}-mac:${l.ifname}>`);
+    }
+    const env = (snap.subnetEnv as string | null) ?? "";
+    const sub = /^FLANNEL_SUBNET=([\d.]+)\/(\d+)$/m.exec(env);
+    if (sub) {
+      const host = sub[1]!;
+      const parts = host.split(".").map(Number);
+      const net = [...parts.slice(0, 3), parts[3]! - 1].join(".");
+      map.set(host, `<${who}-subnet.1>`);
+      map.set(net, `<${who}-subnet>`);
+    }
+    const sub6 = /^FLANNEL_IPV6_SUBNET=([\da-f:]+)\/(\d+)$/m.exec(env);
+    if (sub6) {
+      const host = sub6[1]!;
+      map.set(host, `<${who}-subnet6.1>`);
+      map.set(host.replace(/:1$/, ":"), `<${who}-subnet6>`);
+    }
+    // Link-local addresses come from the MAC (EUI-64).
+    for (const a of (snap.addrs as { addrs: { local: string }[] }[])) {
+      for (const x of a.addrs) {
+        if (x.local.startsWith("fe80:")) map.set(x.local, `<${who}-ll>`);
+      }
+    }
+  };
+  add(self, selfNode, "self");
+  add(peer, peerNode, "peer");
+  return map;
+}
+
+/** Replaces each token (a whole IP / MAC / name) by its role. */
+export function normalize(
+  snap: Snapshot,
+  tokens: Map<string, string>,
+): Snapshot {
+  let text = JSON.stringify(snap);
+  const sorted = [...tokens.keys()].sort((a, b) => b.length - a.length);
+  for (const t of sorted) {
+    const esc = t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    text = text.replace(
+      new RegExp(`(?<![\\w.:])${esc}(?![\\w]|\\.\\d|:[\\da-f])`, "gi"),
+      tokens.get(t)!,
+    );
+  }
+  return JSON.parse(text);
+}
+
+/** Fields whose normalised values differ, with both sides. */
+export function differences(
+  a: Snapshot,
+  b: Snapshot,
+): Map<string, { flanneld: unknown; weft: unknown }> {
+  const out = new Map<string, { flanneld: unknown; weft: unknown }>();
+  for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+    if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) {
+      out.set(k, { flanneld: a[k], weft: b[k] });
+    }
+  }
+  return out;
+}
+
+/**
+ * Runs both agents until their state stops changing (or `timeoutMs`), and
+ * returns both normalised snapshots.
+ */
+export async function settle(
+  h: Harness,
+  mode: Mode,
+  input: CaseInput,
+  timeoutMs = 30_000,
+): Promise<{ flanneld: Snapshot; weft: Snapshot; ms: number }> {
+  const t0 = performance.now();
+  if (input.minMs) await sleep(input.minMs);
+  const quiet = input.quietMs ?? 1500;
+  let last = "";
+  let since = performance.now();
+  let snaps: Snapshot[] = [];
+  for (;;) {
+    snaps = await Promise.all(NODES.map((n) => h.snapshot(mode, n)));
+    const text = JSON.stringify(snaps);
+    const now = performance.now();
+    const started = snaps.every((s) =>
+      s.exit !== "running" || s.subnetEnv !== null
+    );
+    if (text !== last) {
+      last = text;
+      since = now;
+    } else if (started && now - since >= quiet) break;
+    if (now - t0 > timeoutMs) break;
+    await sleep(250);
+  }
+  const [f, w] = snaps as [Snapshot, Snapshot];
+  const [nf, nw] = NODES as [NodeSpec, NodeSpec];
+  return {
+    flanneld: normalize(f, tokensOf(f, nf, w, nw)),
+    weft: normalize(w, tokensOf(w, nw, f, nf)),
+    ms: performance.now() - t0,
+  };
+}

@@ -1,0 +1,606 @@
+/**
+ * The conformance cases: the inputs both agents get, and the fields in
+ * which weft deliberately differs, each naming its section of
+ * docs/flanneld-differences.md. A case without deviations asserts that
+ * every compared field is equal.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import type {
+  CaseInput,
+  Harness,
+  Mode,
+  NodeSpec,
+  Snapshot,
+} from "./_harness.ts";
+import type { Netns } from "../_netns.ts";
+
+/** The document every deviation links to. */
+export const DOC = "docs/flanneld-differences.md";
+
+export interface Case {
+  readonly id: string;
+  readonly title: string;
+  readonly input: CaseInput;
+  /** Default both. */
+  readonly modes?: readonly Mode[];
+  /** Field → anchor in DOC, in every mode. */
+  readonly deviations?: Readonly<Record<string, string>>;
+  readonly etcdDeviations?: Readonly<Record<string, string>>;
+  readonly kubeDeviations?: Readonly<Record<string, string>>;
+  /** What was fixed in weft for this case to be equal. */
+  readonly fixed?: string;
+  /** Extra assertions on the normalised snapshots (both agents). */
+  readonly check?: (flanneld: Snapshot, weft: Snapshot, mode: Mode) => void;
+  readonly afterText?: string;
+  readonly afterMs?: number;
+}
+
+const NET = '"Network":"10.244.0.0/16"';
+const DUAL = `${NET},"EnableIPv6":true,"IPv6Network":"fc00::/48"`;
+const V6ONLY = '"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"';
+const conf = (extra: string, backend = '{"Type":"vxlan"}') =>
+  `{${extra},"Backend":${backend}}`;
+const vx = (keys = "") => conf(NET, `{"Type":"vxlan"${keys}}`);
+const VX = vx();
+
+type Link = {
+  ifname: string;
+  mtu: number;
+  linkinfo?: { info_data?: Record<string, unknown> };
+};
+type Route = { dst: string; type?: string; gateway?: string; dev?: string };
+
+function links(s: Snapshot): Link[] {
+  return s.links as Link[];
+}
+function routes(s: Snapshot): Route[] {
+  return s.routes as Route[];
+}
+function both(f: (s: Snapshot, who: string) => void) {
+  return (a: Snapshot, b: Snapshot) => {
+    f(a, "flanneld");
+    f(b, "weft");
+  };
+}
+function mtu(dev: string, want: number) {
+  return both((s, who) =>
+    assert.equal(
+      links(s).find((l) => l.ifname === dev)?.mtu,
+      want,
+      `${who} ${dev} mtu`,
+    )
+  );
+}
+function vxlanData(dev: string, key: string, want: unknown) {
+  return both((s, who) =>
+    assert.deepEqual(
+      links(s).find((l) => l.ifname === dev)?.linkinfo?.info_data?.[key],
+      want,
+      `${who} ${dev} ${key}`,
+    )
+  );
+}
+function hasRoute(pred: (r: Route) => boolean, what: string) {
+  return both((s, who) => assert.ok(routes(s).some(pred), `${who}: ${what}`));
+}
+function exited(code: number) {
+  return both((s, who) => assert.equal(s.exit, code, `${who} exit code`));
+}
+function running() {
+  return both((s, who) =>
+    assert.equal(s.exit, "running", `${who} still running`)
+  );
+}
+function envHas(line: string) {
+  return both((s, who) =>
+    assert.ok(
+      String(s.subnetEnv).split("\n").includes(line),
+      `${who} subnet.env has ${line}`,
+    )
+  );
+}
+function published(key: string, want: string) {
+  return (a: Snapshot, b: Snapshot, mode: Mode) => {
+    for (const [s, who] of [[a, "flanneld"], [b, "weft"]] as const) {
+      if (mode === "kube") {
+        const ann =
+          (s.node as { annotations: Record<string, string> }).annotations;
+        assert.equal(
+          ann[`flannel.alpha.coreos.com/${key}`],
+          want,
+          `${who} ${key}`,
+        );
+      } else {
+        const v = JSON.parse((s.etcd as { value: string }).value);
+        assert.equal(
+          v[key === "public-ip" ? "PublicIP" : "PublicIPv6"],
+          want,
+          `${who} ${key}`,
+        );
+      }
+    }
+  };
+}
+const all =
+  (...fs: ((a: Snapshot, b: Snapshot, m: Mode) => void)[]) =>
+  (a: Snapshot, b: Snapshot, m: Mode) => {
+    for (const f of fs) f(a, b, m);
+  };
+
+/** Deletes eth0 (the veth pair goes with it) and wires a new one. */
+async function recreateUnderlay(
+  h: Harness,
+  ns: Netns,
+  node: NodeSpec,
+  input: CaseInput,
+) {
+  await ns.ip("link", "del", "eth0");
+  await new Promise((r) => setTimeout(r, 1500));
+  await h.wire(ns, node, input);
+}
+
+export const CASES: readonly Case[] = [
+  // ---- net-conf.json --------------------------------------------------------
+  {
+    id: "vxlan-default",
+    title: "default vxlan",
+    input: { netConf: VX },
+    check: all(
+      mtu("flannel.1", 1450),
+      vxlanData("flannel.1", "port", 8472),
+      envHas("FLANNEL_MTU=1450"),
+    ),
+  },
+  {
+    id: "vni-7",
+    title: "VNI 7: device flannel.7",
+    input: { netConf: vx(',"VNI":7') },
+    check: vxlanData("flannel.7", "id", 7),
+  },
+  {
+    id: "port-4789",
+    title: "Port 4789",
+    input: { netConf: vx(',"Port":4789') },
+    check: vxlanData("flannel.1", "port", 4789),
+  },
+  {
+    id: "gbp",
+    title: "GBP",
+    input: { netConf: vx(',"GBP":true') },
+    check: vxlanData("flannel.1", "gbp", true),
+  },
+  {
+    id: "learning",
+    title: "Learning",
+    input: { netConf: vx(',"Learning":true') },
+    check: vxlanData("flannel.1", "learning", true),
+  },
+  {
+    id: "directrouting",
+    title: "DirectRouting, both nodes on one L2 segment",
+    input: { netConf: vx(',"DirectRouting":true') },
+    check: hasRoute(
+      (r) =>
+        r.dst === "<peer-subnet>/24" && r.gateway === "<peer-ip>" &&
+        r.dev === "eth0",
+      "direct route to the other agent",
+    ),
+  },
+  {
+    id: "mtu-1400",
+    title: "Backend.MTU 1400 is the underlay MTU",
+    input: { netConf: vx(',"MTU":1400') },
+    fixed: "device MTU is Backend.MTU − 50",
+    check: all(mtu("flannel.1", 1350), envHas("FLANNEL_MTU=1350")),
+  },
+  {
+    id: "mtu-9000",
+    title: "Backend.MTU above the underlay's",
+    input: { netConf: vx(',"MTU":9000') },
+    fixed: "device MTU is Backend.MTU − 50, capped by the kernel",
+    check: mtu("flannel.1", 1450),
+    deviations: { subnetEnv: "mtu-above-underlay" },
+  },
+  {
+    id: "subnetlen-26",
+    title: "SubnetLen 26",
+    modes: ["etcd"],
+    input: { netConf: `{${NET},"SubnetLen":26,"Backend":{"Type":"vxlan"}}` },
+    check: envHas("FLANNEL_NETWORK=10.244.0.0/16"),
+  },
+  {
+    id: "subnet-min-max",
+    title: "SubnetMin / SubnetMax",
+    modes: ["etcd"],
+    input: {
+      netConf:
+        `{${NET},"SubnetMin":"10.244.50.0","SubnetMax":"10.244.51.0","Backend":{"Type":"vxlan"}}`,
+    },
+  },
+  {
+    id: "network-22",
+    title: "Network /22 with SubnetLen 24",
+    modes: ["etcd"],
+    input: {
+      netConf: '{"Network":"10.244.0.0/22","Backend":{"Type":"vxlan"}}',
+      noPeer9: true,
+    },
+  },
+  {
+    id: "hostgw",
+    title: "host-gw",
+    input: { netConf: conf(NET, '{"Type":"host-gw"}') },
+    check: all(
+      envHas("FLANNEL_MTU=1500"),
+      hasRoute(
+        (r) => r.dst === "<peer-subnet>/24" && r.gateway === "<peer-ip>",
+        "host-gw route",
+      ),
+    ),
+  },
+  {
+    id: "nftables",
+    title: "EnableNFTables",
+    input: {
+      netConf: `{${NET},"EnableNFTables":true,"Backend":{"Type":"vxlan"}}`,
+    },
+  },
+  {
+    id: "nftables-masq",
+    title: "EnableNFTables with --ip-masq",
+    input: {
+      netConf: `{${NET},"EnableNFTables":true,"Backend":{"Type":"vxlan"}}`,
+      flags: ["--ip-masq"],
+    },
+    deviations: { nftables: "nftables-masquerade-rule" },
+  },
+  {
+    id: "backend-missing",
+    title: "no Backend",
+    input: { netConf: `{${NET}}` },
+    deviations: {
+      links: "missing-backend",
+      addrs: "missing-backend",
+      routes: "missing-backend",
+      subnetEnv: "missing-backend",
+      neigh: "missing-backend",
+      fdb: "missing-backend",
+    },
+    etcdDeviations: { etcd: "missing-backend" },
+    kubeDeviations: { node: "missing-backend" },
+  },
+  {
+    id: "backend-empty",
+    title: "empty Backend object",
+    input: { netConf: `{${NET},"Backend":{}}` },
+    deviations: {
+      links: "missing-backend",
+      addrs: "missing-backend",
+      routes: "missing-backend",
+      subnetEnv: "missing-backend",
+      neigh: "missing-backend",
+      fdb: "missing-backend",
+    },
+    etcdDeviations: { etcd: "missing-backend" },
+    kubeDeviations: { node: "missing-backend" },
+  },
+  {
+    id: "type-wireguard",
+    title: "wireguard (no kernel module here)",
+    input: { netConf: conf(NET, '{"Type":"wireguard"}') },
+  },
+  {
+    id: "type-ipip",
+    title: "ipip (no kernel module here)",
+    input: { netConf: conf(NET, '{"Type":"ipip"}') },
+  },
+  {
+    id: "type-udp",
+    title: "udp",
+    input: { netConf: conf(NET, '{"Type":"udp"}') },
+  },
+  {
+    id: "type-unknown",
+    title: "unknown backend type",
+    input: { netConf: conf(NET, '{"Type":"carrier-pigeon"}') },
+  },
+  {
+    id: "vni-string",
+    title: "VNI of the wrong JSON type",
+    input: { netConf: vx(',"VNI":"1"') },
+  },
+  {
+    id: "dual-stack",
+    title: "dual stack vxlan",
+    input: { netConf: conf(DUAL) },
+    check: all(
+      mtu("flannel.1", 1450),
+      mtu("flannel-v6.1", 1430),
+      envHas("FLANNEL_MTU=1450"),
+    ),
+  },
+  {
+    id: "dual-stack-mtu-1400",
+    title: "dual stack, Backend.MTU 1400",
+    input: { netConf: conf(DUAL, '{"Type":"vxlan","MTU":1400}') },
+    fixed: "device MTU is Backend.MTU − 50",
+    check: all(mtu("flannel.1", 1350), mtu("flannel-v6.1", 1350)),
+  },
+  {
+    id: "ipv6-only",
+    title: "IPv6 only vxlan over the IPv6 underlay",
+    input: { netConf: conf(V6ONLY) },
+    check: mtu("flannel-v6.1", 1430),
+    deviations: { subnetEnv: "ipv6-only-mtu" },
+  },
+  {
+    id: "dual-stack-hostgw",
+    title: "dual stack host-gw",
+    input: { netConf: conf(DUAL, '{"Type":"host-gw"}') },
+  },
+  {
+    id: "dual-stack-directrouting",
+    title: "dual stack DirectRouting",
+    input: { netConf: conf(DUAL, '{"Type":"vxlan","DirectRouting":true}') },
+  },
+  // ---- flags ----------------------------------------------------------------
+  {
+    id: "ip-masq",
+    title: "--ip-masq",
+    input: { netConf: VX, flags: ["--ip-masq"] },
+    check: envHas("FLANNEL_IPMASQ=true"),
+  },
+  {
+    id: "ip-masq-no-random",
+    title: "--ip-masq --ip-masq-fully-random-disable",
+    input: {
+      netConf: VX,
+      flags: ["--ip-masq", "--ip-masq-fully-random-disable"],
+    },
+  },
+  {
+    id: "ip-masq-dual",
+    title: "--ip-masq, dual stack",
+    input: { netConf: conf(DUAL), flags: ["--ip-masq"] },
+  },
+  {
+    id: "no-forward-rules",
+    title: "--iptables-forward-rules=false",
+    input: { netConf: VX, flags: ["--iptables-forward-rules=false"] },
+  },
+  {
+    id: "blackhole",
+    title: "--ip-blackhole-route",
+    input: {
+      netConf: VX,
+      flags: ["--ip-blackhole-route", "--iptables-resync=1"],
+      minMs: 1500,
+    },
+    fixed: "flag accepted; blackhole route for the own subnet",
+    check: hasRoute(
+      (r) => r.type === "blackhole" && r.dst === "<self-subnet>/24",
+      "blackhole route",
+    ),
+  },
+  {
+    id: "blackhole-dual",
+    title: "--ip-blackhole-route, dual stack",
+    input: {
+      netConf: conf(DUAL),
+      flags: ["--ip-blackhole-route", "--iptables-resync=1"],
+      minMs: 1500,
+    },
+    fixed: "flag accepted; blackhole routes for both own subnets",
+  },
+  {
+    id: "iface-name",
+    title: "--iface=eth0",
+    input: { netConf: VX, flags: ["--iface=eth0"] },
+  },
+  {
+    id: "iface-ip",
+    title: "--iface=<own IP>",
+    input: { netConf: VX, flags: ["--iface=198.18.0.{n}"] },
+  },
+  {
+    id: "iface-missing-then-eth0",
+    title: "--iface=nope --iface=eth0",
+    input: { netConf: VX, flags: ["--iface=nope", "--iface=eth0"] },
+  },
+  {
+    id: "iface-none",
+    title: "--iface=nope only",
+    input: { netConf: VX, flags: ["--iface=nope"] },
+    check: exited(1),
+  },
+  {
+    id: "iface-regex",
+    title: "--iface-regex=^eth",
+    input: { netConf: VX, flags: ["--iface-regex=^eth"] },
+  },
+  {
+    id: "iface-can-reach",
+    title: "--iface-can-reach",
+    input: { netConf: VX, flags: ["--iface-can-reach=198.18.0.254"] },
+  },
+  {
+    id: "public-ip",
+    title: "--public-ip, a second address of eth0",
+    input: {
+      netConf: VX,
+      flags: ["--public-ip=198.18.0.10{n}"],
+      extraAddrs: ["198.18.0.10{n}/24"],
+    },
+    check: all(
+      published("public-ip", "<self-ip2>"),
+      vxlanData("flannel.1", "local", "<self-ip2>"),
+    ),
+  },
+  {
+    id: "public-ip-nat",
+    title: "--iface=eth0 --public-ip=<not local> (NAT)",
+    input: {
+      netConf: VX,
+      flags: ["--iface=eth0", "--public-ip=203.0.113.{n}"],
+    },
+    check: all(
+      published("public-ip", "<self-nat-ip>"),
+      vxlanData("flannel.1", "local", "<self-ip>"),
+    ),
+  },
+  {
+    id: "public-ipv6",
+    title: "--public-ipv6, dual stack",
+    input: { netConf: conf(DUAL), flags: ["--public-ipv6=fd00:18::{n}"] },
+  },
+  {
+    id: "annotation-prefix",
+    title: "--kube-annotation-prefix=example.com",
+    modes: ["kube"],
+    input: {
+      netConf: VX,
+      flags: ["--kube-annotation-prefix=example.com"],
+      noPeer9: true,
+    },
+  },
+  {
+    id: "renew-margin",
+    title: "--subnet-lease-renew-margin=30",
+    modes: ["etcd"],
+    input: { netConf: VX, flags: ["--subnet-lease-renew-margin=30"] },
+  },
+  {
+    id: "v-12",
+    title: "-v=12 (klog takes any level)",
+    input: { netConf: VX, flags: ["--v=12"] },
+    fixed: "any int32 -v accepted",
+    check: running(),
+  },
+  { id: "v-2", title: "-v 2", input: { netConf: VX, flags: ["-v", "2"] } },
+  {
+    id: "vmodule",
+    title: "-vmodule",
+    input: { netConf: VX, flags: ["-vmodule=vxlan=4"] },
+    fixed: "-vmodule accepted",
+    check: running(),
+  },
+  {
+    id: "log-backtrace-at",
+    title: "-log_backtrace_at",
+    input: { netConf: VX, flags: ["-log_backtrace_at=main.go:1"] },
+    fixed: "-log_backtrace_at accepted",
+    check: running(),
+  },
+  {
+    id: "env-ip-masq",
+    title: "FLANNELD_IP_MASQ=true",
+    input: { netConf: VX, env: { FLANNELD_IP_MASQ: "true" } },
+    check: envHas("FLANNEL_IPMASQ=true"),
+  },
+  {
+    id: "env-iface",
+    title: "FLANNELD_IFACE=eth0",
+    input: { netConf: VX, env: { FLANNELD_IFACE: "eth0" } },
+  },
+  {
+    id: "env-flag-wins",
+    title: "flag beats FLANNELD_ variable",
+    input: {
+      netConf: VX,
+      flags: ["--ip-masq=false"],
+      env: { FLANNELD_IP_MASQ: "true" },
+    },
+    check: envHas("FLANNEL_IPMASQ=false"),
+  },
+  {
+    id: "unknown-flag",
+    title: "unknown flag",
+    modes: ["etcd"],
+    input: { netConf: VX, flags: ["--no-such-flag"] },
+    check: exited(2),
+  },
+  {
+    id: "bad-int",
+    title: "non-integer --iptables-resync",
+    modes: ["etcd"],
+    input: { netConf: VX, flags: ["--iptables-resync=soon"] },
+    check: exited(2),
+  },
+  {
+    id: "network-unavailable-off",
+    title: "--set-node-network-unavailable=false",
+    modes: ["kube"],
+    input: { netConf: VX, flags: ["--set-node-network-unavailable=false"] },
+  },
+  // ---- annotations (kube) -----------------------------------------------------
+  {
+    id: "node-public-ip",
+    title: "node-public-ip annotation",
+    modes: ["kube"],
+    input: {
+      netConf: VX,
+      annotations: {
+        "flannel.alpha.coreos.com/node-public-ip": "198.18.0.10{n}",
+      },
+      extraAddrs: ["198.18.0.10{n}/24"],
+    },
+    check: published("public-ip", "<self-ip2>"),
+  },
+  {
+    id: "node-public-ip-over-flag",
+    title: "node-public-ip annotation wins over --public-ip",
+    modes: ["kube"],
+    input: {
+      netConf: VX,
+      flags: ["--public-ip=198.18.0.{n}"],
+      annotations: {
+        "flannel.alpha.coreos.com/node-public-ip": "198.18.0.10{n}",
+      },
+      extraAddrs: ["198.18.0.10{n}/24"],
+    },
+    fixed: "the annotation wins over the flag",
+    check: all(
+      published("public-ip", "<self-ip2>"),
+      vxlanData("flannel.1", "local", "<self-ip2>"),
+    ),
+  },
+  {
+    id: "public-ip-overwrite",
+    title: "public-ip-overwrite annotation",
+    modes: ["kube"],
+    input: {
+      netConf: VX,
+      annotations: {
+        "flannel.alpha.coreos.com/public-ip-overwrite": "203.0.113.{n}",
+      },
+    },
+    check: published("public-ip", "<self-nat-ip>"),
+  },
+  {
+    id: "node-public-ipv6",
+    title: "node-public-ipv6 annotation, dual stack",
+    modes: ["kube"],
+    input: {
+      netConf: conf(DUAL),
+      annotations: {
+        "flannel.alpha.coreos.com/node-public-ipv6": "fd00:18::{n}",
+      },
+    },
+  },
+  // ---- the underlay changes -------------------------------------------------
+  {
+    id: "underlay-recreated",
+    title: "eth0 deleted and recreated",
+    input: { netConf: VX, after: recreateUnderlay },
+    afterText: "then eth0 deleted and recreated",
+    afterMs: 5000,
+    fixed: "the device follows the recreated interface",
+    deviations: {
+      routes: "device-recreated",
+      neigh: "device-recreated",
+      fdb: "device-recreated",
+    },
+  },
+];

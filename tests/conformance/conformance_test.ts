@@ -1,0 +1,218 @@
+/**
+ * The conformance tier: each case of cases.ts runs flanneld v0.28.9 and
+ * weft side by side (see _harness.ts) in etcd mode, kube mode or both, and
+ * asserts that their normalised state is equal in every field except the
+ * deviations the case names, each documented in docs/flanneld-differences.md.
+ * Writes bench/results/conformance.md.
+ *
+ * `WEFT_CONFORMANCE_ONLY=<regex>` runs matching case ids only (and then
+ * writes no table); `WEFT_CONFORMANCE_DUMP=<dir>` writes both snapshots of
+ * every case there.
+ *
+ * @module
+ */
+import { type Case, CASES, DOC } from "./cases.ts";
+import {
+  conformanceUnavailable,
+  differences,
+  Harness,
+  type Mode,
+  settle,
+  type Snapshot,
+} from "./_harness.ts";
+
+const why = await conformanceUnavailable();
+const CI = Deno.env.get("CI") === "true";
+const only = Deno.env.get("WEFT_CONFORMANCE_ONLY");
+const dump = Deno.env.get("WEFT_CONFORMANCE_DUMP");
+const ROOT = new URL("../..", import.meta.url).pathname;
+
+interface Row {
+  readonly c: Case;
+  readonly mode: Mode;
+  readonly diffs: string[];
+  readonly ms: number;
+}
+
+function modes(c: Case): readonly Mode[] {
+  return c.modes ?? ["etcd", "kube"];
+}
+
+async function fixCommit(): Promise<string> {
+  const r = await new Deno.Command("git", {
+    args: ["log", "-1", "--format=%h", "--grep=^flanneld parity"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "null",
+  }).output().catch(() => undefined);
+  return r ? new TextDecoder().decode(r.stdout).trim() : "";
+}
+
+function inputs(c: Case): string {
+  const parts = [`\`${c.input.netConf}\``];
+  if (c.input.flags?.length) {
+    parts.push(c.input.flags.map((f) => `\`${f}\``).join(" "));
+  }
+  for (const [k, v] of Object.entries(c.input.env ?? {})) {
+    parts.push(`\`${k}=${v}\``);
+  }
+  for (const [k, v] of Object.entries(c.input.annotations ?? {})) {
+    parts.push(`annotation \`${k}=${v}\``);
+  }
+  if (c.input.extraAddrs?.length) {
+    parts.push(`eth0 also ${c.input.extraAddrs.join(", ")}`);
+  }
+  if (c.input.after) parts.push(c.afterText ?? "then a change");
+  return parts.join("; ").replaceAll("|", "\\|");
+}
+
+async function writeTable(rows: Row[], totalMs: number): Promise<void> {
+  const commit = await fixCommit();
+  const count = (k: string) =>
+    rows.filter((r) => verdict(r).startsWith(k)).length;
+  const lines = [
+    "# Conformance: flanneld v0.28.9 beside weft",
+    "",
+    `\`deno task test:conformance\` (tests/conformance/) ran ${rows.length} cases ` +
+    `(${
+      new Set(rows.map((r) => r.c.id)).size
+    } inputs, etcd and kube mode) in ` +
+    `${(totalMs / 1000).toFixed(0)} s on ${
+      new Date().toISOString().slice(0, 10)
+    }.`,
+    "Each starts flanneld and weft with the same net-conf, flags, environment and",
+    "peers on two node namespaces of one cluster, waits until both settle, and",
+    "compares the VXLAN devices (`ip -d -j link`), their addresses, routes of every",
+    "table (blackhole included), neighbours, FDB entries, subnet.env byte for byte,",
+    "`iptables-save`, `ip6tables-save`, `nft list ruleset`, the etcd lease (key,",
+    "value, TTL) or the Node (annotations, conditions), and the exit code, after",
+    "replacing only each node's own subnet, IPs, MACs and name by role tokens.",
+    "",
+    `equal: ${count("equal")}, deviation: ${count("deviation")}, fixed: ${
+      count("fixed")
+    }.`,
+    "",
+    "| case | mode | inputs | result |",
+    "| --- | --- | --- | --- |",
+  ];
+  for (const r of rows) {
+    lines.push(
+      `| ${r.c.id}: ${r.c.title} | ${r.mode} | ${inputs(r.c)} | ${
+        verdict(r, commit)
+      } |`,
+    );
+  }
+  await Deno.writeTextFile(
+    `${ROOT}bench/results/conformance.md`,
+    lines.join("\n") + "\n",
+  );
+}
+
+function verdict(r: Row, commit = ""): string {
+  if (r.diffs.length > 0) {
+    const anchors = [...new Set(r.diffs.map((d) => expected(r.c, r.mode)[d]!))];
+    return `deviation in ${r.diffs.join(", ")} (${
+      anchors.map((a) => `[${a}](../../${DOC}#${a})`).join(", ")
+    })`;
+  }
+  if (r.c.fixed) {
+    return `fixed in ${commit || "this branch"}: equal (${r.c.fixed})`;
+  }
+  return "equal";
+}
+
+function expected(c: Case, mode: Mode): Record<string, string> {
+  return {
+    ...c.deviations,
+    ...(mode === "etcd" ? c.etcdDeviations : c.kubeDeviations),
+  };
+}
+
+function show(d: Map<string, { flanneld: unknown; weft: unknown }>): string {
+  return [...d].map(([k, v]) =>
+    `  ${k}:\n    flanneld: ${JSON.stringify(v.flanneld)}\n    weft:     ${
+      JSON.stringify(v.weft)
+    }`
+  ).join("\n");
+}
+
+Deno.test({
+  name: "flanneld v0.28.9 and weft leave the same state for the same inputs",
+  ignore: why !== undefined && !CI,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async (t) => {
+    if (why) throw new Error(`conformance tier cannot run: ${why}`);
+    const t0 = performance.now();
+    const rows: Row[] = [];
+    await using h = await Harness.create();
+    for (const c of CASES) {
+      if (only && !new RegExp(only).test(c.id)) continue;
+      for (const mode of modes(c)) {
+        await t.step(`${c.id} [${mode}]: ${c.title}`, async () => {
+          await h.reset(mode, c.input);
+          await h.startAgents(mode, c.input);
+          let s = await settle(h, mode, c.input);
+          if (c.input.after) {
+            for (const node of ["flanneld", "weft"] as const) {
+              await c.input.after(h, h.nodes.get(node)!, {
+                role: node,
+                name: node === "flanneld" ? "nodef" : "nodew",
+                n: node === "flanneld" ? 1 : 2,
+              }, c.input);
+            }
+            s = await settle(h, mode, { ...c.input, minMs: c.afterMs ?? 0 });
+          }
+          const diff = differences(s.flanneld, s.weft);
+          if (dump) {
+            await Deno.mkdir(dump, { recursive: true });
+            await Deno.writeTextFile(
+              `${dump}/${c.id}-${mode}.json`,
+              JSON.stringify(
+                { flanneld: s.flanneld, weft: s.weft, diff: [...diff.keys()] },
+                null,
+                1,
+              ),
+            );
+            for (const role of ["flanneld", "weft"] as const) {
+              await Deno.writeTextFile(
+                `${dump}/${c.id}-${mode}.${role}.log`,
+                await h.agentLog(role),
+              );
+            }
+          }
+          const want = expected(c, mode);
+          const unexpected = new Map([...diff].filter(([k]) => !(k in want)));
+          const gone = Object.keys(want).filter((k) => !diff.has(k));
+          if (c.check) {
+            c.check(s.flanneld as Snapshot, s.weft as Snapshot, mode);
+          }
+          rows.push({
+            c,
+            mode,
+            diffs: [...diff.keys()].filter((k) => k in want),
+            ms: s.ms,
+          });
+          if (unexpected.size > 0 || gone.length > 0) {
+            throw new Error(
+              `${c.id} [${mode}]:` +
+                (unexpected.size
+                  ? `\n undocumented differences:\n${show(unexpected)}`
+                  : "") +
+                (gone.length
+                  ? `\n documented deviations not seen: ${gone.join(", ")}`
+                  : ""),
+            );
+          }
+        });
+      }
+    }
+    await h.stopAgents();
+    if (!only) await writeTable(rows, performance.now() - t0);
+    console.log(
+      `conformance: ${rows.length} case runs in ${
+        ((performance.now() - t0) / 1000).toFixed(1)
+      } s`,
+    );
+  },
+});
