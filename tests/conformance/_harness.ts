@@ -20,7 +20,7 @@
  *
  * @module
  */
-import { Netns, run, sh } from "../_netns.ts";
+import { Netns, run } from "../_netns.ts";
 import { agentPermissions } from "../_cluster.ts";
 import { serverBinary } from "../servers/paths.ts";
 import { KubeControlPlane } from "../e2e/_kube.ts";
