@@ -4,11 +4,11 @@
  * namespace of one cluster, then their kernel and API state compared
  * field by field.
  *
- * One switch namespace (`weft-k-sw`) holds the underlay bridge
+ * One switch namespace (`weft-conf-sw`) holds the underlay bridge
  * (198.18.0.254/24 and fd00:18::fe/64), Debian's etcd (etcd mode) and
  * etcd ≥ 3.5 plus kube-apiserver (kube mode, see tests/e2e/_kube.ts).
- * Each case gets fresh node namespaces: `weft-k-f` (flanneld, 198.18.0.1)
- * and `weft-k-w` (weft, 198.18.0.2), and one more peer that no agent runs:
+ * Each case gets fresh node namespaces: `weft-conf-f` (flanneld, 198.18.0.1)
+ * and `weft-conf-w` (weft, 198.18.0.2), and one more peer that no agent runs:
  * a lease (etcd) or Node (kube) for 198.18.0.9 with a fixed VTEP MAC, so
  * both agents program the same foreign peer besides each other.
  *
@@ -26,7 +26,7 @@ import { serverBinary } from "../servers/paths.ts";
 import { KubeControlPlane } from "../e2e/_kube.ts";
 
 /** Namespace and temp dir prefix of this tier (others use `weft-c`, `weft-t-`). */
-export const PREFIX = "weft-k";
+export const PREFIX = "weft-conf";
 export const SWITCH_IP = "198.18.0.254";
 export const SWITCH_IP6 = "fd00:18::fe";
 export const ETCD_PREFIX = "/coreos.com/network";
@@ -117,6 +117,7 @@ export class Harness implements AsyncDisposable {
   etcd: Deno.ChildProcess | undefined;
   kube: KubeControlPlane | undefined;
   nodes = new Map<Role, Netns>();
+  pods = new Map<Role, Netns>();
   #agents = new Map<Role, Running>();
   #seq = 0;
 
@@ -126,7 +127,7 @@ export class Harness implements AsyncDisposable {
     this.flanneld = flanneld;
   }
 
-  /** Removes this tier's leftovers (namespaces named `weft-k-*`). */
+  /** Removes this tier's leftovers (namespaces named `weft-conf-*`). */
   static async cleanup(): Promise<void> {
     const list = await run(["ip", "netns", "list"]);
     for (const line of list.stdout.split("\n")) {
@@ -228,8 +229,11 @@ export class Harness implements AsyncDisposable {
   /** Fresh node namespaces wired to the switch, and fresh etcd / API state. */
   async reset(mode: Mode, input: CaseInput): Promise<void> {
     await this.stopAgents();
-    for (const ns of this.nodes.values()) await ns.close();
+    for (const ns of [...this.nodes.values(), ...this.pods.values()]) {
+      await ns.close();
+    }
     this.nodes.clear();
+    this.pods.clear();
     await this.etcdctl("del", "--prefix", ETCD_PREFIX);
     for (const node of NODES) {
       const ns = await Netns.named(`${PREFIX}-${node.role[0]}`);
@@ -397,6 +401,87 @@ export class Harness implements AsyncDisposable {
       child.status.then((s) => running.code = s.code);
       this.#agents.set(node.role, running);
     }
+  }
+
+  /**
+   * Gives each node a pod the way the bridge CNI plugin would (a `cni0`
+   * bridge holding the subnet's first address, a pod namespace on a veth
+   * with the second), then pings the other node's pod over each family the
+   * subnet.env files name. Returns the families that got replies.
+   */
+  async podPing(): Promise<{ v4?: boolean; v6?: boolean }> {
+    const addrs = new Map<Role, { v4?: string; v6?: string }>();
+    for (const node of NODES) {
+      const env = await Deno.readTextFile(
+        `${this.nodeDir(node.role)}/subnet.env`,
+      );
+      const v4 = /^FLANNEL_SUBNET=([\d.]+)\.1\/(\d+)$/m.exec(env);
+      const v6 = /^FLANNEL_IPV6_SUBNET=([\da-f:]+::)1\/(\d+)$/m.exec(env);
+      const ns = this.nodes.get(node.role)!;
+      const pod = await Netns.named(`${PREFIX}-pod-${node.role[0]}`);
+      this.pods.set(node.role, pod);
+      await ns.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+      await ns.exec(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+      await ns.ip("link", "add", "cni0", "type", "bridge");
+      await ns.ip(
+        "link",
+        "add",
+        "vethpod",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.name,
+      );
+      await ns.ip("link", "set", "vethpod", "master", "cni0", "up");
+      await ns.ip("link", "set", "cni0", "up");
+      await pod.ip("link", "set", "eth0", "up");
+      const a: { v4?: string; v6?: string } = {};
+      if (v4) {
+        await ns.ip("addr", "add", `${v4[1]}.1/${v4[2]}`, "dev", "cni0");
+        await pod.ip("addr", "add", `${v4[1]}.2/${v4[2]}`, "dev", "eth0");
+        await pod.ip("route", "add", "default", "via", `${v4[1]}.1`);
+        a.v4 = `${v4[1]}.2`;
+      }
+      if (v6) {
+        await ns.ip(
+          "addr",
+          "add",
+          `${v6[1]}1/${v6[2]}`,
+          "dev",
+          "cni0",
+          "nodad",
+        );
+        await pod.ip(
+          "addr",
+          "add",
+          `${v6[1]}2/${v6[2]}`,
+          "dev",
+          "eth0",
+          "nodad",
+        );
+        await pod.ip("-6", "route", "add", "default", "via", `${v6[1]}1`);
+        a.v6 = `${v6[1]}2`;
+      }
+      addrs.set(node.role, a);
+    }
+    const from = this.pods.get("flanneld")!, to = addrs.get("weft")!;
+    const back = this.pods.get("weft")!, backTo = addrs.get("flanneld")!;
+    const out: { v4?: boolean; v6?: boolean } = {};
+    for (const fam of ["v4", "v6"] as const) {
+      if (!to[fam] || !backTo[fam]) continue;
+      const ping = async (ns: Netns, dst: string) => {
+        for (let i = 0; i < 5; i++) {
+          if (await ns.ping(dst, 1, 1)) return true;
+        }
+        return false;
+      };
+      out[fam] = (await ping(from, to[fam]!)) &&
+        (await ping(back, backTo[fam]!));
+    }
+    return out;
   }
 
   /** Exit code, or undefined while running. */

@@ -35,6 +35,8 @@ export interface Case {
   readonly check?: (flanneld: Snapshot, weft: Snapshot, mode: Mode) => void;
   readonly afterText?: string;
   readonly afterMs?: number;
+  /** After comparing: pods on both nodes ping each other over these families. */
+  readonly ping?: readonly ("v4" | "v6")[];
 }
 
 const NET = '"Network":"10.244.0.0/16"';
@@ -146,6 +148,7 @@ export const CASES: readonly Case[] = [
   {
     id: "vxlan-default",
     title: "default vxlan",
+    ping: ["v4"],
     input: { netConf: VX },
     check: all(
       mtu("flannel.1", 1450),
@@ -156,12 +159,14 @@ export const CASES: readonly Case[] = [
   {
     id: "vni-7",
     title: "VNI 7: device flannel.7",
+    ping: ["v4"],
     input: { netConf: vx(',"VNI":7') },
     check: vxlanData("flannel.7", "id", 7),
   },
   {
     id: "port-4789",
     title: "Port 4789",
+    ping: ["v4"],
     input: { netConf: vx(',"Port":4789') },
     check: vxlanData("flannel.1", "port", 4789),
   },
@@ -180,6 +185,7 @@ export const CASES: readonly Case[] = [
   {
     id: "directrouting",
     title: "DirectRouting, both nodes on one L2 segment",
+    ping: ["v4"],
     input: { netConf: vx(',"DirectRouting":true') },
     check: hasRoute(
       (r) =>
@@ -191,6 +197,7 @@ export const CASES: readonly Case[] = [
   {
     id: "mtu-1400",
     title: "Backend.MTU 1400 is the underlay MTU",
+    ping: ["v4"],
     input: { netConf: vx(',"MTU":1400') },
     fixed: "device MTU is Backend.MTU − 50",
     check: all(mtu("flannel.1", 1350), envHas("FLANNEL_MTU=1350")),
@@ -231,6 +238,7 @@ export const CASES: readonly Case[] = [
   {
     id: "hostgw",
     title: "host-gw",
+    ping: ["v4"],
     input: { netConf: conf(NET, '{"Type":"host-gw"}') },
     check: all(
       envHas("FLANNEL_MTU=1500"),
@@ -243,6 +251,7 @@ export const CASES: readonly Case[] = [
   {
     id: "nftables",
     title: "EnableNFTables",
+    ping: ["v4"],
     input: {
       netConf: `{${NET},"EnableNFTables":true,"Backend":{"Type":"vxlan"}}`,
     },
@@ -314,6 +323,7 @@ export const CASES: readonly Case[] = [
   {
     id: "dual-stack",
     title: "dual stack vxlan",
+    ping: ["v4", "v6"],
     input: { netConf: conf(DUAL) },
     check: all(
       mtu("flannel.1", 1450),
@@ -331,6 +341,7 @@ export const CASES: readonly Case[] = [
   {
     id: "ipv6-only",
     title: "IPv6 only vxlan over the IPv6 underlay",
+    ping: ["v6"],
     input: { netConf: conf(V6ONLY) },
     check: mtu("flannel-v6.1", 1430),
     deviations: { subnetEnv: "ipv6-only-mtu" },
@@ -338,11 +349,13 @@ export const CASES: readonly Case[] = [
   {
     id: "dual-stack-hostgw",
     title: "dual stack host-gw",
+    ping: ["v4", "v6"],
     input: { netConf: conf(DUAL, '{"Type":"host-gw"}') },
   },
   {
     id: "dual-stack-directrouting",
     title: "dual stack DirectRouting",
+    ping: ["v4", "v6"],
     input: { netConf: conf(DUAL, '{"Type":"vxlan","DirectRouting":true}') },
   },
   // ---- flags ----------------------------------------------------------------
