@@ -847,9 +847,10 @@ export async function settle(
     snaps = await Promise.all(NODES.map((n) => h.snapshot(mode, n)));
     const text = JSON.stringify(snaps);
     const now = performance.now();
-    const started = snaps.every((s) =>
-      s.exit !== "running" || s.subnetEnv !== null
-    );
+    // Up (subnet.env written) or gone; an agent that keeps retrying a
+    // refused input counts as settled once nothing changed for a while.
+    const started = now - t0 > 8000 ||
+      snaps.every((s) => s.exit !== "running" || s.subnetEnv !== null);
     if (text !== last) {
       last = text;
       since = now;
