@@ -69,6 +69,8 @@ export interface CaseInput {
   readonly extraAddrs?: readonly string[];
   /** No foreign peer. */
   readonly noPeer9?: boolean;
+  /** Run weft on the flanneld node too (weft↔weft traffic). */
+  readonly weftOnly?: boolean;
   /** Runs after both agents settled; the case is then settled again. */
   readonly after?: (
     h: Harness,
@@ -369,16 +371,18 @@ export class Harness implements AsyncDisposable {
       }
       const flags = [...this.modeFlags(mode, dir), ...(input.flags ?? [])]
         .map((f) => f.replaceAll("{n}", String(node.n)));
-      const cmd = node.role === "flanneld" ? [this.flanneld, ...flags] : [
-        Deno.execPath(),
-        "run",
-        ...agentPermissions(dir, [
-          `${SWITCH_IP}:2379`,
-          `${SWITCH_IP}:6443`,
-        ], 0),
-        `${ROOT}main.ts`,
-        ...flags,
-      ];
+      const cmd = node.role === "flanneld" && !input.weftOnly
+        ? [this.flanneld, ...flags]
+        : [
+          Deno.execPath(),
+          "run",
+          ...agentPermissions(dir, [
+            `${SWITCH_IP}:2379`,
+            `${SWITCH_IP}:6443`,
+          ], 0),
+          `${ROOT}main.ts`,
+          ...flags,
+        ];
       const log = `${dir}/agent.log`;
       const child = new Deno.Command("sh", {
         args: [

@@ -358,6 +358,18 @@ export const CASES: readonly Case[] = [
     ping: ["v4", "v6"],
     input: { netConf: conf(DUAL, '{"Type":"vxlan","DirectRouting":true}') },
   },
+  {
+    id: "dual-stack-weft-weft",
+    title: "dual stack, weft on both nodes",
+    ping: ["v4", "v6"],
+    input: { netConf: conf(DUAL), weftOnly: true },
+  },
+  {
+    id: "ipv6-only-weft-weft",
+    title: "IPv6 only over the IPv6 underlay, weft on both nodes",
+    ping: ["v6"],
+    input: { netConf: conf(V6ONLY), weftOnly: true },
+  },
   // ---- flags ----------------------------------------------------------------
   {
     id: "ip-masq",

@@ -63,6 +63,7 @@ function inputs(c: Case): string {
     parts.push(`eth0 also ${c.input.extraAddrs.join(", ")}`);
   }
   if (c.input.after) parts.push(c.afterText ?? "then a change");
+  if (c.input.weftOnly) parts.push("weft on both nodes");
   if (c.ping) parts.push(`pods ping across over ${c.ping.join(" and ")}`);
   return parts.join("; ").replaceAll("|", "\\|");
 }
