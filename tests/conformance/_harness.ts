@@ -615,9 +615,15 @@ export class Harness implements AsyncDisposable {
       } catch {
         continue;
       }
-      const ip = `198.18.0.${node.n}`;
+      // The node's own addresses: eth0's, its second one, or a NAT address.
+      const ips = [
+        `198.18.0.${node.n}`,
+        `198.18.0.10${node.n}`,
+        `203.0.113.${node.n}`,
+        `fd00:18::${node.n}`,
+      ];
       if (
-        parsed.PublicIP !== ip && parsed.PublicIPv6 !== `fd00:18::${node.n}`
+        !ips.includes(parsed.PublicIP!) && !ips.includes(parsed.PublicIPv6!)
       ) {
         continue;
       }
