@@ -161,6 +161,16 @@ function inNetwork(plan: FamilyPlan, dst: string): boolean {
   return n.ok && netContainsNet(plan.network, n.value);
 }
 
+/**
+ * Inside our own subnet: the kernel's route for the device's own address
+ * (an IPv6 /128 gets one, `proto kernel`), never a peer's.
+ */
+function inOwnSubnet(plan: FamilyPlan, dst: string): boolean {
+  const own = parseIpNet(plan.ownSubnet);
+  const n = parseIpNet(dst);
+  return own.ok && n.ok && netContainsNet(own.value, n.value);
+}
+
 /** Filters kernel state down to the entries weft owns (see module doc). */
 export function ownedState(
   plan: FamilyPlan,
@@ -176,7 +186,7 @@ export function ownedState(
     fdbs: dev === undefined ? [] : kernel.fdbs.filter((f) => f.index === dev),
     routes: kernel.routes.filter((r) =>
       (r.table ?? RT_TABLE_MAIN) === RT_TABLE_MAIN &&
-      r.dst !== plan.ownSubnet &&
+      !inOwnSubnet(plan, r.dst) &&
       inNetwork(plan, r.dst) &&
       ((dev !== undefined && r.index === dev) ||
         (plan.manageExternal && r.index === plan.externalIndex &&

@@ -156,6 +156,7 @@ Deno.test("ownedState() leaves foreign routes, own subnet and other devices alon
       { dst: "10.244.50.0/24", gw: "198.18.0.50", index: 2 }, // someone's route on eth0
       { dst: "192.168.0.0/24", gw: "10.244.2.0", index: 5 }, // outside the network
       { dst: "10.244.3.0/24", gw: "10.244.3.0", index: 5, table: 100 }, // other table
+      { dst: "10.244.1.0/32", index: 5 }, // the kernel's route for our address
     ],
   };
   const owned = ownedState(plan, kernel);

@@ -25,8 +25,8 @@
  *   `saddr != cluster daddr pod return`. The kube-proxy mark is matched as
  *   a bit (`meta mark & 0x4000 == 0x4000`, like `--mark 0x4000/0x4000`),
  *   not as the whole mark. `--ip-masq-fully-random-disable` is honoured.
- * - Nothing is torn down at exit (flanneld's nftables mode deletes its
- *   tables): restarts must be hitless.
+ * - Nothing is torn down at exit, as with flanneld: restarts must be
+ *   hitless.
  *
  * @module
  */

@@ -19,14 +19,17 @@ export function nftTable(family: 4 | 6): string {
  */
 export function renderNftFamily(spec: TrafficSpec, family: 4 | 6): string[] {
   const nets = family === 4 ? spec.ipv4 : spec.ipv6;
-  if (!nets || (!spec.ipMasq && !spec.forwardRules)) return [];
   const fam = family === 4 ? "ip" : "ip6";
   const t = `${fam} ${nftTable(family)}`;
-  const cluster = canon(nets.network);
-  const pod = canon(nets.subnet);
+  // flanneld creates both tables at start, whatever is enabled
+  // (pkg/trafficmngr/nftables/nftables.go `Init`): so does weft, so that
+  // a node's ruleset reads the same under either agent.
   const lines = [
     `add table ${t} { comment "rules for ${nftTable(family)}" ; }`,
   ];
+  if (!nets || (!spec.ipMasq && !spec.forwardRules)) return lines;
+  const cluster = canon(nets.network);
+  const pod = canon(nets.subnet);
   if (spec.ipMasq) {
     const masq = spec.randomFully ? "masquerade fully-random" : "masquerade";
     const multicast = family === 4 ? "224.0.0.0/4" : "ff00::/8";

@@ -35,8 +35,13 @@ Deno.test("renderNftables() writes flanneld's tables and chains in one transacti
       "",
     ].join("\n"),
   );
+  // Both tables exist whatever is enabled, as flanneld's Init creates them.
   assertEquals(
     renderNftables({ ...spec, ipMasq: false, forwardRules: false }),
-    "",
+    [
+      'add table ip flannel-ipv4 { comment "rules for flannel-ipv4" ; }',
+      'add table ip6 flannel-ipv6 { comment "rules for flannel-ipv6" ; }',
+      "",
+    ].join("\n"),
   );
 });

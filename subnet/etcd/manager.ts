@@ -186,8 +186,8 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
           const parsed = parseNetConfig(kv.value);
           if (!parsed.ok) reason = parsed.reason;
           else if (!parsed.value.enableIPv4) {
-            reason = "EnableIPv4 is false, but etcd mode needs IPv4: " +
-              "flanneld's lease keys always hold an IPv4 subnet";
+            reason = "EnableIPv4 is false, but weft's etcd mode needs " +
+              "IPv4 (IPv6-only works in kube mode)";
           } else {
             if (parsed.value.backendDefaulted) {
               log.info(`No Backend.Type in etcd key "${key}": using vxlan`);

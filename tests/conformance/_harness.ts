@@ -567,8 +567,15 @@ export class Harness implements AsyncDisposable {
     );
     const ipt = async (cmd: string) => {
       const r = await ns.tryExec([cmd]);
-      return r.stdout.split("\n").filter((l) => !l.startsWith("#") && l !== "")
-        .map((l) => l.replace(/\[\d+:\d+\]/, "[0:0]"));
+      // Tables in name order, counters zeroed (as for nft below).
+      const blocks: string[][] = [];
+      for (const l of r.stdout.split("\n")) {
+        if (l.startsWith("#") || l === "") continue;
+        if (l.startsWith("*") || blocks.length === 0) blocks.push([]);
+        blocks.at(-1)!.push(l.replace(/\[\d+:\d+\]/, "[0:0]"));
+      }
+      blocks.sort((a, b) => (a[0]! < b[0]! ? -1 : a[0]! > b[0]! ? 1 : 0));
+      return blocks.flat();
     };
     const nft = await ns.tryExec(["nft", "list", "ruleset"]);
     const snap: Snapshot = {
@@ -581,9 +588,7 @@ export class Harness implements AsyncDisposable {
       subnetEnv,
       iptables: await ipt("iptables-save"),
       ip6tables: await ipt("ip6tables-save"),
-      nftables: nft.stdout.split("\n").filter((l) => l.trim() !== "").map((
-        l,
-      ) => l.replace(/packets \d+ bytes \d+/, "packets 0 bytes 0")),
+      nftables: nftBlocks(nft.stdout),
     };
     if (mode === "etcd") snap.etcd = await this.#etcdLease(node);
     else snap.node = await this.#nodeState(node.name);
@@ -685,6 +690,23 @@ export class Harness implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/**
+ * `nft list ruleset` as lines, tables in name order (the kernel lists them
+ * in creation order, which only says who wrote first), counters zeroed.
+ */
+function nftBlocks(text: string): string[] {
+  const blocks: string[][] = [];
+  for (const line of text.split("\n")) {
+    if (line.trim() === "") continue;
+    if (line.startsWith("table ") || blocks.length === 0) blocks.push([]);
+    blocks.at(-1)!.push(
+      line.replace(/packets \d+ bytes \d+/, "packets 0 bytes 0"),
+    );
+  }
+  blocks.sort((a, b) => (a[0]! < b[0]! ? -1 : a[0]! > b[0]! ? 1 : 0));
+  return blocks.flat();
 }
 
 function byJson(a: unknown, b: unknown): number {
@@ -820,7 +842,12 @@ export function normalize(
       tokens.get(t)!,
     );
   }
-  return JSON.parse(text);
+  const out = JSON.parse(text) as Snapshot;
+  // Order by the normalised text: raw order follows subnets and MACs.
+  for (const k of ["routes", "neigh", "fdb"]) {
+    if (Array.isArray(out[k])) (out[k] as unknown[]).sort(byJson);
+  }
+  return out;
 }
 
 /** Fields whose normalised values differ, with both sides. */

@@ -285,35 +285,62 @@ export const CASES: readonly Case[] = [
     title: "empty Backend object",
     input: { netConf: `{${NET},"Backend":{}}` },
     deviations: {
-      links: "missing-backend",
-      addrs: "missing-backend",
-      routes: "missing-backend",
-      subnetEnv: "missing-backend",
-      neigh: "missing-backend",
-      fdb: "missing-backend",
+      exit: "empty-backend",
+      links: "empty-backend",
+      addrs: "empty-backend",
+      routes: "empty-backend",
+      neigh: "empty-backend",
+      fdb: "empty-backend",
+      subnetEnv: "empty-backend",
+      iptables: "empty-backend",
+      nftables: "empty-backend",
     },
-    etcdDeviations: { etcd: "missing-backend" },
-    kubeDeviations: { node: "missing-backend" },
+    etcdDeviations: { etcd: "empty-backend" },
+    kubeDeviations: { node: "empty-backend" },
+    check: (f, w) => {
+      assert.equal(f.exit, 1, "flanneld refuses");
+      assert.equal(w.exit, "running", "weft runs vxlan");
+    },
   },
   {
     id: "type-wireguard",
     title: "wireguard (no kernel module here)",
     input: { netConf: conf(NET, '{"Type":"wireguard"}') },
+    check: exited(1),
   },
   {
     id: "type-ipip",
     title: "ipip (no kernel module here)",
     input: { netConf: conf(NET, '{"Type":"ipip"}') },
+    etcdDeviations: { etcd: "unsupported-backend-lease" },
+    kubeDeviations: { node: "unsupported-backend-lease" },
+    check: exited(1),
   },
   {
     id: "type-udp",
     title: "udp",
     input: { netConf: conf(NET, '{"Type":"udp"}') },
+    deviations: {
+      exit: "udp-backend",
+      links: "udp-backend",
+      addrs: "udp-backend",
+      routes: "udp-backend",
+      subnetEnv: "udp-backend",
+      iptables: "udp-backend",
+      nftables: "udp-backend",
+    },
+    etcdDeviations: { etcd: "udp-backend" },
+    kubeDeviations: { node: "udp-backend" },
+    check: (f, w) => {
+      assert.equal(f.exit, "running", "flanneld runs udp");
+      assert.equal(w.exit, 1, "weft refuses udp");
+    },
   },
   {
     id: "type-unknown",
     title: "unknown backend type",
     input: { netConf: conf(NET, '{"Type":"carrier-pigeon"}') },
+    check: exited(1),
   },
   {
     id: "vni-string",
@@ -341,10 +368,31 @@ export const CASES: readonly Case[] = [
   {
     id: "ipv6-only",
     title: "IPv6 only vxlan over the IPv6 underlay",
+    modes: ["kube"],
     ping: ["v6"],
     input: { netConf: conf(V6ONLY) },
     check: mtu("flannel-v6.1", 1430),
     deviations: { subnetEnv: "ipv6-only-mtu" },
+  },
+  {
+    id: "ipv6-only-etcd",
+    title: "IPv6 only in etcd mode",
+    modes: ["etcd"],
+    input: { netConf: conf(V6ONLY) },
+    deviations: {
+      links: "ipv6-only-etcd",
+      addrs: "ipv6-only-etcd",
+      routes: "ipv6-only-etcd",
+      subnetEnv: "ipv6-only-etcd",
+      ip6tables: "ipv6-only-etcd",
+      nftables: "ipv6-only-etcd",
+      etcd: "ipv6-only-etcd",
+    },
+    check: (f, w) => {
+      assert.equal(f.exit, "running");
+      assert.equal(w.exit, "running", "weft retries, naming the input");
+      assert.equal(w.subnetEnv, null);
+    },
   },
   {
     id: "dual-stack-hostgw",
@@ -367,6 +415,7 @@ export const CASES: readonly Case[] = [
   {
     id: "ipv6-only-weft-weft",
     title: "IPv6 only over the IPv6 underlay, weft on both nodes",
+    modes: ["kube"],
     ping: ["v6"],
     input: { netConf: conf(V6ONLY), weftOnly: true },
   },
@@ -470,9 +519,14 @@ export const CASES: readonly Case[] = [
       netConf: VX,
       flags: ["--iface=eth0", "--public-ip=203.0.113.{n}"],
     },
+    deviations: { links: "nat-vxlan-local" },
     check: all(
       published("public-ip", "<self-nat-ip>"),
-      vxlanData("flannel.1", "local", "<self-ip>"),
+      (f, w) => {
+        const local = (s: Snapshot) => links(s)[0]?.linkinfo?.info_data?.local;
+        assert.equal(local(f), "<self-nat-ip>");
+        assert.equal(local(w), "<self-ip>");
+      },
     ),
   },
   {
@@ -544,14 +598,22 @@ export const CASES: readonly Case[] = [
     title: "unknown flag",
     modes: ["etcd"],
     input: { netConf: VX, flags: ["--no-such-flag"] },
-    check: exited(2),
+    deviations: { exit: "bad-flag-exit-code" },
+    check: (f, w) => {
+      assert.equal(f.exit, 0, "flanneld prints its usage and exits 0");
+      assert.equal(w.exit, 2, "weft exits 2");
+    },
   },
   {
     id: "bad-int",
     title: "non-integer --iptables-resync",
     modes: ["etcd"],
     input: { netConf: VX, flags: ["--iptables-resync=soon"] },
-    check: exited(2),
+    deviations: { exit: "bad-flag-exit-code" },
+    check: (f, w) => {
+      assert.equal(f.exit, 0, "flanneld prints its usage and exits 0");
+      assert.equal(w.exit, 2, "weft exits 2");
+    },
   },
   {
     id: "network-unavailable-off",
@@ -626,6 +688,14 @@ export const CASES: readonly Case[] = [
       routes: "device-recreated",
       neigh: "device-recreated",
       fdb: "device-recreated",
+    },
+    etcdDeviations: { etcd: "device-recreated" },
+    check: (f, w) => {
+      const peers = (s: Snapshot) =>
+        routes(s).filter((r) => r.dev === "flannel.1" && r.gateway).length;
+      assert.equal(peers(f), 0, "flanneld does not replay its peers");
+      assert.equal(peers(w), 2, "weft replays both peers");
+      vxlanData("flannel.1", "link", "eth0")(f, w);
     },
   },
 ];

@@ -206,6 +206,16 @@ Deno.test({
                   : ""),
             );
           }
+          if (c.ping) {
+            const got = await h.podPing();
+            for (const fam of c.ping) {
+              if (!got[fam]) {
+                throw new Error(
+                  `${c.id} [${mode}]: pods on the two nodes do not reach each other over ${fam}`,
+                );
+              }
+            }
+          }
         });
       }
     }
