@@ -31,6 +31,8 @@ export interface Case {
   readonly kubeDeviations?: Readonly<Record<string, string>>;
   /** What was fixed in weft for this case to be equal. */
   readonly fixed?: string;
+  /** The fixing commit's subject starts with this (default "flanneld parity"). */
+  readonly fixedIn?: string;
   /** Extra assertions on the normalised snapshots (both agents). */
   readonly check?: (flanneld: Snapshot, weft: Snapshot, mode: Mode) => void;
   readonly afterText?: string;
@@ -252,6 +254,8 @@ export const CASES: readonly Case[] = [
     id: "nftables",
     title: "EnableNFTables",
     ping: ["v4"],
+    fixed: "both flannel tables created, as flanneld does",
+    fixedIn: "conformance findings",
     input: {
       netConf: `{${NET},"EnableNFTables":true,"Backend":{"Type":"vxlan"}}`,
     },
@@ -351,6 +355,8 @@ export const CASES: readonly Case[] = [
     id: "dual-stack",
     title: "dual stack vxlan",
     ping: ["v4", "v6"],
+    fixed: "the kernel's route for the IPv6 device address is kept",
+    fixedIn: "conformance findings",
     input: { netConf: conf(DUAL) },
     check: all(
       mtu("flannel.1", 1450),
@@ -370,6 +376,8 @@ export const CASES: readonly Case[] = [
     title: "IPv6 only vxlan over the IPv6 underlay",
     modes: ["kube"],
     ping: ["v6"],
+    fixed: "the kernel's route for the IPv6 device address is kept",
+    fixedIn: "conformance findings",
     input: { netConf: conf(V6ONLY) },
     check: mtu("flannel-v6.1", 1430),
     deviations: { subnetEnv: "ipv6-only-mtu" },
@@ -404,6 +412,8 @@ export const CASES: readonly Case[] = [
     id: "dual-stack-directrouting",
     title: "dual stack DirectRouting",
     ping: ["v4", "v6"],
+    fixed: "the kernel's route for the IPv6 device address is kept",
+    fixedIn: "conformance findings",
     input: { netConf: conf(DUAL, '{"Type":"vxlan","DirectRouting":true}') },
   },
   {
@@ -437,6 +447,8 @@ export const CASES: readonly Case[] = [
   {
     id: "ip-masq-dual",
     title: "--ip-masq, dual stack",
+    fixed: "the kernel's route for the IPv6 device address is kept",
+    fixedIn: "conformance findings",
     input: { netConf: conf(DUAL), flags: ["--ip-masq"] },
   },
   {
@@ -467,6 +479,16 @@ export const CASES: readonly Case[] = [
       minMs: 1500,
     },
     fixed: "flag accepted; blackhole routes for both own subnets",
+    check: all(
+      hasRoute(
+        (r) => r.type === "blackhole" && r.dst === "<self-subnet>/24",
+        "IPv4 blackhole route",
+      ),
+      hasRoute(
+        (r) => r.type === "blackhole" && r.dst === "<self-subnet6>/64",
+        "IPv6 blackhole route",
+      ),
+    ),
   },
   {
     id: "iface-name",
@@ -532,6 +554,8 @@ export const CASES: readonly Case[] = [
   {
     id: "public-ipv6",
     title: "--public-ipv6, dual stack",
+    fixed: "the kernel's route for the IPv6 device address is kept",
+    fixedIn: "conformance findings",
     input: { netConf: conf(DUAL), flags: ["--public-ipv6=fd00:18::{n}"] },
   },
   {
@@ -669,6 +693,8 @@ export const CASES: readonly Case[] = [
     id: "node-public-ipv6",
     title: "node-public-ipv6 annotation, dual stack",
     modes: ["kube"],
+    fixed: "the kernel's route for the IPv6 device address is kept",
+    fixedIn: "conformance findings",
     input: {
       netConf: conf(DUAL),
       annotations: {

@@ -38,9 +38,9 @@ function modes(c: Case): readonly Mode[] {
   return c.modes ?? ["etcd", "kube"];
 }
 
-async function fixCommit(): Promise<string> {
+async function fixCommit(subject: string): Promise<string> {
   const r = await new Deno.Command("git", {
-    args: ["log", "-1", "--format=%h", "--grep=^flanneld parity"],
+    args: ["log", "-1", "--format=%h", `--grep=^${subject}`],
     cwd: ROOT,
     stdout: "piped",
     stderr: "null",
@@ -69,7 +69,11 @@ function inputs(c: Case): string {
 }
 
 async function writeTable(rows: Row[], totalMs: number): Promise<void> {
-  const commit = await fixCommit();
+  const commits = new Map<string, string>();
+  for (const r of rows) {
+    const subject = r.c.fixedIn ?? "flanneld parity";
+    if (!commits.has(subject)) commits.set(subject, await fixCommit(subject));
+  }
   const count = (k: string) =>
     rows.filter((r) => verdict(r).startsWith(k)).length;
   const lines = [
@@ -100,7 +104,7 @@ async function writeTable(rows: Row[], totalMs: number): Promise<void> {
   for (const r of rows) {
     lines.push(
       `| ${r.c.id}: ${r.c.title} | ${r.mode} | ${inputs(r.c)} | ${
-        verdict(r, commit)
+        verdict(r, commits.get(r.c.fixedIn ?? "flanneld parity"))
       } |`,
     );
   }
