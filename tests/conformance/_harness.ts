@@ -23,6 +23,7 @@
 import { Netns, run } from "../_netns.ts";
 import { agentPermissions } from "../_cluster.ts";
 import { serverBinary } from "../servers/paths.ts";
+import type { Need } from "../_gate.ts";
 import { KubeControlPlane } from "../e2e/_kube.ts";
 
 /** Namespace and temp dir prefix of this tier (others use `weft-c`, `weft-t-`). */
@@ -91,19 +92,11 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** Why the tier cannot run here, or undefined. */
-export async function conformanceUnavailable(): Promise<string | undefined> {
-  if (Deno.uid() !== 0) return "needs root (network namespaces)";
-  if (!(await serverBinary("flanneld"))) {
-    return "flanneld v0.28.9 is not built: run .ci/build_servers.sh --with-flanneld";
-  }
-  if (!(await serverBinary("kube-apiserver"))) {
-    return "kube-apiserver is not built: run .ci/build_servers.sh";
-  }
-  const etcd = await run(["which", "etcd", "etcdctl"]);
-  if (etcd.code !== 0) return "Debian's etcd-server / etcd-client are missing";
-  return undefined;
-}
+/** flanneld v0.28.9, built by `.ci/build_servers.sh --with-flanneld`. */
+export const FLANNELD: Need = async () =>
+  (await serverBinary("flanneld"))
+    ? undefined
+    : "flanneld v0.28.9 is not built: run .ci/build_servers.sh --with-flanneld";
 
 interface Running {
   readonly child: Deno.ChildProcess;

@@ -11,18 +11,19 @@
  *
  * @module
  */
+import { gatedTest, ROOT as NEEDS_ROOT } from "../_gate.ts";
+import { KUBE_SERVERS } from "../servers/kube.ts";
+import { DEBIAN_ETCD_SERVER } from "../servers/etcd.ts";
 import { type Case, CASES, DOC } from "./cases.ts";
 import {
-  conformanceUnavailable,
   differences,
+  FLANNELD,
   Harness,
   type Mode,
   settle,
   type Snapshot,
 } from "./_harness.ts";
 
-const why = await conformanceUnavailable();
-const CI = Deno.env.get("CI") === "true";
 const only = Deno.env.get("WEFT_CONFORMANCE_ONLY");
 const dump = Deno.env.get("WEFT_CONFORMANCE_DUMP");
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -142,13 +143,10 @@ function show(d: Map<string, { flanneld: unknown; weft: unknown }>): string {
   ).join("\n");
 }
 
-Deno.test({
+await gatedTest({
   name: "flanneld v0.28.9 and weft leave the same state for the same inputs",
-  ignore: why !== undefined && !CI,
-  sanitizeResources: false,
-  sanitizeOps: false,
+  needs: [NEEDS_ROOT, FLANNELD, KUBE_SERVERS, DEBIAN_ETCD_SERVER],
   fn: async (t) => {
-    if (why) throw new Error(`conformance tier cannot run: ${why}`);
     const t0 = performance.now();
     const rows: Row[] = [];
     await using h = await Harness.create();
