@@ -182,6 +182,36 @@ export function netlinkContract(
     },
   );
 
+  t(
+    "routeAdd adds a blackhole route once and never replaces another route to the prefix; routeList lists unicast routes only",
+    ({ nl }) => {
+      const bh = { dst: "10.244.1.0/24", blackhole: true };
+      nl.routeAdd(bh);
+      assert.ok(kernelError(() => nl.routeAdd(bh)).exists);
+      assert.ok(
+        nl.routeList({ family: 4 }).every((r) => r.dst !== "10.244.1.0/24"),
+      );
+      nl.routeDel(bh);
+      nl.routeAdd(bh);
+      // The underlay's connected route is in the way: refused, kept.
+      assert.ok(
+        kernelError(() =>
+          nl.routeAdd({ dst: "198.18.0.0/24", blackhole: true })
+        )
+          .exists,
+      );
+      assert.ok(
+        nl.routeList({ family: 4 }).some((r) => r.dst === "198.18.0.0/24"),
+      );
+      nl.routeAdd({ dst: "fc00:0:0:1::/64", blackhole: true });
+      assert.ok(
+        kernelError(() =>
+          nl.routeAdd({ dst: "fc00:0:0:1::/64", blackhole: true })
+        ).exists,
+      );
+    },
+  );
+
   t("routeGet answers with the longest matching prefix", ({ nl, underlay }) => {
     const link = nl.linkAddVxlan(spec(underlay));
     nl.linkSetUp(link.index);

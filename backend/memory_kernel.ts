@@ -150,7 +150,9 @@ export class MemoryKernel implements Netlink {
     }
   }
   routeList(filter: RouteFilter = {}): RouteInfo[] {
+    // Unicast routes only, as the kernel dump is filtered in ffi/.
     return this.routes.filter((r) =>
+      !r.blackhole &&
       (filter.index === undefined || r.index === filter.index) &&
       (r.table ?? RT_TABLE_MAIN) === (filter.table ?? RT_TABLE_MAIN) &&
       (filter.family === undefined ||
