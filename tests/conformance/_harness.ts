@@ -70,6 +70,8 @@ export interface CaseInput {
   readonly extraAddrs?: readonly string[];
   /** No foreign peer. */
   readonly noPeer9?: boolean;
+  /** Kube mode: one more Node with a podCIDR and no annotations at all. */
+  readonly bareNode?: boolean;
   /** Run weft on the flanneld node too (weft↔weft traffic). */
   readonly weftOnly?: boolean;
   /** Runs after both agents settled; the case is then settled again. */
@@ -264,6 +266,15 @@ export class Harness implements AsyncDisposable {
             ) => [key, v.replaceAll("{n}", String(node.n))]),
           ),
         });
+      }
+      if (input.bareNode) {
+        const r = await k.api("POST", "/api/v1/nodes", {
+          apiVersion: "v1",
+          kind: "Node",
+          metadata: { name: "bare" },
+          spec: { podCIDR: "10.244.8.0/24", podCIDRs: ["10.244.8.0/24"] },
+        });
+        if (r.status !== 201) throw new Error(`POST node bare: ${r.status}`);
       }
       if (!input.noPeer9) {
         await this.#createNode(

@@ -702,6 +702,12 @@ export const CASES: readonly Case[] = [
       },
     },
   },
+  {
+    id: "bare-node",
+    title: "a peer Node without any annotation",
+    modes: ["kube"],
+    input: { netConf: VX, bareNode: true },
+  },
   // ---- the underlay changes -------------------------------------------------
   {
     id: "underlay-recreated",
