@@ -33,6 +33,8 @@ interface Row {
   readonly mode: Mode;
   readonly diffs: string[];
   readonly ms: number;
+  /** The step failed: no verdict. */
+  readonly failed?: boolean;
 }
 
 function modes(c: Case): readonly Mode[] {
@@ -97,7 +99,8 @@ async function writeTable(rows: Row[], totalMs: number): Promise<void> {
     "",
     `equal: ${count("equal")}, deviation: ${count("deviation")}, fixed: ${
       count("fixed")
-    }.`,
+    }, failed: ${count("**FAILED")}. A deviation is a documented difference`,
+    "the case asserts; fixed means weft was changed to match and is now equal.",
     "",
     "| case | mode | inputs | result |",
     "| --- | --- | --- | --- |",
@@ -116,6 +119,7 @@ async function writeTable(rows: Row[], totalMs: number): Promise<void> {
 }
 
 function verdict(r: Row, commit = ""): string {
+  if (r.failed) return "**FAILED** (see the test output)";
   if (r.diffs.length > 0) {
     const anchors = [...new Set(r.diffs.map((d) => expected(r.c, r.mode)[d]!))];
     return `deviation in ${r.diffs.join(", ")} (${
@@ -153,72 +157,81 @@ await gatedTest({
     for (const c of CASES) {
       if (only && !new RegExp(only).test(c.id)) continue;
       for (const mode of modes(c)) {
-        await t.step(`${c.id} [${mode}]: ${c.title}`, async () => {
-          await h.reset(mode, c.input);
-          await h.startAgents(mode, c.input);
-          let s = await settle(h, mode, c.input);
-          if (c.input.after) {
-            for (const node of ["flanneld", "weft"] as const) {
-              await c.input.after(h, h.nodes.get(node)!, {
-                role: node,
-                name: node === "flanneld" ? "nodef" : "nodew",
-                n: node === "flanneld" ? 1 : 2,
-              }, c.input);
+        const passed = await t.step(
+          `${c.id} [${mode}]: ${c.title}`,
+          async () => {
+            await h.reset(mode, c.input);
+            await h.startAgents(mode, c.input);
+            let s = await settle(h, mode, c.input);
+            if (c.input.after) {
+              for (const node of ["flanneld", "weft"] as const) {
+                await c.input.after(h, h.nodes.get(node)!, {
+                  role: node,
+                  name: node === "flanneld" ? "nodef" : "nodew",
+                  n: node === "flanneld" ? 1 : 2,
+                }, c.input);
+              }
+              s = await settle(h, mode, { ...c.input, minMs: c.afterMs ?? 0 });
             }
-            s = await settle(h, mode, { ...c.input, minMs: c.afterMs ?? 0 });
-          }
-          const diff = differences(s.flanneld, s.weft);
-          if (dump) {
-            await Deno.mkdir(dump, { recursive: true });
-            await Deno.writeTextFile(
-              `${dump}/${c.id}-${mode}.json`,
-              JSON.stringify(
-                { flanneld: s.flanneld, weft: s.weft, diff: [...diff.keys()] },
-                null,
-                1,
-              ),
-            );
-            for (const role of ["flanneld", "weft"] as const) {
+            const diff = differences(s.flanneld, s.weft);
+            if (dump) {
+              await Deno.mkdir(dump, { recursive: true });
               await Deno.writeTextFile(
-                `${dump}/${c.id}-${mode}.${role}.log`,
-                await h.agentLog(role),
+                `${dump}/${c.id}-${mode}.json`,
+                JSON.stringify(
+                  {
+                    flanneld: s.flanneld,
+                    weft: s.weft,
+                    diff: [...diff.keys()],
+                  },
+                  null,
+                  1,
+                ),
               );
-            }
-          }
-          const want = expected(c, mode);
-          const unexpected = new Map([...diff].filter(([k]) => !(k in want)));
-          const gone = Object.keys(want).filter((k) => !diff.has(k));
-          if (c.check) {
-            c.check(s.flanneld as Snapshot, s.weft as Snapshot, mode);
-          }
-          rows.push({
-            c,
-            mode,
-            diffs: [...diff.keys()].filter((k) => k in want),
-            ms: s.ms,
-          });
-          if (unexpected.size > 0 || gone.length > 0) {
-            throw new Error(
-              `${c.id} [${mode}]:` +
-                (unexpected.size
-                  ? `\n undocumented differences:\n${show(unexpected)}`
-                  : "") +
-                (gone.length
-                  ? `\n documented deviations not seen: ${gone.join(", ")}`
-                  : ""),
-            );
-          }
-          if (c.ping) {
-            const got = await h.podPing();
-            for (const fam of c.ping) {
-              if (!got[fam]) {
-                throw new Error(
-                  `${c.id} [${mode}]: pods on the two nodes do not reach each other over ${fam}`,
+              for (const role of ["flanneld", "weft"] as const) {
+                await Deno.writeTextFile(
+                  `${dump}/${c.id}-${mode}.${role}.log`,
+                  await h.agentLog(role),
                 );
               }
             }
-          }
-        });
+            const want = expected(c, mode);
+            const unexpected = new Map([...diff].filter(([k]) => !(k in want)));
+            const gone = Object.keys(want).filter((k) => !diff.has(k));
+            if (c.check) {
+              c.check(s.flanneld as Snapshot, s.weft as Snapshot, mode);
+            }
+            const row: Row = {
+              c,
+              mode,
+              diffs: [...diff.keys()].filter((k) => k in want),
+              ms: s.ms,
+            };
+            if (unexpected.size > 0 || gone.length > 0) {
+              throw new Error(
+                `${c.id} [${mode}]:` +
+                  (unexpected.size
+                    ? `\n undocumented differences:\n${show(unexpected)}`
+                    : "") +
+                  (gone.length
+                    ? `\n documented deviations not seen: ${gone.join(", ")}`
+                    : ""),
+              );
+            }
+            if (c.ping) {
+              const got = await h.podPing();
+              for (const fam of c.ping) {
+                if (!got[fam]) {
+                  throw new Error(
+                    `${c.id} [${mode}]: pods on the two nodes do not reach each other over ${fam}`,
+                  );
+                }
+              }
+            }
+            rows.push(row);
+          },
+        );
+        if (!passed) rows.push({ c, mode, diffs: [], ms: 0, failed: true });
       }
     }
     await h.stopAgents();
