@@ -156,6 +156,10 @@ export const metrics = (() => {
       "weft_peers_invalid_total",
       "Peer leases skipped because they were invalid",
     ),
+    peersRefused: r.counter(
+      "weft_peers_refused_total",
+      "Peer leases refused, by reason (invalid, subnet_length, overlap, duplicate_mac, duplicate_public_ip)",
+    ),
     reconcilePasses: r.counter(
       "weft_reconcile_passes_total",
       "Reconcile passes run",

@@ -110,3 +110,46 @@ Deno.test("parseVxlanData() treats a missing VNI as 0 like Go", () => {
   const r = parseVxlanData({ VtepMAC: "0a:00:00:00:00:01" });
   assert.ok(r.ok && r.value.VNI === 0);
 });
+
+Deno.test("validateLease() accepts only global or private unicast public IPs outside the cluster network", () => {
+  const bad: [string, string, RegExp][] = [
+    ["publicIP", "169.254.1.1", /link-local address/],
+    ["publicIP", "0.1.2.3", /address in 0.0.0.0\/8/],
+    ["publicIP", "240.0.0.1", /reserved address/],
+    ["publicIP", "255.255.255.255", /broadcast address/],
+    ["publicIP", "10.244.7.1", /inside the cluster network "10.244.0.0\/16"/],
+    ["publicIPv6", "fe80::1", /link-local address/],
+    ["publicIPv6", "::ffff:198.18.0.3", /IPv4-mapped address/],
+    ["publicIPv6", "::198.18.0.3", /IPv4-compatible address/],
+    ["publicIPv6", "fc00::7", /inside the cluster network "fc00::\/48"/],
+  ];
+  const base: Lease = {
+    ...good,
+    ipv6Subnet: "fc00:0:0:3::/64",
+    attrs: {
+      ...good.attrs,
+      publicIPv6: "2001:db8::3",
+      backendV6Data: { VNI: 1, VtepMAC: "aa:bb:cc:dd:ee:02" },
+    },
+  };
+  assert.ok(validateLease(base, dual).ok);
+  for (const [field, ip, why] of bad) {
+    const r = validateLease(
+      { ...base, attrs: { ...base.attrs, [field]: ip } },
+      dual,
+    );
+    assert.ok(!r.ok, `${field} ${ip} accepted`);
+    assert.match(r.reason, why);
+    assert.ok(r.reason.includes(`"${ip}"`), r.reason);
+  }
+  // Private and unique-local addresses are fine.
+  for (
+    const [field, ip] of [["publicIP", "172.16.0.9"], ["publicIPv6", "fd00::9"]]
+  ) {
+    const r = validateLease(
+      { ...base, attrs: { ...base.attrs, [field!]: ip } },
+      dual,
+    );
+    assert.ok(r.ok, r.ok ? "" : r.reason);
+  }
+});

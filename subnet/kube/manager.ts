@@ -410,6 +410,8 @@ export class KubeSubnetManager implements SubnetManager {
     const table = new LeaseTable(config, {
       ownKey: this.nodeName,
       noun: "node",
+      // podCIDR sizes are the controller-manager's (see LeaseTable).
+      lengths: "own",
       ...(this.#lease && { ownLease: this.#lease }),
     });
     this.#table = table;
