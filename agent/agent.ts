@@ -18,7 +18,8 @@ import { writeSubnetEnv } from "../subnet/subnet_env.ts";
 import { TrafficManager } from "../traffic/manager.ts";
 import { openNetlink } from "../ffi/netlink.ts";
 import { openMonitor } from "../ffi/monitor.ts";
-import type { NetlinkMonitor } from "../ffi/types.ts";
+import type { Netlink, NetlinkMonitor } from "../ffi/types.ts";
+import { checkNetworkAgainstHost } from "../subnet/validate.ts";
 import { createBackend, Reconciler } from "../backend/mod.ts";
 import type { ChangeSource } from "../backend/mod.ts";
 import type { NetworkConfig } from "../subnet/config.ts";
@@ -89,6 +90,23 @@ function changeSource(
     },
     close: () => monitor.close(),
   };
+}
+
+/** Gateways of the main table's default routes, both families. */
+function defaultGateways(nl: Netlink): string[] {
+  const out: string[] = [];
+  for (const family of [4, 6] as const) {
+    try {
+      for (const r of nl.routeList({ family })) {
+        if ((r.dst === "0.0.0.0/0" || r.dst === "::/0") && r.gw) {
+          out.push(r.gw);
+        }
+      }
+    } catch (e) {
+      log.warn(`Cannot list IPv${family} routes: ${(e as Error).message}`);
+    }
+  }
+  return out;
 }
 
 function sysctl(path: string, value: string): void {
@@ -163,6 +181,13 @@ export async function runAgent(
     });
     if (!ext.ok) throw new FatalError(ext.reason);
     const e = ext.value;
+    const hostOk = checkNetworkAgainstHost(config, {
+      addrs: [e.ipv4, e.ipv6, e.publicIP, e.publicIPv6].filter(
+        (a): a is string => a !== undefined,
+      ),
+      gateways: defaultGateways(nl),
+    });
+    if (!hostOk.ok) throw new FatalError(hostOk.reason);
     const backend = createBackend(nl, config, {
       index: e.index,
       name: e.name,

@@ -200,3 +200,47 @@ export function validateLease(
     ...(lease.createdAt !== undefined && { createdAt: lease.createdAt }),
   });
 }
+
+/** This node's underlay, as far as the cluster network must avoid it. */
+export interface HostAddresses {
+  /** Addresses of the external interface and the public IPs. */
+  readonly addrs: readonly string[];
+  /** Gateways of the default routes. */
+  readonly gateways: readonly string[];
+}
+
+/**
+ * Refuses a cluster network that contains this node's underlay address or
+ * its default gateway: weft would route the underlay into the overlay and
+ * cut the node off. Checked once at start, before anything is programmed.
+ */
+export function checkNetworkAgainstHost(
+  config: NetworkConfig,
+  host: HostAddresses,
+): Result<void> {
+  for (const network of [config.network, config.ipv6Network]) {
+    if (network === undefined) continue;
+    const hit = (list: readonly string[]) =>
+      list.find((a) => {
+        const ip = parseIp(a);
+        return ip.ok && netContainsIp(network, ip.value);
+      });
+    const addr = hit(host.addrs);
+    if (addr !== undefined) {
+      return fail(
+        `Network "${
+          formatNet(network)
+        }" contains this node's underlay address "${addr}": choose a cluster network that does not overlap the node network`,
+      );
+    }
+    const gw = hit(host.gateways);
+    if (gw !== undefined) {
+      return fail(
+        `Network "${
+          formatNet(network)
+        }" contains this node's default gateway "${gw}": choose a cluster network that does not overlap the node network`,
+      );
+    }
+  }
+  return ok(undefined);
+}

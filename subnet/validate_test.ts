@@ -1,5 +1,9 @@
 import assert from "node:assert/strict";
-import { parseVxlanData, validateLease } from "./validate.ts";
+import {
+  checkNetworkAgainstHost,
+  parseVxlanData,
+  validateLease,
+} from "./validate.ts";
 import { parseNetConfig } from "./config.ts";
 import type { Lease } from "./lease.ts";
 import { unwrap } from "../lib/result.ts";
@@ -152,4 +156,30 @@ Deno.test("validateLease() accepts only global or private unicast public IPs out
     );
     assert.ok(r.ok, r.ok ? "" : r.reason);
   }
+});
+
+Deno.test("checkNetworkAgainstHost() refuses a network holding the node's address or default gateway", () => {
+  const host = { addrs: ["198.18.0.4", "fd18::4"], gateways: ["198.18.0.254"] };
+  assert.ok(checkNetworkAgainstHost(dual, host).ok);
+  const wide = unwrap(parseNetConfig('{"Network":"198.0.0.0/8"}'));
+  const r = checkNetworkAgainstHost(wide, host);
+  assert.ok(!r.ok);
+  assert.equal(
+    r.reason,
+    'Network "198.0.0.0/8" contains this node\'s underlay address "198.18.0.4": choose a cluster network that does not overlap the node network',
+  );
+  const gwOnly = checkNetworkAgainstHost(
+    unwrap(parseNetConfig('{"Network":"198.18.0.128/25"}')),
+    host,
+  );
+  assert.ok(
+    !gwOnly.ok && gwOnly.reason.includes('default gateway "198.18.0.254"'),
+  );
+  const v6 = checkNetworkAgainstHost(
+    unwrap(parseNetConfig(
+      '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd18::/48"}',
+    )),
+    host,
+  );
+  assert.ok(!v6.ok && v6.reason.includes('"fd18::4"'));
 });
