@@ -11,7 +11,6 @@
  */
 import type { Flags } from "./flags.ts";
 import { logger, setVerbosity } from "../lib/log.ts";
-import { metrics } from "../lib/metrics.ts";
 import { Readiness, READY, startHealthServer } from "./health.ts";
 import { selectExternalInterface } from "./iface.ts";
 import { writeSubnetEnv } from "../subnet/subnet_env.ts";
@@ -55,6 +54,29 @@ async function subnetManager(
     subnetFile: flags.subnetFile,
     renewMarginMinutes: flags.subnetLeaseRenewMargin,
   });
+}
+
+/**
+ * How long a stop waits for the components to wind down. Each aborts its
+ * I/O and kills its commands on the signal, so this only bounds a bug:
+ * shutdown must never hang a node's rollout.
+ */
+const STOP_GRACE_MS = 5_000;
+
+/** Waits for `tasks` to settle, but at most `ms`. */
+async function settleWithin(tasks: Promise<unknown>[], ms: number) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  const settled = await Promise.race([
+    Promise.allSettled(tasks).then(() => true),
+    late,
+  ]);
+  clearTimeout(timer);
+  if (!settled) {
+    log.warn(`A component did not stop within ${ms} ms; exiting anyway`);
+  }
 }
 
 /** How long after our own kernel writes their notifications are echoes. */
@@ -246,17 +268,27 @@ export async function runAgent(
       onState: (ready, detail) => setRules(ready, detail),
     });
 
-    // Readiness follows the reconciler after each pass and event batch.
+    // Readiness follows the reconciler after each pass and event batch:
+    // this node's own device, and the cluster's state taken in once.
+    // Failing peers are reported, never unready (see health.ts).
     const refresh = () => {
       const planned = network.families.every((f) =>
         rec.plan(f.family) !== undefined
       );
       setDevice(planned, planned ? "ok" : "device not set up yet");
+      const failing = rec.failing();
       setPeers(
-        rec.ready,
-        rec.ready
-          ? `${rec.peerCount} peer(s)`
-          : `${metrics.peersProgrammed.get()} of ${rec.peerCount} peer(s) programmed`,
+        rec.synced,
+        rec.synced
+          ? `${rec.peerCount} peer(s), ${failing.length} failing`
+          : "waiting for the first listing of peers and a full pass",
+      );
+      readiness.inform(
+        "failing peers",
+        failing.slice(0, 20).map((p) =>
+          `"${p.key}" (IPv${p.family}): ${p.error}`
+        ).join("; ") +
+          (failing.length > 20 ? `; and ${failing.length - 20} more` : ""),
       );
     };
     const tick = setInterval(refresh, 500);
@@ -306,13 +338,13 @@ export async function runAgent(
       ));
     } catch (err) {
       stop.abort();
-      await Promise.allSettled(tasks);
+      await settleWithin(tasks, STOP_GRACE_MS);
       throw err;
     } finally {
       clearInterval(tick);
       signal.removeEventListener("abort", onAbort);
     }
-    await Promise.allSettled(tasks);
+    await settleWithin(tasks, STOP_GRACE_MS);
     log.info("Stopped; the dataplane is left in place");
   } finally {
     sm.close?.();

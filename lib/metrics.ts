@@ -152,6 +152,10 @@ export const metrics = (() => {
       "weft_peers_programmed",
       "Peers whose kernel entries are all in place",
     ),
+    peersFailing: r.gauge(
+      "weft_peers_failing",
+      "Peers whose kernel entries the last attempt failed to program (not a readiness failure)",
+    ),
     peersInvalid: r.counter(
       "weft_peers_invalid_total",
       "Peer leases skipped because they were invalid",
