@@ -51,6 +51,7 @@ async function subnetManager(
     ...(Object.keys(tls).length > 0 && { tls }),
     ...(flags.etcdUsername && { username: flags.etcdUsername }),
     ...(flags.etcdPassword && { password: flags.etcdPassword }),
+    ...(flags.allowTokenOverHttp && { allowCredentialsOverHttp: true }),
     subnetFile: flags.subnetFile,
     renewMarginMinutes: flags.subnetLeaseRenewMargin,
   });

@@ -72,6 +72,8 @@ export interface EtcdSubnetManagerOptions {
   /** `--etcd-username` and `--etcd-password`. */
   readonly username?: string;
   readonly password?: string;
+  /** `--allow-token-over-http`: credentials may go to an http endpoint. */
+  readonly allowCredentialsOverHttp?: boolean;
   /**
    * `--subnet-file`: its FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET are tried
    * first when this node has no lease. Default `/run/flannel/subnet.env`.
@@ -144,6 +146,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       ...(opts.tls && { tls: opts.tls }),
       ...(opts.username !== undefined && opts.username !== "" &&
         { username: opts.username, password: opts.password ?? "" }),
+      ...(opts.allowCredentialsOverHttp && { allowCredentialsOverHttp: true }),
       ...(opts.requestTimeoutMs !== undefined &&
         { requestTimeoutMs: opts.requestTimeoutMs }),
     });
