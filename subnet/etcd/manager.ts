@@ -108,6 +108,13 @@ interface Own {
   leaseId: string;
   /** Revision of our last write to the key. */
   revision: bigint;
+  /**
+   * When the etcd lease runs out on the monotonic clock
+   * (`performance.now()`): renewal is scheduled by it, so a wall-clock
+   * step cannot make us renew after etcd (whose TTLs are monotonic)
+   * already dropped the key. Undefined for a reservation.
+   */
+  expiresMono?: number;
 }
 
 /** A subnet of a lease key as a prefix, for the taken set. */
@@ -483,6 +490,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
 
     const key = subnetKey(this.#prefix, pair);
     const started = Date.now();
+    const startedMono = performance.now();
     const grant = await this.#client.leaseGrant(this.#ttl, signal);
     let txn;
     try {
@@ -507,7 +515,12 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       attrs,
       expiration: new Date(started + grant.ttl * 1000),
     };
-    this.#own = { lease, leaseId: grant.id, revision: txn.revision };
+    this.#own = {
+      lease,
+      leaseId: grant.id,
+      revision: txn.revision,
+      expiresMono: startedMono + grant.ttl * 1000,
+    };
     log.info(
       `Allocated lease (${describePair(pair)}) to current node (${ourIP})`,
     );
@@ -551,6 +564,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       return base;
     }
     const started = Date.now();
+    const startedMono = performance.now();
     const grant = await this.#client.leaseGrant(this.#ttl, signal);
     let r;
     try {
@@ -573,7 +587,12 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       ...base,
       expiration: new Date(started + grant.ttl * 1000),
     };
-    this.#own = { lease, leaseId: grant.id, revision: r.revision };
+    this.#own = {
+      lease,
+      leaseId: grant.id,
+      revision: r.revision,
+      expiresMono: startedMono + grant.ttl * 1000,
+    };
     return lease;
   }
 
@@ -588,10 +607,14 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
   /** Renews at expiration minus the margin; retries every minute. */
   async #renewLoop(signal: AbortSignal): Promise<never> {
     const due = () => {
-      const exp = this.#own!.lease.expiration;
+      const own = this.#own!;
+      const exp = own.lease.expiration;
       if (exp === undefined) return Infinity; // a reservation never expires
+      const left = own.expiresMono !== undefined
+        ? own.expiresMono - performance.now()
+        : exp.getTime() - Date.now();
       // Never spin: with a margin longer than the TTL, renew every second.
-      return Math.max(1000, exp.getTime() - this.#marginMs - Date.now());
+      return Math.max(1000, left - this.#marginMs);
     };
     let delay = due();
     while (true) {
@@ -629,6 +652,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     const own = this.#own!;
     const key = own.lease.key;
     const started = Date.now();
+    const startedMono = performance.now();
     const grant = await this.#client.leaseGrant(this.#ttl, signal);
     let r;
     try {
@@ -657,6 +681,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
         },
         leaseId: grant.id,
         revision: r.revision,
+        expiresMono: startedMono + grant.ttl * 1000,
       };
       return;
     }
