@@ -13,7 +13,12 @@ import type { Flags } from "./flags.ts";
 import { logger, setVerbosity } from "../lib/log.ts";
 import { Readiness, READY, startHealthServer } from "./health.ts";
 import { selectExternalInterface } from "./iface.ts";
-import { writeSubnetEnv } from "../subnet/subnet_env.ts";
+import {
+  ensureSubnetEnv,
+  type SubnetEnvParams,
+  writeSubnetEnv,
+} from "../subnet/subnet_env.ts";
+import { sleep } from "../lib/retry.ts";
 import { TrafficManager } from "../traffic/manager.ts";
 import { openNetlink } from "../ffi/netlink.ts";
 import { openMonitor } from "../ffi/monitor.ts";
@@ -77,6 +82,39 @@ async function settleWithin(tasks: Promise<unknown>[], ms: number) {
   clearTimeout(timer);
   if (!settled) {
     log.warn(`A component did not stop within ${ms} ms; exiting anyway`);
+  }
+}
+
+/**
+ * Checks subnet.env every `periodMs` until `signal` aborts and puts it
+ * back if someone deleted or changed it; a failure (read-only
+ * `/run/flannel`) makes the node unready, naming the file, and is
+ * retried. Never rejects.
+ */
+async function keepSubnetEnv(
+  path: string,
+  params: SubnetEnvParams,
+  periodMs: number,
+  report: (ready: boolean, detail?: string) => void,
+  signal: AbortSignal,
+): Promise<void> {
+  let lastError = "";
+  while (!signal.aborted) {
+    const slept = await sleep(periodMs, signal).then(() => true, () => false);
+    if (!slept) return;
+    try {
+      if (await ensureSubnetEnv(path, params)) {
+        log.warn(`${path} was missing or changed: wrote it again`);
+      }
+      if (lastError !== "") log.info(`${path} is in place again`);
+      lastError = "";
+      report(true, path);
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (msg !== lastError) log.error(msg);
+      lastError = msg;
+      report(false, msg);
+    }
   }
 }
 
@@ -238,14 +276,15 @@ export async function runAgent(
       periodMs: flags.reconcilePeriod * 1000,
     });
 
-    await writeSubnetEnv(flags.subnetFile, {
+    const envParams = {
       ...(config.network && lease.subnet &&
         { network: config.network, subnet: lease.subnet }),
       ...(config.ipv6Network && lease.ipv6Subnet &&
         { ipv6Network: config.ipv6Network, ipv6Subnet: lease.ipv6Subnet }),
       mtu: network.mtu,
       ipMasq: flags.ipMasq,
-    });
+    };
+    await writeSubnetEnv(flags.subnetFile, envParams);
     setEnv(true, flags.subnetFile);
     log.info(`Wrote ${flags.subnetFile} (MTU ${network.mtu})`);
 
@@ -326,6 +365,13 @@ export async function runAgent(
       }, stop.signal),
       rec.run(stop.signal, monitor && changeSource(monitor, watched, rec)),
       traffic.run(stop.signal),
+      keepSubnetEnv(
+        flags.subnetFile,
+        envParams,
+        flags.iptablesResync * 1000,
+        setEnv,
+        stop.signal,
+      ),
       sm.keepLease(lease, stop.signal),
     ];
     try {
