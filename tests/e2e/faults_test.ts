@@ -459,7 +459,11 @@ class EtcdFaults extends FaultRun {
     const live = this.nodes(1, 2, 3);
     const real = await this.c.leases();
     const own = real.find((l) => l.value.PublicIP === this.node(1).ip)!;
-    const peerSubnets = real.filter((l) => l !== own).map((l) => l.subnet);
+    const peers = real.filter((l) => l !== own);
+    const peerSubnets = peers.map((l) => l.subnet);
+    const peerMacs = peers.map((l) => l.value.BackendData!.VtepMAC!);
+    const peerIPs = peers.map((l) => l.value.PublicIP);
+    const ownMac = own.value.BackendData!.VtepMAC!;
     const realSubnets = new Set(real.map((l) => l.subnet));
     const inputs: { input: PeerInput; slot: PeerSlot }[] = [];
     for (const [i, k] of PEER_CASES.entries()) {
@@ -470,6 +474,9 @@ class EtcdFaults extends FaultRun {
         mac: `0a:fa:00:00:00:${(i + 1).toString(16).padStart(2, "0")}`,
         ownSubnet: own.subnet,
         peerSubnets,
+        peerMacs,
+        peerIPs,
+        ownMac,
       };
       inputs.push({ input: k.make(slot), slot });
     }
