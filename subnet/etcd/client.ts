@@ -410,8 +410,23 @@ export class EtcdClient implements Disposable {
       ...(opts.revision !== undefined && { revision: String(opts.revision) }),
       ...(opts.limit !== undefined && { limit: String(opts.limit) }),
     }, opts.signal);
+    // A 200 that is not a range answer (a proxy's page, JSON of another
+    // shape) must not read as "no keys": that would withdraw every peer.
+    const revision = revisionOf(r);
+    const badKv = Array.isArray(r.kvs) &&
+      r.kvs.some((kv) => typeof obj(kv).key !== "string");
+    if (
+      revision <= 0n || (r.kvs !== undefined && !Array.isArray(r.kvs)) || badKv
+    ) {
+      throw new EtcdError(
+        `etcd /v3/kv/range answered 200 with a body that is not a range response: ${
+          JSON.stringify(r).slice(0, 120)
+        }`,
+        "protocol",
+      );
+    }
     return {
-      revision: revisionOf(r),
+      revision,
       kvs: arr(r.kvs).map(kvFrom),
       more: r.more === true,
     };

@@ -491,6 +491,21 @@ export const STANDARD_FAULTS: readonly ProxyFault[] = [
     mode: { kind: "status", status: 429, retryAfterS: 2 },
   },
   { name: "500 storm", mode: { kind: "status", status: 500 } },
+  {
+    name: "persistent 401 Unauthorized",
+    mode: { kind: "status", status: 401 },
+  },
+  { name: "persistent 403 Forbidden", mode: { kind: "status", status: 403 } },
+  {
+    name: "200 with JSON of the wrong shape",
+    mode: { kind: "body", body: "garbage" },
+  },
+  { name: "200 with an HTML error page", mode: { kind: "body", body: "html" } },
+  { name: "200 with a 100 MB line", mode: { kind: "body", body: "huge" } },
+  {
+    name: "200 trickling one byte every 500 ms",
+    mode: { kind: "body", body: "trickle" },
+  },
 ];
 
 /** Options of {@linkcode FaultRun.proxyFaults}. */
