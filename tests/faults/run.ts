@@ -153,8 +153,9 @@ export abstract class FaultRun {
     n: ClusterNode,
     extra: string[] = [],
     hosts: string[] = [],
+    env: Record<string, string> = {},
   ): Promise<Agent> {
-    const a = await this.c.startAgent(n, extra, hosts);
+    const a = await this.c.startAgent(n, extra, hosts, env);
     a.child.status.then((st) => this.#exits.set(a, st));
     return a;
   }
