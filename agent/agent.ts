@@ -19,6 +19,8 @@ import {
   writeSubnetEnv,
 } from "../subnet/subnet_env.ts";
 import { sleep } from "../lib/retry.ts";
+import { metrics } from "../lib/metrics.ts";
+import { countAbortListeners } from "../lib/listeners.ts";
 import { TrafficManager } from "../traffic/manager.ts";
 import { openNetlink } from "../ffi/netlink.ts";
 import { openMonitor } from "../ffi/monitor.ts";
@@ -331,7 +333,11 @@ export async function runAgent(
           (failing.length > 20 ? `; and ${failing.length - 20} more` : ""),
       );
     };
-    const tick = setInterval(refresh, 500);
+    const tick = setInterval(() => {
+      refresh();
+      metrics.heapUsed.set(Deno.memoryUsage().heapUsed);
+      metrics.runSignalListeners.set(listeners());
+    }, 500);
 
     let monitor: NetlinkMonitor | undefined;
     try {
@@ -355,6 +361,7 @@ export async function runAgent(
     // Our own stop (a component failed) or the caller's (a signal, which
     // may already have fired while we were acquiring the lease).
     const stop = new AbortController();
+    const listeners = countAbortListeners(stop.signal);
     const onAbort = () => stop.abort();
     if (signal.aborted) stop.abort();
     else signal.addEventListener("abort", onAbort, { once: true });

@@ -188,6 +188,14 @@ export const metrics = (() => {
       "weft_relists_total",
       "Full relists of leases (410 Gone, compaction, fallback)",
     ),
+    heapUsed: r.gauge(
+      "weft_process_heap_used_bytes",
+      "V8 heap in use (Deno.memoryUsage().heapUsed)",
+    ),
+    runSignalListeners: r.gauge(
+      "weft_run_signal_abort_listeners",
+      "Abort listeners live on the agent's run signal (steady growth is a leak)",
+    ),
     eventToKernel: r.histogram(
       "weft_event_to_kernel_seconds",
       "Time from a peer lease event to its kernel entries being programmed",
