@@ -399,3 +399,57 @@ Deno.test("LeaseTable in kube mode expects this node's own podCIDR length", () =
     log.restore();
   }
 });
+
+Deno.test("LeaseTable, dual stack: IPv6 subnet length, IPv6 public IP and v6 VtepMAC duplicates are refused", () => {
+  const log = captureLogs();
+  try {
+    const dual = unwrap(parseNetConfig(
+      '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}',
+    ));
+    const ds = (
+      key: string,
+      n: number,
+      v6: { subnet?: string; ip?: string; mac?: string } = {},
+    ): Lease => ({
+      key,
+      subnet: `10.244.${n}.0/24`,
+      ipv6Subnet: v6.subnet ?? `fc00:0:0:${n}::/64`,
+      attrs: {
+        backendType: "vxlan",
+        publicIP: `198.18.0.${n}`,
+        publicIPv6: v6.ip ?? `fd18::${n}`,
+        backendData: { VNI: 1, VtepMAC: `0a:00:00:00:04:${n}0` },
+        backendV6Data: { VNI: 1, VtepMAC: v6.mac ?? `0a:00:00:00:06:${n}0` },
+      },
+    });
+    const t = new LeaseTable(dual, { ownKey: "me", noun: "etcd key" });
+    assert.deepEqual(t.update("a", ok(ds("a", 1)), 0).map((e) => e.type), [
+      "added",
+    ]);
+    assert.deepEqual(
+      t.update("b", ok(ds("b", 2, { subnet: "fc00:0:0:2::/80" })), 0),
+      [],
+    );
+    assert.deepEqual(t.update("c", ok(ds("c", 3, { ip: "fd18::1" })), 0), []);
+    assert.deepEqual(
+      t.update("d", ok(ds("d", 4, { mac: "0a:00:00:00:06:10" })), 0),
+      [],
+    );
+    assert.deepEqual(t.update("e", ok(ds("e", 5, { ip: "fc00::5" })), 0), []);
+    const warned = (k: string) =>
+      log.lines.find((l) => l.includes(`Skipping etcd key "${k}"`)) ?? "";
+    assert.match(warned("b"), /"fc00:0:0:2::\/80" is not a \/64/);
+    assert.match(
+      warned("c"),
+      /public IP "fd18::1" \(backend type "vxlan"\) is already used by etcd key "a"/,
+    );
+    assert.match(
+      warned("d"),
+      /VtepMAC "0a:00:00:00:06:10" is already used by etcd key "a"/,
+    );
+    assert.match(warned("e"), /inside the cluster network "fc00::\/48"/);
+    assert.deepEqual(t.leases.map((l) => l.key), ["a"]);
+  } finally {
+    log.restore();
+  }
+});
