@@ -11,15 +11,22 @@
  */
 import type { Flags } from "./flags.ts";
 import { logger, setVerbosity } from "../lib/log.ts";
-import { metrics } from "../lib/metrics.ts";
 import { Readiness, READY, startHealthServer } from "./health.ts";
 import { keepBlackholeRoutes } from "./blackhole.ts";
 import { publicIPChoice, selectExternalInterface } from "./iface.ts";
-import { writeSubnetEnv } from "../subnet/subnet_env.ts";
+import {
+  ensureSubnetEnv,
+  type SubnetEnvParams,
+  writeSubnetEnv,
+} from "../subnet/subnet_env.ts";
+import { sleep } from "../lib/retry.ts";
+import { metrics } from "../lib/metrics.ts";
+import { countAbortListeners } from "../lib/listeners.ts";
 import { TrafficManager } from "../traffic/manager.ts";
 import { openNetlink } from "../ffi/netlink.ts";
 import { openMonitor } from "../ffi/monitor.ts";
-import type { NetlinkMonitor } from "../ffi/types.ts";
+import type { Netlink, NetlinkMonitor } from "../ffi/types.ts";
+import { checkNetworkAgainstHost } from "../subnet/validate.ts";
 import { createBackend, Reconciler } from "../backend/mod.ts";
 import type { ChangeSource } from "../backend/mod.ts";
 import type { NetworkConfig } from "../subnet/config.ts";
@@ -52,9 +59,66 @@ async function subnetManager(
     ...(Object.keys(tls).length > 0 && { tls }),
     ...(flags.etcdUsername && { username: flags.etcdUsername }),
     ...(flags.etcdPassword && { password: flags.etcdPassword }),
+    ...(flags.allowTokenOverHttp && { allowCredentialsOverHttp: true }),
     subnetFile: flags.subnetFile,
     renewMarginMinutes: flags.subnetLeaseRenewMargin,
   });
+}
+
+/**
+ * How long a stop waits for the components to wind down. Each aborts its
+ * I/O and kills its commands on the signal, so this only bounds a bug:
+ * shutdown must never hang a node's rollout.
+ */
+const STOP_GRACE_MS = 5_000;
+
+/** Waits for `tasks` to settle, but at most `ms`. */
+async function settleWithin(tasks: Promise<unknown>[], ms: number) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  const settled = await Promise.race([
+    Promise.allSettled(tasks).then(() => true),
+    late,
+  ]);
+  clearTimeout(timer);
+  if (!settled) {
+    log.warn(`A component did not stop within ${ms} ms; exiting anyway`);
+  }
+}
+
+/**
+ * Checks subnet.env every `periodMs` until `signal` aborts and puts it
+ * back if someone deleted or changed it; a failure (read-only
+ * `/run/flannel`) makes the node unready, naming the file, and is
+ * retried. Never rejects.
+ */
+async function keepSubnetEnv(
+  path: string,
+  params: SubnetEnvParams,
+  periodMs: number,
+  report: (ready: boolean, detail?: string) => void,
+  signal: AbortSignal,
+): Promise<void> {
+  let lastError = "";
+  while (!signal.aborted) {
+    const slept = await sleep(periodMs, signal).then(() => true, () => false);
+    if (!slept) return;
+    try {
+      if (await ensureSubnetEnv(path, params)) {
+        log.warn(`${path} was missing or changed: wrote it again`);
+      }
+      if (lastError !== "") log.info(`${path} is in place again`);
+      lastError = "";
+      report(true, path);
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (msg !== lastError) log.error(msg);
+      lastError = msg;
+      report(false, msg);
+    }
+  }
 }
 
 /** How long after our own kernel writes their notifications are echoes. */
@@ -90,6 +154,23 @@ function changeSource(
     },
     close: () => monitor.close(),
   };
+}
+
+/** Gateways of the main table's default routes, both families. */
+function defaultGateways(nl: Netlink): string[] {
+  const out: string[] = [];
+  for (const family of [4, 6] as const) {
+    try {
+      for (const r of nl.routeList({ family })) {
+        if ((r.dst === "0.0.0.0/0" || r.dst === "::/0") && r.gw) {
+          out.push(r.gw);
+        }
+      }
+    } catch (e) {
+      log.warn(`Cannot list IPv${family} routes: ${(e as Error).message}`);
+    }
+  }
+  return out;
 }
 
 function sysctl(path: string, value: string): void {
@@ -168,6 +249,13 @@ export async function runAgent(
     });
     if (!ext.ok) throw new FatalError(ext.reason);
     const e = ext.value;
+    const hostOk = checkNetworkAgainstHost(config, {
+      addrs: [e.ipv4, e.ipv6, e.publicIP, e.publicIPv6].filter(
+        (a): a is string => a !== undefined,
+      ),
+      gateways: defaultGateways(nl),
+    });
+    if (!hostOk.ok) throw new FatalError(hostOk.reason);
     const backend = createBackend(nl, config, {
       index: e.index,
       name: e.name,
@@ -195,14 +283,15 @@ export async function runAgent(
       periodMs: flags.reconcilePeriod * 1000,
     });
 
-    await writeSubnetEnv(flags.subnetFile, {
+    const envParams = {
       ...(config.network && lease.subnet &&
         { network: config.network, subnet: lease.subnet }),
       ...(config.ipv6Network && lease.ipv6Subnet &&
         { ipv6Network: config.ipv6Network, ipv6Subnet: lease.ipv6Subnet }),
       mtu: network.mtu,
       ipMasq: flags.ipMasq,
-    });
+    };
+    await writeSubnetEnv(flags.subnetFile, envParams);
     setEnv(true, flags.subnetFile);
     log.info(`Wrote ${flags.subnetFile} (MTU ${network.mtu})`);
 
@@ -226,20 +315,34 @@ export async function runAgent(
       onState: (ready, detail) => setRules(ready, detail),
     });
 
-    // Readiness follows the reconciler after each pass and event batch.
+    // Readiness follows the reconciler after each pass and event batch:
+    // this node's own device, and the cluster's state taken in once.
+    // Failing peers are reported, never unready (see health.ts).
     const refresh = () => {
       const planned = network.families.every((f) =>
         rec.plan(f.family) !== undefined
       );
       setDevice(planned, planned ? "ok" : "device not set up yet");
+      const failing = rec.failing();
       setPeers(
-        rec.ready,
-        rec.ready
-          ? `${rec.peerCount} peer(s)`
-          : `${metrics.peersProgrammed.get()} of ${rec.peerCount} peer(s) programmed`,
+        rec.synced,
+        rec.synced
+          ? `${rec.peerCount} peer(s), ${failing.length} failing`
+          : "waiting for the first listing of peers and a full pass",
+      );
+      readiness.inform(
+        "failing peers",
+        failing.slice(0, 20).map((p) =>
+          `"${p.key}" (IPv${p.family}): ${p.error}`
+        ).join("; ") +
+          (failing.length > 20 ? `; and ${failing.length - 20} more` : ""),
       );
     };
-    const tick = setInterval(refresh, 500);
+    const tick = setInterval(() => {
+      refresh();
+      metrics.heapUsed.set(Deno.memoryUsage().heapUsed);
+      metrics.runSignalListeners.set(listeners());
+    }, 500);
 
     let monitor: NetlinkMonitor | undefined;
     try {
@@ -263,6 +366,7 @@ export async function runAgent(
     // Our own stop (a component failed) or the caller's (a signal, which
     // may already have fired while we were acquiring the lease).
     const stop = new AbortController();
+    const listeners = countAbortListeners(stop.signal);
     const onAbort = () => stop.abort();
     if (signal.aborted) stop.abort();
     else signal.addEventListener("abort", onAbort, { once: true });
@@ -273,6 +377,13 @@ export async function runAgent(
       }, stop.signal),
       rec.run(stop.signal, monitor && changeSource(monitor, watched, rec)),
       traffic.run(stop.signal),
+      keepSubnetEnv(
+        flags.subnetFile,
+        envParams,
+        flags.iptablesResync * 1000,
+        setEnv,
+        stop.signal,
+      ),
       sm.keepLease(lease, stop.signal),
       ...(flags.ipBlackholeRoute
         ? [keepBlackholeRoutes(
@@ -294,13 +405,13 @@ export async function runAgent(
       ));
     } catch (err) {
       stop.abort();
-      await Promise.allSettled(tasks);
+      await settleWithin(tasks, STOP_GRACE_MS);
       throw err;
     } finally {
       clearInterval(tick);
       signal.removeEventListener("abort", onAbort);
     }
-    await Promise.allSettled(tasks);
+    await settleWithin(tasks, STOP_GRACE_MS);
     log.info("Stopped; the dataplane is left in place");
   } finally {
     sm.close?.();

@@ -85,6 +85,11 @@ export interface Flags {
   readonly help: boolean;
   /** `--reconcile-period` (10): seconds between full kernel reconciles (weft). */
   readonly reconcilePeriod: number;
+  /**
+   * `--allow-token-over-http` (false): send the Kubernetes bearer token or
+   * etcd credentials to an `http://` server (weft).
+   */
+  readonly allowTokenOverHttp: boolean;
   /** Names of the flags given explicitly, on the command line or in env. */
   readonly explicit: ReadonlySet<string>;
 }
@@ -441,6 +446,14 @@ const FLAGS: readonly FlagDef[] = [
     help:
       "period of the full kernel reconcile (routes, neighbours, FDB), in seconds (weft only)",
     check: range(1, 86400),
+  },
+  {
+    name: "allow-token-over-http",
+    kind: "bool",
+    key: "allowTokenOverHttp",
+    def: "false",
+    help:
+      "send the Kubernetes bearer token or etcd credentials to an http:// server, where anyone on the path can read them (weft only)",
   },
   {
     name: "help",

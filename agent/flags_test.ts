@@ -59,6 +59,7 @@ Deno.test("parseFlags() gives flanneld's defaults with no arguments", () => {
     vmodule: "",
     logBacktraceAt: "",
     reconcilePeriod: 10,
+    allowTokenOverHttp: false,
     help: false,
   });
 });
@@ -102,8 +103,8 @@ Deno.test("parseFlags() accepts every spelling Go's flag package accepts", () =>
     [["--iface-can-reach=8.8.8.8"], { ifaceCanReach: "8.8.8.8" }],
     [["--kube-api-url="], { kubeApiUrl: "" }],
     [["--subnet-lease-renew-margin=1"], { subnetLeaseRenewMargin: 1 }],
-    [["--subnet-lease-renew-margin=1439"], { subnetLeaseRenewMargin: 1439 }],
     [["--reconcile-period", "30"], { reconcilePeriod: 30 }],
+    [["--allow-token-over-http=true"], { allowTokenOverHttp: true }],
     [["-h"], { help: true }],
     [["--help"], { help: true }],
     [["--version"], { version: true }],

@@ -2,10 +2,14 @@
  * The health server on `--healthz-ip`:`--healthz-port` (port 0: none).
  * `/healthz` answers 200 while the process runs, as flanneld's does.
  * `/readyz` says more than flanneld: it is 200 only when every readiness
- * condition registered by the agent (lease held, device up, peers
- * programmed, subnet.env written, rules in place) reports ready, and 503
- * otherwise with one line per condition in the Kubernetes style
- * (`[+]name ok`, `[-]name: why`). `/metrics` renders the Prometheus
+ * condition registered by the agent (lease held, device up, peers synced,
+ * subnet.env written, rules in place) reports ready, and 503 otherwise
+ * with one line per condition in the Kubernetes style (`[+]name ok`,
+ * `[-]name: why`). Readiness is about this node's own dataplane: a peer
+ * the kernel keeps refusing is another node's problem and must not hold
+ * up a DaemonSet rollout on every node, so failing peers are reported as
+ * informational lines (`[i]name: ...`) by `/readyz?verbose` and counted
+ * in `/metrics`, never as unready. `/metrics` renders the Prometheus
  * registry of lib/metrics.ts.
  *
  * The request handler is a plain function, tested without a socket.
@@ -21,7 +25,7 @@ const log = logger("healthz");
 export const READY = {
   lease: "lease held",
   device: "device up",
-  peers: "peers programmed",
+  peers: "peers synced",
   subnetEnv: "subnet.env written",
   rules: "rules in place",
 } as const;
@@ -47,6 +51,21 @@ export interface Condition {
  */
 export class Readiness {
   readonly #conditions = new Map<string, { ready: boolean; detail: string }>();
+  readonly #info = new Map<string, string>();
+
+  /**
+   * Sets an informational line shown by `/readyz?verbose` that never
+   * makes the node unready; an empty `detail` removes it.
+   */
+  inform(name: string, detail: string): void {
+    if (detail === "") this.#info.delete(name);
+    else this.#info.set(name, detail);
+  }
+
+  /** The informational lines, in insertion order. */
+  info(): { name: string; detail: string }[] {
+    return [...this.#info].map(([name, detail]) => ({ name, detail }));
+  }
 
   /**
    * Adds a condition, not ready until reported otherwise, and returns the
@@ -103,7 +122,8 @@ export function healthHandler(
 ): (req: Request) => Response {
   const render = opts.renderMetrics ?? (() => metrics.registry.render());
   return (req) => {
-    const path = new URL(req.url).pathname;
+    const url = new URL(req.url);
+    const path = url.pathname;
     if (req.method !== "GET" && req.method !== "HEAD") {
       const r = text(`Method "${req.method}" not allowed\n`, 405);
       r.headers.set("allow", "GET, HEAD");
@@ -119,6 +139,11 @@ export function healthHandler(
         );
         if (conds.length === 0) {
           lines.push("[-]no readiness condition registered");
+        }
+        if (url.searchParams.has("verbose")) {
+          for (const i of opts.readiness.info()) {
+            lines.push(`[i]${i.name}: ${i.detail}`);
+          }
         }
         const ready = opts.readiness.ready;
         lines.push(ready ? "readyz check passed" : "readyz check failed");

@@ -85,3 +85,25 @@ Deno.test("The health handler refuses other paths and methods", async () => {
   assertEquals(res.headers.get("allow"), "GET, HEAD");
   assertEquals((await get(handler, "/healthz", "HEAD"))[0], 200);
 });
+
+Deno.test("/readyz?verbose lists informational lines that never make the node unready", async () => {
+  const readiness = new Readiness();
+  const handler = healthHandler({ readiness });
+  readiness.register(READY.lease)(true);
+  readiness.inform("failing peers", 'node "b" (IPv4): route replace failed');
+  assertEquals((await get(handler, "/readyz")).slice(0, 2), [
+    200,
+    "[+]lease held ok\nreadyz check passed\n",
+  ]);
+  assertEquals((await get(handler, "/readyz?verbose")).slice(0, 2), [
+    200,
+    "[+]lease held ok\n" +
+    '[i]failing peers: node "b" (IPv4): route replace failed\n' +
+    "readyz check passed\n",
+  ]);
+  readiness.inform("failing peers", "");
+  assertEquals(
+    (await get(handler, "/readyz?verbose"))[1],
+    "[+]lease held ok\nreadyz check passed\n",
+  );
+});

@@ -166,7 +166,7 @@ export class MemoryKernel implements Netlink {
     this.routes = this.routes.filter((r) =>
       !(r.dst === route.dst && (r.table ?? RT_TABLE_MAIN) === table)
     );
-    this.routes.push({ ...route, table });
+    this.routes.push({ ...route, table, protocol: route.protocol ?? 3 });
   }
   routeAdd(route: RouteInfo): void {
     this.#count("routeAdd", route);
@@ -185,11 +185,13 @@ export class MemoryKernel implements Netlink {
     this.#count("routeDel", route);
     const table = route.table ?? RT_TABLE_MAIN;
     const n = this.routes.length;
-    // As the kernel: a gateway or device named in the delete must match.
+    // As the kernel: a gateway, device or protocol named in the delete
+    // must match.
     this.routes = this.routes.filter((r) =>
       !(r.dst === route.dst && (r.table ?? RT_TABLE_MAIN) === table &&
         (route.gw === undefined || r.gw === route.gw) &&
-        (route.index === undefined || r.index === route.index))
+        (route.index === undefined || r.index === route.index) &&
+        (!route.protocol || route.protocol === (r.protocol ?? 3)))
     );
     if (this.routes.length === n) {
       throw new KernelError(

@@ -7,10 +7,18 @@
  * applies what it returns.
  *
  * Ownership is deliberately narrow so nothing foreign is ever removed:
- * on the overlay device, every permanent neighbour, every FDB entry and
- * every route into the cluster network; on the external interface (only
- * with host-gw or DirectRouting), routes into the cluster network through
- * a gateway, except our own subnet.
+ * on the overlay device, every permanent neighbour and every FDB entry;
+ * of routes into the cluster network (on the overlay device, or through a
+ * gateway on the external interface with host-gw or DirectRouting; never
+ * our own subnet), only those marked with weft's route protocol
+ * ({@linkcode RTPROT_WEFT}), and deletes name that protocol so the kernel
+ * matches nothing else. Routes a flanneld left (protocol boot) are
+ * adopted: when a lease wants exactly that destination the route is
+ * replaced in place with our mark (an atomic swap, no packet lost); on the
+ * overlay device, a boot route of flanneld's exact shape (`S via S.0 dev
+ * flannel.N onlink`) that no lease wants is a stale flanneld entry and
+ * goes. A boot route on the external interface that no lease wants may be
+ * an administrator's static route: it stays.
  *
  * @module
  */
@@ -21,6 +29,8 @@ import {
   NUD_PERMANENT,
   type RouteInfo,
   RT_TABLE_MAIN,
+  RTPROT_BOOT,
+  RTPROT_WEFT,
 } from "../ffi/types.ts";
 import {
   formatIp,
@@ -62,7 +72,13 @@ export type PeerMode = "vxlan" | "direct";
 export interface OwnedState {
   readonly neighs: NeighInfo[];
   readonly fdbs: FdbInfo[];
+  /** Routes weft may replace and delete. */
   readonly routes: RouteInfo[];
+  /**
+   * Routes weft may take over when a lease wants their destination, but
+   * never deletes (flanneld's on the external interface).
+   */
+  readonly adoptable?: RouteInfo[];
 }
 
 /** One kernel change. `peer` names the lease it is for, if any. */
@@ -134,7 +150,14 @@ export function vxlanPeerEntries(
       state: NUD_PERMANENT,
       flags: NTF_SELF,
     },
-    route: { dst: p.subnet, gw, index, onlink: true, table: RT_TABLE_MAIN },
+    route: {
+      dst: p.subnet,
+      gw,
+      index,
+      onlink: true,
+      table: RT_TABLE_MAIN,
+      protocol: RTPROT_WEFT,
+    },
   };
 }
 
@@ -152,6 +175,7 @@ export function directPeerEntries(
       gw: p.publicIP,
       index: plan.externalIndex,
       table: RT_TABLE_MAIN,
+      protocol: RTPROT_WEFT,
     },
   };
 }
@@ -171,12 +195,34 @@ function inOwnSubnet(plan: FamilyPlan, dst: string): boolean {
   return own.ok && n.ok && netContainsNet(own.value, n.value);
 }
 
+/** flanneld's vxlan route: `S via S.0 dev <device> onlink`. */
+function flannelShape(r: RouteInfo, dev: number): boolean {
+  if (r.index !== dev || !r.onlink || r.gw === undefined) return false;
+  const n = parseIpNet(r.dst);
+  return n.ok && formatIp(n.value.family, networkAddr(n.value)) === r.gw;
+}
+
 /** Filters kernel state down to the entries weft owns (see module doc). */
 export function ownedState(
   plan: FamilyPlan,
   kernel: { neighs: NeighInfo[]; fdbs: FdbInfo[]; routes: RouteInfo[] },
 ): OwnedState {
   const dev = plan.deviceIndex;
+  const routes: RouteInfo[] = [];
+  const adoptable: RouteInfo[] = [];
+  for (const r of kernel.routes) {
+    if ((r.table ?? RT_TABLE_MAIN) !== RT_TABLE_MAIN) continue;
+    if (inOwnSubnet(plan, r.dst) || !inNetwork(plan, r.dst)) continue;
+    const onDev = dev !== undefined && r.index === dev;
+    const onExt = plan.manageExternal && r.index === plan.externalIndex &&
+      r.gw !== undefined;
+    if (!onDev && !onExt) continue;
+    const proto = r.protocol ?? RTPROT_BOOT;
+    if (proto === RTPROT_WEFT) routes.push(r);
+    else if (proto === RTPROT_BOOT && onDev && flannelShape(r, dev)) {
+      routes.push(r);
+    } else if (proto === RTPROT_BOOT) adoptable.push(r);
+  }
   return {
     neighs: dev === undefined
       ? []
@@ -184,20 +230,15 @@ export function ownedState(
         n.index === dev && (n.state & NUD_PERMANENT) !== 0
       ),
     fdbs: dev === undefined ? [] : kernel.fdbs.filter((f) => f.index === dev),
-    routes: kernel.routes.filter((r) =>
-      (r.table ?? RT_TABLE_MAIN) === RT_TABLE_MAIN &&
-      !inOwnSubnet(plan, r.dst) &&
-      inNetwork(plan, r.dst) &&
-      ((dev !== undefined && r.index === dev) ||
-        (plan.manageExternal && r.index === plan.externalIndex &&
-          r.gw !== undefined))
-    ),
+    routes,
+    adoptable,
   };
 }
 
 function sameRoute(a: RouteInfo, b: RouteInfo): boolean {
   return a.dst === b.dst && a.gw === b.gw && a.index === b.index &&
-    Boolean(a.onlink) === Boolean(b.onlink);
+    Boolean(a.onlink) === Boolean(b.onlink) &&
+    (a.protocol ?? RTPROT_BOOT) === (b.protocol ?? RTPROT_BOOT);
 }
 
 function fdbKey(f: FdbInfo): string {
@@ -213,7 +254,9 @@ function fdbKey(f: FdbInfo): string {
 export function diff(desired: Iterable<PeerEntries>, actual: OwnedState): Op[] {
   const neighs = new Map(actual.neighs.map((n) => [n.dst, n]));
   const fdbs = new Map(actual.fdbs.map((f) => [fdbKey(f), f]));
-  const routes = new Map(actual.routes.map((r) => [r.dst, r]));
+  const routes = new Map(
+    [...actual.adoptable ?? [], ...actual.routes].map((r) => [r.dst, r]),
+  );
   const wantNeigh = new Set<string>();
   const wantFdb = new Set<string>();
   const wantRoute = new Set<string>();

@@ -9,6 +9,7 @@ import {
   vxlanPeerEntries,
 } from "./plan.ts";
 import { parseIpNet } from "../lib/ip.ts";
+import { RTPROT_BOOT, RTPROT_WEFT } from "../ffi/types.ts";
 import { unwrap } from "../lib/result.ts";
 import { peer } from "./_testing.ts";
 
@@ -60,6 +61,7 @@ Deno.test("vxlanPeerEntries() matches a flanneld worker's kernel state", () => {
     index: 5,
     onlink: true,
     table: 254,
+    protocol: RTPROT_WEFT,
   });
 });
 
@@ -137,6 +139,7 @@ for (const c of cases) {
 }
 
 Deno.test("ownedState() leaves foreign routes, own subnet and other devices alone", () => {
+  const W = RTPROT_WEFT, B = RTPROT_BOOT;
   const kernel = {
     neighs: [
       { index: 5, dst: "10.244.2.0", lladdr: "0a:00:00:00:00:02", state: 0x80 },
@@ -151,23 +154,138 @@ Deno.test("ownedState() leaves foreign routes, own subnet and other devices alon
       flags: 2,
     }],
     routes: [
-      { dst: "10.244.2.0/24", gw: "10.244.2.0", index: 5, onlink: true },
-      { dst: "10.244.1.0/24", index: 7 }, // cni0: our own pods
-      { dst: "10.244.50.0/24", gw: "198.18.0.50", index: 2 }, // someone's route on eth0
-      { dst: "192.168.0.0/24", gw: "10.244.2.0", index: 5 }, // outside the network
-      { dst: "10.244.3.0/24", gw: "10.244.3.0", index: 5, table: 100 }, // other table
-      { dst: "10.244.1.0/32", index: 5 }, // the kernel's route for our address
+      {
+        dst: "10.244.2.0/24",
+        gw: "10.244.2.0",
+        index: 5,
+        onlink: true,
+        protocol: W,
+      },
+      { dst: "10.244.1.0/24", index: 7, protocol: 2 }, // cni0: our own pods
+      { dst: "10.244.50.0/24", gw: "198.18.0.50", index: 2, protocol: B }, // someone's route on eth0
+      { dst: "10.244.51.0/24", gw: "198.18.0.51", index: 2, protocol: W }, // ours on eth0
+      { dst: "10.244.52.0/24", gw: "198.18.0.52", index: 2, protocol: 4 }, // static, on eth0
+      { dst: "192.168.0.0/24", gw: "10.244.2.0", index: 5, protocol: W }, // outside the network
+      {
+        dst: "10.244.3.0/24",
+        gw: "10.244.3.0",
+        index: 5,
+        table: 100,
+        protocol: W,
+      }, // other table
+      {
+        dst: "10.244.4.0/24",
+        gw: "10.244.4.0",
+        index: 5,
+        onlink: true,
+        protocol: B,
+      }, // flanneld's
+      {
+        dst: "10.244.5.0/24",
+        gw: "10.244.9.1",
+        index: 5,
+        onlink: true,
+        protocol: B,
+      }, // not flanneld's shape
+      {
+        dst: "10.244.6.0/24",
+        gw: "10.244.6.0",
+        index: 5,
+        onlink: true,
+        protocol: 186,
+      }, // a BGP daemon's
+      { dst: "10.244.1.0/32", index: 5, protocol: 2 }, // the kernel's route for our address
+      { dst: "10.244.1.0/32", index: 5, protocol: B }, // inside our subnet, whoever made it
     ],
   };
   const owned = ownedState(plan, kernel);
   assert.deepEqual(owned.neighs.map((n) => n.dst), ["10.244.2.0"]);
   assert.equal(owned.fdbs.length, 1);
-  assert.deepEqual(owned.routes.map((r) => r.dst), ["10.244.2.0/24"]);
+  assert.deepEqual(owned.routes.map((r) => r.dst), [
+    "10.244.2.0/24",
+    "10.244.4.0/24",
+  ]);
+  assert.deepEqual(owned.adoptable!.map((r) => r.dst), ["10.244.5.0/24"]);
   const withDirect = ownedState({ ...plan, manageExternal: true }, kernel);
   assert.deepEqual(withDirect.routes.map((r) => r.dst), [
     "10.244.2.0/24",
-    "10.244.50.0/24",
+    "10.244.51.0/24",
+    "10.244.4.0/24",
   ]);
+  assert.deepEqual(withDirect.adoptable!.map((r) => r.dst), [
+    "10.244.50.0/24",
+    "10.244.5.0/24",
+  ]);
+});
+
+Deno.test("diff() never deletes an unmarked route on the external interface, and adopts one a lease wants by replacing it", () => {
+  const direct = { ...plan, manageExternal: true };
+  const kernel = {
+    neighs: [],
+    fdbs: [],
+    routes: [
+      // An administrator's static-looking route no lease wants.
+      {
+        dst: "10.244.50.0/24",
+        gw: "198.18.0.50",
+        index: 2,
+        protocol: RTPROT_BOOT,
+      },
+      // flanneld's host-gw route for peer 4, left on a migrating node.
+      {
+        dst: "10.244.4.0/24",
+        gw: "198.18.0.4",
+        index: 2,
+        protocol: RTPROT_BOOT,
+      },
+    ],
+  };
+  const want = [vxlanPeerEntries(direct, peer(4), "direct")!];
+  const ops = diff(want, ownedState(direct, kernel));
+  assert.deepEqual(kinds(ops), ["routeReplace 10.244.4.0/24"]);
+  const op = ops[0]!;
+  assert.ok(op.kind === "routeReplace" && op.route.protocol === RTPROT_WEFT);
+  // Once marked, the same route is in place: nothing to do.
+  const adopted = {
+    ...kernel,
+    routes: [kernel.routes[0]!, { ...want[0]!.route }],
+  };
+  assert.deepEqual(diff(want, ownedState(direct, adopted)), []);
+  // And when the lease goes, only the marked route is deleted, naming
+  // the protocol so the kernel matches nothing else.
+  const gone = diff([], ownedState(direct, adopted));
+  assert.deepEqual(kinds(gone), ["routeDel 10.244.4.0/24"]);
+  assert.ok(
+    gone[0]!.kind === "routeDel" && gone[0]!.route.protocol === RTPROT_WEFT,
+  );
+});
+
+Deno.test("diff() adopts flanneld's vxlan routes with no change to neighbour or FDB, and prunes its stale ones", () => {
+  const [e2, e3] = entries([2], [3]);
+  const kernel = {
+    neighs: [e2!.neigh!, e3!.neigh!],
+    fdbs: [e2!.fdb!, e3!.fdb!],
+    routes: [
+      { ...e2!.route, protocol: RTPROT_BOOT },
+      { ...e3!.route, protocol: RTPROT_BOOT },
+      // A node deleted while flanneld was being replaced.
+      {
+        dst: "10.244.9.0/24",
+        gw: "10.244.9.0",
+        index: 5,
+        onlink: true,
+        protocol: RTPROT_BOOT,
+      },
+    ],
+  };
+  const ops = diff([e2!, e3!], ownedState(plan, kernel));
+  assert.deepEqual(kinds(ops), [
+    "routeReplace 10.244.2.0/24",
+    "routeReplace 10.244.3.0/24",
+    "routeDel 10.244.9.0/24",
+  ]);
+  const del = ops[2]!;
+  assert.ok(del.kind === "routeDel" && del.route.protocol === RTPROT_BOOT);
 });
 
 Deno.test("vxlanPeerEntries() in direct mode routes via the public IP on the external interface", () => {
@@ -179,5 +297,6 @@ Deno.test("vxlanPeerEntries() in direct mode routes via the public IP on the ext
     gw: "198.18.0.4",
     index: 2,
     table: 254,
+    protocol: RTPROT_WEFT,
   });
 });

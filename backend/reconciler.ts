@@ -77,6 +77,8 @@ interface FamilyState {
   programmed: Map<string, PeerEntries>;
   /** Peers whose last operation failed. */
   failed: Set<string>;
+  /** The last error of each failing peer, for `/readyz?verbose`. */
+  errors: Map<string, string>;
 }
 
 /** Outcome of one pass, for logs, tests and benchmarks. */
@@ -110,6 +112,7 @@ export class Reconciler {
       plan: undefined,
       programmed: new Map(),
       failed: new Set(),
+      errors: new Map(),
     }));
   }
 
@@ -122,6 +125,32 @@ export class Reconciler {
   get ready(): boolean {
     return this.#synced && this.#passes > 0 && !this.#dirty &&
       this.#families.every((f) => f.plan !== undefined && f.failed.size === 0);
+  }
+
+  /**
+   * Whether the first listing arrived and a full pass has run since,
+   * whatever its outcome: this node has taken in the cluster's state.
+   * Readiness uses this, not {@linkcode ready}: one peer the kernel
+   * refuses must not make every node unready.
+   */
+  get synced(): boolean {
+    return this.#synced && this.#passes > 0;
+  }
+
+  /** Known peers whose entries failed in some family, with the error. */
+  failing(): { key: string; family: 4 | 6; error: string }[] {
+    const out: { key: string; family: 4 | 6; error: string }[] = [];
+    for (const f of this.#families) {
+      for (const key of f.failed) {
+        if (!this.#leases.has(key)) continue;
+        out.push({
+          key,
+          family: f.net.family,
+          error: f.errors.get(key) ?? "failed",
+        });
+      }
+    }
+    return out;
   }
 
   /** Number of full passes run. */
@@ -206,6 +235,7 @@ export class Reconciler {
       for (const key of keys) {
         f.programmed.delete(key);
         f.failed.delete(key);
+        if (!failed.has(key)) f.errors.delete(key);
       }
       for (const e of after) {
         if (failed.has(e.key)) f.failed.add(e.key);
@@ -263,6 +293,9 @@ export class Reconciler {
       errors += failed.size;
       if (failed.size > 0) dirty = true;
       f.failed = failed;
+      for (const key of [...f.errors.keys()]) {
+        if (!failed.has(key)) f.errors.delete(key);
+      }
       f.programmed = new Map(
         [...desired].filter(([key]) => !failed.has(key)),
       );
@@ -320,8 +353,13 @@ export class Reconciler {
             op.peer ? ` (peer "${op.peer}")` : ""
           }: ${(e as Error).message}`,
         );
-        if (op.peer !== undefined) failed.add(op.peer);
-        else failed.add(`stale:${op.kind}`);
+        if (op.peer !== undefined) {
+          failed.add(op.peer);
+          f.errors.set(
+            op.peer,
+            `${describeOp(op, name)}: ${(e as Error).message}`,
+          );
+        } else failed.add(`stale:${op.kind}`);
       }
     }
     return failed;
@@ -367,6 +405,7 @@ export class Reconciler {
       for (const key of f.failed) if (this.#leases.has(key)) failing.add(key);
     }
     metrics.peersProgrammed.set(this.#leases.size - failing.size);
+    metrics.peersFailing.set(failing.size);
   }
 
   /** Asks the run loop for a pass soon. */

@@ -496,3 +496,78 @@ Deno.test("flannel.1 follows an external interface that is deleted and recreated
   ]);
   assert.equal(kernel.fdbs.filter((f) => f.index === dev.index).length, 1);
 });
+
+Deno.test("Reconciler: a peer the kernel keeps refusing leaves it synced (ready for this node) and is reported as failing", () => {
+  const { kernel, rec } = node();
+  kernel.fault = (op, obj) =>
+    op === "routeReplace" && (obj as { dst: string }).dst === "10.244.3.0/24"
+      ? NLE_EXIST
+      : undefined;
+  assert.equal(rec.synced, false);
+  rec.handle(added(peer(2), peer(3)));
+  for (let i = 0; i < 3; i++) rec.pass();
+  assert.equal(rec.synced, true);
+  assert.equal(rec.ready, false);
+  const failing = rec.failing();
+  assert.equal(failing.length, 1);
+  assert.equal(failing[0]!.key, "node-3");
+  assert.equal(failing[0]!.family, 4);
+  assert.match(
+    failing[0]!.error,
+    /^ip route replace 10\.244\.3\.0\/24 via 10\.244\.3\.0 dev flannel\.1 onlink: .*injected fault/,
+  );
+  assert.equal(metrics.peersFailing.get(), 1);
+  kernel.fault = undefined;
+  rec.pass();
+  assert.deepEqual(rec.failing(), []);
+  assert.equal(metrics.peersFailing.get(), 0);
+});
+
+Deno.test("Reconciler.run() adds no lasting abort listener per kernel notification", async () => {
+  const { kernel, network, own } = node();
+  const rec = new Reconciler(kernel, network.families, {
+    ownKey: own.key,
+    backendType: "vxlan",
+    debounceMs: 0,
+  });
+  rec.handle(added(peer(2)));
+  const ac = new AbortController();
+  // Count the listeners on the run signal as they come and go.
+  let live = 0;
+  let peak = 0;
+  const add = ac.signal.addEventListener.bind(ac.signal);
+  const remove = ac.signal.removeEventListener.bind(ac.signal);
+  const listeners = new Set<unknown>();
+  ac.signal.addEventListener = ((type: string, fn: unknown, o?: unknown) => {
+    if (type === "abort" && !listeners.has(fn)) {
+      listeners.add(fn);
+      live++;
+      peak = Math.max(peak, live);
+    }
+    add(type, fn as EventListener, o as AddEventListenerOptions);
+  }) as typeof ac.signal.addEventListener;
+  ac.signal.removeEventListener = ((type: string, fn: unknown, o?: unknown) => {
+    if (type === "abort" && listeners.delete(fn)) live--;
+    remove(type, fn as EventListener, o as EventListenerOptions);
+  }) as typeof ac.signal.removeEventListener;
+  let notifications = 0;
+  const changes = {
+    next: () => {
+      notifications++;
+      return new Promise((r) => setTimeout(r, 0));
+    },
+    close: () => {},
+  };
+  const done = rec.run(ac.signal, changes);
+  while (notifications < 500) await new Promise((r) => setTimeout(r, 1));
+  const during = live;
+  ac.abort();
+  await done;
+  assert.ok(notifications >= 500);
+  // The run loop's own listener plus at most one sleep in flight.
+  assert.ok(
+    during <= 2,
+    `${during} abort listeners after ${notifications} notifications`,
+  );
+  assert.ok(peak <= 3, `peak ${peak}`);
+});

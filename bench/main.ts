@@ -10,6 +10,9 @@
  * - compare: weft beside upstream flanneld (bench/compare.ts), when the
  *   servers and flanneld are built; also writes compare.md and compare.svg.
  *
+ * `deno task bench soak [--minutes=60] [--peers=1000]` runs the soak
+ * (bench/soak.ts) instead, alone.
+ *
  * Needs root (network namespaces). `deno task bench [--quick]
  * [--weft=<checkout>] [name...]`: names pick benchmarks (default all);
  * `--quick` uses smaller N; `--weft` runs another checkout's main.ts in
@@ -27,6 +30,14 @@ import {
 } from "./compare.ts";
 import { kubeServersAvailable } from "../tests/servers/kube.ts";
 import { machine } from "./_stats.ts";
+
+// `deno task bench soak [--minutes=N] [--peers=N]`: the long soak
+// (bench/soak.ts), run only when asked for.
+if (Deno.args[0] === "soak") {
+  const { soak } = await import("./soak.ts");
+  await soak();
+  Deno.exit(0);
+}
 
 const ALL = ["netlink", "reconcile", "kube", "compare"] as const;
 type Name = typeof ALL[number];

@@ -526,18 +526,60 @@ export function isCniInvocation(
   return base === "flannel" || args[0] === "cni";
 }
 
-/** Reads all of stdin, then {@linkcode runCni} with the `CNI_*` variables. */
-export async function cniMain(): Promise<number> {
+/** Largest network configuration accepted on stdin: 1 MiB. */
+export const MAX_STDIN_BYTES = 1 << 20;
+
+/**
+ * Reads a stream to its end, or stops as soon as it passes `limit` bytes
+ * and returns undefined: a runtime (or anything else) writing an endless
+ * stdin must not make the plugin eat the node's memory.
+ */
+export async function readBounded(
+  stream: ReadableStream<Uint8Array>,
+  limit: number = MAX_STDIN_BYTES,
+): Promise<Uint8Array | undefined> {
   const chunks: Uint8Array[] = [];
-  for await (const chunk of Deno.stdin.readable) chunks.push(chunk);
-  const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let total = 0;
+  const reader = stream.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      total += value.length;
+      if (total > limit) {
+        await reader.cancel().catch(() => {});
+        return undefined;
+      }
+      chunks.push(value);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  const all = new Uint8Array(total);
   let at = 0;
   for (const c of chunks) {
     all.set(c, at);
     at += c.length;
   }
+  return all;
+}
+
+/** Reads stdin (at most 1 MiB), then {@linkcode runCni} with the `CNI_*` variables. */
+export async function cniMain(deps: CniDeps = denoCniDeps): Promise<number> {
+  const all = await readBounded(Deno.stdin.readable);
+  if (all === undefined) {
+    deps.stdout(
+      JSON.stringify({
+        cniVersion: "1.1.0",
+        code: CNI_ERR.decodingFailure,
+        msg:
+          `Network configuration on stdin is larger than ${MAX_STDIN_BYTES} bytes`,
+      }) + "\n",
+    );
+    return 1;
+  }
   // Only the protocol's variables: `--allow-env=CNI_*` is enough.
   const env: Record<string, string | undefined> = {};
   for (const k of CNI_VARS) env[k] = Deno.env.get(k);
-  return await runCni(env, dec.decode(all));
+  return await runCni(env, dec.decode(all), deps);
 }

@@ -53,6 +53,7 @@ import {
   RT_SCOPE_LINK,
   RT_SCOPE_UNIVERSE,
   RT_TABLE_MAIN,
+  RTPROT_BOOT,
   type VxlanInfo,
   type VxlanLinkSpec,
 } from "./types.ts";
@@ -88,7 +89,6 @@ const AF_LLC = 26; // libnl's family for link-layer addresses
 const AF_UNSPEC = 0;
 const RTN_UNICAST = 1;
 const RTN_BLACKHOLE = 6;
-const RTPROT_BOOT = 3; // what `ip route` uses
 const RTPROT_UNSPEC = 0; // on delete: match routes of any protocol
 const RTNH_F_ONLINK = 4;
 const RTNL_LINK_VXLAN_F_GBP = 1;
@@ -702,7 +702,10 @@ export class LibnlNetlink implements Netlink, Disposable {
       check(rtnl.rtnl_route_set_dst(p, dstAddr.ptr), op, desc);
       rtnl.rtnl_route_set_table(p, table);
       rtnl.rtnl_route_set_scope(p, scope);
-      rtnl.rtnl_route_set_protocol(p, del ? RTPROT_UNSPEC : RTPROT_BOOT);
+      rtnl.rtnl_route_set_protocol(
+        p,
+        route.protocol ?? (del ? RTPROT_UNSPEC : RTPROT_BOOT),
+      );
       check(
         rtnl.rtnl_route_set_type(
           p,

@@ -130,6 +130,7 @@ export function parseRouteMessage(
   const family = payload[0]!;
   if (family !== 2 && family !== 10) return undefined;
   const dstLen = payload[1]!;
+  const protocol = payload[5]!;
   const scope = payload[6]!;
   const type = payload[7]!;
   const flags = u32(payload.subarray(8, 12));
@@ -154,6 +155,7 @@ export function parseRouteMessage(
     scope,
     table,
     ...(src ? { src: bytesToIp(src) } : {}),
+    protocol,
   });
   const routes: RouteInfo[] = [];
   const mp = attrs.get(RTA_MULTIPATH);

@@ -52,8 +52,9 @@ function rtmsg(
   scope: number,
   type: number,
   flags = 0,
+  protocol = 3,
 ) {
-  return [family, dstLen, 0, 0, 254, 3, scope, type, ...u32(flags)];
+  return [family, dstLen, 0, 0, 254, protocol, scope, type, ...u32(flags)];
 }
 
 Deno.test("parseMessages splits a datagram and stops at a truncated header", () => {
@@ -77,7 +78,7 @@ Deno.test("parseMessages splits a datagram and stops at a truncated header", () 
 
 Deno.test("parseRouteMessage reads an onlink route via a gateway", () => {
   const p = new Uint8Array([
-    ...rtmsg(2, 24, 0, 1, 4),
+    ...rtmsg(2, 24, 0, 1, 4, 87),
     ...attr(RTA_TABLE, u32(254)),
     ...attr(RTA_DST, [10, 244, 1, 0]),
     ...attr(RTA_GATEWAY, [10, 244, 1, 0]),
@@ -96,6 +97,7 @@ Deno.test("parseRouteMessage reads an onlink route via a gateway", () => {
       scope: 0,
       table: 254,
       src: "10.244.2.0",
+      protocol: 87,
     }],
   });
 });

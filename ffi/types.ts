@@ -27,6 +27,16 @@ export const RT_SCOPE_LINK = 253;
 /** The main routing table. */
 export const RT_TABLE_MAIN = 254;
 
+/** Route protocol of `ip route` and of flanneld's routes (vishvananda/netlink's default). */
+export const RTPROT_BOOT = 3;
+/**
+ * Route protocol weft marks its routes with (`ip route show proto 87`):
+ * unassigned in iproute2's `rt_protos`. Only routes carrying it are ever
+ * deleted, and the delete names it, so the kernel itself refuses to
+ * remove a route someone else installed in the meantime.
+ */
+export const RTPROT_WEFT = 87;
+
 /** VXLAN attributes of a link, as `ip -d link show` prints them. */
 export interface VxlanInfo {
   /** VXLAN network identifier (`id`). */
@@ -94,6 +104,11 @@ export interface RouteInfo {
   readonly src?: string;
   /** A blackhole route (`ip route add blackhole DST`): no nexthop. */
   readonly blackhole?: boolean;
+  /**
+   * Who installed it (`proto`). Written as given, else boot; on delete,
+   * only a route of this protocol matches (none given: any).
+   */
+  readonly protocol?: number;
 }
 
 /** An IPv4/IPv6 neighbour (ARP/NDP) entry. */

@@ -281,6 +281,9 @@ export function describeRoute(route: RouteInfo, name?: DevName): string {
     s += ` table ${route.table}`;
   }
   if (route.src !== undefined) s += ` src ${route.src}`;
+  if (route.protocol !== undefined && route.protocol !== 3) {
+    s += ` proto ${route.protocol}`;
+  }
   return s;
 }
 

@@ -17,12 +17,18 @@ export interface CommandOutput {
   readonly stderr: string;
   /** Whether the command was killed because it passed its deadline. */
   readonly timedOut?: boolean;
+  /** Whether the command was killed because its caller was stopping. */
+  readonly aborted?: boolean;
 }
 
-/** Runs a command to completion; never throws on a non-zero exit. */
+/**
+ * Runs a command to completion; never throws on a non-zero exit. An
+ * aborted `signal` kills the command at once (shutdown never waits on it).
+ */
 export type CommandRunner = (
   cmd: readonly string[],
   stdin?: string,
+  signal?: AbortSignal,
 ) => Promise<CommandOutput>;
 
 /** Options of {@linkcode commandRunner}. */
@@ -44,6 +50,8 @@ export const TIMED_OUT = 124;
 export interface RunOptions extends CommandRunnerOptions {
   /** Written to the command's stdin, which is closed after it. */
   readonly stdin?: string;
+  /** Kills the command when aborted (reported as `aborted`, code 124). */
+  readonly signal?: AbortSignal;
 }
 
 /**
@@ -70,12 +78,22 @@ export async function runCommand(
     ...(opts.clearEnv ? { clearEnv: true } : {}),
   }).spawn();
   let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
+  let aborted = false;
+  const kill = () => {
     try {
       child.kill("SIGKILL");
     } catch { /* already exited */ }
+  };
+  const timer = setTimeout(() => {
+    timedOut = true;
+    kill();
   }, timeoutMs);
+  const onAbort = () => {
+    aborted = true;
+    kill();
+  };
+  if (opts.signal?.aborted) onAbort();
+  else opts.signal?.addEventListener("abort", onAbort, { once: true });
   try {
     if (opts.stdin !== undefined) {
       const w = child.stdin.getWriter();
@@ -86,21 +104,25 @@ export async function runCommand(
     const out = await child.output();
     const dec = new TextDecoder();
     const stderr = dec.decode(out.stderr);
-    if (!timedOut) {
+    if (!timedOut && !aborted) {
       return {
         code: out.code,
         stdout: dec.decode(out.stdout),
         stderr,
       };
     }
+    const why = timedOut
+      ? `killed after its deadline of ${timeoutMs} ms`
+      : "killed: stopping";
     return {
       code: TIMED_OUT,
       stdout: dec.decode(out.stdout),
-      stderr: `${stderr}${stderr ? "\n" : ""}killed after ${timeoutMs} ms`,
-      timedOut,
+      stderr: `${stderr}${stderr ? "\n" : ""}${why}`,
+      ...(timedOut ? { timedOut } : { aborted }),
     };
   } finally {
     clearTimeout(timer);
+    opts.signal?.removeEventListener("abort", onAbort);
   }
 }
 
@@ -115,6 +137,10 @@ export async function runCommand(
  * ```
  */
 export function commandRunner(opts: CommandRunnerOptions = {}): CommandRunner {
-  return (cmd, stdin) =>
-    runCommand(cmd, stdin === undefined ? opts : { ...opts, stdin });
+  return (cmd, stdin, signal) =>
+    runCommand(cmd, {
+      ...opts,
+      ...(stdin !== undefined && { stdin }),
+      ...(signal !== undefined && { signal }),
+    });
 }

@@ -152,9 +152,17 @@ export const metrics = (() => {
       "weft_peers_programmed",
       "Peers whose kernel entries are all in place",
     ),
+    peersFailing: r.gauge(
+      "weft_peers_failing",
+      "Peers whose kernel entries the last attempt failed to program (not a readiness failure)",
+    ),
     peersInvalid: r.counter(
       "weft_peers_invalid_total",
       "Peer leases skipped because they were invalid",
+    ),
+    peersRefused: r.counter(
+      "weft_peers_refused_total",
+      "Peer leases refused, by reason (invalid, subnet_length, overlap, duplicate_mac, duplicate_public_ip)",
     ),
     reconcilePasses: r.counter(
       "weft_reconcile_passes_total",
@@ -179,6 +187,14 @@ export const metrics = (() => {
     relists: r.counter(
       "weft_relists_total",
       "Full relists of leases (410 Gone, compaction, fallback)",
+    ),
+    heapUsed: r.gauge(
+      "weft_process_heap_used_bytes",
+      "V8 heap in use (Deno.memoryUsage().heapUsed)",
+    ),
+    runSignalListeners: r.gauge(
+      "weft_run_signal_abort_listeners",
+      "Abort listeners live on the agent's run signal (steady growth is a leak)",
     ),
     eventToKernel: r.histogram(
       "weft_event_to_kernel_seconds",

@@ -88,7 +88,9 @@ export function parseRetryAfter(
 
 /**
  * Resolves after `ms` (Infinity: never), or rejects with the signal's
- * reason as soon as it aborts.
+ * reason as soon as it aborts. Time is measured on the monotonic clock,
+ * so a wall-clock step (NTP, an operator's `date -s`) neither stretches
+ * nor cuts a wait. The abort listener is removed when the sleep ends.
  */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -98,9 +100,9 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
       clearTimeout(timer);
       reject(signal!.reason);
     };
-    const end = Date.now() + ms;
+    const end = performance.now() + ms;
     const arm = () => {
-      const left = end - Date.now();
+      const left = end - performance.now();
       if (left <= 0) {
         signal?.removeEventListener("abort", onAbort);
         resolve();

@@ -42,3 +42,21 @@ Deno.test("sleep() rejects with the abort reason", async () => {
   c.abort(new Error("stop"));
   await assert.rejects(p, /stop/);
 });
+
+Deno.test("sleep() is not stretched by a wall-clock step backwards", async () => {
+  const realNow = Date.now;
+  let calls = 0;
+  // The wall clock jumps an hour back right after the sleep starts.
+  Date.now = () => realNow() - (calls++ === 0 ? 0 : 3_600_000);
+  const ac = new AbortController();
+  try {
+    const done = await Promise.race([
+      sleep(50, ac.signal).then(() => "slept"),
+      new Promise((r) => setTimeout(() => r("stuck"), 1000)),
+    ]);
+    assert.equal(done, "slept");
+  } finally {
+    Date.now = realNow;
+    ac.abort();
+  }
+});

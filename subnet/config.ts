@@ -143,6 +143,13 @@ function familyConfig(
     addr: networkAddr(parsed.value),
     prefix: parsed.value.prefix,
   };
+  if (network.prefix === 0) {
+    return fail(
+      `${names.network} "${
+        formatNet(network)
+      }" is the whole address space: it would take the underlay and the default route into the overlay`,
+    );
+  }
 
   const rawLen = fields.get(names.len as Key);
   let subnetLen: number;

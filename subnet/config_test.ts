@@ -122,3 +122,14 @@ for (const [what, text, want] of bad) {
     if (!r.ok) assert.match(r.reason, want);
   });
 }
+
+Deno.test("parseNetConfig() refuses a Network of /0 in either family", () => {
+  const v4 = parseNetConfig('{"Network":"0.0.0.0/0"}');
+  assert.ok(!v4.ok);
+  assert.match(v4.reason, /^Network "0.0.0.0\/0" is the whole address space/);
+  const v6 = parseNetConfig(
+    '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"::/0"}',
+  );
+  assert.ok(!v6.ok);
+  assert.match(v6.reason, /^IPv6Network "::\/0" is the whole address space/);
+});

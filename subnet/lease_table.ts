@@ -5,12 +5,30 @@
  * change rather than once per event, and turns every change, including a
  * full relist, into added/removed events for the backend.
  *
- * Who wins an overlap: a key already accepted keeps its subnet; then a
- * claim of the configured subnet length beats an odd-sized one (so a stray
- * supernet key cannot take a real node's routes after a restart, when
- * nothing is accepted yet); then the older claim (Node creation time, etcd
- * create revision), so a restart decides as the live agent did; then
- * arrival order. A peer claiming our own subnet always loses.
+ * Besides being valid on its own (validate.ts), a peer must not claim
+ * what another accepted lease or this node already holds, since each of
+ * these would redirect someone else's traffic to it:
+ * - a subnet overlapping another's;
+ * - a VtepMAC (the FDB entry of a MAC points at one public IP only: two
+ *   leases with one MAC re-point the victim's traffic every pass);
+ * - a public IP, per backend type (two host-gw routes via one gateway
+ *   send the victim's pods to the copier);
+ * and its subnet must have the cluster's length, so a /17 cannot shadow
+ * the /24s inside it, nor a /32 punch a hole into one. In etcd mode the
+ * length is `SubnetLen` / `IPv6SubnetLen`, which flanneld allocates with.
+ * In kube mode flanneld ignores `SubnetLen`: podCIDRs come from the
+ * controller-manager, which cuts every node's from the cluster CIDR with
+ * one `--node-cidr-mask-size` per family. So the length is this node's
+ * own podCIDR length (the controller-manager's, whatever it was set to),
+ * and until our lease is known the config's default (which matches the
+ * controller-manager's defaults, /24 and /64, for a /16 and a /48).
+ *
+ * Who wins a conflict: a key already accepted keeps its claim; then a
+ * claim of the expected subnet length beats an odd-sized one; then the
+ * older claim (Node creation time, etcd create revision), so a restart
+ * decides as the live agent did; then arrival order. A peer claiming what
+ * this node holds always loses. Each refusal is logged once per key and
+ * reason, naming the key, and counted in `weft_peers_refused_total`.
  *
  * A single update costs O(1) plus a look at the keys it may unblock, not a
  * pass over the whole cluster: at 5000 nodes each watch event would
@@ -19,7 +37,7 @@
  * @module
  */
 import type { NetworkConfig } from "./config.ts";
-import { type IpNet, netsOverlap, parseIpNet } from "../lib/ip.ts";
+import { formatNet, type IpNet, netsOverlap, parseIpNet } from "../lib/ip.ts";
 import type { Lease, LeaseEvent } from "./lease.ts";
 import type { Result } from "../lib/result.ts";
 import { validateLease } from "./validate.ts";
@@ -32,6 +50,46 @@ interface Entry {
   /** The lease validated against the config, or why it is refused. */
   valid: Result<Lease>;
   nets: IpNet[];
+  /** Exclusive identities it claims besides its subnets (see idsOf). */
+  ids: string[];
+}
+
+/**
+ * What a lease claims exclusively besides its subnets: its VTEP MACs and
+ * its public IPs qualified by backend type (a vxlan and a host-gw lease
+ * on one address do not fight over the same kernel entry).
+ */
+function idsOf(lease: Lease): string[] {
+  const ids = new Set<string>();
+  const a = lease.attrs;
+  for (const d of [a.backendData, a.backendV6Data]) {
+    const mac = (d as { VtepMAC?: unknown } | undefined)?.VtepMAC;
+    if (typeof mac === "string") ids.add(`mac ${mac}`);
+  }
+  for (const ip of [a.publicIP, a.publicIPv6]) {
+    if (ip !== undefined) ids.add(`ip ${a.backendType} ${ip}`);
+  }
+  return [...ids];
+}
+
+/** An identity in words, for the warning. */
+function describeId(id: string): string {
+  const [kind, a, b] = id.split(" ");
+  return kind === "mac"
+    ? `VtepMAC "${a}"`
+    : `public IP "${b}" (backend type "${a}")`;
+}
+
+/** Why a lease is refused, as the `reason` label of the refusal counter. */
+type RefusalKind =
+  | "invalid"
+  | "subnet_length"
+  | "overlap"
+  | "duplicate_mac"
+  | "duplicate_public_ip";
+
+function idKind(id: string): RefusalKind {
+  return id.startsWith("mac ") ? "duplicate_mac" : "duplicate_public_ip";
 }
 
 function netsOf(lease: Lease): IpNet[] {
@@ -61,6 +119,12 @@ export interface LeaseTableOptions {
   readonly ownLease?: Lease;
   /** Word for the source in messages: `node` or `etcd key`. */
   readonly noun: string;
+  /**
+   * Where the expected peer subnet length comes from: `config`
+   * (`SubnetLen`, etcd mode; the default) or `own` (this node's own
+   * subnet, kube mode; the config's until our lease is known).
+   */
+  readonly lengths?: "config" | "own";
 }
 
 /** Valid peer leases, keyed by node name or etcd key. */
@@ -73,6 +137,8 @@ export class LeaseTable {
   readonly #accepted = new Map<string, Lease>();
   /** Subnets held by accepted keys, by {@linkcode netKey}. */
   readonly #claims = new Map<string, string>();
+  /** MACs and public IPs held by accepted keys (see idsOf). */
+  readonly #ids = new Map<string, string>();
   /** How many accepted subnets have each `family/prefix` length. */
   readonly #lengths = new Map<string, number>();
   /** Keys refused only because another key holds an overlapping subnet. */
@@ -80,11 +146,13 @@ export class LeaseTable {
   /** Last reason warned about, by key, so a reason is logged once. */
   readonly #warned = new Map<string, string>();
   #ownNets: IpNet[];
+  #ownIds: Set<string>;
 
   constructor(config: NetworkConfig, opts: LeaseTableOptions) {
     this.#config = config;
     this.#opts = opts;
     this.#ownNets = opts.ownLease ? netsOf(opts.ownLease) : [];
+    this.#ownIds = new Set(opts.ownLease ? idsOf(opts.ownLease) : []);
   }
 
   /** The accepted peer leases. */
@@ -100,6 +168,7 @@ export class LeaseTable {
   /** Sets our own lease (after acquiring it) and re-checks every peer. */
   setOwnLease(lease: Lease, receivedAt: number): LeaseEvent[] {
     this.#ownNets = netsOf(lease);
+    this.#ownIds = new Set(idsOf(lease));
     return this.#recomputeAll(receivedAt);
   }
 
@@ -113,9 +182,13 @@ export class LeaseTable {
     this.#store(key, candidate);
     const entry = this.#entries.get(key)!;
     const prev = this.#accepted.get(key);
-    // The usual change (annotations, MAC, public IP) keeps the subnet: no
-    // overlap can appear or go away, so no other key is affected.
-    if (prev && entry.valid.ok && sameNets(netsOf(prev), entry.nets)) {
+    // The usual change (annotations, a renewal) keeps the subnet, MACs and
+    // public IPs: no conflict can appear or go away, so no other key is
+    // affected.
+    if (
+      prev && entry.valid.ok && sameNets(netsOf(prev), entry.nets) &&
+      sameIds(idsOf(prev), entry.ids)
+    ) {
       this.#warned.delete(key);
       if (sameLease(prev, entry.valid.value)) return [];
       this.#accepted.set(key, entry.valid.value);
@@ -174,23 +247,34 @@ export class LeaseTable {
       ? validateLease(candidate.value, this.#config)
       : candidate;
     const nets = valid.ok ? netsOf(valid.value) : [];
+    const ids = valid.ok ? idsOf(valid.value) : [];
     const entry = this.#entries.get(key);
     if (entry) {
       entry.valid = valid;
       entry.nets = nets;
-    } else this.#entries.set(key, { valid, nets });
+      entry.ids = ids;
+    } else this.#entries.set(key, { valid, nets, ids });
   }
 
-  /** Whether a subnet has the length the config hands out. */
+  /** The subnet length peers of a family must have (see module doc). */
+  #expectedLen(family: 4 | 6): number {
+    if (this.#opts.lengths === "own") {
+      const own = this.#ownNets.find((n) => n.family === family);
+      if (own) return own.prefix;
+    }
+    return family === 4 ? this.#config.subnetLen : this.#config.ipv6SubnetLen;
+  }
+
+  /** Whether a subnet has the expected length. */
   #standard(n: IpNet): boolean {
-    return n.prefix ===
-      (n.family === 4 ? this.#config.subnetLen : this.#config.ipv6SubnetLen);
+    return n.prefix === this.#expectedLen(n.family);
   }
 
-  #warn(key: string, reason: string): void {
+  #warn(key: string, kind: RefusalKind, reason: string): void {
     if (this.#warned.get(key) === reason) return;
     this.#warned.set(key, reason);
     metrics.peersInvalid.inc();
+    metrics.peersRefused.inc({ reason: kind });
     log.warn(`Skipping ${this.#opts.noun} "${key}": ${reason}`);
   }
 
@@ -206,6 +290,9 @@ export class LeaseTable {
       if (c > 0) this.#lengths.set(l, c);
       else this.#lengths.delete(l);
     }
+    for (const id of idsOf(lease)) {
+      if (this.#ids.get(id) === key) this.#ids.delete(id);
+    }
   }
 
   /** Accepts `key` if it is valid and free of overlaps; else warns. */
@@ -214,12 +301,28 @@ export class LeaseTable {
     if (!entry) return [];
     this.#blocked.delete(key);
     if (!entry.valid.ok) {
-      this.#warn(key, entry.valid.reason);
+      this.#warn(key, "invalid", entry.valid.reason);
       return [];
     }
     const nets = entry.nets;
+    const odd = nets.find((n) => !this.#standard(n));
+    if (odd !== undefined) {
+      this.#warn(
+        key,
+        "subnet_length",
+        `its subnet "${formatNet(odd)}" is not a /${
+          this.#expectedLen(odd.family)
+        } like the cluster's subnets`,
+      );
+      return [];
+    }
     if (nets.some((n) => this.#ownNets.some((o) => netsOverlap(n, o)))) {
-      this.#warn(key, "its subnet overlaps this node's own subnet");
+      this.#warn(key, "overlap", "its subnet overlaps this node's own subnet");
+      return [];
+    }
+    const mine = entry.ids.find((id) => this.#ownIds.has(id));
+    if (mine !== undefined) {
+      this.#warn(key, idKind(mine), `${describeId(mine)} is this node's own`);
       return [];
     }
     const holder = this.#overlapHolder(nets);
@@ -227,7 +330,20 @@ export class LeaseTable {
       this.#blocked.add(key);
       this.#warn(
         key,
+        "overlap",
         `its subnet overlaps the subnet of ${this.#opts.noun} "${holder}"`,
+      );
+      return [];
+    }
+    const taken = entry.ids.find((id) => this.#ids.has(id));
+    if (taken !== undefined) {
+      this.#blocked.add(key);
+      this.#warn(
+        key,
+        idKind(taken),
+        `${describeId(taken)} is already used by ${this.#opts.noun} "${
+          this.#ids.get(taken)
+        }"`,
       );
       return [];
     }
@@ -237,6 +353,7 @@ export class LeaseTable {
       const l = `${n.family}/${n.prefix}`;
       this.#lengths.set(l, (this.#lengths.get(l) ?? 0) + 1);
     }
+    for (const id of entry.ids) this.#ids.set(id, key);
     this.#warned.delete(key);
     return [{ type: "added", lease: entry.valid.value, receivedAt }];
   }
@@ -276,6 +393,7 @@ export class LeaseTable {
     );
     this.#accepted.clear();
     this.#claims.clear();
+    this.#ids.clear();
     this.#lengths.clear();
     this.#blocked.clear();
     for (const key of [...this.#warned.keys()]) {
@@ -321,6 +439,10 @@ export class LeaseTable {
     }
     return undefined;
   }
+}
+
+function sameIds(a: string[], b: string[]): boolean {
+  return a.length === b.length && a.every((id, i) => id === b[i]);
 }
 
 function sameNets(a: IpNet[], b: IpNet[]): boolean {

@@ -4,19 +4,41 @@ import { parseNetConfig } from "./config.ts";
 import type { Lease } from "./lease.ts";
 import { fail, ok, unwrap } from "../lib/result.ts";
 import { setLogSink } from "../lib/log.ts";
+import { metrics } from "../lib/metrics.ts";
+
+const MAC_A = "0a:00:00:00:aa:aa";
+const MAC_B = "0a:00:00:00:bb:bb";
 
 const config = unwrap(parseNetConfig('{"Network":"10.244.0.0/16"}'));
 
-function lease(key: string, subnet: string, ip = "198.18.0.9"): Lease {
+/** A lease whose public IP and MAC are unique to `key` unless given. */
+function lease(
+  key: string,
+  subnet: string,
+  ip = ipFor(key),
+  mac = macFor(ip),
+  backendType = "vxlan",
+): Lease {
   return {
     key,
     subnet,
     attrs: {
       publicIP: ip,
-      backendType: "vxlan",
-      backendData: { VNI: 1, VtepMAC: "0a:00:00:00:00:09" },
+      backendType,
+      backendData: { VNI: 1, VtepMAC: mac },
     },
   };
+}
+
+function ipFor(key: string): string {
+  let h = 0;
+  for (const c of key) h = (h * 31 + c.charCodeAt(0)) % 250;
+  return `198.18.1.${h + 1}`;
+}
+
+function macFor(ip: string): string {
+  const last = Number(ip.split(".").at(-1)) || 0;
+  return `0a:00:00:00:01:${last.toString(16).padStart(2, "0")}`;
 }
 
 function captureLogs(): { lines: string[]; restore: () => void } {
@@ -82,7 +104,11 @@ Deno.test("LeaseTable keeps the first holder of a subnet and refuses an overlap"
         /Skipping node "b": its subnet overlaps the subnet of node "a"/.test(l)
       ),
     );
-    assert.ok(log.lines.some((l) => /Skipping node "c": .*node "a"/.test(l)));
+    assert.ok(
+      log.lines.some((l) =>
+        l.includes('Skipping node "c": its subnet "10.244.0.0/23" is not a /24')
+      ),
+    );
     // When the holder goes, the first waiting claimant takes over.
     const ev = t.remove("a", 0);
     assert.deepEqual(ev.map((e) => `${e.type} ${e.lease.key}`), [
@@ -146,7 +172,10 @@ Deno.test("LeaseTable: after a restart a real node's subnet beats a stray supern
       "added b-real",
     ]);
     assert.ok(
-      log.lines.some((l) => /Skipping etcd key "a-stray": .*"b-real"/.test(l)),
+      log.lines.some((l) =>
+        /Skipping etcd key "a-stray": its subnet "10.244.32.0\/23" is not a \/24/
+          .test(l)
+      ),
     );
   } finally {
     log.restore();
@@ -196,6 +225,230 @@ Deno.test("LeaseTable: after a restart the older of two equal claims wins, whate
     assert.ok(
       log.lines.some((l) => /Skipping node "a-copy": .*"z-real"/.test(l)),
     );
+  } finally {
+    log.restore();
+  }
+});
+
+Deno.test("LeaseTable refuses a second lease with an accepted VtepMAC, older claim wins", () => {
+  const log = captureLogs();
+  const before = metrics.peersRefused.get({ reason: "duplicate_mac" });
+  try {
+    const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
+    const victim = lease("victim", "10.244.1.0/24", "198.18.0.2", MAC_A);
+    const copier = lease("copier", "10.244.2.0/24", "198.18.0.3", MAC_A);
+    t.update("victim", ok(victim), 0);
+    assert.deepEqual(t.update("copier", ok(copier), 0), []);
+    assert.deepEqual(t.leases.map((l) => l.key), ["victim"]);
+    const warned = log.lines.filter((l) => l.includes('"copier"'));
+    assert.equal(warned.length, 1);
+    assert.match(
+      warned[0]!,
+      /Skipping node "copier": VtepMAC "0a:00:00:00:aa:aa" is already used by node "victim"/,
+    );
+    assert.equal(
+      metrics.peersRefused.get({ reason: "duplicate_mac" }),
+      before + 1,
+    );
+    // On a relist the older claim wins whatever the key order.
+    const t2 = new LeaseTable(config, { ownKey: "me", noun: "node" });
+    const ev = t2.replaceAll(
+      new Map([
+        ["a-copier", ok({ ...copier, key: "a-copier", createdAt: 900 })],
+        ["z-victim", ok({ ...victim, key: "z-victim", createdAt: 100 })],
+      ]),
+      0,
+    );
+    assert.deepEqual(ev.map((e) => `${e.type} ${e.lease.key}`), [
+      "added z-victim",
+    ]);
+    // When the victim goes away the copier's claim is no longer a conflict.
+    assert.deepEqual(
+      t.remove("victim", 0).map((e) => `${e.type} ${e.lease.key}`),
+      ["removed victim", "added copier"],
+    );
+  } finally {
+    log.restore();
+  }
+});
+
+Deno.test("LeaseTable refuses a peer that changes its MAC to one in use", () => {
+  const log = captureLogs();
+  try {
+    const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
+    t.update("a", ok(lease("a", "10.244.1.0/24", "198.18.0.2", MAC_A)), 0);
+    t.update("b", ok(lease("b", "10.244.2.0/24", "198.18.0.3", MAC_B)), 0);
+    const ev = t.update(
+      "b",
+      ok(lease("b", "10.244.2.0/24", "198.18.0.3", MAC_A)),
+      0,
+    );
+    assert.deepEqual(ev.map((e) => `${e.type} ${e.lease.key}`), ["removed b"]);
+    assert.deepEqual(t.leases.map((l) => l.key), ["a"]);
+  } finally {
+    log.restore();
+  }
+});
+
+Deno.test("LeaseTable refuses a duplicate public IP per backend type only", () => {
+  const log = captureLogs();
+  const before = metrics.peersRefused.get({ reason: "duplicate_public_ip" });
+  try {
+    const t = new LeaseTable(config, { ownKey: "me", noun: "etcd key" });
+    t.update("a", ok(lease("a", "10.244.1.0/24", "198.18.0.2")), 0);
+    const same = lease("b", "10.244.2.0/24", "198.18.0.2", MAC_B);
+    assert.deepEqual(t.update("b", ok(same), 0), []);
+    assert.ok(
+      log.lines.some((l) =>
+        l.includes(
+          'Skipping etcd key "b": public IP "198.18.0.2" (backend type "vxlan") is already used by etcd key "a"',
+        )
+      ),
+    );
+    assert.equal(
+      metrics.peersRefused.get({ reason: "duplicate_public_ip" }),
+      before + 1,
+    );
+    const hostgw = lease("c", "10.244.3.0/24", "198.18.0.2", MAC_B, "host-gw");
+    assert.deepEqual(
+      t.update("c", ok(hostgw), 0).map((e) => e.lease.key),
+      ["c"],
+    );
+  } finally {
+    log.restore();
+  }
+});
+
+Deno.test("LeaseTable refuses a peer using this node's public IP or VtepMAC", () => {
+  const log = captureLogs();
+  try {
+    const own = lease("me", "10.244.5.0/24", "198.18.0.5", MAC_A);
+    const t = new LeaseTable(config, {
+      ownKey: "me",
+      ownLease: own,
+      noun: "node",
+    });
+    t.update("x", ok(lease("x", "10.244.6.0/24", "198.18.0.6", MAC_A)), 0);
+    t.update("y", ok(lease("y", "10.244.7.0/24", "198.18.0.5", MAC_B)), 0);
+    assert.equal(t.leases.length, 0);
+    assert.ok(log.lines.some((l) =>
+      l.includes(
+        'Skipping node "x": VtepMAC "0a:00:00:00:aa:aa" is this node\'s own',
+      )
+    ));
+    assert.ok(log.lines.some((l) =>
+      l.includes(
+        'Skipping node "y": public IP "198.18.0.5" (backend type "vxlan") is this node\'s own',
+      )
+    ));
+  } finally {
+    log.restore();
+  }
+});
+
+Deno.test("LeaseTable refuses peer subnets of another length than the cluster's", () => {
+  const log = captureLogs();
+  const before = metrics.peersRefused.get({ reason: "subnet_length" });
+  try {
+    const t = new LeaseTable(config, { ownKey: "me", noun: "etcd key" });
+    // A /17 arriving first must not shadow the /24s inside it, nor a /32
+    // punch a hole into one.
+    assert.deepEqual(t.update("big", ok(lease("big", "10.244.0.0/17")), 0), []);
+    assert.deepEqual(
+      t.update("host", ok(lease("host", "10.244.1.7/32")), 0),
+      [],
+    );
+    const real = t.update("real", ok(lease("real", "10.244.1.0/24")), 0);
+    assert.deepEqual(real.map((e) => e.lease.key), ["real"]);
+    assert.equal(
+      metrics.peersRefused.get({ reason: "subnet_length" }),
+      before + 2,
+    );
+    assert.ok(
+      log.lines.some((l) =>
+        l.includes(
+          'Skipping etcd key "big": its subnet "10.244.0.0/17" is not a /24',
+        )
+      ),
+    );
+  } finally {
+    log.restore();
+  }
+});
+
+Deno.test("LeaseTable in kube mode expects this node's own podCIDR length", () => {
+  const log = captureLogs();
+  try {
+    const t = new LeaseTable(config, {
+      ownKey: "me",
+      noun: "node",
+      lengths: "own",
+      ownLease: lease("me", "10.244.4.0/26"),
+    });
+    assert.deepEqual(
+      t.update("a", ok(lease("a", "10.244.1.0/26")), 0).map((e) => e.lease.key),
+      ["a"],
+    );
+    assert.deepEqual(t.update("b", ok(lease("b", "10.244.2.0/24")), 0), []);
+    assert.ok(
+      log.lines.some((l) =>
+        l.includes('Skipping node "b": its subnet "10.244.2.0/24" is not a /26')
+      ),
+    );
+  } finally {
+    log.restore();
+  }
+});
+
+Deno.test("LeaseTable, dual stack: IPv6 subnet length, IPv6 public IP and v6 VtepMAC duplicates are refused", () => {
+  const log = captureLogs();
+  try {
+    const dual = unwrap(parseNetConfig(
+      '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}',
+    ));
+    const ds = (
+      key: string,
+      n: number,
+      v6: { subnet?: string; ip?: string; mac?: string } = {},
+    ): Lease => ({
+      key,
+      subnet: `10.244.${n}.0/24`,
+      ipv6Subnet: v6.subnet ?? `fc00:0:0:${n}::/64`,
+      attrs: {
+        backendType: "vxlan",
+        publicIP: `198.18.0.${n}`,
+        publicIPv6: v6.ip ?? `fd18::${n}`,
+        backendData: { VNI: 1, VtepMAC: `0a:00:00:00:04:${n}0` },
+        backendV6Data: { VNI: 1, VtepMAC: v6.mac ?? `0a:00:00:00:06:${n}0` },
+      },
+    });
+    const t = new LeaseTable(dual, { ownKey: "me", noun: "etcd key" });
+    assert.deepEqual(t.update("a", ok(ds("a", 1)), 0).map((e) => e.type), [
+      "added",
+    ]);
+    assert.deepEqual(
+      t.update("b", ok(ds("b", 2, { subnet: "fc00:0:0:2::/80" })), 0),
+      [],
+    );
+    assert.deepEqual(t.update("c", ok(ds("c", 3, { ip: "fd18::1" })), 0), []);
+    assert.deepEqual(
+      t.update("d", ok(ds("d", 4, { mac: "0a:00:00:00:06:10" })), 0),
+      [],
+    );
+    assert.deepEqual(t.update("e", ok(ds("e", 5, { ip: "fc00::5" })), 0), []);
+    const warned = (k: string) =>
+      log.lines.find((l) => l.includes(`Skipping etcd key "${k}"`)) ?? "";
+    assert.match(warned("b"), /"fc00:0:0:2::\/80" is not a \/64/);
+    assert.match(
+      warned("c"),
+      /public IP "fd18::1" \(backend type "vxlan"\) is already used by etcd key "a"/,
+    );
+    assert.match(
+      warned("d"),
+      /VtepMAC "0a:00:00:00:06:10" is already used by etcd key "a"/,
+    );
+    assert.match(warned("e"), /inside the cluster network "fc00::\/48"/);
+    assert.deepEqual(t.leases.map((l) => l.key), ["a"]);
   } finally {
     log.restore();
   }

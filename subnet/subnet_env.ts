@@ -242,3 +242,31 @@ export async function writeSubnetEnv(
 ): Promise<void> {
   await writeFileAtomic(path, renderSubnetEnv(params), 0o644, 0o755);
 }
+
+/**
+ * Puts subnet.env back when it differs from what `params` render (deleted
+ * by hand, truncated, edited): the CNI plugin of every new pod reads it.
+ * Returns whether it had to write; throws when it cannot (a read-only
+ * `/run/flannel`), naming the file.
+ */
+export async function ensureSubnetEnv(
+  path: string,
+  params: SubnetEnvParams,
+): Promise<boolean> {
+  const want = renderSubnetEnv(params);
+  let have: string | undefined;
+  try {
+    have = await Deno.readTextFile(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      throw new Error(`Cannot read "${path}": ${(e as Error).message}`);
+    }
+  }
+  if (have === want) return false;
+  try {
+    await writeFileAtomic(path, want, 0o644, 0o755);
+  } catch (e) {
+    throw new Error(`Cannot write "${path}": ${(e as Error).message}`);
+  }
+  return true;
+}

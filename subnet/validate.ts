@@ -11,6 +11,7 @@ import {
   type Ip,
   type IpNet,
   ipString,
+  netContainsIp,
   netContainsNet,
   parseIp,
   parseSubnet,
@@ -74,35 +75,62 @@ function publicIp(
   text: string | undefined,
   family: 4 | 6,
   label: string,
+  config: NetworkConfig,
 ): Result<string> {
   if (text === undefined || text === "") return fail(`Missing ${label}`);
   const ip = parseIp(text);
   if (!ip.ok || ip.value.family !== family) {
     return fail(`Invalid ${label} ${short(text)}`);
   }
-  const why = notUnicast(ip.value);
+  const canonical = ipString(ip.value);
+  // An encapsulation endpoint inside the overlay would loop packets
+  // through the tunnel; with host-gw it would route pods via a pod.
+  const why = notUnicast(ip.value) ??
+    insideCluster(canonical, config.network) ??
+    insideCluster(canonical, config.ipv6Network);
   if (why !== undefined) {
     return fail(`Invalid ${label} ${short(text)}: ${why}`);
   }
-  return ok(ipString(ip.value));
+  return ok(canonical);
 }
 
 /**
- * Why an address cannot be a VTEP or gateway on the underlay, if it
- * cannot: unspecified, loopback, multicast or broadcast.
+ * Why an address cannot be a peer's VTEP or gateway on the underlay, if it
+ * cannot. Only global or private unicast addresses can (Go's
+ * `IsGlobalUnicast || IsPrivate`, stricter for IPv4): not unspecified,
+ * loopback, multicast, broadcast, link-local, `0.0.0.0/8`, the reserved
+ * `240.0.0.0/4`, or an IPv4-mapped or IPv4-compatible IPv6 address (which
+ * would smuggle an IPv4 destination into an IPv6 entry).
  */
 export function notUnicast(ip: Ip): string | undefined {
   const v = ip.value;
   if (v === 0n) return "unspecified address";
   if (ip.family === 4) {
+    if (v >> 24n === 0n) return "address in 0.0.0.0/8";
     if (v >> 24n === 127n) return "loopback address";
-    if (v >> 28n === 0xen) return "multicast address";
+    if (v >> 16n === 0xa9fen) return "link-local address";
     if (v === 0xffffffffn) return "broadcast address";
+    if (v >> 28n === 0xen) return "multicast address";
+    if (v >> 28n === 0xfn) return "reserved address (240.0.0.0/4)";
     return undefined;
   }
   if (v === 1n) return "loopback address";
   if (v >> 120n === 0xffn) return "multicast address";
+  if (v >> 118n === 0x3fan) return "link-local address";
+  if (v >> 32n === 0xffffn) return "IPv4-mapped address";
+  if (v >> 32n === 0n) return "IPv4-compatible address";
   return undefined;
+}
+
+/** Why a public IP inside the cluster network is refused, if it is. */
+function insideCluster(
+  ip: string,
+  network: IpNet | undefined,
+): string | undefined {
+  if (network === undefined) return undefined;
+  const p = parseIp(ip);
+  if (!p.ok || !netContainsIp(network, p.value)) return undefined;
+  return `inside the cluster network "${formatNet(network)}"`;
 }
 
 /**
@@ -138,7 +166,7 @@ export function validateLease(
   let backendData: unknown = lease.attrs.backendData;
   let backendV6Data: unknown = lease.attrs.backendV6Data;
   if (v4.value !== undefined) {
-    const ip = publicIp(lease.attrs.publicIP, 4, "public IP");
+    const ip = publicIp(lease.attrs.publicIP, 4, "public IP", config);
     if (!ip.ok) return ip;
     publicIP = ip.value;
     if (type === "vxlan") {
@@ -148,7 +176,7 @@ export function validateLease(
     }
   }
   if (v6.value !== undefined) {
-    const ip = publicIp(lease.attrs.publicIPv6, 6, "public IPv6");
+    const ip = publicIp(lease.attrs.publicIPv6, 6, "public IPv6", config);
     if (!ip.ok) return ip;
     publicIPv6 = ip.value;
     if (type === "vxlan") {
@@ -171,4 +199,48 @@ export function validateLease(
     ...(lease.expiration !== undefined && { expiration: lease.expiration }),
     ...(lease.createdAt !== undefined && { createdAt: lease.createdAt }),
   });
+}
+
+/** This node's underlay, as far as the cluster network must avoid it. */
+export interface HostAddresses {
+  /** Addresses of the external interface and the public IPs. */
+  readonly addrs: readonly string[];
+  /** Gateways of the default routes. */
+  readonly gateways: readonly string[];
+}
+
+/**
+ * Refuses a cluster network that contains this node's underlay address or
+ * its default gateway: weft would route the underlay into the overlay and
+ * cut the node off. Checked once at start, before anything is programmed.
+ */
+export function checkNetworkAgainstHost(
+  config: NetworkConfig,
+  host: HostAddresses,
+): Result<void> {
+  for (const network of [config.network, config.ipv6Network]) {
+    if (network === undefined) continue;
+    const hit = (list: readonly string[]) =>
+      list.find((a) => {
+        const ip = parseIp(a);
+        return ip.ok && netContainsIp(network, ip.value);
+      });
+    const addr = hit(host.addrs);
+    if (addr !== undefined) {
+      return fail(
+        `Network "${
+          formatNet(network)
+        }" contains this node's underlay address "${addr}": choose a cluster network that does not overlap the node network`,
+      );
+    }
+    const gw = hit(host.gateways);
+    if (gw !== undefined) {
+      return fail(
+        `Network "${
+          formatNet(network)
+        }" contains this node's default gateway "${gw}": choose a cluster network that does not overlap the node network`,
+      );
+    }
+  }
+  return ok(undefined);
 }

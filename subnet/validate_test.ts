@@ -1,5 +1,9 @@
 import assert from "node:assert/strict";
-import { parseVxlanData, validateLease } from "./validate.ts";
+import {
+  checkNetworkAgainstHost,
+  parseVxlanData,
+  validateLease,
+} from "./validate.ts";
 import { parseNetConfig } from "./config.ts";
 import type { Lease } from "./lease.ts";
 import { unwrap } from "../lib/result.ts";
@@ -109,4 +113,73 @@ for (const [what, patch, want] of cases) {
 Deno.test("parseVxlanData() treats a missing VNI as 0 like Go", () => {
   const r = parseVxlanData({ VtepMAC: "0a:00:00:00:00:01" });
   assert.ok(r.ok && r.value.VNI === 0);
+});
+
+Deno.test("validateLease() accepts only global or private unicast public IPs outside the cluster network", () => {
+  const bad: [string, string, RegExp][] = [
+    ["publicIP", "169.254.1.1", /link-local address/],
+    ["publicIP", "0.1.2.3", /address in 0.0.0.0\/8/],
+    ["publicIP", "240.0.0.1", /reserved address/],
+    ["publicIP", "255.255.255.255", /broadcast address/],
+    ["publicIP", "10.244.7.1", /inside the cluster network "10.244.0.0\/16"/],
+    ["publicIPv6", "fe80::1", /link-local address/],
+    ["publicIPv6", "::ffff:198.18.0.3", /IPv4-mapped address/],
+    ["publicIPv6", "::198.18.0.3", /IPv4-compatible address/],
+    ["publicIPv6", "fc00::7", /inside the cluster network "fc00::\/48"/],
+  ];
+  const base: Lease = {
+    ...good,
+    ipv6Subnet: "fc00:0:0:3::/64",
+    attrs: {
+      ...good.attrs,
+      publicIPv6: "2001:db8::3",
+      backendV6Data: { VNI: 1, VtepMAC: "aa:bb:cc:dd:ee:02" },
+    },
+  };
+  assert.ok(validateLease(base, dual).ok);
+  for (const [field, ip, why] of bad) {
+    const r = validateLease(
+      { ...base, attrs: { ...base.attrs, [field]: ip } },
+      dual,
+    );
+    assert.ok(!r.ok, `${field} ${ip} accepted`);
+    assert.match(r.reason, why);
+    assert.ok(r.reason.includes(`"${ip}"`), r.reason);
+  }
+  // Private and unique-local addresses are fine.
+  for (
+    const [field, ip] of [["publicIP", "172.16.0.9"], ["publicIPv6", "fd00::9"]]
+  ) {
+    const r = validateLease(
+      { ...base, attrs: { ...base.attrs, [field!]: ip } },
+      dual,
+    );
+    assert.ok(r.ok, r.ok ? "" : r.reason);
+  }
+});
+
+Deno.test("checkNetworkAgainstHost() refuses a network holding the node's address or default gateway", () => {
+  const host = { addrs: ["198.18.0.4", "fd18::4"], gateways: ["198.18.0.254"] };
+  assert.ok(checkNetworkAgainstHost(dual, host).ok);
+  const wide = unwrap(parseNetConfig('{"Network":"198.0.0.0/8"}'));
+  const r = checkNetworkAgainstHost(wide, host);
+  assert.ok(!r.ok);
+  assert.equal(
+    r.reason,
+    'Network "198.0.0.0/8" contains this node\'s underlay address "198.18.0.4": choose a cluster network that does not overlap the node network',
+  );
+  const gwOnly = checkNetworkAgainstHost(
+    unwrap(parseNetConfig('{"Network":"198.18.0.128/25"}')),
+    host,
+  );
+  assert.ok(
+    !gwOnly.ok && gwOnly.reason.includes('default gateway "198.18.0.254"'),
+  );
+  const v6 = checkNetworkAgainstHost(
+    unwrap(parseNetConfig(
+      '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd18::/48"}',
+    )),
+    host,
+  );
+  assert.ok(!v6.ok && v6.reason.includes('"fd18::4"'));
 });

@@ -396,6 +396,7 @@ export class Cluster implements AsyncDisposable {
     node: ClusterNode,
     extra: string[] = [],
     hosts: string[] = [],
+    env: Record<string, string> = {},
   ): Promise<Agent> {
     const logPath = `${node.dir}/weft.log`;
     const log = await Deno.open(logPath, {
@@ -420,7 +421,7 @@ export class Cluster implements AsyncDisposable {
         ...this.agentArgs(node),
         ...extra,
       ],
-      env: { NODE_NAME: node.name },
+      env: { NODE_NAME: node.name, ...env },
       stdout: "null",
       stderr: this.opts.detached ? "null" : "piped",
       cwd: ROOT,

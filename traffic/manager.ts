@@ -52,7 +52,15 @@ export interface TrafficManagerOptions {
   readonly nftables?: boolean;
   /** `--iptables-resync` seconds between checks; default 5. */
   readonly resyncSeconds?: number;
-  /** How commands run; default {@linkcode commandRunner}(). */
+  /**
+   * Deadline of each iptables/nft command, ms; default 20 000. A command
+   * that passes it is killed and the rules are reported not in place.
+   * `iptables-restore` waits for the xtables lock half of it
+   * (`--wait <seconds>`), so a held lock ends as a clear error rather
+   * than a kill.
+   */
+  readonly timeoutMs?: number;
+  /** How commands run; default {@linkcode commandRunner} with the deadline. */
   readonly run?: CommandRunner;
   /** Told whether the rules are in place after every check. */
   readonly onState?: (ready: boolean, detail: string) => void;
@@ -95,12 +103,17 @@ export class TrafficManager {
   readonly #nftSnapshot = new Map<4 | 6, string>();
   #ready = false;
   #last: Promise<void> = Promise.resolve();
+  readonly #waitSeconds: number;
+  /** Aborted when `run` stops: kills a command in flight. */
+  #stop: AbortSignal | undefined;
 
   constructor(opts: TrafficManagerOptions) {
     this.#spec = opts.spec;
     this.#nft = opts.nftables ?? false;
     this.#resync = opts.resyncSeconds ?? 5;
-    this.#run = opts.run ?? commandRunner();
+    const timeoutMs = opts.timeoutMs ?? 20_000;
+    this.#waitSeconds = Math.max(1, Math.floor(timeoutMs / 2000));
+    this.#run = opts.run ?? commandRunner({ timeoutMs });
     this.#onState = opts.onState ?? (() => {});
   }
 
@@ -122,7 +135,13 @@ export class TrafficManager {
   }
 
   async #exec(cmd: string[], stdin?: string): Promise<string> {
-    const out = await this.#run(cmd, stdin);
+    const out = await this.#run(cmd, stdin, this.#stop);
+    if (out.timedOut) {
+      metrics.kernelErrors.inc({ op: cmd[0]! });
+      throw new Error(
+        `Command "${cmd.join(" ")}" timed out: ${out.stderr.trim()}`,
+      );
+    }
     if (out.code !== 0) {
       metrics.kernelErrors.inc({ op: cmd[0]! });
       throw new Error(
@@ -146,6 +165,7 @@ export class TrafficManager {
           "add table ip weft-probe\n" +
             "add chain ip weft-probe p { type nat hook postrouting priority srcnat ; }\n" +
             "add rule ip weft-probe p masquerade fully-random\n",
+          this.#stop,
         );
         if (out.code !== 0) {
           log.warn("nftables: random fully unsupported");
@@ -234,7 +254,11 @@ export class TrafficManager {
       );
       log.v(6, `${restore} --noflush <<EOF\n${payload}EOF`);
       await this.#exec(
-        [restore, "--noflush", ...(wait ? ["--wait"] : [])],
+        [
+          restore,
+          "--noflush",
+          ...(wait ? ["--wait", String(this.#waitSeconds)] : []),
+        ],
         payload,
       );
       reasons.push(...why);
@@ -244,13 +268,14 @@ export class TrafficManager {
 
   async #listNft(family: 4 | 6): Promise<string | undefined> {
     const fam = family === 4 ? "ip" : "ip6";
-    const out = await this.#run([
-      "nft",
-      "list",
-      "table",
-      fam,
-      nftTable(family),
-    ]);
+    const out = await this.#run(
+      ["nft", "list", "table", fam, nftTable(family)],
+      undefined,
+      this.#stop,
+    );
+    if (out.timedOut) {
+      throw new Error(`Command "nft list table" timed out: ${out.stderr}`);
+    }
     return out.code === 0 ? out.stdout : undefined;
   }
 
@@ -291,6 +316,7 @@ export class TrafficManager {
    * aborts. Repairs are logged; failures are logged and retried.
    */
   async run(signal: AbortSignal): Promise<void> {
+    this.#stop = signal;
     let first = this.#probed === undefined;
     while (!signal.aborted) {
       if (!first) {
@@ -304,6 +330,7 @@ export class TrafficManager {
       try {
         await this.ensure();
       } catch (e) {
+        if (signal.aborted) return;
         log.error(`Failed to ensure iptables rules: ${(e as Error).message}`);
       }
     }

@@ -84,7 +84,8 @@ Deno.test("TrafficManager.ensure() installs the rules once and then leaves them 
     FLANNEL_V4_NAT.slice(1),
   );
   assertEquals(ipt.tables.get("filter")!.get("FLANNEL-FWD")!.length, 2);
-  assert(ipt.calls.includes("iptables-restore --noflush --wait"));
+  // The xtables lock is waited for half of the 20 s command deadline.
+  assert(ipt.calls.includes("iptables-restore --noflush --wait 10"));
   const second = await tm.ensure();
   assertEquals(second, { changed: false, reasons: [] });
   assert(tm.ready);
@@ -129,7 +130,7 @@ Deno.test("TrafficManager reports a failed restore as not ready, naming the comm
   assertEquals(tm.ready, false);
   assertEquals(states, [[
     false,
-    'Command "iptables-restore --noflush --wait" exited 2: line 3 failed',
+    'Command "iptables-restore --noflush --wait 10" exited 2: line 3 failed',
   ]]);
 });
 
@@ -174,4 +175,63 @@ Deno.test("TrafficManager.ensure() calls do not interleave", async () => {
     ipt.calls.filter((c) => c.startsWith("iptables-restore --noflush")).length,
     1,
   );
+});
+
+Deno.test("TrafficManager reports rules not in place when a command passes its deadline", async () => {
+  const ipt = fakeIptables();
+  const hung: CommandRunner = (cmd, stdin) =>
+    cmd[0] === "iptables-restore" && cmd[1] === "--noflush"
+      ? Promise.resolve({
+        code: 124,
+        stdout: "",
+        stderr: "killed after its deadline of 4000 ms",
+        timedOut: true,
+      })
+      : ipt.run(cmd, stdin);
+  const states: [boolean, string][] = [];
+  const tm = new TrafficManager({
+    spec,
+    run: hung,
+    timeoutMs: 4000,
+    onState: (ready, detail) => states.push([ready, detail]),
+  });
+  await rejects(tm.ensure(), /timed out/);
+  assertEquals(tm.ready, false);
+  assertEquals(states, [[
+    false,
+    'Command "iptables-restore --noflush --wait 2" timed out: killed after its deadline of 4000 ms',
+  ]]);
+});
+
+Deno.test("TrafficManager.run() hands its signal to commands, so a stop never waits on a hung one", async () => {
+  const ipt = fakeIptables();
+  const signals: (AbortSignal | undefined)[] = [];
+  // A restore that hangs until its signal aborts, as runCommand kills it.
+  const hanging: CommandRunner = (cmd, stdin, signal) => {
+    signals.push(signal);
+    if (cmd[0] === "iptables-restore" && cmd[1] === "--noflush") {
+      return new Promise((resolve) =>
+        signal?.addEventListener("abort", () =>
+          resolve({
+            code: 124,
+            stdout: "",
+            stderr: "killed: stopping",
+            aborted: true,
+          }))
+      );
+    }
+    return ipt.run(cmd, stdin);
+  };
+  const tm = new TrafficManager({ spec, run: hanging });
+  const ac = new AbortController();
+  const done = tm.run(ac.signal);
+  await new Promise((r) => setTimeout(r, 30));
+  ac.abort();
+  const stopped = await Promise.race([
+    done.then(() => true),
+    new Promise((r) => setTimeout(() => r(false), 1000)),
+  ]);
+  assert(stopped, "run() still waiting on the hung command");
+  assert(signals.length > 0 && signals.every((s) => s === ac.signal));
+  assertEquals(tm.ready, false);
 });

@@ -37,6 +37,12 @@ export interface EtcdClientOptions {
   /** With `password`: authenticate and send the token on every request. */
   readonly username?: string;
   readonly password?: string;
+  /**
+   * Whether credentials (the password, then the auth token) may go to an
+   * `http://` endpoint, where anyone on the path reads them. Default
+   * false: such a client refuses to start.
+   */
+  readonly allowCredentialsOverHttp?: boolean;
   /** Timeout of each request, and of a watch's first answer. Default 10 s. */
   readonly requestTimeoutMs?: number;
   /** The fetch to use; tests inject one. Default: the global `fetch`. */
@@ -316,6 +322,14 @@ export type EtcdApi = Pick<
   | "close"
 >;
 
+/** A URL for messages: any password in it replaced by `***`. */
+export function redactUrl(text: string): string {
+  return text.replace(/^([a-z][a-z0-9+.-]*:\/\/)([^/@]*)@/i, (_, s, user) => {
+    const name = String(user).split(":")[0];
+    return `${s}${name}:***@`;
+  });
+}
+
 /** An etcd v3 client over the JSON gateway. */
 export class EtcdClient implements Disposable {
   readonly #endpoints: string[];
@@ -331,15 +345,45 @@ export class EtcdClient implements Disposable {
     if (opts.endpoints.length === 0) {
       throw new Error("No etcd endpoint given");
     }
+    // Credentials written into an endpoint (`http://user:pw@host:2379`)
+    // are taken out of it, so no URL in a message carries them.
+    let fromUrl: { username: string; password: string } | undefined;
     this.#endpoints = opts.endpoints.map((e) => {
-      const url = e.trim().replace(/\/+$/, "");
-      if (!/^https?:\/\/[^/]+$/.test(url)) {
+      const text = e.trim().replace(/\/+$/, "");
+      const shown = redactUrl(text);
+      let url: URL | undefined;
+      try {
+        url = new URL(text);
+      } catch { /* reported below */ }
+      if (
+        !url || !/^https?:$/.test(url.protocol) ||
+        !/^https?:\/\/[^/]+$/.test(text)
+      ) {
         throw new Error(
-          `Invalid etcd endpoint "${e}": expected http(s)://host:port`,
+          `Invalid etcd endpoint "${shown}": expected http(s)://host:port`,
         );
       }
-      return url;
+      if (url.username !== "" || url.password !== "") {
+        fromUrl ??= {
+          username: decodeURIComponent(url.username),
+          password: decodeURIComponent(url.password),
+        };
+        url.username = "";
+        url.password = "";
+      }
+      return url.href.replace(/\/+$/, "");
     });
+    if (opts.username === undefined && fromUrl) {
+      opts = { ...opts, ...fromUrl };
+    }
+    if (opts.username !== undefined && !opts.allowCredentialsOverHttp) {
+      const plain = this.#endpoints.find((e) => e.startsWith("http:"));
+      if (plain !== undefined) {
+        throw new Error(
+          `Refusing to send etcd credentials to "${plain}" over plain HTTP: use an https endpoint, or pass --allow-token-over-http`,
+        );
+      }
+    }
     this.#opts = opts;
     this.#timeoutMs = opts.requestTimeoutMs ?? 10_000;
     this.#fetch = opts.fetch ?? fetch;
@@ -366,8 +410,23 @@ export class EtcdClient implements Disposable {
       ...(opts.revision !== undefined && { revision: String(opts.revision) }),
       ...(opts.limit !== undefined && { limit: String(opts.limit) }),
     }, opts.signal);
+    // A 200 that is not a range answer (a proxy's page, JSON of another
+    // shape) must not read as "no keys": that would withdraw every peer.
+    const revision = revisionOf(r);
+    const badKv = Array.isArray(r.kvs) &&
+      r.kvs.some((kv) => typeof obj(kv).key !== "string");
+    if (
+      revision <= 0n || (r.kvs !== undefined && !Array.isArray(r.kvs)) || badKv
+    ) {
+      throw new EtcdError(
+        `etcd /v3/kv/range answered 200 with a body that is not a range response: ${
+          JSON.stringify(r).slice(0, 120)
+        }`,
+        "protocol",
+      );
+    }
     return {
-      revision: revisionOf(r),
+      revision,
       kvs: arr(r.kvs).map(kvFrom),
       more: r.more === true,
     };

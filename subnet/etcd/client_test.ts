@@ -6,6 +6,7 @@ import {
   failoverVerdict,
   isTransient,
   prefixRangeEnd,
+  redactUrl,
   unb64,
 } from "./client.ts";
 
@@ -156,6 +157,7 @@ Deno.test("EtcdClient logs in again once on an expired token, on the same endpoi
   using c = new EtcdClient({
     endpoints,
     username: "root",
+    allowCredentialsOverHttp: true,
     password: "pw",
     fetch: s.fetch,
   });
@@ -177,4 +179,38 @@ Deno.test("EtcdClient treats a 200 whose body is not JSON as a protocol error", 
     c.range("k"),
     (e: unknown) => e instanceof EtcdError && e.kind === "protocol",
   );
+});
+
+Deno.test("EtcdClient takes credentials out of an endpoint URL and never shows the password", () => {
+  assert.throws(
+    () => new EtcdClient({ endpoints: ["http://root:s3cret@10.0.0.1:2379"] }),
+    (e: Error) =>
+      e.message ===
+        'Refusing to send etcd credentials to "http://10.0.0.1:2379" over plain HTTP: use an https endpoint, or pass --allow-token-over-http' &&
+      !e.message.includes("s3cret"),
+  );
+  const c = new EtcdClient({
+    endpoints: ["https://root:s3cret@10.0.0.1:2379/"],
+  });
+  assert.deepEqual(c.endpoints, ["https://10.0.0.1:2379"]);
+  c.close();
+  const allowed = new EtcdClient({
+    endpoints: ["http://10.0.0.1:2379"],
+    username: "root",
+    password: "s3cret",
+    allowCredentialsOverHttp: true,
+  });
+  assert.deepEqual(allowed.endpoints, ["http://10.0.0.1:2379"]);
+  allowed.close();
+  assert.throws(
+    () => new EtcdClient({ endpoints: ["ftp://root:s3cret@host:2379"] }),
+    (e: Error) =>
+      e.message ===
+        'Invalid etcd endpoint "ftp://root:***@host:2379": expected http(s)://host:port',
+  );
+  assert.equal(
+    redactUrl("http://user:pw@h:1/x"),
+    "http://user:***@h:1/x",
+  );
+  assert.equal(redactUrl("http://h:1"), "http://h:1");
 });

@@ -72,6 +72,8 @@ export interface EtcdSubnetManagerOptions {
   /** `--etcd-username` and `--etcd-password`. */
   readonly username?: string;
   readonly password?: string;
+  /** `--allow-token-over-http`: credentials may go to an http endpoint. */
+  readonly allowCredentialsOverHttp?: boolean;
   /**
    * `--subnet-file`: its FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET are tried
    * first when this node has no lease. Default `/run/flannel/subnet.env`.
@@ -106,6 +108,13 @@ interface Own {
   leaseId: string;
   /** Revision of our last write to the key. */
   revision: bigint;
+  /**
+   * When the etcd lease runs out on the monotonic clock
+   * (`performance.now()`): renewal is scheduled by it, so a wall-clock
+   * step cannot make us renew after etcd (whose TTLs are monotonic)
+   * already dropped the key. Undefined for a reservation.
+   */
+  expiresMono?: number;
 }
 
 /** A subnet of a lease key as a prefix, for the taken set. */
@@ -144,6 +153,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       ...(opts.tls && { tls: opts.tls }),
       ...(opts.username !== undefined && opts.username !== "" &&
         { username: opts.username, password: opts.password ?? "" }),
+      ...(opts.allowCredentialsOverHttp && { allowCredentialsOverHttp: true }),
       ...(opts.requestTimeoutMs !== undefined &&
         { requestTimeoutMs: opts.requestTimeoutMs }),
     });
@@ -480,6 +490,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
 
     const key = subnetKey(this.#prefix, pair);
     const started = Date.now();
+    const startedMono = performance.now();
     const grant = await this.#client.leaseGrant(this.#ttl, signal);
     let txn;
     try {
@@ -504,7 +515,12 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       attrs,
       expiration: new Date(started + grant.ttl * 1000),
     };
-    this.#own = { lease, leaseId: grant.id, revision: txn.revision };
+    this.#own = {
+      lease,
+      leaseId: grant.id,
+      revision: txn.revision,
+      expiresMono: startedMono + grant.ttl * 1000,
+    };
     log.info(
       `Allocated lease (${describePair(pair)}) to current node (${ourIP})`,
     );
@@ -548,6 +564,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       return base;
     }
     const started = Date.now();
+    const startedMono = performance.now();
     const grant = await this.#client.leaseGrant(this.#ttl, signal);
     let r;
     try {
@@ -570,7 +587,12 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       ...base,
       expiration: new Date(started + grant.ttl * 1000),
     };
-    this.#own = { lease, leaseId: grant.id, revision: r.revision };
+    this.#own = {
+      lease,
+      leaseId: grant.id,
+      revision: r.revision,
+      expiresMono: startedMono + grant.ttl * 1000,
+    };
     return lease;
   }
 
@@ -585,10 +607,14 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
   /** Renews at expiration minus the margin; retries every minute. */
   async #renewLoop(signal: AbortSignal): Promise<never> {
     const due = () => {
-      const exp = this.#own!.lease.expiration;
+      const own = this.#own!;
+      const exp = own.lease.expiration;
       if (exp === undefined) return Infinity; // a reservation never expires
+      const left = own.expiresMono !== undefined
+        ? own.expiresMono - performance.now()
+        : exp.getTime() - Date.now();
       // Never spin: with a margin longer than the TTL, renew every second.
-      return Math.max(1000, exp.getTime() - this.#marginMs - Date.now());
+      return Math.max(1000, left - this.#marginMs);
     };
     let delay = due();
     while (true) {
@@ -626,6 +652,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     const own = this.#own!;
     const key = own.lease.key;
     const started = Date.now();
+    const startedMono = performance.now();
     const grant = await this.#client.leaseGrant(this.#ttl, signal);
     let r;
     try {
@@ -654,6 +681,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
         },
         leaseId: grant.id,
         revision: r.revision,
+        expiresMono: startedMono + grant.ttl * 1000,
       };
       return;
     }

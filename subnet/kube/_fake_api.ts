@@ -127,12 +127,19 @@ export function status(
 }
 
 /** A Node object with flannel annotations. */
+/** A distinct VTEP MAC per public IP (peers may not share one). */
+function macFor(ip: string): string {
+  const o = ip.split(".").map((x) => Number(x) & 255);
+  const hex = o.map((x) => x.toString(16).padStart(2, "0")).join(":");
+  return o.length === 4 ? `02:00:${hex}` : "02:00:00:00:00:01";
+}
+
 export function node(
   name: string,
   rv: string,
   subnet: string,
   ip: string,
-  mac = "02:00:00:00:00:01",
+  mac = macFor(ip),
 ): Record<string, unknown> {
   return {
     kind: "Node",

@@ -10,6 +10,7 @@
  * @module
  */
 import { logger } from "../../lib/log.ts";
+import { type PinnedFetch, pinnedFetch } from "./pinned_fetch.ts";
 import { VERSION } from "../../lib/version.ts";
 import {
   Backoff,
@@ -172,6 +173,13 @@ export interface KubeClientOptions {
    * rotation), else undefined. Default: none.
    */
   readonly reloadHttpClient?: () => Promise<Deno.HttpClient | undefined>;
+  /**
+   * Requests go through this fetch, which trusts exactly the configured
+   * CA (see pinned_fetch.ts); closed by {@linkcode KubeClient.close}.
+   */
+  readonly pinned?: PinnedFetch;
+  /** After a TLS failure: a new pinned fetch if the CA file changed. */
+  readonly reloadPinned?: () => Promise<PinnedFetch | undefined>;
 }
 
 /**
@@ -179,11 +187,11 @@ export interface KubeClientOptions {
  * CA (a bundle with old and new CA, then a server certificate of the new
  * one) is picked up without a restart.
  */
-export function caFileReloader(
+export function caFileReloader<T>(
   caPath: string,
   first: string,
-  build: (caPem: string) => Deno.HttpClient,
-): () => Promise<Deno.HttpClient | undefined> {
+  build: (caPem: string) => T,
+): () => Promise<T | undefined> {
   let current = first;
   return async () => {
     let text: string;
@@ -214,7 +222,9 @@ export class KubeClient {
   readonly #token: TokenSource | undefined;
   #http: Deno.HttpClient | undefined;
   readonly #reload: (() => Promise<Deno.HttpClient | undefined>) | undefined;
-  readonly #fetch: typeof fetch;
+  #pinned: PinnedFetch | undefined;
+  readonly #reloadPinned: (() => Promise<PinnedFetch | undefined>) | undefined;
+  #fetch: (input: string, init?: RequestInit) => Promise<Response>;
   readonly #timeoutMs: number;
   readonly #caHint: string;
   /** Body bytes received (after decompression), for benchmarks. */
@@ -225,7 +235,9 @@ export class KubeClient {
     this.server = opts.server.replace(/\/+$/, "");
     this.#token = opts.token;
     this.#http = opts.httpClient;
-    this.#fetch = opts.fetch ?? fetch;
+    this.#pinned = opts.pinned;
+    this.#reloadPinned = opts.reloadPinned;
+    this.#fetch = opts.pinned ?? opts.fetch ?? fetch;
     this.#timeoutMs = opts.requestTimeoutMs ?? 30_000;
     this.#caHint = opts.caHint ?? "";
     this.#reload = opts.reloadHttpClient;
@@ -245,6 +257,14 @@ export class KubeClient {
     try {
       return await this.#send(method, path, opts);
     } catch (e) {
+      if (e instanceof KubeConnectionError && e.tls && this.#reloadPinned) {
+        const next = await this.#reloadPinned();
+        if (!next) throw e;
+        this.#pinned?.close();
+        this.#pinned = next;
+        this.#fetch = next;
+        return await this.#send(method, path, opts);
+      }
       if (e instanceof KubeConnectionError && e.tls && this.#reload) {
         const next = await this.#reload();
         if (!next) throw e;
@@ -359,6 +379,7 @@ export class KubeClient {
     if (this.#closed) return;
     this.#closed = true;
     this.#http?.close();
+    this.#pinned?.close();
   }
 
   [Symbol.dispose](): void {
@@ -459,6 +480,23 @@ export interface ConnectOptions {
   readonly env?: (name: string) => string | undefined;
   /** Passed to the client. */
   readonly requestTimeoutMs?: number;
+  /**
+   * `--allow-token-over-http`: a bearer token may go to an `http://`
+   * server, where anyone on the path reads it. Default false: refused.
+   */
+  readonly allowTokenOverHttp?: boolean;
+}
+
+/** Refuses a token bound for a plain-http server unless allowed. */
+function checkTokenTransport(
+  server: string,
+  hasToken: boolean,
+  allowed: boolean | undefined,
+): void {
+  if (!hasToken || allowed || !server.startsWith("http:")) return;
+  throw new Error(
+    `Refusing to send the bearer token to "${server}" over plain HTTP: use https, or pass --allow-token-over-http`,
+  );
 }
 
 async function readPem(src: PemSource, what: string): Promise<string> {
@@ -511,7 +549,13 @@ export async function connect(opts: ConnectOptions = {}): Promise<KubeClient> {
     }
     const parsed = parseKubeconfig(text, path, apiUrl);
     if (!parsed.ok) throw new Error(parsed.reason);
-    return await clientFromKubeconfig(parsed.value, path, timeout);
+    const c = parsed.value;
+    checkTokenTransport(
+      c.server,
+      c.token !== undefined || c.tokenFile !== undefined,
+      opts.allowTokenOverHttp,
+    );
+    return await clientFromKubeconfig(c, path, timeout);
   }
 
   const dir = opts.serviceAccountDir ?? SERVICE_ACCOUNT_DIR;
@@ -536,6 +580,7 @@ export async function connect(opts: ConnectOptions = {}): Promise<KubeClient> {
     );
   }
   const server = apiUrl ?? inClusterServer(host!, port!);
+  checkTokenTransport(server, true, opts.allowTokenOverHttp);
   const caPath = `${dir}/ca.crt`;
   let caCerts: string[] | undefined;
   if (server.startsWith("https:")) {
@@ -551,14 +596,14 @@ export async function connect(opts: ConnectOptions = {}): Promise<KubeClient> {
   }
   const token = new FileToken(tokenPath);
   await token.token(); // fail early, naming the file
-  const build = (pem: string) => Deno.createHttpClient({ caCerts: [pem] });
+  const build = (pem: string) => pinnedFetch({ ca: pem });
   return new KubeClient({
     server,
     token,
     ...(caCerts && {
-      httpClient: build(caCerts[0]!),
+      pinned: build(caCerts[0]!),
       caHint: `is the API server's certificate signed by "${caPath}"?`,
-      reloadHttpClient: caFileReloader(caPath, caCerts[0]!, build),
+      reloadPinned: caFileReloader(caPath, caCerts[0]!, build),
     }),
     ...timeout,
   });
@@ -589,16 +634,15 @@ async function clientFromKubeconfig(
     );
   }
   const https = c.server.startsWith("https:");
-  const build = (caPem?: string) =>
-    Deno.createHttpClient({
-      ...(caPem !== undefined && { caCerts: [caPem] }),
-      ...(tls && tls),
-    });
-  const httpClient = https && (caCerts || tls)
-    ? build(caCerts?.[0])
+  // With a CA: trust exactly it (pinned_fetch.ts). Without one, client-go
+  // uses the system roots, and so does Deno's fetch.
+  const build = (caPem: string) => pinnedFetch({ ca: caPem, ...(tls && tls) });
+  const pinned = https && caCerts ? build(caCerts[0]!) : undefined;
+  const httpClient = https && !caCerts && tls
+    ? Deno.createHttpClient(tls)
     : undefined;
   // A CA given as a file can rotate under us; inline data cannot.
-  const reloadHttpClient = https && c.ca && "file" in c.ca && caCerts
+  const reloadPinned = https && c.ca && "file" in c.ca && caCerts
     ? caFileReloader(c.ca.file, caCerts[0]!, build)
     : undefined;
   const token = c.token !== undefined
@@ -616,7 +660,8 @@ async function clientFromKubeconfig(
     server: c.server,
     ...(token && { token }),
     ...(httpClient && { httpClient }),
-    ...(reloadHttpClient && { reloadHttpClient }),
+    ...(pinned && { pinned }),
+    ...(reloadPinned && { reloadPinned }),
     caHint,
     ...extra,
   });

@@ -72,7 +72,23 @@ export class ListSplitter {
   readonly #itemDecoder = new TextDecoder();
   /** The document without the items' contents. */
   readonly #rest: Uint8Array[] = [];
+  #restBytes = 0;
+  #itemBytes = 0;
   #items = 0;
+  readonly #maxRest: number;
+  readonly #maxItem: number;
+
+  /**
+   * Limits, in bytes, keep a hostile or broken server (a 100 MB line)
+   * from growing memory without bound: the document outside its items
+   * (`kind`, `metadata`: a few hundred bytes from a real API server;
+   * default 1 MiB) and one item (etcd caps an object near 1.5 MiB;
+   * default 16 MiB).
+   */
+  constructor(opts: { maxRest?: number; maxItem?: number } = {}) {
+    this.#maxRest = opts.maxRest ?? 1 << 20;
+    this.#maxItem = opts.maxItem ?? 16 << 20;
+  }
 
   /** Items returned so far. */
   get count(): number {
@@ -142,6 +158,7 @@ export class ListSplitter {
         this.#keep(chunk, seg, i);
         seg = i;
         this.#item = [];
+        this.#itemBytes = 0;
       }
       switch (c) {
         case QUOTE:
@@ -186,6 +203,12 @@ export class ListSplitter {
       }
     }
     if (this.#item) {
+      this.#itemBytes += chunk.length - seg;
+      if (this.#itemBytes > this.#maxItem) {
+        throw new Error(
+          `Cannot parse list: item ${this.#items} is larger than ${this.#maxItem} bytes`,
+        );
+      }
       this.#item.push(
         this.#itemDecoder.decode(chunk.subarray(seg), { stream: true }),
       );
@@ -195,7 +218,14 @@ export class ListSplitter {
 
   /** Copies bytes of the document outside the items. */
   #keep(chunk: Uint8Array, from: number, to: number): void {
-    if (to > from) this.#rest.push(chunk.slice(from, to));
+    if (to <= from) return;
+    this.#restBytes += to - from;
+    if (this.#restBytes > this.#maxRest) {
+      throw new Error(
+        `Cannot parse list: more than ${this.#maxRest} bytes outside its items`,
+      );
+    }
+    this.#rest.push(chunk.slice(from, to));
   }
 
   /**

@@ -96,3 +96,21 @@ Deno.test("ListSplitter refuses a truncated body and scalar items", () => {
     /item 0 is not an object/,
   );
 });
+
+Deno.test("ListSplitter stops at its limits: a huge line outside the items, a huge item", () => {
+  const enc = new TextEncoder();
+  const s = new ListSplitter({ maxRest: 1024, maxItem: 4096 });
+  s.push(enc.encode('{"kind":"NodeList","result":"'));
+  assert.throws(
+    () => s.push(enc.encode("x".repeat(2048))),
+    /more than 1024 bytes outside its items/,
+  );
+  const t = new ListSplitter({ maxRest: 1024, maxItem: 4096 });
+  t.push(enc.encode('{"items":[{"a":"'));
+  assert.throws(
+    () => {
+      for (let i = 0; i < 10; i++) t.push(enc.encode("y".repeat(1000)));
+    },
+    /item 0 is larger than 4096 bytes/,
+  );
+});

@@ -79,6 +79,8 @@ export interface KubeFlags {
   readonly kubeAnnotationPrefix: string;
   readonly netConfigPath: string;
   readonly setNodeNetworkUnavailable: boolean;
+  /** `--allow-token-over-http`; default false. */
+  readonly allowTokenOverHttp?: boolean;
 }
 
 interface NodeObject {
@@ -146,6 +148,7 @@ export class KubeSubnetManager implements SubnetManager {
       ...extra,
       kubeApiUrl: flags.kubeApiUrl,
       kubeconfigFile: flags.kubeconfigFile,
+      ...(flags.allowTokenOverHttp && { allowTokenOverHttp: true }),
     });
     try {
       const nodeName = await resolveNodeName(client, signal, extra.env);
@@ -410,6 +413,8 @@ export class KubeSubnetManager implements SubnetManager {
     const table = new LeaseTable(config, {
       ownKey: this.nodeName,
       noun: "node",
+      // podCIDR sizes are the controller-manager's (see LeaseTable).
+      lengths: "own",
       ...(this.#lease && { ownLease: this.#lease }),
     });
     this.#table = table;

@@ -182,7 +182,21 @@ export class NodeWatcher {
       metadata?: { continue?: unknown; resourceVersion?: unknown };
       items?: unknown;
     };
-    if (Array.isArray(rest.items)) { for (const item of rest.items) add(item); }
+    // A 200 that is not a Node list (a proxy's error page, JSON of another
+    // shape) must not read as "no nodes": that would withdraw every
+    // peer's routes.
+    if (!Array.isArray(rest.items)) {
+      throw new Error(
+        `Node list from ${path} has no "items" array: not a Kubernetes list`,
+      );
+    }
+    const rv = rest.metadata?.resourceVersion;
+    if (typeof rv !== "string" || rv === "") {
+      throw new Error(
+        `Node list from ${path} has no metadata.resourceVersion: not a Kubernetes list`,
+      );
+    }
+    for (const item of rest.items) add(item);
     return rest.metadata;
   }
 

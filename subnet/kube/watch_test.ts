@@ -347,3 +347,32 @@ Deno.test("run() waits as long as a 429's Retry-After says", async () => {
   ctl.abort();
   await done;
 });
+
+Deno.test("list() refuses a 200 that is not a Node list, rather than reading it as no nodes", async () => {
+  const bodies: [string, RegExp][] = [
+    [
+      '{"kind":"NodeList","items":{"not":"a list"},"metadata":{"resourceVersion":"5"}}',
+      /no "items" array/,
+    ],
+    ['{"result":7}', /no "items" array/],
+    ['{"kind":"NodeList","items":[]}', /no metadata.resourceVersion/],
+    [
+      "<!DOCTYPE html><html><body>Bad Gateway</body></html>",
+      /Cannot parse list/,
+    ],
+  ];
+  for (const [body, why] of bodies) {
+    const api = new FakeApi(() =>
+      new Response(body, {
+        status: 200,
+        headers: { "content-type": "application/json" },
+      })
+    );
+    const w = new NodeWatcher(api.client(), slim);
+    await assert.rejects(w.list(new AbortController().signal), why, body);
+  }
+  // An empty cluster is still a list.
+  const empty = new FakeApi(() => list([], "7"));
+  const w = new NodeWatcher(empty.client(), slim);
+  assert.equal((await w.list(new AbortController().signal)).nodes.size, 0);
+});

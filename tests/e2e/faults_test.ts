@@ -17,7 +17,7 @@
  * - `WEFT_FAULT_RESULTS`: where the Markdown table goes
  *   (default bench/results/faults.md).
  * - `WEFT_FAULT_ONLY`: comma-separated phases to run (restarts, drift,
- *   corpus, proxy, outage, deleted, config, flags, and for Kubernetes
+ *   corpus, proxy, outage, deleted, config, runtime, flags, and for Kubernetes
  *   kcorpus, kproxy, koutage, ktoken, kca); default all.
  *
  * @module
@@ -459,7 +459,11 @@ class EtcdFaults extends FaultRun {
     const live = this.nodes(1, 2, 3);
     const real = await this.c.leases();
     const own = real.find((l) => l.value.PublicIP === this.node(1).ip)!;
-    const peerSubnets = real.filter((l) => l !== own).map((l) => l.subnet);
+    const peers = real.filter((l) => l !== own);
+    const peerSubnets = peers.map((l) => l.subnet);
+    const peerMacs = peers.map((l) => l.value.BackendData!.VtepMAC!);
+    const peerIPs = peers.map((l) => l.value.PublicIP);
+    const ownMac = own.value.BackendData!.VtepMAC!;
     const realSubnets = new Set(real.map((l) => l.subnet));
     const inputs: { input: PeerInput; slot: PeerSlot }[] = [];
     for (const [i, k] of PEER_CASES.entries()) {
@@ -470,6 +474,9 @@ class EtcdFaults extends FaultRun {
         mac: `0a:fa:00:00:00:${(i + 1).toString(16).padStart(2, "0")}`,
         ownSubnet: own.subnet,
         peerSubnets,
+        peerMacs,
+        peerIPs,
+        ownMac,
       };
       inputs.push({ input: k.make(slot), slot });
     }
@@ -1019,6 +1026,306 @@ class EtcdFaults extends FaultRun {
     });
   }
 
+  /**
+   * The host misbehaving under a running agent (node1): subnet.env
+   * deleted, its directory read-only, iptables-restore hanging, a flood
+   * of netlink notifications, and SIGTERM at several moments.
+   */
+  async runtime(): Promise<void> {
+    const section = "host faults at runtime (node1)";
+    const n1 = this.node(1);
+    const live = this.nodes(1, 2, 3);
+    const envText = await Deno.readTextFile(n1.subnetFile);
+    const envBack = (ms: number) =>
+      waitUntil(async () => {
+        try {
+          return (await Deno.readTextFile(n1.subnetFile)) === envText;
+        } catch {
+          return false;
+        }
+      }, ms);
+
+    {
+      const chk = new Checks();
+      const p = this.ping();
+      await sleep(300);
+      await Deno.remove(n1.subnetFile);
+      const back = await envBack(12_000);
+      chk.that(back !== undefined, "subnet.env not written again within 12 s");
+      const loss = await p.stop();
+      chk.that(loss.lost === 0, `${loss.lost} lost`);
+      chk.that((await this.httpCode(n1, "/readyz")) === "200", "not ready");
+      this.row({
+        section,
+        fault: "subnet.env deleted",
+        expected:
+          "written again with the same bytes within 2 resync periods; zero loss",
+        lost: lossText(loss),
+        recovery: fmtMs(back),
+        outcome: chk.outcome(),
+      });
+    }
+
+    {
+      const chk = new Checks();
+      const p = this.ping();
+      await sleep(300);
+      // Immutable directory: nothing can be created in it, as on a
+      // read-only /run/flannel.
+      await Deno.remove(n1.subnetFile);
+      await run(["chattr", "+i", n1.dir]);
+      const unready = await waitUntil(
+        async () => (await this.httpCode(n1, "/readyz")) === "503",
+        15_000,
+      );
+      const why = await n1.ns.tryExec([
+        "curl",
+        "-s",
+        "-m",
+        "2",
+        `http://127.0.0.1:${n1.healthPort}/readyz`,
+      ]);
+      chk.that(unready !== undefined, "/readyz stayed 200");
+      chk.that(
+        why.stdout.includes("[-]subnet.env written") &&
+          why.stdout.includes(n1.subnetFile),
+        `/readyz does not name subnet.env: ${why.stdout.trim()}`,
+      );
+      chk.that(await this.alive(n1), "agent exited");
+      await run(["chattr", "-i", n1.dir]);
+      const back = await envBack(12_000);
+      chk.that(back !== undefined, "subnet.env not written after the fix");
+      const ready = await waitUntil(
+        async () => (await this.httpCode(n1, "/readyz")) === "200",
+        12_000,
+      );
+      chk.that(ready !== undefined, "not ready again after the fix");
+      const loss = await p.stop();
+      chk.that(loss.lost === 0, `${loss.lost} lost`);
+      this.row({
+        section,
+        fault: "subnet.env directory read-only (immutable), file gone",
+        expected:
+          "/readyz 503 naming subnet.env; agent and dataplane stay; written again once writable",
+        lost: lossText(loss),
+        recovery: `unready ${fmtMs(unready)}; ready ${
+          fmtMs(ready)
+        } after the fix`,
+        outcome: chk.outcome(),
+      });
+    }
+
+    {
+      // iptables-restore that never returns, as when another process
+      // holds the xtables lock forever.
+      const wrap = await Deno.makeTempDir({ prefix: "weft-f-hang-" });
+      const real = (await run(["sh", "-c", "command -v iptables-restore"]))
+        .stdout.trim();
+      await Deno.writeTextFile(
+        `${wrap}/iptables-restore`,
+        `#!/bin/sh\nif [ "$1" = "--version" ]; then exec ${real} --version; fi\nexec sleep 617\n`,
+      );
+      await Deno.chmod(`${wrap}/iptables-restore`, 0o755);
+      const chk = new Checks();
+      const p = this.ping();
+      await sleep(300);
+      await this.stop(n1);
+      // A rule missing, so the check wants a restore.
+      await n1.ns.exec(["iptables", "-t", "filter", "-F", "FLANNEL-FWD"]);
+      await this.start(n1, [], [], {
+        PATH: `${wrap}:${
+          Deno.env.get("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin"
+        }`,
+      });
+      const unready = await waitUntil(async () => {
+        const r = await n1.ns.tryExec([
+          "curl",
+          "-s",
+          "-m",
+          "2",
+          `http://127.0.0.1:${n1.healthPort}/readyz`,
+        ]);
+        return r.stdout.includes("[-]rules in place") &&
+          r.stdout.includes("timed out");
+      }, 40_000);
+      chk.that(
+        unready !== undefined,
+        "/readyz never reported the rules as timed out",
+      );
+      const conv = await this.converged(live, 5000);
+      chk.that(conv !== undefined, "peers not programmed while rules hang");
+      const loss = await p.stop();
+      chk.that(loss.lost === 0, `${loss.lost} lost`);
+      this.row({
+        section,
+        fault: "iptables-restore hangs (never returns)",
+        expected:
+          "killed at its 20 s deadline; /readyz names the rules as timed out; peers programmed; zero loss",
+        lost: lossText(loss),
+        recovery: `unready ${fmtMs(unready)} after start`,
+        outcome: chk.outcome(),
+      });
+
+      const chk2 = new Checks();
+      // Wait for the next hung restore, then stop the agent in it.
+      await sleep(6000);
+      const t0 = performance.now();
+      const st = await this.stop(n1);
+      const took = performance.now() - t0;
+      chk2.that(st?.code === 0, `exit status ${st?.code} ${st?.signal ?? ""}`);
+      chk2.that(took < 10_000, `took ${fmtMs(took)}`);
+      const left = await run(["pgrep", "-x", "-f", "sleep 617"]);
+      chk2.that(
+        left.stdout.trim() === "",
+        "a hung iptables-restore was left behind",
+      );
+      chk2.that(
+        (await this.problems([n1])).length === 0,
+        "dataplane changed by the stop",
+      );
+      this.row({
+        section: "agent lifecycle",
+        fault: "SIGTERM while iptables-restore hangs",
+        expected:
+          "exits 0 within 10 s; kills the command; dataplane left in place",
+        lost: "—",
+        recovery: fmtMs(took),
+        outcome: chk2.outcome(),
+      });
+      await Deno.remove(wrap, { recursive: true });
+      await this.start(n1);
+      await this.c.waitReady(n1, 30_000);
+    }
+
+    {
+      // A burst of route changes on another device overruns the
+      // notification socket (ENOBUFS): the agent must resync, not die.
+      const chk = new Checks();
+      const p = this.ping();
+      await n1.ns.ip(
+        "link",
+        "add",
+        "weft-flood",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "weft-flood-p",
+      );
+      await n1.ns.ip("link", "set", "weft-flood", "up");
+      const adds: string[] = [];
+      const dels: string[] = [];
+      for (let i = 0; i < 40_000; i++) {
+        const dst = `172.31.${i >> 8}.${i & 255}/32`;
+        adds.push(`route add ${dst} dev weft-flood`);
+        dels.push(`route del ${dst} dev weft-flood`);
+      }
+      const t0 = performance.now();
+      await n1.ns.exec(["ip", "-batch", "-"], adds.join("\n") + "\n");
+      await n1.ns.exec(["ip", "-batch", "-"], dels.join("\n") + "\n");
+      const flood = performance.now() - t0;
+      await sleep(1000);
+      chk.that(await this.alive(n1), "agent exited");
+      const conv = await this.converged(live, 5000);
+      chk.that(conv !== undefined, "cluster not converged after the flood");
+      chk.that((await this.httpCode(n1, "/readyz")) === "200", "not ready");
+      const loss = await p.stop();
+      chk.that(loss.lost === 0, `${loss.lost} lost`);
+      chk.note(`80 000 route notifications in ${fmtMs(flood)}`);
+      await n1.ns.ip("link", "del", "weft-flood");
+      this.row({
+        section,
+        fault:
+          "netlink notification flood (80 000 route changes on another device)",
+        expected:
+          "agent survives the overrun, stays converged and ready; zero loss",
+        lost: lossText(loss),
+        recovery: fmtMs(conv),
+        outcome: chk.outcome(),
+      });
+    }
+
+    // SIGTERM at more moments: steady state, during an etcd outage, and
+    // before the first listing (etcd unreachable at start).
+    const leasesNow = await this.c.leases();
+    const sigterm = async (
+      fault: string,
+      before: () => Promise<void>,
+      after: () => Promise<void>,
+    ) => {
+      const chk = new Checks();
+      const p = this.ping();
+      await before();
+      const t0 = performance.now();
+      const st = await this.stop(n1);
+      const took = performance.now() - t0;
+      chk.that(st?.code === 0, `exit status ${st?.code} ${st?.signal ?? ""}`);
+      chk.that(took < 10_000, `took ${fmtMs(took)}`);
+      chk.that(
+        (await this.problems(
+          [n1],
+          await this.c.leases().catch(() => undefined),
+        ))
+          .length === 0,
+        `dataplane changed: ${
+          (await this.problems([n1]).catch(() => [])).join(", ")
+        }`,
+      );
+      await sleep(1000);
+      const loss = await p.stop();
+      chk.that(loss.lost === 0, `${loss.lost} lost`);
+      await after();
+      this.row({
+        section: "agent lifecycle",
+        fault,
+        expected: "exits 0 within 10 s; dataplane left in place; zero loss",
+        lost: lossText(loss),
+        recovery: fmtMs(took),
+        outcome: chk.outcome(),
+      });
+    };
+    await sigterm("SIGTERM in steady state", async () => {
+      await sleep(500);
+    }, async () => {
+      await this.start(n1);
+      await this.c.waitReady(n1, 30_000);
+    });
+    await sigterm(
+      "SIGTERM during an etcd outage (watches retrying)",
+      async () => {
+        await this.c.stopEtcd();
+        await sleep(3000);
+      },
+      async () => {
+        await this.c.startEtcd();
+        await this.start(n1);
+        await this.c.waitReady(n1, 30_000);
+      },
+    );
+    await sigterm(
+      "SIGTERM before the first listing (etcd unreachable at start)",
+      async () => {
+        await this.stop(n1);
+        await this.c.stopEtcd();
+        await this.start(n1);
+        await sleep(3000);
+      },
+      async () => {
+        await this.c.startEtcd();
+        await this.start(n1);
+        await this.c.waitReady(n1, 30_000);
+      },
+    );
+    const clean = await this.converged(live, 15_000, leasesNow);
+    if (clean === undefined) {
+      throw new Error(
+        `Cluster did not recover from the runtime faults: ${
+          (await this.problems(live)).join(", ")
+        }`,
+      );
+    }
+  }
+
   /** Bad command lines: exit 2 with the usage and the culprit named. */
   async flags(): Promise<void> {
     const section = "command line";
@@ -1100,6 +1407,7 @@ kernelTest(
           () => s.deletedNode(),
         ],
         ["config", "own network config", () => s.ownConfig()],
+        ["runtime", "host faults at runtime", () => s.runtime()],
         ["flags", "command line", () => s.flags()],
       ];
       for (const [key, name, fn] of phases) {

@@ -26,6 +26,11 @@ export interface PeerSlot {
   readonly ownSubnet: string;
   /** The subnets of its real peers. */
   readonly peerSubnets: readonly string[];
+  /** Its real peers' VTEP MACs and public IPs, in the same order. */
+  readonly peerMacs: readonly string[];
+  readonly peerIPs: readonly string[];
+  /** The VTEP MAC of the node under test. */
+  readonly ownMac: string;
 }
 
 /** A peer lease to write: full etcd key and exact value bytes. */
@@ -287,6 +292,67 @@ export const PEER_CASES: readonly PeerCase[] = [
     "a peer's subnet again, under a dual-stack key",
     (s) => `${keyName(s.peerSubnets[1] ?? s.peerSubnets[0]!)}&fc00::-64`,
     (s) => s.peerSubnets[1] ?? s.peerSubnets[0]!,
+  ),
+  // Claims on what another accepted lease or this node holds.
+  patched(
+    "VtepMAC of a real peer (duplicate; the older claim keeps it)",
+    (v, s) => data(v).VtepMAC = s.peerMacs[0]!,
+  ),
+  patched(
+    "VtepMAC of a real peer, in upper case",
+    (v, s) =>
+      data(v).VtepMAC = s.peerMacs[1 % s.peerMacs.length]!.toUpperCase(),
+  ),
+  patched(
+    "VtepMAC of the node under test",
+    (v, s) => data(v).VtepMAC = s.ownMac,
+  ),
+  patched(
+    "PublicIP of a real peer (duplicate, same backend type)",
+    (v, s) => v.PublicIP = s.peerIPs[0]!,
+  ),
+  // Public IPs that are not global or private unicast, or point into the
+  // overlay.
+  patched(
+    "PublicIP link-local (169.254.1.1)",
+    (v) => v.PublicIP = "169.254.1.1",
+  ),
+  patched("PublicIP in 0.0.0.0/8 (0.1.2.3)", (v) => v.PublicIP = "0.1.2.3"),
+  patched("PublicIP reserved (240.0.0.1)", (v) => v.PublicIP = "240.0.0.1"),
+  patched("PublicIP loopback (127.0.0.1)", (v) => v.PublicIP = "127.0.0.1"),
+  patched(
+    "PublicIP inside the cluster network",
+    (v, s) => v.PublicIP = s.subnet.replace(".0/24", ".9"),
+  ),
+  patched(
+    "PublicIP IPv4-mapped IPv6 (::ffff:198.18.0.x)",
+    (v, s) => v.PublicIP = `::ffff:${s.publicIP}`,
+  ),
+  // Subnets of another length than the cluster's /24s.
+  keyed(
+    "subnet /25 in a free range (length differs)",
+    (s) => keyName(s.subnet).replace("-24", "-25"),
+    (s) => s.subnet.replace("/24", "/25"),
+  ),
+  keyed(
+    "subnet /26 in a free range (length differs)",
+    (s) => keyName(s.subnet).replace("-24", "-26"),
+    (s) => s.subnet.replace("/24", "/26"),
+  ),
+  keyed(
+    "subnet /32, a host route in a free range",
+    (s) => keyName(s.subnet).replace(".0-24", ".7-32"),
+    (s) => s.subnet.replace(".0/24", ".7/32"),
+  ),
+  keyed(
+    "supernet /17 over real peers' subnets",
+    (s) => keyName(supernet(s.peerSubnets[0]!, 17)),
+    (s) => supernet(s.peerSubnets[0]!, 17),
+  ),
+  keyed(
+    "subnet /23 in a free range (length differs)",
+    (s) => keyName(supernet(s.subnet, 23)),
+    (s) => supernet(s.subnet, 23),
   ),
   // Keys that are not subnets.
   keyed("key is not a subnet (foo)", () => "foo"),
@@ -566,6 +632,12 @@ export interface NodeSlot {
   readonly ownPodCIDR: string;
   /** The pod CIDRs of its real peers. */
   readonly peerPodCIDRs: readonly string[];
+  /** Its real peers' VTEP MACs and public IPs, in the same order. */
+  readonly peerMacs: readonly string[];
+  readonly peerIPs: readonly string[];
+  /** The public IP and VTEP MAC of the node under test. */
+  readonly ownIP: string;
+  readonly ownMac: string;
 }
 
 /** One bad Node object (or, for the control, a valid one). */
@@ -720,5 +792,81 @@ export const NODE_CASES: readonly NodeCase[] = [
     "podCIDR equal to another peer's (this node sorts first)",
     (s) => s.peerPodCIDRs[1] ?? s.peerPodCIDRs[0]!,
     () => undefined,
+  ),
+  // Claims on what another accepted node or this node holds.
+  annotated(
+    "backend-data VtepMAC of a real peer (duplicate)",
+    (a, s) =>
+      a[`${ANN}backend-data`] = JSON.stringify({
+        VNI: 1,
+        VtepMAC: s.peerMacs[0]!,
+      }),
+  ),
+  annotated(
+    "backend-data VtepMAC of a real peer, in upper case",
+    (a, s) =>
+      a[`${ANN}backend-data`] = JSON.stringify({
+        VNI: 1,
+        VtepMAC: s.peerMacs[1 % s.peerMacs.length]!.toUpperCase(),
+      }),
+  ),
+  annotated(
+    "backend-data VtepMAC of the node under test",
+    (a, s) =>
+      a[`${ANN}backend-data`] = JSON.stringify({ VNI: 1, VtepMAC: s.ownMac }),
+  ),
+  annotated(
+    "public-ip of a real peer (duplicate, same backend type)",
+    (a, s) => a[`${ANN}public-ip`] = s.peerIPs[0]!,
+  ),
+  annotated(
+    "public-ip of the node under test",
+    (a, s) => a[`${ANN}public-ip`] = s.ownIP,
+  ),
+  annotated(
+    "public-ip link-local (169.254.1.1)",
+    (a) => a[`${ANN}public-ip`] = "169.254.1.1",
+  ),
+  annotated(
+    "public-ip in 0.0.0.0/8 (0.1.2.3)",
+    (a) => a[`${ANN}public-ip`] = "0.1.2.3",
+  ),
+  annotated(
+    "public-ip reserved (240.0.0.1)",
+    (a) => a[`${ANN}public-ip`] = "240.0.0.1",
+  ),
+  annotated(
+    "public-ip loopback (127.0.0.1)",
+    (a) => a[`${ANN}public-ip`] = "127.0.0.1",
+  ),
+  annotated(
+    "public-ip inside the cluster network",
+    (a, s) => a[`${ANN}public-ip`] = s.podCIDR.replace(".0/24", ".9"),
+  ),
+  annotated(
+    "public-ip IPv4-mapped IPv6 (::ffff:198.18.0.x)",
+    (a, s) => a[`${ANN}public-ip`] = `::ffff:${s.publicIP}`,
+  ),
+  // Pod CIDRs of another length than this node's (the controller-manager
+  // cuts every node's with one mask size).
+  cidr(
+    "podCIDR /25 in a free range (length differs)",
+    (s) => s.podCIDR.replace("/24", "/25"),
+  ),
+  cidr(
+    "podCIDR /26 in a free range (length differs)",
+    (s) => s.podCIDR.replace("/24", "/26"),
+  ),
+  cidr(
+    "podCIDR /32, a host route in a free range",
+    (s) => s.podCIDR.replace(".0/24", ".7/32"),
+  ),
+  cidr(
+    "podCIDR /23 in a free range (length differs)",
+    (s) => supernet(s.podCIDR, 23),
+  ),
+  cidr(
+    "podCIDR /17 over real peers' pod CIDRs",
+    (s) => supernet(s.peerPodCIDRs[0]!, 17),
   ),
 ];

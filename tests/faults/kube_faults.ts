@@ -528,6 +528,12 @@ export class KubeFaults extends FaultRun {
         mac: `0a:fd:00:00:00:${(i + 1).toString(16).padStart(2, "0")}`,
         ownPodCIDR: own.subnet,
         peerPodCIDRs: real.filter((l) => l !== own).map((l) => l.subnet),
+        peerMacs: real.filter((l) => l !== own).map((l) =>
+          l.value.BackendData!.VtepMAC!
+        ),
+        peerIPs: real.filter((l) => l !== own).map((l) => l.value.PublicIP),
+        ownIP: own.value.PublicIP,
+        ownMac: own.value.BackendData!.VtepMAC!,
       });
     }
     const control = NODE_CASES.findIndex((k) => k.expect === "programmed");

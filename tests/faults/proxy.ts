@@ -36,6 +36,16 @@ export type ProxyMode =
     readonly kind: "status";
     readonly status: number;
     readonly retryAfterS?: number;
+  }
+  /**
+   * Every request gets 200 with a body that is not what the API sends:
+   * `garbage` (JSON of the wrong shape), `html` (an error page, as a
+   * misconfigured load balancer sends), `huge` (a 100 MB line with no
+   * newline), `trickle` (a valid-looking start, one byte every 500 ms).
+   */
+  | {
+    readonly kind: "body";
+    readonly body: "garbage" | "html" | "huge" | "trickle";
   };
 
 /** One request the proxy saw. */
@@ -221,6 +231,11 @@ export function serveFaultProxy(
     };
     records.push(rec);
     switch (m.kind) {
+      case "body": {
+        await req.body?.cancel().catch(() => {});
+        rec.status = 200;
+        return bodyResponse(m.body, inflight);
+      }
       case "status": {
         await req.body?.cancel().catch(() => {});
         rec.status = m.status;
@@ -490,4 +505,87 @@ if (import.meta.main) {
   }
   await server.shutdown();
   Deno.exit(0);
+}
+
+/** The 200 answers of the `body` mode. */
+function bodyResponse(
+  body: "garbage" | "html" | "huge" | "trickle",
+  inflight: Set<() => void>,
+): Response {
+  const enc = new TextEncoder();
+  if (body === "garbage") {
+    return new Response(
+      '{"kind":"NodeList","items":{"not":"a list"},"header":{"revision":[]},"kvs":"x","result":7}\n',
+      { status: 200, headers: { "content-type": "application/json" } },
+    );
+  }
+  if (body === "html") {
+    return new Response(
+      "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>\n",
+      { status: 200, headers: { "content-type": "text/html" } },
+    );
+  }
+  let c: ReadableStreamDefaultController<Uint8Array> | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const stop = () => {
+    clearTimeout(timer);
+    try {
+      c?.error(new Error("proxy: body dropped"));
+    } catch { /* already closed */ }
+  };
+  inflight.add(stop);
+  const done = () => {
+    clearTimeout(timer);
+    inflight.delete(stop);
+  };
+  if (body === "huge") {
+    // 100 MB of one JSON string, no newline, in 1 MiB chunks.
+    const chunk = enc.encode("x".repeat(1 << 20));
+    let sent = 0;
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        start(ctl) {
+          c = ctl;
+          ctl.enqueue(enc.encode('{"kind":"NodeList","result":"'));
+        },
+        pull(ctl) {
+          if (sent >= 100) {
+            ctl.enqueue(enc.encode('"}'));
+            done();
+            ctl.close();
+            return;
+          }
+          sent++;
+          ctl.enqueue(chunk);
+        },
+        cancel: done,
+      }),
+      { status: 200, headers: { "content-type": "application/json" } },
+    );
+  }
+  const text = enc.encode(
+    '{"kind":"NodeList","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[',
+  );
+  let at = 0;
+  return new Response(
+    new ReadableStream<Uint8Array>({
+      start(ctl) {
+        c = ctl;
+        const tick = () => {
+          if (at < text.length) {
+            try {
+              ctl.enqueue(text.subarray(at, at + 1));
+            } catch {
+              return done();
+            }
+            at++;
+          }
+          timer = setTimeout(tick, 500);
+        };
+        tick();
+      },
+      cancel: done,
+    }),
+    { status: 200, headers: { "content-type": "application/json" } },
+  );
 }

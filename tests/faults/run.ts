@@ -153,8 +153,9 @@ export abstract class FaultRun {
     n: ClusterNode,
     extra: string[] = [],
     hosts: string[] = [],
+    env: Record<string, string> = {},
   ): Promise<Agent> {
-    const a = await this.c.startAgent(n, extra, hosts);
+    const a = await this.c.startAgent(n, extra, hosts, env);
     a.child.status.then((st) => this.#exits.set(a, st));
     return a;
   }
@@ -491,6 +492,21 @@ export const STANDARD_FAULTS: readonly ProxyFault[] = [
     mode: { kind: "status", status: 429, retryAfterS: 2 },
   },
   { name: "500 storm", mode: { kind: "status", status: 500 } },
+  {
+    name: "persistent 401 Unauthorized",
+    mode: { kind: "status", status: 401 },
+  },
+  { name: "persistent 403 Forbidden", mode: { kind: "status", status: 403 } },
+  {
+    name: "200 with JSON of the wrong shape",
+    mode: { kind: "body", body: "garbage" },
+  },
+  { name: "200 with an HTML error page", mode: { kind: "body", body: "html" } },
+  { name: "200 with a 100 MB line", mode: { kind: "body", body: "huge" } },
+  {
+    name: "200 trickling one byte every 500 ms",
+    mode: { kind: "body", body: "trickle" },
+  },
 ];
 
 /** Options of {@linkcode FaultRun.proxyFaults}. */

@@ -959,7 +959,12 @@ await etcdTest(
     );
     anonymous.close();
 
-    const m = manager(etcd, { username: "root", password: "s3cret" });
+    // Over plain http only because a flag says so.
+    const m = manager(etcd, {
+      username: "root",
+      password: "s3cret",
+      allowCredentialsOverHttp: true,
+    });
     const ac = new AbortController();
     await m.getNetworkConfig(ac.signal);
     await new Promise((r) => setTimeout(r, 2500)); // token TTL is 1 s
@@ -978,6 +983,7 @@ await etcdTest(
       endpoints: [etcd.endpoint],
       username: "root",
       password: "s3cret",
+      allowCredentialsOverHttp: true,
     });
     await other.put(
       `${DIR}10.5.31.0-24`,

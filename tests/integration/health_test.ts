@@ -39,13 +39,13 @@ Deno.test("startHealthServer() serves /healthz, /readyz and /metrics over HTTP",
     let r = await fetch(`${base}/readyz`);
     assertEquals([r.status, await r.text()], [
       503,
-      "[-]peers programmed: not checked yet\nreadyz check failed\n",
+      "[-]peers synced: not checked yet\nreadyz check failed\n",
     ]);
     peers(true);
     r = await fetch(`${base}/readyz`);
     assertEquals([r.status, await r.text()], [
       200,
-      "[+]peers programmed ok\nreadyz check passed\n",
+      "[+]peers synced ok\nreadyz check passed\n",
     ]);
 
     metrics.reconcilePasses.inc();

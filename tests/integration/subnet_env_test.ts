@@ -7,8 +7,13 @@
 import {
   deepStrictEqual as assertEquals,
   ok as assert,
+  rejects,
 } from "node:assert/strict";
-import { readSubnetEnv, writeSubnetEnv } from "../../subnet/subnet_env.ts";
+import {
+  ensureSubnetEnv,
+  readSubnetEnv,
+  writeSubnetEnv,
+} from "../../subnet/subnet_env.ts";
 import { writeFileAtomic } from "../../lib/atomic_write.ts";
 
 const params = {
@@ -94,6 +99,30 @@ Deno.test("writeFileAtomic() leaves no temporary file when the rename fails", as
     const names = [];
     for await (const e of Deno.readDir(root)) names.push(e.name);
     assertEquals(names, ["target"]);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("ensureSubnetEnv() puts back a deleted or edited file and names the file it cannot write", async () => {
+  const root = await Deno.makeTempDir({ prefix: "weft-subnet-env-" });
+  try {
+    const path = `${root}/run/flannel/subnet.env`;
+    assertEquals(await ensureSubnetEnv(path, params), true);
+    const text = await Deno.readTextFile(path);
+    assertEquals(await ensureSubnetEnv(path, params), false);
+    await Deno.remove(path);
+    assertEquals(await ensureSubnetEnv(path, params), true);
+    assertEquals(await Deno.readTextFile(path), text);
+    await Deno.writeTextFile(path, "FLANNEL_SUBNET=10.244.9.1/24\n");
+    assertEquals(await ensureSubnetEnv(path, params), true);
+    assertEquals(await Deno.readTextFile(path), text);
+    // A directory that cannot hold the file (a plain file in its place).
+    await Deno.writeTextFile(`${root}/blocked`, "");
+    await rejects(
+      ensureSubnetEnv(`${root}/blocked/subnet.env`, params),
+      new RegExp(`^Error: Cannot (read|write) "${root}/blocked/subnet.env"`),
+    );
   } finally {
     await Deno.remove(root, { recursive: true });
   }

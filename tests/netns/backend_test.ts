@@ -236,3 +236,69 @@ kernelTest(
     });
   },
 );
+
+kernelTest(
+  "vxlan backend: flanneld's routes are adopted in place on a migrating node, its stale ones pruned, foreign ones kept",
+  async () => {
+    await cluster(async (nodes) => {
+      const n1 = nodes[0]!;
+      // What flanneld leaves: the same entries, routes of protocol boot,
+      // plus the route of a node deleted during the migration.
+      for (const n of [2, 3]) {
+        await n1.ns.ip(
+          "route",
+          "replace",
+          `10.244.${n}.0/24`,
+          "via",
+          `10.244.${n}.0`,
+          "dev",
+          "flannel.1",
+          "onlink",
+          "proto",
+          "boot",
+        );
+      }
+      await n1.ns.ip(
+        "route",
+        "add",
+        "10.244.9.0/24",
+        "via",
+        "10.244.9.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+      );
+      // Someone else's route on the overlay device.
+      await n1.ns.ip(
+        "route",
+        "add",
+        "10.244.60.0/24",
+        "dev",
+        "flannel.1",
+        "proto",
+        "static",
+      );
+      const monitor = new Deno.Command("ip", {
+        args: ["-n", n1.ns.name, "monitor", "route"],
+        stdout: "piped",
+        stderr: "null",
+      }).spawn();
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(n1.rec.pass().errors, 0);
+      await new Promise((r) => setTimeout(r, 200));
+      monitor.kill("SIGTERM");
+      const seen = new TextDecoder().decode((await monitor.output()).stdout);
+      assert.ok(!/^Deleted 10\.244\.[23]\.0\/24/m.test(seen), seen);
+      assert.ok(/^Deleted 10\.244\.9\.0\/24/m.test(seen), seen);
+      const text = await n1.ns.ip("route", "show", "dev", "flannel.1");
+      const lines = text.split("\n").map((l) => l.trim()).filter(Boolean);
+      assert.deepEqual(lines.sort(), [
+        "10.244.2.0/24 via 10.244.2.0 proto 87 onlink",
+        "10.244.3.0/24 via 10.244.3.0 proto 87 onlink",
+        "10.244.60.0/24 proto static scope link",
+      ]);
+      assert.deepEqual(n1.rec.pass(), { ops: 0, errors: 0 });
+      assert.deepEqual(await pingAll(nodes), []);
+    });
+  },
+);

@@ -63,11 +63,12 @@ function plugin(
   command: string,
   conf: string,
   containerId = "pod0",
+  netns = s.pod.path,
 ): Promise<Output> {
   const env = {
     CNI_COMMAND: command,
     CNI_CONTAINERID: containerId,
-    CNI_NETNS: s.pod.path,
+    CNI_NETNS: netns,
     CNI_IFNAME: "eth0",
     CNI_PATH,
   };
@@ -257,5 +258,67 @@ kernelTest(
       ),
       false,
     );
+  },
+);
+
+kernelTest(
+  "cni: a network configuration over 1 MiB on stdin is refused with a decoding error",
+  async () => {
+    await using s = await setup();
+    const big = s.conf().replace("}", `,"pad":"${"x".repeat(2 << 20)}"}`);
+    const add = await plugin(s, "ADD", big);
+    assertEquals(add.code, 1);
+    assertEquals(JSON.parse(add.stdout), {
+      cniVersion: "1.1.0",
+      code: 6,
+      msg: "Network configuration on stdin is larger than 1048576 bytes",
+    });
+    assertEquals(
+      await Deno.stat(`${s.dir}/flannel/pod0`).catch(() => null),
+      null,
+    );
+  },
+);
+
+kernelTest(
+  "cni: 50 concurrent ADDs on one node give 50 distinct addresses, and 50 DELs free them",
+  async () => {
+    await using s = await setup();
+    const pods: Netns[] = [];
+    try {
+      for (let i = 0; i < 50; i++) pods.push(await Netns.create(`cni-p${i}`));
+      const adds = await Promise.all(
+        pods.map((p, i) => plugin(s, "ADD", s.conf(), `ctr${i}`, p.path)),
+      );
+      const failed = adds.filter((a) => a.code !== 0);
+      assertEquals(failed.map((a) => a.stdout), []);
+      const ips = adds.map((a) =>
+        (JSON.parse(a.stdout) as { ips: { address: string }[] }).ips[0]!
+          .address
+      );
+      assertEquals(new Set(ips).size, 50, ips.join(" "));
+      // The kernel agrees: each pod holds the address it was given.
+      for (const [i, p] of pods.entries()) {
+        const a = await p.json<AddrJson[]>("addr", "show", "dev", "eth0");
+        const have = a[0]!.addr_info.filter((x) => x.family === "inet").map(
+          (x) => `${x.local}/${x.prefixlen}`,
+        );
+        assertEquals(have, [ips[i]]);
+      }
+      assertEquals(
+        (await s.node.json("link", "show", "master", "cni0")).length,
+        50,
+      );
+      const dels = await Promise.all(
+        pods.map((p, i) => plugin(s, "DEL", s.conf(), `ctr${i}`, p.path)),
+      );
+      assertEquals(dels.filter((d) => d.code !== 0).map((d) => d.stdout), []);
+      const left = [...Deno.readDirSync(`${s.dir}/ipam/cbr0`)].map((e) =>
+        e.name
+      ).filter((n) => /^\d+\.\d+\.\d+\.\d+$/.test(n));
+      assertEquals(left, []);
+    } finally {
+      for (const p of pods) await p.close();
+    }
   },
 );

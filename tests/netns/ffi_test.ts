@@ -245,6 +245,12 @@ function fromIpRoute(r: Json, index: (name: string) => number) {
       : RT_SCOPE_UNIVERSE,
     table: 254,
     ...(r.prefsrc ? { src: r.prefsrc as string } : {}),
+    // iproute2 leaves out protocol boot, and names the ones it knows.
+    protocol: r.protocol === undefined
+      ? 3
+      : ({ kernel: 2, boot: 3, static: 4, ra: 9 } as Record<string, number>)[
+        String(r.protocol)
+      ] ?? Number(r.protocol),
   };
 }
 
@@ -284,7 +290,12 @@ kernelTest("route methods agree with ip route, IPv4 and IPv6", async () => {
     );
   }
   const viaVx = nl.routeList({ index: vx.index, family: 4 });
-  assertEquals(viaVx, [{ ...onlink, scope: RT_SCOPE_UNIVERSE, table: 254 }]);
+  assertEquals(viaVx, [{
+    ...onlink,
+    scope: RT_SCOPE_UNIVERSE,
+    table: 254,
+    protocol: 3,
+  }]);
   assertEquals(
     nl.routeList({ family: 4 }).find((r) => r.dst === "10.250.0.0/16")?.scope,
     RT_SCOPE_LINK,

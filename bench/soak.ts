@@ -1,0 +1,304 @@
+/**
+ * Soak: a 3-node namespace cluster (etcd mode) with simulated peers under
+ * steady churn (one peer removed and another added every second), kernel
+ * drift injected every minute on node1, and pods pinging across the
+ * overlay the whole time. Each minute every agent's RSS, V8 heap, open
+ * file descriptors and abort listeners on its run signal are sampled;
+ * the table and a chart go to bench/results/soak.md and soak.svg. After
+ * warm-up (the first fifth of the run, at least one sample) no figure may
+ * grow by more than 10%.
+ *
+ * `deno task bench soak [--minutes=60] [--peers=1000]`. Needs root.
+ *
+ * @module
+ */
+import { Cluster, type ClusterNode } from "../tests/_cluster.ts";
+import { BackgroundPing } from "../tests/faults/traffic.ts";
+import { machine } from "./_stats.ts";
+
+const arg = (name: string, def: number) => {
+  const a = Deno.args.find((x) => x.startsWith(`--${name}=`));
+  const v = a === undefined ? def : Number(a.slice(name.length + 3));
+  if (!Number.isFinite(v) || v <= 0) {
+    console.error(`Invalid --${name}: "${a}"`);
+    Deno.exit(2);
+  }
+  return v;
+};
+const MINUTES = arg("minutes", 60);
+const PEERS = arg("peers", 1000);
+const PREFIX = "weft-soak";
+const DIR = "/coreos.com/network/subnets/";
+// /26 subnets give the 1000 simulated peers room in the pod network.
+const NET_CONF =
+  '{"Network":"10.244.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}';
+const RESULTS = new URL("./results/", import.meta.url).pathname;
+
+interface Sample {
+  minute: number;
+  node: string;
+  rssMiB: number;
+  heapMiB: number;
+  fds: number;
+  listeners: number;
+  peers: number;
+}
+
+/** The i-th /26 of 10.244.0.0/16, as an etcd key name. */
+function subnetOf(i: number): string {
+  return `10.244.${i >> 2}.${(i & 3) * 64}`;
+}
+
+function fakeValue(i: number): string {
+  const ip = `198.19.${(i >> 8) & 255}.${(i & 255) || 1}`;
+  const mac = `0a:5a:00:00:${((i >> 8) & 255).toString(16).padStart(2, "0")}:${
+    (i & 255).toString(16).padStart(2, "0")
+  }`;
+  return JSON.stringify({
+    PublicIP: ip,
+    PublicIPv6: null,
+    BackendType: "vxlan",
+    BackendData: { VNI: 1, VtepMAC: mac },
+  });
+}
+
+async function sample(
+  c: Cluster,
+  n: ClusterNode,
+  minute: number,
+): Promise<Sample> {
+  const pid = n.agent!.child.pid;
+  const status = await Deno.readTextFile(`/proc/${pid}/status`);
+  const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  let fds = 0;
+  for await (const _ of Deno.readDir(`/proc/${pid}/fd`)) fds++;
+  const m = await c.metrics(n);
+  const g = (name: string) =>
+    Number(new RegExp(`^${name} (\\S+)$`, "m").exec(m)?.[1] ?? NaN);
+  return {
+    minute,
+    node: n.name,
+    rssMiB: rssKiB / 1024,
+    heapMiB: g("weft_process_heap_used_bytes") / 2 ** 20,
+    fds,
+    listeners: g("weft_run_signal_abort_listeners"),
+    peers: g("weft_peers_programmed"),
+  };
+}
+
+function chart(samples: Sample[], nodes: string[]): string {
+  const metrics: [keyof Sample, string][] = [
+    ["rssMiB", "RSS (MiB)"],
+    ["heapMiB", "V8 heap (MiB)"],
+    ["fds", "open fds"],
+    ["listeners", "run-signal abort listeners"],
+  ];
+  const W = 360, H = 180, pad = 36;
+  const colors = ["#1f77b4", "#d62728", "#2ca02c"];
+  const maxMin = Math.max(...samples.map((s) => s.minute), 1);
+  const parts: string[] = [];
+  metrics.forEach(([key, title], k) => {
+    const ox = (k % 2) * (W + 20), oy = Math.floor(k / 2) * (H + 30);
+    const vals = samples.map((s) => Number(s[key]));
+    const max = Math.max(...vals, 1) * 1.1;
+    parts.push(
+      `<g transform="translate(${ox},${oy})"><text x="${pad}" y="14" font-size="12">${title}</text>`,
+      `<line x1="${pad}" y1="${H - 20}" x2="${W}" y2="${
+        H - 20
+      }" stroke="#999"/><line x1="${pad}" y1="20" x2="${pad}" y2="${
+        H - 20
+      }" stroke="#999"/>`,
+      `<text x="2" y="24" font-size="10">${max.toFixed(1)}</text><text x="${
+        W - 40
+      }" y="${H - 6}" font-size="10">${maxMin} min</text>`,
+    );
+    nodes.forEach((name, j) => {
+      const pts = samples.filter((s) => s.node === name).map((s) => {
+        const x = pad + (s.minute / maxMin) * (W - pad);
+        const y = H - 20 - (Number(s[key]) / max) * (H - 40);
+        return `${x.toFixed(1)},${y.toFixed(1)}`;
+      });
+      parts.push(
+        `<polyline fill="none" stroke="${
+          colors[j % 3]
+        }" stroke-width="1.5" points="${pts.join(" ")}"/>`,
+      );
+      if (k === 0) {
+        parts.push(
+          `<text x="${W - 60}" y="${30 + 12 * j}" font-size="10" fill="${
+            colors[j % 3]
+          }">${name}</text>`,
+        );
+      }
+    });
+    parts.push("</g>");
+  });
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${
+    2 * W + 20
+  }" height="${2 * (H + 30)}" font-family="sans-serif">${
+    parts.join("")
+  }</svg>\n`;
+}
+
+/** Growth of each figure from the end of warm-up to the last sample. */
+function growth(samples: Sample[], warm: number, node: string) {
+  const mine = samples.filter((s) => s.node === node);
+  const base = mine.find((s) => s.minute >= warm) ?? mine[0]!;
+  const last = mine[mine.length - 1]!;
+  const pct = (a: number, b: number) =>
+    a === 0 ? (b === 0 ? 0 : Infinity) : (b / a - 1) * 100;
+  return {
+    base,
+    last,
+    rss: pct(base.rssMiB, last.rssMiB),
+    heap: pct(base.heapMiB, last.heapMiB),
+    fds: pct(base.fds, last.fds),
+    listeners: pct(base.listeners, last.listeners),
+  };
+}
+
+export async function soak(): Promise<void> {
+  const log = (s: string) => console.error(`[soak] ${s}`);
+  const c = await Cluster.create({
+    nodes: 3,
+    prefix: PREFIX,
+    netConf: NET_CONF,
+  });
+  const pings: BackgroundPing[] = [];
+  const samples: Sample[] = [];
+  let churns = 0, drifts = 0, churnErrors = 0;
+  const stop = new AbortController();
+  try {
+    for (const n of c.nodes) await c.startAgent(n);
+    for (const n of c.nodes) await c.waitReady(n);
+    for (const n of c.nodes) await c.addPod(n, 1);
+    const real = new Set((await c.leases()).map((l) => l.subnet.split("/")[0]));
+    const pool: number[] = [];
+    for (let i = 4; i < 1024 && pool.length < PEERS + 64; i++) {
+      if (!real.has(subnetOf(i))) pool.push(i);
+    }
+    const live = pool.slice(0, PEERS);
+    const spare = pool.slice(PEERS);
+    log(`writing ${live.length} simulated peers`);
+    for (let k = 0; k < live.length; k += 16) {
+      await Promise.all(
+        live.slice(k, k + 16).map((i) =>
+          c.etcdctl("put", `${DIR}${subnetOf(i)}-26`, fakeValue(i))
+        ),
+      );
+    }
+    pings.push(
+      BackgroundPing.start(c.pod("node1-pod1").ns.name, c.pod("node2-pod1").ip),
+      BackgroundPing.start(c.pod("node2-pod1").ns.name, c.pod("node3-pod1").ip),
+    );
+    const started = performance.now();
+    const elapsedMin = () => (performance.now() - started) / 60_000;
+    // Churn: every second one peer goes and another comes.
+    const churn = (async () => {
+      while (!stop.signal.aborted) {
+        const out = live.shift()!;
+        const inn = spare.shift()!;
+        const [d, p] = await Promise.all([
+          c.etcdctl("del", `${DIR}${subnetOf(out)}-26`),
+          c.etcdctl("put", `${DIR}${subnetOf(inn)}-26`, fakeValue(inn)),
+        ]);
+        if (d.code !== 0 || p.code !== 0) churnErrors++;
+        live.push(inn);
+        spare.push(out);
+        churns++;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    })();
+    const n1 = c.nodes[0]!;
+    for (let minute = 0; minute <= MINUTES; minute++) {
+      while (elapsedMin() < minute) {
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      if (minute > 0) {
+        // Drift: a peer's route and neighbour removed by hand on node1.
+        const i = live[Math.floor(live.length / 2)]!;
+        await n1.ns.tryExec(["ip", "route", "del", `${subnetOf(i)}/26`]);
+        await n1.ns.tryExec([
+          "ip",
+          "neigh",
+          "del",
+          subnetOf(i),
+          "dev",
+          "flannel.1",
+        ]);
+        drifts++;
+      }
+      for (const n of c.nodes) samples.push(await sample(c, n, minute));
+      const s = samples.slice(-3);
+      log(
+        `minute ${minute}: ${
+          s.map((x) =>
+            `${x.node} rss ${x.rssMiB.toFixed(1)} MiB heap ${
+              x.heapMiB.toFixed(1)
+            } MiB fds ${x.fds} listeners ${x.listeners} peers ${x.peers}`
+          ).join("; ")
+        }`,
+      );
+    }
+    stop.abort();
+    await churn;
+    const losses = await Promise.all(pings.map((p) => p.stop()));
+    pings.length = 0;
+    const warm = Math.max(1, Math.floor(MINUTES / 5));
+    const names = c.nodes.map((n) => n.name);
+    const verdicts = names.map((n) => ({ n, g: growth(samples, warm, n) }));
+    const fmt = (x: number) => `${x >= 0 ? "+" : ""}${x.toFixed(1)}%`;
+    const ok = verdicts.every(({ g }) =>
+      g.rss <= 10 && g.heap <= 10 && g.fds <= 10 && g.listeners <= 10
+    );
+    const md = [
+      "# Soak",
+      "",
+      `Written by \`deno task bench soak --minutes=${MINUTES} --peers=${PEERS}\` on ${
+        new Date().toISOString()
+      }. Machine: ${await machine()}.`,
+      "",
+      `3 nodes (etcd mode, namespaces), ${PEERS} simulated peers (/26 subnets, etcd keys), one peer removed and another added every second (${churns} changes, ${churnErrors} etcdctl errors), a route and neighbour of a simulated peer deleted on node1 every minute (${drifts} times), pods pinging node1→node2 and node2→node3 every 50 ms throughout.`,
+      "",
+      `Packets lost: ${
+        losses.map((l) => `${l.lost} of ${l.transmitted}`).join(", ")
+      }.`,
+      "",
+      `Growth from minute ${warm} (end of warm-up) to minute ${MINUTES}; the target is at most +10% each:`,
+      "",
+      "| node | RSS | V8 heap | open fds | run-signal listeners |",
+      "| --- | ---: | ---: | ---: | ---: |",
+      ...verdicts.map(({ n, g }) =>
+        `| ${n} | ${g.base.rssMiB.toFixed(1)} → ${
+          g.last.rssMiB.toFixed(1)
+        } MiB (${fmt(g.rss)}) | ${g.base.heapMiB.toFixed(1)} → ${
+          g.last.heapMiB.toFixed(1)
+        } MiB (${fmt(g.heap)}) | ${g.base.fds} → ${g.last.fds} (${
+          fmt(g.fds)
+        }) | ${g.base.listeners} → ${g.last.listeners} (${fmt(g.listeners)}) |`
+      ),
+      "",
+      `Verdict: ${ok ? "within 10%" : "GREW by more than 10%"}.`,
+      "",
+      "Chart: `soak.svg` (RSS, heap, fds, listeners per node, per minute).",
+      "",
+      "| minute | node | RSS MiB | heap MiB | fds | listeners | peers programmed |",
+      "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+      ...samples.map((s) =>
+        `| ${s.minute} | ${s.node} | ${s.rssMiB.toFixed(1)} | ${
+          s.heapMiB.toFixed(1)
+        } | ${s.fds} | ${s.listeners} | ${s.peers} |`
+      ),
+      "",
+    ].join("\n");
+    await Deno.writeTextFile(`${RESULTS}soak.md`, md);
+    await Deno.writeTextFile(`${RESULTS}soak.svg`, chart(samples, names));
+    console.log(md);
+  } finally {
+    stop.abort();
+    for (const p of pings) await p.stop().catch(() => {});
+    await c.close();
+  }
+}
+
+if (import.meta.main) await soak();

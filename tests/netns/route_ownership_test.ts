@@ -1,0 +1,203 @@
+/**
+ * Kernel tests of route ownership: weft marks its routes with its own
+ * rtnetlink protocol and deletes only those, naming the protocol so the
+ * kernel matches nothing else; a route a flanneld left is adopted by an
+ * in-place replace (no RTM_DELROUTE, so no packet is lost); routes someone
+ * else installed into the cluster network on the external interface stay.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { kernelTest, Netns } from "../_netns.ts";
+import { openNetlink } from "../../ffi/netlink.ts";
+import { KernelError, RTPROT_WEFT } from "../../ffi/types.ts";
+import { createBackend, Reconciler } from "../../backend/mod.ts";
+import type { Lease } from "../../subnet/lease.ts";
+import { parseNetConfig } from "../../subnet/config.ts";
+import { unwrap } from "../../lib/result.ts";
+import { setLogSink } from "../../lib/log.ts";
+
+setLogSink(() => {});
+
+const config = unwrap(parseNetConfig(
+  '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}',
+));
+
+function peer(n: number): Lease {
+  return {
+    key: `node${n}`,
+    subnet: `10.244.${n}.0/24`,
+    ipv6Subnet: `fc00:0:0:${n}::/64`,
+    attrs: {
+      backendType: "host-gw",
+      publicIP: `198.18.0.${n}`,
+      publicIPv6: `fd18::${n}`,
+    },
+  };
+}
+
+/** A node with eth0 (a veth whose peer stays inside) at 198.18.0.1/24. */
+async function node(): Promise<Netns> {
+  const ns = await Netns.create("owner");
+  await ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0p");
+  await ns.ip("link", "set", "eth0p", "up");
+  await ns.ip("link", "set", "eth0", "up");
+  await ns.ip("addr", "add", "198.18.0.1/24", "dev", "eth0");
+  await ns.ip("addr", "add", "fd18::1/64", "dev", "eth0", "nodad");
+  return ns;
+}
+
+/** `ip route show` lines of a family, as text. */
+async function routes(ns: Netns, family: "-4" | "-6"): Promise<string[]> {
+  const out = await ns.ip(family, "route", "show", "proto", "all");
+  return out.split("\n").map((l) => l.trim()).filter((l) => l !== "");
+}
+
+kernelTest(
+  "host-gw: adopts flanneld's routes without a delete, deletes only its own, leaves foreign routes alone",
+  async () => {
+    await using ns = await node();
+    using nl = openNetlink({ netns: ns.path });
+    const eth0 = nl.linkByName("eth0")!;
+    // Left by flanneld (protocol boot, what `ip route` writes too).
+    await ns.ip("route", "add", "10.244.2.0/24", "via", "198.18.0.2");
+    await ns.ip("-6", "route", "add", "fc00:0:0:2::/64", "via", "fd18::2");
+    // An administrator's routes into the cluster network that no lease wants.
+    await ns.ip("route", "add", "10.244.50.0/24", "via", "198.18.0.50");
+    await ns.ip(
+      "route",
+      "add",
+      "10.244.51.0/24",
+      "via",
+      "198.18.0.51",
+      "proto",
+      "static",
+    );
+    const backend = unwrap(createBackend(nl, config, {
+      index: eth0.index,
+      name: "eth0",
+      mtu: eth0.mtu,
+      ifaceAddr: "198.18.0.1",
+      publicIP: "198.18.0.1",
+      ifaceV6Addr: "fd18::1",
+      publicIPv6: "fd18::1",
+    }));
+    const own: Lease = {
+      key: "node1",
+      subnet: "10.244.1.0/24",
+      ipv6Subnet: "fc00:0:0:1::/64",
+      attrs: backend.prepare(),
+    };
+    const rec = new Reconciler(nl, backend.start(own).families, {
+      ownKey: "node1",
+      backendType: "host-gw",
+    });
+    const monitor = new Deno.Command("ip", {
+      args: ["-n", ns.name, "monitor", "route"],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    await new Promise((r) => setTimeout(r, 200));
+    rec.handle([2, 3].map((n) => ({
+      type: "added" as const,
+      lease: peer(n),
+      receivedAt: 0,
+    })));
+    assert.deepEqual(rec.pass().errors, 0);
+    await new Promise((r) => setTimeout(r, 200));
+    monitor.kill("SIGTERM");
+    const seen = new TextDecoder().decode((await monitor.output()).stdout);
+    assert.ok(!/^Deleted .*10\.244\.2\.0\/24/m.test(seen), seen);
+    assert.ok(!/^Deleted .*fc00:0:0:2::\/64/m.test(seen), seen);
+    assert.ok(
+      /10\.244\.2\.0\/24 via 198\.18\.0\.2 .*proto 87/.test(seen),
+      seen,
+    );
+
+    const v4 = await routes(ns, "-4");
+    assert.ok(
+      v4.includes("10.244.2.0/24 via 198.18.0.2 dev eth0 proto 87"),
+      v4.join("\n"),
+    );
+    assert.ok(v4.includes("10.244.3.0/24 via 198.18.0.3 dev eth0 proto 87"));
+    const v6 = await routes(ns, "-6");
+    assert.ok(
+      v6.some((l) =>
+        l.startsWith("fc00:0:0:2::/64 via fd18::2 dev eth0 proto 87")
+      ),
+      v6.join("\n"),
+    );
+    // Nothing to do on the next pass: adoption is done.
+    assert.deepEqual(rec.pass(), { ops: 0, errors: 0 });
+
+    // Peer 2 goes: its route goes; the administrator's stay.
+    rec.handle([{ type: "removed", lease: peer(2), receivedAt: 0 }]);
+    assert.deepEqual(rec.pass().errors, 0);
+    const after = await routes(ns, "-4");
+    assert.ok(!after.some((l) => l.startsWith("10.244.2.0/24")));
+    assert.ok(after.includes("10.244.50.0/24 via 198.18.0.50 dev eth0"));
+    assert.ok(
+      after.includes("10.244.51.0/24 via 198.18.0.51 dev eth0 proto static"),
+    );
+    assert.ok(
+      !(await routes(ns, "-6")).some((l) => l.startsWith("fc00:0:0:2::/64")),
+    );
+
+    // Someone replaces peer 3's route with their own between our passes:
+    // our delete names our protocol, so the kernel keeps theirs.
+    await ns.ip(
+      "route",
+      "replace",
+      "10.244.3.0/24",
+      "via",
+      "198.18.0.33",
+      "proto",
+      "static",
+    );
+    rec.handle([{ type: "removed", lease: peer(3), receivedAt: 0 }]);
+    assert.ok(
+      (await routes(ns, "-4")).includes(
+        "10.244.3.0/24 via 198.18.0.33 dev eth0 proto static",
+      ),
+    );
+  },
+);
+
+kernelTest(
+  "routeDel() naming weft's protocol never removes another protocol's route, IPv4 or IPv6",
+  async () => {
+    await using ns = await node();
+    using nl = openNetlink({ netns: ns.path });
+    const index = nl.linkByName("eth0")!.index;
+    await ns.ip("route", "add", "10.244.9.0/24", "via", "198.18.0.9");
+    await ns.ip("-6", "route", "add", "fc00:0:0:9::/64", "via", "fd18::9");
+    for (
+      const [dst, gw] of [
+        ["10.244.9.0/24", "198.18.0.9"],
+        ["fc00:0:0:9::/64", "fd18::9"],
+      ] as const
+    ) {
+      assert.throws(
+        () => nl.routeDel({ dst, gw, index, protocol: RTPROT_WEFT }),
+        (e) => e instanceof KernelError && e.notFound,
+      );
+      assert.equal(
+        nl.routeList({ family: dst.includes(":") ? 6 : 4 }).filter((r) =>
+          r.dst === dst
+        ).length,
+        1,
+      );
+      nl.routeReplace({ dst, gw, index, protocol: RTPROT_WEFT });
+      const mine = nl.routeList({ family: dst.includes(":") ? 6 : 4 }).find(
+        (r) => r.dst === dst,
+      );
+      assert.equal(mine?.protocol, RTPROT_WEFT);
+      nl.routeDel({ dst, gw, index, protocol: RTPROT_WEFT });
+      assert.ok(
+        !nl.routeList({ family: dst.includes(":") ? 6 : 4 }).some((r) =>
+          r.dst === dst
+        ),
+      );
+    }
+  },
+);
