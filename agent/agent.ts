@@ -24,8 +24,6 @@ import type { ChangeSource } from "../backend/mod.ts";
 import type { NetworkConfig } from "../subnet/config.ts";
 import { formatNet } from "../lib/ip.ts";
 import type { SubnetManager } from "../subnet/lease.ts";
-import { KubeSubnetManager } from "../subnet/kube/manager.ts";
-import { EtcdSubnetManager } from "../subnet/etcd/manager.ts";
 import { VERSION } from "../lib/version.ts";
 
 const log = logger("main");
@@ -35,11 +33,27 @@ export class FatalError extends Error {
   override readonly name = "FatalError";
 }
 
+/** The subnet manager's optional extras, which only the kube one has. */
+interface Manager extends SubnetManager {
+  close?(): void;
+  getNodePublicIPOverride?(
+    signal: AbortSignal,
+  ): Promise<{ ipv4?: string; ipv6?: string }>;
+}
+
+/**
+ * The chosen subnet manager; only its module is loaded (the other one and
+ * its client are dead weight in this process).
+ */
 async function subnetManager(
   flags: Flags,
   signal: AbortSignal,
-): Promise<SubnetManager & { close?(): void }> {
-  if (flags.kubeSubnetMgr) return await KubeSubnetManager.create(flags, signal);
+): Promise<Manager> {
+  if (flags.kubeSubnetMgr) {
+    const { KubeSubnetManager } = await import("../subnet/kube/manager.ts");
+    return await KubeSubnetManager.create(flags, signal);
+  }
+  const { EtcdSubnetManager } = await import("../subnet/etcd/manager.ts");
   const tls = {
     ...(flags.etcdCafile && { caFile: flags.etcdCafile }),
     ...(flags.etcdCertfile && { certFile: flags.etcdCertfile }),
@@ -146,7 +160,7 @@ export async function runAgent(
 
     let publicIP = flags.publicIP;
     let publicIPv6 = flags.publicIPv6;
-    if (sm instanceof KubeSubnetManager && !publicIP && !publicIPv6) {
+    if (sm.getNodePublicIPOverride && !publicIP && !publicIPv6) {
       const o = await sm.getNodePublicIPOverride(signal);
       if (o.ipv4) log.info(`Using node-public-ip annotation: ${o.ipv4}`);
       publicIP = o.ipv4 ?? "";
@@ -262,8 +276,8 @@ export async function runAgent(
     if (signal.aborted) stop.abort();
     else signal.addEventListener("abort", onAbort, { once: true });
     const tasks = [
-      sm.watchLeases((events) => {
-        rec.handle(events);
+      sm.watchLeases((events, partial) => {
+        rec.handle(events, partial);
         refresh();
       }, stop.signal),
       rec.run(stop.signal, monitor && changeSource(monitor, watched, rec)),
