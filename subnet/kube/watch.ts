@@ -196,7 +196,9 @@ export class NodeWatcher {
     onNodes?: (nodes: SlimNode[], receivedAt: number) => void,
   ): Promise<{ continue?: unknown; resourceVersion?: unknown } | undefined> {
     const res = await this.#client.request("GET", path, { signal });
-    const splitter = new ListSplitter();
+    // Nothing weft keeps is in a Node's status (addresses, conditions,
+    // images: most of its bytes), so it is never decoded.
+    const splitter = new ListSplitter({ drop: "status" });
     const add = (items: unknown[]) => {
       const batch: SlimNode[] = [];
       for (const item of items) {
