@@ -183,6 +183,12 @@ interface Store extends AsyncDisposable {
   remove(i: number): Promise<void>;
   /** CPU seconds used so far by the server(s) serving the agent. */
   cpuSec(): Promise<number>;
+  /**
+   * When a watcher of this benchmark, beside the agent's, received peer
+   * `i`'s addition (`performance.now()`), if it did: the API server's
+   * delivery without the agent.
+   */
+  deliveredAt(i: number): Promise<number | undefined>;
   /** Reads every lease the way an agent does; ms and bytes. */
   timeList(): Promise<{ ms: number; bytes: number }>;
 }
@@ -249,6 +255,7 @@ class KubeStore implements Store {
   }
 
   async add(i: number): Promise<string> {
+    if (!this.#watching) await this.#watch();
     const node = peerNode(i) as { spec: { podCIDR: string } };
     await this.#k.createNode(node as unknown as Record<string, unknown>);
     return node.spec.podCIDR;
@@ -257,6 +264,62 @@ class KubeStore implements Store {
   async remove(i: number): Promise<void> {
     const name = (peerNode(i) as { metadata: { name: string } }).metadata.name;
     await this.#k.request("DELETE", `/api/v1/nodes/${name}`);
+  }
+
+  /** Node name → when our own watch saw it added. */
+  readonly #seen = new Map<string, number>();
+  #watching: Promise<void> | undefined;
+  readonly #stop = new AbortController();
+  #client: Deno.HttpClient | undefined;
+
+  /** Starts (once) a watch on Nodes from now, straight to the server. */
+  async #watch(): Promise<void> {
+    this.#client ??= Deno.createHttpClient({ caCerts: [this.#k.caPem] });
+    const headers = { Authorization: `Bearer ${this.#k.adminToken}` };
+    const list = await fetch(`${this.#k.url}/api/v1/nodes?limit=1`, {
+      headers,
+      client: this.#client,
+    });
+    const rv =
+      ((await list.json()) as { metadata: { resourceVersion: string } })
+        .metadata.resourceVersion;
+    const res = await fetch(
+      `${this.#k.url}/api/v1/nodes?watch=1&resourceVersion=${rv}`,
+      { headers, client: this.#client, signal: this.#stop.signal },
+    );
+    this.#watching = (async () => {
+      const dec = new TextDecoder();
+      let rest = "";
+      try {
+        for await (const chunk of res.body!) {
+          const now = performance.now();
+          rest += dec.decode(chunk, { stream: true });
+          const lines = rest.split("\n");
+          rest = lines.pop()!;
+          for (const line of lines) {
+            const ev = JSON.parse(line) as {
+              type: string;
+              object: { metadata: { name: string } };
+            };
+            if (ev.type === "ADDED") {
+              this.#seen.set(ev.object.metadata.name, now);
+            }
+          }
+        }
+      } catch {
+        // Stopped, or the stream broke: later additions go unmeasured.
+      }
+    })();
+  }
+
+  async deliveredAt(i: number): Promise<number | undefined> {
+    const name = (peerNode(i) as { metadata: { name: string } }).metadata.name;
+    for (let waited = 0; waited < 2000; waited += 5) {
+      const at = this.#seen.get(name);
+      if (at !== undefined) return at;
+      await sleep(5);
+    }
+    return undefined;
   }
 
   async cpuSec(): Promise<number> {
@@ -289,6 +352,9 @@ class KubeStore implements Store {
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
+    this.#stop.abort();
+    await this.#watching;
+    this.#client?.close();
     await this.#k[Symbol.asyncDispose]();
   }
 }
@@ -369,6 +435,10 @@ class EtcdStore implements Store {
   async remove(i: number): Promise<void> {
     const subnet = (peerNode(i) as { spec: { podCIDR: string } }).spec.podCIDR;
     await this.#etcd.delete(subnetKey(subnet));
+  }
+
+  deliveredAt(): Promise<number | undefined> {
+    return Promise.resolve(undefined);
   }
 
   async cpuSec(): Promise<number> {
@@ -781,6 +851,7 @@ async function runAgent(
     // Convergence of new nodes, one at a time.
     const before = agent === "weft" ? await eventToKernel(ns) : undefined;
     const conv: number[] = [];
+    const delivery: number[] = [];
     let timeouts = 0;
     for (let a = 0; a < ctx.additions; a++) {
       const t = performance.now();
@@ -788,6 +859,8 @@ async function runAgent(
       const at = await mon.wait(subnet, 15_000);
       if (at === undefined) timeouts++;
       else conv.push(at - t);
+      const seen = await store.deliveredAt(50_000 + a);
+      if (seen !== undefined) delivery.push(seen - t);
       if (exited) throw await fail("exited during the additions");
     }
     const after = agent === "weft" ? await eventToKernel(ns) : undefined;
@@ -819,6 +892,12 @@ async function runAgent(
         agentSideMs !== undefined
           ? ` (event → kernel in the agent: ${agentSideMs.toFixed(2)} ms)`
           : ""
+      }${
+        delivery.length > 0
+          ? `, write → event at the benchmark's own watch p50 ${
+            percentile(delivery, 50).toFixed(1)
+          } ms`
+          : ""
       }, RSS ${(rss / 2 ** 20).toFixed(1)} MiB, at the end ${
         (rssEnd / 2 ** 20).toFixed(1)
       } MiB`,
@@ -842,6 +921,7 @@ async function runAgent(
       convergenceMs: conv,
       convergenceTimeouts: timeouts,
       ...(agentSideMs !== undefined && { agentSideMs }),
+      ...(delivery.length > 0 && { deliveryMs: delivery }),
     };
   } finally {
     fsw.close();

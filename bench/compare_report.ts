@@ -61,6 +61,11 @@ export interface AgentResult {
    * additions): the agent's share of the convergence.
    */
   readonly agentSideMs?: number;
+  /**
+   * Kube mode: write → the same event at a watch the benchmark holds
+   * straight on the API server (no relay, no agent), ms, per addition.
+   */
+  readonly deliveryMs?: readonly number[];
 }
 
 /** One N: both agents and the floors. */
@@ -114,6 +119,10 @@ export function formatCompare(rows: CompareRow[]): string {
         } / ${ms(percentile(a.convergenceMs, 99))}${to}${
           a.agentSideMs !== undefined
             ? ` (in the agent: ${a.agentSideMs.toFixed(2)} mean)`
+            : ""
+        }${
+          a.deliveryMs && a.deliveryMs.length > 0
+            ? `; API server delivery ${ms(percentile(a.deliveryMs, 50))}`
             : ""
         } | ${idle} |`,
       );
@@ -404,7 +413,9 @@ const METHOD = `## How it is measured
   crossed the wire (both agents get gzip-compressed LISTs).
 - Convergence: a new Node (etcd: lease key) is written, then the time
   until its route shows up in \`ip monitor route\`; one at a time, 60
-  additions. "In the agent": weft's own histogram of watch event received
+  additions. "API server delivery": write → the same event at a watch
+  the benchmark holds straight on the API server (no relay, no agent),
+  p50. "In the agent": weft's own histogram of watch event received
   → kernel entries programmed (\`weft_event_to_kernel_seconds\` on
   /metrics), its mean over the additions. Both agents run their health
   server (\`--healthz-ip=127.0.0.1 --healthz-port=18400\`).
