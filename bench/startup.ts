@@ -10,11 +10,18 @@
  * first timer). Prints a markdown table with time, CPU (utime+stime, 10 ms
  * ticks) and RSS; medians of `--runs` (default 5) runs.
  *
+ * A second table decodes a LIST body of 5000 realistic Nodes
+ * (bench/kube.ts) the way the watcher does (streamed in 64 KiB chunks,
+ * split, slimmed, turned into leases) under V8 flag sets and with or
+ * without dropping each Node's status: the figures behind the flags baked
+ * into `deno task start` and `deno task compile`.
+ *
  * Run: `deno run -A bench/startup.ts [--runs=5]`.
  *
  * @module
  */
 import { median } from "./_stats.ts";
+import { realisticNode } from "./kube.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -79,6 +86,53 @@ console.log(JSON.stringify({
   };
 }
 
+/** A NodeList body of `n` realistic flannel vxlan Nodes, written to a file. */
+async function listBody(n: number): Promise<string> {
+  const p = "flannel.alpha.coreos.com";
+  const items = Array.from({ length: n }, (_, i) => {
+    const node = realisticNode(i) as {
+      metadata: { annotations: Record<string, string> };
+    };
+    node.metadata.annotations[`${p}/public-ip`] = `198.19.${(i >> 8) & 255}.${
+      i & 255
+    }`;
+    node.metadata.annotations[`${p}/backend-data`] =
+      '{"VNI":1,"VtepMAC":"0a:42:00:00:00:01"}';
+    return node;
+  });
+  const file = await Deno.makeTempFile({ prefix: "weft-list-" });
+  await Deno.writeTextFile(
+    file,
+    JSON.stringify({ kind: "NodeList", metadata: {}, items }),
+  );
+  return file;
+}
+
+/** Decodes `file` as the watcher does; the probe's code. */
+function decodeProbe(file: string, drop: boolean): string {
+  return `import { ListSplitter } from "${ROOT}subnet/kube/list_stream.ts";
+import { annotationKeys, nodeToLease, slimmer } from "${ROOT}subnet/kube/node.ts";
+import { parseNetConfig } from "${ROOT}subnet/config.ts";
+import "${ROOT}main.ts";
+import "${ROOT}subnet/kube/manager.ts";
+const keys = annotationKeys();
+const config = parseNetConfig('{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}');
+if (!keys.ok || !config.ok) throw new Error("setup");
+const slim = slimmer(keys.value);
+const s = new ListSplitter(${drop ? '{ drop: "status" }' : ""});
+const kept = new Map();
+using file = Deno.openSync("${file}");
+const buf = new Uint8Array(65536);
+for (let n = file.readSync(buf); n !== null; n = file.readSync(buf)) {
+  for (const item of s.push(buf.subarray(0, n))) {
+    const r = slim(item);
+    if (r.ok) kept.set(r.value.name, nodeToLease(r.value, keys.value, config.value));
+  }
+}
+s.finish();
+if (kept.size !== 5000) throw new Error("kept " + kept.size);`;
+}
+
 if (import.meta.main) {
   const runsArg = Deno.args.find((a) => a.startsWith("--runs="));
   const runs = runsArg ? Number(runsArg.slice(7)) : 5;
@@ -116,6 +170,31 @@ nl.routeList({ family: 4 });`,
       flags,
     ),
   ];
+  const body = await listBody(5000);
+  const bodyMiB = (await Deno.stat(body)).size / 2 ** 20;
+  const decode = [];
+  try {
+    for (
+      const [name, f, drop] of [
+        ["no V8 flags", [], false],
+        [
+          "--max-semi-space-size=1",
+          ["--v8-flags=--max-semi-space-size=1"],
+          false,
+        ],
+        ["the start task's flags", flags, false],
+        ["the start task's flags, status dropped", flags, true],
+      ] as const
+    ) {
+      decode.push(
+        await probe(name, decodeProbe(body, drop), runs, undefined, [
+          ...f,
+        ]),
+      );
+    }
+  } finally {
+    await Deno.remove(body);
+  }
   console.log(
     [
       `Start-up, median of ${runs} runs (${flags.join(" ") || "no V8 flags"}):`,
@@ -126,6 +205,16 @@ nl.routeList({ family: 4 });`,
         `| ${r.name} | ${r.innerMs.toFixed(0)} | ${r.cpu.toFixed(0)} | ${
           r.rss.toFixed(1)
         } |`
+      ),
+      "",
+      `Decoding a LIST of 5000 realistic Nodes (${
+        bodyMiB.toFixed(1)
+      } MiB of JSON; agent modules loaded), median of ${runs} runs:`,
+      "",
+      "| V8 flags | CPU, whole process (ms) | RSS after (MiB) |",
+      "|---|---:|---:|",
+      ...decode.map((r) =>
+        `| ${r.name} | ${r.cpu.toFixed(0)} | ${r.rss.toFixed(1)} |`
       ),
     ].join("\n"),
   );
