@@ -693,7 +693,6 @@ function agentCommand(agent: Agent, ctx: RunContext, dir: string): string[] {
     `--subnet-file=${dir}/subnet.env`,
     // Both agents serve /healthz, as in a DaemonSet with probes; weft's
     // also serves /metrics, read for its event → kernel histogram.
-    "--healthz-ip=127.0.0.1",
     `--healthz-port=${METRICS_PORT}`,
     "--iface=eth0",
     "--ip-masq=false",

@@ -418,7 +418,7 @@ const METHOD = `## How it is measured
   p50. "In the agent": weft's own histogram of watch event received
   → kernel entries programmed (\`weft_event_to_kernel_seconds\` on
   /metrics), its mean over the additions. Both agents run their health
-  server (\`--healthz-ip=127.0.0.1 --healthz-port=18400\`).
+  server (\`--healthz-port=18400\`, in its own namespace).
 - Idle CPU: the agent's utime+stime over a window after the additions, at
   N=1000, as % of one core (window length in the table).
 - Floor: \`ip -batch\` + \`bridge -batch\` programming the same N−1 peers in a
