@@ -32,8 +32,6 @@ import type { ChangeSource } from "../backend/mod.ts";
 import type { NetworkConfig } from "../subnet/config.ts";
 import { formatNet } from "../lib/ip.ts";
 import type { SubnetManager } from "../subnet/lease.ts";
-import { KubeSubnetManager } from "../subnet/kube/manager.ts";
-import { EtcdSubnetManager } from "../subnet/etcd/manager.ts";
 import { VERSION } from "../lib/version.ts";
 
 const log = logger("main");
@@ -43,11 +41,27 @@ export class FatalError extends Error {
   override readonly name = "FatalError";
 }
 
+/** The subnet manager's optional extras, which only the kube one has. */
+interface Manager extends SubnetManager {
+  close?(): void;
+  getNodePublicIPOverride?(
+    signal: AbortSignal,
+  ): Promise<{ ipv4?: string; ipv6?: string }>;
+}
+
+/**
+ * The chosen subnet manager; only its module is loaded (the other one and
+ * its client are dead weight in this process).
+ */
 async function subnetManager(
   flags: Flags,
   signal: AbortSignal,
-): Promise<SubnetManager & { close?(): void }> {
-  if (flags.kubeSubnetMgr) return await KubeSubnetManager.create(flags, signal);
+): Promise<Manager> {
+  if (flags.kubeSubnetMgr) {
+    const { KubeSubnetManager } = await import("../subnet/kube/manager.ts");
+    return await KubeSubnetManager.create(flags, signal);
+  }
+  const { EtcdSubnetManager } = await import("../subnet/etcd/manager.ts");
   const tls = {
     ...(flags.etcdCafile && { caFile: flags.etcdCafile }),
     ...(flags.etcdCertfile && { certFile: flags.etcdCertfile }),
@@ -232,7 +246,7 @@ export async function runAgent(
     logConfig(config);
 
     let { publicIP, publicIPv6 } = flags;
-    if (sm instanceof KubeSubnetManager) {
+    if (sm.getNodePublicIPOverride) {
       const o = await sm.getNodePublicIPOverride(signal);
       if (o.ipv4) log.info(`Using node-public-ip annotation: ${o.ipv4}`);
       if (o.ipv6) log.info(`Using node-public-ipv6 annotation: ${o.ipv6}`);
@@ -371,8 +385,8 @@ export async function runAgent(
     if (signal.aborted) stop.abort();
     else signal.addEventListener("abort", onAbort, { once: true });
     const tasks = [
-      sm.watchLeases((events) => {
-        rec.handle(events);
+      sm.watchLeases((events, partial) => {
+        rec.handle(events, partial);
         refresh();
       }, stop.signal),
       rec.run(stop.signal, monitor && changeSource(monitor, watched, rec)),

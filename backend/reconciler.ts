@@ -14,6 +14,9 @@
  *
  * No pass prunes before the subnet manager has delivered its first full
  * listing: a restart must never withdraw routes it has not yet heard of.
+ * Peers of that listing handed over while it is still arriving are
+ * programmed at once, the way events are, so a large cluster's kernel
+ * fills while its LIST is on the wire.
  * A failing peer is counted, logged and retried on the next pass; it never
  * blocks the others.
  *
@@ -173,10 +176,12 @@ export class Reconciler {
   }
 
   /**
-   * Takes a batch of lease events. The first call marks the initial
-   * listing complete (it may be empty); later calls are applied at once.
+   * Takes a batch of lease events. The first call without `partial` marks
+   * the initial listing complete (it may be empty) and runs a full pass;
+   * `partial` batches before it are programmed at once but prune nothing;
+   * later calls are applied at once.
    */
-  handle(events: LeaseEvent[]): void {
+  handle(events: LeaseEvent[], partial = false): void {
     const touched = new Set<string>();
     for (const ev of events) {
       const { lease } = ev;
@@ -205,6 +210,10 @@ export class Reconciler {
       }
     }
     if (!this.#synced) {
+      if (partial) {
+        if (touched.size > 0) this.#applyEarly(touched);
+        return;
+      }
       this.#synced = true;
       this.#trigger();
       return;
@@ -218,7 +227,30 @@ export class Reconciler {
       this.#trigger();
       return;
     }
+    this.#program(keys, this.#families);
+  }
+
+  /**
+   * Programs peers of a listing still arriving: sets up the devices once,
+   * then the peers' entries, deleting nothing but what this run itself
+   * programmed. The full pass after the listing repairs whatever fails.
+   */
+  #applyEarly(keys: Set<string>): void {
+    const ready: FamilyState[] = [];
     for (const f of this.#families) {
+      try {
+        f.plan ??= f.net.ensure();
+        ready.push(f);
+      } catch {
+        // The first full pass sets the device up and reports why.
+      }
+    }
+    this.#program(keys, ready);
+  }
+
+  /** Diffs `keys` against what was programmed for them, and applies. */
+  #program(keys: Set<string>, families: FamilyState[]): void {
+    for (const f of families) {
       const plan = f.plan!;
       const modes = new Map<string, PeerMode>();
       const before: PeerEntries[] = [];

@@ -80,6 +80,36 @@ Deno.test("Reconciler prunes nothing before the first listing arrives", () => {
   assert.equal(kernel.neighs.length, 0);
 });
 
+Deno.test("Reconciler programs a listing still arriving, and prunes only once it is complete", () => {
+  const { kernel, rec } = node();
+  rec.handle(added(peer(2), peer(9)));
+  rec.pass();
+  // A restart: peer 9 was deleted while we were down; the listing streams.
+  const again = node(undefined, kernel);
+  again.rec.handle(added(peer(3)), true);
+  const dev = kernel.linkByName("flannel.1")!;
+  assert.deepEqual(routesVia(kernel, dev.index), [
+    "10.244.2.0/24 via 10.244.2.0",
+    "10.244.3.0/24 via 10.244.3.0",
+    "10.244.9.0/24 via 10.244.9.0",
+  ]);
+  assert.equal(again.rec.ready, false);
+  assert.deepEqual(again.rec.pass(), { ops: 0, errors: 0 }, "no pass yet");
+  again.rec.handle(added(peer(2)), true);
+  // The complete listing: now the stale peer goes, the others stay.
+  again.rec.handle([]);
+  again.rec.pass();
+  assert.deepEqual(routesVia(kernel, dev.index), [
+    "10.244.2.0/24 via 10.244.2.0",
+    "10.244.3.0/24 via 10.244.3.0",
+  ]);
+  assert.deepEqual(kernel.fdbs.map((f) => f.dst).sort(), [
+    "198.18.0.2",
+    "198.18.0.3",
+  ]);
+  assert.equal(again.rec.ready, true);
+});
+
 Deno.test("Reconciler keeps the device and its MAC across a restart with no change", () => {
   const { kernel, rec, attrs } = node();
   rec.handle(added(peer(2)));

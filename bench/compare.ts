@@ -1,7 +1,8 @@
 /**
- * Benchmark (not a test): weft beside upstream flanneld, one
- * after the other, against the same real kube-apiserver holding N
- * realistic Node objects annotated as flannel vxlan nodes.
+ * Benchmark (not a test): weft beside upstream flanneld, one after the
+ * other, against the same real kube-apiserver holding N realistic Node
+ * objects annotated as flannel vxlan nodes, and in etcd mode against the
+ * same etcd holding N flannel leases.
  *
  * Each agent runs alone in a fresh network namespace (`eth0` on a bridge
  * in a fresh hub namespace, `198.18.0.1/15`, default route via
@@ -33,8 +34,10 @@
  *   (`limit=500`, read and parsed) by this process.
  *
  * Run: `deno run -A bench/compare.ts [--weft=<checkout>] [--logs=<dir>]
- * [--out=<dir>] [N...]` (default 100 1000 5000; results go to
- * bench/results/ unless `--out` says otherwise);
+ * [--out=<dir>] [--idle=<s>] [--additions=60] [--modes=kube,etcd] [N...]`
+ * (default N = 0 10 100 1000 5000 in both modes; idle CPU over <s>
+ * seconds, default 60, at N=1000; results go to bench/results/ unless
+ * `--out` says otherwise);
  * `--from=bench/results/compare.json` re-renders saved figures.
  * Writes bench/results/compare.md and compare.svg (through
  * compare_report.ts, which renders them). Needs root and the
@@ -44,6 +47,7 @@
  */
 import { joinOnBridge, Netns, run } from "../tests/_netns.ts";
 import { KubeServers } from "../tests/servers/kube.ts";
+import { EtcdServer } from "../tests/servers/etcd.ts";
 import { serverBinary } from "../tests/servers/paths.ts";
 import { agentPermissions } from "../tests/_cluster.ts";
 import { inNetns } from "../ffi/_native.ts";
@@ -57,13 +61,16 @@ import {
   type Agent,
   type AgentResult,
   type CompareRow,
+  type Mode,
   writeCompareResults,
+  writeReadme,
 } from "./compare_report.ts";
 
-export type { Agent, AgentResult, CompareRow };
+export type { Agent, AgentResult, CompareRow, Mode };
 export {
   compareSvg,
   formatCompare,
+  readmeSection,
   writeCompareResults,
 } from "./compare_report.ts";
 
@@ -91,6 +98,12 @@ export interface CompareOptions {
   readonly weftRoot?: string;
   /** If set, each agent's log is kept there as `<agent>-<N>.log`. */
   readonly logDir?: string;
+  /** Idle CPU is measured at this N (after the additions). Default 1000. */
+  readonly idleAtN?: number;
+  /** Length of the idle window, s. Default 60. */
+  readonly idleSec?: number;
+  /** Where the leases live. Default kube. */
+  readonly mode?: Mode;
 }
 
 // ---- cluster content -------------------------------------------------------
@@ -151,36 +164,299 @@ function selfNode(): Record<string, unknown> {
   };
 }
 
-/** Creates peer nodes `from..to-1` (24 requests in flight). */
-async function populate(k: KubeServers, from: number, to: number) {
+/** Where the leases live: the API server (kube mode) or etcd. */
+interface Store extends AsyncDisposable {
+  readonly mode: Mode;
+  /** Host port of the server the relay forwards to. */
+  readonly port: number;
+  /** Port of the relay inside the agent's namespace. */
+  readonly relayPort: number;
+  /** The agent's flags that name the store. */
+  flags(): string[];
+  /** Peers `from..to-1` (24 requests in flight). */
+  populate(from: number, to: number): Promise<void>;
+  /** Before each agent: the agent's own lease starts from scratch. */
+  reset(): Promise<void>;
+  /** Adds peer `i`; returns its subnet. */
+  add(i: number): Promise<string>;
+  /** Removes peer `i`. */
+  remove(i: number): Promise<void>;
+  /** CPU seconds used so far by the server(s) serving the agent. */
+  cpuSec(): Promise<number>;
+  /**
+   * When a watcher of this benchmark, beside the agent's, received peer
+   * `i`'s addition (`performance.now()`), if it did: the API server's
+   * delivery without the agent.
+   */
+  deliveredAt(i: number): Promise<number | undefined>;
+  /** Reads every lease the way an agent does; ms and bytes. */
+  timeList(): Promise<{ ms: number; bytes: number }>;
+}
+
+/** Runs `job(i)` for `from..to-1`, 24 at a time. */
+async function inParallel(
+  from: number,
+  to: number,
+  job: (i: number) => Promise<unknown>,
+): Promise<void> {
   let next = from;
   const worker = async () => {
-    while (next < to) await k.createNode(peerNode(next++));
+    while (next < to) await job(next++);
   };
   await Promise.all(Array.from({ length: 24 }, worker));
 }
 
-/** Fetches every node with `limit=500` pages; returns ms and bytes. */
-async function timeList(
-  k: KubeServers,
-): Promise<{ ms: number; bytes: number }> {
-  const t0 = performance.now();
-  let bytes = 0;
-  let cont = "";
-  do {
-    const r = await k.request<
-      { items: unknown[]; metadata: { continue?: string } }
-    >(
-      "GET",
-      `/api/v1/nodes?limit=500${
-        cont ? `&continue=${encodeURIComponent(cont)}` : ""
-      }`,
+/** Kube mode: Nodes in a kube-apiserver, read through a JSON kubeconfig. */
+class KubeStore implements Store {
+  readonly mode = "kube";
+  readonly relayPort = API_PORT;
+  readonly #k: KubeServers;
+  readonly #kubeconfig: string;
+  readonly #netConf: string;
+
+  private constructor(k: KubeServers, kubeconfig: string, netConf: string) {
+    this.#k = k;
+    this.#kubeconfig = kubeconfig;
+    this.#netConf = netConf;
+  }
+
+  static async start(dir: string): Promise<KubeStore> {
+    const k = await KubeServers.start();
+    await Deno.writeTextFile(`${dir}/net-conf.json`, NET_CONF);
+    return new KubeStore(
+      k,
+      await jsonKubeconfig(`${dir}/kubeconfig`, k),
+      `${dir}/net-conf.json`,
     );
-    if (r.status !== 200) throw new Error(`LIST answered ${r.status}`);
-    bytes += JSON.stringify(r.body).length;
-    cont = r.body.metadata.continue ?? "";
-  } while (cont !== "");
-  return { ms: performance.now() - t0, bytes };
+  }
+
+  get port(): number {
+    return this.#k.port;
+  }
+
+  flags(): string[] {
+    return [
+      "--kube-subnet-mgr",
+      `--kubeconfig-file=${this.#kubeconfig}`,
+      `--net-config-path=${this.#netConf}`,
+    ];
+  }
+
+  populate(from: number, to: number): Promise<void> {
+    return inParallel(from, to, (i) => this.#k.createNode(peerNode(i)));
+  }
+
+  async reset(): Promise<void> {
+    const r = await this.#k.request("DELETE", `/api/v1/nodes/${SELF}`);
+    if (r.status !== 200 && r.status !== 404) {
+      throw new Error(`DELETE node ${SELF}: ${r.status}`);
+    }
+    await this.#k.createNode(selfNode());
+  }
+
+  async add(i: number): Promise<string> {
+    if (!this.#watching) await this.#watch();
+    const node = peerNode(i) as { spec: { podCIDR: string } };
+    await this.#k.createNode(node as unknown as Record<string, unknown>);
+    return node.spec.podCIDR;
+  }
+
+  async remove(i: number): Promise<void> {
+    const name = (peerNode(i) as { metadata: { name: string } }).metadata.name;
+    await this.#k.request("DELETE", `/api/v1/nodes/${name}`);
+  }
+
+  /** Node name → when our own watch saw it added. */
+  readonly #seen = new Map<string, number>();
+  #watching: Promise<void> | undefined;
+  readonly #stop = new AbortController();
+  #client: Deno.HttpClient | undefined;
+
+  /** Starts (once) a watch on Nodes from now, straight to the server. */
+  async #watch(): Promise<void> {
+    this.#client ??= Deno.createHttpClient({ caCerts: [this.#k.caPem] });
+    const headers = { Authorization: `Bearer ${this.#k.adminToken}` };
+    const list = await fetch(`${this.#k.url}/api/v1/nodes?limit=1`, {
+      headers,
+      client: this.#client,
+    });
+    const rv =
+      ((await list.json()) as { metadata: { resourceVersion: string } })
+        .metadata.resourceVersion;
+    const res = await fetch(
+      `${this.#k.url}/api/v1/nodes?watch=1&resourceVersion=${rv}`,
+      { headers, client: this.#client, signal: this.#stop.signal },
+    );
+    this.#watching = (async () => {
+      const dec = new TextDecoder();
+      let rest = "";
+      try {
+        for await (const chunk of res.body!) {
+          const now = performance.now();
+          rest += dec.decode(chunk, { stream: true });
+          const lines = rest.split("\n");
+          rest = lines.pop()!;
+          for (const line of lines) {
+            const ev = JSON.parse(line) as {
+              type: string;
+              object: { metadata: { name: string } };
+            };
+            if (ev.type === "ADDED") {
+              this.#seen.set(ev.object.metadata.name, now);
+            }
+          }
+        }
+      } catch {
+        // Stopped, or the stream broke: later additions go unmeasured.
+      }
+    })();
+  }
+
+  async deliveredAt(i: number): Promise<number | undefined> {
+    const name = (peerNode(i) as { metadata: { name: string } }).metadata.name;
+    for (let waited = 0; waited < 2000; waited += 5) {
+      const at = this.#seen.get(name);
+      if (at !== undefined) return at;
+      await sleep(5);
+    }
+    return undefined;
+  }
+
+  async cpuSec(): Promise<number> {
+    let sum = 0;
+    for (const pid of [this.#k.pid, this.#k.etcd.pid]) {
+      if (pid !== undefined) sum += (await procStats(pid)).cpuSec;
+    }
+    return sum;
+  }
+
+  /** Fetches every node with `limit=500` pages. */
+  async timeList(): Promise<{ ms: number; bytes: number }> {
+    const t0 = performance.now();
+    let bytes = 0;
+    let cont = "";
+    do {
+      const r = await this.#k.request<
+        { items: unknown[]; metadata: { continue?: string } }
+      >(
+        "GET",
+        `/api/v1/nodes?limit=500${
+          cont ? `&continue=${encodeURIComponent(cont)}` : ""
+        }`,
+      );
+      if (r.status !== 200) throw new Error(`LIST answered ${r.status}`);
+      bytes += JSON.stringify(r.body).length;
+      cont = r.body.metadata.continue ?? "";
+    } while (cont !== "");
+    return { ms: performance.now() - t0, bytes };
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.#stop.abort();
+    await this.#watching;
+    this.#client?.close();
+    await this.#k[Symbol.asyncDispose]();
+  }
+}
+
+const ETCD_PREFIX = "/coreos.com/network";
+
+/** etcd's lease key of a subnet: `10.0.1.0/24` → `.../subnets/10.0.1.0-24`. */
+function subnetKey(subnet: string): string {
+  return `${ETCD_PREFIX}/subnets/${subnet.replace("/", "-")}`;
+}
+
+/**
+ * etcd mode: flannel's layout in an etcd 3.6 (`<prefix>/config`, one key
+ * per lease under `<prefix>/subnets/` with a 24 h etcd lease), the value
+ * as flanneld writes it.
+ */
+class EtcdStore implements Store {
+  readonly mode = "etcd";
+  readonly relayPort = 2379;
+  readonly #etcd: EtcdServer;
+  readonly #lease: string;
+
+  private constructor(etcd: EtcdServer, lease: string) {
+    this.#etcd = etcd;
+    this.#lease = lease;
+  }
+
+  static async start(): Promise<EtcdStore> {
+    const bin = await serverBinary("etcd");
+    if (!bin) throw new Error("etcd is missing: run .ci/build_servers.sh");
+    const etcd = await EtcdServer.start({ bin, args: ["--unsafe-no-fsync"] });
+    await etcd.put(`${ETCD_PREFIX}/config`, NET_CONF);
+    const grant = await etcd.request("/v3/lease/grant", { TTL: "86400" });
+    return new EtcdStore(etcd, String(grant.ID));
+  }
+
+  get port(): number {
+    return Number(new URL(this.#etcd.endpoint).port);
+  }
+
+  flags(): string[] {
+    return [
+      `--etcd-endpoints=http://127.0.0.1:${this.relayPort}`,
+      `--etcd-prefix=${ETCD_PREFIX}`,
+    ];
+  }
+
+  populate(from: number, to: number): Promise<void> {
+    return inParallel(from, to, (i) => this.add(i));
+  }
+
+  /** Deletes the lease(s) of the agent's public IP. */
+  async reset(): Promise<void> {
+    const keys = await this.#etcd.list(`${ETCD_PREFIX}/subnets/`);
+    for (const [key, raw] of keys) {
+      if (raw.value.includes('"PublicIP":"198.18.0.1"')) {
+        await this.#etcd.delete(key);
+      }
+    }
+  }
+
+  async add(i: number): Promise<string> {
+    const subnet = (peerNode(i) as { spec: { podCIDR: string } }).spec.podCIDR;
+    await this.#etcd.put(
+      subnetKey(subnet),
+      JSON.stringify({
+        PublicIP: publicIp(i),
+        PublicIPv6: null,
+        BackendType: "vxlan",
+        BackendData: { VNI: 1, VtepMAC: vtepMac(i) },
+        BackendV6Data: null,
+      }),
+      this.#lease,
+    );
+    return subnet;
+  }
+
+  async remove(i: number): Promise<void> {
+    const subnet = (peerNode(i) as { spec: { podCIDR: string } }).spec.podCIDR;
+    await this.#etcd.delete(subnetKey(subnet));
+  }
+
+  deliveredAt(): Promise<number | undefined> {
+    return Promise.resolve(undefined);
+  }
+
+  async cpuSec(): Promise<number> {
+    const pid = this.#etcd.pid;
+    return pid === undefined ? NaN : (await procStats(pid)).cpuSec;
+  }
+
+  async timeList(): Promise<{ ms: number; bytes: number }> {
+    const t0 = performance.now();
+    const keys = await this.#etcd.list(`${ETCD_PREFIX}/subnets/`);
+    let bytes = 0;
+    for (const [k, v] of keys) bytes += k.length + v.value.length;
+    return { ms: performance.now() - t0, bytes };
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.#etcd.close();
+  }
 }
 
 // ---- the relay into the agent's namespace ---------------------------------
@@ -224,6 +500,12 @@ class CountingRelay implements AsyncDisposable {
 
   async #serve(client: Deno.TcpConn, target: number): Promise<void> {
     const up = await Deno.connect({ hostname: "127.0.0.1", port: target });
+    // Without TCP_NODELAY a small watch event written while the previous
+    // segment is unacknowledged waits for the agent's delayed ACK (40 ms
+    // on Linux): that wait, not the API server, was the ~48 ms
+    // convergence both agents showed through this relay.
+    client.setNoDelay(true);
+    up.setNoDelay(true);
     this.#conns.add(client).add(up);
     const pump = async (
       from: Deno.Conn,
@@ -344,14 +626,45 @@ class RouteMonitor implements AsyncDisposable {
 /** CPU seconds (utime + stime) and VmRSS bytes of a process. */
 async function procStats(
   pid: number,
-): Promise<{ cpuSec: number; rss: number }> {
+): Promise<{ cpuSec: number; rss: number; hwm: number }> {
   const stat = await readProc(`/proc/${pid}/stat`);
   // Fields after the command name, which may hold spaces: state is 3rd.
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   const ticks = Number(f[11]) + Number(f[12]); // utime, stime
   const status = await readProc(`/proc/${pid}/status`);
-  const kb = Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1] ?? NaN);
-  return { cpuSec: ticks / 100, rss: kb * 1024 };
+  const kb = (k: string) =>
+    Number(new RegExp(`^${k}:\\s+(\\d+) kB$`, "m").exec(status)?.[1] ?? NaN) *
+    1024;
+  return { cpuSec: ticks / 100, rss: kb("VmRSS"), hwm: kb("VmHWM") };
+}
+
+/** weft's health and metrics port inside its namespace. */
+const METRICS_PORT = 18400;
+
+/** Sum and count of weft's event-to-kernel histogram, read in `ns`. */
+async function eventToKernel(
+  ns: Netns,
+): Promise<{ sum: number; count: number } | undefined> {
+  const out = await new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      ns.name,
+      "curl",
+      "-sf",
+      `http://127.0.0.1:${METRICS_PORT}/metrics`,
+    ],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  const v = (name: string) =>
+    Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
+  const sum = v("weft_event_to_kernel_seconds_sum");
+  const count = v("weft_event_to_kernel_seconds_count");
+  return Number.isFinite(sum) && Number.isFinite(count)
+    ? { sum, count }
+    : undefined;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -359,13 +672,16 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 // ---- one agent run -------------------------------------------------------------
 
 interface RunContext {
-  readonly k: KubeServers;
+  readonly store: Store;
+  /** Holds the kubeconfig and net-conf.json, readable by the agents. */
   readonly dir: string;
-  readonly kubeconfig: string;
-  readonly netConf: string;
   readonly flanneld: string;
   readonly weftMain: string;
+  /** The `--v8-flags=...` of the checkout's `deno task start`, if any. */
+  readonly v8Flags: string[];
   readonly logDir: string | undefined;
+  readonly idleAtN: number;
+  readonly idleSec: number;
   readonly additions: number;
   readonly syncTimeoutMs: number;
   readonly progress: (line: string) => void;
@@ -373,10 +689,11 @@ interface RunContext {
 
 function agentCommand(agent: Agent, ctx: RunContext, dir: string): string[] {
   const flags = [
-    "--kube-subnet-mgr",
-    `--kubeconfig-file=${ctx.kubeconfig}`,
-    `--net-config-path=${ctx.netConf}`,
+    ...ctx.store.flags(),
     `--subnet-file=${dir}/subnet.env`,
+    // Both agents serve /healthz, as in a DaemonSet with probes; weft's
+    // also serves /metrics, read for its event → kernel histogram.
+    `--healthz-port=${METRICS_PORT}`,
     "--iface=eth0",
     "--ip-masq=false",
   ];
@@ -384,18 +701,16 @@ function agentCommand(agent: Agent, ctx: RunContext, dir: string): string[] {
   return [
     Deno.execPath(),
     "run",
-    ...agentPermissions(dir, [`127.0.0.1:${API_PORT}`], 0, [ctx.dir]),
+    ...ctx.v8Flags,
+    ...agentPermissions(
+      dir,
+      [`127.0.0.1:${ctx.store.relayPort}`],
+      METRICS_PORT,
+      [ctx.dir],
+    ),
     ctx.weftMain,
     ...flags,
   ];
-}
-
-async function resetSelf(k: KubeServers): Promise<void> {
-  const r = await k.request("DELETE", `/api/v1/nodes/${SELF}`);
-  if (r.status !== 200 && r.status !== 404) {
-    throw new Error(`DELETE node ${SELF}: ${r.status}`);
-  }
-  await k.createNode(selfNode());
 }
 
 async function runAgent(
@@ -403,21 +718,36 @@ async function runAgent(
   n: number,
   ctx: RunContext,
 ): Promise<AgentResult> {
-  const { k } = ctx;
-  const want = n - 1;
-  await resetSelf(k);
+  const { store } = ctx;
+  const want = Math.max(n - 1, 0);
+  await store.reset();
   await using hub = await Netns.create("cmp-hub");
   await using ns = await Netns.create(`cmp-${agent}`);
   await joinOnBridge(hub, [ns], ["198.18.0.1/15"]);
   await hub.ip("addr", "add", "198.18.0.254/15", "dev", "br0");
   await ns.ip("route", "add", "default", "via", "198.18.0.254");
   const dir = await Deno.makeTempDir({ prefix: `weft-cmp-${agent}-` });
-  await using relay = new CountingRelay(ns.path, API_PORT, k.port);
+  await using relay = new CountingRelay(ns.path, store.relayPort, store.port);
   await using mon = new RouteMonitor(ns);
   using nl = openNetlink({ netns: ns.path });
   const log = `${dir}/agent.log`;
   const cmd = agentCommand(agent, ctx, dir);
+  // Ready: subnet.env written (both agents write it once the lease and
+  // the device are set up, before any peer), seen through inotify.
+  const fsw = Deno.watchFs(dir, { recursive: false });
+  let readyAt: number | undefined;
+  let onReady = () => {};
+  const watching = (async () => {
+    for await (const ev of fsw) {
+      if (ev.paths.some((p) => p.endsWith("/subnet.env"))) {
+        readyAt ??= performance.now();
+        onReady();
+        return;
+      }
+    }
+  })();
 
+  const cpu0 = await store.cpuSec();
   const t0 = performance.now();
   const child = new Deno.Command("sh", {
     args: [
@@ -434,6 +764,10 @@ async function runAgent(
   let exited = false;
   child.status.then(() => exited = true);
   const pid = child.pid;
+  let rssReady = NaN;
+  onReady = () => {
+    procStats(pid).then((s) => rssReady = s.rss, () => {});
+  };
   const fail = async (why: string) => {
     const text = await Deno.readTextFile(log).catch(() => "");
     return new Error(
@@ -446,6 +780,7 @@ async function runAgent(
     let syncAt: number | undefined;
     let firstRouteAt = NaN;
     let stats: { cpuSec: number; rss: number } | undefined;
+    let serverCpuSec = NaN;
     let rx = 0, tx = 0;
     let lastDump = 0;
     while (syncAt === undefined) {
@@ -467,65 +802,115 @@ async function runAgent(
           ).length;
         }
       }
-      if (routes < want) continue;
+      if (routes < want || readyAt === undefined) continue;
       const at = performance.now();
       const s = await procStats(pid);
+      const cpuNow = await store.cpuSec();
       const [r0, t0b] = [relay.rx, relay.tx];
-      const dev = nl.linkByName("flannel.1")!;
-      const neighs = nl.neighList(dev.index, 4).filter((x) =>
-        (x.state & NUD_PERMANENT) !== 0
-      ).length;
-      const fdbs = nl.fdbList(dev.index).length;
-      if (neighs < want || fdbs < want) {
-        continue;
+      const dev = nl.linkByName("flannel.1");
+      if (want > 0) {
+        if (!dev) continue;
+        const neighs = nl.neighList(dev.index, 4).filter((x) =>
+          (x.state & NUD_PERMANENT) !== 0
+        ).length;
+        const fdbs = nl.fdbList(dev.index).length;
+        if (neighs < want || fdbs < want) {
+          continue;
+        }
       }
-      // The monitor's time if it saw every route, else this poll's.
+      // The monitor's time if it saw every route, else this poll's; with
+      // no peer, the sync is the ready moment.
       const times = [...mon.seen.values()];
-      syncAt = mon.seen.size >= want ? Math.max(...times) : at;
-      firstRouteAt = times.length > 0 ? Math.min(...times) : at;
+      syncAt = want === 0
+        ? readyAt
+        : mon.seen.size >= want
+        ? Math.max(...times)
+        : at;
+      firstRouteAt = times.length > 0 ? Math.min(...times) : NaN;
       stats = s;
+      serverCpuSec = cpuNow - cpu0;
       rx = r0;
       tx = t0b;
     }
     const syncMs = syncAt - t0;
     ctx.progress(
-      `  ${agent} N=${n}: synced in ${
-        syncMs.toFixed(0)
-      } ms (API connection at ${
+      `  ${agent} N=${n}: ready at ${
+        (readyAt! - t0).toFixed(0)
+      } ms, synced in ${syncMs.toFixed(0)} ms (API connection at ${
         ((relay.firstConnAt ?? NaN) - t0).toFixed(0)
       } ms, first route at ${(firstRouteAt - t0).toFixed(0)} ms), CPU ${
         stats!.cpuSec.toFixed(2)
-      } s, ${(rx / 2 ** 20).toFixed(1)} MiB from the API server`,
+      } s, ${(rx / 2 ** 20).toFixed(1)} MiB from the API server, ${
+        serverCpuSec.toFixed(2)
+      } s apiserver+etcd CPU`,
     );
     await sleep(2000);
     const { rss } = await procStats(pid);
 
     // Convergence of new nodes, one at a time.
+    const before = agent === "weft" ? await eventToKernel(ns) : undefined;
     const conv: number[] = [];
+    const delivery: number[] = [];
     let timeouts = 0;
     for (let a = 0; a < ctx.additions; a++) {
-      const i = 50_000 + a;
-      const node = peerNode(i) as { spec: { podCIDR: string } };
       const t = performance.now();
-      await k.createNode(node as unknown as Record<string, unknown>);
-      const at = await mon.wait(node.spec.podCIDR, 15_000);
+      const subnet = await store.add(50_000 + a);
+      const at = await mon.wait(subnet, 15_000);
       if (at === undefined) timeouts++;
       else conv.push(at - t);
+      const seen = await store.deliveredAt(50_000 + a);
+      if (seen !== undefined) delivery.push(seen - t);
       if (exited) throw await fail("exited during the additions");
     }
-    const rssEnd = (await procStats(pid)).rss;
+    const after = agent === "weft" ? await eventToKernel(ns) : undefined;
+    const agentSideMs = before && after && after.count > before.count
+      ? ((after.sum - before.sum) / (after.count - before.count)) * 1000
+      : undefined;
+    const end = await procStats(pid);
+    const rssEnd = end.rss;
+    let idle: { idleCpuPct: number; idleSec: number } | undefined;
+    if (n === ctx.idleAtN && ctx.idleSec > 0) {
+      const c0 = end.cpuSec;
+      await sleep(ctx.idleSec * 1000);
+      const c1 = (await procStats(pid)).cpuSec;
+      idle = {
+        idleCpuPct: ((c1 - c0) / ctx.idleSec) * 100,
+        idleSec: ctx.idleSec,
+      };
+      ctx.progress(
+        `  ${agent} N=${n}: idle CPU ${
+          idle.idleCpuPct.toFixed(3)
+        }% of a core over ${ctx.idleSec} s`,
+      );
+    }
+    const rssPeak = (await procStats(pid)).hwm;
     ctx.progress(
       `  ${agent} N=${n}: convergence p50 ${
         percentile(conv, 50).toFixed(1)
-      } ms, p99 ${percentile(conv, 99).toFixed(1)} ms, RSS ${
-        (rss / 2 ** 20).toFixed(1)
-      } MiB, at the end ${(rssEnd / 2 ** 20).toFixed(1)} MiB`,
+      } ms, p99 ${percentile(conv, 99).toFixed(1)} ms${
+        agentSideMs !== undefined
+          ? ` (event → kernel in the agent: ${agentSideMs.toFixed(2)} ms)`
+          : ""
+      }${
+        delivery.length > 0
+          ? `, write → event at the benchmark's own watch p50 ${
+            percentile(delivery, 50).toFixed(1)
+          } ms`
+          : ""
+      }, RSS ${(rss / 2 ** 20).toFixed(1)} MiB, at the end ${
+        (rssEnd / 2 ** 20).toFixed(1)
+      } MiB`,
     );
     return {
       agent,
       n,
       syncMs,
       firstConnMs: (relay.firstConnAt ?? NaN) - t0,
+      readyMs: readyAt! - t0,
+      rssReady,
+      rssPeak,
+      serverCpuSec,
+      ...idle,
       firstRouteMs: firstRouteAt - t0,
       cpuSec: stats!.cpuSec,
       rss,
@@ -534,8 +919,12 @@ async function runAgent(
       txBytes: tx,
       convergenceMs: conv,
       convergenceTimeouts: timeouts,
+      ...(agentSideMs !== undefined && { agentSideMs }),
+      ...(delivery.length > 0 && { deliveryMs: delivery }),
     };
   } finally {
+    fsw.close();
+    await watching.catch(() => {});
     try {
       child.kill("SIGTERM");
     } catch {
@@ -552,22 +941,54 @@ async function runAgent(
     clearTimeout(timer);
     if (ctx.logDir) {
       await Deno.mkdir(ctx.logDir, { recursive: true });
-      await Deno.copyFile(log, `${ctx.logDir}/${agent}-${n}.log`).catch(
+      await Deno.copyFile(
+        log,
+        `${ctx.logDir}/${ctx.store.mode}-${agent}-${n}.log`,
+      ).catch(
         () => {},
       );
     }
-    await Promise.all(
-      Array.from({ length: ctx.additions }, async (_, a) => {
-        const name = (peerNode(50_000 + a) as { metadata: { name: string } })
-          .metadata.name;
-        await k.request("DELETE", `/api/v1/nodes/${name}`);
-      }),
-    );
+    await inParallel(0, ctx.additions, (a) => store.remove(50_000 + a));
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }
 
 // ---- the benchmark ----------------------------------------------------------
+
+/**
+ * A kubeconfig in JSON, which is YAML too: flanneld reads it as any
+ * kubeconfig, weft without loading its YAML parser (see
+ * subnet/kube/kubeconfig.ts; a YAML kubeconfig costs weft about 15 MiB).
+ */
+async function jsonKubeconfig(path: string, k: KubeServers): Promise<string> {
+  await Deno.writeTextFile(
+    path,
+    JSON.stringify({
+      apiVersion: "v1",
+      kind: "Config",
+      "current-context": "bench",
+      clusters: [{
+        name: "bench",
+        cluster: {
+          server: `https://127.0.0.1:${API_PORT}`,
+          "certificate-authority-data": btoa(k.caPem),
+        },
+      }],
+      contexts: [{ name: "bench", context: { cluster: "bench", user: "b" } }],
+      users: [{ name: "b", user: { token: k.adminToken } }],
+    }),
+  );
+  return path;
+}
+
+/** The `--v8-flags=...` argument of the checkout's `deno task start`. */
+async function startV8Flags(root: string): Promise<string[]> {
+  const conf = JSON.parse(await Deno.readTextFile(`${root}/deno.json`)) as {
+    tasks?: { start?: string };
+  };
+  const m = /(--v8-flags=\S+)/.exec(conf.tasks?.start ?? "");
+  return m ? [m[1]!] : [];
+}
 
 /** Whether the servers and flanneld this benchmark needs are built. */
 export async function compareAvailable(): Promise<boolean> {
@@ -581,7 +1002,7 @@ export async function compareAvailable(): Promise<boolean> {
  * sizes) against one fresh control plane.
  */
 export async function benchCompare(
-  ns: number[] = [100, 1000, 5000],
+  ns: number[] = [0, 10, 100, 1000, 5000],
   opts: CompareOptions = {},
 ): Promise<CompareRow[]> {
   const progress = opts.progress ?? (() => {});
@@ -592,17 +1013,18 @@ export async function benchCompare(
   const weftMain = `${opts.weftRoot ?? ROOT}/main.ts`.replace(/\/\/+/g, "/");
   // Compile weft's modules once so the first run does not pay for it.
   await run([Deno.execPath(), "cache", weftMain]);
-  await using k = await KubeServers.start();
+  const mode = opts.mode ?? "kube";
   const dir = await Deno.makeTempDir({ prefix: "weft-cmp-" });
   try {
+    await using store = mode === "kube"
+      ? await KubeStore.start(dir)
+      : await EtcdStore.start();
     const ctx: RunContext = {
-      k,
+      store,
       dir,
-      kubeconfig: await k.writeKubeconfig(`${dir}/kubeconfig`, {
-        server: `https://127.0.0.1:${API_PORT}`,
-        token: k.adminToken,
-      }),
-      netConf: `${dir}/net-conf.json`,
+      v8Flags: await startV8Flags(opts.weftRoot ?? ROOT),
+      idleAtN: opts.idleAtN ?? 1000,
+      idleSec: opts.idleSec ?? 60,
       flanneld,
       weftMain,
       logDir: opts.logDir,
@@ -610,22 +1032,23 @@ export async function benchCompare(
       syncTimeoutMs: opts.syncTimeoutMs ?? 180_000,
       progress,
     };
-    await Deno.writeTextFile(ctx.netConf, NET_CONF);
     const rows: CompareRow[] = [];
     let have = 0;
     for (const [idx, n] of [...ns].sort((a, b) => a - b).entries()) {
       const t0 = performance.now();
-      await populate(k, have, n - 1);
-      have = n - 1;
+      await store.populate(have, Math.max(n - 1, 0));
+      have = Math.max(n - 1, have);
       progress(
-        `N=${n}: ${n - 1} peer nodes + ${SELF} in the API server (created in ${
+        `${mode} N=${n}: ${Math.max(n - 1, 0)} peers + ${SELF} (created in ${
           ((performance.now() - t0) / 1000).toFixed(1)
         } s)`,
       );
-      const list = await timeList(k); // also warms the apiserver
-      const floorMs = await ipBatchFloor(
-        Array.from({ length: n - 1 }, (_, i) => floorPeer(i)),
-      );
+      const list = await store.timeList(); // also warms the server
+      const floorMs = n > 1
+        ? await ipBatchFloor(
+          Array.from({ length: n - 1 }, (_, i) => floorPeer(i)),
+        )
+        : NaN;
       progress(
         `  floors: ip -batch ${floorMs.toFixed(0)} ms, LIST ${
           list.ms.toFixed(0)
@@ -638,6 +1061,7 @@ export async function benchCompare(
       const res: Partial<Record<Agent, AgentResult>> = {};
       for (const agent of order) res[agent] = await runAgent(agent, n, ctx);
       rows.push({
+        mode,
         n,
         floorMs,
         listMs: list.ms,
@@ -656,10 +1080,18 @@ if (import.meta.main) {
   const out = Deno.args.find((a) => a.startsWith("--out="));
   const from = Deno.args.find((a) => a.startsWith("--from="));
   if (from) {
-    // Re-renders saved figures (compare.json) without running anything.
+    // Re-renders saved figures (compare.json) without running anything;
+    // --readme also regenerates the README's section from them.
     const saved = JSON.parse(
       await Deno.readTextFile(from.slice("--from=".length)),
-    ) as { rows: CompareRow[] };
+    ) as { rows: CompareRow[]; machine: string };
+    if (Deno.args.includes("--readme")) {
+      await writeReadme(
+        saved.rows,
+        `Machine: ${saved.machine}, flanneld v0.28.9, shared with other work (expect run-to-run spread).`,
+      );
+      Deno.exit(0);
+    }
     console.log(
       await writeCompareResults(saved.rows, out?.slice("--out=".length)),
     );
@@ -667,14 +1099,30 @@ if (import.meta.main) {
   }
   const weft = Deno.args.find((a) => a.startsWith("--weft="));
   const logs = Deno.args.find((a) => a.startsWith("--logs="));
+  const idle = Deno.args.find((a) => a.startsWith("--idle="));
+  const additions = Deno.args.find((a) => a.startsWith("--additions="));
+  const modesArg = Deno.args.find((a) => a.startsWith("--modes="));
+  const modes = (modesArg?.slice("--modes=".length) ?? "kube,etcd")
+    .split(",") as Mode[];
   const sizes = Deno.args.filter((a) => !a.startsWith("--")).map(Number);
-  const rows = await benchCompare(
-    sizes.length > 0 ? sizes : [100, 1000, 5000],
-    {
-      progress: (l) => console.error(l),
-      ...(weft && { weftRoot: weft.slice("--weft=".length) }),
-      ...(logs && { logDir: logs.slice("--logs=".length) }),
-    },
-  );
+  const rows: CompareRow[] = [];
+  for (const mode of modes) {
+    rows.push(
+      ...await benchCompare(
+        sizes.length > 0 ? sizes : [0, 10, 100, 1000, 5000],
+        {
+          mode,
+          ...(idle && { idleSec: Number(idle.slice("--idle=".length)) }),
+          ...(additions &&
+            { additions: Number(additions.slice("--additions=".length)) }),
+          progress: (l) => console.error(l),
+          ...(weft && { weftRoot: weft.slice("--weft=".length) }),
+          ...(logs && { logDir: logs.slice("--logs=".length) }),
+        },
+      ),
+    );
+    // Saved after each mode, so a failure later keeps what was measured.
+    await writeCompareResults(rows, out?.slice("--out=".length));
+  }
   console.log(await writeCompareResults(rows, out?.slice("--out=".length)));
 }

@@ -39,10 +39,8 @@ export const LIBNL_SYMBOLS = {
     result: "pointer",
   },
   nl_addr_put: { parameters: ["pointer"], result: "void" }, // (struct nl_addr *)
-  nl_addr_get_family: { parameters: ["pointer"], result: "i32" }, // (const struct nl_addr *)
   nl_addr_get_len: { parameters: ["pointer"], result: "u32" }, // (const struct nl_addr *)
   nl_addr_get_binary_addr: { parameters: ["pointer"], result: "pointer" }, // void *(const struct nl_addr *)
-  nl_addr_get_prefixlen: { parameters: ["pointer"], result: "u32" }, // (const struct nl_addr *)
   nl_addr_set_prefixlen: { parameters: ["pointer", "i32"], result: "void" }, // (struct nl_addr *, int)
   nl_cache_get_first: { parameters: ["pointer"], result: "pointer" }, // struct nl_object *(struct nl_cache *)
   nl_cache_get_next: { parameters: ["pointer"], result: "pointer" }, // struct nl_object *(struct nl_object *)
@@ -64,12 +62,6 @@ export const LIBNL_SYMBOLS = {
     result: "i32",
   },
   nl_send: { parameters: ["pointer", "pointer"], result: "i32" }, // (struct nl_sock *, struct nl_msg *) as is: no seq, no ACK
-  nl_send_auto: { parameters: ["pointer", "pointer"], result: "i32" }, // (struct nl_sock *, struct nl_msg *)
-  nl_recv: {
-    // (struct nl_sock *, struct sockaddr_nl *nla, unsigned char **buf, struct ucred **creds)
-    parameters: ["pointer", "buffer", "buffer", "buffer"],
-    result: "i32",
-  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** libnl-route-3: links, addresses, routes, neighbours. */
@@ -159,49 +151,33 @@ export const LIBNL_ROUTE_SYMBOLS = {
   // routes
   rtnl_route_alloc: { parameters: [], result: "pointer" }, // struct rtnl_route *(void)
   rtnl_route_put: { parameters: ["pointer"], result: "void" }, // (struct rtnl_route *)
-  rtnl_route_alloc_cache: {
-    parameters: ["pointer", "i32", "i32", "buffer"], // (struct nl_sock *, int family, int flags, struct nl_cache **)
-    result: "i32",
-  },
   rtnl_route_add: { parameters: ["pointer", "pointer", "i32"], result: "i32" }, // (struct nl_sock *, struct rtnl_route *, int flags)
   rtnl_route_delete: {
     parameters: ["pointer", "pointer", "i32"], // (struct nl_sock *, struct rtnl_route *, int flags)
     result: "i32",
   },
   rtnl_route_set_table: { parameters: ["pointer", "u32"], result: "void" }, // (struct rtnl_route *, uint32_t)
-  rtnl_route_get_table: { parameters: ["pointer"], result: "u32" }, // uint32_t (struct rtnl_route *)
   rtnl_route_set_scope: { parameters: ["pointer", "u8"], result: "void" }, // (struct rtnl_route *, uint8_t)
-  rtnl_route_get_scope: { parameters: ["pointer"], result: "u8" }, // uint8_t (struct rtnl_route *)
   rtnl_route_set_protocol: { parameters: ["pointer", "u8"], result: "void" }, // (struct rtnl_route *, uint8_t)
-  rtnl_route_get_family: { parameters: ["pointer"], result: "u8" }, // uint8_t (struct rtnl_route *)
   rtnl_route_set_type: { parameters: ["pointer", "u8"], result: "i32" }, // (struct rtnl_route *, uint8_t)
-  rtnl_route_get_type: { parameters: ["pointer"], result: "u8" }, // uint8_t (struct rtnl_route *)
   rtnl_route_set_flags: { parameters: ["pointer", "u32"], result: "void" }, // (struct rtnl_route *, uint32_t)
-  rtnl_route_get_flags: { parameters: ["pointer"], result: "u32" }, // uint32_t (struct rtnl_route *)
   rtnl_route_set_dst: { parameters: ["pointer", "pointer"], result: "i32" }, // (struct rtnl_route *, struct nl_addr *)
-  rtnl_route_get_dst: { parameters: ["pointer"], result: "pointer" }, // struct nl_addr *(struct rtnl_route *)
   rtnl_route_set_pref_src: {
     parameters: ["pointer", "pointer"], // (struct rtnl_route *, struct nl_addr *)
     result: "i32",
   },
-  rtnl_route_get_pref_src: { parameters: ["pointer"], result: "pointer" }, // struct nl_addr *(struct rtnl_route *)
   rtnl_route_add_nexthop: {
     parameters: ["pointer", "pointer"],
     result: "void",
   }, // (struct rtnl_route *, struct rtnl_nexthop *) takes ownership
-  rtnl_route_get_nnexthops: { parameters: ["pointer"], result: "i32" }, // (struct rtnl_route *)
-  rtnl_route_nexthop_n: { parameters: ["pointer", "i32"], result: "pointer" }, // struct rtnl_nexthop *(struct rtnl_route *, int n)
   rtnl_route_nh_alloc: { parameters: [], result: "pointer" }, // struct rtnl_nexthop *(void)
   rtnl_route_nh_free: { parameters: ["pointer"], result: "void" }, // (struct rtnl_nexthop *)
   rtnl_route_nh_set_ifindex: { parameters: ["pointer", "i32"], result: "void" }, // (struct rtnl_nexthop *, int)
-  rtnl_route_nh_get_ifindex: { parameters: ["pointer"], result: "i32" }, // (struct rtnl_nexthop *)
   rtnl_route_nh_set_gateway: {
     parameters: ["pointer", "pointer"], // (struct rtnl_nexthop *, struct nl_addr *)
     result: "void",
   },
-  rtnl_route_nh_get_gateway: { parameters: ["pointer"], result: "pointer" }, // struct nl_addr *(struct rtnl_nexthop *)
   rtnl_route_nh_set_flags: { parameters: ["pointer", "u32"], result: "void" }, // (struct rtnl_nexthop *, unsigned int)
-  rtnl_route_nh_get_flags: { parameters: ["pointer"], result: "u32" }, // unsigned int (struct rtnl_nexthop *)
   // neighbours and FDB entries
   rtnl_neigh_alloc: { parameters: [], result: "pointer" }, // struct rtnl_neigh *(void)
   rtnl_neigh_put: { parameters: ["pointer"], result: "void" }, // (struct rtnl_neigh *)

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   formatIp,
   formatNet,
+  ipv6Value,
   netContainsNet,
   normalizeIp,
   parseIp,
@@ -21,6 +22,20 @@ Deno.test("formatIp() compresses IPv6 like iproute2", () => {
   for (const [input, want] of cases) assert.equal(normalizeIp(input), want);
 });
 
+Deno.test("ipv6Value() reads every RFC 4291 text form", () => {
+  const cases: [string, bigint][] = [
+    ["::", 0n],
+    ["::1", 1n],
+    ["1::", 1n << 112n],
+    ["1:2:3:4:5:6:7::", 0x0001_0002_0003_0004_0005_0006_0007_0000n],
+    ["::2:3:4:5:6:7:8", 0x0000_0002_0003_0004_0005_0006_0007_0008n],
+    ["FC00:0:0:0:0:0:0:1", 0xfc00_0000_0000_0000_0000_0000_0000_0001n],
+    ["::ffff:1.2.3.4", 0xffff_0102_0304n],
+    ["1:2:3:4:5:6:1.2.3.4", 0x0001_0002_0003_0004_0005_0006_0102_0304n],
+  ];
+  for (const [text, want] of cases) assert.equal(ipv6Value(text), want, text);
+});
+
 Deno.test("parseIp() rejects malformed addresses with the value quoted", () => {
   for (
     const bad of [
@@ -32,6 +47,15 @@ Deno.test("parseIp() rejects malformed addresses with the value quoted", () => {
       "fc00::zz",
       "fe80::1%eth0",
       "a.b.c.d",
+      "1::2::3",
+      ":1::",
+      "1:2:3:4:5:6:7",
+      "1:2:3:4:5:6:7:8:9",
+      "1:2:3:4:5:6:7:8::",
+      "12345::1",
+      "::1.2.3",
+      "1.2.3.4::",
+      "::ffff:1.2.3.04",
     ]
   ) {
     const r = parseIp(bad);

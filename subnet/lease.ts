@@ -48,8 +48,13 @@ export interface LeaseEvent {
   readonly receivedAt: number;
 }
 
-/** Receives batches of lease events, in order. */
-export type LeaseHandler = (events: LeaseEvent[]) => void;
+/**
+ * Receives batches of lease events, in order. `partial` batches come from
+ * an initial listing that is still arriving: their peers may be programmed
+ * at once, but nothing may be pruned until the complete listing (a call
+ * without `partial`) is in.
+ */
+export type LeaseHandler = (events: LeaseEvent[], partial?: boolean) => void;
 
 /**
  * Where leases come from: flanneld's subnet manager, reduced to what the
@@ -67,6 +72,7 @@ export interface SubnetManager {
    * changes as they happen, until `signal` aborts. The first call of
    * `handler` carries the complete initial listing and happens even when
    * it is empty: only then may the backend prune stale kernel entries.
+   * Before it, a manager may hand over `partial` batches of that listing.
    * Never returns early on a transient error: it retries with backoff.
    */
   watchLeases(handler: LeaseHandler, signal: AbortSignal): Promise<void>;

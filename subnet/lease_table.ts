@@ -47,6 +47,8 @@ import { metrics } from "../lib/metrics.ts";
 const log = logger("subnet");
 
 interface Entry {
+  /** What the manager read, kept to skip validating it twice. */
+  read: Result<Lease>;
   /** The lease validated against the config, or why it is refused. */
   valid: Result<Lease>;
   nets: IpNet[];
@@ -147,6 +149,10 @@ export class LeaseTable {
   readonly #warned = new Map<string, string>();
   #ownNets: IpNet[];
   #ownIds: Set<string>;
+  /** Keys were accepted from a listing still arriving (see `listed`). */
+  #provisional = false;
+  /** A complete listing arrived: later listings are only diffed. */
+  #complete = false;
 
   constructor(config: NetworkConfig, opts: LeaseTableOptions) {
     this.#config = config;
@@ -222,6 +228,32 @@ export class LeaseTable {
   }
 
   /**
+   * Takes a key of a listing that is still arriving, so its peer can be
+   * programmed before the whole listing is in. Acceptance is provisional:
+   * only a standard-length claim free of overlaps is accepted now (a stray
+   * supernet waits for the listing), and {@linkcode replaceAll} then
+   * decides every key as if nothing had been accepted before, so the
+   * outcome equals that of the complete listing alone. Only the first
+   * listing is taken early: once one is complete, accepted keys keep
+   * their subnet, and a relist is only diffed by `replaceAll`.
+   */
+  listed(
+    key: string,
+    candidate: Result<Lease>,
+    receivedAt: number,
+  ): LeaseEvent[] {
+    if (this.#complete || key === this.#opts.ownKey) return [];
+    if (this.#accepted.has(key)) return [];
+    this.#provisional = true;
+    this.#store(key, candidate);
+    const entry = this.#entries.get(key)!;
+    if (!entry.valid.ok || !entry.nets.every((n) => this.#standard(n))) {
+      return [];
+    }
+    return this.#tryAccept(key, receivedAt);
+  }
+
+  /**
    * Replaces everything with a fresh listing (after a relist): keys not in
    * it are removed, the rest updated, in one pass.
    */
@@ -238,22 +270,27 @@ export class LeaseTable {
     for (const [key, candidate] of listing) {
       if (key !== this.#opts.ownKey) this.#store(key, candidate);
     }
-    return this.#recomputeAll(receivedAt);
+    const provisional = this.#provisional;
+    this.#provisional = false;
+    this.#complete = true;
+    return this.#recomputeAll(receivedAt, provisional);
   }
 
   /** Validates once, on arrival, so later decisions only check overlaps. */
   #store(key: string, candidate: Result<Lease>): void {
+    const entry = this.#entries.get(key);
+    if (entry?.read === candidate) return;
     const valid = candidate.ok
       ? validateLease(candidate.value, this.#config)
       : candidate;
     const nets = valid.ok ? netsOf(valid.value) : [];
     const ids = valid.ok ? idsOf(valid.value) : [];
-    const entry = this.#entries.get(key);
     if (entry) {
+      entry.read = candidate;
       entry.valid = valid;
       entry.nets = nets;
       entry.ids = ids;
-    } else this.#entries.set(key, { valid, nets, ids });
+    } else this.#entries.set(key, { read: candidate, valid, nets, ids });
   }
 
   /** The subnet length peers of a family must have (see module doc). */
@@ -384,12 +421,16 @@ export class LeaseTable {
       .map((x) => x.key);
   }
 
-  /** Decides every key from scratch (relist, own lease) and diffs. */
-  #recomputeAll(receivedAt: number): LeaseEvent[] {
+  /**
+   * Decides every key from scratch (relist, own lease) and diffs. Keys
+   * accepted before keep their subnet, unless that acceptance was
+   * `provisional`.
+   */
+  #recomputeAll(receivedAt: number, provisional = false): LeaseEvent[] {
     const before = new Map(this.#accepted);
     const order = this.#byPriority(
       [...this.#entries.keys()],
-      (key) => before.has(key) ? 0 : this.#rank(key),
+      (key) => before.has(key) && !provisional ? 0 : this.#rank(key),
     );
     this.#accepted.clear();
     this.#claims.clear();

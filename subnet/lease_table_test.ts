@@ -453,3 +453,36 @@ Deno.test("LeaseTable, dual stack: IPv6 subnet length, IPv6 public IP and v6 Vte
     log.restore();
   }
 });
+
+Deno.test("LeaseTable.listed() accepts peers early; the complete listing decides overlaps as if alone", () => {
+  const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
+  const old = { ...lease("old", "10.244.1.0/24"), createdAt: 1 };
+  const young = { ...lease("young", "10.244.1.0/24"), createdAt: 2 };
+  const superNet = lease("super", "10.244.0.0/20");
+  // Arrival order: the younger claim first, then a stray supernet.
+  const early = [
+    ...t.listed("young", ok(young), 0),
+    ...t.listed("b", ok(lease("b", "10.244.2.0/24")), 0),
+    ...t.listed("super", ok(superNet), 0),
+    ...t.listed("old", ok(old), 0),
+  ];
+  assert.deepEqual(early.map((e) => `${e.type} ${e.lease.key}`), [
+    "added young",
+    "added b",
+  ]);
+  const listing = new Map([
+    ["young", ok(young)],
+    ["b", ok(lease("b", "10.244.2.0/24"))],
+    ["super", ok(superNet)],
+    ["old", ok(old)],
+  ]);
+  const final = t.replaceAll(listing, 0);
+  // As a complete listing alone decides: the older claim wins.
+  assert.deepEqual(final.map((e) => `${e.type} ${e.lease.key}`), [
+    "removed young",
+    "added old",
+  ]);
+  assert.deepEqual(t.leases.map((l) => l.key).sort(), ["b", "old"]);
+  // After a complete listing, listed() takes nothing early.
+  assert.deepEqual(t.listed("c", ok(lease("c", "10.244.3.0/24")), 0), []);
+});

@@ -547,7 +547,7 @@ export async function connect(opts: ConnectOptions = {}): Promise<KubeClient> {
         `Cannot read kubeconfig "${path}": ${(e as Error).message}`,
       );
     }
-    const parsed = parseKubeconfig(text, path, apiUrl);
+    const parsed = await parseKubeconfig(text, path, apiUrl);
     if (!parsed.ok) throw new Error(parsed.reason);
     const c = parsed.value;
     checkTokenTransport(

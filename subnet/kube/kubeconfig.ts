@@ -3,12 +3,12 @@
  * the server and credentials of the current context out, or a reason that
  * names the file and the field. Relative file paths are resolved against
  * the kubeconfig's directory, as client-go does. Reading the files it
- * names is the client's job.
+ * names is the client's job. A kubeconfig in JSON (a subset of YAML) is
+ * read without loading the YAML parser: npm:yaml pulls in Deno's Node
+ * compatibility layer, about 15 MiB of RSS.
  *
  * @module
  */
-import process from "node:process";
-import { parse } from "yaml";
 import { fail, ok, type Result } from "../../lib/result.ts";
 
 /** Where a PEM blob comes from: inline (`*-data`, decoded) or a file. */
@@ -33,29 +33,6 @@ export interface KubeconfigConnection {
   readonly context: string;
   readonly cluster: string;
   readonly user?: string;
-}
-
-/**
- * `yaml.parse` without environment access. npm:yaml reads two debug
- * switches (`LOG_TOKENS`, `LOG_STREAM`) from `process.env` on every token,
- * which in Deno needs `--allow-env` and would make this pure parser depend
- * on permissions. The call is synchronous, so swapping `process.env` for
- * an empty object around it is invisible to other code.
- */
-function parseYaml(text: string): unknown {
-  const desc = Object.getOwnPropertyDescriptor(process, "env");
-  if (!desc?.configurable) return parse(text);
-  Object.defineProperty(process, "env", {
-    configurable: true,
-    enumerable: desc.enumerable ?? true,
-    writable: true,
-    value: {},
-  });
-  try {
-    return parse(text);
-  } finally {
-    Object.defineProperty(process, "env", desc);
-  }
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -106,19 +83,21 @@ function named(
  *
  * @example
  * ```ts
- * const c = parseKubeconfig(Deno.readTextFileSync(p), p);
+ * const c = await parseKubeconfig(Deno.readTextFileSync(p), p);
  * if (!c.ok) throw new Error(c.reason); // names the file and the field
  * ```
  */
-export function parseKubeconfig(
+export async function parseKubeconfig(
   text: string,
   path: string,
   serverOverride?: string,
-): Result<KubeconfigConnection> {
+): Promise<Result<KubeconfigConnection>> {
   const where = `kubeconfig "${path}"`;
   let doc: unknown;
   try {
-    doc = parseYaml(text);
+    doc = text.trimStart().startsWith("{")
+      ? JSON.parse(text)
+      : (await import("./_yaml.ts")).parseYaml(text);
   } catch (e) {
     return fail(
       `Cannot parse ${where}: ${(e as Error).message.split("\n")[0]}`,

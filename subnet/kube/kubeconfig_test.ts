@@ -5,8 +5,11 @@ import { unwrap } from "../../lib/result.ts";
 const PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 const b64 = btoa(PEM);
 
-function reason(text: string, path = "/etc/weft/kubeconfig"): string {
-  const r = parseKubeconfig(text, path);
+async function reason(
+  text: string,
+  path = "/etc/weft/kubeconfig",
+): Promise<string> {
+  const r = await parseKubeconfig(text, path);
   assert.equal(r.ok, false, "expected a failure");
   return !r.ok ? r.reason : "";
 }
@@ -34,8 +37,8 @@ users:
 }
 `;
 
-Deno.test("parseKubeconfig() takes the current context's server and credentials", () => {
-  const c = unwrap(parseKubeconfig(full, "/etc/weft/kubeconfig"));
+Deno.test("parseKubeconfig() takes the current context's server and credentials", async () => {
+  const c = unwrap(await parseKubeconfig(full, "/etc/weft/kubeconfig"));
   assert.equal(c.server, "https://10.0.0.1:6443");
   assert.deepEqual(c.ca, { data: PEM });
   assert.deepEqual(c.clientCert, { file: "/etc/weft/certs/client.crt" });
@@ -47,45 +50,48 @@ Deno.test("parseKubeconfig() takes the current context's server and credentials"
   assert.equal(c.context, "weft@cluster");
 });
 
-Deno.test("parseKubeconfig() lets --kube-api-url override the server", () => {
-  const c = unwrap(parseKubeconfig(full, "/k", "https://[fd00::1]:6443"));
+Deno.test("parseKubeconfig() lets --kube-api-url override the server", async () => {
+  const c = unwrap(await parseKubeconfig(full, "/k", "https://[fd00::1]:6443"));
   assert.equal(c.server, "https://[fd00::1]:6443");
 });
 
-Deno.test("parseKubeconfig() reads token, tokenFile and certificate-authority paths", () => {
+Deno.test("parseKubeconfig() reads token, tokenFile and certificate-authority paths", async () => {
   const text = `
 current-context: c
 clusters: [{name: k, cluster: {server: "https://k:6443", certificate-authority: /pki/ca.crt, insecure-skip-tls-verify: true}}]
 contexts: [{name: c, context: {cluster: k, user: u}}]
 users: [{name: u, user: {tokenFile: tok}}]
 `;
-  const c = unwrap(parseKubeconfig(text, "kube/config"));
+  const c = unwrap(await parseKubeconfig(text, "kube/config"));
   assert.deepEqual(c.ca, { file: "/pki/ca.crt" });
   assert.equal(c.tokenFile, "kube/tok");
   assert.equal(c.insecureSkipTlsVerify, true);
   const t = unwrap(
-    parseKubeconfig(text.replace("{tokenFile: tok}", "{token: abc}"), "/k"),
+    await parseKubeconfig(
+      text.replace("{tokenFile: tok}", "{token: abc}"),
+      "/k",
+    ),
   );
   assert.equal(t.token, "abc");
   assert.equal(t.tokenFile, undefined);
 });
 
-Deno.test("parseKubeconfig() errors name the file and the missing field", () => {
+Deno.test("parseKubeconfig() errors name the file and the missing field", async () => {
   const p = "/etc/weft/kubeconfig";
   assert.equal(
-    reason("clusters: []"),
+    await reason("clusters: []"),
     `Cannot use kubeconfig "${p}": current-context is not set`,
   );
   assert.equal(
-    reason("current-context: x\ncontexts: []"),
+    await reason("current-context: x\ncontexts: []"),
     `Cannot use kubeconfig "${p}": current-context "x" is not in contexts`,
   );
   assert.equal(
-    reason(full.replace("server: https://10.0.0.1:6443/", "foo: bar")),
+    await reason(full.replace("server: https://10.0.0.1:6443/", "foo: bar")),
     `Cannot use kubeconfig "${p}": cluster "cluster" has no server`,
   );
   assert.equal(
-    reason(
+    await reason(
       full.replace(
         "{cluster: cluster, user: weft}",
         "{cluster: gone, user: weft}",
@@ -94,7 +100,7 @@ Deno.test("parseKubeconfig() errors name the file and the missing field", () => 
     `Cannot use kubeconfig "${p}": cluster "gone" of context "weft@cluster" is not in clusters`,
   );
   assert.equal(
-    reason(
+    await reason(
       full.replace(
         "{cluster: cluster, user: weft}",
         "{cluster: cluster, user: nobody}",
@@ -103,7 +109,7 @@ Deno.test("parseKubeconfig() errors name the file and the missing field", () => 
     `Cannot use kubeconfig "${p}": user "nobody" of context "weft@cluster" is not in users`,
   );
   assert.equal(
-    reason(
+    await reason(
       full.replace(
         `certificate-authority-data: ${b64}`,
         "certificate-authority-data: '%%%'",
@@ -112,27 +118,45 @@ Deno.test("parseKubeconfig() errors name the file and the missing field", () => 
     `Cannot use kubeconfig "${p}": certificate-authority-data of cluster "cluster" is not base64-encoded PEM`,
   );
   assert.match(
-    reason(full.replace(/ {4}client-key-data: .*\n/, "")),
+    await reason(full.replace(/ {4}client-key-data: .*\n/, "")),
     /user "weft" has no client-key\(-data\) to go with its client-certificate/,
   );
   assert.match(
-    reason(full.replace("server: https://10.0.0.1:6443/", "server: ftp://x")),
+    await reason(
+      full.replace("server: https://10.0.0.1:6443/", "server: ftp://x"),
+    ),
     /server "ftp:\/\/x" of cluster "cluster" is not an http\(s\) URL/,
   );
   assert.match(
-    reason("a: [unclosed"),
+    await reason("a: [unclosed"),
     /^Cannot parse kubeconfig "\/etc\/weft\/kubeconfig": /,
   );
-  assert.match(reason("- just\n- a list"), /not a YAML mapping/);
+  assert.match(await reason("- just\n- a list"), /not a YAML mapping/);
 });
 
-Deno.test("parseKubeconfig() refuses exec plugins with a clear reason", () => {
+Deno.test("parseKubeconfig() refuses exec plugins with a clear reason", async () => {
   const text = full.replace(
     "    client-certificate: certs/client.crt\n",
     "    exec: {command: aws}\n    client-certificate: certs/client.crt\n",
   );
   assert.match(
-    reason(text),
+    await reason(text),
     /user "weft" uses exec, which weft does not support/,
+  );
+});
+
+Deno.test("parseKubeconfig() reads a JSON kubeconfig as YAML would", async () => {
+  const json = JSON.stringify({
+    "current-context": "c",
+    clusters: [{ name: "k", cluster: { server: "https://10.0.0.1:6443" } }],
+    contexts: [{ name: "c", context: { cluster: "k", user: "u" } }],
+    users: [{ name: "u", user: { token: "abc" } }],
+  });
+  const c = unwrap(await parseKubeconfig(json, "/k"));
+  assert.equal(c.server, "https://10.0.0.1:6443");
+  assert.equal(c.token, "abc");
+  assert.match(
+    await reason('{"current-context": '),
+    /^Cannot parse kubeconfig "\/etc\/weft\/kubeconfig": /,
   );
 });

@@ -7,6 +7,11 @@
  * (`kind`, `metadata` with `continue` and `resourceVersion`) is kept and
  * parsed at the end with `items` left empty.
  *
+ * With `drop`, one member of each item (a Node's `status`: nine tenths of
+ * its bytes, with its image list, and nothing weft reads) is replaced by
+ * `null` before the item is decoded or parsed, so it costs a byte scan
+ * and no strings or objects.
+ *
  * The scanner works on bytes: every structural character of JSON is
  * ASCII and every byte of a multi-byte UTF-8 character is >= 0x80, so
  * chunk boundaries anywhere, even inside a character, are safe.
@@ -52,6 +57,13 @@ function concat(parts: Uint8Array[]): Uint8Array {
  */
 export class ListSplitter {
   readonly #decoder = new TextDecoder();
+  /** The item member replaced by `null`, if any. */
+  readonly #drop: string | undefined;
+  /** After `"<drop>":` in an item, waiting for its value. */
+  #dropNext = false;
+  /** Inside the dropped value (it ends when depth is back to 3). */
+  #dropping = false;
+
   #depth = 0;
   #inString = false;
   #escape = false;
@@ -79,13 +91,18 @@ export class ListSplitter {
   readonly #maxItem: number;
 
   /**
-   * Limits, in bytes, keep a hostile or broken server (a 100 MB line)
-   * from growing memory without bound: the document outside its items
-   * (`kind`, `metadata`: a few hundred bytes from a real API server;
-   * default 1 MiB) and one item (etcd caps an object near 1.5 MiB;
-   * default 16 MiB).
+   * `drop` names a member of each item (`status`) whose object or array
+   * value is replaced by `null`. Limits, in bytes, keep a hostile or
+   * broken server (a 100 MB line) from growing memory without bound: the
+   * document outside its items (`kind`, `metadata`: a few hundred bytes
+   * from a real API server; default 1 MiB) and one item as received,
+   * dropped member included (etcd caps an object near 1.5 MiB; default
+   * 16 MiB).
    */
-  constructor(opts: { maxRest?: number; maxItem?: number } = {}) {
+  constructor(
+    opts: { drop?: string; maxRest?: number; maxItem?: number } = {},
+  ) {
+    this.#drop = opts.drop;
     this.#maxRest = opts.maxRest ?? 1 << 20;
     this.#maxItem = opts.maxItem ?? 16 << 20;
   }
@@ -93,6 +110,13 @@ export class ListSplitter {
   /** Items returned so far. */
   get count(): number {
     return this.#items;
+  }
+
+  /** Whether keys are tracked at the current depth: the document's, items'. */
+  #keyDepth(): boolean {
+    return this.#depth === 1 ||
+      (this.#depth === 3 && this.#drop !== undefined &&
+        this.#item !== undefined);
   }
 
   /**
@@ -160,10 +184,20 @@ export class ListSplitter {
         this.#item = [];
         this.#itemBytes = 0;
       }
+      if (this.#dropNext && !isSpace(c)) {
+        this.#dropNext = false;
+        if (c === LBRACE || c === LBRACKET) {
+          this.#item!.push(
+            this.#itemDecoder.decode(chunk.subarray(seg, i)),
+            "null",
+          );
+          this.#dropping = true;
+        }
+      }
       switch (c) {
         case QUOTE:
           this.#inString = true;
-          if (this.#depth === 1 && this.#expectKey) {
+          if (this.#expectKey && this.#keyDepth()) {
             this.#keyParts = [];
             this.#expectKey = false;
           }
@@ -171,7 +205,7 @@ export class ListSplitter {
         case LBRACE:
         case LBRACKET:
           this.#depth++;
-          if (this.#depth === 1) this.#expectKey = c === LBRACE;
+          if (this.#keyDepth()) this.#expectKey = c === LBRACE;
           if (this.#itemsNext) {
             this.#itemsNext = false;
             if (c === LBRACKET && this.#depth === 2) this.#inItems = true;
@@ -180,7 +214,10 @@ export class ListSplitter {
         case RBRACE:
         case RBRACKET:
           this.#depth--;
-          if (this.#item && this.#depth === 2) {
+          if (this.#dropping && this.#depth === 3) {
+            this.#dropping = false;
+            seg = i + 1;
+          } else if (this.#item && this.#depth === 2) {
             // "}" is ASCII: no character is left half decoded.
             this.#item.push(
               this.#itemDecoder.decode(chunk.subarray(seg, i + 1)),
@@ -194,9 +231,12 @@ export class ListSplitter {
           break;
         case COLON:
           if (this.#depth === 1) this.#itemsNext = this.#lastKey === "items";
+          else if (this.#keyDepth()) {
+            this.#dropNext = this.#lastKey === this.#drop;
+          }
           break;
         case COMMA:
-          if (this.#depth === 1) this.#expectKey = true;
+          if (this.#keyDepth()) this.#expectKey = true;
           break;
         default:
           if (this.#itemsNext && !isSpace(c)) this.#itemsNext = false;
@@ -209,9 +249,11 @@ export class ListSplitter {
           `Cannot parse list: item ${this.#items} is larger than ${this.#maxItem} bytes`,
         );
       }
-      this.#item.push(
-        this.#itemDecoder.decode(chunk.subarray(seg), { stream: true }),
-      );
+      if (!this.#dropping) {
+        this.#item.push(
+          this.#itemDecoder.decode(chunk.subarray(seg), { stream: true }),
+        );
+      }
     } else this.#keep(chunk, seg, chunk.length);
     return out;
   }

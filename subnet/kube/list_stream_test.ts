@@ -31,8 +31,11 @@ const doc = {
   ],
 };
 
-function split(chunks: Uint8Array[]): { items: unknown[]; rest: unknown } {
-  const s = new ListSplitter();
+function split(
+  chunks: Uint8Array[],
+  drop?: string,
+): { items: unknown[]; rest: unknown } {
+  const s = new ListSplitter(drop === undefined ? {} : { drop });
   const items: unknown[] = [];
   for (const c of chunks) items.push(...s.push(c));
   return { items, rest: s.finish() };
@@ -113,4 +116,36 @@ Deno.test("ListSplitter stops at its limits: a huge line outside the items, a hu
     },
     /item 0 is larger than 4096 bytes/,
   );
+});
+
+Deno.test("ListSplitter replaces a dropped member's object value by null, whatever the chunk boundaries", () => {
+  const withStatus = {
+    ...doc,
+    items: [
+      ...doc.items,
+      {
+        metadata: { name: "d", status: { kept: "nested, not the item's" } },
+        status: "a scalar is kept",
+        spec: { podCIDR: "10.244.4.0/24" },
+      },
+      { status: [{ "status": 1 }, "}]"], spec: { after: true } },
+    ],
+  };
+  const want = withStatus.items.map((item) =>
+    "status" in item && typeof item.status === "object"
+      ? { ...item, status: null }
+      : item
+  );
+  for (const space of [undefined, 2]) {
+    const body = bytes(withStatus, space);
+    for (let cut = 0; cut <= body.length; cut++) {
+      const out = split([body.subarray(0, cut), body.subarray(cut)], "status");
+      assert.deepEqual(out.items, want);
+      assert.deepEqual(out.rest, { ...withStatus, items: [] });
+    }
+    assert.deepEqual(
+      split([...body].map((b) => new Uint8Array([b])), "status").items,
+      want,
+    );
+  }
 });

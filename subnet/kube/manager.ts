@@ -380,11 +380,16 @@ export class KubeSubnetManager implements SubnetManager {
 
   /**
    * Hands events to the handler. The first listing is always delivered,
-   * even empty: it tells the backend the peer set is complete. Nothing is
-   * delivered before it (an acquireLease racing the first LIST).
+   * even empty: it tells the backend the peer set is complete. Before it,
+   * only `partial` batches of that listing are (not an acquireLease racing
+   * the first LIST).
    */
-  #emit(events: LeaseEvent[], listing = false): void {
+  #emit(events: LeaseEvent[], listing: "complete" | "partial" | "" = ""): void {
     if (!this.#handler) return;
+    if (listing === "partial") {
+      if (events.length > 0 && !this.#delivered) this.#handler(events, true);
+      return;
+    }
     if (!this.#delivered && !listing) return;
     if (events.length === 0 && this.#delivered) return;
     this.#delivered = true;
@@ -428,13 +433,27 @@ export class KubeSubnetManager implements SubnetManager {
       this.#opts.watch,
     );
     let first = true;
+    // Leases read from the first listing as it arrived, reused by sync().
+    let early = new WeakMap<SlimNode, ReturnType<typeof toLease>>();
     await watcher.run({
+      listed: (nodes, at) => {
+        const events: LeaseEvent[] = [];
+        for (const n of nodes) {
+          this.#checkOwn(n);
+          const lease = toLease(n);
+          early.set(n, lease);
+          for (const ev of table.listed(n.name, lease, at)) events.push(ev);
+        }
+        this.#emit(events, "partial");
+      },
       sync: (nodes, at) => {
         const listing = new Map<string, ReturnType<typeof toLease>>();
         for (const [name, n] of nodes) {
-          this.#checkOwn(n);
-          listing.set(name, toLease(n));
+          const lease = early.get(n);
+          if (lease === undefined) this.#checkOwn(n);
+          listing.set(name, lease ?? toLease(n));
         }
+        early = new WeakMap();
         const events = table.replaceAll(listing, at);
         if (first) {
           first = false;
@@ -442,7 +461,7 @@ export class KubeSubnetManager implements SubnetManager {
             `Listed ${nodes.size} nodes: ${table.leases.length} peer leases, ${table.invalidCount} skipped`,
           );
         }
-        this.#emit(events, true);
+        this.#emit(events, "complete");
       },
       upsert: (n, at) => {
         this.#checkOwn(n);

@@ -160,14 +160,22 @@ Deno.test("watchLeases() turns nodes into lease events, skipping unmanaged nodes
   const batches: LeaseEvent[][] = [];
   const ctl = new AbortController();
   lines.length = 0;
-  const done = m.watchLeases((evs) => batches.push(evs), ctl.signal);
+  const partial: boolean[] = [];
+  const done = m.watchLeases((evs, p) => {
+    batches.push(evs);
+    partial.push(p ?? false);
+  }, ctl.signal);
   await waitFor(() => streams.length > 0);
+  // The listing's peer is handed over as it arrives (partial), then the
+  // complete listing, with nothing left to add, marks the set complete.
   assert.deepEqual(
     batches.map((b) =>
       b.map((e) => `${e.type} ${e.lease.key} ${e.lease.subnet}`)
     ),
-    [["added a 10.244.1.0/24"]],
+    [["added a 10.244.1.0/24"], []],
   );
+  assert.deepEqual(partial, [true, false]);
+  batches.shift();
   assert.ok(
     lines.some((l) =>
       l.includes(

@@ -2,9 +2,14 @@
  * The list+watch loop over Nodes, client-go's reflector without its cache:
  * a paginated LIST, then a WATCH from the list's resource version that
  * resumes from the last version seen (bookmarks included) whenever it ends.
- * `410 Gone` (a compacted or too old version, as HTTP status or in-stream
- * ERROR) means events were missed: list again and hand the sink the whole
- * state, which it diffs. Failures back off with jitter and honour
+ * As client-go does, the first LIST asks for `resourceVersion=0`, which
+ * the API server answers from its watch cache without reading etcd, and
+ * later ones for "not older than" the last version seen; only after a
+ * `410 Gone` (a compacted or too old version, an expired continue token)
+ * is the LIST a quorum read. A 410 on the watch means events were missed:
+ * list again and hand the sink the whole state, which it diffs. The nodes
+ * of the first LIST are also handed over as they arrive, so peers are
+ * programmed while the rest of a large listing is still on the wire. Failures back off with jitter and honour
  * `Retry-After`; a stream silent for longer than its timeout plus a grace
  * period is aborted; after repeated failures the loop falls back to
  * periodic listing and tries to watch again later. Each Node is reduced
@@ -38,6 +43,11 @@ export interface NodeSink {
   upsert(node: SlimNode, receivedAt: number): void;
   /** A node was deleted. */
   remove(name: string, receivedAt: number): void;
+  /**
+   * Nodes of the first listing, as they arrive; `sync` follows with the
+   * complete set. Optional: a sink may wait for `sync`.
+   */
+  listed?(nodes: SlimNode[], receivedAt: number): void;
 }
 
 /** Options of {@linkcode NodeWatcher}. Defaults suit production. */
@@ -92,6 +102,8 @@ export class NodeWatcher {
   readonly #backoffOpts: BackoffOptions;
   readonly #fieldSelector: string | undefined;
   #rv: string | undefined;
+  /** The last list or watch ended in 410: the next LIST reads etcd. */
+  #quorum = false;
 
   constructor(
     client: KubeClient,
@@ -124,11 +136,15 @@ export class NodeWatcher {
   /**
    * Lists every node, page by page (`limit`, following `continue`), and
    * returns them slim with the list's resource version. Pages are parsed
-   * as they stream in, one Node at a time, so a page is never held whole.
-   * An expired continue token (410) restarts the listing.
+   * as they stream in, one Node at a time, so a page is never held whole;
+   * `onNodes` sees each batch as it is parsed. The first page asks the
+   * watch cache (`resourceVersion=0`, or not older than the last version
+   * seen); a 410 (a version or continue token the server no longer has)
+   * restarts the listing as a quorum read.
    */
   async list(
     signal: AbortSignal,
+    onNodes?: (nodes: SlimNode[], receivedAt: number) => void,
   ): Promise<{ nodes: Map<string, SlimNode>; resourceVersion: string }> {
     for (let attempt = 0;; attempt++) {
       const nodes = new Map<string, SlimNode>();
@@ -138,10 +154,15 @@ export class NodeWatcher {
         do {
           const q: Record<string, string> = { limit: String(this.#pageSize) };
           if (cont) q.continue = cont;
+          else if (!this.#quorum) {
+            q.resourceVersion = this.#rv ?? "0";
+            if (this.#rv !== undefined) q.resourceVersionMatch = "NotOlderThan";
+          }
           const meta = await this.#page(
             `/api/v1/nodes?${this.#query(q)}`,
             nodes,
             signal,
+            onNodes,
           );
           const c = meta?.continue;
           cont = typeof c === "string" && c !== "" ? c : undefined;
@@ -149,12 +170,20 @@ export class NodeWatcher {
           if (typeof r === "string") rv = r;
         } while (cont !== undefined);
       } catch (e) {
-        if (e instanceof KubeApiError && e.gone && cont && attempt < 3) {
-          log.info("Node list continuation expired; listing again");
+        if (e instanceof KubeApiError && e.gone && attempt < 3) {
+          log.info(
+            `Node list ${
+              cont
+                ? "continuation expired"
+                : `from resource version ${this.#rv ?? "0"} is not served`
+            } (410 Gone); listing again from etcd`,
+          );
+          this.#quorum = true;
           continue;
         }
         throw e;
       }
+      this.#quorum = false;
       return { nodes, resourceVersion: rv };
     }
   }
@@ -164,18 +193,27 @@ export class NodeWatcher {
     path: string,
     nodes: Map<string, SlimNode>,
     signal: AbortSignal,
+    onNodes?: (nodes: SlimNode[], receivedAt: number) => void,
   ): Promise<{ continue?: unknown; resourceVersion?: unknown } | undefined> {
     const res = await this.#client.request("GET", path, { signal });
-    const splitter = new ListSplitter();
-    const add = (item: unknown) => {
-      const n = this.#slim(item);
-      if (n.ok) nodes.set(n.value.name, n.value);
-      else log.warn(`Ignoring a node in the list: ${n.reason}`);
+    // Nothing weft keeps is in a Node's status (addresses, conditions,
+    // images: most of its bytes), so it is never decoded.
+    const splitter = new ListSplitter({ drop: "status" });
+    const add = (items: unknown[]) => {
+      const batch: SlimNode[] = [];
+      for (const item of items) {
+        const n = this.#slim(item);
+        if (n.ok) {
+          nodes.set(n.value.name, n.value);
+          batch.push(n.value);
+        } else log.warn(`Ignoring a node in the list: ${n.reason}`);
+      }
+      if (onNodes && batch.length > 0) onNodes(batch, performance.now());
     };
     if (res.body) {
       await forEachChunk(res.body, (chunk) => {
         this.#client.bytesReceived += chunk.byteLength;
-        for (const item of splitter.push(chunk)) add(item);
+        add(splitter.push(chunk));
       });
     }
     const rest = splitter.finish() as {
@@ -196,7 +234,7 @@ export class NodeWatcher {
         `Node list from ${path} has no metadata.resourceVersion: not a Kubernetes list`,
       );
     }
-    for (const item of rest.items) add(item);
+    add(rest.items);
     return rest.metadata;
   }
 
@@ -218,7 +256,10 @@ export class NodeWatcher {
         let listed = false;
         try {
           if (this.#rv === undefined || pollingSince !== undefined) {
-            const { nodes, resourceVersion } = await this.list(signal);
+            const { nodes, resourceVersion } = await this.list(
+              signal,
+              relisted ? undefined : sink.listed?.bind(sink),
+            );
             if (relisted) metrics.relists.inc();
             this.#rv = resourceVersion;
             relisted = true;
@@ -247,9 +288,10 @@ export class NodeWatcher {
           }
           if (end === "gone") {
             log.info(
-              `Node watch from resource version ${this.#rv} is too old (410 Gone); listing again`,
+              `Node watch from resource version ${this.#rv} is too old (410 Gone); listing again from etcd`,
             );
             this.#rv = undefined;
+            this.#quorum = true;
           }
         } catch (e) {
           if (signal.aborted) break;

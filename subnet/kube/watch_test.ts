@@ -13,6 +13,7 @@ const slim = slimmer(unwrap(annotationKeys()));
 /** Records what the watcher tells its sink. */
 class Recorder implements NodeSink {
   readonly log: string[] = [];
+  listed?: (nodes: SlimNode[]) => void;
   readonly state = new Map<string, SlimNode>();
 
   sync(nodes: Map<string, SlimNode>): void {
@@ -73,11 +74,13 @@ Deno.test("list() follows continue tokens with limit=500 and keeps slim nodes", 
   assert.equal(resourceVersion, "10");
   assert.deepEqual(nodes.get("c")!.podCIDRs, ["10.244.3.0/24"]);
   assert.equal(api.requests.length, 2);
-  assert.equal(api.requests[0]!.url.search, "?limit=500");
+  // The first page comes from the watch cache; a continue token carries
+  // its version, so later pages name none.
+  assert.equal(api.requests[0]!.url.search, "?limit=500&resourceVersion=0");
   assert.equal(api.requests[1]!.url.search, "?limit=500&continue=p2");
 });
 
-Deno.test("list() starts over when a continue token has expired (410)", async () => {
+Deno.test("list() starts over as a quorum read when a continue token has expired (410)", async () => {
   let expired = true;
   const api = new FakeApi((r) => {
     const cont = r.url.searchParams.get("continue");
@@ -98,8 +101,66 @@ Deno.test("list() starts over when a continue token has expired (410)", async ()
   assert.deepEqual([...nodes.keys()], ["a", "b"]);
   assert.deepEqual(
     api.requests.map((r) => r.url.search),
-    ["?limit=1", "?limit=1&continue=old", "?limit=1", "?limit=1&continue=old"],
+    [
+      "?limit=1&resourceVersion=0",
+      "?limit=1&continue=old",
+      "?limit=1",
+      "?limit=1&continue=old",
+    ],
   );
+  // A quorum read is a fallback, not a habit: the next list asks the cache.
+  await w.list(new AbortController().signal);
+  assert.equal(
+    api.requests.at(-2)!.url.search,
+    "?limit=1&resourceVersion=0",
+  );
+});
+
+Deno.test("list() falls back to a quorum read when the cache refuses resourceVersion=0 (410)", async () => {
+  const api = new FakeApi((r) =>
+    r.url.searchParams.has("resourceVersion")
+      ? status(410, "Gone", "resource version 0 is not served")
+      : list([node("a", "5", "10.244.1.0/24", "192.0.2.1")], "20")
+  );
+  const w = new NodeWatcher(api.client(), slim);
+  const { nodes } = await w.list(new AbortController().signal);
+  assert.deepEqual([...nodes.keys()], ["a"]);
+  assert.deepEqual(api.requests.map((r) => r.url.search), [
+    "?limit=500&resourceVersion=0",
+    "?limit=500",
+  ]);
+});
+
+Deno.test("run() hands the first listing's nodes over as they arrive, then the complete set", async () => {
+  const api = new FakeApi((r) =>
+    isWatch(r)
+      ? new Response(new WatchStream().body, { status: 200 })
+      : r.url.searchParams.get("continue") === "p2"
+      ? list([node("c", "9", "10.244.3.0/24", "192.0.2.3")], "10")
+      : list(
+        [
+          node("a", "5", "10.244.1.0/24", "192.0.2.1"),
+          node("b", "6", "10.244.2.0/24", "192.0.2.2"),
+        ],
+        "10",
+        "p2",
+      )
+  );
+  const rec = new Recorder();
+  const seen: string[] = [];
+  rec.listed = (nodes: SlimNode[]) => {
+    seen.push(nodes.map((n) => n.name).join(","));
+    rec.log.push(`listed ${nodes.map((n) => n.name).join(",")}`);
+  };
+  const ctl = new AbortController();
+  const done = new NodeWatcher(api.client(), slim, fast).run(rec, ctl.signal);
+  await rec.until(() => rec.log.includes("sync a,b,c"));
+  // Every node was handed over before the complete set; pages in order.
+  assert.equal(rec.log.at(-1), "sync a,b,c");
+  assert.ok(rec.log.slice(0, -1).every((l) => l.startsWith("listed ")));
+  assert.deepEqual(seen.join(",").split(","), ["a", "b", "c"]);
+  ctl.abort();
+  await done;
 });
 
 Deno.test("run() watches from the list's version and resumes from the last event or bookmark", async () => {
@@ -193,6 +254,12 @@ Deno.test("run() relists after an in-stream 410 and after an HTTP 410", async ()
   assert.equal(
     api.requests.at(-1)!.url.searchParams.get("resourceVersion"),
     "31",
+  );
+  // After each 410 the relist is a quorum read: no resourceVersion.
+  const listReqs = api.requests.filter((r) => !isWatch(r));
+  assert.deepEqual(
+    listReqs.map((r) => r.url.searchParams.get("resourceVersion")),
+    ["0", null, null],
   );
   ctl.abort();
   await done;

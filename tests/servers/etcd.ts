@@ -136,6 +136,11 @@ export class EtcdServer implements AsyncDisposable {
     }://127.0.0.1:${this.#clientPort}`;
   }
 
+  /** The server's process id while it runs (benchmarks read its CPU). */
+  get pid(): number | undefined {
+    return this.#child?.pid;
+  }
+
   /** Whether the process is running. */
   get running(): boolean {
     return this.#child !== undefined;

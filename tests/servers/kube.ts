@@ -156,6 +156,11 @@ export class KubeServers implements AsyncDisposable {
     return `https://127.0.0.1:${this.port}`;
   }
 
+  /** The server's process id while it runs (benchmarks read its CPU). */
+  get pid(): number | undefined {
+    return this.#child?.pid;
+  }
+
   /** Whether kube-apiserver runs. */
   get running(): boolean {
     return this.#child !== undefined;
