@@ -235,6 +235,10 @@ async function delegate(
   }
   childEnv.CNI_COMMAND = command;
   const cniPath = env.CNI_PATH ?? "";
+  // Candidates this process may not run: the compiled binary's --allow-run
+  // names each delegate by its full path, so a CNI_PATH directory outside
+  // that list is "not here" (as a missing file is), not a failure.
+  const notAllowed: string[] = [];
   for (const dir of cniPath.split(":").filter((d) => d !== "")) {
     const path = `${dir.replace(/\/+$/, "")}/${type}`;
     let out: ExecOutput;
@@ -242,6 +246,10 @@ async function delegate(
       out = await deps.exec(path, childEnv, conf);
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) continue;
+      if (e instanceof Deno.errors.NotCapable) {
+        notAllowed.push(path);
+        continue;
+      }
       cniFail(
         CNI_ERR.internal,
         `Cannot run delegate plugin "${path}": ${(e as Error).message}`,
@@ -275,7 +283,13 @@ async function delegate(
   }
   cniFail(
     CNI_ERR.internal,
-    `Cannot find delegate plugin "${type}" in CNI_PATH "${cniPath}"`,
+    `Cannot find delegate plugin "${type}" in CNI_PATH "${cniPath}"${
+      notAllowed.length === 0
+        ? ""
+        : `: not allowed to run ${
+          notAllowed.map((p) => `"${p}"`).join(", ")
+        } (this build's --allow-run names each delegate by its full path)`
+    }`,
   );
 }
 

@@ -63,13 +63,14 @@ function plugin(
   command: string,
   conf: string,
   containerId = "pod0",
+  cniPath = CNI_PATH,
 ): Promise<Output> {
   const env = {
     CNI_COMMAND: command,
     CNI_CONTAINERID: containerId,
     CNI_NETNS: s.pod.path,
     CNI_IFNAME: "eth0",
-    CNI_PATH,
+    CNI_PATH: cniPath,
   };
   return runCommand([
     "ip",
@@ -208,6 +209,33 @@ kernelTest(
     // A second DEL has nothing stored and still succeeds.
     const again = await plugin(s, "DEL", s.conf());
     assertEquals([again.code, again.stdout], [0, ""]);
+  },
+);
+
+kernelTest(
+  "cni: a CNI_PATH directory outside --allow-run is skipped, the next one is used",
+  async () => {
+    await using s = await setup();
+    // A real directory holding a bridge binary the permission list does not
+    // name: Deno refuses to run it (NotCapable) before looking at the file.
+    const other = `${s.dir}/bin`;
+    await Deno.mkdir(other);
+    await Deno.copyFile(`${CNI_PATH}/bridge`, `${other}/bridge`);
+    await Deno.chmod(`${other}/bridge`, 0o755);
+    const path = `${other}:${CNI_PATH}`;
+    const add = await plugin(s, "ADD", s.conf(), "pod0", path);
+    assertEquals(add.code, 0, `ADD failed: ${add.stdout} ${add.stderr}`);
+    assert(await s.pod.ping("10.244.1.1"), "pod reaches its gateway");
+    const del = await plugin(s, "DEL", s.conf(), "pod0", path);
+    assertEquals([del.code, del.stdout], [0, ""], del.stderr);
+
+    // Only a directory it may not run from: the error says so.
+    const none = await plugin(s, "ADD", s.conf(), "pod1", other);
+    assertEquals(none.code, 1);
+    assertEquals(
+      JSON.parse(none.stdout).msg,
+      `Cannot find delegate plugin "bridge" in CNI_PATH "${other}": not allowed to run "${other}/bridge" (this build's --allow-run names each delegate by its full path)`,
+    );
   },
 );
 
