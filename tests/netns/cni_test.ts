@@ -64,8 +64,10 @@ function plugin(
   conf: string,
   containerId = "pod0",
   cniPath = CNI_PATH,
+  extraEnv: Record<string, string> = {},
 ): Promise<Output> {
   const env = {
+    ...extraEnv,
     CNI_COMMAND: command,
     CNI_CONTAINERID: containerId,
     CNI_NETNS: s.pod.path,
@@ -84,7 +86,7 @@ function plugin(
     // variables, the delegate.
     `--allow-read=${s.dir}`,
     `--allow-write=${s.dir}`,
-    "--allow-env=CNI_*",
+    "--allow-env=CNI_*,PATH",
     `--allow-run=${CNI_PATH}/bridge`,
     ENTRY,
   ], { env, stdin: conf });
@@ -236,6 +238,21 @@ kernelTest(
       JSON.parse(none.stdout).msg,
       `Cannot find delegate plugin "bridge" in CNI_PATH "${other}": not allowed to run "${other}/bridge" (this build's --allow-run names each delegate by its full path)`,
     );
+  },
+);
+
+kernelTest(
+  "cni: ADD and DEL work when the runtime's environment holds LD_LIBRARY_PATH",
+  async () => {
+    // containerd hands its plugins LD_LIBRARY_PATH; a child inheriting it
+    // would need --allow-run for every program.
+    await using s = await setup();
+    const ld = { LD_LIBRARY_PATH: "/opt/containerd/lib:" };
+    const add = await plugin(s, "ADD", s.conf(), "pod0", CNI_PATH, ld);
+    assertEquals(add.code, 0, `ADD failed: ${add.stdout} ${add.stderr}`);
+    assert(await s.pod.ping("10.244.1.1"), "pod reaches its gateway");
+    const del = await plugin(s, "DEL", s.conf(), "pod0", CNI_PATH, ld);
+    assertEquals([del.code, del.stdout], [0, ""], del.stderr);
   },
 );
 
