@@ -7,6 +7,8 @@
 #                         base made from Debian packages with mmdebstrap
 #   weft-pause:1          the pod sandbox: busybox-static sleeping forever
 #   weft-testpod:1        busybox-static (sh, ping, nc, wget, ip, httpd)
+#   weft-lib.tar          the weft image's /usr/local/lib/weft (deno and
+#                         sources, which its CNI plugin needs on the node)
 #
 # Usage: tests/k8s/images.sh OUTDIR [WEFT_TAG...]   (default tag v0.1.0)
 # Each weft tag is the same image under another name (rolling updates).
@@ -69,6 +71,7 @@ buildah bud --quiet ${ulimits[@]+"${ulimits[@]}"} --network host \
   -t "localhost/weft:${tags[0]}" -f Containerfile . >/dev/null
 for t in "${tags[@]:1}"; do buildah tag "localhost/weft:${tags[0]}" "localhost/weft:$t"; done
 
+rm -f "$out"/*.tar
 for img in localhost/weft-pause:1 localhost/weft-testpod:1; do
   n="${img#localhost/}"; n="${n%%:*}"
   buildah push --quiet "$img" "docker-archive:$out/$n.tar:$img" >/dev/null
@@ -76,4 +79,11 @@ done
 for t in "${tags[@]}"; do
   buildah push --quiet "localhost/weft:$t" "docker-archive:$out/weft-$t.tar:localhost/weft:$t" >/dev/null
 done
+# The deno-run variant's CNI plugin runs on the node: the harness mounts the
+# image's own /usr/local/lib/weft there.
+c="$(buildah from "localhost/weft:${tags[0]}")"
+mnt="$(buildah mount "$c")"
+tar -C "$mnt/usr/local/lib" -cf "$out/weft-lib.tar" weft
+buildah umount "$c" >/dev/null
+buildah rm "$c" >/dev/null
 ls -la "$out" >&2
