@@ -768,3 +768,161 @@ export async function manifest(image: string): Promise<string> {
   const text = await Deno.readTextFile(`${REPO}deploy/weft.yaml`);
   return text.replaceAll("image: weft:v0.1.0", `image: ${image}`);
 }
+
+/** A pod as the tests see it. */
+export interface PodInfo {
+  readonly name: string;
+  readonly ip: string;
+  readonly node: string;
+  readonly ready: boolean;
+}
+
+interface PodJson {
+  metadata: { name: string };
+  spec: { nodeName?: string };
+  status: {
+    podIP?: string;
+    conditions?: { type: string; status: string }[];
+  };
+}
+
+/** Pods matching a label selector in a namespace. */
+export async function pods(
+  c: K8sCluster,
+  selector: string,
+  namespace = "default",
+): Promise<PodInfo[]> {
+  const list = await c.getJson<{ items: PodJson[] }>([
+    "pods",
+    "-n",
+    namespace,
+    "-l",
+    selector,
+  ]);
+  return list.items.map((p) => ({
+    name: p.metadata.name,
+    ip: p.status.podIP ?? "",
+    node: p.spec.nodeName ?? "",
+    ready:
+      p.status.conditions?.some((c) =>
+        c.type === "Ready" && c.status === "True"
+      ) ?? false,
+  }));
+}
+
+/** Applies deploy/weft.yaml (image reference replaced) and waits for 3/3. */
+export async function deployWeft(
+  c: K8sCluster,
+  image = "localhost/weft:v0.1.0",
+): Promise<void> {
+  await c.kubectl(["apply", "-f", "-"], await manifest(image));
+  await rollout(c, "kube-flannel", "daemonset/weft");
+}
+
+/** `kubectl rollout status` with a deadline. */
+export async function rollout(
+  c: K8sCluster,
+  namespace: string,
+  what: string,
+  timeoutS = 180,
+): Promise<void> {
+  await c.kubectl([
+    "-n",
+    namespace,
+    "rollout",
+    "status",
+    what,
+    `--timeout=${timeoutS}s`,
+  ]);
+}
+
+/**
+ * The test workload: `replicas` busybox pods spread over the nodes, each
+ * serving its own name over HTTP on :8080, and the `echo` Service.
+ */
+export function echoManifest(replicas: number, name = "echo"): string {
+  return `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ${name}, namespace: default}
+spec:
+  replicas: ${replicas}
+  selector: {matchLabels: {app: ${name}}}
+  template:
+    metadata: {labels: {app: ${name}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      enableServiceLinks: false
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: ${name}}}}
+      containers:
+      - name: echo
+        image: localhost/weft-testpod:1
+        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ${name}, namespace: default}
+spec:
+  selector: {app: ${name}}
+  ports: [{port: 80, targetPort: 8080}]
+`;
+}
+
+/** Runs a command in a pod's first container (`kubectl exec`). */
+export function execPod(
+  c: K8sCluster,
+  pod: string,
+  cmd: string[],
+  namespace = "default",
+) {
+  return c.tryKubectl(["exec", "-n", namespace, pod, "--", ...cmd]);
+}
+
+/** What busybox ping printed in its summary. */
+export interface PingCount {
+  readonly sent: number;
+  readonly received: number;
+}
+
+/** Parses busybox ping's "N packets transmitted, M packets received". */
+export function parsePingCount(text: string): PingCount {
+  const m = text.match(/(\d+) packets transmitted, (\d+) packets received/);
+  return { sent: Number(m?.[1] ?? 0), received: Number(m?.[2] ?? 0) };
+}
+
+/** An HTTP GET through busybox nc; the body's last line. */
+export async function httpGet(
+  c: K8sCluster,
+  pod: string,
+  host: string,
+  port: number,
+): Promise<string> {
+  const r = await execPod(c, pod, [
+    "sh",
+    "-c",
+    `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 ${host} ${port}`,
+  ]);
+  return r.stdout.trim().split("\n").pop() ?? "";
+}
+
+/**
+ * Pings every pod from every pod on another node (3 probes each) and
+ * returns how many of the pairs answered.
+ */
+export async function crossNodePings(
+  c: K8sCluster,
+  list: PodInfo[],
+): Promise<{ answered: number; total: number; failed: string[] }> {
+  let answered = 0, total = 0;
+  const failed: string[] = [];
+  for (const a of list) {
+    for (const b of list) {
+      if (a.node === b.node) continue;
+      total++;
+      const r = await execPod(c, a.name, ["ping", "-c", "3", "-W", "2", b.ip]);
+      if (parsePingCount(r.stdout).received > 0) answered++;
+      else failed.push(`${a.name} (${a.node}) -> ${b.ip} (${b.node})`);
+    }
+  }
+  return { answered, total, failed };
+}
