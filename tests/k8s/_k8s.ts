@@ -926,3 +926,25 @@ export async function crossNodePings(
   }
   return { answered, total, failed };
 }
+
+/** flanneld's own manifest, from the flannel module in the Go module cache. */
+export const KUBE_FLANNEL_YML = `${
+  Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"
+}/gomod/github.com/flannel-io/flannel@v0.28.9/Documentation/kube-flannel.yml`;
+
+/**
+ * A user's kube-flannel.yml with only its images swapped for weft's (the
+ * agent's and the CNI plugin installer's: flannel-cni-plugin is not
+ * reachable here either).
+ */
+export async function kubeFlannelWithWeft(image: string): Promise<string> {
+  const text = await Deno.readTextFile(KUBE_FLANNEL_YML);
+  const swapped = text.replace(
+    /image: ghcr\.io\/flannel-io\/flannel(-cni-plugin)?:\S+/g,
+    `image: ${image}`,
+  );
+  if (swapped.includes("ghcr.io/")) {
+    throw new Error(`An image of ${KUBE_FLANNEL_YML} was not swapped`);
+  }
+  return swapped;
+}

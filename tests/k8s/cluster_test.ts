@@ -29,6 +29,8 @@ import {
   K8sCluster,
   type K8sNode,
   k8sUnavailable,
+  KUBE_FLANNEL_YML,
+  kubeFlannelWithWeft,
   parsePingCount,
   type PodInfo,
   pods,
@@ -527,6 +529,47 @@ spec:
           ]);
           assertEquals([r.code, r.stdout], [0, ""], r.stderr);
         }
+      },
+    );
+
+    await t.step(
+      "a stock kube-flannel.yml with only the image swapped takes over with no packet lost",
+      async () => {
+        const swapped = await kubeFlannelWithWeft("localhost/weft:v0.1.1");
+        const count = await pingDuring(c, a, d.ip, 75, async () => {
+          // SIGTERM leaves the dataplane in place: the swap is hitless.
+          await c.kubectl([
+            "-n",
+            "kube-flannel",
+            "delete",
+            "daemonset",
+            "weft",
+          ]);
+          await c.kubectl(["apply", "-f", "-"], swapped);
+          await rollout(c, "kube-flannel", "daemonset/kube-flannel-ds", 60);
+        });
+        console.log(
+          `  kube-flannel.yml image swap: ${count.received}/${count.sent} answered`,
+        );
+        assertEquals(count.received, count.sent);
+        const ds = await pods(c, "app=flannel", "kube-flannel");
+        assertEquals(ds.filter((p) => p.ready).length, c.nodes.length);
+        for (const p of ds) {
+          const log = await c.kubectl(["-n", "kube-flannel", "logs", p.name]);
+          assert(
+            log.includes("weft v0.1.0 (flanneld-compatible) starting"),
+            log,
+          );
+        }
+        const r = await execPod(c, a.name, [
+          "ping",
+          "-c",
+          "3",
+          "-W",
+          "2",
+          d.ip,
+        ]);
+        assert(parsePingCount(r.stdout).received > 0, r.stdout);
       },
     );
   },

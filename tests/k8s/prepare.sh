@@ -23,3 +23,7 @@ if ((${#missing[@]})); then
 fi
 bash .ci/build_servers.sh --with-cluster
 bash tests/k8s/images.sh "${WEFT_CACHE:-/var/cache/weft}/images/k8s" v0.1.0 v0.1.1
+# The stock kube-flannel.yml of the flanneld version weft replaces, for the
+# image-swap test: it ships in the flannel module (Documentation/).
+GOMODCACHE="${WEFT_CACHE:-/var/cache/weft}/gomod" GOFLAGS=-mod=mod GOTOOLCHAIN=local \
+  PATH="$PATH:/usr/local/go/bin" go mod download github.com/flannel-io/flannel@v0.28.9
