@@ -40,10 +40,19 @@ import {
 
 const IMAGES = `${Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"}/images/k8s`;
 const ci = Deno.env.get("CI") === "true";
-const missing = !isRoot() ? "needs root" : (await k8sUnavailable()) ??
-  ((await Deno.stat(`${IMAGES}/weft-v0.1.1.tar`).catch(() => null))
-    ? undefined
-    : `no images in ${IMAGES}: run tests/k8s/images.sh ${IMAGES} v0.1.0 v0.1.1`);
+async function whyMissing(): Promise<string | undefined> {
+  if (!isRoot()) return "needs root";
+  const tools = await k8sUnavailable();
+  if (tools) return tools;
+  if (!(await Deno.stat(`${IMAGES}/weft-v0.1.1.tar`).catch(() => null))) {
+    return `no images in ${IMAGES}: run tests/k8s/prepare.sh`;
+  }
+  if (!(await Deno.stat(KUBE_FLANNEL_YML).catch(() => null))) {
+    return `no ${KUBE_FLANNEL_YML}: run tests/k8s/prepare.sh`;
+  }
+  return undefined;
+}
+const missing = await whyMissing();
 if (missing && !ci) console.warn(`k8s tier ignored: ${missing}`);
 
 interface NodeJson {
