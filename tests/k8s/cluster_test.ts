@@ -18,7 +18,7 @@ import {
   deepStrictEqual as assertEquals,
   ok as assert,
 } from "node:assert/strict";
-import { isRoot } from "../_netns.ts";
+import { gatedTest, type Need, ROOT } from "../_gate.ts";
 import {
   CLUSTER_CIDR,
   crossNodePings,
@@ -39,11 +39,10 @@ import {
 } from "./_k8s.ts";
 
 const IMAGES = `${Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"}/images/k8s`;
-const ci = Deno.env.get("CI") === "true";
-async function whyMissing(): Promise<string | undefined> {
-  if (!isRoot()) return "needs root";
+/** The cluster binaries, tools, images and flannel's manifest. */
+const CLUSTER: Need = async () => {
   const tools = await k8sUnavailable();
-  if (tools) return tools;
+  if (tools) return `${tools}: run tests/k8s/prepare.sh`;
   if (!(await Deno.stat(`${IMAGES}/weft-v0.1.1.tar`).catch(() => null))) {
     return `no images in ${IMAGES}: run tests/k8s/prepare.sh`;
   }
@@ -51,9 +50,7 @@ async function whyMissing(): Promise<string | undefined> {
     return `no ${KUBE_FLANNEL_YML}: run tests/k8s/prepare.sh`;
   }
   return undefined;
-}
-const missing = await whyMissing();
-if (missing && !ci) console.warn(`k8s tier ignored: ${missing}`);
+};
 
 interface NodeJson {
   metadata: { name: string; annotations?: Record<string, string> };
@@ -154,14 +151,11 @@ async function podState(node: K8sNode) {
   return { ips, veths, netns, stored };
 }
 
-Deno.test({
+await gatedTest({
   name:
     "k8s: weft deployed with kubectl runs pods across nodes under kubelet and containerd",
-  ignore: missing !== undefined && !ci,
-  sanitizeOps: false,
-  sanitizeResources: false,
+  needs: [ROOT, CLUSTER],
   fn: async (t) => {
-    if (missing) throw new Error(`k8s tier cannot run (CI=true): ${missing}`);
     const t0 = Date.now();
     await using c = await K8sCluster.up({
       images: IMAGES,
