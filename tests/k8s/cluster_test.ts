@@ -442,7 +442,8 @@ spec:
           n4.metadata.annotations?.["flannel.alpha.coreos.com/backend-data"] ??
             "{}",
         ).VtepMAC as string;
-        await c.kubectl(["scale", "deployment/echo", "--replicas=3"]);
+        // The echo pod on the fourth node goes with it (pod GC); its
+        // replacement lands on another node. Pods a, b and d stay.
         await c.stopNode(fourth);
         await c.kubectl(["delete", "node", fourth.name]);
         for (const node of c.nodes) {
