@@ -11,6 +11,11 @@ import { FatalError, runAgent } from "./agent/agent.ts";
 import { logger } from "./lib/log.ts";
 import { cniMain } from "./cni/plugin.ts";
 import { VERSION } from "./lib/version.ts";
+import {
+  denoPermissionQuery,
+  describeGap,
+  filePermissionGaps,
+} from "./agent/file_permissions.ts";
 
 const log = logger("main");
 
@@ -40,6 +45,13 @@ async function main(args: string[]): Promise<number> {
   if (flags.value.version) {
     console.log(VERSION);
     return 0;
+  }
+
+  // Fail now, naming the flag, rather than deep inside the first write.
+  const gaps = filePermissionGaps(flags.value, denoPermissionQuery);
+  if (gaps.length > 0) {
+    for (const g of gaps) console.error(describeGap(g));
+    return 2;
   }
 
   const stop = new AbortController();

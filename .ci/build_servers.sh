@@ -5,6 +5,9 @@
 #   kube-apiserver  k8s.io/kubernetes/cmd/kube-apiserver   (required)
 #   etcd (>= 3.5)   go.etcd.io/etcd/server/v3               (required)
 #   flanneld        github.com/flannel-io/flannel           (optional, --with-flanneld)
+#   kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl
+#                   k8s.io/kubernetes/cmd/...               (optional, --with-cluster;
+#                   same wrapper module as kube-apiserver)
 #
 # Everything is built from source fetched through the Go module proxy (no
 # GitHub or container-registry downloads). k8s.io/kubernetes cannot be
@@ -12,7 +15,7 @@
 # staging module at ./staging/src/...; the wrapper module generated below
 # replaces each of those with the published v0.X.Y matching v1.X.Y.
 #
-# Usage: .ci/build_servers.sh [--with-flanneld] [--only-flanneld] [--force] [--help]
+# Usage: .ci/build_servers.sh [--with-flanneld] [--only-flanneld] [--with-cluster] [--force] [--help]
 #
 # Environment:
 #   WEFT_CACHE       cache root (default /var/cache/weft):
@@ -53,6 +56,10 @@ FLANNEL_VERSION="${FLANNEL_VERSION:-v0.28.9}"
 WEFT_CACHE="${WEFT_CACHE:-/var/cache/weft}"
 JOBS="${WEFT_BUILD_JOBS:-2}"
 
+# What --with-cluster adds: the rest of a cluster (tests/k8s/), built from the
+# same wrapper module as kube-apiserver.
+CLUSTER_BINARIES=(kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+
 # Debian packages flanneld's cgo build needs (the UDP backend is C code that
 # only uses libc and kernel headers). Installed with apt-get when missing.
 FLANNEL_APT_PACKAGES=(gcc libc6-dev linux-libc-dev)
@@ -67,11 +74,13 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
 with_flanneld=0
 only_flanneld=0
+with_cluster=0
 force=0
 while (($#)); do
   case "$1" in
     --with-flanneld) with_flanneld=1 ;;
     --only-flanneld) with_flanneld=1; only_flanneld=1 ;;
+    --with-cluster) with_cluster=1 ;;
     --force) force=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -162,25 +171,14 @@ run_logged() {
 
 elapsed() { printf '%ds' "$((SECONDS - $1))"; }
 
-# ----------------------------------------------------------- kube-apiserver
-build_kube_apiserver() {
-  local ver="$KUBE_VERSION" out="$BIN/kube-apiserver" ext
-  if ext="$(external_asset kube-apiserver TEST_ASSET_KUBE_APISERVER)"; then
-    log "kube-apiserver: using $ext (from TEST_ASSET_KUBE_APISERVER/KUBEBUILDER_ASSETS); not building"
-    return 0
-  fi
-  if ((!force)) && binary_ok "$out" "Kubernetes $ver"; then
-    log "kube-apiserver: cached $out ($ver)"
-    return 0
-  fi
-
-  local start=$SECONDS logfile="$LOGS/kube-apiserver-$ver.log"
-  : >"$logfile"
+# ------------------------------------------------------- k8s.io/kubernetes
+# kube_wrapper: create (once) the wrapper module every Kubernetes binary is
+# built from; sets KUBE_SRC and KUBE_LDFLAGS.
+kube_wrapper() {
+  local ver="$KUBE_VERSION" logfile="$1"
   [[ "$ver" =~ ^v1\.([0-9]+)\.([0-9]+)(-.*)?$ ]] || die "KUBE_VERSION must look like v1.X.Y, got $ver"
   local minor="${BASH_REMATCH[1]}" staging_ver="v0.${ver#v1.}"
   local src="$WEFT_CACHE/src/kube-apiserver@$ver"
-  log "kube-apiserver: building k8s.io/kubernetes@$ver (staging modules at $staging_ver); log: $logfile"
-
   if [[ ! -f "$src/.ready" ]]; then
     rm -rf "$src"; mkdir -p "$src"
     local kgomod
@@ -202,18 +200,18 @@ build_kube_apiserver() {
     local m n=0
     for m in "${staging[@]}"; do
       # Some staging modules are never published (e.g. k8s.io/sample-cli-plugin);
-      # kube-apiserver does not need those, so only replace the ones that exist.
+      # the binaries built here do not need those, so only replace the ones that exist.
       if (cd "$WEFT_CACHE/src" && go list -m "$m@$staging_ver" >/dev/null 2>>"$logfile"); then
         printf '\t%s => %s %s\n' "$m" "$m" "$staging_ver" >>"$src/go.mod"
         n=$((n + 1))
       else
-        log "kube-apiserver: $m@$staging_ver is not on the proxy; not replacing it"
+        log "kubernetes: $m@$staging_ver is not on the proxy; not replacing it"
       fi
     done
     printf ')\n' >>"$src/go.mod"
-    log "kube-apiserver: wrapper module $src (go $gover, $n staging replaces)"
+    log "kubernetes: wrapper module $src (go $gover, $n staging replaces)"
     (cd "$src" && run_logged "$logfile" go get "k8s.io/kubernetes/cmd/kube-apiserver@$ver") \
-      || die "kube-apiserver: resolving dependencies failed"
+      || die "kubernetes: resolving dependencies failed"
     origin_hash "k8s.io/kubernetes@$ver" >"$src/.commit"
     mod_time "k8s.io/kubernetes@$ver" >"$src/.time" || true
     touch "$src/.ready"
@@ -229,14 +227,54 @@ build_kube_apiserver() {
     ldflags+=" -X $pkg.gitVersion=$ver -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitCommit=$commit -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
   done
+  KUBE_SRC="$src"
+  KUBE_LDFLAGS="$ldflags"
+}
+
+# build_kube NAME...: build k8s.io/kubernetes/cmd/NAME for each NAME not
+# already cached, in one `go build` (shared packages compile once).
+build_kube() {
+  local ver="$KUBE_VERSION" name ext
+  local -a todo=()
+  for name in "$@"; do
+    if [[ "$name" == kube-apiserver ]] && ext="$(external_asset kube-apiserver TEST_ASSET_KUBE_APISERVER)"; then
+      log "kube-apiserver: using $ext (from TEST_ASSET_KUBE_APISERVER/KUBEBUILDER_ASSETS); not building"
+      continue
+    fi
+    if ((!force)) && kube_binary_ok "$name"; then
+      log "$name: cached $BIN/$name ($ver)"
+      continue
+    fi
+    todo+=("$name")
+  done
+  ((${#todo[@]})) || return 0
+
+  local start=$SECONDS logfile="$LOGS/kubernetes-$ver.log"
+  : >"$logfile"
+  log "kubernetes: building ${todo[*]} from k8s.io/kubernetes@$ver; log: $logfile"
+  kube_wrapper "$logfile"
+  local out="$BIN/.kube-build" pkgs=()
+  rm -rf "$out"; mkdir -p "$out"
+  for name in "${todo[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$name"); done
   # Static, like upstream release binaries; tags as hack/lib/golang.sh uses
   # for non-debug builds.
-  (cd "$src" && CGO_ENABLED=0 run_logged "$logfile" go build -mod=mod -p "$JOBS" -trimpath \
-    -tags selinux,notest,grpcnotrace -ldflags "$ldflags" \
-    -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver) || die "kube-apiserver: go build failed"
-  mv -f "$out.tmp" "$out"
-  binary_ok "$out" "Kubernetes $ver" || die "kube-apiserver: built $out but '$out --version' does not report $ver"
-  log "kube-apiserver: built $out ($("$out" --version)) in $(elapsed "$start")"
+  (cd "$KUBE_SRC" && CGO_ENABLED=0 run_logged "$logfile" go build -mod=mod -p "$JOBS" -trimpath \
+    -tags selinux,notest,grpcnotrace -ldflags "$KUBE_LDFLAGS" \
+    -o "$out/" "${pkgs[@]}") || die "kubernetes: go build of ${todo[*]} failed"
+  for name in "${todo[@]}"; do
+    mv -f "$out/$name" "$BIN/$name"
+    kube_binary_ok "$name" || die "$name: built $BIN/$name but its version is not $ver"
+  done
+  rmdir "$out"
+  log "kubernetes: built ${todo[*]} ($ver) in $(elapsed "$start")"
+}
+
+# kube_binary_ok NAME: the cached binary reports KUBE_VERSION.
+kube_binary_ok() {
+  case "$1" in
+    kubectl) [[ -x "$BIN/kubectl" && "$(timeout 30 "$BIN/kubectl" version --client 2>&1)" == *"Client Version: $KUBE_VERSION"* ]] ;;
+    *) binary_ok "$BIN/$1" "Kubernetes $KUBE_VERSION" ;;
+  esac
 }
 
 # --------------------------------------------------------------------- etcd
@@ -429,7 +467,10 @@ GO
 total_start=$SECONDS
 if ((!only_flanneld)); then
   build_etcd
-  build_kube_apiserver
+  build_kube kube-apiserver
+fi
+if ((with_cluster)); then
+  build_kube "${CLUSTER_BINARIES[@]}"
 fi
 flanneld_status="not requested (use --with-flanneld)"
 if ((with_flanneld)); then

@@ -68,12 +68,12 @@ export interface CniDeps {
   /** Removes a file; a missing file is not an error. */
   readonly remove: (path: string) => Promise<void>;
   /**
-   * Runs a plugin binary with the process environment plus `env` (the
-   * `CNI_*` variables, `CNI_COMMAND` set for the delegate); rejects with
-   * `Deno.errors.NotFound` when there is no such file. The environment is
-   * inherited rather than copied so that `--allow-env` can stay limited to
-   * `CNI_*`: the delegate still sees `PATH` and the rest, as Go's
-   * `invoke` gives it `os.Environ()`.
+   * Runs a plugin binary with exactly `env` (the `CNI_*` variables,
+   * `CNI_COMMAND` set for the delegate, and `PATH`); rejects with
+   * `Deno.errors.NotFound` when there is no such file. Nothing else is
+   * inherited: a runtime's environment may hold `LD_LIBRARY_PATH`
+   * (containerd's does), and Deno refuses to start a child that would
+   * inherit an `LD_*` variable unless every program may be run.
    */
   readonly exec: (
     path: string,
@@ -103,7 +103,8 @@ export const denoCniDeps: CniDeps = {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
   },
-  exec: (path, env, stdin) => runCommand([path], { env, stdin }),
+  exec: (path, env, stdin) =>
+    runCommand([path], { env, stdin, clearEnv: true }),
 };
 
 class CniError extends Error {
@@ -229,12 +230,16 @@ async function delegate(
     cniFail(CNI_ERR.invalidNetworkConfig, `Invalid delegate type "${type}"`);
   }
   const childEnv: Record<string, string> = {};
-  for (const k of CNI_VARS) {
+  for (const k of [...CNI_VARS, "PATH"]) {
     const v = env[k];
     if (v !== undefined) childEnv[k] = v;
   }
   childEnv.CNI_COMMAND = command;
   const cniPath = env.CNI_PATH ?? "";
+  // Candidates this process may not run: the compiled binary's --allow-run
+  // names each delegate by its full path, so a CNI_PATH directory outside
+  // that list is "not here" (as a missing file is), not a failure.
+  const notAllowed: string[] = [];
   for (const dir of cniPath.split(":").filter((d) => d !== "")) {
     const path = `${dir.replace(/\/+$/, "")}/${type}`;
     let out: ExecOutput;
@@ -242,6 +247,10 @@ async function delegate(
       out = await deps.exec(path, childEnv, conf);
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) continue;
+      if (e instanceof Deno.errors.NotCapable) {
+        notAllowed.push(path);
+        continue;
+      }
       cniFail(
         CNI_ERR.internal,
         `Cannot run delegate plugin "${path}": ${(e as Error).message}`,
@@ -275,7 +284,13 @@ async function delegate(
   }
   cniFail(
     CNI_ERR.internal,
-    `Cannot find delegate plugin "${type}" in CNI_PATH "${cniPath}"`,
+    `Cannot find delegate plugin "${type}" in CNI_PATH "${cniPath}"${
+      notAllowed.length === 0
+        ? ""
+        : `: not allowed to run ${
+          notAllowed.map((p) => `"${p}"`).join(", ")
+        } (this build's --allow-run names each delegate by its full path)`
+    }`,
   );
 }
 
@@ -578,8 +593,8 @@ export async function cniMain(deps: CniDeps = denoCniDeps): Promise<number> {
     );
     return 1;
   }
-  // Only the protocol's variables: `--allow-env=CNI_*` is enough.
+  // The protocol's variables and PATH: `--allow-env=CNI_*,PATH` is enough.
   const env: Record<string, string | undefined> = {};
-  for (const k of CNI_VARS) env[k] = Deno.env.get(k);
+  for (const k of [...CNI_VARS, "PATH"]) env[k] = Deno.env.get(k);
   return await runCni(env, dec.decode(all), deps);
 }

@@ -66,6 +66,11 @@ function fake(
       return Promise.resolve();
     },
     exec: (path, env, stdin) => {
+      if (path.startsWith("/forbidden/")) {
+        return Promise.reject(
+          new Deno.errors.NotCapable(`Requires run access to "${path}"`),
+        );
+      }
       const p = plugins[path];
       if (!p) return Promise.reject(new Deno.errors.NotFound(path));
       const call = { path, env, stdin };
@@ -111,9 +116,27 @@ Deno.test("runCni() ADD stores the delegate and runs bridge from CNI_PATH", asyn
   });
   assertEquals(f.calls.length, 1);
   assertEquals(f.calls[0]!.stdin, DELEGATE);
-  // The CNI variables; the rest of the environment (PATH) is inherited.
-  const { PATH: _, ...cni } = ENV;
-  assertEquals(f.calls[0]!.env, cni);
+  // The CNI variables and PATH, nothing else (see CniDeps.exec).
+  assertEquals(f.calls[0]!.env, ENV);
+});
+
+Deno.test("runCni() skips a CNI_PATH directory this build may not run from", async () => {
+  const f = fake({ "/opt/cni/bin/bridge": bridge });
+  const env = { ...ENV, CNI_PATH: "/forbidden/cni:/opt/cni/bin" };
+  assertEquals(await runCni(env, STOCK, f.deps), 0);
+  assertEquals(f.out, RESULT);
+  assertEquals(f.calls.map((c) => c.path), ["/opt/cni/bin/bridge"]);
+});
+
+Deno.test("runCni() names the delegates it may not run when none is found", async () => {
+  const f = fake({});
+  const env = { ...ENV, CNI_PATH: "/forbidden/a:/nonexistent:/forbidden/b/" };
+  assertEquals(await runCni(env, STOCK, f.deps), 1);
+  assertEquals(
+    JSON.parse(f.out).msg,
+    'Cannot find delegate plugin "bridge" in CNI_PATH "/forbidden/a:/nonexistent:/forbidden/b/": not allowed to run "/forbidden/a/bridge", "/forbidden/b/bridge" (this build\'s --allow-run names each delegate by its full path)',
+  );
+  assertEquals(f.calls.length, 0);
 });
 
 Deno.test("runCni() DEL runs the delegate with the stored configuration and removes it", async () => {

@@ -18,6 +18,8 @@
 import { isRoot, run } from "./_netns.ts";
 import { Cluster, type ClusterNode } from "./_cluster.ts";
 import { kubeUnavailable } from "./e2e/_kube.ts";
+import { k8sDemo } from "./k8s/demo.ts";
+import { cleanupStale as cleanupK8s } from "./k8s/_k8s.ts";
 import {
   type Mode,
   type PublishedNode,
@@ -28,7 +30,7 @@ import {
 const PREFIX = "weft-demo";
 const TASK = "deno task demo";
 
-const USAGE = `Usage: ${TASK} [--kube] [--keep]
+const USAGE = `Usage: ${TASK} [--kube | --k8s] [--keep]
        ${TASK} --clean
 
 Builds a three-node weft cluster in network namespaces on this machine
@@ -38,23 +40,29 @@ report; then removes everything. Needs root.
 
   --kube   use a real kube-apiserver (--kube-subnet-mgr, Node objects with
            spec.podCIDR) instead of etcd
+  --k8s    a real cluster instead: control plane, three kubelet + containerd
+           nodes, weft applied as a DaemonSet with kubectl (tests/k8s/)
   --keep   leave the cluster running for inspection
   --clean  remove a cluster left by --keep or by an interrupted run, and exit
   --help   this text`;
 
 interface Args {
   readonly kube: boolean;
+  readonly k8s: boolean;
   readonly keep: boolean;
   readonly clean: boolean;
   readonly help: boolean;
 }
 
 function parseArgs(argv: string[]): Args | string {
-  const a = { kube: false, keep: false, clean: false, help: false };
+  const a = { kube: false, k8s: false, keep: false, clean: false, help: false };
   for (const arg of argv) {
     switch (arg) {
       case "--kube":
         a.kube = true;
+        break;
+      case "--k8s":
+        a.k8s = true;
         break;
       case "--keep":
         a.keep = true;
@@ -70,7 +78,8 @@ function parseArgs(argv: string[]): Args | string {
         return `Unknown argument "${arg}"`;
     }
   }
-  if (a.clean && (a.kube || a.keep)) {
+  if (a.kube && a.k8s) return "--kube and --k8s exclude each other";
+  if (a.clean && (a.kube || a.k8s || a.keep)) {
     return "--clean takes no other argument";
   }
   return a;
@@ -365,11 +374,13 @@ async function main(argv: string[]): Promise<number> {
   }
   if (args.clean) {
     await Cluster.cleanup(PREFIX);
+    await cleanupK8s();
     console.log(
       `Removed the demo cluster: namespaces ${PREFIX}-*, their processes, /tmp/${PREFIX} and host-local state`,
     );
     return 0;
   }
+  if (args.k8s) return await k8sDemo(args.keep);
   const mode: Mode = args.kube ? "kube" : "etcd";
   const missing = await missingPackages(mode);
   if (missing.length > 0) {

@@ -62,15 +62,20 @@ function plugin(
   s: Setup,
   command: string,
   conf: string,
-  containerId = "pod0",
-  netns = s.pod.path,
+  opts: {
+    containerId?: string;
+    netns?: string;
+    cniPath?: string;
+    env?: Record<string, string>;
+  } = {},
 ): Promise<Output> {
   const env = {
+    ...opts.env,
     CNI_COMMAND: command,
-    CNI_CONTAINERID: containerId,
-    CNI_NETNS: netns,
+    CNI_CONTAINERID: opts.containerId ?? "pod0",
+    CNI_NETNS: opts.netns ?? s.pod.path,
     CNI_IFNAME: "eth0",
-    CNI_PATH,
+    CNI_PATH: opts.cniPath ?? CNI_PATH,
   };
   return runCommand([
     "ip",
@@ -84,7 +89,7 @@ function plugin(
     // variables, the delegate.
     `--allow-read=${s.dir}`,
     `--allow-write=${s.dir}`,
-    "--allow-env=CNI_*",
+    "--allow-env=CNI_*,PATH",
     `--allow-run=${CNI_PATH}/bridge`,
     ENTRY,
   ], { env, stdin: conf });
@@ -212,9 +217,54 @@ kernelTest(
   },
 );
 
+kernelTest(
+  "cni: a CNI_PATH directory outside --allow-run is skipped, the next one is used",
+  async () => {
+    await using s = await setup();
+    // A real directory holding a bridge binary the permission list does not
+    // name: Deno refuses to run it (NotCapable) before looking at the file.
+    const other = `${s.dir}/bin`;
+    await Deno.mkdir(other);
+    await Deno.copyFile(`${CNI_PATH}/bridge`, `${other}/bridge`);
+    await Deno.chmod(`${other}/bridge`, 0o755);
+    const path = `${other}:${CNI_PATH}`;
+    const add = await plugin(s, "ADD", s.conf(), { cniPath: path });
+    assertEquals(add.code, 0, `ADD failed: ${add.stdout} ${add.stderr}`);
+    assert(await s.pod.ping("10.244.1.1"), "pod reaches its gateway");
+    const del = await plugin(s, "DEL", s.conf(), { cniPath: path });
+    assertEquals([del.code, del.stdout], [0, ""], del.stderr);
+
+    // Only a directory it may not run from: the error says so.
+    const none = await plugin(s, "ADD", s.conf(), {
+      containerId: "pod1",
+      cniPath: other,
+    });
+    assertEquals(none.code, 1);
+    assertEquals(
+      JSON.parse(none.stdout).msg,
+      `Cannot find delegate plugin "bridge" in CNI_PATH "${other}": not allowed to run "${other}/bridge" (this build's --allow-run names each delegate by its full path)`,
+    );
+  },
+);
+
+kernelTest(
+  "cni: ADD and DEL work when the runtime's environment holds LD_LIBRARY_PATH",
+  async () => {
+    // containerd hands its plugins LD_LIBRARY_PATH; a child inheriting it
+    // would need --allow-run for every program.
+    await using s = await setup();
+    const ld = { LD_LIBRARY_PATH: "/opt/containerd/lib:" };
+    const add = await plugin(s, "ADD", s.conf(), { env: ld });
+    assertEquals(add.code, 0, `ADD failed: ${add.stdout} ${add.stderr}`);
+    assert(await s.pod.ping("10.244.1.1"), "pod reaches its gateway");
+    const del = await plugin(s, "DEL", s.conf(), { env: ld });
+    assertEquals([del.code, del.stdout], [0, ""], del.stderr);
+  },
+);
+
 kernelTest("cni: DEL of a container never added succeeds", async () => {
   await using s = await setup();
-  const del = await plugin(s, "DEL", s.conf(), "never-added");
+  const del = await plugin(s, "DEL", s.conf(), { containerId: "never-added" });
   assertEquals([del.code, del.stdout], [0, ""], del.stderr);
 });
 
@@ -288,7 +338,9 @@ kernelTest(
     try {
       for (let i = 0; i < 50; i++) pods.push(await Netns.create(`cni-p${i}`));
       const adds = await Promise.all(
-        pods.map((p, i) => plugin(s, "ADD", s.conf(), `ctr${i}`, p.path)),
+        pods.map((p, i) =>
+          plugin(s, "ADD", s.conf(), { containerId: `ctr${i}`, netns: p.path })
+        ),
       );
       const failed = adds.filter((a) => a.code !== 0);
       assertEquals(failed.map((a) => a.stdout), []);
@@ -310,7 +362,9 @@ kernelTest(
         50,
       );
       const dels = await Promise.all(
-        pods.map((p, i) => plugin(s, "DEL", s.conf(), `ctr${i}`, p.path)),
+        pods.map((p, i) =>
+          plugin(s, "DEL", s.conf(), { containerId: `ctr${i}`, netns: p.path })
+        ),
       );
       assertEquals(dels.filter((d) => d.code !== 0).map((d) => d.stdout), []);
       const left = [...Deno.readDirSync(`${s.dir}/ipam/cbr0`)].map((e) =>

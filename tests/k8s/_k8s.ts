@@ -1,0 +1,950 @@
+/**
+ * A real Kubernetes cluster on one machine, run the way users run weft:
+ * `kubectl apply -f deploy/weft.yaml`, the kubelet starts the DaemonSet's
+ * pods through containerd, containerd calls the CNI plugin the init step
+ * installed, weft reaches the API through the `kubernetes` Service.
+ *
+ * Layout (all namespaces named `weft-k-*`, state in `/tmp/weft-k-*`):
+ * - `weft-k-sw`: the underlay switch, bridge `br0` 198.18.0.1/24, the
+ *   default gateway of every other namespace (it forwards nothing).
+ * - `weft-k-cp` (198.18.0.2): etcd >= 3.5 on loopback, kube-apiserver on
+ *   :6443, kube-controller-manager (`--allocate-node-cidrs
+ *   --cluster-cidr=10.244.0.0/16`: podCIDRs come from the real node IPAM,
+ *   and the DaemonSet, ServiceAccount and token controllers run) and
+ *   kube-scheduler. Every binary is built by `.ci/build_servers.sh
+ *   --with-cluster`.
+ * - `weft-k-nN` (198.18.0.1N): a node running containerd (Debian's 1.6.20
+ *   with runc), a kubelet and kube-proxy (iptables mode). kubelet and
+ *   kube-proxy write iptables chains into the namespace they run in and the
+ *   CNI bridge is created where the plugin runs, so all of them stay inside.
+ *
+ * Why each node also has its own mount namespace: the DaemonSet writes to
+ * the node through hostPath volumes (/etc/cni/net.d, /opt/cni/bin,
+ * /run/flannel), containerd and the kubelet keep state and sockets in fixed
+ * places (/var/lib/containerd, /run/containerd, /var/lib/kubelet,
+ * /var/log/pods, /var/lib/cni, /run/netns): three nodes sharing the host's
+ * files would overwrite each other's subnet.env, CNI configuration and
+ * sockets. `unshare -m --propagation private` gives each node a private
+ * copy of the host's mounts with a per-node directory bind-mounted over each
+ * of those paths; nothing is mounted in the host's own view (only empty
+ * mount points are created). This is lighter than nodes as privileged
+ * containers (no nested runtime, no image for the node itself), and every
+ * process is a plain child of the harness. The node's /sys is remounted so
+ * it shows the node's network namespace, with the host's cgroup mounts
+ * bound back under it.
+ *
+ * cgroup v1 (hybrid) without systemd: the kubelet runs with
+ * `cgroupDriver: cgroupfs`, `failCgroupV1: false` (it refuses cgroup v1
+ * otherwise) and its own `cgroupRoot` (`/weft-k-nN`, so three kubelets do
+ * not share kubepods); containerd needs `restrict_oom_score_adj = true`
+ * (root here lacks CAP_SYS_RESOURCE, and without it every sandbox fails
+ * with "can't get final child's PID from pipe").
+ *
+ * Images: tests/k8s/images.sh builds them offline (weft from the
+ * Containerfile in its deno-run variant, a pause and a busybox test-pod
+ * image) and each node imports them with `ctr -n k8s.io images import`.
+ * The weft image runs its CNI plugin with deno from /usr/local/lib/weft,
+ * which is bind-mounted from the image's own copy on each node.
+ *
+ * @module
+ */
+import { halt, Netns, run, sh } from "../_netns.ts";
+import { serverBinary } from "../servers/paths.ts";
+import {
+  CLIENT_EXT,
+  makeCa,
+  SERVER_EXT,
+  serviceAccountKeys,
+  signedCert,
+} from "../servers/pki.ts";
+
+/** Prefix of every namespace, directory and cgroup of this harness. */
+export const PREFIX = "weft-k";
+/** The cluster's pod network (kube-controller-manager's --cluster-cidr). */
+export const CLUSTER_CIDR = "10.244.0.0/16";
+const SERVICE_CIDR = "10.96.0.0/16";
+const CP_IP = "198.18.0.2";
+const CNI_PLUGINS = ["bridge", "host-local", "loopback", "portmap"];
+const REPO = new URL("../..", import.meta.url).pathname;
+
+/** Binaries the tier needs, from `.ci/build_servers.sh --with-cluster`. */
+export const BINARIES = [
+  "etcd",
+  "kube-apiserver",
+  "kube-controller-manager",
+  "kube-scheduler",
+  "kubelet",
+  "kube-proxy",
+  "kubectl",
+] as const;
+type Binary = typeof BINARIES[number];
+
+/** Debian packages and tools the tier needs on the host. */
+export const TOOLS = ["containerd", "runc", "ctr", "buildah", "mmdebstrap"];
+
+/** What is missing to run this tier, or undefined when everything is there. */
+export async function k8sUnavailable(): Promise<string | undefined> {
+  const missing: string[] = [];
+  for (const b of BINARIES) if (!(await binary(b))) missing.push(b);
+  for (const t of TOOLS) {
+    if ((await run(["sh", "-c", `command -v ${t}`])).code !== 0) {
+      missing.push(t);
+    }
+  }
+  return missing.length === 0 ? undefined : `missing: ${missing.join(", ")}`;
+}
+
+async function binary(name: Binary): Promise<string | undefined> {
+  if (name === "etcd" || name === "kube-apiserver") {
+    return await serverBinary(name);
+  }
+  const dir = `${Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"}/bin`;
+  const path = `${dir}/${name}`;
+  return (await Deno.stat(path).catch(() => null))?.isFile ? path : undefined;
+}
+
+async function must(name: Binary): Promise<string> {
+  const b = await binary(name);
+  if (!b) {
+    throw new Error(
+      `${name} is missing: run .ci/build_servers.sh --with-cluster`,
+    );
+  }
+  return b;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls `fn` until it returns a value other than undefined. */
+export async function until<T>(
+  what: string,
+  timeoutMs: number,
+  fn: () => Promise<T | undefined>,
+  everyMs = 500,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    await sleep(everyMs);
+  }
+  throw new Error(
+    `Timed out after ${timeoutMs} ms waiting for ${what}${
+      last ? `: ${(last as Error).message}` : ""
+    }`,
+  );
+}
+
+/** A background process whose output goes to a log file. */
+class Proc {
+  constructor(
+    readonly name: string,
+    readonly child: Deno.ChildProcess,
+    readonly log: string,
+  ) {}
+
+  static spawn(name: string, cmd: string[], log: string): Proc {
+    const child = new Deno.Command("sh", {
+      args: ["-c", 'exec "$0" "$@" >"$LOG" 2>&1', ...cmd],
+      env: { LOG: log },
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    return new Proc(name, child, log);
+  }
+
+  async tail(lines = 30): Promise<string> {
+    const text = await Deno.readTextFile(this.log).catch(() => "");
+    return text.split("\n").slice(-lines).join("\n");
+  }
+
+  stop(graceMs = 10_000): Promise<void> {
+    return halt(this.child, "SIGTERM", graceMs);
+  }
+}
+
+function kubeconfig(server: string, ca: string, cert: string, key: string) {
+  return `apiVersion: v1
+kind: Config
+clusters:
+- name: weft-k
+  cluster:
+    server: ${server}
+    certificate-authority: ${ca}
+users:
+- name: user
+  user:
+    client-certificate: ${cert}
+    client-key: ${key}
+contexts:
+- name: weft-k
+  context: {cluster: weft-k, user: user}
+current-context: weft-k
+`;
+}
+
+/** One node: its namespace, state directory and processes. */
+export class K8sNode {
+  readonly name: string;
+  readonly ip: string;
+  readonly dir: string;
+  readonly netns: Netns;
+  proc: Proc | undefined;
+  /** Set once the node's script has exited. */
+  exited = false;
+
+  constructor(name: string, ip: string, dir: string, netns: Netns) {
+    this.name = name;
+    this.ip = ip;
+    this.dir = dir;
+    this.netns = netns;
+  }
+
+  /** Runs a command in the node's network and mount namespaces. */
+  async exec(cmd: string[]): Promise<string> {
+    const pid = this.proc?.child.pid;
+    if (pid === undefined) throw new Error(`Node ${this.name} is not running`);
+    return await sh(["nsenter", "-t", String(pid), "-m", "-n", ...cmd]);
+  }
+
+  /** Like {@linkcode exec}, never throwing on the exit status. */
+  tryExec(cmd: string[]) {
+    const pid = this.proc?.child.pid;
+    if (pid === undefined) throw new Error(`Node ${this.name} is not running`);
+    return run(["nsenter", "-t", String(pid), "-m", "-n", ...cmd]);
+  }
+}
+
+/** Options of {@linkcode K8sCluster.up}. */
+export interface K8sClusterOptions {
+  /** Number of nodes at start. Default 3. */
+  readonly nodes?: number;
+  /** Where tests/k8s/images.sh wrote the image tarballs. */
+  readonly images: string;
+  /** Progress lines (default: none). */
+  readonly log?: (line: string) => void;
+}
+
+/** A running cluster; `close()` removes everything it made. */
+export class K8sCluster implements AsyncDisposable {
+  readonly dir: string;
+  readonly nodes: K8sNode[] = [];
+  readonly #sw: Netns;
+  readonly #cp: Netns;
+  readonly #procs: Proc[] = [];
+  readonly #images: string;
+  readonly #log: (line: string) => void;
+  #closed = false;
+
+  private constructor(
+    dir: string,
+    sw: Netns,
+    cp: Netns,
+    images: string,
+    log: (line: string) => void,
+  ) {
+    this.dir = dir;
+    this.#sw = sw;
+    this.#cp = cp;
+    this.#images = images;
+    this.#log = log;
+  }
+
+  /** Builds the underlay, starts the control plane and the nodes. */
+  static async up(opts: K8sClusterOptions): Promise<K8sCluster> {
+    await cleanupStale();
+    const log = opts.log ?? (() => {});
+    const dir = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
+    const sw = await Netns.named(`${PREFIX}-sw`);
+    const cp = await Netns.named(`${PREFIX}-cp`);
+    const c = new K8sCluster(dir, sw, cp, opts.images, log);
+    try {
+      await sw.ip("link", "add", "br0", "type", "bridge");
+      await sw.ip("addr", "add", "198.18.0.1/24", "dev", "br0");
+      await sw.ip("link", "set", "br0", "up");
+      await c.#plug(cp, "cp", `${CP_IP}/24`);
+      await c.#pki();
+      await c.#controlPlane();
+      for (let i = 1; i <= (opts.nodes ?? 3); i++) await c.addNode();
+      return c;
+    } catch (e) {
+      await c.close();
+      throw e;
+    }
+  }
+
+  /** Connects `ns` to the switch with `eth0` = `cidr`, default via .1. */
+  async #plug(ns: Netns, port: string, cidr: string): Promise<void> {
+    await this.#sw.ip(
+      "link",
+      "add",
+      `p-${port}`,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "eth0",
+      "netns",
+      ns.name,
+    );
+    await this.#sw.ip("link", "set", `p-${port}`, "master", "br0", "up");
+    await ns.ip("addr", "add", cidr, "dev", "eth0");
+    await ns.ip("link", "set", "eth0", "up");
+    await ns.ip("route", "add", "default", "via", "198.18.0.1");
+  }
+
+  async #pki(): Promise<void> {
+    const d = this.dir;
+    await makeCa(d, "weft-k-ca");
+    await signedCert(d, `${d}/apiserver`, "/CN=kube-apiserver", [
+      ...SERVER_EXT,
+      `subjectAltName=IP:${CP_IP},IP:10.96.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local`,
+    ]);
+    await signedCert(
+      d,
+      `${d}/admin`,
+      "/O=system:masters/CN=weft-k-admin",
+      CLIENT_EXT,
+    );
+    await signedCert(d, `${d}/kube-proxy`, "/CN=system:kube-proxy", CLIENT_EXT);
+    await serviceAccountKeys(d);
+    const server = `https://${CP_IP}:6443`;
+    await Deno.writeTextFile(
+      `${d}/admin.kubeconfig`,
+      kubeconfig(server, `${d}/ca.crt`, `${d}/admin.crt`, `${d}/admin.key`),
+    );
+    await Deno.writeTextFile(
+      `${d}/kube-proxy.kubeconfig`,
+      kubeconfig(
+        server,
+        `${d}/ca.crt`,
+        `${d}/kube-proxy.crt`,
+        `${d}/kube-proxy.key`,
+      ),
+    );
+  }
+
+  #spawn(name: string, ns: Netns, cmd: string[]): Proc {
+    const p = Proc.spawn(
+      name,
+      ["ip", "netns", "exec", ns.name, ...cmd],
+      `${this.dir}/${name}.log`,
+    );
+    this.#procs.push(p);
+    return p;
+  }
+
+  async #controlPlane(): Promise<void> {
+    const d = this.dir;
+    const t0 = Date.now();
+    this.#spawn("etcd", this.#cp, [
+      await must("etcd"),
+      "--name=weft-k",
+      `--data-dir=${d}/etcd`,
+      "--listen-client-urls=http://127.0.0.1:2379",
+      "--advertise-client-urls=http://127.0.0.1:2379",
+      "--listen-peer-urls=http://127.0.0.1:2380",
+      "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+      "--initial-cluster=weft-k=http://127.0.0.1:2380",
+      "--listen-metrics-urls=",
+      "--unsafe-no-fsync",
+    ]);
+    const api = this.#spawn("kube-apiserver", this.#cp, [
+      await must("kube-apiserver"),
+      "--etcd-servers=http://127.0.0.1:2379",
+      `--advertise-address=${CP_IP}`,
+      "--bind-address=0.0.0.0",
+      "--secure-port=6443",
+      `--cert-dir=${d}/apiserver-certs`,
+      `--tls-cert-file=${d}/apiserver.crt`,
+      `--tls-private-key-file=${d}/apiserver.key`,
+      `--client-ca-file=${d}/ca.crt`,
+      `--kubelet-client-certificate=${d}/admin.crt`,
+      `--kubelet-client-key=${d}/admin.key`,
+      // Node names are not in any DNS: reach kubelets by their node IP.
+      "--kubelet-preferred-address-types=InternalIP",
+      "--authorization-mode=Node,RBAC",
+      "--enable-admission-plugins=NodeRestriction",
+      "--allow-privileged=true",
+      "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+      `--service-account-key-file=${d}/sa.pub`,
+      `--service-account-signing-key-file=${d}/sa.key`,
+      `--service-cluster-ip-range=${SERVICE_CIDR}`,
+      "--profiling=false",
+    ]);
+    let exited = false;
+    api.child.status.then(() => exited = true);
+    await until("kube-apiserver /readyz", 120_000, async () => {
+      if (exited) throw new Error("kube-apiserver exited");
+      const r = await run([
+        "ip",
+        "netns",
+        "exec",
+        this.#cp.name,
+        "curl",
+        "-sk",
+        "--max-time",
+        "2",
+        "--cert",
+        `${d}/admin.crt`,
+        "--key",
+        `${d}/admin.key`,
+        `https://${CP_IP}:6443/readyz`,
+      ]);
+      return r.stdout.trim() === "ok" ? true : undefined;
+    }).catch(async (e) => {
+      throw new Error(`${(e as Error).message}\n${await api.tail()}`);
+    });
+    this.#spawn("kube-controller-manager", this.#cp, [
+      await must("kube-controller-manager"),
+      `--kubeconfig=${d}/admin.kubeconfig`,
+      `--authentication-kubeconfig=${d}/admin.kubeconfig`,
+      `--authorization-kubeconfig=${d}/admin.kubeconfig`,
+      "--bind-address=127.0.0.1",
+      "--leader-elect=false",
+      "--allocate-node-cidrs",
+      `--cluster-cidr=${CLUSTER_CIDR}`,
+      "--node-cidr-mask-size=24",
+      `--service-cluster-ip-range=${SERVICE_CIDR}`,
+      "--use-service-account-credentials",
+      `--service-account-private-key-file=${d}/sa.key`,
+      `--root-ca-file=${d}/ca.crt`,
+      "--node-monitor-grace-period=20s",
+    ]);
+    this.#spawn("kube-scheduler", this.#cp, [
+      await must("kube-scheduler"),
+      `--kubeconfig=${d}/admin.kubeconfig`,
+      `--authentication-kubeconfig=${d}/admin.kubeconfig`,
+      `--authorization-kubeconfig=${d}/admin.kubeconfig`,
+      "--bind-address=127.0.0.1",
+      "--leader-elect=false",
+    ]);
+    // The default ServiceAccount appears once the controllers run.
+    await until("the default ServiceAccount", 60_000, async () => {
+      const r = await this.tryKubectl([
+        "get",
+        "serviceaccount",
+        "default",
+        "-o",
+        "name",
+      ]);
+      return r.code === 0 ? true : undefined;
+    });
+    this.#log(`control plane up in ${Date.now() - t0} ms`);
+  }
+
+  /** Runs the real kubectl as the admin; throws on failure. */
+  async kubectl(args: string[], stdin?: string): Promise<string> {
+    const r = await this.tryKubectl(args, stdin);
+    if (r.code !== 0) {
+      throw new Error(
+        `kubectl ${args.join(" ")} exited ${r.code}: ${r.stderr.trim()}`,
+      );
+    }
+    return r.stdout;
+  }
+
+  /** Runs the real kubectl as the admin. */
+  async tryKubectl(args: string[], stdin?: string) {
+    return run([
+      "ip",
+      "netns",
+      "exec",
+      this.#cp.name,
+      await must("kubectl"),
+      `--kubeconfig=${this.dir}/admin.kubeconfig`,
+      ...args,
+    ], stdin);
+  }
+
+  /** `kubectl get -o json` parsed. */
+  async getJson<T = Record<string, unknown>>(args: string[]): Promise<T> {
+    return JSON.parse(await this.kubectl(["get", ...args, "-o", "json"])) as T;
+  }
+
+  /** Adds a node `weft-k-n<N>` (198.18.0.1<N>) and starts its services. */
+  async addNode(): Promise<K8sNode> {
+    const i = this.nodes.length === 0 ? 1 : Math.max(
+      ...this.nodes.map((n) => Number(n.name.slice(`${PREFIX}-n`.length))),
+    ) + 1;
+    const name = `${PREFIX}-n${i}`;
+    const ip = `198.18.0.${10 + i}`;
+    const dir = `${this.dir}/${name}`;
+    await Deno.mkdir(dir, { recursive: true });
+    const netns = await Netns.named(name);
+    const node = new K8sNode(name, ip, dir, netns);
+    this.nodes.push(node);
+    await this.#plug(netns, `n${i}`, `${ip}/24`);
+    await netns.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    await netns.exec(["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+    const d = this.dir;
+    await signedCert(
+      d,
+      `${dir}/kubelet`,
+      `/O=system:nodes/CN=system:node:${name}`,
+      CLIENT_EXT,
+    );
+    await Deno.writeTextFile(
+      `${dir}/kubelet.kubeconfig`,
+      kubeconfig(
+        `https://${CP_IP}:6443`,
+        `${d}/ca.crt`,
+        `${dir}/kubelet.crt`,
+        `${dir}/kubelet.key`,
+      ),
+    );
+    await Deno.writeTextFile(`${dir}/containerd.toml`, containerdConfig());
+    await Deno.writeTextFile(
+      `${dir}/kubelet.yaml`,
+      kubeletConfig(name, `${d}/ca.crt`),
+    );
+    await Deno.writeTextFile(
+      `${dir}/kube-proxy.yaml`,
+      kubeProxyConfig(name, `${d}/kube-proxy.kubeconfig`),
+    );
+    await Deno.writeTextFile(
+      `${dir}/node.sh`,
+      await nodeScript(node, this.#images),
+    );
+    await cgroupRoot(name);
+    node.proc = Proc.spawn(
+      name,
+      [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "nsenter",
+        `--net=${netns.path}`,
+        "bash",
+        `${dir}/node.sh`,
+      ],
+      `${dir}/node.log`,
+    );
+    this.#procs.push(node.proc);
+    node.proc.child.status.then(() => node.exited = true);
+    const t0 = Date.now();
+    await until(`node ${name} registered`, 180_000, async () => {
+      if (node.exited) {
+        throw new Error(
+          `node script of ${name} exited:\n${await node.proc!.tail()}`,
+        );
+      }
+      const r = await this.tryKubectl(["get", "node", name, "-o", "name"]);
+      return r.code === 0 ? true : undefined;
+    }, 1000);
+    this.#log(`node ${name} registered in ${Date.now() - t0} ms`);
+    return node;
+  }
+
+  /** Stops a node's processes and deletes its namespace (not its Node object). */
+  async stopNode(node: K8sNode): Promise<void> {
+    await node.proc?.stop(5_000);
+    await killCgroup(node.name);
+    await node.netns.close();
+    const i = this.nodes.indexOf(node);
+    if (i >= 0) this.nodes.splice(i, 1);
+  }
+
+  /** Stops everything and removes namespaces, cgroups and files. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const n of [...this.nodes].reverse()) {
+      await this.stopNode(n).catch(() => {});
+    }
+    for (const p of [...this.#procs].reverse()) {
+      await p.stop(5_000).catch(() => {});
+    }
+    await cleanupStale();
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+function containerdConfig(): string {
+  return `version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+[grpc]
+  address = "/run/containerd/containerd.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/weft-pause:1"
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
+`;
+}
+
+function kubeletConfig(name: string, ca: string): string {
+  return `apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+failCgroupV1: false
+cgroupRoot: /${name}
+containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: false}
+  x509: {clientCAFile: ${ca}}
+authorization: {mode: AlwaysAllow}
+readOnlyPort: 0
+failSwapOn: false
+resolvConf: /etc/resolv.conf
+evictionHard: {memory.available: "1Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+localStorageCapacityIsolation: false
+rotateCertificates: false
+podPidsLimit: -1
+`;
+}
+
+function kubeProxyConfig(name: string, kubeconfigPath: string): string {
+  return `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clusterCIDR: ${CLUSTER_CIDR}
+hostnameOverride: ${name}
+clientConnection: {kubeconfig: ${kubeconfigPath}}
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 0.0.0.0:10256
+`;
+}
+
+/** Directories a node keeps to itself (see the module doc). */
+const NODE_DIRS = [
+  "/etc/cni/net.d",
+  "/opt/cni/bin",
+  "/run/flannel",
+  "/var/lib/cni",
+  "/var/lib/kubelet",
+  "/var/lib/containerd",
+  "/run/containerd",
+  "/var/log/pods",
+  "/var/log/containers",
+  "/run/netns",
+  "/usr/local/lib/weft",
+];
+
+async function nodeScript(node: K8sNode, images: string): Promise<string> {
+  const n = node.dir;
+  const binds = NODE_DIRS.map((p) =>
+    `mkdir -p "${p}" "${n}/fs${p}" && mount --bind "${n}/fs${p}" "${p}"`
+  ).join("\n");
+  const imports = ["weft-pause.tar", "weft-testpod.tar"];
+  for await (const e of Deno.readDir(images)) {
+    if (/^weft-v.*\.tar$/.test(e.name)) imports.push(e.name);
+  }
+  return `#!/bin/bash
+# ${node.name}: runs in its own mount namespace and its network namespace.
+set -euo pipefail
+# /sys of this network namespace, the host's cgroup hierarchies under it.
+mkdir -p "${n}/cgroup"
+mount --rbind /sys/fs/cgroup "${n}/cgroup"
+mount -t sysfs sysfs /sys
+mount --rbind "${n}/cgroup" /sys/fs/cgroup
+${binds}
+for p in ${CNI_PLUGINS.join(" ")}; do cp /usr/lib/cni/$p /opt/cni/bin/; done
+tar -C /usr/local/lib -xf "${images}/weft-lib.tar"
+ip link set lo up
+containerd --config "${n}/containerd.toml" >"${n}/containerd.log" 2>&1 &
+for i in $(seq 100); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.1; done
+for img in ${imports.join(" ")}; do
+  ctr -n k8s.io images import --no-unpack=false "${images}/$img" >/dev/null
+done
+${await must(
+    "kubelet",
+  )} --config="${n}/kubelet.yaml" --kubeconfig="${n}/kubelet.kubeconfig" \\
+  --hostname-override=${node.name} --node-ip=${node.ip} >"${n}/kubelet.log" 2>&1 &
+${await must(
+    "kube-proxy",
+  )} --config="${n}/kube-proxy.yaml" >"${n}/kube-proxy.log" 2>&1 &
+trap 'kill $(jobs -p) 2>/dev/null; wait' TERM INT
+wait
+`;
+}
+
+const CGROUP = "/sys/fs/cgroup";
+
+/** Creates the kubelet's cgroupRoot in every v1 hierarchy (cpuset filled). */
+async function cgroupRoot(name: string): Promise<void> {
+  for await (const e of Deno.readDir(CGROUP)) {
+    if (!e.isDirectory || e.name === "unified") continue;
+    const dir = `${CGROUP}/${e.name}/${name}`;
+    await Deno.mkdir(dir, { recursive: true });
+    if (e.name === "cpuset") {
+      for (const f of ["cpuset.cpus", "cpuset.mems"]) {
+        const v = await Deno.readTextFile(`${CGROUP}/cpuset/${f}`);
+        await Deno.writeTextFile(`${dir}/${f}`, v);
+      }
+    }
+  }
+}
+
+/** Kills every process in a node's cgroups (pods), then removes them. */
+async function killCgroup(name: string): Promise<void> {
+  const dirs: string[] = [];
+  const walk = async (dir: string) => {
+    dirs.push(dir);
+    for await (const e of Deno.readDir(dir)) {
+      if (e.isDirectory) await walk(`${dir}/${e.name}`);
+    }
+  };
+  for await (const e of Deno.readDir(CGROUP)) {
+    if (!e.isDirectory) continue;
+    const root = `${CGROUP}/${e.name}/${name}`;
+    if (await Deno.stat(root).catch(() => null)) {
+      await walk(root).catch(() => {});
+    }
+  }
+  for (let round = 0; round < 5; round++) {
+    let any = false;
+    for (const d of dirs) {
+      const procs = await Deno.readTextFile(`${d}/cgroup.procs`).catch(() =>
+        ""
+      );
+      for (const pid of procs.split("\n").filter((p) => p)) {
+        any = true;
+        await run(["kill", "-9", pid]);
+      }
+    }
+    if (!any) break;
+    await sleep(200);
+  }
+  for (const d of dirs.sort((a, b) => b.length - a.length)) {
+    await Deno.remove(d).catch(() => {});
+  }
+}
+
+/** Removes what an earlier run of this harness left behind. */
+export async function cleanupStale(): Promise<void> {
+  const list = await run(["ip", "netns", "list"]);
+  const names = list.stdout.split("\n").map((l) => l.split(" ")[0] ?? "")
+    .filter((n) => n.startsWith(`${PREFIX}-`));
+  for (const name of names) {
+    const pids = await run(["ip", "netns", "pids", name]);
+    for (const pid of pids.stdout.split("\n").filter((p) => p)) {
+      await run(["kill", "-9", pid]);
+    }
+  }
+  for await (const e of Deno.readDir(`${CGROUP}/memory`)) {
+    if (e.isDirectory && e.name.startsWith(`${PREFIX}-`)) {
+      await killCgroup(e.name);
+    }
+  }
+  for (const name of names) await run(["ip", "netns", "del", name]);
+  for await (const e of Deno.readDir("/tmp")) {
+    if (e.isDirectory && e.name.startsWith(`${PREFIX}-`)) {
+      await Deno.remove(`/tmp/${e.name}`, { recursive: true }).catch(() => {});
+    }
+  }
+}
+
+/** deploy/weft.yaml with only the image reference replaced. */
+export async function manifest(image: string): Promise<string> {
+  const text = await Deno.readTextFile(`${REPO}deploy/weft.yaml`);
+  return text.replaceAll("image: weft:v0.1.0", `image: ${image}`);
+}
+
+/** A pod as the tests see it. */
+export interface PodInfo {
+  readonly name: string;
+  readonly ip: string;
+  readonly node: string;
+  readonly ready: boolean;
+}
+
+interface PodJson {
+  metadata: { name: string };
+  spec: { nodeName?: string };
+  status: {
+    podIP?: string;
+    conditions?: { type: string; status: string }[];
+  };
+}
+
+/** Pods matching a label selector in a namespace. */
+export async function pods(
+  c: K8sCluster,
+  selector: string,
+  namespace = "default",
+): Promise<PodInfo[]> {
+  const list = await c.getJson<{ items: PodJson[] }>([
+    "pods",
+    "-n",
+    namespace,
+    "-l",
+    selector,
+  ]);
+  return list.items.map((p) => ({
+    name: p.metadata.name,
+    ip: p.status.podIP ?? "",
+    node: p.spec.nodeName ?? "",
+    ready:
+      p.status.conditions?.some((c) =>
+        c.type === "Ready" && c.status === "True"
+      ) ?? false,
+  }));
+}
+
+/** Applies deploy/weft.yaml (image reference replaced) and waits for 3/3. */
+export async function deployWeft(
+  c: K8sCluster,
+  image = "localhost/weft:v0.1.0",
+): Promise<void> {
+  await c.kubectl(["apply", "-f", "-"], await manifest(image));
+  await rollout(c, "kube-flannel", "daemonset/weft");
+}
+
+/** `kubectl rollout status` with a deadline. */
+export async function rollout(
+  c: K8sCluster,
+  namespace: string,
+  what: string,
+  timeoutS = 180,
+): Promise<void> {
+  await c.kubectl([
+    "-n",
+    namespace,
+    "rollout",
+    "status",
+    what,
+    `--timeout=${timeoutS}s`,
+  ]);
+}
+
+/**
+ * The test workload: `replicas` busybox pods spread over the nodes, each
+ * serving its own name over HTTP on :8080, and the `echo` Service.
+ */
+export function echoManifest(replicas: number, name = "echo"): string {
+  return `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ${name}, namespace: default}
+spec:
+  replicas: ${replicas}
+  selector: {matchLabels: {app: ${name}}}
+  template:
+    metadata: {labels: {app: ${name}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      enableServiceLinks: false
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: ${name}}}}
+      containers:
+      - name: echo
+        image: localhost/weft-testpod:1
+        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ${name}, namespace: default}
+spec:
+  selector: {app: ${name}}
+  ports: [{port: 80, targetPort: 8080}]
+`;
+}
+
+/** Runs a command in a pod's first container (`kubectl exec`). */
+export function execPod(
+  c: K8sCluster,
+  pod: string,
+  cmd: string[],
+  namespace = "default",
+) {
+  return c.tryKubectl(["exec", "-n", namespace, pod, "--", ...cmd]);
+}
+
+/** What busybox ping printed in its summary. */
+export interface PingCount {
+  readonly sent: number;
+  readonly received: number;
+}
+
+/** Parses busybox ping's "N packets transmitted, M packets received". */
+export function parsePingCount(text: string): PingCount {
+  const m = text.match(/(\d+) packets transmitted, (\d+) packets received/);
+  return { sent: Number(m?.[1] ?? 0), received: Number(m?.[2] ?? 0) };
+}
+
+/** An HTTP GET through busybox nc; the body's last line. */
+export async function httpGet(
+  c: K8sCluster,
+  pod: string,
+  host: string,
+  port: number,
+): Promise<string> {
+  const r = await execPod(c, pod, [
+    "sh",
+    "-c",
+    `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 ${host} ${port}`,
+  ]);
+  return r.stdout.trim().split("\n").pop() ?? "";
+}
+
+/**
+ * Pings every pod from every pod on another node (3 probes each) and
+ * returns how many of the pairs answered.
+ */
+export async function crossNodePings(
+  c: K8sCluster,
+  list: PodInfo[],
+): Promise<{ answered: number; total: number; failed: string[] }> {
+  let answered = 0, total = 0;
+  const failed: string[] = [];
+  for (const a of list) {
+    for (const b of list) {
+      if (a.node === b.node) continue;
+      total++;
+      const r = await execPod(c, a.name, ["ping", "-c", "3", "-W", "2", b.ip]);
+      if (parsePingCount(r.stdout).received > 0) answered++;
+      else failed.push(`${a.name} (${a.node}) -> ${b.ip} (${b.node})`);
+    }
+  }
+  return { answered, total, failed };
+}
+
+/** flanneld's own manifest, from the flannel module in the Go module cache. */
+export const KUBE_FLANNEL_YML = `${
+  Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"
+}/gomod/github.com/flannel-io/flannel@v0.28.9/Documentation/kube-flannel.yml`;
+
+/**
+ * A user's kube-flannel.yml with only its images swapped for weft's (the
+ * agent's and the CNI plugin installer's: flannel-cni-plugin is not
+ * reachable here either).
+ */
+export async function kubeFlannelWithWeft(image: string): Promise<string> {
+  const text = await Deno.readTextFile(KUBE_FLANNEL_YML);
+  const swapped = text.replace(
+    /image: ghcr\.io\/flannel-io\/flannel(-cni-plugin)?:\S+/g,
+    `image: ${image}`,
+  );
+  if (swapped.includes("ghcr.io/")) {
+    throw new Error(`An image of ${KUBE_FLANNEL_YML} was not swapped`);
+  }
+  return swapped;
+}

@@ -1,0 +1,580 @@
+/**
+ * weft as users run it: deploy/weft.yaml applied with the real kubectl to a
+ * real cluster (tests/k8s/_k8s.ts: kube-apiserver, controller-manager,
+ * scheduler, three nodes with containerd, kubelet and kube-proxy), then
+ * checked from the outside: readiness, files the init step installed,
+ * annotations and conditions, pod traffic across nodes, and pod traffic
+ * under 50 ms pings while the DaemonSet is updated, a weft pod deleted, a
+ * node added and a node removed; finally 50 pods created and deleted must
+ * leave no IPs, veths, network namespaces or stored CNI configurations.
+ *
+ * One cluster serves every step (it takes about a minute to build). Needs
+ * root and the binaries of `.ci/build_servers.sh --with-cluster`; under
+ * `CI=true` nothing is ignored.
+ *
+ * @module
+ */
+import {
+  deepStrictEqual as assertEquals,
+  ok as assert,
+} from "node:assert/strict";
+import { gatedTest, type Need, ROOT } from "../_gate.ts";
+import {
+  CLUSTER_CIDR,
+  crossNodePings,
+  deployWeft,
+  echoManifest,
+  execPod,
+  httpGet,
+  K8sCluster,
+  type K8sNode,
+  k8sUnavailable,
+  KUBE_FLANNEL_YML,
+  kubeFlannelWithWeft,
+  parsePingCount,
+  type PodInfo,
+  pods,
+  rollout,
+  until,
+} from "./_k8s.ts";
+
+const IMAGES = `${Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"}/images/k8s`;
+/** The cluster binaries, tools, images and flannel's manifest. */
+const CLUSTER: Need = async () => {
+  const tools = await k8sUnavailable();
+  if (tools) return `${tools}: run tests/k8s/prepare.sh`;
+  if (!(await Deno.stat(`${IMAGES}/weft-v0.1.1.tar`).catch(() => null))) {
+    return `no images in ${IMAGES}: run tests/k8s/prepare.sh`;
+  }
+  if (!(await Deno.stat(KUBE_FLANNEL_YML).catch(() => null))) {
+    return `no ${KUBE_FLANNEL_YML}: run tests/k8s/prepare.sh`;
+  }
+  return undefined;
+};
+
+interface NodeJson {
+  metadata: { name: string; annotations?: Record<string, string> };
+  spec: { podCIDR?: string; podCIDRs?: string[] };
+  status: {
+    conditions?: {
+      type: string;
+      status: string;
+      reason?: string;
+      message?: string;
+    }[];
+  };
+}
+
+function nodeOf(c: K8sCluster, name: string): K8sNode {
+  const n = c.nodes.find((n) => n.name === name);
+  if (!n) throw new Error(`No node ${name}`);
+  return n;
+}
+
+async function subnetEnv(node: K8sNode): Promise<Record<string, string>> {
+  const text = await node.exec(["cat", "/run/flannel/subnet.env"]);
+  return Object.fromEntries(
+    text.trim().split("\n").map((l) => l.split("=") as [string, string]),
+  );
+}
+
+/** Pings `dst` from `from` every 50 ms for `seconds` while `during` runs. */
+async function pingDuring(
+  c: K8sCluster,
+  from: PodInfo,
+  dst: string,
+  seconds: number,
+  during: () => Promise<void>,
+): Promise<{ sent: number; received: number }> {
+  const ping = execPod(c, from.name, [
+    "ping",
+    "-q",
+    "-i",
+    "0.05",
+    "-w",
+    String(seconds),
+    dst,
+  ]);
+  const t0 = Date.now();
+  await during();
+  assert(
+    Date.now() - t0 < seconds * 1000 - 2000,
+    `the disruption outlasted the ${seconds} s ping window`,
+  );
+  const r = await ping;
+  const count = parsePingCount(r.stdout);
+  assert(count.sent > seconds * 10, `too few pings sent: ${r.stdout}`);
+  return count;
+}
+
+/** Non-hostNetwork pods running on `node`. */
+async function podsOn(c: K8sCluster, node: string): Promise<PodInfo[]> {
+  const list = await c.getJson<
+    {
+      items: {
+        metadata: { name: string };
+        spec: { nodeName?: string; hostNetwork?: boolean };
+        status: { podIP?: string };
+      }[];
+    }
+  >([
+    "pods",
+    "-A",
+    "--field-selector",
+    `spec.nodeName=${node}`,
+  ]);
+  return list.items.filter((p) => !p.spec.hostNetwork).map((p) => ({
+    name: p.metadata.name,
+    ip: p.status.podIP ?? "",
+    node,
+    ready: true,
+  }));
+}
+
+/** What a node's kernel and files hold for pods. */
+async function podState(node: K8sNode) {
+  const ips = (await node.exec([
+    "sh",
+    "-c",
+    "ls /var/lib/cni/networks/cbr0 2>/dev/null || true",
+  ])).split("\n").filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)).sort();
+  const veths = (await node.exec(["ip", "-o", "link", "show", "type", "veth"]))
+    .split("\n").filter((l) => l.trim() !== "" && !l.includes(" eth0@"))
+    .length;
+  const netns = (await node.exec(["ls", "/run/netns"])).split("\n")
+    .filter((f) => f.startsWith("cni-")).length;
+  const stored = (await node.exec([
+    "sh",
+    "-c",
+    "ls /var/lib/cni/flannel 2>/dev/null || true",
+  ])).split("\n").filter((f) => f !== "");
+  return { ips, veths, netns, stored };
+}
+
+await gatedTest({
+  name:
+    "k8s: weft deployed with kubectl runs pods across nodes under kubelet and containerd",
+  needs: [ROOT, CLUSTER],
+  fn: async (t) => {
+    const t0 = Date.now();
+    await using c = await K8sCluster.up({
+      images: IMAGES,
+      log: (l) => console.log(`  ${l}`),
+    });
+    console.log(`  cluster up in ${Date.now() - t0} ms`);
+
+    await t.step(
+      "the DaemonSet is Ready on 3/3 nodes through its readiness probe",
+      async () => {
+        const t1 = Date.now();
+        await deployWeft(c);
+        console.log(`  kubectl apply to 3/3 Ready in ${Date.now() - t1} ms`);
+        const ds = await c.getJson<
+          {
+            status: { numberReady: number; desiredNumberScheduled: number };
+            spec: {
+              template: {
+                spec: {
+                  containers: {
+                    readinessProbe?: { httpGet?: { path: string } };
+                  }[];
+                };
+              };
+            };
+          }
+        >(["-n", "kube-flannel", "daemonset", "weft"]);
+        assertEquals(
+          [ds.status.numberReady, ds.status.desiredNumberScheduled],
+          [3, 3],
+        );
+        assertEquals(
+          ds.spec.template.spec.containers[0]?.readinessProbe?.httpGet?.path,
+          "/readyz",
+        );
+        const weft = await pods(c, "app=weft", "kube-flannel");
+        assertEquals(weft.filter((p) => p.ready).length, 3);
+      },
+    );
+
+    await t.step(
+      "the init step installed the CNI plugin and conflist on every node",
+      async () => {
+        const cm = await c.getJson<{ data: Record<string, string> }>([
+          "-n",
+          "kube-flannel",
+          "configmap",
+          "kube-flannel-cfg",
+        ]);
+        const image = await Deno.readTextFile(
+          new URL("../../deploy/weft-deno-run.sh", import.meta.url),
+        );
+        for (const node of c.nodes) {
+          assertEquals(
+            await node.exec(["cat", "/etc/cni/net.d/10-flannel.conflist"]),
+            cm.data["cni-conf.json"],
+          );
+          assertEquals(await node.exec(["cat", "/opt/cni/bin/flannel"]), image);
+        }
+      },
+    );
+
+    await t.step(
+      "weft reached the API through the kubernetes Service ClusterIP",
+      async () => {
+        const svc = await c.getJson<{ spec: { clusterIP: string } }>([
+          "service",
+          "kubernetes",
+        ]);
+        for (const p of await pods(c, "app=weft", "kube-flannel")) {
+          const log = await c.kubectl(["-n", "kube-flannel", "logs", p.name]);
+          assert(
+            log.includes(
+              `Kubernetes subnet manager for node "${p.node}" via https://${svc.spec.clusterIP}:443`,
+            ),
+            log,
+          );
+        }
+      },
+    );
+
+    await t.step(
+      "podCIDRs come from the controller-manager; annotations and NetworkUnavailable=False are set",
+      async () => {
+        const nodes = await c.getJson<{ items: NodeJson[] }>(["nodes"]);
+        const cidrs = new Set<string>();
+        for (const n of nodes.items) {
+          const cidr = n.spec.podCIDRs?.[0] ?? "";
+          assert(
+            /^10\.244\.\d+\.0\/24$/.test(cidr),
+            `${n.metadata.name}: ${cidr}`,
+          );
+          cidrs.add(cidr);
+          const a = n.metadata.annotations ?? {};
+          const node = nodeOf(c, n.metadata.name);
+          assertEquals(a["flannel.alpha.coreos.com/backend-type"], "vxlan");
+          assertEquals(
+            a["flannel.alpha.coreos.com/kube-subnet-manager"],
+            "true",
+          );
+          assertEquals(a["flannel.alpha.coreos.com/public-ip"], node.ip);
+          assert(
+            /^\{"VNI":1,"VtepMAC":"([0-9a-f]{2}:){5}[0-9a-f]{2}"\}$/.test(
+              a["flannel.alpha.coreos.com/backend-data"] ?? "",
+            ),
+          );
+          const cond = n.status.conditions?.find((x) =>
+            x.type === "NetworkUnavailable"
+          );
+          assertEquals(
+            [cond?.status, cond?.reason, cond?.message],
+            ["False", "FlannelIsUp", "Flannel is running on this node"],
+          );
+          const env = await subnetEnv(node);
+          assertEquals(env.FLANNEL_NETWORK, CLUSTER_CIDR);
+          assertEquals(env.FLANNEL_SUBNET, cidr.replace(".0/24", ".1/24"));
+        }
+        assertEquals(cidrs.size, 3);
+      },
+    );
+
+    await c.kubectl(["apply", "-f", "-"], echoManifest(3));
+    await rollout(c, "default", "deployment/echo");
+    const echo = await pods(c, "app=echo");
+    assertEquals(new Set(echo.map((p) => p.node)).size, 3);
+    const [a, b, d] = echo as [PodInfo, PodInfo, PodInfo];
+
+    await t.step("pods reach pods on other nodes (ICMP and TCP)", async () => {
+      const pings = await crossNodePings(c, echo);
+      assertEquals(pings.failed, []);
+      assertEquals(pings.answered, 6);
+      for (const from of echo) {
+        for (const to of echo.filter((p) => p.node !== from.node)) {
+          assertEquals(await httpGet(c, from.name, to.ip, 8080), to.name);
+        }
+      }
+    });
+
+    await t.step(
+      "a pod reaches a ClusterIP Service backed by a pod on another node",
+      async () => {
+        await c.kubectl(["label", "pod", b.name, "echo-target=yes"]);
+        await c.kubectl(
+          ["apply", "-f", "-"],
+          `apiVersion: v1
+kind: Service
+metadata: {name: echo-target, namespace: default}
+spec:
+  selector: {app: echo, echo-target: "yes"}
+  ports: [{port: 80, targetPort: 8080}]
+`,
+        );
+        const svc = await c.getJson<{ spec: { clusterIP: string } }>([
+          "service",
+          "echo-target",
+        ]);
+        const body = await until(
+          "the echo-target Service to answer",
+          30_000,
+          async () => {
+            const r = await httpGet(c, a.name, svc.spec.clusterIP, 80);
+            return r === b.name ? r : undefined;
+          },
+        );
+        assertEquals(body, b.name);
+        assert(a.node !== b.node);
+      },
+    );
+
+    await t.step(
+      "a pod reaches the API server through the kubernetes Service",
+      async () => {
+        // No cluster DNS runs here, so by the Service's ClusterIP: a TLS
+        // handshake answered by kube-apiserver through kube-proxy's DNAT.
+        const r = await execPod(c, a.name, [
+          "sh",
+          "-c",
+          "nc -w 3 10.96.0.1 443 </dev/null && echo connected",
+        ]);
+        assertEquals(r.stdout.trim(), "connected", r.stderr);
+      },
+    );
+
+    await t.step("the pod MTU is FLANNEL_MTU", async () => {
+      for (const p of echo) {
+        const env = await subnetEnv(nodeOf(c, p.node));
+        const r = await execPod(c, p.name, ["cat", "/sys/class/net/eth0/mtu"]);
+        assertEquals(r.stdout.trim(), env.FLANNEL_MTU);
+      }
+    });
+
+    await t.step(
+      "a rolling update of the DaemonSet loses no packet",
+      async () => {
+        const count = await pingDuring(c, a, d.ip, 60, async () => {
+          await c.kubectl([
+            "-n",
+            "kube-flannel",
+            "set",
+            "image",
+            "daemonset/weft",
+            "weft=localhost/weft:v0.1.1",
+            "install-cni-plugin=localhost/weft:v0.1.1",
+            "install-cni=localhost/weft:v0.1.1",
+          ]);
+          await rollout(c, "kube-flannel", "daemonset/weft", 45);
+        });
+        console.log(
+          `  rolling update: ${count.received}/${count.sent} answered`,
+        );
+        assertEquals(count.received, count.sent);
+        const weft = await pods(c, "app=weft", "kube-flannel");
+        assertEquals(weft.filter((p) => p.ready).length, 3);
+      },
+    );
+
+    await t.step("deleting a weft pod loses no packet", async () => {
+      const victim = (await pods(c, "app=weft", "kube-flannel")).find((p) =>
+        p.node === a.node
+      );
+      assert(victim);
+      const count = await pingDuring(c, a, d.ip, 40, async () => {
+        await c.kubectl(["-n", "kube-flannel", "delete", "pod", victim.name]);
+        await until(
+          "the replacement weft pod to be Ready",
+          30_000,
+          async () => {
+            const now = await pods(c, "app=weft", "kube-flannel");
+            return now.filter((p) => p.ready && p.name !== victim.name)
+                .length === 3
+              ? true
+              : undefined;
+          },
+        );
+      });
+      console.log(
+        `  weft pod deleted: ${count.received}/${count.sent} answered`,
+      );
+      assertEquals(count.received, count.sent);
+    });
+
+    let fourth: K8sNode | undefined;
+    await t.step(
+      "a fourth node joins and gets a podCIDR, routes and traffic",
+      async () => {
+        fourth = await c.addNode();
+        await until("weft Ready on 4/4 nodes", 120_000, async () => {
+          const w = await pods(c, "app=weft", "kube-flannel");
+          return w.filter((p) => p.ready).length === 4 ? true : undefined;
+        });
+        const n4 = await c.getJson<NodeJson>(["node", fourth.name]);
+        const cidr = n4.spec.podCIDRs?.[0] ?? "";
+        assert(/^10\.244\.\d+\.0\/24$/.test(cidr), cidr);
+        await until(`a route to ${cidr} on ${a.node}`, 30_000, async () => {
+          const r = await nodeOf(c, a.node).exec(["ip", "route", "show", cidr]);
+          return r.includes("dev flannel.1") ? true : undefined;
+        });
+        await c.kubectl(["scale", "deployment/echo", "--replicas=4"]);
+        await rollout(c, "default", "deployment/echo");
+        const on4 = (await pods(c, "app=echo")).find((p) =>
+          p.node === fourth!.name
+        );
+        assert(on4, "an echo pod runs on the fourth node");
+        const r = await execPod(c, a.name, [
+          "ping",
+          "-c",
+          "3",
+          "-W",
+          "2",
+          on4.ip,
+        ]);
+        assert(parsePingCount(r.stdout).received > 0, r.stdout);
+        assertEquals(await httpGet(c, on4.name, a.ip, 8080), a.name);
+      },
+    );
+
+    await t.step(
+      "a node deleted from the API disappears from the others' kernels",
+      async () => {
+        assert(fourth);
+        const n4 = await c.getJson<NodeJson>(["node", fourth.name]);
+        const cidr = n4.spec.podCIDRs?.[0] ?? "";
+        const mac = JSON.parse(
+          n4.metadata.annotations?.["flannel.alpha.coreos.com/backend-data"] ??
+            "{}",
+        ).VtepMAC as string;
+        // The echo pod on the fourth node goes with it (pod GC); its
+        // replacement lands on another node. Pods a, b and d stay.
+        await c.stopNode(fourth);
+        await c.kubectl(["delete", "node", fourth.name]);
+        for (const node of c.nodes) {
+          await until(
+            `${fourth.name}'s entries gone from ${node.name}`,
+            30_000,
+            async () => {
+              const route = await node.exec(["ip", "route", "show", cidr]);
+              const neigh = await node.exec([
+                "ip",
+                "neigh",
+                "show",
+                "dev",
+                "flannel.1",
+              ]);
+              const fdb = await node.exec([
+                "bridge",
+                "fdb",
+                "show",
+                "dev",
+                "flannel.1",
+              ]);
+              return route.trim() === "" &&
+                  !neigh.includes(cidr.replace("/24", "")) &&
+                  !fdb.includes(mac)
+                ? true
+                : undefined;
+            },
+          );
+        }
+      },
+    );
+
+    await t.step(
+      "50 pods created and deleted leave no IPs, veths, netns or stored configurations; DEL is idempotent",
+      async () => {
+        const seen = new Set<string>();
+        for (let round = 0; round < 2; round++) {
+          await c.kubectl(["apply", "-f", "-"], echoManifest(25, "churn"));
+          await rollout(c, "default", "deployment/churn", 240);
+          for (const node of c.nodes) {
+            for (const id of (await podState(node)).stored) {
+              seen.add(`${node.name}/${id}`);
+            }
+          }
+          await c.kubectl(["delete", "deployment/churn", "--wait=true"]);
+          await until(
+            "churn pods gone",
+            120_000,
+            async () =>
+              (await pods(c, "app=churn")).length === 0 ? true : undefined,
+          );
+        }
+        await c.kubectl(["delete", "service/churn"]);
+        for (const node of c.nodes) {
+          const running = await podsOn(c, node.name);
+          const state = await until(`${node.name} clean`, 60_000, async () => {
+            const s = await podState(node);
+            return s.ips.length === running.length ? s : undefined;
+          });
+          assertEquals(state.ips, running.map((p) => p.ip).sort(), node.name);
+          assertEquals(state.veths, running.length, `${node.name} veths`);
+          assertEquals(state.netns, running.length, `${node.name} netns`);
+          assertEquals(
+            state.stored.length,
+            running.length,
+            `${node.name} stored`,
+          );
+        }
+        // DEL of a sandbox already deleted, twice: success, nothing run.
+        const gone = [...seen].find((s) =>
+          s.startsWith(`${c.nodes[0]!.name}/`)
+        );
+        assert(gone, "churn pods ran on the first node");
+        const id = gone.split("/")[1]!;
+        const conf = JSON.stringify({
+          cniVersion: "0.3.1",
+          name: "cbr0",
+          type: "flannel",
+          delegate: { hairpinMode: true, isDefaultGateway: true },
+        });
+        for (let i = 0; i < 2; i++) {
+          const r = await c.nodes[0]!.tryExec([
+            "sh",
+            "-c",
+            `echo '${conf}' | CNI_COMMAND=DEL CNI_CONTAINERID=${id} CNI_NETNS= CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin /opt/cni/bin/flannel`,
+          ]);
+          assertEquals([r.code, r.stdout], [0, ""], r.stderr);
+        }
+      },
+    );
+
+    await t.step(
+      "a stock kube-flannel.yml with only the image swapped takes over with no packet lost",
+      async () => {
+        const swapped = await kubeFlannelWithWeft("localhost/weft:v0.1.1");
+        const count = await pingDuring(c, a, d.ip, 75, async () => {
+          // SIGTERM leaves the dataplane in place: the swap is hitless.
+          await c.kubectl([
+            "-n",
+            "kube-flannel",
+            "delete",
+            "daemonset",
+            "weft",
+          ]);
+          await c.kubectl(["apply", "-f", "-"], swapped);
+          await rollout(c, "kube-flannel", "daemonset/kube-flannel-ds", 60);
+        });
+        console.log(
+          `  kube-flannel.yml image swap: ${count.received}/${count.sent} answered`,
+        );
+        assertEquals(count.received, count.sent);
+        const ds = await pods(c, "app=flannel", "kube-flannel");
+        assertEquals(ds.filter((p) => p.ready).length, c.nodes.length);
+        for (const p of ds) {
+          const log = await c.kubectl(["-n", "kube-flannel", "logs", p.name]);
+          assert(
+            log.includes("weft v0.1.0 (flanneld-compatible) starting"),
+            log,
+          );
+        }
+        const r = await execPod(c, a.name, [
+          "ping",
+          "-c",
+          "3",
+          "-W",
+          "2",
+          d.ip,
+        ]);
+        assert(parsePingCount(r.stdout).received > 0, r.stdout);
+      },
+    );
+  },
+});
