@@ -57,13 +57,56 @@ export class WatchStream {
 /** Answers a request; throw to simulate a network error. */
 export type Handler = (req: SeenRequest) => Response | Promise<Response>;
 
+/**
+ * Lets a test wait for a condition without polling: whatever the test
+ * watches calls `notify()` when it changes (the fake server after each
+ * request, a sink after each call), and `until` checks its predicate then.
+ */
+export class Changes {
+  readonly #waiters = new Set<() => void>();
+
+  /** Re-checks every pending `until`. */
+  notify(): void {
+    for (const wake of [...this.#waiters]) wake();
+  }
+
+  /**
+   * Resolves once `pred` holds; rejects after `timeoutMs` (a deadline for
+   * a broken test, not a pause) with `describe()` in the message.
+   */
+  until(
+    pred: () => boolean,
+    timeoutMs = 3000,
+    describe: () => string = () => "",
+  ): Promise<void> {
+    if (pred()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters.delete(wake);
+        reject(new Error(`timed out waiting; ${describe()}`));
+      }, timeoutMs);
+      const wake = () => {
+        if (!pred()) return;
+        clearTimeout(timer);
+        this.#waiters.delete(wake);
+        resolve();
+      };
+      this.#waiters.add(wake);
+    });
+  }
+}
+
 /** A fake API server reachable through a {@linkcode KubeClient}. */
 export class FakeApi {
   readonly requests: SeenRequest[] = [];
+  /** Notified after each request has been answered. */
+  readonly changes: Changes;
   handler: Handler;
 
-  constructor(handler: Handler) {
+  /** `changes` may be shared with the test's own sinks. */
+  constructor(handler: Handler, changes = new Changes()) {
     this.handler = handler;
+    this.changes = changes;
   }
 
   /** A client whose fetch is this fake. */
@@ -85,7 +128,12 @@ export class FakeApi {
         this.requests.push(req);
         const signal = init?.signal;
         if (signal?.aborted) throw signal.reason;
-        const res = await this.handler(req);
+        let res: Response;
+        try {
+          res = await this.handler(req);
+        } finally {
+          queueMicrotask(() => this.changes.notify());
+        }
         if (!res.body || !signal) return res;
         // Like fetch: an abort errors the body and cancels the source.
         return new Response(

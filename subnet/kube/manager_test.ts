@@ -1,12 +1,24 @@
 import assert from "node:assert/strict";
-import { FakeApi, json, node, status, WatchStream } from "./_fake_api.ts";
-import type { SeenRequest } from "./_fake_api.ts";
+import {
+  Changes,
+  FakeApi,
+  json,
+  node,
+  status,
+  WatchStream,
+} from "./_fake_api.ts";
+import type { Handler, SeenRequest } from "./_fake_api.ts";
 import { KubeSubnetManager } from "./manager.ts";
 import type { LeaseEvent } from "../lease.ts";
 import { setLogSink } from "../../lib/log.ts";
 
+/** Log lines, requests and handler batches all wake `waitFor`. */
+const changes = new Changes();
 const lines: string[] = [];
-setLogSink((l) => lines.push(l));
+setLogSink((l) => {
+  lines.push(l);
+  changes.notify();
+});
 
 const NET_CONF = '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
 const attrs = {
@@ -40,17 +52,19 @@ function bareNode(podCIDR?: string) {
 
 const signal = new AbortController().signal;
 
-async function waitFor(pred: () => boolean, ms = 3000): Promise<void> {
-  const end = performance.now() + ms;
-  while (!pred()) {
-    if (performance.now() > end) throw new Error("timed out waiting");
-    await new Promise((r) => setTimeout(r, 5));
-  }
+/** A fake API server whose requests wake `waitFor`. */
+function fakeApi(handler: Handler): FakeApi {
+  return new FakeApi(handler, changes);
+}
+
+/** Resolves once `pred` holds (see `changes`); fails after `ms`. */
+function waitFor(pred: () => boolean, ms = 3000): Promise<void> {
+  return changes.until(pred, ms);
 }
 
 Deno.test("acquireLease() waits for the pod CIDR, then patches annotations and condition through /status", async () => {
   let gets = 0;
-  const api = new FakeApi((r) => {
+  const api = fakeApi((r) => {
     if (r.method === "GET") {
       return json(200, bareNode(++gets < 3 ? undefined : "10.244.4.0/24"));
     }
@@ -91,12 +105,12 @@ Deno.test("acquireLease() writes nothing when the node already carries everythin
     reason: "FlannelIsUp",
     message: "Flannel is running on this node",
   }];
-  const api = new FakeApi(() => json(200, n));
+  const api = fakeApi(() => json(200, n));
   await manager(api).acquireLease(attrs, signal);
   assert.deepEqual(api.requests.map((r) => r.method), ["GET"]);
   // Without --set-node-network-unavailable the condition is left alone.
   (n.status as Record<string, unknown>).conditions = [];
-  const api2 = new FakeApi(() => json(200, n));
+  const api2 = fakeApi(() => json(200, n));
   await manager(api2, { setNodeNetworkUnavailable: false }).acquireLease(
     attrs,
     signal,
@@ -105,24 +119,24 @@ Deno.test("acquireLease() writes nothing when the node already carries everythin
 });
 
 Deno.test("acquireLease() fails with flanneld's messages", async () => {
-  const never = new FakeApi(() => json(200, bareNode()));
+  const never = fakeApi(() => json(200, bareNode()));
   await assert.rejects(
     manager(never, { podCidrTimeoutMs: 100 }).acquireLease(attrs, signal),
     { message: 'node "me" pod cidr not assigned' },
   );
-  const outside = new FakeApi(() => json(200, bareNode("10.10.0.0/24")));
+  const outside = fakeApi(() => json(200, bareNode("10.10.0.0/24")));
   await assert.rejects(manager(outside).acquireLease(attrs, signal), {
     message:
       'subnet "10.244.0.0/16" specified in the flannel net config doesn\'t contain "10.10.0.0/24" PodCIDR of the "me" node',
   });
-  const forbidden = new FakeApi(() =>
+  const forbidden = fakeApi(() =>
     status(403, "Forbidden", 'nodes "me" is forbidden')
   );
   await assert.rejects(
     manager(forbidden).acquireLease(attrs, signal),
     /failed to get node "me".*403/,
   );
-  const badConf = new FakeApi(() => json(200, bareNode("10.244.4.0/24")));
+  const badConf = fakeApi(() => json(200, bareNode("10.244.4.0/24")));
   await assert.rejects(
     manager(badConf, { readTextFile: () => Promise.resolve("{") })
       .acquireLease(attrs, signal),
@@ -136,7 +150,7 @@ Deno.test("watchLeases() turns nodes into lease events, skipping unmanaged nodes
     metadata: { name: "fresh", resourceVersion: "4" },
     spec: { podCIDR: "10.244.9.0/24" },
   };
-  const api = new FakeApi((r: SeenRequest) => {
+  const api = fakeApi((r: SeenRequest) => {
     if (r.url.pathname === "/api/v1/nodes/me") {
       return json(200, node("me", "3", "10.244.4.0/24", "192.0.2.10"));
     }
@@ -163,6 +177,7 @@ Deno.test("watchLeases() turns nodes into lease events, skipping unmanaged nodes
   const partial: boolean[] = [];
   const done = m.watchLeases((evs, p) => {
     batches.push(evs);
+    changes.notify();
     partial.push(p ?? false);
   }, ctl.signal);
   await waitFor(() => streams.length > 0);
@@ -193,8 +208,10 @@ Deno.test("watchLeases() turns nodes into lease events, skipping unmanaged nodes
     "MODIFIED",
     node("me", "10", "10.244.8.0/24", "192.0.2.10"),
   );
-  await waitFor(() => batches.length >= 4);
-  await new Promise((r) => setTimeout(r, 20));
+  // The last event is our own: once it is logged, all before it are in.
+  await waitFor(() =>
+    lines.some((l) => l.includes('Pod CIDR of node "me" changed'))
+  );
   assert.deepEqual(
     batches.slice(1).map((b) =>
       b.map((e) => `${e.type} ${e.lease.key} ${e.lease.attrs.publicIP}`)
@@ -218,7 +235,7 @@ Deno.test("watchLeases() turns nodes into lease events, skipping unmanaged nodes
 
 Deno.test("watchLeases() delivers the first listing even when it has no peer", async () => {
   const streams: WatchStream[] = [];
-  const api = new FakeApi((r: SeenRequest) => {
+  const api = fakeApi((r: SeenRequest) => {
     if (r.url.searchParams.get("watch") !== "1") {
       return json(200, {
         metadata: { resourceVersion: "5" },
@@ -232,7 +249,10 @@ Deno.test("watchLeases() delivers the first listing even when it has no peer", a
   const m = manager(api);
   const batches: LeaseEvent[][] = [];
   const ctl = new AbortController();
-  const done = m.watchLeases((evs) => batches.push(evs), ctl.signal);
+  const done = m.watchLeases((evs) => {
+    batches.push(evs);
+    changes.notify();
+  }, ctl.signal);
   await waitFor(() => streams.length > 0);
   assert.deepEqual(batches.map((b) => b.length), [0]);
   // A change that makes no event is not delivered.
@@ -251,7 +271,7 @@ Deno.test("getNodePublicIPOverride() reads node-public-ip(v6) from our node", as
   (n.metadata.annotations as Record<string, string>)[
     "flannel.alpha.coreos.com/node-public-ip"
   ] = "203.0.113.5";
-  const api = new FakeApi(() => json(200, n));
+  const api = fakeApi(() => json(200, n));
   assert.deepEqual(await manager(api).getNodePublicIPOverride(), {
     ipv4: "203.0.113.5",
   });
@@ -259,8 +279,7 @@ Deno.test("getNodePublicIPOverride() reads node-public-ip(v6) from our node", as
 
 Deno.test("the constructor refuses an invalid annotation prefix", () => {
   assert.throws(
-    () =>
-      manager(new FakeApi(() => json(200, {})), { annotationPrefix: "a/b/c" }),
+    () => manager(fakeApi(() => json(200, {})), { annotationPrefix: "a/b/c" }),
     /at most one slash/,
   );
 });

@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { FakeApi, json, node, status, WatchStream } from "./_fake_api.ts";
+import {
+  Changes,
+  FakeApi,
+  json,
+  node,
+  status,
+  WatchStream,
+} from "./_fake_api.ts";
 import type { SeenRequest } from "./_fake_api.ts";
 import { annotationKeys, slimmer, type SlimNode } from "./node.ts";
 import { type NodeSink, NodeWatcher } from "./watch.ts";
@@ -10,34 +17,41 @@ import { metrics } from "../../lib/metrics.ts";
 setLogSink(() => {});
 const slim = slimmer(unwrap(annotationKeys()));
 
-/** Records what the watcher tells its sink. */
+/**
+ * Records what the watcher tells its sink. `until` waits on the sink's
+ * calls and on the fake server's requests (`changes`), not on a timer.
+ */
 class Recorder implements NodeSink {
   readonly log: string[] = [];
   listed?: (nodes: SlimNode[]) => void;
   readonly state = new Map<string, SlimNode>();
+  changes = new Changes();
+
+  /** Waits on `api`'s requests as well as on this sink. */
+  watching(api: FakeApi): this {
+    this.changes = api.changes;
+    return this;
+  }
 
   sync(nodes: Map<string, SlimNode>): void {
     this.log.push(`sync ${[...nodes.keys()].sort().join(",")}`);
     this.state.clear();
     for (const [k, v] of nodes) this.state.set(k, v);
+    this.changes.notify();
   }
   upsert(n: SlimNode): void {
     this.log.push(`upsert ${n.name}`);
     this.state.set(n.name, n);
+    this.changes.notify();
   }
   remove(name: string): void {
     this.log.push(`remove ${name}`);
     this.state.delete(name);
+    this.changes.notify();
   }
-  /** Resolves once `pred` holds (checked every 5ms). */
-  async until(pred: () => boolean, ms = 3000): Promise<void> {
-    const end = performance.now() + ms;
-    while (!pred()) {
-      if (performance.now() > end) {
-        throw new Error(`timed out; log: ${this.log.join(" | ")}`);
-      }
-      await new Promise((r) => setTimeout(r, 5));
-    }
+  /** Resolves once `pred` holds; fails the test after `ms`. */
+  until(pred: () => boolean, ms = 3000): Promise<void> {
+    return this.changes.until(pred, ms, () => `log: ${this.log.join(" | ")}`);
   }
 }
 
@@ -146,7 +160,7 @@ Deno.test("run() hands the first listing's nodes over as they arrive, then the c
         "p2",
       )
   );
-  const rec = new Recorder();
+  const rec = new Recorder().watching(api);
   const seen: string[] = [];
   rec.listed = (nodes: SlimNode[]) => {
     seen.push(nodes.map((n) => n.name).join(","));
@@ -173,7 +187,7 @@ Deno.test("run() watches from the list's version and resumes from the last event
     streams.push(s);
     return new Response(s.body, { status: 200 });
   });
-  const rec = new Recorder();
+  const rec = new Recorder().watching(api);
   const ctl = new AbortController();
   const w = new NodeWatcher(api.client(), slim, fast);
   const done = w.run(rec, ctl.signal);
@@ -200,10 +214,9 @@ Deno.test("run() watches from the list's version and resumes from the last event
   );
   await rec.until(() => rec.log.length === 3);
   streams[0]!.send("\n");
-  await new Promise((r) => setTimeout(r, 20));
-  assert.equal(w.resourceVersion, "12");
   streams[0]!.end(); // the server's timeoutSeconds
   await rec.until(() => streams.length === 2);
+  assert.equal(w.resourceVersion, "12");
   assert.equal(
     api.requests.at(-1)!.url.searchParams.get("resourceVersion"),
     "12",
@@ -234,7 +247,7 @@ Deno.test("run() relists after an in-stream 410 and after an HTTP 410", async ()
     streams.push(s);
     return new Response(s.body, { status: 200 });
   });
-  const rec = new Recorder();
+  const rec = new Recorder().watching(api);
   const ctl = new AbortController();
   const relists = metrics.relists.get();
   const done = new NodeWatcher(api.client(), slim, fast).run(rec, ctl.signal);
@@ -273,7 +286,7 @@ Deno.test("run() aborts a watch that stays silent past its timeout plus grace", 
     streams.push(s);
     return new Response(s.body, { status: 200 });
   });
-  const rec = new Recorder();
+  const rec = new Recorder().watching(api);
   const ctl = new AbortController();
   const done = new NodeWatcher(api.client(), slim, {
     ...fast,
@@ -282,7 +295,8 @@ Deno.test("run() aborts a watch that stays silent past its timeout plus grace", 
   }).run(rec, ctl.signal);
   await rec.until(() => streams.length === 1);
   const t0 = performance.now();
-  // Data keeps it alive...
+  // Data keeps it alive... (real time on purpose: the behaviour under
+  // test is the idle timer itself)
   for (let i = 0; i < 4; i++) {
     await new Promise((r) => setTimeout(r, 60));
     streams[0]!.send("\n");
@@ -315,8 +329,11 @@ Deno.test("run() falls back to periodic listing after repeated watch failures, t
     return new Response(s.body, { status: 200 });
   });
   const lines: string[] = [];
-  const prev = setLogSink((l) => lines.push(l));
-  const rec = new Recorder();
+  const prev = setLogSink((l) => {
+    lines.push(l);
+    api.changes.notify();
+  });
+  const rec = new Recorder().watching(api);
   const ctl = new AbortController();
   const done = new NodeWatcher(api.client(), slim, {
     ...fast,
@@ -340,8 +357,9 @@ Deno.test("run() falls back to periodic listing after repeated watch failures, t
     );
     failWatches = false;
     await rec.until(() => streams.length === 1, 3000);
-    assert.ok(lines.some((l) => /Node watch works again/.test(l)));
+    await rec.until(() => lines.some((l) => /Node watch works again/.test(l)));
     const n = lists;
+    // Five poll intervals of real time: the claim is that no timer fires.
     await new Promise((r) => setTimeout(r, 150));
     assert.equal(lists, n, "no more periodic lists once watching");
   } finally {
@@ -366,7 +384,10 @@ Deno.test("run() keeps watching, not polling, while the server is unreachable", 
     return new Response(s.body, { status: 200 });
   });
   const lines: string[] = [];
-  const prev = setLogSink((l) => lines.push(l));
+  const prev = setLogSink((l) => {
+    lines.push(l);
+    api.changes.notify();
+  });
   const ctl = new AbortController();
   const done = new NodeWatcher(api.client(), slim, {
     ...fast,
@@ -374,7 +395,7 @@ Deno.test("run() keeps watching, not polling, while the server is unreachable", 
     pollIntervalMs: 60_000,
   }).run(new Recorder(), ctl.signal);
   try {
-    const rec = new Recorder();
+    const rec = new Recorder().watching(api);
     await rec.until(() => api.requests.filter(isWatch).length >= 5, 3000);
     assert.ok(
       !lines.some((l) => /listing nodes every/.test(l)),
@@ -406,7 +427,7 @@ Deno.test("run() waits as long as a 429's Retry-After says", async () => {
     streams.push(s);
     return new Response(s.body, { status: 200 });
   });
-  const rec = new Recorder();
+  const rec = new Recorder().watching(api);
   const ctl = new AbortController();
   const done = new NodeWatcher(api.client(), slim, fast).run(rec, ctl.signal);
   await rec.until(() => streams.length === 1, 3000);
