@@ -614,6 +614,17 @@ export class EtcdClient implements Disposable {
             throw err;
           }
           const resp = watchResponseFrom(msg.result);
+          // Every watch response etcd sends carries its store revision: a
+          // line without one is not etcd speaking (a proxy, garbage), and
+          // must not count as progress that resets the caller's backoff.
+          if (resp.revision <= 0n) {
+            throw new EtcdError(
+              `Watch on etcd "${endpoint}": a response without a header revision: ${
+                text.slice(0, 120)
+              }`,
+              "protocol",
+            );
+          }
           if (
             resp.canceled && this.#opts.username !== undefined &&
             /permission denied|auth token/i.test(resp.cancelReason)

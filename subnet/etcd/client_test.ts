@@ -214,3 +214,25 @@ Deno.test("EtcdClient takes credentials out of an endpoint URL and never shows t
   );
   assert.equal(redactUrl("http://h:1"), "http://h:1");
 });
+
+Deno.test("EtcdClient refuses watch lines without a header revision (not etcd speaking)", async () => {
+  const s = scripted({
+    "a:1": [() =>
+      new Response(
+        '{"result":{"kind":"NodeList","items":{"not":"a list"},"header":{"revision":[]},"kvs":"x","result":7}}\n',
+        { status: 200 },
+      )],
+  });
+  using w = new EtcdClient({ endpoints: ["http://a:1"], fetch: s.fetch });
+  const stream = w.watch({
+    key: "k",
+    idleTimeoutMs: 1000,
+    signal: new AbortController().signal,
+  });
+  await assert.rejects(
+    stream.next(),
+    (e: unknown) =>
+      e instanceof EtcdError && e.kind === "protocol" &&
+      /a response without a header revision/.test(e.message),
+  );
+});

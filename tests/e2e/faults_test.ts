@@ -1261,15 +1261,10 @@ class EtcdFaults extends FaultRun {
       const took = performance.now() - t0;
       chk.that(st?.code === 0, `exit status ${st?.code} ${st?.signal ?? ""}`);
       chk.that(took < 10_000, `took ${fmtMs(took)}`);
+      const changed = await this.problems([n1], leasesNow);
       chk.that(
-        (await this.problems(
-          [n1],
-          await this.c.leases().catch(() => undefined),
-        ))
-          .length === 0,
-        `dataplane changed: ${
-          (await this.problems([n1]).catch(() => [])).join(", ")
-        }`,
+        changed.length === 0,
+        `dataplane changed: ${changed.join(", ")}`,
       );
       await sleep(1000);
       const loss = await p.stop();
