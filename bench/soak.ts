@@ -14,6 +14,7 @@
  */
 import { Cluster, type ClusterNode } from "../tests/_cluster.ts";
 import { BackgroundPing } from "../tests/faults/traffic.ts";
+import { run } from "../tests/_netns.ts";
 import { machine } from "./_stats.ts";
 
 const arg = (name: string, def: number) => {
@@ -68,10 +69,11 @@ async function sample(
   minute: number,
 ): Promise<Sample> {
   const pid = n.agent!.child.pid;
-  const status = await Deno.readTextFile(`/proc/${pid}/status`);
-  const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-  let fds = 0;
-  for await (const _ of Deno.readDir(`/proc/${pid}/fd`)) fds++;
+  // Deno wants --allow-all for another process's /proc entries: ask sh.
+  const status = await run(["cat", `/proc/${pid}/status`]);
+  const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(status.stdout)?.[1] ?? 0);
+  const fdList = await run(["ls", `/proc/${pid}/fd`]);
+  const fds = fdList.stdout.split("\n").filter((l) => l !== "").length;
   const m = await c.metrics(n);
   const g = (name: string) =>
     Number(new RegExp(`^${name} (\\S+)$`, "m").exec(m)?.[1] ?? NaN);

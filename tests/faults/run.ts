@@ -413,7 +413,9 @@ export abstract class FaultRun {
       const to = Date.now();
       await o.proxy.set({ kind: "pass" });
       const t0 = performance.now();
-      const recovered = await this.routeOnAll([n], probe.subnet, true, 30_000);
+      // The clients back off up to 30 s between tries (as client-go's
+      // reflector does), then list: recovery may take that long.
+      const recovered = await this.routeOnAll([n], probe.subnet, true, 45_000);
       let ready: number | undefined;
       if (f.restart) {
         ready = await this.c.waitReady(n, 30_000).then(
