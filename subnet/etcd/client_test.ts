@@ -236,3 +236,10 @@ Deno.test("EtcdClient refuses watch lines without a header revision (not etcd sp
       /a response without a header revision/.test(e.message),
   );
 });
+
+Deno.test("EtcdClient refuses an endpoint whose port is out of range", () => {
+  assert.throws(
+    () => new EtcdClient({ endpoints: ["http://127.0.0.1:417930"] }),
+    /Invalid etcd endpoint "http:\/\/127\.0\.0\.1:417930": expected http\(s\):\/\/host:port/,
+  );
+});
