@@ -51,7 +51,8 @@ function subnetOf(i: number): string {
 }
 
 function fakeValue(i: number): string {
-  const ip = `198.19.${(i >> 8) & 255}.${(i & 255) || 1}`;
+  // Distinct per peer: weft refuses a public IP another lease holds.
+  const ip = `198.19.${(i >> 8) & 255}.${i & 255}`;
   const mac = `0a:5a:00:00:${((i >> 8) & 255).toString(16).padStart(2, "0")}:${
     (i & 255).toString(16).padStart(2, "0")
   }`;
