@@ -614,10 +614,14 @@ export class EtcdClient implements Disposable {
             throw err;
           }
           const resp = watchResponseFrom(msg.result);
-          // Every watch response etcd sends carries its store revision: a
-          // line without one is not etcd speaking (a proxy, garbage), and
-          // must not count as progress that resets the caller's backoff.
-          if (resp.revision <= 0n) {
+          // Every watch response etcd sends carries its store revision,
+          // except a cancellation (after compaction its header revision is
+          // 0, which JSON leaves out): a line with neither is not etcd
+          // speaking (a proxy, garbage), and must not count as progress
+          // that resets the caller's backoff.
+          if (
+            resp.revision <= 0n && resp.compactRevision <= 0n && !resp.canceled
+          ) {
             throw new EtcdError(
               `Watch on etcd "${endpoint}": a response without a header revision: ${
                 text.slice(0, 120)

@@ -243,3 +243,24 @@ Deno.test("EtcdClient refuses an endpoint whose port is out of range", () => {
     /Invalid etcd endpoint "http:\/\/127\.0\.0\.1:417930": expected http\(s\):\/\/host:port/,
   );
 });
+
+Deno.test("EtcdClient passes on a compaction cancel, whose header has no revision", async () => {
+  const s = scripted({
+    "a:1": [() =>
+      new Response(
+        '{"result":{"header":{"cluster_id":"1"},"canceled":true,"compact_revision":"9"}}\n',
+        { status: 200 },
+      )],
+  });
+  using w = new EtcdClient({ endpoints: ["http://a:1"], fetch: s.fetch });
+  const stream = w.watch({
+    key: "k",
+    idleTimeoutMs: 1000,
+    signal: new AbortController().signal,
+  });
+  const first = await stream.next();
+  assert.equal(first.done, false);
+  assert.equal(first.value!.compactRevision, 9n);
+  assert.equal(first.value!.canceled, true);
+  await stream.return(undefined);
+});
