@@ -755,7 +755,13 @@ export async function cleanupStale(): Promise<void> {
       await killCgroup(e.name);
     }
   }
-  for (const name of names) await run(["ip", "netns", "del", name]);
+  for (const name of names) {
+    // A namespace whose last process is still exiting may refuse once.
+    for (let i = 0; i < 5; i++) {
+      if ((await run(["ip", "netns", "del", name])).code === 0) break;
+      await sleep(200);
+    }
+  }
   for await (const e of Deno.readDir("/tmp")) {
     if (e.isDirectory && e.name.startsWith(`${PREFIX}-`)) {
       await Deno.remove(`/tmp/${e.name}`, { recursive: true }).catch(() => {});
