@@ -656,7 +656,7 @@ async function nodeScript(node: K8sNode, images: string): Promise<string> {
   ).join("\n");
   const imports = ["weft-pause.tar", "weft-testpod.tar"];
   for await (const e of Deno.readDir(images)) {
-    if (/^weft-v.*\.tar$/.test(e.name)) imports.push(e.name);
+    if (/^(weft-v.*|flanneld)\.tar$/.test(e.name)) imports.push(e.name);
   }
   return `#!/bin/bash
 # ${node.name}: runs in its own mount namespace and its network namespace.
@@ -943,14 +943,49 @@ export const KUBE_FLANNEL_YML = `${
  * agent's and the CNI plugin installer's: flannel-cni-plugin is not
  * reachable here either).
  */
-export async function kubeFlannelWithWeft(image: string): Promise<string> {
+export function kubeFlannelWithWeft(image: string): Promise<string> {
+  return kubeFlannelImages(image, image);
+}
+
+/**
+ * flannel's kube-flannel.yml with its agent image (also the install-cni
+ * step's) and its CNI plugin installer's image replaced.
+ */
+export async function kubeFlannelImages(
+  agent: string,
+  plugin: string,
+): Promise<string> {
   const text = await Deno.readTextFile(KUBE_FLANNEL_YML);
-  const swapped = text.replace(
-    /image: ghcr\.io\/flannel-io\/flannel(-cni-plugin)?:\S+/g,
-    `image: ${image}`,
-  );
+  const swapped = text
+    .replace(
+      /image: ghcr\.io\/flannel-io\/flannel-cni-plugin:\S+/g,
+      `image: ${plugin}`,
+    )
+    .replace(/image: ghcr\.io\/flannel-io\/flannel:\S+/g, `image: ${agent}`);
   if (swapped.includes("ghcr.io/")) {
     throw new Error(`An image of ${KUBE_FLANNEL_YML} was not swapped`);
   }
   return swapped;
+}
+
+/**
+ * deploy/weft.yaml as docs/migrate-from-flanneld.md step 2 has it: the
+ * `weft/agent In [weft]` affinity uncommented, the image set, and the
+ * ConfigMap dropped (flanneld's stays in charge of the network config).
+ */
+export async function migrationManifest(image: string): Promise<string> {
+  const text = await manifest(image);
+  const uncommented = text
+    .replace("# - key: weft/agent", "- key: weft/agent")
+    .replace("#   operator: In", "  operator: In")
+    .replace('#   values: ["weft"]', '  values: ["weft"]');
+  const docs = uncommented.split(/^---$/m).filter((d) =>
+    !/^kind: ConfigMap$/m.test(d)
+  );
+  if (uncommented === text || docs.length !== 6) {
+    throw new Error(
+      "deploy/weft.yaml no longer has the migration affinity or its 7 documents",
+    );
+  }
+  return docs.join("---");
 }

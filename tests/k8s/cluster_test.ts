@@ -30,7 +30,9 @@ import {
   type K8sNode,
   k8sUnavailable,
   KUBE_FLANNEL_YML,
+  kubeFlannelImages,
   kubeFlannelWithWeft,
+  migrationManifest,
   parsePingCount,
   type PodInfo,
   pods,
@@ -39,10 +41,31 @@ import {
 } from "./_k8s.ts";
 
 const IMAGES = `${Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"}/images/k8s`;
+/** docs/migrate-from-flanneld.md, step 1. */
+const MIGRATION_PATCH = `
+spec:
+  template:
+    spec:
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+            - matchExpressions:
+              - key: kubernetes.io/os
+                operator: In
+                values: ["linux"]
+              - key: weft/agent
+                operator: NotIn
+                values: ["weft"]
+`;
+
 /** The cluster binaries, tools, images and flannel's manifest. */
 const CLUSTER: Need = async () => {
   const tools = await k8sUnavailable();
   if (tools) return `${tools}: run tests/k8s/prepare.sh`;
+  if (!(await Deno.stat(`${IMAGES}/flanneld.tar`).catch(() => null))) {
+    return `no flanneld image in ${IMAGES}: run tests/k8s/prepare.sh`;
+  }
   if (!(await Deno.stat(`${IMAGES}/weft-v0.1.1.tar`).catch(() => null))) {
     return `no images in ${IMAGES}: run tests/k8s/prepare.sh`;
   }
@@ -565,6 +588,82 @@ spec:
             log,
           );
         }
+        const r = await execPod(c, a.name, [
+          "ping",
+          "-c",
+          "3",
+          "-W",
+          "2",
+          d.ip,
+        ]);
+        assert(parsePingCount(r.stdout).received > 0, r.stdout);
+      },
+    );
+
+    await t.step(
+      "flanneld v0.28.9 migrated node by node to weft as docs/migrate-from-flanneld.md says, no packet lost",
+      async () => {
+        // The starting point: flannel's manifest running the real flanneld.
+        await c.kubectl([
+          "-n",
+          "kube-flannel",
+          "delete",
+          "daemonset",
+          "kube-flannel-ds",
+        ]);
+        await c.kubectl(
+          ["apply", "-f", "-"],
+          await kubeFlannelImages(
+            "localhost/flanneld:v0.28.9",
+            "localhost/weft:v0.1.1",
+          ),
+        );
+        await rollout(c, "kube-flannel", "daemonset/kube-flannel-ds", 90);
+        for (const p of await pods(c, "app=flannel", "kube-flannel")) {
+          const log = await c.kubectl(["-n", "kube-flannel", "logs", p.name]);
+          assert(!log.includes("weft v0.1.0"), `${p.name} runs weft:\n${log}`);
+        }
+        const count = await pingDuring(c, a, d.ip, 180, async () => {
+          // 1. Pin flanneld to unlabelled nodes.
+          await c.kubectl([
+            "-n",
+            "kube-flannel",
+            "patch",
+            "daemonset",
+            "kube-flannel-ds",
+            "--type=strategic",
+            "-p",
+            MIGRATION_PATCH,
+          ]);
+          await rollout(c, "kube-flannel", "daemonset/kube-flannel-ds", 90);
+          // 2. weft on labelled nodes only (none yet).
+          await c.kubectl(
+            ["apply", "-f", "-"],
+            await migrationManifest("localhost/weft:v0.1.1"),
+          );
+          // 3. Move nodes one at a time.
+          for (const node of c.nodes) {
+            await c.kubectl(["label", "node", node.name, "weft/agent=weft"]);
+            await until(
+              `weft Ready on ${node.name}, flanneld gone`,
+              90_000,
+              async () => {
+                const w = await pods(c, "app=weft", "kube-flannel");
+                const f = await pods(c, "app=flannel", "kube-flannel");
+                return w.some((p) => p.node === node.name && p.ready) &&
+                    !f.some((p) => p.node === node.name)
+                  ? true
+                  : undefined;
+              },
+            );
+          }
+        });
+        console.log(
+          `  flanneld to weft migration: ${count.received}/${count.sent} answered`,
+        );
+        assertEquals(count.received, count.sent);
+        const w = await pods(c, "app=weft", "kube-flannel");
+        assertEquals(w.filter((p) => p.ready).length, c.nodes.length);
         const r = await execPod(c, a.name, [
           "ping",
           "-c",

@@ -7,6 +7,7 @@
 #                         base made from Debian packages with mmdebstrap
 #   weft-pause:1          the pod sandbox: busybox-static sleeping forever
 #   weft-testpod:1        busybox-static (sh, ping, nc, wget, ip, httpd)
+#   flanneld.tar          flanneld v0.28.9 (when built) in the weft image
 #   weft-lib.tar          the weft image's /usr/local/lib/weft (deno and
 #                         sources, which its CNI plugin needs on the node)
 #
@@ -71,11 +72,27 @@ buildah bud --quiet ${ulimits[@]+"${ulimits[@]}"} --network host \
   -t "localhost/weft:${tags[0]}" -f Containerfile . >/dev/null
 for t in "${tags[@]:1}"; do buildah tag "localhost/weft:${tags[0]}" "localhost/weft:$t"; done
 
+# flanneld's image for the migration test, when .ci/build_servers.sh
+# --with-flanneld built it: the weft image with the real flanneld as
+# /opt/bin/flanneld (flannel's own CNI plugin is not on the module proxy,
+# so /flannel stays weft's plugin, which reads the same subnet.env).
+flanneld_bin="${WEFT_CACHE:-/var/cache/weft}/bin/flanneld"
+if [[ -x "$flanneld_bin" ]]; then
+  mkdir -p "$work/flanneld"
+  cp "$flanneld_bin" "$work/flanneld/flanneld"
+  printf 'FROM localhost/weft:%s\nCOPY flanneld /opt/bin/flanneld.real\nRUN mv -f /opt/bin/flanneld.real /opt/bin/flanneld\nENTRYPOINT ["/opt/bin/flanneld"]\n' \
+    "${tags[0]}" >"$work/flanneld/Containerfile"
+  buildah bud --quiet -t localhost/flanneld:v0.28.9 -f "$work/flanneld/Containerfile" "$work/flanneld" >/dev/null
+fi
+
 rm -f "$out"/*.tar
 for img in localhost/weft-pause:1 localhost/weft-testpod:1; do
   n="${img#localhost/}"; n="${n%%:*}"
   buildah push --quiet "$img" "docker-archive:$out/$n.tar:$img" >/dev/null
 done
+if [[ -x "$flanneld_bin" ]]; then
+  buildah push --quiet localhost/flanneld:v0.28.9 "docker-archive:$out/flanneld.tar:localhost/flanneld:v0.28.9" >/dev/null
+fi
 for t in "${tags[@]}"; do
   buildah push --quiet "localhost/weft:$t" "docker-archive:$out/weft-$t.tar:localhost/weft:$t" >/dev/null
 done

@@ -10,6 +10,7 @@ import {
   KUBE_FLANNEL_YML,
   kubeFlannelWithWeft,
   manifest,
+  migrationManifest,
   parsePingCount,
 } from "./_k8s.ts";
 
@@ -25,6 +26,24 @@ Deno.test("manifest() changes only the image references of deploy/weft.yaml", as
   );
   const changed = changedLines(stock, await manifest("localhost/weft:v9"));
   assertEquals(changed, Array(3).fill("image: localhost/weft:v9"));
+});
+
+Deno.test("migrationManifest() uncomments the weft/agent affinity and drops the ConfigMap", async () => {
+  const m = await migrationManifest("w:2");
+  assertEquals(/^kind: ConfigMap$/m.test(m), false);
+  assertEquals(
+    m.split("\n").filter((l) =>
+      /key: weft\/agent|operator: In|values: \["weft"\]/.test(l)
+    )
+      .map((l) => l.trim()),
+    [
+      "operator: In",
+      "- key: weft/agent",
+      "operator: In",
+      'values: ["weft"]',
+    ],
+  );
+  assertEquals(m.match(/image: w:2/g)?.length, 3);
 });
 
 await gatedTest({

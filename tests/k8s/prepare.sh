@@ -21,7 +21,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-bash .ci/build_servers.sh --with-cluster
+bash .ci/build_servers.sh --with-cluster --with-flanneld
 bash tests/k8s/images.sh "${WEFT_CACHE:-/var/cache/weft}/images/k8s" v0.1.0 v0.1.1
 # The stock kube-flannel.yml of the flanneld version weft replaces, for the
 # image-swap test: it ships in the flannel module (Documentation/).
