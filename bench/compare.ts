@@ -677,7 +677,7 @@ interface RunContext {
   readonly dir: string;
   readonly flanneld: string;
   readonly weftMain: string;
-  /** The `--v8-flags=...` of the checkout's `deno task start`, if any. */
+  /** The V8 flags of the checkout's `deno task start`, if any. */
   readonly v8Flags: string[];
   readonly logDir: string | undefined;
   readonly idleAtN: number;
@@ -981,13 +981,18 @@ async function jsonKubeconfig(path: string, k: KubeServers): Promise<string> {
   return path;
 }
 
-/** The `--v8-flags=...` argument of the checkout's `deno task start`. */
-async function startV8Flags(root: string): Promise<string[]> {
-  const conf = JSON.parse(await Deno.readTextFile(`${root}/deno.json`)) as {
-    tasks?: { start?: string };
-  };
-  const m = /(--v8-flags=\S+)/.exec(conf.tasks?.start ?? "");
-  return m ? [m[1]!] : [];
+/**
+ * The V8 flags of the checkout (`deploy/v8-flags.txt`, which `deno task
+ * start` and `deno task compile` read), none if it has no such file.
+ */
+export async function startV8Flags(root: string): Promise<string[]> {
+  try {
+    const text = await Deno.readTextFile(`${root}/deploy/v8-flags.txt`);
+    return text.split(/\s+/).filter((w) => w !== "");
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return [];
+    throw e;
+  }
 }
 
 /** Whether the servers and flanneld this benchmark needs are built. */

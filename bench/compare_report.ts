@@ -567,6 +567,8 @@ export async function writeReadme(rows: CompareRow[], machineLine: string) {
       readmeSection(rows, machineLine)
     }\n\n${text.slice(b)}`,
   );
+  // Tables aligned and lines wrapped as `deno task check` wants them.
+  await run([Deno.execPath(), "fmt", path]);
 }
 
 async function flanneldVersion(): Promise<string> {

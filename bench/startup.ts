@@ -22,6 +22,7 @@
  */
 import { median } from "./_stats.ts";
 import { realisticNode } from "./kube.ts";
+import { startV8Flags } from "./compare.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -136,10 +137,7 @@ if (kept.size !== 5000) throw new Error("kept " + kept.size);`;
 if (import.meta.main) {
   const runsArg = Deno.args.find((a) => a.startsWith("--runs="));
   const runs = runsArg ? Number(runsArg.slice(7)) : 5;
-  const v8 = (JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)) as {
-    tasks: { start: string };
-  }).tasks.start.match(/--v8-flags=\S+/)?.[0];
-  const flags = v8 ? [v8] : [];
+  const flags = await startV8Flags(ROOT);
   const kubePath = `import "${ROOT}main.ts";
 import "${ROOT}subnet/kube/manager.ts";`;
   const rows = [
