@@ -3,10 +3,10 @@
  * weft side by side (see _harness.ts) in etcd mode, kube mode or both, and
  * asserts that their normalised state is equal in every field except the
  * deviations the case names, each documented in docs/flanneld-differences.md.
- * Writes bench/results/conformance.md.
+ * Writes bench/results/conformance.md (and .json, the rows it is made of).
  *
- * `WEFT_CONFORMANCE_ONLY=<regex>` runs matching case ids only (and then
- * writes no table); `WEFT_CONFORMANCE_DUMP=<dir>` writes both snapshots of
+ * `WEFT_CONFORMANCE_ONLY=<regex>` runs matching case ids only and replaces
+ * just their rows; `WEFT_CONFORMANCE_DUMP=<dir>` writes both snapshots of
  * every case there.
  *
  * @module
@@ -71,7 +71,64 @@ function inputs(c: Case): string {
   return parts.join("; ").replaceAll("|", "\\|");
 }
 
-async function writeTable(rows: Row[], totalMs: number): Promise<void> {
+interface Stored {
+  readonly fullRunSeconds: number;
+  readonly date: string;
+  readonly rerun?: string;
+  readonly rows: {
+    id: string;
+    mode: Mode;
+    diffs: string[];
+    ms: number;
+    failed?: boolean;
+  }[];
+}
+
+const STORED = `${ROOT}bench/results/conformance.json`;
+
+/**
+ * Records the rows (bench/results/conformance.json) and renders the table.
+ * A run of some cases only (`WEFT_CONFORMANCE_ONLY`) replaces their rows
+ * in the last full run's record and says so under the table.
+ */
+async function record(rows: Row[], totalMs: number): Promise<void> {
+  let stored: Stored = {
+    fullRunSeconds: Math.round(totalMs / 1000),
+    date: new Date().toISOString().slice(0, 10),
+    rows: [],
+  };
+  if (only) {
+    stored = JSON.parse(await Deno.readTextFile(STORED)) as Stored;
+    stored = {
+      ...stored,
+      rerun: `${stored.rerun ? `${stored.rerun}; ` : ""}${
+        new Set(rows.map((r) => r.c.id)).size
+      } case(s) re-run on ${new Date().toISOString().slice(0, 10)}`,
+    };
+  }
+  const byKey = new Map(stored.rows.map((r) => [`${r.id}/${r.mode}`, r]));
+  for (const r of rows) {
+    byKey.set(`${r.c.id}/${r.mode}`, {
+      id: r.c.id,
+      mode: r.mode,
+      diffs: r.diffs,
+      ms: Math.round(r.ms),
+      ...(r.failed && { failed: true }),
+    });
+  }
+  const order = new Map(CASES.map((c, i) => [c.id, i]));
+  const all = [...byKey.values()].filter((r) => order.has(r.id)).sort((a, b) =>
+    order.get(a.id)! - order.get(b.id)! || (a.mode < b.mode ? -1 : 1)
+  );
+  stored = { ...stored, rows: all };
+  await Deno.writeTextFile(STORED, JSON.stringify(stored, null, 1) + "\n");
+  await writeTable(
+    all.map((r) => ({ ...r, c: CASES.find((c) => c.id === r.id)! })),
+    stored,
+  );
+}
+
+async function writeTable(rows: Row[], stored: Stored): Promise<void> {
   const commits = new Map<string, string>();
   for (const r of rows) {
     const subject = r.c.fixedIn ?? "flanneld parity";
@@ -86,8 +143,8 @@ async function writeTable(rows: Row[], totalMs: number): Promise<void> {
     `(${
       new Set(rows.map((r) => r.c.id)).size
     } inputs, etcd and kube mode) in ` +
-    `${(totalMs / 1000).toFixed(0)} s on ${
-      new Date().toISOString().slice(0, 10)
+    `${stored.fullRunSeconds} s on ${stored.date}${
+      stored.rerun ? ` (then ${stored.rerun})` : ""
     }.`,
     "Each starts flanneld and weft with the same net-conf, flags, environment and",
     "peers on two node namespaces of one cluster, waits until both settle, and",
@@ -235,7 +292,7 @@ await gatedTest({
       }
     }
     await h.stopAgents();
-    if (!only) await writeTable(rows, performance.now() - t0);
+    await record(rows, performance.now() - t0);
     console.log(
       `conformance: ${rows.length} case runs in ${
         ((performance.now() - t0) / 1000).toFixed(1)
