@@ -550,7 +550,9 @@ export class Harness implements AsyncDisposable {
     const routes = [
       ...(await j("-4", "route", "show", "table", "all")),
       ...(await j("-6", "route", "show", "table", "all")),
-    ].filter((r: Record<string, unknown>) =>
+    ];
+    const protocols = routeProtocols(routes);
+    const cleaned = routes.filter((r: Record<string, unknown>) =>
       // the underlay's own IPv6 link-local and multicast routes are the
       // kernel's, identical on both nodes; keep everything else
       !(String(r.dst).startsWith("ff00::") || String(r.dst).startsWith("fe80"))
@@ -586,7 +588,8 @@ export class Harness implements AsyncDisposable {
       exit: this.exitCode(node.role) ?? "running",
       links,
       addrs,
-      routes,
+      routes: cleaned,
+      routeProtocols: protocols,
       neigh,
       fdb,
       subnetEnv,
@@ -735,10 +738,26 @@ function cleanLink(l: Record<string, unknown>): Record<string, unknown> {
   return out;
 }
 
+/** weft's route protocol (`RTPROT_WEFT`), as `ip -j route` prints it. */
+export const WEFT_PROTO = "87";
+
 function cleanRoute(r: Record<string, unknown>): Record<string, unknown> {
   const out = { ...r };
   delete out.expires;
+  // weft marks its routes with its own protocol: compared on its own, in
+  // `routeProtocols`, so that every other route attribute still is.
+  if (out.protocol === WEFT_PROTO) delete out.protocol;
   return out;
+}
+
+/** The protocols of the routes not made by the kernel, in name order. */
+function routeProtocols(routes: Record<string, unknown>[]): string[] {
+  return [
+    ...new Set(
+      routes.filter((r) => r.protocol !== "kernel" && r.table !== "local")
+        .map((r) => String(r.protocol ?? "boot")),
+    ),
+  ].sort();
 }
 
 /** The Backend type of a net-conf, as the agents would read it. */
