@@ -140,7 +140,7 @@ export class Harness implements AsyncDisposable {
   }
 
   /** Builds the switch, starts etcd and the Kubernetes control plane. */
-  static async create(): Promise<Harness> {
+  static async create(opts: { kube?: boolean } = {}): Promise<Harness> {
     await Harness.cleanup();
     const dir = `/tmp/${PREFIX}`;
     await Deno.mkdir(dir, { recursive: true });
@@ -152,7 +152,9 @@ export class Harness implements AsyncDisposable {
       await sw.ip("addr", "add", `${SWITCH_IP6}/64`, "dev", "br0", "nodad");
       await sw.ip("link", "set", "br0", "up");
       await h.#startEtcd();
-      h.kube = await KubeControlPlane.start(sw, SWITCH_IP, `${dir}/kube`);
+      if (opts.kube ?? true) {
+        h.kube = await KubeControlPlane.start(sw, SWITCH_IP, `${dir}/kube`);
+      }
     } catch (e) {
       await h.close();
       throw e;

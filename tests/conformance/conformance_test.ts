@@ -26,6 +26,8 @@ import {
 } from "./_harness.ts";
 
 const only = Deno.env.get("WEFT_CONFORMANCE_ONLY");
+/** `WEFT_CONFORMANCE_MODES=etcd` (or `kube`): run that mode only. */
+const modesOnly = Deno.env.get("WEFT_CONFORMANCE_MODES");
 const dump = Deno.env.get("WEFT_CONFORMANCE_DUMP");
 const ROOT = new URL("../..", import.meta.url).pathname;
 
@@ -39,7 +41,8 @@ interface Row {
 }
 
 function modes(c: Case): readonly Mode[] {
-  return c.modes ?? ["etcd", "kube"];
+  const all = c.modes ?? ["etcd", "kube"];
+  return modesOnly ? all.filter((m) => modesOnly.split(",").includes(m)) : all;
 }
 
 async function fixCommit(subject: string): Promise<string> {
@@ -98,8 +101,10 @@ async function record(rows: Row[], totalMs: number): Promise<void> {
     date: new Date().toISOString().slice(0, 10),
     rows: [],
   };
-  if (only) {
-    stored = JSON.parse(await Deno.readTextFile(STORED)) as Stored;
+  if (only || modesOnly) {
+    const text = await Deno.readTextFile(STORED).catch(() => undefined);
+    if (text === undefined) return; // no full run to amend
+    stored = JSON.parse(text) as Stored;
     stored = {
       ...stored,
       rerun: `${stored.rerun ? `${stored.rerun}; ` : ""}${
@@ -221,7 +226,9 @@ await gatedTest({
   fn: async (t) => {
     const t0 = performance.now();
     const rows: Row[] = [];
-    await using h = await Harness.create();
+    await using h = await Harness.create({
+      kube: !modesOnly || modesOnly.includes("kube"),
+    });
     for (const c of CASES) {
       if (only && !new RegExp(only).test(c.id)) continue;
       for (const mode of modes(c)) {
