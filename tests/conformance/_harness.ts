@@ -15,8 +15,11 @@
  * A snapshot of a node is plain data in flanneld's and iproute2's words.
  * Normalising replaces, in each node's snapshot, what must differ between
  * the two nodes by role tokens: the node's own subnet, public IP and VTEP
- * MAC become `<self…>`, the other agent's become `<peer…>`. Nothing else
- * is touched, so any other difference is a real one.
+ * MAC become `<self…>`, the other agent's become `<peer…>`. Beyond that,
+ * only what carries no meaning is dropped: the order of routes,
+ * neighbours, FDB entries and rule tables (sorted), packet counters,
+ * interface indexes and statistics. weft's route protocol is compared on
+ * its own (`routeProtocols`). Any other difference is a real one.
  *
  * @module
  */
