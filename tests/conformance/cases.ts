@@ -216,6 +216,12 @@ export const CASES: readonly Case[] = [
     id: "subnetlen-26",
     title: "SubnetLen 26",
     modes: ["etcd"],
+    // The foreign peer's /24 lease does not fit SubnetLen 26.
+    etcdDeviations: {
+      routes: "foreign-lease-size",
+      neigh: "foreign-lease-size",
+      fdb: "foreign-lease-size",
+    },
     input: { netConf: `{${NET},"SubnetLen":26,"Backend":{"Type":"vxlan"}}` },
     check: envHas("FLANNEL_NETWORK=10.244.0.0/16"),
   },
@@ -406,6 +412,8 @@ export const CASES: readonly Case[] = [
     id: "dual-stack-hostgw",
     title: "dual stack host-gw",
     ping: ["v4", "v6"],
+    // The foreign peer Node has no backend-v6-data annotation.
+    kubeDeviations: { routes: "v6-data-required" },
     input: { netConf: conf(DUAL, '{"Type":"host-gw"}') },
   },
   {
