@@ -191,3 +191,35 @@ export function renderRestore(
   lines.push("COMMIT");
   return lines.join("\n") + "\n";
 }
+
+/**
+ * The `iptables-restore --noflush` payload that removes flanneld's chains
+ * from one table whole: the jumps to them (found by chain name or by our
+ * comment) are deleted, then the chains flushed and deleted. Empty when
+ * the table holds none of them.
+ */
+export function renderCleanup(table: string, saved: SavedTables): string {
+  const chains = saved.get(table);
+  if (!chains) return "";
+  const ours = [MASQ_CHAIN, FWD_CHAIN].filter((c) => chains.has(c));
+  const jumps: string[] = [];
+  for (const [chain, rules] of chains) {
+    if (ours.includes(chain)) continue;
+    for (const rule of rules) {
+      if (
+        ours.some((c) => rule.endsWith(`-j ${c}`)) ||
+        rule.includes(MASQ_COMMENT) || rule.includes(FWD_COMMENT)
+      ) {
+        jumps.push(`-D ${chain} ${rule}`);
+      }
+    }
+  }
+  if (ours.length === 0 && jumps.length === 0) return "";
+  return [
+    `*${table}`,
+    ...jumps,
+    ...ours.map((c) => `-F ${c}`),
+    ...ours.map((c) => `-X ${c}`),
+    "COMMIT",
+  ].join("\n") + "\n";
+}

@@ -5,6 +5,7 @@ import {
   forwardRules,
   masqRules,
   parseIptablesSave,
+  renderCleanup,
   renderRestore,
   type SavedTables,
 } from "./iptables.ts";
@@ -103,4 +104,37 @@ Deno.test("chainDrift() sees a reordered chain and a doubled jump", () => {
     "chain nat/FLANNEL-POSTRTG is out of order",
     `rule "-A POSTROUTING ${nat!.jump}" appears 2 times`,
   ]);
+});
+
+Deno.test("renderCleanup() deletes the jumps by chain name or comment, then flushes and deletes our chains", () => {
+  const saved = parseIptablesSave([
+    "*nat",
+    ":POSTROUTING ACCEPT [0:0]",
+    ":FLANNEL-POSTRTG - [0:0]",
+    "-A POSTROUTING -j RETURN",
+    '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
+    "-A POSTROUTING -j FLANNEL-POSTRTG",
+    '-A FLANNEL-POSTRTG -m comment --comment "flanneld masq" -j RETURN',
+    "COMMIT",
+  ].join("\n"));
+  assertEquals(
+    renderCleanup("nat", saved),
+    [
+      "*nat",
+      '-D POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
+      "-D POSTROUTING -j FLANNEL-POSTRTG",
+      "-F FLANNEL-POSTRTG",
+      "-X FLANNEL-POSTRTG",
+      "COMMIT",
+      "",
+    ].join("\n"),
+  );
+  assertEquals(renderCleanup("filter", saved), "");
+  assertEquals(
+    renderCleanup(
+      "nat",
+      parseIptablesSave("*nat\n:POSTROUTING ACCEPT\nCOMMIT\n"),
+    ),
+    "",
+  );
 });

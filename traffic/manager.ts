@@ -39,6 +39,7 @@ import {
   chainDrift,
   desiredChains,
   parseIptablesSave,
+  renderCleanup,
   renderRestore,
 } from "./iptables.ts";
 import { nftTable, renderNftables } from "./nftables.ts";
@@ -312,12 +313,65 @@ export class TrafficManager {
   }
 
   /**
+   * Removes the rules of the traffic manager this node does not use, as
+   * flanneld does at start (`main.go`), so a node switched between
+   * iptables and nftables is not left with both. With iptables, the
+   * `flannel-ipv4` / `flannel-ipv6` nftables tables are deleted, as
+   * flanneld deletes them. With nftables, flanneld's iptables chains are
+   * removed whole, jumps included (flanneld only flushes
+   * `FLANNEL-POSTRTG`; see docs/flanneld-differences.md). Best effort: a
+   * missing tool or table is no error. Returns what was removed.
+   */
+  async cleanUpOther(): Promise<string[]> {
+    const removed: string[] = [];
+    const quiet = (cmd: string[], stdin?: string) =>
+      this.#run(cmd, stdin, this.#stop).catch(() => undefined);
+    if (!this.#nft) {
+      for (const family of [4, 6] as const) {
+        const fam = family === 4 ? "ip" : "ip6";
+        const table = nftTable(family);
+        const listed = await quiet(["nft", "list", "table", fam, table]);
+        if (listed?.code !== 0) continue;
+        const out = await quiet(["nft", "delete", "table", fam, table]);
+        if (out?.code === 0) removed.push(`nftables table ${fam} ${table}`);
+        else {log.warn(
+            `Cannot delete nftables table ${fam} ${table}: ${out?.stderr.trim()}`,
+          );}
+      }
+    } else {
+      for (const family of [4, 6] as const) {
+        const save = family === 4 ? "iptables-save" : "ip6tables-save";
+        const restore = family === 4 ? "iptables-restore" : "ip6tables-restore";
+        let payload = "";
+        for (const table of ["nat", "filter"]) {
+          const out = await quiet([save, "-t", table]);
+          if (out?.code !== 0) continue;
+          payload += renderCleanup(table, parseIptablesSave(out.stdout));
+        }
+        if (payload === "") continue;
+        const out = await quiet([restore, "--noflush"], payload);
+        if (out?.code === 0) removed.push(`IPv${family} iptables chains`);
+        else {log.warn(
+            `Cannot remove flannel's IPv${family} iptables chains: ${out?.stderr.trim()}`,
+          );}
+      }
+    }
+    for (const what of removed) {
+      log.info(`Removed the unused traffic manager's rules: ${what}`);
+    }
+    return removed;
+  }
+
+  /**
    * Checks now if never checked, then every `resyncSeconds` until `signal`
    * aborts. Repairs are logged; failures are logged and retried.
    */
   async run(signal: AbortSignal): Promise<void> {
     this.#stop = signal;
     let first = this.#probed === undefined;
+    // The other manager's rules go once, after our own are in place: a
+    // hung tool there must not delay readiness.
+    let cleaned = !first;
     while (!signal.aborted) {
       if (!first) {
         const slept = await sleep(this.#resync * 1000, signal).then(
@@ -332,6 +386,10 @@ export class TrafficManager {
       } catch (e) {
         if (signal.aborted) return;
         log.error(`Failed to ensure iptables rules: ${(e as Error).message}`);
+      }
+      if (!cleaned && !signal.aborted) {
+        cleaned = true;
+        await this.cleanUpOther();
       }
     }
   }

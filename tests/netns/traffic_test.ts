@@ -264,3 +264,61 @@ kernelTest(
     assertEquals(await hostRules(), before);
   },
 );
+
+kernelTest(
+  "traffic: switching between iptables and nftables removes the other manager's rules, as flanneld does at start",
+  async () => {
+    await using ns = await Netns.create("ipt-nft");
+    const inNs = commandRunner({ prefix: ["ip", "netns", "exec", ns.name] });
+    const ipt = new TrafficManager({ spec, run: inNs });
+    await ipt.ensure();
+    // Something else's rule in the same hook chains stays.
+    await ns.exec([
+      "iptables",
+      "-t",
+      "nat",
+      "-A",
+      "POSTROUTING",
+      "-j",
+      "RETURN",
+    ]);
+    const nft = new TrafficManager({ spec, run: inNs, nftables: true });
+    assertEquals(await nft.cleanUpOther(), ["IPv4 iptables chains"]);
+    assertEquals(await rules(ns, "iptables-save", "nat"), [
+      "-A POSTROUTING -j RETURN",
+    ]);
+    assertEquals(await rules(ns, "iptables-save", "filter"), []);
+    const saved = await ns.exec(["iptables-save"]);
+    assert(!saved.includes("FLANNEL"), saved);
+    await nft.ensure();
+    // Throws when the table is missing.
+    await ns.exec(["nft", "list", "table", "ip", "flannel-ipv4"]);
+
+    // And back: the nftables tables go, the iptables chains come back.
+    const back = new TrafficManager({ spec, run: inNs });
+    // nftables mode writes both tables, as flanneld does: both go.
+    assertEquals(await back.cleanUpOther(), [
+      "nftables table ip flannel-ipv4",
+      "nftables table ip6 flannel-ipv6",
+    ]);
+    const gone = await run([
+      "ip",
+      "netns",
+      "exec",
+      ns.name,
+      "nft",
+      "list",
+      "table",
+      "ip",
+      "flannel-ipv4",
+    ]);
+    assert(gone.code !== 0, "flannel-ipv4 is deleted");
+    await back.ensure();
+    assertEquals(await rules(ns, "iptables-save", "nat"), [
+      "-A POSTROUTING -j RETURN",
+      ...NAT_V4,
+    ]);
+    // Nothing of the other manager left: a second cleanup finds nothing.
+    assertEquals(await back.cleanUpOther(), []);
+  },
+);
