@@ -701,17 +701,29 @@ for f in cpuset.cpus cpuset.mems; do cat ${CGROUP}/cpuset/$f > ${CGROUP}/cpuset/
   ]);
 }
 
-/** Kills every process in a node's cgroups (pods), then removes them. */
+/**
+ * Kills every process in a node's cgroups at any depth (containers sit at
+ * <root>/kubepods/<qos>/pod<uid>/<id>), then removes them; a cgroup whose
+ * killed processes are still exiting refuses rmdir for a moment.
+ */
 async function killCgroup(name: string): Promise<void> {
   await run([
     "sh",
     "-c",
     `for i in 1 2 3 4 5; do
-  pids=$(cat ${CGROUP}/*/"$0"/cgroup.procs ${CGROUP}/*/"$0"/*/cgroup.procs ${CGROUP}/*/"$0"/*/*/cgroup.procs ${CGROUP}/*/"$0"/*/*/*/cgroup.procs 2>/dev/null)
+  pids=$(find ${CGROUP}/*/"$0" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
   [ -z "$pids" ] && break
   kill -9 $pids 2>/dev/null; sleep 0.2
 done
-for c in ${CGROUP}/*/"$0"; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} + 2>/dev/null; done
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  left=0
+  for c in ${CGROUP}/*/"$0"; do
+    [ -d "$c" ] || continue
+    find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || left=1
+  done
+  [ "$left" = 0 ] && break
+  sleep 0.5
+done
 true`,
     name,
   ]);
