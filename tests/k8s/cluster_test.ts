@@ -101,7 +101,12 @@ async function subnetEnv(node: K8sNode): Promise<Record<string, string>> {
   );
 }
 
-/** Pings `dst` from `from` every 50 ms for `seconds` while `during` runs. */
+/**
+ * Pings `dst` from `from` every 50 ms for `seconds` while `during` runs.
+ * ping runs in the background inside the pod and its summary is read from a
+ * file afterwards: a `kubectl exec` stream that stays silent (ping -q) was
+ * seen to end after 60 s with no output at all, which would lose the count.
+ */
 async function pingDuring(
   c: K8sCluster,
   from: PodInfo,
@@ -109,24 +114,30 @@ async function pingDuring(
   seconds: number,
   during: () => Promise<void>,
 ): Promise<{ sent: number; received: number }> {
-  const ping = execPod(c, from.name, [
-    "ping",
-    "-q",
-    "-i",
-    "0.05",
-    "-w",
-    String(seconds),
-    dst,
+  const out = `/tmp/ping-${Date.now()}.txt`;
+  const started = await execPod(c, from.name, [
+    "sh",
+    "-c",
+    `ping -q -i 0.05 -w ${seconds} ${dst} >${out} 2>&1 </dev/null & echo started`,
   ]);
+  assertEquals(started.stdout.trim(), "started", started.stderr);
   const t0 = Date.now();
   await during();
   assert(
     Date.now() - t0 < seconds * 1000 - 2000,
     `the disruption outlasted the ${seconds} s ping window`,
   );
-  const r = await ping;
-  const count = parsePingCount(r.stdout);
-  assert(count.sent > seconds * 10, `too few pings sent: ${r.stdout}`);
+  const text = await until(
+    `the ping summary in ${from.name}:${out}`,
+    (seconds + 30) * 1000,
+    async () => {
+      const r = await execPod(c, from.name, ["cat", out]);
+      return /packets transmitted/.test(r.stdout) ? r.stdout : undefined;
+    },
+    1000,
+  );
+  const count = parsePingCount(text);
+  assert(count.sent > seconds * 10, `too few pings sent: ${text}`);
   return count;
 }
 
