@@ -13,7 +13,7 @@
  * @module
  */
 import { runCommand } from "../lib/command.ts";
-import { Netns, run } from "./_netns.ts";
+import { cleanupStale, Netns, plugIntoBridge, run } from "./_netns.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 export const SWITCH_IP = "198.18.0.254";
@@ -209,16 +209,7 @@ export class Cluster implements AsyncDisposable {
 
   /** Removes leftovers of an earlier run with the same prefix. */
   static async cleanup(prefix = "weft-c"): Promise<void> {
-    const list = await run(["ip", "netns", "list"]);
-    for (const line of list.stdout.split("\n")) {
-      const name = line.split(" ")[0];
-      if (!name?.startsWith(`${prefix}-`)) continue;
-      const pids = await run(["ip", "netns", "pids", name]);
-      for (const pid of pids.stdout.split("\n").filter((p) => p)) {
-        await run(["kill", "-9", pid]);
-      }
-      await run(["ip", "netns", "del", name]);
-    }
+    await cleanupStale(`${prefix}-`);
     await Deno.remove(`/tmp/${prefix}`, { recursive: true }).catch(() => {});
     // host-local keeps its allocations on the host, under the network name
     // (`<prefix>-<node>`, see #cni): without this they pile up run after run.
@@ -265,19 +256,7 @@ export class Cluster implements AsyncDisposable {
 
   async #wire(node: ClusterNode): Promise<void> {
     const port = `${this.prefix}-p${node.n}`.slice(-15);
-    await this.hub.ip(
-      "link",
-      "add",
-      port,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "eth0",
-      "netns",
-      node.ns.name,
-    );
-    await this.hub.ip("link", "set", port, "master", "br0", "up");
+    await plugIntoBridge(this.hub, node.ns, port);
     await node.ns.ip("addr", "add", `${node.ip}/24`, "dev", "eth0");
     await node.ns.ip("link", "set", "eth0", "up");
     await node.ns.ip("route", "add", "default", "via", SWITCH_IP);

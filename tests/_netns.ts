@@ -166,30 +166,48 @@ export async function joinOnBridge(
   await hub.ip("link", "add", "br0", "type", "bridge");
   await hub.ip("link", "set", "br0", "up");
   for (const [i, node] of nodes.entries()) {
-    const port = `p${i}`;
-    await hub.ip(
-      "link",
-      "add",
-      port,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "eth0",
-      "netns",
-      node.name,
-    );
-    await hub.ip("link", "set", port, "master", "br0", "up");
+    await plugIntoBridge(hub, node, `p${i}`);
     await node.ip("addr", "add", addrs[i]!, "dev", "eth0");
     await node.ip("link", "set", "eth0", "up");
   }
 }
 
-/** Deletes namespaces left behind by earlier, crashed test runs. */
+/**
+ * Plugs `node` into `hub`'s bridge `br0`: a veth pair whose end in `node`
+ * is `eth0` (left down, without an address) and whose end `port` in `hub`
+ * is a bridge port, up.
+ */
+export async function plugIntoBridge(
+  hub: Netns,
+  node: Netns,
+  port: string,
+): Promise<void> {
+  await hub.ip(
+    "link",
+    "add",
+    port,
+    "type",
+    "veth",
+    "peer",
+    "name",
+    "eth0",
+    "netns",
+    node.name,
+  );
+  await hub.ip("link", "set", port, "master", "br0", "up");
+}
+
+/** Deletes the namespaces named `<prefix>...` that earlier, crashed runs left, killing what still runs in them. */
 export async function cleanupStale(prefix = "weft-t-"): Promise<void> {
   const list = await run(["ip", "netns", "list"]);
   for (const line of list.stdout.split("\n")) {
     const name = line.split(" ")[0];
-    if (name?.startsWith(prefix)) await run(["ip", "netns", "del", name]);
+    if (!name?.startsWith(prefix)) continue;
+    // Processes left inside (agents, servers) would keep it alive.
+    const pids = await run(["ip", "netns", "pids", name]);
+    for (const pid of pids.stdout.split("\n").filter((p) => p)) {
+      await run(["kill", "-9", pid]);
+    }
+    await run(["ip", "netns", "del", name]);
   }
 }

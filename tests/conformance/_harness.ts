@@ -23,7 +23,7 @@
  *
  * @module
  */
-import { Netns, run } from "../_netns.ts";
+import { cleanupStale, Netns, plugIntoBridge, run } from "../_netns.ts";
 import { agentPermissions } from "../_cluster.ts";
 import { serverBinary } from "../servers/paths.ts";
 import type { Need } from "../_gate.ts";
@@ -129,16 +129,7 @@ export class Harness implements AsyncDisposable {
 
   /** Removes this tier's leftovers (namespaces named `weft-conf-*`). */
   static async cleanup(): Promise<void> {
-    const list = await run(["ip", "netns", "list"]);
-    for (const line of list.stdout.split("\n")) {
-      const name = line.split(" ")[0];
-      if (!name?.startsWith(`${PREFIX}-`)) continue;
-      const pids = await run(["ip", "netns", "pids", name]);
-      for (const pid of pids.stdout.split("\n").filter((p) => p)) {
-        await run(["kill", "-9", pid]);
-      }
-      await run(["ip", "netns", "del", name]);
-    }
+    await cleanupStale(`${PREFIX}-`);
     await Deno.remove(`/tmp/${PREFIX}`, { recursive: true }).catch(() => {});
   }
 
@@ -320,19 +311,7 @@ export class Harness implements AsyncDisposable {
   async wire(ns: Netns, node: NodeSpec, input: CaseInput): Promise<void> {
     const port = `${PREFIX}-p${node.n}`;
     await run(["ip", "-n", this.sw.name, "link", "del", port]);
-    await this.sw.ip(
-      "link",
-      "add",
-      port,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "eth0",
-      "netns",
-      ns.name,
-    );
-    await this.sw.ip("link", "set", port, "master", "br0", "up");
+    await plugIntoBridge(this.sw, ns, port);
     await ns.ip("addr", "add", `198.18.0.${node.n}/24`, "dev", "eth0");
     for (const a of input.extraAddrs ?? []) {
       await ns.ip(

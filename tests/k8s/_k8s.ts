@@ -48,7 +48,7 @@
  *
  * @module
  */
-import { halt, Netns, run, sh } from "../_netns.ts";
+import { halt, Netns, plugIntoBridge, run, sh } from "../_netns.ts";
 import { serverBinary } from "../servers/paths.ts";
 import {
   CLIENT_EXT,
@@ -283,19 +283,7 @@ export class K8sCluster implements AsyncDisposable {
 
   /** Connects `ns` to the switch with `eth0` = `cidr`, default via .1. */
   async #plug(ns: Netns, port: string, cidr: string): Promise<void> {
-    await this.#sw.ip(
-      "link",
-      "add",
-      `p-${port}`,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "eth0",
-      "netns",
-      ns.name,
-    );
-    await this.#sw.ip("link", "set", `p-${port}`, "master", "br0", "up");
+    await plugIntoBridge(this.#sw, ns, `p-${port}`);
     await ns.ip("addr", "add", cidr, "dev", "eth0");
     await ns.ip("link", "set", "eth0", "up");
     await ns.ip("route", "add", "default", "via", "198.18.0.1");
