@@ -23,6 +23,17 @@ const good: Lease = {
   },
 };
 
+/** `good` with a valid IPv6 half, for the dual-stack network. */
+const goodDual: Lease = {
+  ...good,
+  ipv6Subnet: "fc00:0:0:3::/64",
+  attrs: {
+    ...good.attrs,
+    publicIPv6: "2001:db8::3",
+    backendV6Data: { VNI: 1, VtepMAC: "aa:bb:cc:dd:ee:02" },
+  },
+};
+
 Deno.test("validateLease() accepts a flanneld lease and canonicalises it", () => {
   const r = validateLease(good, v4);
   assert.ok(r.ok, r.ok ? "" : r.reason);
@@ -33,15 +44,7 @@ Deno.test("validateLease() accepts a flanneld lease and canonicalises it", () =>
 });
 
 Deno.test("validateLease() checks the IPv6 half of a dual-stack lease", () => {
-  const lease: Lease = {
-    ...good,
-    ipv6Subnet: "fc00:0:0:3::/64",
-    attrs: {
-      ...good.attrs,
-      publicIPv6: "2001:db8::3",
-      backendV6Data: { VNI: 1, VtepMAC: "aa:bb:cc:dd:ee:02" },
-    },
-  };
+  const lease = goodDual;
   assert.ok(validateLease(lease, dual).ok);
   const noV6Ip = {
     ...lease,
@@ -127,15 +130,7 @@ Deno.test("validateLease() accepts only global or private unicast public IPs out
     ["publicIPv6", "::198.18.0.3", /IPv4-compatible address/],
     ["publicIPv6", "fc00::7", /inside the cluster network "fc00::\/48"/],
   ];
-  const base: Lease = {
-    ...good,
-    ipv6Subnet: "fc00:0:0:3::/64",
-    attrs: {
-      ...good.attrs,
-      publicIPv6: "2001:db8::3",
-      backendV6Data: { VNI: 1, VtepMAC: "aa:bb:cc:dd:ee:02" },
-    },
-  };
+  const base = goodDual;
   assert.ok(validateLease(base, dual).ok);
   for (const [field, ip, why] of bad) {
     const r = validateLease(

@@ -215,20 +215,23 @@ Deno.test("EtcdClient takes credentials out of an endpoint URL and never shows t
   assert.equal(redactUrl("http://h:1"), "http://h:1");
 });
 
-Deno.test("EtcdClient refuses watch lines without a header revision (not etcd speaking)", async () => {
+/** A watch on one endpoint whose stream sends `body`, then ends. */
+function watchAnswering(body: string) {
   const s = scripted({
-    "a:1": [() =>
-      new Response(
-        '{"result":{"kind":"NodeList","items":{"not":"a list"},"header":{"revision":[]},"kvs":"x","result":7}}\n',
-        { status: 200 },
-      )],
+    "a:1": [() => new Response(body, { status: 200 })],
   });
-  using w = new EtcdClient({ endpoints: ["http://a:1"], fetch: s.fetch });
-  const stream = w.watch({
+  const w = new EtcdClient({ endpoints: ["http://a:1"], fetch: s.fetch });
+  return w.watch({
     key: "k",
     idleTimeoutMs: 1000,
     signal: new AbortController().signal,
   });
+}
+
+Deno.test("EtcdClient refuses watch lines without a header revision (not etcd speaking)", async () => {
+  const stream = watchAnswering(
+    '{"result":{"kind":"NodeList","items":{"not":"a list"},"header":{"revision":[]},"kvs":"x","result":7}}\n',
+  );
   await assert.rejects(
     stream.next(),
     (e: unknown) =>
@@ -245,19 +248,9 @@ Deno.test("EtcdClient refuses an endpoint whose port is out of range", () => {
 });
 
 Deno.test("EtcdClient passes on a compaction cancel, whose header has no revision", async () => {
-  const s = scripted({
-    "a:1": [() =>
-      new Response(
-        '{"result":{"header":{"cluster_id":"1"},"canceled":true,"compact_revision":"9"}}\n',
-        { status: 200 },
-      )],
-  });
-  using w = new EtcdClient({ endpoints: ["http://a:1"], fetch: s.fetch });
-  const stream = w.watch({
-    key: "k",
-    idleTimeoutMs: 1000,
-    signal: new AbortController().signal,
-  });
+  const stream = watchAnswering(
+    '{"result":{"header":{"cluster_id":"1"},"canceled":true,"compact_revision":"9"}}\n',
+  );
   const first = await stream.next();
   assert.equal(first.done, false);
   assert.equal(first.value!.compactRevision, 9n);
