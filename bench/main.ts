@@ -11,7 +11,8 @@
  *   servers and flanneld are built; also writes compare.md and compare.svg.
  *
  * `deno task bench soak [--minutes=60] [--peers=1000]` runs the soak
- * (bench/soak.ts) instead, alone.
+ * (bench/soak.ts) instead, alone; `deno task bench k8s [--pods=50]` the
+ * cluster tier's figures (bench/k8s.ts), alone.
  *
  * Needs root (network namespaces). `deno task bench [--quick]
  * [--weft=<checkout>] [name...]`: names pick benchmarks (default all);
@@ -36,6 +37,11 @@ import { machine } from "./_stats.ts";
 if (Deno.args[0] === "soak") {
   const { soak } = await import("./soak.ts");
   await soak();
+  Deno.exit(0);
+}
+if (Deno.args[0] === "k8s") {
+  const { k8sBench } = await import("./k8s.ts");
+  await k8sBench(Deno.args.slice(1));
   Deno.exit(0);
 }
 
