@@ -13,10 +13,9 @@
  *
  * @module
  */
-import { deployWeft, K8sCluster } from "../tests/k8s/_k8s.ts";
+import { deployWeft, IMAGES, K8sCluster } from "../tests/k8s/_k8s.ts";
 import { machine, percentile } from "./_stats.ts";
 
-const IMAGES = `${Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"}/images/k8s`;
 const RESULTS = new URL("./results/", import.meta.url).pathname;
 
 /** Pod manifest pinned to `node`, as the test pods are. */

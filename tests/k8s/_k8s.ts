@@ -50,6 +50,7 @@
  */
 import { halt, Netns, plugIntoBridge, run, sh } from "../_netns.ts";
 import { serverBinary } from "../servers/paths.ts";
+import type { Need } from "../_gate.ts";
 import {
   CLIENT_EXT,
   makeCa,
@@ -966,3 +967,24 @@ export async function migrationManifest(image: string): Promise<string> {
   }
   return docs.join("---");
 }
+
+/** Where tests/k8s/prepare.sh leaves the images. */
+export const IMAGES = `${
+  Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"
+}/images/k8s`;
+
+/** The cluster binaries, tools, images and flannel's manifest. */
+export const CLUSTER: Need = async () => {
+  const tools = await k8sUnavailable();
+  if (tools) return `${tools}: run tests/k8s/prepare.sh`;
+  if (!(await Deno.stat(`${IMAGES}/flanneld.tar`).catch(() => null))) {
+    return `no flanneld image in ${IMAGES}: run tests/k8s/prepare.sh`;
+  }
+  if (!(await Deno.stat(`${IMAGES}/weft-v0.1.1.tar`).catch(() => null))) {
+    return `no images in ${IMAGES}: run tests/k8s/prepare.sh`;
+  }
+  if (!(await Deno.stat(KUBE_FLANNEL_YML).catch(() => null))) {
+    return `no ${KUBE_FLANNEL_YML}: run tests/k8s/prepare.sh`;
+  }
+  return undefined;
+};

@@ -18,18 +18,18 @@ import {
   deepStrictEqual as assertEquals,
   ok as assert,
 } from "node:assert/strict";
-import { gatedTest, type Need, ROOT } from "../_gate.ts";
+import { gatedTest, ROOT } from "../_gate.ts";
 import {
+  CLUSTER,
   CLUSTER_CIDR,
   crossNodePings,
   deployWeft,
   echoManifest,
   execPod,
   httpGet,
+  IMAGES,
   K8sCluster,
   type K8sNode,
-  k8sUnavailable,
-  KUBE_FLANNEL_YML,
   kubeFlannelImages,
   kubeFlannelWithWeft,
   migrationManifest,
@@ -40,7 +40,6 @@ import {
   until,
 } from "./_k8s.ts";
 
-const IMAGES = `${Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"}/images/k8s`;
 /** docs/migrate-from-flanneld.md, step 1. */
 const MIGRATION_PATCH = `
 spec:
@@ -58,22 +57,6 @@ spec:
                 operator: NotIn
                 values: ["weft"]
 `;
-
-/** The cluster binaries, tools, images and flannel's manifest. */
-const CLUSTER: Need = async () => {
-  const tools = await k8sUnavailable();
-  if (tools) return `${tools}: run tests/k8s/prepare.sh`;
-  if (!(await Deno.stat(`${IMAGES}/flanneld.tar`).catch(() => null))) {
-    return `no flanneld image in ${IMAGES}: run tests/k8s/prepare.sh`;
-  }
-  if (!(await Deno.stat(`${IMAGES}/weft-v0.1.1.tar`).catch(() => null))) {
-    return `no images in ${IMAGES}: run tests/k8s/prepare.sh`;
-  }
-  if (!(await Deno.stat(KUBE_FLANNEL_YML).catch(() => null))) {
-    return `no ${KUBE_FLANNEL_YML}: run tests/k8s/prepare.sh`;
-  }
-  return undefined;
-};
 
 interface NodeJson {
   metadata: { name: string; annotations?: Record<string, string> };

@@ -3,25 +3,25 @@
  * a real control plane and three kubelet + containerd nodes
  * (tests/k8s/_k8s.ts), `kubectl apply -f deploy/weft.yaml`, a test
  * Deployment spread over the nodes, and every pod pinging every pod on the
- * other nodes. Missing pieces are built first: `.ci/build_servers.sh
- * --with-cluster` (Go module proxy, cached) and tests/k8s/images.sh.
+ * other nodes. tests/k8s/prepare.sh runs first: it installs the Debian
+ * packages, builds the cluster binaries (.ci/build_servers.sh, Go module
+ * proxy, cached) and the images (reused while their inputs are unchanged).
  *
  * @module
  */
-import { run } from "../_netns.ts";
 import {
   crossNodePings,
   deployWeft,
   echoManifest,
+  IMAGES,
   K8sCluster,
-  k8sUnavailable,
   pods,
   PREFIX,
   rollout,
 } from "./_k8s.ts";
 
 const REPO = new URL("../..", import.meta.url).pathname;
-const IMAGES = `${Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"}/images/k8s`;
+const CACHE = Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft";
 
 function info(msg: string): void {
   console.log(`\n${new Date().toTimeString().slice(0, 8)} - INFO: ${msg}`);
@@ -40,18 +40,10 @@ async function step(cmd: string[]): Promise<void> {
 /** Builds what is missing, runs the demo; resolves to the exit status. */
 export async function k8sDemo(keep: boolean): Promise<number> {
   const t0 = performance.now();
-  if (await k8sUnavailable()) {
-    info("Installing containerd, runc, buildah, mmdebstrap, busybox-static");
-    await step([
-      "sh",
-      "-c",
-      "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends containerd runc buildah mmdebstrap busybox-static >/dev/null",
-    ]);
-    info("Building the cluster binaries: .ci/build_servers.sh --with-cluster");
-    await step(["bash", ".ci/build_servers.sh", "--with-cluster"]);
-  }
-  info(`Building images into ${IMAGES}: tests/k8s/images.sh`);
-  await step(["bash", "tests/k8s/images.sh", IMAGES, "v0.1.0", "v0.1.1"]);
+  info(
+    "tests/k8s/prepare.sh: Debian packages, cluster binaries (.ci/build_servers.sh --with-cluster), images",
+  );
+  await step(["bash", "tests/k8s/prepare.sh"]);
 
   info(
     `Control plane in ${PREFIX}-cp (198.18.0.2), nodes ${PREFIX}-n1..n3 (198.18.0.11-13), each with its own mount namespace`,
@@ -121,10 +113,7 @@ export async function k8sDemo(keep: boolean): Promise<number> {
         [
           "",
           "The cluster is up (--keep) until you press Ctrl-C. Look around:",
-          `  ip netns exec ${PREFIX}-cp ${
-            (await run(["sh", "-c", "echo $WEFT_CACHE"])).stdout.trim() ||
-            "/var/cache/weft"
-          }/bin/kubectl --kubeconfig=${c.dir}/admin.kubeconfig get pods -A -o wide`,
+          `  ip netns exec ${PREFIX}-cp ${CACHE}/bin/kubectl --kubeconfig=${c.dir}/admin.kubeconfig get pods -A -o wide`,
           `  nsenter -t ${n1.proc?.child.pid} -m -n ip route`,
           `  tail -f ${n1.dir}/kubelet.log`,
         ].join("\n"),

@@ -16,6 +16,7 @@
 # Needs root, buildah, mmdebstrap, busybox-static; the Debian base tarball is
 # cached in $WEFT_CACHE/images (default /var/cache/weft).
 set -euo pipefail
+self="$(readlink -f "$0")"
 cd "$(dirname "$0")/../.."
 out="${1:?usage: images.sh OUTDIR [TAG...]}"; shift
 tags=("${@:-v0.1.0}")
@@ -25,6 +26,26 @@ log() { printf 'images: %s\n' "$*" >&2; }
 # Root here lacks CAP_SYS_RESOURCE: an explicit nproc ulimit makes runc
 # fail ("error setting rlimit type 6"); buildah's defaults work.
 ulimits=()
+
+flanneld_bin="${WEFT_CACHE:-/var/cache/weft}/bin/flanneld"
+
+# Everything that goes into the images, hashed: when OUTDIR holds tarballs
+# made from the same inputs, they are reused (a second `prepare` or the
+# demo after the tests costs seconds, not a rebuild).
+inputs_hash() {
+  {
+    printf '%s\n' "${tags[@]}"
+    sha256sum "$self" Containerfile deno.json deno.lock main.ts /bin/busybox \
+      "$(readlink -f "$(command -v deno)")"
+    find deploy agent backend cni ffi lib subnet traffic -type f -print0 | sort -z | xargs -0 sha256sum
+    if [[ -x "$flanneld_bin" ]]; then sha256sum "$flanneld_bin"; fi
+  } | sha256sum | cut -d' ' -f1
+}
+hash="$(inputs_hash)"
+if [[ -f "$out/inputs.sha256" && "$(cat "$out/inputs.sha256")" == "$hash" ]]; then
+  log "up to date in $out (inputs unchanged)"
+  exit 0
+fi
 
 base="$cache/debian-bookworm-weft-base.tar"
 if [[ ! -s "$base" ]]; then
@@ -76,7 +97,6 @@ for t in "${tags[@]:1}"; do buildah tag "localhost/weft:${tags[0]}" "localhost/w
 # --with-flanneld built it: the weft image with the real flanneld as
 # /opt/bin/flanneld (flannel's own CNI plugin is not on the module proxy,
 # so /flannel stays weft's plugin, which reads the same subnet.env).
-flanneld_bin="${WEFT_CACHE:-/var/cache/weft}/bin/flanneld"
 if [[ -x "$flanneld_bin" ]]; then
   mkdir -p "$work/flanneld"
   cp "$flanneld_bin" "$work/flanneld/flanneld"
@@ -85,7 +105,7 @@ if [[ -x "$flanneld_bin" ]]; then
   buildah bud --quiet -t localhost/flanneld:v0.28.9 -f "$work/flanneld/Containerfile" "$work/flanneld" >/dev/null
 fi
 
-rm -f "$out"/*.tar
+rm -f "$out"/*.tar "$out/inputs.sha256"
 for img in localhost/weft-pause:1 localhost/weft-testpod:1; do
   n="${img#localhost/}"; n="${n%%:*}"
   buildah push --quiet "$img" "docker-archive:$out/$n.tar:$img" >/dev/null
@@ -103,4 +123,5 @@ mnt="$(buildah mount "$c")"
 tar -C "$mnt/usr/local/lib" -cf "$out/weft-lib.tar" weft
 buildah umount "$c" >/dev/null
 buildah rm "$c" >/dev/null
+printf '%s\n' "$hash" >"$out/inputs.sha256"
 ls -la "$out" >&2
