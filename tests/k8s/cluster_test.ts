@@ -168,6 +168,16 @@ async function podState(node: K8sNode) {
   return { ips, veths, netns, stored };
 }
 
+/** Three pings from pod `from` to `ip`; at least one must be answered. */
+async function assertPings(
+  c: K8sCluster,
+  from: string,
+  ip: string,
+): Promise<void> {
+  const r = await execPod(c, from, ["ping", "-c", "3", "-W", "2", ip]);
+  assert(parsePingCount(r.stdout).received > 0, r.stdout);
+}
+
 await gatedTest({
   name:
     "k8s: weft deployed with kubectl runs pods across nodes under kubelet and containerd",
@@ -345,12 +355,24 @@ spec:
     await t.step(
       "a pod reaches the API server through the kubernetes Service",
       async () => {
-        // No cluster DNS runs here, so by the Service's ClusterIP: a TLS
-        // handshake answered by kube-apiserver through kube-proxy's DNAT.
+        // No cluster DNS runs here, so kubernetes.default is looked up in
+        // the API (what CoreDNS would answer), and the pod connects to that
+        // ClusterIP: kube-proxy's DNAT to kube-apiserver on the control
+        // plane, across the overlay's masquerade rules.
+        const ip = (await c.kubectl([
+          "-n",
+          "default",
+          "get",
+          "service",
+          "kubernetes",
+          "-o",
+          "jsonpath={.spec.clusterIP}",
+        ])).trim();
+        assert(/^10\.96\.\d+\.\d+$/.test(ip), `kubernetes.default: ${ip}`);
         const r = await execPod(c, a.name, [
           "sh",
           "-c",
-          "nc -w 3 10.96.0.1 443 </dev/null && echo connected",
+          `nc -w 3 ${ip} 443 </dev/null && echo connected`,
         ]);
         assertEquals(r.stdout.trim(), "connected", r.stderr);
       },
@@ -436,15 +458,7 @@ spec:
           p.node === fourth!.name
         );
         assert(on4, "an echo pod runs on the fourth node");
-        const r = await execPod(c, a.name, [
-          "ping",
-          "-c",
-          "3",
-          "-W",
-          "2",
-          on4.ip,
-        ]);
-        assert(parsePingCount(r.stdout).received > 0, r.stdout);
+        await assertPings(c, a.name, on4.ip);
         assertEquals(await httpGet(c, on4.name, a.ip, 8080), a.name);
       },
     );
@@ -582,15 +596,7 @@ spec:
             log,
           );
         }
-        const r = await execPod(c, a.name, [
-          "ping",
-          "-c",
-          "3",
-          "-W",
-          "2",
-          d.ip,
-        ]);
-        assert(parsePingCount(r.stdout).received > 0, r.stdout);
+        await assertPings(c, a.name, d.ip);
       },
     );
 
@@ -658,15 +664,7 @@ spec:
         assertEquals(count.received, count.sent);
         const w = await pods(c, "app=weft", "kube-flannel");
         assertEquals(w.filter((p) => p.ready).length, c.nodes.length);
-        const r = await execPod(c, a.name, [
-          "ping",
-          "-c",
-          "3",
-          "-W",
-          "2",
-          d.ip,
-        ]);
-        assert(parsePingCount(r.stdout).received > 0, r.stdout);
+        await assertPings(c, a.name, d.ip);
       },
     );
   },
