@@ -11,6 +11,7 @@
  */
 import { logger } from "../../lib/log.ts";
 import { type PinnedFetch, pinnedFetch } from "./pinned_fetch.ts";
+import { readBounded } from "./_body.ts";
 import { VERSION } from "../../lib/version.ts";
 import {
   Backoff,
@@ -25,6 +26,14 @@ import {
 } from "./kubeconfig.ts";
 
 const log = logger("kube");
+
+/**
+ * The largest single object read whole (a Node; etcd refuses objects over
+ * about 1.5 MiB, so this leaves room for any real one).
+ */
+export const MAX_OBJECT_BYTES = 16 << 20;
+/** Of an error answer only the Status message is kept. */
+const MAX_ERROR_BYTES = 64 << 10;
 
 /** Where in-cluster pods find their service-account token and CA. */
 export const SERVICE_ACCOUNT_DIR =
@@ -347,9 +356,17 @@ export class KubeClient {
     return await this.readJson<T>(res);
   }
 
-  /** Reads a JSON body, counting its bytes. */
+  /**
+   * Reads a JSON body of one object, counting its bytes. etcd caps an
+   * object near 1.5 MiB; a body over {@linkcode MAX_OBJECT_BYTES} is
+   * refused rather than held.
+   */
   async readJson<T>(res: Response): Promise<T> {
-    const buf = await res.arrayBuffer();
+    const buf = await readBounded(
+      res.body,
+      MAX_OBJECT_BYTES,
+      `Kubernetes API answer from ${res.url || this.server}`,
+    );
     this.bytesReceived += buf.byteLength;
     return JSON.parse(new TextDecoder().decode(buf)) as T;
   }
@@ -395,7 +412,10 @@ async function errorFromResponse(
   let message = "";
   let reason: string | undefined;
   try {
-    const text = await res.text();
+    // A Status is a few hundred bytes; only its message is kept.
+    const text = new TextDecoder().decode(
+      await readBounded(res.body, MAX_ERROR_BYTES, `${method} ${path}`),
+    );
     try {
       const status = JSON.parse(text) as {
         message?: unknown;
