@@ -57,6 +57,12 @@ export const NETWORK = "10.244.0.0/16";
 export const REPAIR_LIMIT_MS = 2000;
 /** Requests per second the proxied agent may send during an error storm. */
 export const STORM_PEAK_LIMIT = 5;
+/**
+ * The agent's peak RSS through the proxy faults, in MiB: about three times
+ * what it holds in steady state, far below what a body read without bound
+ * costs (ten 100 MB answers held 1.1 GiB).
+ */
+export const PEAK_RSS_LIMIT_MIB = 256;
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const enc = new TextEncoder();
@@ -205,6 +211,21 @@ export abstract class FaultRun {
     if (!a) return false;
     await sleep(0);
     return !this.#exits.has(a);
+  }
+
+  /**
+   * The agent's peak resident memory so far (VmHWM), in MiB; undefined
+   * when it is not running. The agent is the spawned process itself
+   * (`ip netns exec` and the detached `sh -c exec` both exec into it).
+   */
+  async peakRssMiB(n: ClusterNode): Promise<number | undefined> {
+    const pid = n.agent?.child.pid;
+    if (pid === undefined) return undefined;
+    const status = await Deno.readTextFile(`/proc/${pid}/status`).catch(
+      () => "",
+    );
+    const kb = status.match(/^VmHWM:\s+(\d+) kB$/m)?.[1];
+    return kb === undefined ? undefined : Number(kb) / 1024;
   }
 
   async logSize(n: ClusterNode): Promise<number> {
@@ -410,6 +431,15 @@ export abstract class FaultRun {
         await this.alive(n),
         `${n.name}'s agent exited during the fault`,
       );
+      // An answer that never ends (a 100 MB line, a trickle) must cost a
+      // bounded buffer, not memory per retry.
+      const peak = await this.peakRssMiB(n);
+      chk.that(
+        peak !== undefined && peak <= PEAK_RSS_LIMIT_MIB,
+        `${n.name}'s agent peaked at ${
+          peak?.toFixed(0)
+        } MiB RSS (limit ${PEAK_RSS_LIMIT_MIB})`,
+      );
       const to = Date.now();
       await o.proxy.set({ kind: "pass" });
       const t0 = performance.now();
@@ -440,7 +470,9 @@ export abstract class FaultRun {
         `${stats.peakPerSecond} requests in one second (limit ${STORM_PEAK_LIMIT})`,
       );
       chk.note(
-        `${stats.requests} requests in ${PROXY_S} s, peak ${stats.peakPerSecond}/s`,
+        `${stats.requests} requests in ${PROXY_S} s, peak ${stats.peakPerSecond}/s; agent peak RSS ${
+          peak?.toFixed(0)
+        } MiB`,
       );
       if (f.mode.kind === "status" && f.mode.retryAfterS !== undefined) {
         // A little slack for timer granularity.
@@ -463,7 +495,7 @@ export abstract class FaultRun {
         section: o.section,
         fault: `${f.name}, ${PROXY_S} s`,
         expected:
-          `no crash; retries backed off (≤ ${STORM_PEAK_LIMIT} requests/s${
+          `no crash; peak RSS ≤ ${PEAK_RSS_LIMIT_MIB} MiB; retries backed off (≤ ${STORM_PEAK_LIMIT} requests/s${
             o.retryAfterRequired ? ", Retry-After honoured" : ""
           }); change made during the fault applied once the proxy behaves`,
         lost: lossText(loss),

@@ -48,9 +48,12 @@ if [[ -f "$out/inputs.sha256" && "$(cat "$out/inputs.sha256")" == "$hash" ]]; th
 fi
 
 base="$cache/debian-bookworm-weft-base.tar"
-if [[ ! -s "$base" ]]; then
+if [[ ! -f "$base" || ! -s "$base" ]]; then
   log "debian base: mmdebstrap (minbase + libnl, iptables, nftables, ca-certificates)"
-  mmdebstrap --quiet --variant=minbase \
+  # mmdebstrap picks its output format from the file name unless told:
+  # "x.tar.tmp" would become a directory.
+  rm -rf "$base" "$base.tmp"
+  mmdebstrap --quiet --variant=minbase --format=tar \
     --include=libnl-3-200,libnl-route-3-200,iptables,nftables,ca-certificates \
     bookworm "$base.tmp" http://deb.debian.org/debian
   mv -f "$base.tmp" "$base"
