@@ -15,6 +15,7 @@
  *
  * @module
  */
+import { readBounded } from "../lib/bytes.ts";
 import {
   missingSubnetEnvKeys,
   parseSubnetEnv,
@@ -544,44 +545,9 @@ export function isCniInvocation(
 /** Largest network configuration accepted on stdin: 1 MiB. */
 export const MAX_STDIN_BYTES = 1 << 20;
 
-/**
- * Reads a stream to its end, or stops as soon as it passes `limit` bytes
- * and returns undefined: a runtime (or anything else) writing an endless
- * stdin must not make the plugin eat the node's memory.
- */
-export async function readBounded(
-  stream: ReadableStream<Uint8Array>,
-  limit: number = MAX_STDIN_BYTES,
-): Promise<Uint8Array | undefined> {
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  const reader = stream.getReader();
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      total += value.length;
-      if (total > limit) {
-        await reader.cancel().catch(() => {});
-        return undefined;
-      }
-      chunks.push(value);
-    }
-  } finally {
-    reader.releaseLock();
-  }
-  const all = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    all.set(c, at);
-    at += c.length;
-  }
-  return all;
-}
-
 /** Reads stdin (at most 1 MiB), then {@linkcode runCni} with the `CNI_*` variables. */
 export async function cniMain(deps: CniDeps = denoCniDeps): Promise<number> {
-  const all = await readBounded(Deno.stdin.readable);
+  const all = await readBounded(Deno.stdin.readable, MAX_STDIN_BYTES);
   if (all === undefined) {
     deps.stdout(
       JSON.stringify({

@@ -6,8 +6,6 @@ import {
   type CniDeps,
   type ExecOutput,
   isCniInvocation,
-  MAX_STDIN_BYTES,
-  readBounded,
   runCni,
   withRouteGateways,
 } from "./plugin.ts";
@@ -352,27 +350,4 @@ Deno.test("withRouteGateways() gives gateway-less routes the gateway of their fa
     },
   );
   assertEquals(withRouteGateways("x"), "x");
-});
-
-Deno.test("readBounded() reads a stream whole up to the limit and stops past it", async () => {
-  const chunks = (n: number, size: number) => {
-    let sent = 0;
-    let pulls = 0;
-    const stream = new ReadableStream<Uint8Array>({
-      pull(c) {
-        pulls++;
-        if (sent >= n) return c.close();
-        sent++;
-        c.enqueue(new Uint8Array(size).fill(0x7b));
-      },
-    });
-    return { stream, pulls: () => pulls };
-  };
-  const small = await readBounded(chunks(4, 1000).stream, 4000);
-  assertEquals(small?.length, 4000);
-  // An endless stdin is cut off just past the limit, not read to its end.
-  const endless = chunks(1_000_000, 64 * 1024);
-  assertEquals(await readBounded(endless.stream), undefined);
-  assert(endless.pulls() <= 18, `read ${endless.pulls()} chunks`);
-  assertEquals(MAX_STDIN_BYTES, 1048576);
 });

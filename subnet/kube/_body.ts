@@ -13,6 +13,7 @@
  *
  * @module
  */
+import { readBounded } from "../../lib/bytes.ts";
 
 /** Calls `onChunk` with each piece of `body` until it ends. */
 export async function forEachChunk(
@@ -69,26 +70,15 @@ export class BodyTooLarge extends Error {
  * in front of it) answering with an endless body costs `maxBytes`, not all
  * the memory there is.
  */
-export async function readBounded(
+export async function readBody(
   body: ReadableStream<Uint8Array> | null,
   maxBytes: number,
   what: string,
 ): Promise<Uint8Array> {
   if (!body) return new Uint8Array();
-  const parts: Uint8Array[] = [];
-  let n = 0;
-  await forEachChunk(body, (chunk) => {
-    n += chunk.byteLength;
-    if (n > maxBytes) {
-      throw new BodyTooLarge(`${what}: body larger than ${maxBytes} bytes`);
-    }
-    parts.push(chunk.slice());
-  });
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.byteLength;
+  const all = await readBounded(body, maxBytes);
+  if (all === undefined) {
+    throw new BodyTooLarge(`${what}: body larger than ${maxBytes} bytes`);
   }
-  return out;
+  return all;
 }

@@ -11,7 +11,7 @@
  */
 import { logger } from "../../lib/log.ts";
 import { type PinnedFetch, pinnedFetch } from "./pinned_fetch.ts";
-import { readBounded } from "./_body.ts";
+import { readBody } from "./_body.ts";
 import { VERSION } from "../../lib/version.ts";
 import {
   Backoff,
@@ -362,7 +362,7 @@ export class KubeClient {
    * refused rather than held.
    */
   async readJson<T>(res: Response): Promise<T> {
-    const buf = await readBounded(
+    const buf = await readBody(
       res.body,
       MAX_OBJECT_BYTES,
       `Kubernetes API answer from ${res.url || this.server}`,
@@ -414,7 +414,7 @@ async function errorFromResponse(
   try {
     // A Status is a few hundred bytes; only its message is kept.
     const text = new TextDecoder().decode(
-      await readBounded(res.body, MAX_ERROR_BYTES, `${method} ${path}`),
+      await readBody(res.body, MAX_ERROR_BYTES, `${method} ${path}`),
     );
     try {
       const status = JSON.parse(text) as {

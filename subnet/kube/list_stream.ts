@@ -19,6 +19,8 @@
  * @module
  */
 
+import { concatBytes } from "../../lib/bytes.ts";
+
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
 const LBRACE = 0x7b;
@@ -30,19 +32,6 @@ const COMMA = 0x2c;
 
 function isSpace(c: number): boolean {
   return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
 }
 
 /**
@@ -284,7 +273,7 @@ export class ListSplitter {
     }
     let doc: unknown;
     try {
-      doc = JSON.parse(this.#decoder.decode(concat(this.#rest)));
+      doc = JSON.parse(this.#decoder.decode(concatBytes(this.#rest)));
     } catch (e) {
       throw new Error(`Cannot parse list: ${(e as Error).message}`);
     }
