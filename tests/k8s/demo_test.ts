@@ -35,5 +35,6 @@ await gatedTest({
     const pings = out.match(/^(\d+)\/(\d+) cross-node pod pings answered$/m);
     assertEquals(pings !== null && Number(pings[2]) > 0, true, why);
     assertEquals(pings?.[1], pings?.[2], why);
+    console.log(`  ${ready![0]}\n  ${pings![0]}`);
   },
 });
