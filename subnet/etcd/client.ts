@@ -18,6 +18,7 @@
  */
 import { LineSplitter, parseJsonLine } from "../../lib/ndjson.ts";
 import { parseRetryAfter } from "../../lib/retry.ts";
+import { readBounded } from "../../lib/bytes.ts";
 
 /** TLS material for `--etcd-cafile/--etcd-certfile/--etcd-keyfile`. */
 export interface EtcdTlsFiles {
@@ -303,6 +304,23 @@ export function describe(e: unknown): string {
 }
 
 const AUTH_PATH = "/v3/auth/authenticate";
+
+/**
+ * The largest unary answer read: a range over every lease of a cluster of
+ * 100 000 nodes is about 40 MB of base64; anything longer is not etcd
+ * (something in front of it sending an endless body) and is refused
+ * rather than held.
+ */
+export const MAX_ANSWER_BYTES = 64 << 20;
+
+async function readAnswer(res: Response): Promise<string> {
+  if (!res.body) return "";
+  const bytes = await readBounded(res.body, MAX_ANSWER_BYTES);
+  if (bytes === undefined) {
+    throw new Error(`answer larger than ${MAX_ANSWER_BYTES} bytes`);
+  }
+  return new TextDecoder().decode(bytes);
+}
 
 /**
  * What the subnet manager needs from etcd: {@linkcode EtcdClient} over
@@ -795,7 +813,7 @@ export class EtcdClient implements Disposable {
           signal: signal ? AbortSignal.any([signal, ctl.signal]) : ctl.signal,
           ...(client && { client }),
         });
-        if (!stream || !res.ok) text = await res.text();
+        if (!stream || !res.ok) text = await readAnswer(res);
       } catch (e) {
         if (signal?.aborted) throw signal.reason;
         failures.push(

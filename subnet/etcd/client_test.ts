@@ -5,6 +5,7 @@ import {
   EtcdError,
   failoverVerdict,
   isTransient,
+  MAX_ANSWER_BYTES,
   prefixRangeEnd,
   redactUrl,
   unb64,
@@ -256,4 +257,33 @@ Deno.test("EtcdClient passes on a compaction cancel, whose header has no revisio
   assert.equal(first.value!.compactRevision, 9n);
   assert.equal(first.value!.canceled, true);
   await stream.return(undefined);
+});
+
+Deno.test("EtcdClient refuses an endless answer and fails over, reading no more than its bound", async () => {
+  let pulled = 0;
+  let cancelled = false;
+  const endless = () =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        pull(ctl) {
+          pulled += 1 << 20;
+          ctl.enqueue(new Uint8Array(1 << 20).fill(0x78));
+        },
+        cancel() {
+          cancelled = true;
+        },
+      }),
+      { status: 200 },
+    );
+  const s = scripted({ "a:1": [endless], "b:2": [OK_RANGE] });
+  using c = new EtcdClient({ endpoints, fetch: s.fetch });
+  assert.equal((await c.range("k")).revision, 7n);
+  assert.ok(cancelled);
+  assert.ok(pulled <= MAX_ANSWER_BYTES + (2 << 20), `read ${pulled} bytes`);
+  const only = scripted({ "a:1": [endless] });
+  using c2 = new EtcdClient({ endpoints: ["http://a:1"], fetch: only.fetch });
+  await assert.rejects(
+    c2.range("k"),
+    /"http:\/\/a:1": answer larger than 67108864 bytes/,
+  );
 });
