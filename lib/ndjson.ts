@@ -26,8 +26,12 @@ export class LineSplitter {
   /** Longest line accepted; a longer one means the stream is corrupt. */
   readonly #maxLine: number;
 
-  /** `maxLine` defaults to 64 MiB, far above any Node object. */
-  constructor(maxLine = 64 << 20) {
+  /**
+   * `maxLine` defaults to 16 MiB: a watch line is one Node (etcd stores
+   * objects up to about 1.5 MiB) or one etcd watch response (events of at
+   * most a thousand revisions, a few hundred bytes each for leases).
+   */
+  constructor(maxLine = 16 << 20) {
     this.#maxLine = maxLine;
   }
 

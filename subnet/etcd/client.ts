@@ -307,11 +307,11 @@ const AUTH_PATH = "/v3/auth/authenticate";
 
 /**
  * The largest unary answer read: a range over every lease of a cluster of
- * 100 000 nodes is about 40 MB of base64; anything longer is not etcd
+ * 50 000 nodes is about 20 MB of base64; anything longer is not etcd
  * (something in front of it sending an endless body) and is refused
  * rather than held.
  */
-export const MAX_ANSWER_BYTES = 64 << 20;
+export const MAX_ANSWER_BYTES = 32 << 20;
 
 async function readAnswer(res: Response): Promise<string> {
   if (!res.body) return "";

@@ -284,6 +284,6 @@ Deno.test("EtcdClient refuses an endless answer and fails over, reading no more 
   using c2 = new EtcdClient({ endpoints: ["http://a:1"], fetch: only.fetch });
   await assert.rejects(
     c2.range("k"),
-    /"http:\/\/a:1": answer larger than 67108864 bytes/,
+    /"http:\/\/a:1": answer larger than 33554432 bytes/,
   );
 });
