@@ -7,7 +7,10 @@
  *
  * @module
  */
+import { concatBytes } from "./bytes.ts";
 import { fail, ok, type Result } from "./result.ts";
+
+const NEWLINE = 0x0a;
 
 /**
  * Turns byte chunks into complete lines (without the newline). Blank lines
@@ -21,8 +24,10 @@ import { fail, ok, type Result } from "./result.ts";
  * ```
  */
 export class LineSplitter {
-  readonly #decoder = new TextDecoder("utf-8", { fatal: false });
-  #partial = "";
+  readonly #decoder = new TextDecoder();
+  /** Bytes of the incomplete line, as received (joined when it ends). */
+  #parts: Uint8Array[] = [];
+  #pending = 0;
   /** Longest line accepted; a longer one means the stream is corrupt. */
   readonly #maxLine: number;
 
@@ -37,36 +42,61 @@ export class LineSplitter {
 
   /** Bytes held for an incomplete line. */
   get pending(): number {
-    return this.#partial.length;
+    return this.#pending;
   }
 
-  /** Adds a chunk and returns the lines it completes. */
+  /**
+   * Adds a chunk and returns the lines it completes. Lines are kept as
+   * bytes until their newline arrives and decoded once, whole: a line that
+   * never ends costs its bytes up to the limit, not strings built from it.
+   */
   push(chunk: Uint8Array): string[] {
-    const text = this.#decoder.decode(chunk, { stream: true });
-    if (!text.includes("\n")) {
-      this.#partial += text;
-      this.#check();
-      return [];
+    const out: string[] = [];
+    let start = 0;
+    for (
+      let nl = chunk.indexOf(NEWLINE);
+      nl !== -1;
+      nl = chunk.indexOf(NEWLINE, start)
+    ) {
+      const line = this.#take(chunk.subarray(start, nl));
+      if (line.trim() !== "") out.push(line);
+      start = nl + 1;
     }
-    const parts = (this.#partial + text).split("\n");
-    this.#partial = parts.pop()!;
-    this.#check();
-    return parts.filter((l) => l.trim() !== "");
+    if (start < chunk.byteLength) {
+      this.#hold(chunk.byteLength - start);
+      // A copy: the caller may reuse its buffer.
+      this.#parts.push(chunk.slice(start));
+    }
+    return out;
   }
 
   /** Ends the stream: returns a last line that had no newline, if any. */
   flush(): string[] {
-    const rest = this.#partial + this.#decoder.decode();
-    this.#partial = "";
+    const rest = this.#take(new Uint8Array());
     return rest.trim() === "" ? [] : [rest];
   }
 
-  #check(): void {
-    if (this.#partial.length > this.#maxLine) {
-      const n = this.#partial.length;
-      this.#partial = "";
-      throw new Error(`Watch line longer than ${this.#maxLine} bytes (${n})`);
+  /** The held bytes plus `tail`, decoded; nothing is held afterwards. */
+  #take(tail: Uint8Array): string {
+    this.#hold(tail.byteLength);
+    const bytes = this.#parts.length === 0
+      ? tail
+      : concatBytes([...this.#parts, tail]);
+    this.#parts = [];
+    this.#pending = 0;
+    return this.#decoder.decode(bytes);
+  }
+
+  #hold(n: number): void {
+    const total = this.#pending + n;
+    if (total > this.#maxLine) {
+      this.#parts = [];
+      this.#pending = 0;
+      throw new Error(
+        `Watch line longer than ${this.#maxLine} bytes (${total} so far)`,
+      );
     }
+    this.#pending = total;
   }
 }
 
