@@ -109,6 +109,34 @@ Deno.test("EtcdSubnetManager retries with another subnet when a racer creates it
     etcd.values().get(lease.key),
     value("198.18.0.1", "0a:00:00:00:00:01"),
   );
+  // Each attempt reads the subnets afresh: a lost race means the listing
+  // it chose from is stale.
+  assert.equal(etcd.calls.filter((x) => x === "rangePrefix").length, 3);
+});
+
+Deno.test("A start lists the subnets once: previousAttrs, acquireLease and watchLeases share it, and the watch replays what changed since", async () => {
+  const { etcd, m } = setup();
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  await etcd.put(
+    `${PREFIX}/subnets/10.5.2.0-24`,
+    value("198.18.0.2", "0a:00:00:00:00:02"),
+  );
+  const ac = new AbortController();
+  assert.equal(await m.previousAttrs("198.18.0.1", ac.signal), undefined);
+  const lease = await m.acquireLease(attrs("198.18.0.1"), ac.signal);
+  assert.notEqual(lease.subnet, "10.5.2.0/24");
+  // Written after the listing: the watch must still deliver it.
+  await etcd.put(
+    `${PREFIX}/subnets/10.5.3.0-24`,
+    value("198.18.0.3", "0a:00:00:00:00:03"),
+  );
+  const c = collector();
+  const done = m.watchLeases(c.handler, ac.signal);
+  await c.until(() => c.summary().length === 2);
+  assert.deepEqual(c.summary(), ["added 10.5.2.0/24", "added 10.5.3.0/24"]);
+  assert.equal(etcd.calls.filter((x) => x === "rangePrefix").length, 1);
+  ac.abort();
+  await done;
 });
 
 Deno.test("watchLeases() delivers the first listing even empty, then adds and removals; bad values are skipped with a warning", async () => {

@@ -75,7 +75,9 @@ function guarded(fn: () => void): void {
 
 /**
  * Lists the keys under `dir`, then watches them until `signal` aborts.
- * An exception thrown by the sink ends the watch and is rethrown.
+ * A listing the caller already holds (`first`) stands for the first one;
+ * the watch resumes from its revision. An exception thrown by the sink
+ * ends the watch and is rethrown.
  */
 export async function watchSubnets(
   client: EtcdApi,
@@ -83,6 +85,7 @@ export async function watchSubnets(
   sink: SubnetSink,
   opts: EtcdWatchOptions,
   signal: AbortSignal,
+  first?: { readonly revision: bigint; readonly kvs: KeyValue[] },
 ): Promise<void> {
   const backoff = new Backoff({ initialMs: 250, maxMs: opts.maxBackoffMs });
   let next: bigint | undefined; // revision to watch from; undefined: list
@@ -90,7 +93,8 @@ export async function watchSubnets(
   outer: while (!signal.aborted) {
     try {
       if (next === undefined) {
-        const listing = await client.rangePrefix(dir, signal);
+        const listing = first ?? await client.rangePrefix(dir, signal);
+        first = undefined;
         if (listed) metrics.relists.inc();
         listed = true;
         log.v(
