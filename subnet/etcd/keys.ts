@@ -157,6 +157,10 @@ const ATTR_FIELDS = [
   "BackendV6Data",
 ] as const;
 type AttrField = typeof ATTR_FIELDS[number];
+/** Field by lower-cased name: one `toLowerCase` per key read, not 2 per field. */
+const FIELD_BY_LOWER = new Map<string, AttrField>(
+  ATTR_FIELDS.map((f) => [f.toLowerCase(), f]),
+);
 
 /**
  * Decodes a lease value the way Go's `json.Unmarshal` fills flanneld's
@@ -179,7 +183,7 @@ export function decodeLeaseAttrs(text: string): Result<LeaseAttrs> {
   }
   const fields = new Map<AttrField, unknown>();
   for (const [k, v] of Object.entries(doc)) {
-    const name = ATTR_FIELDS.find((f) => f.toLowerCase() === k.toLowerCase());
+    const name = FIELD_BY_LOWER.get(k.toLowerCase());
     if (name !== undefined) fields.set(name, v);
   }
   const str = (name: AttrField): Result<string | undefined> => {
