@@ -34,7 +34,8 @@
  *   (`limit=500`, read and parsed) by this process.
  *
  * Run: `deno run -A bench/compare.ts [--weft=<checkout>] [--logs=<dir>]
- * [--out=<dir>] [--idle=<s>] [--additions=60] [--modes=kube,etcd] [N...]`
+ * [--out=<dir>] [--idle=<s>] [--additions=60] [--modes=kube,etcd]
+ * [--tag=<namespace tag>] [N...]`
  * (default N = 0 10 100 1000 5000 in both modes; idle CPU over <s>
  * seconds, default 60, at N=1000; results go to bench/results/ unless
  * `--out` says otherwise);
@@ -104,6 +105,12 @@ export interface CompareOptions {
   readonly idleSec?: number;
   /** Where the leases live. Default kube. */
   readonly mode?: Mode;
+  /**
+   * Namespace tag: namespaces are `weft-t-<tag>-hub-*` and
+   * `weft-t-<tag>-<agent>-*`. Default `cmp`; a run beside another one
+   * (an idle measurement outside the shared lock) takes its own.
+   */
+  readonly nsTag?: string;
 }
 
 // ---- cluster content -------------------------------------------------------
@@ -207,7 +214,7 @@ async function inParallel(
 }
 
 /** Kube mode: Nodes in a kube-apiserver, read through a JSON kubeconfig. */
-class KubeStore implements Store {
+export class KubeStore implements Store {
   readonly mode = "kube";
   readonly relayPort = API_PORT;
   readonly #k: KubeServers;
@@ -671,7 +678,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // ---- one agent run -------------------------------------------------------------
 
-interface RunContext {
+/** What every agent run of one benchmark shares. */
+export interface RunContext {
   readonly store: Store;
   /** Holds the kubeconfig and net-conf.json, readable by the agents. */
   readonly dir: string;
@@ -685,6 +693,10 @@ interface RunContext {
   readonly additions: number;
   readonly syncTimeoutMs: number;
   readonly progress: (line: string) => void;
+  /** Namespace tag (see {@linkcode CompareOptions.nsTag}). */
+  readonly nsTag: string;
+  /** A module weft's `deno run` preloads (bench/_quorum_list.ts). */
+  readonly weftPreload?: string;
 }
 
 function agentCommand(agent: Agent, ctx: RunContext, dir: string): string[] {
@@ -701,6 +713,7 @@ function agentCommand(agent: Agent, ctx: RunContext, dir: string): string[] {
   return [
     Deno.execPath(),
     "run",
+    ...(ctx.weftPreload ? [`--preload=${ctx.weftPreload}`] : []),
     ...ctx.v8Flags,
     ...agentPermissions(
       dir,
@@ -713,7 +726,11 @@ function agentCommand(agent: Agent, ctx: RunContext, dir: string): string[] {
   ];
 }
 
-async function runAgent(
+/**
+ * Runs one agent at N in fresh namespaces against `ctx.store`: its cold
+ * sync, then the additions and, at `ctx.idleAtN`, the idle window.
+ */
+export async function runAgent(
   agent: Agent,
   n: number,
   ctx: RunContext,
@@ -721,8 +738,8 @@ async function runAgent(
   const { store } = ctx;
   const want = Math.max(n - 1, 0);
   await store.reset();
-  await using hub = await Netns.create("cmp-hub");
-  await using ns = await Netns.create(`cmp-${agent}`);
+  await using hub = await Netns.create(`${ctx.nsTag}-hub`);
+  await using ns = await Netns.create(`${ctx.nsTag}-${agent}`);
   await joinOnBridge(hub, [ns], ["198.18.0.1/15"]);
   await hub.ip("addr", "add", "198.18.0.254/15", "dev", "br0");
   await ns.ip("route", "add", "default", "via", "198.18.0.254");
@@ -1030,6 +1047,7 @@ export async function benchCompare(
       v8Flags: await startV8Flags(opts.weftRoot ?? ROOT),
       idleAtN: opts.idleAtN ?? 1000,
       idleSec: opts.idleSec ?? 60,
+      nsTag: opts.nsTag ?? "cmp",
       flanneld,
       weftMain,
       logDir: opts.logDir,
@@ -1107,6 +1125,7 @@ if (import.meta.main) {
   const idle = Deno.args.find((a) => a.startsWith("--idle="));
   const additions = Deno.args.find((a) => a.startsWith("--additions="));
   const modesArg = Deno.args.find((a) => a.startsWith("--modes="));
+  const tag = Deno.args.find((a) => a.startsWith("--tag="));
   const modes = (modesArg?.slice("--modes=".length) ?? "kube,etcd")
     .split(",") as Mode[];
   const sizes = Deno.args.filter((a) => !a.startsWith("--")).map(Number);
@@ -1123,6 +1142,7 @@ if (import.meta.main) {
           progress: (l) => console.error(l),
           ...(weft && { weftRoot: weft.slice("--weft=".length) }),
           ...(logs && { logDir: logs.slice("--logs=".length) }),
+          ...(tag && { nsTag: tag.slice("--tag=".length) }),
         },
       ),
     );
