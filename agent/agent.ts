@@ -170,6 +170,15 @@ function changeSource(
   };
 }
 
+/**
+ * A full V8 collection when the runtime exposes one (`--expose-gc` in
+ * deploy/v8-flags.txt, which `deno task start`, `deno task compile` and
+ * the image use); nothing otherwise.
+ */
+function collectGarbage(): void {
+  (globalThis as { gc?: () => void }).gc?.();
+}
+
 /** Gateways of the main table's default routes, both families. */
 function defaultGateways(nl: Netlink): string[] {
   const out: string[] = [];
@@ -295,6 +304,7 @@ export async function runAgent(
       ownKey: lease.key,
       backendType: backend.value.type,
       periodMs: flags.reconcilePeriod * 1000,
+      afterPass: collectGarbage,
     });
 
     const envParams = {

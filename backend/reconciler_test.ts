@@ -601,3 +601,27 @@ Deno.test("Reconciler.run() adds no lasting abort listener per kernel notificati
   );
   assert.ok(peak <= 3, `peak ${peak}`);
 });
+
+Deno.test("Reconciler.run() calls afterPass once after each full pass, none before the first listing", async () => {
+  const { kernel, network, own } = node();
+  let calls = 0;
+  const rec = new Reconciler(kernel, network.families, {
+    ownKey: own.key,
+    backendType: "vxlan",
+    periodMs: 1,
+    afterPass: () => calls++,
+  });
+  const ac = new AbortController();
+  const done = rec.run(ac.signal);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(calls, 0, "no pass, so no collection, before the listing");
+  rec.handle(added(peer(2)));
+  while (rec.passes < 3) await new Promise((r) => setTimeout(r, 1));
+  ac.abort();
+  await done;
+  assert.equal(calls, rec.passes);
+  assert.equal(
+    kernel.routes.filter((r) => r.dst === "10.244.2.0/24").length,
+    1,
+  );
+});
