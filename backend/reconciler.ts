@@ -76,8 +76,9 @@ export interface ReconcilerOptions {
    * collects garbage there. A pass allocates some 10 KB per peer (kernel
    * dumps, desired state) that lives as long as the pass, long enough for
    * V8 to move it to the old generation, where it piles up until the heap
-   * limit: at 5000 peers that held the process 40-50 MiB above what a
-   * collection after each pass leaves. Default: nothing.
+   * limit: at 5000 peers that held the process 25-55 MiB above what a
+   * collection after each pass leaves (bench/results/footprint.md).
+   * Default: nothing.
    */
   readonly afterPass?: () => void;
 }
