@@ -156,7 +156,15 @@ function changeSource(
     async next() {
       for (;;) {
         const s = await monitor.next();
-        if (s.overrun) return s;
+        if (s.overrun) {
+          // Whatever changed meanwhile is unknown: the pass this wakes
+          // compares everything with the kernel.
+          metrics.netlinkOverruns.inc();
+          log.warn(
+            "Kernel notifications overran the socket (ENOBUFS): resyncing with a full pass",
+          );
+          return s;
+        }
         const now = performance.now();
         const ours = watched();
         const dels = s.delLink + s.delAddr + s.delNeigh + s.delFdb;

@@ -180,6 +180,10 @@ export const metrics = (() => {
       "weft_kernel_errors_total",
       "Kernel operations that failed, by operation",
     ),
+    netlinkOverruns: r.counter(
+      "weft_netlink_overruns_total",
+      "Kernel notification overruns (ENOBUFS), each answered by a full reconcile pass",
+    ),
     watchRestarts: r.counter(
       "weft_watch_restarts_total",
       "Watches restarted after an error or timeout",
