@@ -17,6 +17,8 @@ import { cleanupStale, Netns, plugIntoBridge, run } from "./_netns.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 export const SWITCH_IP = "198.18.0.254";
+/** The switch's IPv6 address on a dual-stack underlay (`ipv6` option). */
+export const SWITCH_IP6 = "fd00:18::fe";
 /** The network config a cluster gets unless told otherwise. */
 export const DEFAULT_NET_CONF =
   '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
@@ -55,6 +57,11 @@ export class ClusterNode {
 
   get ip(): string {
     return `198.18.0.${this.n}`;
+  }
+
+  /** Its IPv6 underlay address (only wired with the `ipv6` option). */
+  get ip6(): string {
+    return `fd00:18::${this.n}`;
   }
 
   get subnetFile(): string {
@@ -96,6 +103,11 @@ export interface ClusterOptions {
    * copies their logs, and they lose their log when it exits.
    */
   readonly detached?: boolean;
+  /**
+   * Give the underlay IPv6 too (fd00:18::n/64, switch fd00:18::fe), for a
+   * dual-stack `netConf`. Default false.
+   */
+  readonly ipv6?: boolean;
 }
 
 /**
@@ -169,13 +181,27 @@ export interface EtcdLease {
   readonly key: string;
   /** `10.244.7.0/24`. */
   readonly subnet: string;
+  /** `fc00:0:0:7::/64`, from a dual-stack key (`...-24&fc00:0:0:7::-64`). */
+  readonly ipv6Subnet?: string;
   readonly value: {
     PublicIP: string;
+    PublicIPv6?: string | null;
     BackendType: string;
     BackendData?: { VNI?: number; VtepMAC?: string };
+    BackendV6Data?: { VNI?: number; VtepMAC?: string };
   };
   /** The etcd lease ID (decimal), "0" for a reservation. */
   readonly etcdLease: string;
+}
+
+/** A pod namespace wired by the CNI plugin. */
+export interface Pod {
+  readonly node: ClusterNode;
+  readonly ns: Netns;
+  readonly ip: string;
+  /** Its IPv6 address, on a dual-stack cluster. */
+  readonly ip6?: string;
+  readonly id: string;
 }
 
 /** A running namespace cluster. Dispose to tear it down. */
@@ -186,8 +212,7 @@ export class Cluster implements AsyncDisposable {
   readonly nodes: ClusterNode[];
   readonly opts: ClusterOptions;
   etcd: Deno.ChildProcess | undefined;
-  readonly pods: { node: ClusterNode; ns: Netns; ip: string; id: string }[] =
-    [];
+  readonly pods: Pod[] = [];
 
   private constructor(
     prefix: string,
@@ -241,6 +266,9 @@ export class Cluster implements AsyncDisposable {
     try {
       await hub.ip("link", "add", "br0", "type", "bridge");
       await hub.ip("addr", "add", `${SWITCH_IP}/24`, "dev", "br0");
+      if (opts.ipv6) {
+        await hub.ip("addr", "add", `${SWITCH_IP6}/64`, "dev", "br0", "nodad");
+      }
       await hub.ip("link", "set", "br0", "up");
       for (const node of nodes) await c.#wire(node);
       if (opts.etcd ?? true) {
@@ -261,6 +289,15 @@ export class Cluster implements AsyncDisposable {
     await node.ns.ip("link", "set", "eth0", "up");
     await node.ns.ip("route", "add", "default", "via", SWITCH_IP);
     await node.ns.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    if (this.opts.ipv6) {
+      await node.ns.ip("addr", "add", `${node.ip6}/64`, "dev", "eth0", "nodad");
+      await node.ns.ip("-6", "route", "add", "default", "via", SWITCH_IP6);
+      await node.ns.exec([
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=1",
+      ]);
+    }
   }
 
   /** Starts (or restarts) etcd in the switch namespace. */
@@ -472,9 +509,11 @@ export class Cluster implements AsyncDisposable {
     const ns = await Netns.named(`${this.prefix}-${node.n}p${index}`);
     const out = await this.#cni(node, "ADD", id, ns.path);
     const result = JSON.parse(out) as { ips?: { address: string }[] };
-    const ip = result.ips?.[0]?.address.split("/")[0];
+    const addrs = (result.ips ?? []).map((a) => a.address.split("/")[0]!);
+    const ip = addrs.find((a) => !a.includes(":"));
+    const ip6 = addrs.find((a) => a.includes(":"));
     if (!ip) throw new Error(`CNI ADD for ${id} returned no IP: ${out}`);
-    this.pods.push({ node, ns, ip, id });
+    this.pods.push({ node, ns, ip, id, ...(ip6 !== undefined && { ip6 }) });
     return ip;
   }
 
@@ -561,7 +600,7 @@ export class Cluster implements AsyncDisposable {
   }
 
   /** The pod with this id; throws when there is none. */
-  pod(id: string): { node: ClusterNode; ns: Netns; ip: string; id: string } {
+  pod(id: string): Pod {
     const p = this.pods.find((p) => p.id === id);
     if (!p) throw new Error(`No pod "${id}"`);
     return p;
@@ -686,9 +725,11 @@ export class Cluster implements AsyncDisposable {
     return (j.kvs ?? []).map((kv) => {
       const key = atob(kv.key);
       const value = JSON.parse(atob(kv.value)) as EtcdLease["value"];
+      const [v4, v6] = key.split("/").pop()!.split("&") as [string, string?];
       return {
         key,
-        subnet: key.split("/").pop()!.replace("-", "/"),
+        subnet: v4.replace("-", "/"),
+        ...(v6 !== undefined && { ipv6Subnet: v6.replace(/-(\d+)$/, "/$1") }),
         value,
         etcdLease: String(kv.lease ?? "0"),
       };

@@ -22,12 +22,7 @@
  *
  * @module
  */
-import {
-  Cluster,
-  type ClusterNode,
-  type EtcdLease,
-  SWITCH_IP,
-} from "../_cluster.ts";
+import { type ClusterNode, type EtcdLease, SWITCH_IP } from "../_cluster.ts";
 import { kernelTest, run } from "../_netns.ts";
 import { gatedTest, ROOT } from "../_gate.ts";
 import {
@@ -37,24 +32,21 @@ import {
   type FlagCase,
   keyName,
   PEER_CASES,
-  type PeerInput,
   type PeerSlot,
 } from "../faults/corpus.ts";
 import {
   DEVICE,
   expectedPeers,
-  judgeEntries,
   readOverlay,
   slotEntries,
 } from "../faults/kernel.ts";
+import { type CorpusCase, DIR, EtcdRun } from "../faults/etcd.ts";
 import { FaultProxy } from "../faults/proxy.ts";
 import { KubeFaults } from "../faults/kube_faults.ts";
 import { kubeUnavailable } from "./_kube.ts";
 import { type FaultRow, fmtMs } from "../faults/report.ts";
 import {
-  b64,
   Checks,
-  FaultRun,
   lossText,
   NETWORK,
   ONLY,
@@ -66,36 +58,17 @@ import {
   writeReport,
 } from "../faults/run.ts";
 
-const DIR = "/coreos.com/network/subnets/";
 const PREFIX = "weft-f";
 /** Every row of both tests, in order; the table is rewritten after each. */
 const ROWS: FaultRow[] = [];
 
 /** The etcd-mode cluster and its phases. */
-class EtcdFaults extends FaultRun {
-  /** Third octets the suite may use for fake subnets, never a node's. */
-  #freeOctets: number[] = [];
-
+class EtcdFaults extends EtcdRun {
   static async create(): Promise<EtcdFaults> {
-    const c = await Cluster.create({ nodes: 5, prefix: PREFIX }).catch((e) => {
-      // One retry: a busy machine (pid reuse, a neighbour's cleanup) can
-      // break the build of the namespaces.
-      console.warn(`Cluster.create failed, retrying once: ${e}`);
-      return Cluster.create({ nodes: 5, prefix: PREFIX });
-    });
+    const c = await EtcdRun.cluster({ nodes: 5, prefix: PREFIX });
     const s = new EtcdFaults(c, ROWS);
     try {
-      for (const n of s.nodes(1, 2, 3)) await s.start(n);
-      for (const n of s.nodes(1, 2, 3)) await c.waitReady(n);
-      for (const n of s.nodes(1, 2, 3)) await c.addPod(n, 1);
-      const ms = await s.converged(s.nodes(1, 2, 3), 10_000);
-      if (ms === undefined) {
-        throw new Error(
-          `Cluster did not converge: ${
-            (await s.problems(s.nodes(1, 2, 3))).join("; ")
-          }`,
-        );
-      }
+      await s.up(s.nodes(1, 2, 3));
       const warm = await c.pingRun("node1-pod1", c.pod("node2-pod1").ip, {
         count: 3,
         interval: 0.1,
@@ -109,75 +82,6 @@ class EtcdFaults extends FaultRun {
       throw e;
     }
     return s;
-  }
-
-  leases(): Promise<EtcdLease[]> {
-    return this.c.leases();
-  }
-
-  /** Raw etcd JSON gateway call from inside the switch namespace. */
-  async etcd(path: string, body: unknown): Promise<Record<string, unknown>> {
-    const r = await run([
-      "ip",
-      "netns",
-      "exec",
-      this.c.hub.name,
-      "curl",
-      "-s",
-      "-m",
-      "10",
-      "-X",
-      "POST",
-      "--data-binary",
-      "@-",
-      `http://127.0.0.1:2379${path}`,
-    ], JSON.stringify(body));
-    if (r.code !== 0) throw new Error(`curl ${path}: ${r.stderr}`);
-    const j = JSON.parse(r.stdout) as Record<string, unknown>;
-    if (j.error !== undefined) throw new Error(`etcd ${path}: ${r.stdout}`);
-    return j;
-  }
-
-  async put(key: string, value: string | Uint8Array): Promise<void> {
-    await this.etcd("/v3/kv/put", { key: b64(key), value: b64(value) });
-  }
-
-  async del(key: string): Promise<void> {
-    await this.etcd("/v3/kv/deleterange", { key: b64(key) });
-  }
-
-  /** A fake subnet's third octet nobody uses; each call a new one. */
-  async freeOctet(): Promise<number> {
-    if (this.#freeOctets.length === 0) {
-      const used = new Set(
-        (await this.c.leases()).map((l) => Number(l.subnet.split(".")[2])),
-      );
-      for (let o = 253; o >= 110; o--) {
-        if (!used.has(o)) this.#freeOctets.push(o);
-      }
-    }
-    const o = this.#freeOctets.shift();
-    if (o === undefined) throw new Error("No free subnet left for fakes");
-    return o;
-  }
-
-  /** A valid fake peer lease (a probe) at a free subnet. */
-  async probe(ipLast = 240): Promise<{ key: string; subnet: string }> {
-    const subnet = `10.244.${await this.freeOctet()}.0/24`;
-    const key = DIR + keyName(subnet);
-    await this.put(
-      key,
-      JSON.stringify({
-        PublicIP: `198.18.0.${ipLast}`,
-        PublicIPv6: null,
-        BackendType: "vxlan",
-        BackendData: {
-          VNI: 1,
-          VtepMAC: `0a:fb:00:00:00:${ipLast.toString(16).padStart(2, "0")}`,
-        },
-      }),
-    );
-    return { key, subnet };
   }
 
   // ---------------------------------------------------------------- phases
@@ -455,17 +359,12 @@ class EtcdFaults extends FaultRun {
 
   /** Malformed peer leases in etcd, then a restart with them present. */
   async peerCorpus(): Promise<void> {
-    const section = "peer corpus (etcd lease keys and values)";
-    const live = this.nodes(1, 2, 3);
     const real = await this.c.leases();
     const own = real.find((l) => l.value.PublicIP === this.node(1).ip)!;
     const peers = real.filter((l) => l !== own);
-    const peerSubnets = peers.map((l) => l.subnet);
-    const peerMacs = peers.map((l) => l.value.BackendData!.VtepMAC!);
-    const peerIPs = peers.map((l) => l.value.PublicIP);
-    const ownMac = own.value.BackendData!.VtepMAC!;
     const realSubnets = new Set(real.map((l) => l.subnet));
-    const inputs: { input: PeerInput; slot: PeerSlot }[] = [];
+    const cases: CorpusCase[] = [];
+    let control: EtcdLease | undefined;
     for (const [i, k] of PEER_CASES.entries()) {
       const slot: PeerSlot = {
         dir: DIR,
@@ -473,169 +372,44 @@ class EtcdFaults extends FaultRun {
         publicIP: `198.18.0.${100 + i}`,
         mac: `0a:fa:00:00:00:${(i + 1).toString(16).padStart(2, "0")}`,
         ownSubnet: own.subnet,
-        peerSubnets,
-        peerMacs,
-        peerIPs,
-        ownMac,
+        peerSubnets: peers.map((l) => l.subnet),
+        peerMacs: peers.map((l) => l.value.BackendData!.VtepMAC!),
+        peerIPs: peers.map((l) => l.value.PublicIP),
+        ownMac: own.value.BackendData!.VtepMAC!,
       };
-      inputs.push({ input: k.make(slot), slot });
-    }
-    const control =
-      inputs[PEER_CASES.findIndex((k) => k.expect === "programmed")]!;
-    const expected: EtcdLease[] = [...real, {
-      key: control.input.key,
-      subnet: control.slot.subnet,
-      value: JSON.parse(control.input.value as string),
-      etcdLease: "0",
-    }];
-
-    const p = this.ping();
-    const offsets = new Map<ClusterNode, number>();
-    for (const n of live) offsets.set(n, await this.logSize(n));
-    for (const { input } of inputs) await this.put(input.key, input.value);
-
-    const refused = PEER_CASES.map((k, i) => ({ k, ...inputs[i]! })).filter((
-      x,
-    ) => x.k.expect === "refused");
-    const warnedIn = async (n: ClusterNode, offset: number) => {
-      const lines = (await this.logSince(n, offset)).split("\n").filter((l) =>
-        l.startsWith("W")
-      );
-      return (key: string) => lines.some((l) => l.includes(`"${key}"`));
-    };
-    const allWarned = async () => {
-      for (const n of live) {
-        const w = await warnedIn(n, offsets.get(n)!);
-        if (!refused.every((x) => w(x.input.key))) return false;
+      const input = k.make(slot);
+      if (k.expect === "programmed") {
+        control = {
+          key: input.key,
+          subnet: slot.subnet,
+          value: JSON.parse(input.value as string),
+          etcdLease: "0",
+        };
       }
-      return true;
-    };
-    const warnMs = await waitUntil(allWarned, 15_000, 200);
-    const convMs = await this.converged(live, 10_000, expected);
-
-    // Per case: warnings and kernel entries on every node.
-    const caseFailures = PEER_CASES.map(() => [] as string[]);
-    const inspect = async (round: string, nodes: ClusterNode[]) => {
-      const states = new Map<
-        ClusterNode,
-        Awaited<ReturnType<typeof readOverlay>>
-      >();
-      for (const n of nodes) states.set(n, await readOverlay(n.ns));
-      for (const [i, k] of PEER_CASES.entries()) {
-        const { input, slot } = inputs[i]!;
-        // A claim on a real peer's subnet is judged by MAC and IP alone:
-        // the real peer's route must stay.
-        const named = input.claims ??
-          (input.key === DIR + keyName(slot.subnet) ? slot.subnet : undefined);
-        const claims = named !== undefined && realSubnets.has(named)
-          ? undefined
-          : named;
-        for (const n of nodes) {
-          const s = states.get(n)!;
-          const trace = { claims, mac: slot.mac, publicIP: slot.publicIP };
-          const entries = slotEntries(s, trace, (r) =>
+      // A claim on a real peer's subnet is judged by MAC and IP alone:
+      // the real peer's route must stay.
+      const named = input.claims ??
+        (input.key === DIR + keyName(slot.subnet) ? slot.subnet : undefined);
+      const claims = named !== undefined && realSubnets.has(named)
+        ? undefined
+        : named;
+      const trace = { claims, mac: slot.mac, publicIP: slot.publicIP };
+      cases.push({
+        name: k.name,
+        expect: k.expect,
+        input,
+        entries: (s) =>
+          slotEntries(s.v4, trace, (r) =>
             r.dev === DEVICE &&
-            (r.dst === claims || r.gw === slot.publicIP));
-          caseFailures[i]!.push(
-            ...judgeEntries(k.expect, entries, `${round}: ${n.name}`),
-          );
-        }
-        if (k.expect === "refused") {
-          for (const n of nodes) {
-            const w = await warnedIn(n, offsets.get(n)!);
-            if (!w(input.key)) {
-              caseFailures[i]!.push(
-                `${round}: no warning naming the key on ${n.name}`,
-              );
-            }
-          }
-        }
-      }
-    };
-    await inspect("live", live);
-
-    // Restart node1 with the corpus in etcd: the relist must refuse the
-    // same keys and keep the real peers.
-    const n1 = this.node(1);
-    offsets.set(n1, await this.logSize(n1));
-    await this.stop(n1);
-    await this.start(n1);
-    const ready = await this.c.waitReady(n1, 20_000).catch(() => undefined);
-    const conv2 = await this.converged(live, 10_000, expected);
-    await waitUntil(
-      async () => {
-        const w = await warnedIn(n1, offsets.get(n1)!);
-        return refused.every((x) => w(x.input.key));
-      },
-      10_000,
-      200,
-    );
-    await inspect("after node1 restart", [n1]);
-
-    const chk = new Checks();
-    const alive: string[] = [];
-    for (const n of live) {
-      if (!(await this.alive(n))) alive.push(`${n.name} exited`);
-      const h = await this.httpCode(n, "/healthz");
-      if (h !== "200") alive.push(`${n.name} /healthz ${h}`);
-      const r = await this.httpCode(n, "/readyz");
-      if (r !== "200") alive.push(`${n.name} /readyz ${r}`);
-    }
-    const loss = await p.stop();
-    chk.that(alive.length === 0, alive.join(", "));
-    chk.that(loss.lost === 0, `${loss.lost} lost`);
-    chk.that(
-      warnMs !== undefined,
-      "not every key was warned about within 15 s",
-    );
-    chk.that(
-      convMs !== undefined,
-      `valid peers affected: ${
-        (await this.problems(live, expected)).join(", ")
-      }`,
-    );
-    chk.that(ready !== undefined, "node1 not ready after its restart");
-    chk.that(
-      conv2 !== undefined,
-      `after node1's restart: ${
-        (await this.problems(live, expected)).join(", ")
-      }`,
-    );
-    this.row({
-      section,
-      fault:
-        `all ${PEER_CASES.length} cases written at once, then node1 restarted with them in etcd`,
-      expected:
-        "no crash, healthz/readyz 200, zero loss, valid peers programmed exactly",
-      lost: lossText(loss),
-      recovery: `warned ${fmtMs(warnMs)}; node1 ready ${fmtMs(ready)}`,
-      outcome: chk.outcome(),
-    });
-    for (const [i, k] of PEER_CASES.entries()) {
-      const f = caseFailures[i]!;
-      this.row({
-        section,
-        fault: k.name,
-        expected: k.expect === "refused"
-          ? "warning names the key; no kernel entry on any node"
-          : "programmed on every node",
-        lost: "—",
-        recovery: "—",
-        outcome: f.length > 0
-          ? { kind: "fail", why: f.join("; ") }
-          : { kind: "pass" },
+            (r.dst === claims || r.gw === slot.publicIP)),
       });
     }
-
-    for (const { input } of inputs) await this.del(input.key);
-    const clean = await this.converged(live, 10_000);
-    if (clean === undefined) {
-      throw new Error(
-        `Cluster did not recover from the corpus: ${
-          (await this.problems(live)).join(", ")
-        }`,
-      );
-    }
+    await this.corpus({
+      section: "peer corpus (etcd lease keys and values)",
+      cases,
+      expected: [...real, control!],
+      live: this.nodes(1, 2, 3),
+    });
   }
 
   /** A misbehaving proxy between node3's agent and etcd. */

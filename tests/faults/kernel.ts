@@ -9,9 +9,23 @@
  */
 import type { Netns } from "../_netns.ts";
 import type { EtcdLease } from "../_cluster.ts";
+import { netContainsIp, parseIp, parseIpNet } from "../../lib/ip.ts";
 
 /** The VXLAN device name (VNI 1). */
 export const DEVICE = "flannel.1";
+/** The IPv6 VXLAN device name (VNI 1). */
+export const DEVICE6 = "flannel-v6.1";
+
+/** Which overlay to look at: an address family and its device. */
+export interface Overlay {
+  readonly family: 4 | 6;
+  readonly device: string;
+}
+
+/** The IPv4 overlay (the default everywhere). */
+export const V4: Overlay = { family: 4, device: DEVICE };
+/** The IPv6 overlay of a dual-stack cluster. */
+export const V6: Overlay = { family: 6, device: DEVICE6 };
 
 /** The overlay state of one node. */
 export interface OverlayState {
@@ -51,16 +65,22 @@ async function tryJson<T>(ns: Netns, ...args: string[]): Promise<T[]> {
   }
 }
 
-/** Reads a node's overlay state. */
-export async function readOverlay(ns: Netns): Promise<OverlayState> {
+/** Reads a node's overlay state (default IPv4, `flannel.1`). */
+export async function readOverlay(
+  ns: Netns,
+  o: Overlay = V4,
+): Promise<OverlayState> {
+  const DEVICE = o.device;
+  const fam = `-${o.family}`;
   const [links, routes, neighs, fdb] = await Promise.all([
     tryJson<{
       address?: string;
       flags?: string[];
       addr_info?: { family: string; local: string; prefixlen: number }[];
-    }>(ns, "addr", "show", "dev", DEVICE),
+    }>(ns, fam, "addr", "show", "dev", DEVICE),
     tryJson<{ dst: string; gateway?: string; dev: string; flags?: string[] }>(
       ns,
+      fam,
       "route",
       "show",
       "table",
@@ -68,6 +88,7 @@ export async function readOverlay(ns: Netns): Promise<OverlayState> {
     ),
     tryJson<{ dst: string; lladdr?: string; state?: string[] }>(
       ns,
+      fam,
       "neigh",
       "show",
       "dev",
@@ -88,7 +109,10 @@ export async function readOverlay(ns: Netns): Promise<OverlayState> {
       device: {
         mac: link.address ?? "",
         up: (link.flags ?? []).includes("UP"),
-        addrs: (link.addr_info ?? []).filter((a) => a.family === "inet").map((
+        addrs: (link.addr_info ?? []).filter((a) =>
+          a.family === (o.family === 4 ? "inet" : "inet6") &&
+          !a.local.startsWith("fe80:")
+        ).map((
           a,
         ) => `${a.local}/${a.prefixlen}`),
       },
@@ -112,22 +136,28 @@ export async function readOverlay(ns: Netns): Promise<OverlayState> {
   };
 }
 
-/** The peers a node with public IP `selfIP` must program. */
+/**
+ * The peers a node with public IP `selfIP` (of the family) must program,
+ * default IPv4.
+ */
 export function expectedPeers(
   leases: readonly EtcdLease[],
   selfIP: string,
+  family: 4 | 6 = 4,
 ): PeerEntry[] {
-  return leases
-    .filter((l) =>
-      l.value.PublicIP !== selfIP && l.value.BackendType === "vxlan" &&
-      l.value.BackendData?.VtepMAC !== undefined
-    )
-    .map((l) => ({
-      subnet: l.subnet,
-      gw: l.subnet.split("/")[0]!,
-      mac: l.value.BackendData!.VtepMAC!,
-      publicIP: l.value.PublicIP,
-    }));
+  const out: PeerEntry[] = [];
+  for (const l of leases) {
+    if (l.value.BackendType !== "vxlan") continue;
+    const v = l.value;
+    const [subnet, ip, mac] = family === 4
+      ? [l.subnet, v.PublicIP, v.BackendData?.VtepMAC]
+      : [l.ipv6Subnet, v.PublicIPv6, v.BackendV6Data?.VtepMAC];
+    if (subnet === undefined || !ip || mac === undefined || ip === selfIP) {
+      continue;
+    }
+    out.push({ subnet, gw: subnet.split("/")[0]!, mac, publicIP: ip });
+  }
+  return out;
 }
 
 /**
@@ -139,8 +169,13 @@ export function expectedPeers(
 export function overlayProblems(
   s: OverlayState,
   peers: readonly PeerEntry[],
-  opts: { ownAddr?: string; inNetwork: (dst: string) => boolean },
+  opts: {
+    ownAddr?: string;
+    inNetwork: (dst: string) => boolean;
+    device?: string;
+  },
 ): string[] {
+  const DEVICE = opts.device ?? V4.device;
   const out: string[] = [];
   if (!s.device) return [`${DEVICE} missing`];
   if (!s.device.up) out.push(`${DEVICE} down`);
@@ -191,15 +226,11 @@ export function overlayProblems(
   return out;
 }
 
-/** Whether dotted IPv4 `ip` (or a CIDR's address) lies in `cidr`. */
+/** Whether `ip` (or a CIDR's address), IPv4 or IPv6, lies in `cidr`. */
 export function inCidr(ip: string, cidr: string): boolean {
-  const toInt = (a: string) =>
-    a.split(".").reduce((n, o) => ((n << 8) | Number(o)) >>> 0, 0);
-  const [net, len] = cidr.split("/") as [string, string];
-  const l = Number(len);
-  const mask = l === 0 ? 0 : (0xffffffff << (32 - l)) >>> 0;
-  return ((toInt(ip.split("/")[0]!) & mask) >>> 0) === ((toInt(net) & mask) >>>
-    0);
+  const a = parseIp(ip.split("/")[0]!);
+  const n = parseIpNet(cidr);
+  return a.ok && n.ok && netContainsIp(n.value, a.value);
 }
 
 /** What a corpus case's peer would look like in the kernel. */

@@ -18,11 +18,12 @@ import {
 } from "../_cluster.ts";
 import { run } from "../_netns.ts";
 import {
-  DEVICE,
   expectedPeers,
   inCidr,
   overlayProblems,
   readOverlay,
+  V4,
+  V6,
 } from "./kernel.ts";
 import {
   type FaultRow,
@@ -53,6 +54,8 @@ export const ONLY = Deno.env.get("WEFT_FAULT_ONLY")
   ? new Set(Deno.env.get("WEFT_FAULT_ONLY")!.split(","))
   : undefined;
 export const NETWORK = "10.244.0.0/16";
+/** The IPv6 cluster network of the dual-stack phases. */
+export const NETWORK6 = "fc00::/48";
 /** Drift must be repaired this fast (rtnetlink-driven, not the 10 s timer). */
 export const REPAIR_LIMIT_MS = 2000;
 /** Requests per second the proxied agent may send during an error storm. */
@@ -264,25 +267,37 @@ export abstract class FaultRun {
     );
   }
 
-  /** The problems of each node against `leases` (default: etcd's now). */
+  /**
+   * The problems of each node against `leases` (default: etcd's now), on
+   * both overlays when the cluster is dual-stack.
+   */
   async problems(
     nodes: ClusterNode[],
     leases?: readonly EtcdLease[],
   ): Promise<string[]> {
     const ls = leases ?? await this.leases();
     const out: string[] = [];
-    await Promise.all(nodes.map(async (n) => {
-      const own = ls.find((l) => l.value.PublicIP === n.ip);
-      const p = overlayProblems(
-        await readOverlay(n.ns),
-        expectedPeers(ls, n.ip),
-        {
-          ...(own && { ownAddr: `${own.subnet.split("/")[0]}/32` }),
-          inNetwork: (ip) => inCidr(ip, NETWORK),
-        },
-      );
-      out.push(...p.map((x) => `${n.name}: ${x}`));
-    }));
+    const overlays = this.c.opts.ipv6 ? [V4, V6] : [V4];
+    await Promise.all(nodes.flatMap((n) =>
+      overlays.map(async (o) => {
+        const own = ls.find((l) => l.value.PublicIP === n.ip);
+        const ownSubnet = o.family === 4 ? own?.subnet : own?.ipv6Subnet;
+        const p = overlayProblems(
+          await readOverlay(n.ns, o),
+          expectedPeers(ls, o.family === 4 ? n.ip : n.ip6, o.family),
+          {
+            ...(ownSubnet !== undefined && {
+              ownAddr: `${ownSubnet.split("/")[0]}/${
+                o.family === 4 ? 32 : 128
+              }`,
+            }),
+            inNetwork: (ip) => inCidr(ip, o.family === 4 ? NETWORK : NETWORK6),
+            device: o.device,
+          },
+        );
+        out.push(...p.map((x) => `${n.name}: ${x}`));
+      })
+    ));
     return out;
   }
 
@@ -298,13 +313,16 @@ export abstract class FaultRun {
     );
   }
 
+  /** Whether the node routes `subnet` (either family) over the overlay. */
   async hasRoute(n: ClusterNode, subnet: string): Promise<boolean> {
+    const o = subnet.includes(":") ? V6 : V4;
     const r = await n.ns.json<{ dst: string; dev: string }[]>(
+      `-${o.family}`,
       "route",
       "show",
       subnet,
     );
-    return r.some((x) => x.dst === subnet && x.dev === DEVICE);
+    return r.some((x) => x.dst === subnet && x.dev === o.device);
   }
 
   /** Time until every node has (or, `present` false, lacks) a route. */
