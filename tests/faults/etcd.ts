@@ -53,8 +53,11 @@ export interface CorpusOptions {
   readonly cases: readonly CorpusCase[];
   /** What every node must program meanwhile: the real leases and controls. */
   readonly expected: readonly EtcdLease[];
-  /** Pods pinging each other meanwhile: [from, to] (default node1→node2). */
-  readonly pings?: readonly [string, string][];
+  /**
+   * Pods pinging each other meanwhile: [from, to, family] (default
+   * node1→node2 over IPv4).
+   */
+  readonly pings?: readonly (readonly [string, string, (4 | 6)?])[];
   /** The nodes running agents (node1 is the one restarted). */
   readonly live: readonly ClusterNode[];
 }
@@ -178,9 +181,9 @@ export abstract class EtcdRun extends FaultRun {
   async corpus(o: CorpusOptions): Promise<void> {
     const { section, cases, expected, live } = o;
     const n1 = live[0]!;
-    const pings = (o.pings ?? [["node1-pod1", "node2-pod1"]]).map(([a, b]) =>
-      this.ping(a, b)
-    );
+    const pings = (o.pings ?? [["node1-pod1", "node2-pod1"]]).map((
+      [a, b, f],
+    ) => this.ping(a, b, f));
     const offsets = new Map<ClusterNode, number>();
     for (const n of live) offsets.set(n, await this.logSize(n));
     for (const k of cases) await this.put(k.input.key, k.input.value);

@@ -259,12 +259,19 @@ export abstract class FaultRun {
     return r.stdout;
   }
 
-  /** Background ping between two pods (ids), 20 per second. */
-  ping(from = "node1-pod1", to = "node2-pod1"): BackgroundPing {
-    return BackgroundPing.start(
-      this.c.pod(from).ns.name,
-      this.c.pod(to).ip,
-    );
+  /**
+   * Background ping between two pods (ids), 20 per second, to the target
+   * pod's IPv4 address or (`family` 6) its IPv6 one.
+   */
+  ping(
+    from = "node1-pod1",
+    to = "node2-pod1",
+    family: 4 | 6 = 4,
+  ): BackgroundPing {
+    const pod = this.c.pod(to);
+    const dst = family === 4 ? pod.ip : pod.ip6;
+    if (dst === undefined) throw new Error(`Pod "${to}" has no IPv6 address`);
+    return BackgroundPing.start(this.c.pod(from).ns.name, dst);
   }
 
   /**

@@ -1,0 +1,262 @@
+/**
+ * The IPv6 half of the bad-input corpus: dual-stack peer leases (etcd key
+ * `<v4>-24&<v6>-64`, value with `PublicIPv6` and `BackendV6Data`) whose
+ * IPv4 half is valid and whose IPv6 half is not. A lease is refused as a
+ * whole, so each case must leave no entry in either family. Cases are
+ * built from a {@linkcode DualSlot}: a free subnet pair, an unused public
+ * IP pair and MAC pair of their own, so any kernel entry a refused case
+ * leaves behind can be traced back to it.
+ *
+ * @module
+ */
+import type { PeerInput } from "./corpus.ts";
+
+/** What a dual-stack case gets to build its key and value from. */
+export interface DualSlot {
+  /** `/coreos.com/network/subnets/`. */
+  readonly dir: string;
+  /** A free IPv4 /24: `10.244.201.0/24`. */
+  readonly subnet: string;
+  /** A free IPv6 /64: `fc00:0:0:f0c9::/64`. */
+  readonly subnet6: string;
+  readonly publicIP: string;
+  /** The slot's IPv6 public IP, never a real node's: `fd00:18::1c9`. */
+  readonly publicIP6: string;
+  readonly mac: string;
+  /** The slot's IPv6 VTEP MAC. */
+  readonly mac6: string;
+  /** The node under test (node1): its IPv6 subnet, address and v6 MAC. */
+  readonly ownSubnet6: string;
+  readonly ownIP6: string;
+  readonly ownMac6: string;
+  /** Its real peers' IPv6 subnets, public IPs and v6 MACs, in one order. */
+  readonly peerSubnets6: readonly string[];
+  readonly peerIPs6: readonly string[];
+  readonly peerMacs6: readonly string[];
+}
+
+/** One dual-stack lease (a control or a refused one). */
+export interface DualCase {
+  readonly name: string;
+  readonly expect: "refused" | "programmed";
+  readonly make: (s: DualSlot) => PeerInput;
+  /**
+   * The IPv6 subnet it claims, for the kernel check, when that is not the
+   * slot's (undefined when it claims a real node's: that route must stay).
+   */
+  readonly claims6?: (s: DualSlot) => string | undefined;
+}
+
+/** `fc00:0:0:7::/64` → `fc00:0:0:7::-64`. */
+function name6(subnet: string): string {
+  return subnet.replace("/", "-");
+}
+
+function keyOf(s: DualSlot, v6Name = name6(s.subnet6)): string {
+  return `${s.dir}${s.subnet.replace("/", "-")}&${v6Name}`;
+}
+
+/** The lease value a dual-stack flanneld writes, for the slot. */
+function dualValue(s: DualSlot): Record<string, unknown> {
+  return {
+    PublicIP: s.publicIP,
+    PublicIPv6: s.publicIP6,
+    BackendType: "vxlan",
+    BackendData: { VNI: 1, VtepMAC: s.mac },
+    BackendV6Data: { VNI: 1, VtepMAC: s.mac6 },
+  };
+}
+
+function v6Data(v: Record<string, unknown>): Record<string, unknown> {
+  return v.BackendV6Data as Record<string, unknown>;
+}
+
+/** The valid value with some fields changed, at the slot's key. */
+function patched(
+  name: string,
+  patch: (v: Record<string, unknown>, s: DualSlot) => void,
+): DualCase {
+  return {
+    name,
+    expect: "refused",
+    make: (s) => {
+      const v = dualValue(s);
+      patch(v, s);
+      return { key: keyOf(s), value: JSON.stringify(v) };
+    },
+  };
+}
+
+/** The valid value under a key whose IPv6 part is `v6Name`. */
+function keyed(
+  name: string,
+  v6Name: (s: DualSlot) => string,
+  claims6?: (s: DualSlot) => string | undefined,
+): DualCase {
+  return {
+    name,
+    expect: "refused",
+    make: (s) => ({
+      key: keyOf(s, v6Name(s)),
+      value: JSON.stringify(dualValue(s)),
+    }),
+    ...(claims6 && { claims6 }),
+  };
+}
+
+/** A `/len` inside the slot's /64, from its first address. */
+function inside(s: DualSlot, len: number, host = ""): string {
+  return s.subnet6.replace("::/64", `::${host}/${len}`);
+}
+
+/** Dual-stack leases with a hostile IPv6 half, plus one valid control. */
+export const DUAL_CASES: readonly DualCase[] = [
+  {
+    name: "control: a valid dual-stack lease (must be programmed, v4 and v6)",
+    expect: "programmed",
+    make: (s) => ({ key: keyOf(s), value: JSON.stringify(dualValue(s)) }),
+  },
+  // Keys whose IPv6 part is not a subnet, or not one that fits.
+  keyed("v6 key part not hex (zz::-64)", () => "zz::-64"),
+  keyed(
+    "v6 key part in upper case",
+    (s) => name6(s.subnet6).toUpperCase(),
+  ),
+  keyed("v6 key part prefix length 129", (s) => name6(inside(s, 129))),
+  keyed("v6 key part without a prefix length", (s) => s.subnet6.split("/")[0]!),
+  keyed(
+    "v6 key part with host bits (::1-64)",
+    (s) => name6(inside(s, 64, "1")),
+  ),
+  keyed("v6 key part an IPv4 subnet", () => "10.244.1.0-24"),
+  keyed(
+    "v6 key parts given twice",
+    (s) => `${name6(s.subnet6)}&${name6(s.subnet6)}`,
+  ),
+  keyed(
+    "v6 subnet outside IPv6Network (fd99::/48)",
+    (s) => name6(s.subnet6.replace(/^fc00:0:0:/, "fd99:0:0:")),
+    (s) => s.subnet6.replace(/^fc00:0:0:/, "fd99:0:0:"),
+  ),
+  keyed(
+    "v6 subnet /56 in a free range (length differs from IPv6SubnetLen)",
+    () => "fc00:0:0:e100::-56",
+    () => "fc00:0:0:e100::/56",
+  ),
+  keyed(
+    "v6 subnet /80 inside a free /64 (length differs)",
+    (s) => name6(inside(s, 80)),
+    (s) => inside(s, 80),
+  ),
+  keyed(
+    "v6 subnet /128, a host route in a free /64",
+    (s) => name6(inside(s, 128, "7")),
+    (s) => inside(s, 128, "7"),
+  ),
+  keyed(
+    "v6 subnet the whole IPv6Network (fc00::/48)",
+    () => "fc00::-48",
+    () => "fc00::/48",
+  ),
+  keyed(
+    "v6 subnet equal to the node under test's",
+    (s) => name6(s.ownSubnet6),
+    () => undefined,
+  ),
+  keyed(
+    "v6 subnet equal to a real peer's (the older claim keeps it)",
+    (s) => name6(s.peerSubnets6[0]!),
+    () => undefined,
+  ),
+  keyed(
+    "v6 subnet inside a real peer's (upper /65)",
+    (s) => name6(s.peerSubnets6[0]!.replace("::/64", ":8000::/65")),
+    (s) => s.peerSubnets6[0]!.replace("::/64", ":8000::/65"),
+  ),
+  // PublicIPv6.
+  patched("PublicIPv6 missing", (v) => delete v.PublicIPv6),
+  patched("PublicIPv6 null", (v) => v.PublicIPv6 = null),
+  patched("PublicIPv6 empty", (v) => v.PublicIPv6 = ""),
+  patched("PublicIPv6 a number", (v) => v.PublicIPv6 = 1),
+  patched(
+    "PublicIPv6 not an address (fd00::zz)",
+    (v) => v.PublicIPv6 = "fd00::zz",
+  ),
+  patched(
+    "PublicIPv6 an IPv4 address",
+    (v, s) => v.PublicIPv6 = s.publicIP,
+  ),
+  patched(
+    "PublicIPv6 with a prefix length",
+    (v, s) => v.PublicIPv6 = `${s.publicIP6}/64`,
+  ),
+  patched(
+    "PublicIPv6 with a zone (%eth0)",
+    (v, s) => v.PublicIPv6 = `${s.publicIP6}%eth0`,
+  ),
+  patched("PublicIPv6 link-local (fe80::1)", (v) => v.PublicIPv6 = "fe80::1"),
+  patched("PublicIPv6 multicast (ff02::1)", (v) => v.PublicIPv6 = "ff02::1"),
+  patched(
+    "PublicIPv6 IPv4-mapped (::ffff:198.18.0.x)",
+    (v, s) => v.PublicIPv6 = `::ffff:${s.publicIP}`,
+  ),
+  patched(
+    "PublicIPv6 IPv4-compatible (::198.18.0.x)",
+    (v, s) => v.PublicIPv6 = `::${s.publicIP}`,
+  ),
+  patched("PublicIPv6 loopback (::1)", (v) => v.PublicIPv6 = "::1"),
+  patched("PublicIPv6 unspecified (::)", (v) => v.PublicIPv6 = "::"),
+  patched(
+    "PublicIPv6 inside the IPv6 cluster network",
+    (v, s) => v.PublicIPv6 = s.subnet6.replace("::/64", "::9"),
+  ),
+  patched(
+    "PublicIPv6 of the node under test",
+    (v, s) => v.PublicIPv6 = s.ownIP6,
+  ),
+  patched(
+    "PublicIPv6 of a real peer (duplicate, same backend type)",
+    (v, s) => v.PublicIPv6 = s.peerIPs6[0]!,
+  ),
+  // BackendV6Data.
+  patched("BackendV6Data missing", (v) => delete v.BackendV6Data),
+  patched("BackendV6Data null", (v) => v.BackendV6Data = null),
+  patched(
+    "BackendV6Data a JSON string",
+    (v) => v.BackendV6Data = JSON.stringify(v.BackendV6Data),
+  ),
+  patched("BackendV6Data an array", (v) => v.BackendV6Data = [v.BackendV6Data]),
+  patched("v6 VNI a string", (v) => v6Data(v).VNI = "1"),
+  patched("v6 VNI above 2^24", (v) => v6Data(v).VNI = 16777216),
+  patched("v6 VtepMAC missing", (v) => delete v6Data(v).VtepMAC),
+  patched("v6 VtepMAC not hex", (v) => v6Data(v).VtepMAC = "zz:zz:zz:zz:zz:zz"),
+  patched(
+    "v6 VtepMAC five octets",
+    (v, s) => v6Data(v).VtepMAC = s.mac6.slice(0, 14),
+  ),
+  patched(
+    "v6 VtepMAC multicast (33:33:00:00:00:01)",
+    (v) => v6Data(v).VtepMAC = "33:33:00:00:00:01",
+  ),
+  patched(
+    "v6 VtepMAC broadcast",
+    (v) => v6Data(v).VtepMAC = "ff:ff:ff:ff:ff:ff",
+  ),
+  patched(
+    "v6 VtepMAC all zeros",
+    (v) => v6Data(v).VtepMAC = "00:00:00:00:00:00",
+  ),
+  patched(
+    "v6 VtepMAC of a real peer (duplicate; the older claim keeps it)",
+    (v, s) => v6Data(v).VtepMAC = s.peerMacs6[0]!,
+  ),
+  patched(
+    "v6 VtepMAC of a real peer, in upper case",
+    (v, s) =>
+      v6Data(v).VtepMAC = s.peerMacs6[1 % s.peerMacs6.length]!.toUpperCase(),
+  ),
+  patched(
+    "v6 VtepMAC of the node under test's flannel-v6.1",
+    (v, s) => v6Data(v).VtepMAC = s.ownMac6,
+  ),
+];

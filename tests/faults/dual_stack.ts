@@ -1,0 +1,295 @@
+/**
+ * The fault suite's dual-stack phases: an etcd-mode cluster of three
+ * nodes with `EnableIPv6` and `IPv6Network` on an underlay with both
+ * families, pods with an address of each, and pods pinging each other
+ * over IPv4 and IPv6 while faults are injected: an agent killed and
+ * restarted, IPv6 kernel drift, and the IPv6 corpus (tests/faults/corpus_v6.ts)
+ * of hostile dual-stack leases.
+ *
+ * @module
+ */
+import type { EtcdLease } from "../_cluster.ts";
+import { DUAL_CASES, type DualSlot } from "./corpus_v6.ts";
+import { type CorpusCase, DIR, EtcdRun } from "./etcd.ts";
+import {
+  DEVICE,
+  DEVICE6,
+  expectedPeers,
+  readOverlay,
+  slotEntries,
+  V6,
+} from "./kernel.ts";
+import { type FaultRow, fmtMs } from "./report.ts";
+import {
+  Checks,
+  lossText,
+  NETWORK,
+  NETWORK6,
+  REPAIR_LIMIT_MS,
+  sleep,
+} from "./run.ts";
+
+/** The dual-stack network config (IPv6SubnetLen defaults to 64). */
+export const DUAL_NET_CONF = JSON.stringify({
+  Network: NETWORK,
+  EnableIPv6: true,
+  IPv6Network: NETWORK6,
+  Backend: { Type: "vxlan" },
+});
+
+/** The dual-stack etcd-mode cluster and its phases. */
+export class DualStackFaults extends EtcdRun {
+  /** Builds the cluster; pods reach each other over both families. */
+  static async create(
+    rows: FaultRow[],
+    prefix: string,
+  ): Promise<DualStackFaults> {
+    const c = await EtcdRun.cluster({
+      nodes: 3,
+      prefix,
+      ipv6: true,
+      netConf: DUAL_NET_CONF,
+    });
+    const s = new DualStackFaults(c, rows);
+    try {
+      await s.up(s.nodes(1, 2, 3), 20_000);
+      const to = c.pod("node2-pod1");
+      for (const dst of [to.ip, to.ip6]) {
+        if (dst === undefined) throw new Error("Pod has no IPv6 address");
+        // The first IPv6 echoes can wait for neighbour discovery.
+        const warm = await c.pingRun("node1-pod1", dst, {
+          count: 3,
+          interval: 0.2,
+          deadline: 8,
+        });
+        if (warm.received === 0) {
+          throw new Error(`No traffic to ${dst}: ${warm.text}`);
+        }
+      }
+    } catch (e) {
+      await c.close();
+      throw e;
+    }
+    return s;
+  }
+
+  /** Pings node1→node2 over both families. */
+  #pings() {
+    return [this.ping(), this.ping("node1-pod1", "node2-pod1", 6)];
+  }
+
+  /** kill -9 and restart: hitless on both families, same identity. */
+  async restarts(): Promise<void> {
+    const n2 = this.node(2);
+    const identity = async () => {
+      const lease = (await this.leases()).find((l) =>
+        l.value.PublicIP === n2.ip
+      );
+      return JSON.stringify({
+        key: lease?.key,
+        mac: (await readOverlay(n2.ns)).device?.mac,
+        mac6: (await readOverlay(n2.ns, V6)).device?.mac,
+        published: lease?.value.BackendData?.VtepMAC,
+        published6: lease?.value.BackendV6Data?.VtepMAC,
+      });
+    };
+    const before = await identity();
+    const chk = new Checks();
+    const pings = this.#pings();
+    await sleep(500);
+    const st = await this.c.stopAgent(n2, "SIGKILL");
+    chk.that(st?.signal === "SIGKILL", `agent not killed: ${st?.code}`);
+    await this.start(n2);
+    const ready = await this.c.waitReady(n2, 20_000).catch((e) => {
+      chk.that(false, String(e.message));
+      return undefined;
+    });
+    const conv = await this.converged(this.nodes(1, 2, 3), 5000);
+    chk.that(conv !== undefined, "cluster did not converge");
+    await sleep(500);
+    const [l4, l6] = await Promise.all(pings.map((p) => p.stop()));
+    const after = await identity();
+    chk.that(l4!.lost + l6!.lost === 0, `${l4!.lost} + ${l6!.lost} lost`);
+    chk.that(after === before, `identity changed: ${before} → ${after}`);
+    this.row({
+      section: "dual stack (etcd mode, IPv4 + IPv6)",
+      fault: "node2 agent kill -9, restarted",
+      expected:
+        "zero loss over IPv4 and IPv6; same lease key (both subnets) and both VTEP MACs; ready again",
+      lost: `${lossText(l4)} (v4) + ${lossText(l6)} (v6)`,
+      recovery: `ready ${fmtMs(ready)}`,
+      outcome: chk.outcome(),
+    });
+  }
+
+  /** IPv6 kernel drift on node1, repaired from rtnetlink notifications. */
+  async drift(): Promise<void> {
+    const n1 = this.node(1);
+    const leases = await this.leases();
+    const peers = expectedPeers(leases, n1.ip6, 6);
+    const p2 = peers.find((p) => p.publicIP === this.node(2).ip6)!;
+    const p3 = peers.find((p) => p.publicIP === this.node(3).ip6)!;
+    const cases: { name: string; inject: () => Promise<unknown> }[] = [
+      {
+        name: "IPv6 route to node2 deleted",
+        inject: () => n1.ns.ip("-6", "route", "del", p2.subnet, "dev", DEVICE6),
+      },
+      {
+        name: "IPv6 route to node2 changed to node3's gateway",
+        inject: () =>
+          n1.ns.ip(
+            "-6",
+            "route",
+            "replace",
+            p2.subnet,
+            "via",
+            p3.gw,
+            "dev",
+            DEVICE6,
+            "onlink",
+          ),
+      },
+      {
+        name: "IPv6 neighbour of node2 lladdr changed",
+        inject: () =>
+          n1.ns.ip(
+            "-6",
+            "neigh",
+            "replace",
+            p2.gw,
+            "lladdr",
+            "02:de:ad:be:ef:06",
+            "dev",
+            DEVICE6,
+            "nud",
+            "permanent",
+          ),
+      },
+      {
+        name: "IPv6 FDB entry of node2 pointed at another host",
+        inject: () =>
+          n1.ns.exec([
+            "bridge",
+            "fdb",
+            "replace",
+            p2.mac,
+            "dev",
+            DEVICE6,
+            "dst",
+            "fd00:18::99",
+            "self",
+            "permanent",
+          ]),
+      },
+      {
+        name: "flannel-v6.1 deleted",
+        inject: () => n1.ns.ip("link", "del", DEVICE6),
+      },
+    ];
+    for (const k of cases) {
+      const chk = new Checks();
+      const pings = this.#pings();
+      await sleep(300);
+      const t0 = performance.now();
+      await k.inject();
+      const injected = performance.now() - t0;
+      const ms = await this.converged([n1], 5000, leases);
+      const repair = ms === undefined ? undefined : ms + injected;
+      await sleep(300);
+      const [l4, l6] = await Promise.all(pings.map((p) => p.stop()));
+      if (chk.that(repair !== undefined, "not repaired within 5 s")) {
+        chk.that(
+          repair! <= REPAIR_LIMIT_MS,
+          `repaired in ${fmtMs(repair)} > ${REPAIR_LIMIT_MS} ms`,
+        );
+        // IPv6 echoes may only be lost while the entry was wrong.
+        const bound = Math.ceil(repair! / 50) + 2;
+        chk.that(l6!.lost <= bound, `${l6!.lost} lost over IPv6 (> ${bound})`);
+      } else {
+        chk.note((await this.problems([n1], leases)).join(", "));
+      }
+      chk.that(l4!.lost === 0, `${l4!.lost} lost over IPv4`);
+      this.row({
+        section: "dual stack (etcd mode, IPv4 + IPv6)",
+        fault: k.name,
+        expected:
+          `repaired within ${REPAIR_LIMIT_MS} ms; IPv4 untouched (zero loss)`,
+        lost: `${lossText(l4)} (v4) + ${lossText(l6)} (v6)`,
+        recovery: fmtMs(repair),
+        outcome: chk.outcome(),
+      });
+    }
+  }
+
+  /** Hostile dual-stack leases in etcd, then a restart with them present. */
+  async peerCorpus(): Promise<void> {
+    const real = await this.leases();
+    const n1 = this.node(1);
+    const own = real.find((l) => l.value.PublicIP === n1.ip)!;
+    const peers = real.filter((l) => l !== own);
+    const realSubnets = new Set(real.map((l) => l.ipv6Subnet));
+    const cases: CorpusCase[] = [];
+    let control: EtcdLease | undefined;
+    for (const [i, k] of DUAL_CASES.entries()) {
+      const octet = await this.freeOctet();
+      const hex = (i + 1).toString(16).padStart(2, "0");
+      const slot: DualSlot = {
+        dir: DIR,
+        subnet: `10.244.${octet}.0/24`,
+        subnet6: `fc00:0:0:f0${octet.toString(16)}::/64`,
+        publicIP: `198.18.0.${100 + i}`,
+        publicIP6: `fd00:18::1${hex}`,
+        mac: `0a:f4:00:00:00:${hex}`,
+        mac6: `0a:f6:00:00:00:${hex}`,
+        ownSubnet6: own.ipv6Subnet!,
+        ownIP6: n1.ip6,
+        ownMac6: own.value.BackendV6Data!.VtepMAC!,
+        peerSubnets6: peers.map((l) => l.ipv6Subnet!),
+        peerIPs6: peers.map((l) => l.value.PublicIPv6!),
+        peerMacs6: peers.map((l) => l.value.BackendV6Data!.VtepMAC!),
+      };
+      const input = k.make(slot);
+      if (k.expect === "programmed") {
+        control = {
+          key: input.key,
+          subnet: slot.subnet,
+          ipv6Subnet: slot.subnet6,
+          value: JSON.parse(input.value as string),
+          etcdLease: "0",
+        };
+      }
+      const named6 = k.claims6 ? k.claims6(slot) : slot.subnet6;
+      const claims6 = realSubnets.has(named6) ? undefined : named6;
+      const v4 = {
+        claims: slot.subnet,
+        mac: slot.mac,
+        publicIP: slot.publicIP,
+      };
+      const v6 = { claims: claims6, mac: slot.mac6, publicIP: slot.publicIP6 };
+      cases.push({
+        name: k.name,
+        expect: k.expect,
+        input,
+        entries: (s) => [
+          ...slotEntries(
+            s.v4,
+            v4,
+            (r) => r.dev === DEVICE && r.dst === v4.claims,
+          ).map((e) => `v4 ${e}`),
+          ...slotEntries(
+            s.v6!,
+            v6,
+            (r) => r.dev === DEVICE6 && r.dst === v6.claims,
+          ).map((e) => `v6 ${e}`),
+        ],
+      });
+    }
+    await this.corpus({
+      section: "dual-stack peer corpus (etcd lease keys and values, IPv6 half)",
+      cases,
+      expected: [...real, control!],
+      live: this.nodes(1, 2, 3),
+      pings: [["node1-pod1", "node2-pod1", 4], ["node1-pod1", "node2-pod1", 6]],
+    });
+  }
+}
