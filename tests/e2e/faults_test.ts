@@ -2,13 +2,16 @@
  * The fault and bad-input suite: faults injected into running namespace
  * clusters (tests/_cluster.ts: one weft process per node, pods wired by
  * weft's CNI plugin) while a pod on node1 pings a pod on another node
- * every 50 ms, and a corpus of malformed inputs (tests/faults/corpus.ts).
- * Every fault and every input becomes a row of a table (fault, expected,
- * packets lost, time to recover, result), printed at the end and written
- * to bench/results/faults.md. The first test runs an etcd-mode cluster
- * (Debian's etcd); the second a Kubernetes-mode one (a real kube-apiserver
- * in the switch namespace, tests/e2e/_kube.ts); without the server
- * binaries it is ignored with the reason, or fails under CI=true.
+ * every 50 ms, and a corpus of malformed inputs (tests/faults/corpus.ts,
+ * tests/faults/corpus_v6.ts). Every fault and every input becomes a row of
+ * a table (fault, expected, packets lost, time to recover, result),
+ * printed at the end and written to bench/results/faults.md. The tests
+ * run, in order: an etcd-mode cluster (Debian's etcd); a dual-stack one
+ * (tests/faults/dual_stack.ts); one with Backend host-gw and one with
+ * vxlan DirectRouting (tests/faults/direct_routes.ts); a Kubernetes-mode
+ * one (a real kube-apiserver in the switch namespace, tests/e2e/_kube.ts),
+ * which without the server binaries is ignored with the reason, or fails
+ * under CI=true.
  *
  * Durations are short by default so the suite stays within minutes:
  * - `WEFT_FAULT_OUTAGE_S` (15): how long etcd or kube-apiserver is down.
@@ -17,13 +20,17 @@
  * - `WEFT_FAULT_RESULTS`: where the Markdown table goes
  *   (default bench/results/faults.md).
  * - `WEFT_FAULT_ONLY`: comma-separated phases to run (restarts, drift,
- *   corpus, proxy, outage, deleted, config, runtime, flags, and for Kubernetes
- *   kcorpus, kproxy, koutage, ktoken, kca); default all.
+ *   corpus, proxy, outage, deleted, config, runtime, flags; dual stack
+ *   v6restarts, v6drift, v6corpus; hgw for host-gw, direct for
+ *   DirectRouting; for Kubernetes kcorpus, kproxy, koutage, ktoken, kca);
+ *   default all. A test none of whose phases is selected does not start
+ *   its cluster. Point `WEFT_FAULT_RESULTS` elsewhere for such a run: the
+ *   table holds only the rows that ran.
  *
  * @module
  */
 import { type ClusterNode, type EtcdLease, SWITCH_IP } from "../_cluster.ts";
-import { kernelTest, run } from "../_netns.ts";
+import { run } from "../_netns.ts";
 import { gatedTest, ROOT } from "../_gate.ts";
 import {
   CONFIG_CASES,
@@ -49,14 +56,21 @@ import {
   Checks,
   lossText,
   NETWORK,
-  ONLY,
+  onlyNeed,
   OUTAGE_S,
   REPAIR_LIMIT_MS,
+  runPhases,
   sleep,
   STANDARD_FAULTS,
   waitUntil,
   writeReport,
 } from "../faults/run.ts";
+import { DualStackFaults } from "../faults/dual_stack.ts";
+import {
+  DIRECT_ROUTING,
+  DirectFaults,
+  HOST_GW,
+} from "../faults/direct_routes.ts";
 
 const PREFIX = "weft-f";
 /** Every row of both tests, in order; the table is rewritten after each. */
@@ -1203,12 +1217,26 @@ class EtcdFaults extends EtcdRun {
   }
 }
 
-kernelTest(
-  "fault suite, etcd mode: a running cluster survives faults and bad inputs (table in bench/results/faults.md)",
-  async (t) => {
+const ETCD_PHASES = [
+  "restarts",
+  "drift",
+  "corpus",
+  "proxy",
+  "outage",
+  "deleted",
+  "config",
+  "runtime",
+  "flags",
+];
+
+await gatedTest({
+  name:
+    "fault suite, etcd mode: a running cluster survives faults and bad inputs (table in bench/results/faults.md)",
+  needs: [ROOT, onlyNeed(ETCD_PHASES)],
+  fn: async (t) => {
     const s = await EtcdFaults.create();
     try {
-      const phases: [string, string, () => Promise<void>][] = [
+      await runPhases(t, s, [
         ["restarts", "agent restarts", () => s.restarts()],
         ["drift", "kernel drift", () => s.drift()],
         ["corpus", "peer corpus", () => s.peerCorpus()],
@@ -1222,26 +1250,72 @@ kernelTest(
         ["config", "own network config", () => s.ownConfig()],
         ["runtime", "host faults at runtime", () => s.runtime()],
         ["flags", "command line", () => s.flags()],
-      ];
-      for (const [key, name, fn] of phases) {
-        if (ONLY && !ONLY.has(key)) continue;
-        await s.phase(t, name, fn);
-      }
+      ]);
     } finally {
       await s.c.close();
       await writeReport(ROWS);
     }
   },
-);
+});
+
+await gatedTest({
+  name:
+    "fault suite, dual stack (etcd mode): IPv4 and IPv6 survive restarts, IPv6 drift and hostile IPv6 leases",
+  needs: [ROOT, onlyNeed(["v6restarts", "v6drift", "v6corpus"])],
+  fn: async (t) => {
+    const s = await DualStackFaults.create(ROWS, "weft-f6");
+    try {
+      await runPhases(t, s, [
+        ["v6restarts", "dual-stack agent restart", () => s.restarts()],
+        ["v6drift", "IPv6 kernel drift", () => s.drift()],
+        ["v6corpus", "dual-stack peer corpus", () => s.peerCorpus()],
+      ]);
+    } finally {
+      await s.c.close();
+      await writeReport(ROWS);
+    }
+  },
+});
+
+for (
+  const [mode, prefix, keys] of [
+    [HOST_GW, "weft-fh", ["hgw"]],
+    [DIRECT_ROUTING, "weft-fd", ["direct"]],
+  ] as const
+) {
+  await gatedTest({
+    name:
+      `fault suite, ${mode.section}: routes on eth0 survive restarts and drift, foreign routes are left alone`,
+    needs: [ROOT, onlyNeed(keys)],
+    fn: async (t) => {
+      const s = await DirectFaults.create(ROWS, prefix, mode);
+      try {
+        await runPhases(t, s, [
+          [keys[0], "agent restart", () => s.restarts()],
+          [keys[0], "route drift and foreign routes", () => s.drift()],
+          [keys[0], "routes left by flanneld", () => s.adoption()],
+          ...(mode === HOST_GW
+            ? [[keys[0], "peer off the link", () => s.offLink()] as const]
+            : []),
+        ]);
+      } finally {
+        await s.c.close();
+        await writeReport(ROWS);
+      }
+    },
+  });
+}
+
+const KUBE_PHASES = ["kcorpus", "ktoken", "kca", "kproxy", "koutage"];
 
 await gatedTest({
   name:
     "fault suite, Kubernetes mode: a running cluster survives faults and bad inputs (table in bench/results/faults.md)",
-  needs: [ROOT, kubeUnavailable],
+  needs: [ROOT, kubeUnavailable, onlyNeed(KUBE_PHASES)],
   fn: async (t) => {
     const s = await KubeFaults.create(ROWS, "weft-fk");
     try {
-      const phases: [string, string, () => Promise<void>][] = [
+      await runPhases(t, s, [
         // Credentials first: the proxy and the outage leave agents in
         // their degraded list-every-minute mode for five minutes.
         ["kcorpus", "node corpus", () => s.nodeCorpus()],
@@ -1249,11 +1323,7 @@ await gatedTest({
         ["kca", "CA rotation", () => s.caRotation()],
         ["kproxy", "misbehaving API", () => s.proxy()],
         ["koutage", "kube-apiserver outage", () => s.outage()],
-      ];
-      for (const [key, name, fn] of phases) {
-        if (ONLY && !ONLY.has(key)) continue;
-        await s.phase(t, name, fn);
-      }
+      ]);
     } finally {
       await s.close();
       await writeReport(ROWS);

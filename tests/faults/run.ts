@@ -585,6 +585,32 @@ export interface ProxyFaultsOptions {
   readonly retryAfterRequired: boolean;
 }
 
+/** A phase of a fault test: its `WEFT_FAULT_ONLY` key, step name, body. */
+export type Phase = readonly [key: string, name: string, () => Promise<void>];
+
+/**
+ * A need for tests/_gate.ts: why a test whose phases have these keys does
+ * not run, when `WEFT_FAULT_ONLY` selects none of them.
+ */
+export function onlyNeed(keys: readonly string[]): () => string | undefined {
+  return () =>
+    ONLY && !keys.some((k) => ONLY!.has(k))
+      ? `WEFT_FAULT_ONLY selects none of ${keys.join(", ")}`
+      : undefined;
+}
+
+/** Runs the phases `WEFT_FAULT_ONLY` selects (all by default) as steps. */
+export async function runPhases(
+  t: Deno.TestContext,
+  s: FaultRun,
+  phases: readonly Phase[],
+): Promise<void> {
+  for (const [key, name, fn] of phases) {
+    if (ONLY && !ONLY.has(key)) continue;
+    await s.phase(t, name, fn);
+  }
+}
+
 /** Writes the table to {@linkcode RESULTS} and prints it. */
 export async function writeReport(rows: readonly FaultRow[]): Promise<void> {
   const t = tally(rows);
