@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(libnl-3-200 libnl-route-3-200 iproute2 iputils-ping iptables nftables
-  etcd-server etcd-client curl containernetworking-plugins iperf3 openssl)
+  etcd-server etcd-client curl containernetworking-plugins iperf3 openssl
+  libfaketime)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

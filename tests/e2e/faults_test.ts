@@ -20,7 +20,7 @@
  * - `WEFT_FAULT_RESULTS`: where the Markdown table goes
  *   (default bench/results/faults.md).
  * - `WEFT_FAULT_ONLY`: comma-separated phases to run (restarts, drift,
- *   corpus, proxy, outage, deleted, config, runtime, flags; dual stack
+ *   corpus, proxy, outage, deleted, config, runtime, clock, flags; dual stack
  *   v6restarts, v6drift, v6corpus; hgw for host-gw, direct for
  *   DirectRouting; for Kubernetes kcorpus, kproxy, koutage, ktoken, kca);
  *   default all. A test none of whose phases is selected does not start
@@ -66,6 +66,7 @@ import {
   writeReport,
 } from "../faults/run.ts";
 import { DualStackFaults } from "../faults/dual_stack.ts";
+import { wallClockSteps } from "../faults/clock.ts";
 import {
   DIRECT_ROUTING,
   DirectFaults,
@@ -1226,6 +1227,7 @@ const ETCD_PHASES = [
   "deleted",
   "config",
   "runtime",
+  "clock",
   "flags",
 ];
 
@@ -1249,6 +1251,7 @@ await gatedTest({
         ],
         ["config", "own network config", () => s.ownConfig()],
         ["runtime", "host faults at runtime", () => s.runtime()],
+        ["clock", "wall-clock steps", () => wallClockSteps(s, s.node(2))],
         ["flags", "command line", () => s.flags()],
       ]);
     } finally {
