@@ -147,10 +147,10 @@ const ECHO_MS = 250;
  * full pass for each would stall the next lease event behind a pass over
  * thousands of peers. A deletion is only an echo if we deleted something.
  */
-function changeSource(
+export function changeSource(
   monitor: NetlinkMonitor,
   watched: () => Set<number>,
-  rec: Reconciler,
+  rec: Pick<Reconciler, "lastWrite">,
 ): ChangeSource {
   return {
     async next() {

@@ -1,0 +1,43 @@
+import assert from "node:assert/strict";
+import { changeSource } from "./agent.ts";
+import { emptySummary } from "../ffi/nlmsg.ts";
+import type { NetlinkMonitor, NotificationSummary } from "../ffi/types.ts";
+import { setLogSink } from "../lib/log.ts";
+import { metrics } from "../lib/metrics.ts";
+
+/** A monitor that hands out `summaries` in order. */
+function monitorOf(summaries: NotificationSummary[]): NetlinkMonitor {
+  return {
+    next: () => {
+      const s = summaries.shift();
+      return s ? Promise.resolve(s) : Promise.reject(new Error("drained"));
+    },
+    close: () => {},
+  };
+}
+
+const idle = { lastWrite: { any: -Infinity, del: -Infinity } };
+
+Deno.test("changeSource() wakes on an overrun, counts it and warns once", async () => {
+  const lines: string[] = [];
+  const prev = setLogSink((l) => lines.push(l));
+  try {
+    const before = metrics.netlinkOverruns.get();
+    // Pod churn on a device that is not ours is skipped; the overrun is not.
+    const churn = { ...emptySummary(), newLink: 1, indexes: [42] };
+    const overrun = { ...emptySummary(), overrun: true };
+    const src = changeSource(
+      monitorOf([churn, overrun]),
+      () => new Set([7]),
+      idle,
+    );
+    assert.equal(await src.next(), overrun);
+    assert.equal(metrics.netlinkOverruns.get(), before + 1);
+    assert.deepEqual(
+      lines.filter((l) => l.includes("ENOBUFS")).map((l) => l[0]),
+      ["W"],
+    );
+  } finally {
+    setLogSink(prev);
+  }
+});
