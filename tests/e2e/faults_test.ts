@@ -82,20 +82,7 @@ class EtcdFaults extends EtcdRun {
   static async create(): Promise<EtcdFaults> {
     const c = await EtcdRun.cluster({ nodes: 5, prefix: PREFIX });
     const s = new EtcdFaults(c, ROWS);
-    try {
-      await s.up(s.nodes(1, 2, 3));
-      const warm = await c.pingRun("node1-pod1", c.pod("node2-pod1").ip, {
-        count: 3,
-        interval: 0.1,
-        deadline: 5,
-      });
-      if (warm.received === 0) {
-        throw new Error(`No traffic between pods: ${warm.text}`);
-      }
-    } catch (e) {
-      await c.close();
-      throw e;
-    }
+    await s.boot(s.nodes(1, 2, 3));
     return s;
   }
 
@@ -120,21 +107,13 @@ class EtcdFaults extends EtcdRun {
     const before = await identity();
     for (const round of [1, 2]) {
       const chk = new Checks();
-      const p = this.ping();
-      await sleep(500);
-      const st = await this.c.stopAgent(n2, "SIGKILL");
-      chk.that(st?.signal === "SIGKILL", `agent not killed: ${st?.code}`);
-      await this.start(n2);
-      const ready = await this.c.waitReady(n2, 20_000).catch((e) => {
-        chk.that(false, String(e.message));
-        return undefined;
-      });
-      const conv = await this.converged(this.nodes(1, 2, 3), 5000);
-      chk.that(conv !== undefined, "cluster did not converge");
-      await sleep(500);
-      const loss = await p.stop();
+      const { losses: [loss], ready } = await this.killAndRestart(
+        n2,
+        this.nodes(1, 2, 3),
+        chk,
+        [this.ping()],
+      );
       const after = await identity();
-      chk.that(loss.lost === 0, `${loss.lost} lost (${loss.summary})`);
       chk.that(
         after.subnet === before.subnet && after.key === before.key,
         `subnet changed: ${before.subnet} → ${after.subnet}`,
@@ -312,29 +291,13 @@ class EtcdFaults extends EtcdRun {
     ];
     for (const k of cases) {
       const chk = new Checks();
-      const p = this.ping();
-      await sleep(300);
-      const t0 = performance.now();
-      await k.inject();
-      const injected = performance.now() - t0;
-      const ms = await this.converged([n1], 5000, leases);
-      const repair = ms === undefined ? undefined : ms + injected;
-      await sleep(300);
-      const loss = await p.stop();
-      if (chk.that(repair !== undefined, "not repaired within 5 s")) {
-        chk.that(
-          repair! <= REPAIR_LIMIT_MS,
-          `repaired in ${fmtMs(repair)} > ${REPAIR_LIMIT_MS} ms`,
-        );
-        // Echoes may only be lost while the entry was wrong.
-        const bound = Math.ceil(repair! / 50) + 2;
-        chk.that(
-          loss.lost <= bound,
-          `${loss.lost} lost, more than the repair window allows (${bound})`,
-        );
-      } else {
-        chk.note((await this.problems([n1], leases)).join(", "));
-      }
+      const { losses: [loss], repair } = await this.timeRepair(
+        n1,
+        k.inject,
+        chk,
+        [this.ping()],
+        leases,
+      );
       const nowMac = (await readOverlay(n1.ns)).device?.mac;
       chk.that(nowMac === mac, `device MAC changed: ${mac} → ${nowMac}`);
       this.row({

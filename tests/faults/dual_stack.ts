@@ -20,14 +20,7 @@ import {
   V6,
 } from "./kernel.ts";
 import { type FaultRow, fmtMs } from "./report.ts";
-import {
-  Checks,
-  lossText,
-  NETWORK,
-  NETWORK6,
-  REPAIR_LIMIT_MS,
-  sleep,
-} from "./run.ts";
+import { Checks, lossText, NETWORK, NETWORK6, REPAIR_LIMIT_MS } from "./run.ts";
 
 /** The dual-stack network config (IPv6SubnetLen defaults to 64). */
 export const DUAL_NET_CONF = JSON.stringify({
@@ -51,25 +44,7 @@ export class DualStackFaults extends EtcdRun {
       netConf: DUAL_NET_CONF,
     });
     const s = new DualStackFaults(c, rows);
-    try {
-      await s.up(s.nodes(1, 2, 3), 20_000);
-      const to = c.pod("node2-pod1");
-      for (const dst of [to.ip, to.ip6]) {
-        if (dst === undefined) throw new Error("Pod has no IPv6 address");
-        // The first IPv6 echoes can wait for neighbour discovery.
-        const warm = await c.pingRun("node1-pod1", dst, {
-          count: 3,
-          interval: 0.2,
-          deadline: 8,
-        });
-        if (warm.received === 0) {
-          throw new Error(`No traffic to ${dst}: ${warm.text}`);
-        }
-      }
-    } catch (e) {
-      await c.close();
-      throw e;
-    }
+    await s.boot(s.nodes(1, 2, 3), [4, 6]);
     return s;
   }
 
@@ -95,21 +70,13 @@ export class DualStackFaults extends EtcdRun {
     };
     const before = await identity();
     const chk = new Checks();
-    const pings = this.#pings();
-    await sleep(500);
-    const st = await this.c.stopAgent(n2, "SIGKILL");
-    chk.that(st?.signal === "SIGKILL", `agent not killed: ${st?.code}`);
-    await this.start(n2);
-    const ready = await this.c.waitReady(n2, 20_000).catch((e) => {
-      chk.that(false, String(e.message));
-      return undefined;
-    });
-    const conv = await this.converged(this.nodes(1, 2, 3), 5000);
-    chk.that(conv !== undefined, "cluster did not converge");
-    await sleep(500);
-    const [l4, l6] = await Promise.all(pings.map((p) => p.stop()));
+    const { losses: [l4, l6], ready } = await this.killAndRestart(
+      n2,
+      this.nodes(1, 2, 3),
+      chk,
+      this.#pings(),
+    );
     const after = await identity();
-    chk.that(l4!.lost + l6!.lost === 0, `${l4!.lost} + ${l6!.lost} lost`);
     chk.that(after === before, `identity changed: ${before} → ${after}`);
     this.row({
       section: "dual stack (etcd mode, IPv4 + IPv6)",
@@ -188,26 +155,13 @@ export class DualStackFaults extends EtcdRun {
     ];
     for (const k of cases) {
       const chk = new Checks();
-      const pings = this.#pings();
-      await sleep(300);
-      const t0 = performance.now();
-      await k.inject();
-      const injected = performance.now() - t0;
-      const ms = await this.converged([n1], 5000, leases);
-      const repair = ms === undefined ? undefined : ms + injected;
-      await sleep(300);
-      const [l4, l6] = await Promise.all(pings.map((p) => p.stop()));
-      if (chk.that(repair !== undefined, "not repaired within 5 s")) {
-        chk.that(
-          repair! <= REPAIR_LIMIT_MS,
-          `repaired in ${fmtMs(repair)} > ${REPAIR_LIMIT_MS} ms`,
-        );
-        // IPv6 echoes may only be lost while the entry was wrong.
-        const bound = Math.ceil(repair! / 50) + 2;
-        chk.that(l6!.lost <= bound, `${l6!.lost} lost over IPv6 (> ${bound})`);
-      } else {
-        chk.note((await this.problems([n1], leases)).join(", "));
-      }
+      const { losses: [l4, l6], repair } = await this.timeRepair(
+        n1,
+        k.inject,
+        chk,
+        this.#pings(),
+        leases,
+      );
       chk.that(l4!.lost === 0, `${l4!.lost} lost over IPv4`);
       this.row({
         section: "dual stack (etcd mode, IPv4 + IPv6)",

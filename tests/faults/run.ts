@@ -208,6 +208,75 @@ export abstract class FaultRun {
     return st;
   }
 
+  /**
+   * Kills a node's agent (SIGKILL) while `pings` run, restarts it, waits
+   * for it to be ready and for `nodes` to converge, with zero loss;
+   * failures go to `chk`. The losses of the pings (stopped here) and the
+   * time to ready.
+   */
+  async killAndRestart(
+    n: ClusterNode,
+    nodes: ClusterNode[],
+    chk: Checks,
+    pings: BackgroundPing[],
+  ): Promise<{ losses: Loss[]; ready: number | undefined }> {
+    await sleep(500);
+    const st = await this.c.stopAgent(n, "SIGKILL");
+    chk.that(st?.signal === "SIGKILL", `agent not killed: ${st?.code}`);
+    await this.start(n);
+    const ready = await this.c.waitReady(n, 20_000).catch((e) => {
+      chk.that(false, String(e.message));
+      return undefined;
+    });
+    const conv = await this.converged(nodes, 5000);
+    chk.that(conv !== undefined, "cluster did not converge");
+    await sleep(500);
+    const losses = await Promise.all(pings.map((p) => p.stop()));
+    for (const l of losses) {
+      chk.that(l.lost === 0, `${l.lost} lost (${l.summary})`);
+    }
+    return { losses, ready };
+  }
+
+  /**
+   * Injects kernel drift on `n` while `pings` run and times its repair
+   * (until `n` matches `leases` again, default etcd's now): within
+   * {@linkcode REPAIR_LIMIT_MS}, and echoes lost only while the entry was
+   * wrong. Failures go to `chk`; the pings are stopped here.
+   */
+  async timeRepair(
+    n: ClusterNode,
+    inject: () => Promise<unknown>,
+    chk: Checks,
+    pings: BackgroundPing[],
+    leases?: readonly EtcdLease[],
+  ): Promise<{ losses: Loss[]; repair: number | undefined }> {
+    await sleep(300);
+    const t0 = performance.now();
+    await inject();
+    const injected = performance.now() - t0;
+    const ms = await this.converged([n], 5000, leases);
+    const repair = ms === undefined ? undefined : ms + injected;
+    await sleep(300);
+    const losses = await Promise.all(pings.map((p) => p.stop()));
+    if (chk.that(repair !== undefined, "not repaired within 5 s")) {
+      chk.that(
+        repair! <= REPAIR_LIMIT_MS,
+        `repaired in ${fmtMs(repair)} > ${REPAIR_LIMIT_MS} ms`,
+      );
+      const bound = Math.ceil(repair! / 50) + 2;
+      for (const l of losses) {
+        chk.that(
+          l.lost <= bound,
+          `${l.lost} lost, more than the repair window allows (${bound})`,
+        );
+      }
+    } else {
+      chk.note((await this.problems([n], leases)).join(", "));
+    }
+    return { losses, repair };
+  }
+
   /** Whether the node's agent is running. */
   async alive(n: ClusterNode): Promise<boolean> {
     const a = n.agent;
