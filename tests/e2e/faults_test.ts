@@ -47,7 +47,8 @@ import {
   readOverlay,
   slotEntries,
 } from "../faults/kernel.ts";
-import { type CorpusCase, DIR, EtcdRun } from "../faults/etcd.ts";
+import { DIR, EtcdRun } from "../faults/etcd.ts";
+import { type CorpusCase, corpusRun } from "../faults/corpus_run.ts";
 import { FaultProxy } from "../faults/proxy.ts";
 import { KubeFaults } from "../faults/kube_faults.ts";
 import { kubeUnavailable } from "./_kube.ts";
@@ -372,21 +373,25 @@ class EtcdFaults extends EtcdRun {
         ? undefined
         : named;
       const trace = { claims, mac: slot.mac, publicIP: slot.publicIP };
-      cases.push({
-        name: k.name,
-        expect: k.expect,
-        input,
-        entries: (s) =>
-          slotEntries(s.v4, trace, (r) =>
-            r.dev === DEVICE &&
-            (r.dst === claims || r.gw === slot.publicIP)),
-      });
+      cases.push(
+        this.etcdCase(
+          k.name,
+          k.expect,
+          input,
+          (s) =>
+            slotEntries(s.v4, trace, (r) =>
+              r.dev === DEVICE &&
+              (r.dst === claims || r.gw === slot.publicIP)),
+        ),
+      );
     }
-    await this.corpus({
+    await corpusRun(this, {
       section: "peer corpus (etcd lease keys and values)",
       cases,
       expected: [...real, control!],
       live: this.nodes(1, 2, 3),
+      restart: (n) => this.start(n),
+      noun: "key",
     });
   }
 

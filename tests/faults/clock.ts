@@ -17,6 +17,7 @@
 import type { ClusterNode } from "../_cluster.ts";
 import { keyName } from "./corpus.ts";
 import { DIR, type EtcdRun } from "./etcd.ts";
+import { warnedIn } from "./corpus_run.ts";
 import { fmtMs } from "./report.ts";
 import { Checks, lossText, sleep, waitUntil } from "./run.ts";
 
@@ -90,7 +91,7 @@ export async function wallClockSteps(
     // A bad key makes the agent log a warning now, stamped by its clock.
     const bad = `${DIR}${keyName(`10.244.${await s.freeOctet()}.0/24`)}`;
     await s.put(bad, "not json");
-    await waitUntil(async () => (await s.warnedIn(n, from))(bad), 10_000, 200);
+    await waitUntil(async () => (await warnedIn(s, n, from))(bad), 10_000, 200);
     await s.del(bad);
     const loss = await p.stop();
     const log = (await s.logSince(n, from)).split("\n");

@@ -10,7 +10,8 @@
  */
 import type { EtcdLease } from "../_cluster.ts";
 import { DUAL_CASES, type DualSlot } from "./corpus_v6.ts";
-import { type CorpusCase, DIR, EtcdRun } from "./etcd.ts";
+import { DIR, EtcdRun } from "./etcd.ts";
+import { type CorpusCase, corpusRun } from "./corpus_run.ts";
 import {
   DEVICE,
   DEVICE6,
@@ -220,26 +221,23 @@ export class DualStackFaults extends EtcdRun {
         publicIP: slot.publicIP,
       };
       const v6 = { claims: claims6, mac: slot.mac6, publicIP: slot.publicIP6 };
-      cases.push({
-        name: k.name,
-        expect: k.expect,
-        input,
-        entries: (s) => [
-          ...slotEntries(
-            s.v4,
-            v4,
-            (r) => r.dev === DEVICE && r.dst === v4.claims,
-          ).map((e) => `v4 ${e}`),
-          ...slotEntries(
-            s.v6!,
-            v6,
-            (r) => r.dev === DEVICE6 && r.dst === v6.claims,
-          ).map((e) => `v6 ${e}`),
-        ],
-      });
+      cases.push(this.etcdCase(k.name, k.expect, input, (s) => [
+        ...slotEntries(
+          s.v4,
+          v4,
+          (r) => r.dev === DEVICE && r.dst === v4.claims,
+        ).map((e) => `v4 ${e}`),
+        ...slotEntries(
+          s.v6!,
+          v6,
+          (r) => r.dev === DEVICE6 && r.dst === v6.claims,
+        ).map((e) => `v6 ${e}`),
+      ]));
     }
-    await this.corpus({
+    await corpusRun(this, {
       section: "dual-stack peer corpus (etcd lease keys and values, IPv6 half)",
+      restart: (n) => this.start(n),
+      noun: "key",
       cases,
       expected: [...real, control!],
       live: this.nodes(1, 2, 3),

@@ -2,9 +2,8 @@
  * What the fault suite's etcd-mode clusters share (the IPv4 one in
  * tests/e2e/faults_test.ts, the dual-stack and host-gw ones under
  * tests/faults/): etcd writes through its JSON gateway, fake peers at free
- * subnets, booting a cluster with traffic flowing, and the peer corpus
- * run, which writes every case at once, restarts node1 with them present
- * and gives each case its row.
+ * subnets, booting a cluster with traffic flowing, and corpus cases that
+ * are etcd keys (for tests/faults/corpus_run.ts).
  *
  * @module
  */
@@ -15,52 +14,12 @@ import {
   type EtcdLease,
 } from "../_cluster.ts";
 import { run } from "../_netns.ts";
-import type { PeerInput } from "./corpus.ts";
-import { keyName } from "./corpus.ts";
-import {
-  judgeEntries,
-  type OverlayState,
-  readOverlay,
-  V4,
-  V6,
-} from "./kernel.ts";
-import { type FaultRow, fmtMs } from "./report.ts";
-import { b64, Checks, FaultRun, lossText, waitUntil } from "./run.ts";
+import { keyName, type PeerInput } from "./corpus.ts";
+import type { CorpusCase, NodeState } from "./corpus_run.ts";
+import { b64, FaultRun } from "./run.ts";
 
 /** Where flanneld keeps the leases (the default `--etcd-prefix`). */
 export const DIR = "/coreos.com/network/subnets/";
-
-/** A node's overlays, as a corpus case inspects them. */
-export interface NodeState {
-  readonly v4: OverlayState;
-  /** Only on a dual-stack cluster. */
-  readonly v6?: OverlayState;
-}
-
-/** One input of a corpus run, ready to write. */
-export interface CorpusCase {
-  readonly name: string;
-  /** `refused`: warned about, never programmed; `programmed`: a control. */
-  readonly expect: "refused" | "programmed";
-  readonly input: PeerInput;
-  /** The kernel entries on a node that can only come from this case. */
-  readonly entries: (s: NodeState) => string[];
-}
-
-/** Options of {@linkcode EtcdRun.corpus}. */
-export interface CorpusOptions {
-  readonly section: string;
-  readonly cases: readonly CorpusCase[];
-  /** What every node must program meanwhile: the real leases and controls. */
-  readonly expected: readonly EtcdLease[];
-  /**
-   * Pods pinging each other meanwhile: [from, to, family] (default
-   * node1→node2 over IPv4).
-   */
-  readonly pings?: readonly (readonly [string, string, (4 | 6)?])[];
-  /** The nodes running agents (node1 is the one restarted). */
-  readonly live: readonly ClusterNode[];
-}
 
 /** A fault run whose leases live in etcd. */
 export abstract class EtcdRun extends FaultRun {
@@ -184,145 +143,23 @@ export abstract class EtcdRun extends FaultRun {
     return { key, subnet };
   }
 
-  /** Lines starting with `W` since `offset`: a test for a quoted key. */
-  async warnedIn(
-    n: ClusterNode,
-    offset: number,
-  ): Promise<(key: string) => boolean> {
-    const lines = (await this.logSince(n, offset)).split("\n").filter((l) =>
-      l.startsWith("W")
-    );
-    return (key: string) => lines.some((l) => l.includes(`"${key}"`));
-  }
-
   /**
-   * Writes every case at once while pods ping, then restarts node1 with
-   * them in etcd: each refused case must be named in a warning on every
-   * node and leave no kernel entry anywhere, the controls and the real
-   * peers must be programmed exactly, nothing may be lost. One row for the
-   * whole run, then one per case; the cases are deleted at the end.
+   * A corpus case that writes `input` to etcd; `entries` finds its kernel
+   * entries on a node.
    */
-  async corpus(o: CorpusOptions): Promise<void> {
-    const { section, cases, expected, live } = o;
-    const n1 = live[0]!;
-    const pings = (o.pings ?? [["node1-pod1", "node2-pod1"]]).map((
-      [a, b, f],
-    ) => this.ping(a, b, f));
-    const offsets = new Map<ClusterNode, number>();
-    for (const n of live) offsets.set(n, await this.logSize(n));
-    for (const k of cases) await this.put(k.input.key, k.input.value);
-
-    const refused = cases.filter((k) => k.expect === "refused");
-    const allWarned = async (nodes: readonly ClusterNode[]) => {
-      for (const n of nodes) {
-        const w = await this.warnedIn(n, offsets.get(n)!);
-        if (!refused.every((k) => w(k.input.key))) return false;
-      }
-      return true;
+  etcdCase(
+    name: string,
+    expect: "refused" | "programmed",
+    input: PeerInput,
+    entries: (s: NodeState) => string[],
+  ): CorpusCase {
+    return {
+      name,
+      expect,
+      id: input.key,
+      write: () => this.put(input.key, input.value),
+      remove: () => this.del(input.key),
+      entries,
     };
-    const warnMs = await waitUntil(() => allWarned(live), 15_000, 200);
-    const convMs = await this.converged([...live], 10_000, expected);
-
-    const failures = cases.map(() => [] as string[]);
-    const dual = this.c.opts.ipv6 ?? false;
-    const inspect = async (round: string, nodes: readonly ClusterNode[]) => {
-      for (const n of nodes) {
-        const s: NodeState = {
-          v4: await readOverlay(n.ns, V4),
-          ...(dual && { v6: await readOverlay(n.ns, V6) }),
-        };
-        const w = await this.warnedIn(n, offsets.get(n)!);
-        for (const [i, k] of cases.entries()) {
-          failures[i]!.push(
-            ...judgeEntries(k.expect, k.entries(s), `${round}: ${n.name}`),
-          );
-          if (k.expect === "refused" && !w(k.input.key)) {
-            failures[i]!.push(
-              `${round}: no warning naming the key on ${n.name}`,
-            );
-          }
-        }
-      }
-    };
-    await inspect("live", live);
-
-    // The relist must refuse the same keys and keep the real peers.
-    offsets.set(n1, await this.logSize(n1));
-    await this.stop(n1);
-    await this.start(n1);
-    const ready = await this.c.waitReady(n1, 20_000).catch(() => undefined);
-    const conv2 = await this.converged([...live], 10_000, expected);
-    await waitUntil(() => allWarned([n1]), 10_000, 200);
-    await inspect("after node1 restart", [n1]);
-
-    const chk = new Checks();
-    const down: string[] = [];
-    for (const n of live) {
-      if (!(await this.alive(n))) down.push(`${n.name} exited`);
-      for (const path of ["/healthz", "/readyz"]) {
-        const code = await this.httpCode(n, path);
-        if (code !== "200") down.push(`${n.name} ${path} ${code}`);
-      }
-    }
-    const losses = await Promise.all(pings.map((p) => p.stop()));
-    const lost = losses.reduce((a, l) => a + l.lost, 0);
-    chk.that(down.length === 0, down.join(", "));
-    chk.that(lost === 0, `${lost} lost`);
-    chk.that(
-      warnMs !== undefined,
-      "not every key was warned about within 15 s",
-    );
-    chk.that(
-      convMs !== undefined,
-      `valid peers affected: ${
-        (await this.problems([...live], expected)).join(", ")
-      }`,
-    );
-    chk.that(ready !== undefined, "node1 not ready after its restart");
-    chk.that(
-      conv2 !== undefined,
-      `after node1's restart: ${
-        (await this.problems([...live], expected)).join(", ")
-      }`,
-    );
-    this.row({
-      section,
-      fault:
-        `all ${cases.length} cases written at once, then node1 restarted with them in etcd`,
-      expected:
-        "no crash, healthz/readyz 200, zero loss, valid peers programmed exactly",
-      lost: losses.map(lossText).join(" + "),
-      recovery: `warned ${fmtMs(warnMs)}; node1 ready ${fmtMs(ready)}`,
-      outcome: chk.outcome(),
-    });
-    for (const [i, k] of cases.entries()) {
-      const f = failures[i]!;
-      this.row(caseRow(section, k, f));
-    }
-
-    for (const k of cases) await this.del(k.input.key);
-    const clean = await this.converged([...live], 10_000);
-    if (clean === undefined) {
-      throw new Error(
-        `Cluster did not recover from the corpus: ${
-          (await this.problems([...live])).join(", ")
-        }`,
-      );
-    }
   }
-}
-
-function caseRow(section: string, k: CorpusCase, failures: string[]): FaultRow {
-  return {
-    section,
-    fault: k.name,
-    expected: k.expect === "refused"
-      ? "warning names the key; no kernel entry on any node"
-      : "programmed on every node",
-    lost: "—",
-    recovery: "—",
-    outcome: failures.length > 0
-      ? { kind: "fail", why: failures.join("; ") }
-      : { kind: "pass" },
-  };
 }
