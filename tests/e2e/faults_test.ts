@@ -1223,7 +1223,7 @@ await gatedTest({
         ["flags", "command line", () => s.flags()],
       ]);
     } finally {
-      await s.c.close();
+      await s.close();
       await writeReport(ROWS);
     }
   },
@@ -1242,7 +1242,7 @@ await gatedTest({
         ["v6corpus", "dual-stack peer corpus", () => s.peerCorpus()],
       ]);
     } finally {
-      await s.c.close();
+      await s.close();
       await writeReport(ROWS);
     }
   },
@@ -1270,7 +1270,7 @@ for (
             : []),
         ]);
       } finally {
-        await s.c.close();
+        await s.close();
         await writeReport(ROWS);
       }
     },

@@ -7,12 +7,7 @@
  *
  * @module
  */
-import {
-  Cluster,
-  type ClusterNode,
-  type ClusterOptions,
-  type EtcdLease,
-} from "../_cluster.ts";
+import { Cluster, type ClusterOptions, type EtcdLease } from "../_cluster.ts";
 import { run } from "../_netns.ts";
 import { keyName, type PeerInput } from "./corpus.ts";
 import type { CorpusCase, NodeState } from "./corpus_run.ts";
@@ -35,43 +30,6 @@ export abstract class EtcdRun extends FaultRun {
       console.warn(`Cluster.create failed, retrying once: ${e}`);
       return Cluster.create(opts);
     });
-  }
-
-  /**
-   * Starts the nodes' agents and pods, waits for convergence and checks
-   * that node1's pod reaches node2's over each of `families`; closes the
-   * cluster if any of it fails.
-   */
-  async boot(nodes: ClusterNode[], families: (4 | 6)[] = [4]): Promise<void> {
-    try {
-      for (const n of nodes) await this.start(n);
-      for (const n of nodes) await this.c.waitReady(n);
-      for (const n of nodes) await this.c.addPod(n, 1);
-      if ((await this.converged(nodes, 20_000)) === undefined) {
-        throw new Error(
-          `Cluster did not converge: ${
-            (await this.problems(nodes)).join("; ")
-          }`,
-        );
-      }
-      const to = this.c.pod("node2-pod1");
-      for (const f of families) {
-        const dst = f === 4 ? to.ip : to.ip6;
-        if (dst === undefined) throw new Error(`Pod has no IPv${f} address`);
-        // The first IPv6 echoes can wait for neighbour discovery.
-        const warm = await this.c.pingRun("node1-pod1", dst, {
-          count: 3,
-          interval: 0.2,
-          deadline: 8,
-        });
-        if (warm.received === 0) {
-          throw new Error(`No traffic between pods (${dst}): ${warm.text}`);
-        }
-      }
-    } catch (e) {
-      await this.c.close();
-      throw e;
-    }
   }
 
   leases(): Promise<EtcdLease[]> {

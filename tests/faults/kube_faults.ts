@@ -498,7 +498,7 @@ export class KubeFaults extends FaultRun {
   }
 
   /** Stops everything this run started. */
-  async close(): Promise<void> {
+  override async close(): Promise<void> {
     for (const p of this.#proxies) await p.close().catch(() => {});
     if (this.#apiserver) {
       try {

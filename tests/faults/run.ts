@@ -277,6 +277,53 @@ export abstract class FaultRun {
     return { losses, repair };
   }
 
+  /**
+   * Starts the nodes' agents and pods, waits for convergence and checks
+   * that node1's pod reaches node2's over each of `families`; closes the
+   * cluster if any of it fails. `start` starts an agent (default as
+   * {@linkcode start} does).
+   */
+  async boot(
+    nodes: ClusterNode[],
+    families: (4 | 6)[] = [4],
+    start: (n: ClusterNode) => Promise<unknown> = (n) => this.start(n),
+  ): Promise<void> {
+    try {
+      for (const n of nodes) await start(n);
+      for (const n of nodes) await this.c.waitReady(n);
+      for (const n of nodes) await this.c.addPod(n, 1);
+      if ((await this.converged(nodes, 20_000)) === undefined) {
+        throw new Error(
+          `Cluster did not converge: ${
+            (await this.problems(nodes)).join("; ")
+          }`,
+        );
+      }
+      const to = this.c.pod("node2-pod1");
+      for (const f of families) {
+        const dst = f === 4 ? to.ip : to.ip6;
+        if (dst === undefined) throw new Error(`Pod has no IPv${f} address`);
+        // The first IPv6 echoes can wait for neighbour discovery.
+        const warm = await this.c.pingRun("node1-pod1", dst, {
+          count: 3,
+          interval: 0.2,
+          deadline: 8,
+        });
+        if (warm.received === 0) {
+          throw new Error(`No traffic between pods (${dst}): ${warm.text}`);
+        }
+      }
+    } catch (e) {
+      await this.close();
+      throw e;
+    }
+  }
+
+  /** Tears the cluster down (and whatever a subclass started with it). */
+  async close(): Promise<void> {
+    await this.c.close();
+  }
+
   /** Whether the node's agent is running. */
   async alive(n: ClusterNode): Promise<boolean> {
     const a = n.agent;
