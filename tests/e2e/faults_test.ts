@@ -9,9 +9,10 @@
  * run, in order: an etcd-mode cluster (Debian's etcd); a dual-stack one
  * (tests/faults/dual_stack.ts); one with Backend host-gw and one with
  * vxlan DirectRouting (tests/faults/direct_routes.ts); a Kubernetes-mode
- * one (a real kube-apiserver in the switch namespace, tests/e2e/_kube.ts),
- * which without the server binaries is ignored with the reason, or fails
- * under CI=true.
+ * one (a real kube-apiserver in the switch namespace, tests/e2e/_kube.ts)
+ * and a dual-stack Kubernetes-mode one (tests/faults/kube_dual.ts), which
+ * without the server binaries are ignored with the reason, or fail under
+ * CI=true.
  *
  * Durations are short by default so the suite stays within minutes:
  * - `WEFT_FAULT_OUTAGE_S` (15): how long etcd or kube-apiserver is down.
@@ -22,7 +23,8 @@
  * - `WEFT_FAULT_ONLY`: comma-separated phases to run (restarts, drift,
  *   corpus, proxy, outage, deleted, config, runtime, clock, flags; dual stack
  *   v6restarts, v6drift, v6corpus; hgw for host-gw, direct for
- *   DirectRouting; for Kubernetes kcorpus, kproxy, koutage, ktoken, kca);
+ *   DirectRouting; for Kubernetes kcorpus, kproxy, koutage, ktoken, kca,
+ *   and k6corpus for its dual-stack cluster);
  *   default all. A test none of whose phases is selected does not start
  *   its cluster. Point `WEFT_FAULT_RESULTS` elsewhere for such a run: the
  *   table holds only the rows that ran.
@@ -51,6 +53,7 @@ import { DIR, EtcdRun } from "../faults/etcd.ts";
 import { type CorpusCase, corpusRun } from "../faults/corpus_run.ts";
 import { FaultProxy } from "../faults/proxy.ts";
 import { KubeFaults } from "../faults/kube_faults.ts";
+import { KubeDualFaults } from "../faults/kube_dual.ts";
 import { kubeUnavailable } from "./_kube.ts";
 import { type FaultRow, fmtMs } from "../faults/report.ts";
 import {
@@ -1294,6 +1297,23 @@ await gatedTest({
         ["kca", "CA rotation", () => s.caRotation()],
         ["kproxy", "misbehaving API", () => s.proxy()],
         ["koutage", "kube-apiserver outage", () => s.outage()],
+      ]);
+    } finally {
+      await s.close();
+      await writeReport(ROWS);
+    }
+  },
+});
+
+await gatedTest({
+  name:
+    "fault suite, Kubernetes mode, dual stack: hostile IPv6 annotations and pod CIDRs are refused, IPv4 and IPv6 traffic flows",
+  needs: [ROOT, kubeUnavailable, onlyNeed(["k6corpus"])],
+  fn: async (t) => {
+    const s = await KubeDualFaults.create(ROWS, "weft-fk6");
+    try {
+      await runPhases(t, s, [
+        ["k6corpus", "dual-stack node corpus", () => s.nodeCorpus()],
       ]);
     } finally {
       await s.close();

@@ -260,3 +260,187 @@ export const DUAL_CASES: readonly DualCase[] = [
     (v, s) => v6Data(v).VtepMAC = s.ownMac6,
   ),
 ];
+
+/** What a dual-stack Node case builds its object from. */
+export interface DualNodeSlot {
+  /** `fault6-07`: sorts before the real nodes, as a relist sees it. */
+  readonly name: string;
+  readonly podCIDR: string;
+  readonly podCIDR6: string;
+  readonly publicIP: string;
+  readonly publicIP6: string;
+  readonly mac: string;
+  readonly mac6: string;
+  /** The node under test (node1): its IPv6 pod CIDR, address and v6 MAC. */
+  readonly ownPodCIDR6: string;
+  readonly ownIP6: string;
+  readonly ownMac6: string;
+  /** Its real peers' IPv6 pod CIDRs, public IPs and v6 MACs, in one order. */
+  readonly peerPodCIDRs6: readonly string[];
+  readonly peerIPs6: readonly string[];
+  readonly peerMacs6: readonly string[];
+}
+
+/** One dual-stack Node object (a control or a refused one). */
+export interface DualNodeCase {
+  readonly name: string;
+  readonly expect: "refused" | "programmed";
+  readonly make: (s: DualNodeSlot) => Record<string, unknown>;
+  /** The IPv6 pod CIDR it claims, when not the slot's (see DualCase). */
+  readonly claims6?: (s: DualNodeSlot) => string | undefined;
+}
+
+const ANN = "flannel.alpha.coreos.com/";
+
+/** The annotations a dual-stack flannel agent publishes, for the slot. */
+function dualAnnotations(s: DualNodeSlot): Record<string, string> {
+  return {
+    [`${ANN}backend-type`]: "vxlan",
+    [`${ANN}backend-data`]: JSON.stringify({ VNI: 1, VtepMAC: s.mac }),
+    [`${ANN}backend-v6-data`]: JSON.stringify({ VNI: 1, VtepMAC: s.mac6 }),
+    [`${ANN}kube-subnet-manager`]: "true",
+    [`${ANN}public-ip`]: s.publicIP,
+    [`${ANN}public-ipv6`]: s.publicIP6,
+  };
+}
+
+function dualNode(
+  s: DualNodeSlot,
+  annotations: Record<string, string>,
+  podCIDR6 = s.podCIDR6,
+): Record<string, unknown> {
+  return {
+    apiVersion: "v1",
+    kind: "Node",
+    metadata: { name: s.name, annotations },
+    spec: { podCIDR: s.podCIDR, podCIDRs: [s.podCIDR, podCIDR6] },
+  };
+}
+
+/** A Node with the valid annotations changed by `patch`. */
+function annotated6(
+  name: string,
+  patch: (a: Record<string, string>, s: DualNodeSlot) => void,
+): DualNodeCase {
+  return {
+    name,
+    expect: "refused",
+    make: (s) => {
+      const a = dualAnnotations(s);
+      patch(a, s);
+      return dualNode(s, a);
+    },
+  };
+}
+
+/** A Node with valid annotations and another IPv6 pod CIDR. */
+function cidr6(
+  name: string,
+  podCIDR6: (s: DualNodeSlot) => string,
+  claims6: (s: DualNodeSlot) => string | undefined = podCIDR6,
+): DualNodeCase {
+  return {
+    name,
+    expect: "refused",
+    make: (s) => dualNode(s, dualAnnotations(s), podCIDR6(s)),
+    claims6,
+  };
+}
+
+const v6data = (mac: string) => JSON.stringify({ VNI: 1, VtepMAC: mac });
+
+/** Dual-stack Node objects with a hostile IPv6 half, plus one control. */
+export const DUAL_NODE_CASES: readonly DualNodeCase[] = [
+  {
+    name: "control: a dual-stack node as a flannel agent annotates it",
+    expect: "programmed",
+    make: (s) => dualNode(s, dualAnnotations(s)),
+  },
+  annotated6("public-ipv6 missing", (a) => delete a[`${ANN}public-ipv6`]),
+  annotated6(
+    "public-ipv6 not an address",
+    (a) => a[`${ANN}public-ipv6`] = "fd00::zz",
+  ),
+  annotated6(
+    "public-ipv6 an IPv4 address",
+    (a, s) => a[`${ANN}public-ipv6`] = s.publicIP,
+  ),
+  annotated6(
+    "public-ipv6 link-local (fe80::1)",
+    (a) => a[`${ANN}public-ipv6`] = "fe80::1",
+  ),
+  annotated6(
+    "public-ipv6 multicast (ff02::1)",
+    (a) => a[`${ANN}public-ipv6`] = "ff02::1",
+  ),
+  annotated6(
+    "public-ipv6 IPv4-mapped (::ffff:198.18.0.x)",
+    (a, s) => a[`${ANN}public-ipv6`] = `::ffff:${s.publicIP}`,
+  ),
+  annotated6(
+    "public-ipv6 loopback (::1)",
+    (a) => a[`${ANN}public-ipv6`] = "::1",
+  ),
+  annotated6(
+    "public-ipv6 unspecified (::)",
+    (a) => a[`${ANN}public-ipv6`] = "::",
+  ),
+  annotated6(
+    "public-ipv6 inside the IPv6 cluster network",
+    (a, s) => a[`${ANN}public-ipv6`] = s.podCIDR6.replace("::/64", "::9"),
+  ),
+  annotated6(
+    "public-ipv6 of the node under test",
+    (a, s) => a[`${ANN}public-ipv6`] = s.ownIP6,
+  ),
+  annotated6(
+    "public-ipv6 of a real peer (duplicate)",
+    (a, s) => a[`${ANN}public-ipv6`] = s.peerIPs6[0]!,
+  ),
+  annotated6(
+    "backend-v6-data missing",
+    (a) => delete a[`${ANN}backend-v6-data`],
+  ),
+  annotated6(
+    "backend-v6-data not JSON",
+    (a) => a[`${ANN}backend-v6-data`] = "{VNI:1",
+  ),
+  annotated6(
+    "backend-v6-data VtepMAC multicast",
+    (a) => a[`${ANN}backend-v6-data`] = v6data("33:33:00:00:00:01"),
+  ),
+  annotated6(
+    "backend-v6-data VtepMAC not a MAC",
+    (a) => a[`${ANN}backend-v6-data`] = v6data("not-a-mac"),
+  ),
+  annotated6(
+    "backend-v6-data VtepMAC of a real peer (duplicate)",
+    (a, s) => a[`${ANN}backend-v6-data`] = v6data(s.peerMacs6[0]!),
+  ),
+  annotated6(
+    "backend-v6-data VtepMAC of the node under test",
+    (a, s) => a[`${ANN}backend-v6-data`] = v6data(s.ownMac6),
+  ),
+  cidr6(
+    "IPv6 podCIDR /80 inside a free /64 (length differs from this node's)",
+    (s) => s.podCIDR6.replace("::/64", "::/80"),
+  ),
+  cidr6(
+    "IPv6 podCIDR /56 in a free range (length differs)",
+    () => "fc00:0:0:e200::/56",
+  ),
+  cidr6(
+    "IPv6 podCIDR outside IPv6Network (fd99::/48)",
+    (s) => s.podCIDR6.replace(/^fc00:0:0:/, "fd99:0:0:"),
+  ),
+  cidr6(
+    "IPv6 podCIDR equal to the node under test's",
+    (s) => s.ownPodCIDR6,
+    () => undefined,
+  ),
+  cidr6(
+    "IPv6 podCIDR equal to a real peer's (the older node keeps it)",
+    (s) => s.peerPodCIDRs6[0]!,
+    () => undefined,
+  ),
+];

@@ -13,11 +13,10 @@ import { DUAL_CASES, type DualSlot } from "./corpus_v6.ts";
 import { DIR, EtcdRun } from "./etcd.ts";
 import { type CorpusCase, corpusRun } from "./corpus_run.ts";
 import {
-  DEVICE,
   DEVICE6,
+  dualSlotEntries,
   expectedPeers,
   readOverlay,
-  slotEntries,
   V6,
 } from "./kernel.ts";
 import { type FaultRow, fmtMs } from "./report.ts";
@@ -221,18 +220,14 @@ export class DualStackFaults extends EtcdRun {
         publicIP: slot.publicIP,
       };
       const v6 = { claims: claims6, mac: slot.mac6, publicIP: slot.publicIP6 };
-      cases.push(this.etcdCase(k.name, k.expect, input, (s) => [
-        ...slotEntries(
-          s.v4,
-          v4,
-          (r) => r.dev === DEVICE && r.dst === v4.claims,
-        ).map((e) => `v4 ${e}`),
-        ...slotEntries(
-          s.v6!,
-          v6,
-          (r) => r.dev === DEVICE6 && r.dst === v6.claims,
-        ).map((e) => `v6 ${e}`),
-      ]));
+      cases.push(
+        this.etcdCase(
+          k.name,
+          k.expect,
+          input,
+          (s) => dualSlotEntries(s.v4, s.v6!, v4, v6),
+        ),
+      );
     }
     await corpusRun(this, {
       section: "dual-stack peer corpus (etcd lease keys and values, IPv6 half)",

@@ -285,3 +285,22 @@ export function judgeEntries(
   }
   return [];
 }
+
+/**
+ * The entries of a dual-stack corpus case on both overlays, each marked
+ * with its family: routes count on the overlay device at the claimed
+ * subnet (a claim on a real node's subnet is judged by MAC and IP alone).
+ */
+export function dualSlotEntries(
+  s4: OverlayState,
+  s6: OverlayState,
+  v4: SlotTrace,
+  v6: SlotTrace,
+): string[] {
+  return [
+    ...slotEntries(s4, v4, (r) => r.dev === V4.device && r.dst === v4.claims)
+      .map((e) => `v4 ${e}`),
+    ...slotEntries(s6, v6, (r) => r.dev === V6.device && r.dst === v6.claims)
+      .map((e) => `v6 ${e}`),
+  ];
+}

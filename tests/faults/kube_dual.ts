@@ -1,0 +1,207 @@
+/**
+ * The fault suite's dual-stack Kubernetes-mode cluster: three nodes whose
+ * agents run `--kube-subnet-mgr` against a real kube-apiserver in the
+ * switch namespace (tests/e2e/_kube.ts), with Node objects holding an
+ * IPv4 and an IPv6 pod CIDR and a net-conf.json with `EnableIPv6`. Its
+ * phase is the corpus of Node objects whose IPv6 half is hostile
+ * (tests/faults/corpus_v6.ts), with pods pinging over both families.
+ *
+ * @module
+ */
+import {
+  Cluster,
+  type ClusterNode,
+  type EtcdLease,
+  SWITCH_IP,
+} from "../_cluster.ts";
+import { KUBE_PORT, KubeControlPlane } from "../e2e/_kube.ts";
+import { DUAL_NODE_CASES, type DualNodeSlot } from "./corpus_v6.ts";
+import { type CorpusCase, corpusRun } from "./corpus_run.ts";
+import { DUAL_NET_CONF } from "./dual_stack.ts";
+import { dualSlotEntries } from "./kernel.ts";
+import type { FaultRow } from "./report.ts";
+import { FaultRun } from "./run.ts";
+
+const ANN = "flannel.alpha.coreos.com/";
+
+interface DualNode {
+  metadata: { name: string; annotations?: Record<string, string> };
+  spec: { podCIDR?: string; podCIDRs?: string[] };
+}
+
+/** A dual-stack Kubernetes-mode cluster and its corpus phase. */
+export class KubeDualFaults extends FaultRun {
+  readonly kube: KubeControlPlane;
+
+  private constructor(c: Cluster, rows: FaultRow[], kube: KubeControlPlane) {
+    super(c, rows);
+    this.kube = kube;
+  }
+
+  /** Builds the cluster, the control plane, agents, pods; checks traffic. */
+  static async create(
+    rows: FaultRow[],
+    prefix: string,
+  ): Promise<KubeDualFaults> {
+    const c = await Cluster.create({
+      nodes: 3,
+      prefix,
+      etcd: false,
+      ipv6: true,
+    });
+    let kube: KubeControlPlane;
+    try {
+      kube = await KubeControlPlane.start(c.hub, SWITCH_IP, `${c.dir}/kube`);
+    } catch (e) {
+      await c.close();
+      throw e;
+    }
+    const s = new KubeDualFaults(c, rows, kube);
+    try {
+      for (const n of s.nodes(1, 2, 3)) {
+        await s.#post({
+          apiVersion: "v1",
+          kind: "Node",
+          metadata: { name: n.name },
+          spec: {
+            podCIDR: `10.244.${n.n}.0/24`,
+            podCIDRs: [`10.244.${n.n}.0/24`, `fc00:0:0:${n.n}::/64`],
+          },
+        });
+        await kube.writeKubeconfig(n.name, `${n.dir}/kubeconfig`);
+        await Deno.writeTextFile(`${n.dir}/net-conf.json`, DUAL_NET_CONF);
+      }
+    } catch (e) {
+      await s.close();
+      throw e;
+    }
+    await s.boot(s.nodes(1, 2, 3), [4, 6], (n) => s.startKube(n));
+    return s;
+  }
+
+  override async close(): Promise<void> {
+    await this.kube.close();
+    await this.c.close();
+  }
+
+  startKube(n: ClusterNode): Promise<unknown> {
+    return this.start(n, [
+      "--kube-subnet-mgr",
+      `--kubeconfig-file=${n.dir}/kubeconfig`,
+      `--net-config-path=${n.dir}/net-conf.json`,
+    ], [`${SWITCH_IP}:${KUBE_PORT}`]);
+  }
+
+  /** Creates an object; throws with the apiserver's answer unless 201. */
+  async #post(obj: unknown): Promise<void> {
+    const r = await this.kube.api("POST", "/api/v1/nodes", obj);
+    if (r.status !== 201) {
+      throw new Error(
+        `the apiserver answered ${r.status}: ${
+          JSON.stringify(r.body).slice(0, 200)
+        }`,
+      );
+    }
+  }
+
+  /** Every annotated dual-stack node's lease. */
+  async leases(): Promise<EtcdLease[]> {
+    const r = await this.kube.api("GET", "/api/v1/nodes");
+    const out: EtcdLease[] = [];
+    for (const n of (r.body as { items: DualNode[] }).items) {
+      const a = n.metadata.annotations ?? {};
+      const cidrs = n.spec.podCIDRs ?? [];
+      if (a[`${ANN}kube-subnet-manager`] !== "true") continue;
+      try {
+        out.push({
+          key: n.metadata.name,
+          subnet: cidrs.find((c) => !c.includes(":")) ?? "",
+          ipv6Subnet: cidrs.find((c) => c.includes(":")) ?? "",
+          value: {
+            PublicIP: a[`${ANN}public-ip`] ?? "",
+            PublicIPv6: a[`${ANN}public-ipv6`] ?? "",
+            BackendType: a[`${ANN}backend-type`] ?? "",
+            BackendData: JSON.parse(a[`${ANN}backend-data`] ?? ""),
+            BackendV6Data: JSON.parse(a[`${ANN}backend-v6-data`] ?? ""),
+          },
+          etcdLease: "0",
+        });
+      } catch { /* not annotated by an agent yet */ }
+    }
+    return out;
+  }
+
+  /** Hostile dual-stack Node objects, then node1 restarted with them. */
+  async nodeCorpus(): Promise<void> {
+    const real = await this.leases();
+    const n1 = this.node(1);
+    const own = real.find((l) => l.value.PublicIP === n1.ip)!;
+    const peers = real.filter((l) => l !== own);
+    const realSubnets = new Set(real.map((l) => l.ipv6Subnet));
+    const cases: CorpusCase[] = [];
+    let control: EtcdLease | undefined;
+    for (const [i, k] of DUAL_NODE_CASES.entries()) {
+      const octet = 253 - i;
+      const hex = (i + 1).toString(16).padStart(2, "0");
+      const slot: DualNodeSlot = {
+        name: `fault6-${String(i).padStart(2, "0")}`,
+        podCIDR: `10.244.${octet}.0/24`,
+        podCIDR6: `fc00:0:0:f0${octet.toString(16)}::/64`,
+        publicIP: `198.18.0.${100 + i}`,
+        publicIP6: `fd00:18::1${hex}`,
+        mac: `0a:e4:00:00:00:${hex}`,
+        mac6: `0a:e6:00:00:00:${hex}`,
+        ownPodCIDR6: own.ipv6Subnet!,
+        ownIP6: n1.ip6,
+        ownMac6: own.value.BackendV6Data!.VtepMAC!,
+        peerPodCIDRs6: peers.map((l) => l.ipv6Subnet!),
+        peerIPs6: peers.map((l) => l.value.PublicIPv6!),
+        peerMacs6: peers.map((l) => l.value.BackendV6Data!.VtepMAC!),
+      };
+      const obj = k.make(slot);
+      if (k.expect === "programmed") {
+        control = {
+          key: slot.name,
+          subnet: slot.podCIDR,
+          ipv6Subnet: slot.podCIDR6,
+          value: {
+            PublicIP: slot.publicIP,
+            PublicIPv6: slot.publicIP6,
+            BackendType: "vxlan",
+            BackendData: { VNI: 1, VtepMAC: slot.mac },
+            BackendV6Data: { VNI: 1, VtepMAC: slot.mac6 },
+          },
+          etcdLease: "0",
+        };
+      }
+      const named6 = k.claims6 ? k.claims6(slot) : slot.podCIDR6;
+      const claims6 = named6 === undefined || realSubnets.has(named6)
+        ? undefined
+        : named6;
+      const v4 = {
+        claims: slot.podCIDR,
+        mac: slot.mac,
+        publicIP: slot.publicIP,
+      };
+      const v6 = { claims: claims6, mac: slot.mac6, publicIP: slot.publicIP6 };
+      cases.push({
+        name: k.name,
+        expect: k.expect,
+        id: slot.name,
+        write: () => this.#post(obj),
+        remove: () => this.kube.deleteNode(slot.name),
+        entries: (s) => dualSlotEntries(s.v4, s.v6!, v4, v6),
+      });
+    }
+    await corpusRun(this, {
+      section:
+        "Kubernetes: dual-stack node corpus (IPv6 annotations, IPv6 pod CIDRs)",
+      cases,
+      expected: [...real, control!],
+      live: this.nodes(1, 2, 3),
+      pings: [["node1-pod1", "node2-pod1", 4], ["node1-pod1", "node2-pod1", 6]],
+      restart: (n) => this.startKube(n),
+      noun: "node",
+    });
+  }
+}
