@@ -744,11 +744,15 @@ export async function writeReport(rows: readonly FaultRow[]): Promise<void> {
     }: weft at ${rev}, Linux ${uname.stdout.trim()}, ` +
     `Deno ${Deno.version.deno}.`,
     "",
-    "Namespace clusters (etcd mode, then Kubernetes mode with a real " +
-    "kube-apiserver in the switch namespace) run weft as one process per " +
-    "node; a pod on node1 pings a pod on another node every 50 ms while each " +
-    'fault is injected. "Packets lost" counts echoes without reply, the one ' +
-    "in flight when ping stopped excepted.",
+    "Namespace clusters (etcd mode; etcd mode dual-stack; host-gw; vxlan " +
+    "DirectRouting; Kubernetes mode with a real kube-apiserver in the " +
+    "switch namespace, single and dual stack) run weft as one process per " +
+    "node; a pod on node1 pings a pod on another node every 50 ms (over " +
+    "IPv4 and IPv6 on the dual-stack clusters) while each fault is " +
+    'injected. "Packets lost" counts echoes without reply, the one in ' +
+    "flight when ping stopped excepted. Wall-clock steps are made in one " +
+    "agent with libfaketime (`FAKETIME_TIMESTAMP_FILE`, monotonic clock " +
+    "untouched), never on the host.",
     "",
     `Durations: API outage ${OUTAGE_S} s (\`WEFT_FAULT_OUTAGE_S\`, default 15; ` +
     "set `WEFT_FAULT_OUTAGE_S=60` for the one-minute outage), each proxy " +
