@@ -16,13 +16,20 @@
  * listing: a restart must never withdraw routes it has not yet heard of.
  * Peers of that listing handed over while it is still arriving are
  * programmed at once, the way events are, so a large cluster's kernel
- * fills while its LIST is on the wire.
+ * fills while its LIST is on the wire; but only where that adds an entry
+ * or leaves one as it is. A peer that would change an entry already in
+ * the kernel (re-point a VTEP MAC's FDB entry, a neighbour or a route) waits
+ * for the full pass after the listing: the kernel holds what the last run
+ * decided with every lease in view, while the listing so far may lack the
+ * older claim (a hostile node whose name sorts before its victim's, with
+ * the victim's MAC, would otherwise redirect the victim's traffic until
+ * the listing completes).
  * A failing peer is counted, logged and retried on the next pass; it never
  * blocks the others.
  *
  * @module
  */
-import { KernelError, type Netlink } from "../ffi/types.ts";
+import { KernelError, type Netlink, RT_TABLE_MAIN } from "../ffi/types.ts";
 import type { Lease, LeaseEvent } from "../subnet/lease.ts";
 import {
   asState,
@@ -260,11 +267,61 @@ export class Reconciler {
         // The first full pass sets the device up and reports why.
       }
     }
-    this.#program(keys, ready);
+    this.#program(keys, ready, true);
   }
 
-  /** Diffs `keys` against what was programmed for them, and applies. */
-  #program(keys: Set<string>, families: FamilyState[]): void {
+  /**
+   * `ops` less those of peers that would change an entry the kernel
+   * already has (see the module doc); all of them when the kernel cannot
+   * be read. The peers held back, for the caller.
+   */
+  #withoutChanges(
+    plan: FamilyPlan,
+    ops: Op[],
+  ): { ops: Op[]; held: Set<string> } {
+    const kernel = this.#readKernel(plan);
+    const held = new Set<string>();
+    for (const op of ops) {
+      if (op.peer === undefined) continue;
+      if (!kernel) held.add(op.peer);
+      else if (op.kind === "fdbSet") {
+        const same = kernel.fdbs.filter((f) => f.lladdr === op.fdb.lladdr);
+        if (same.length > 0 && !same.some((f) => f.dst === op.fdb.dst)) {
+          held.add(op.peer);
+        }
+      } else if (op.kind === "neighSet") {
+        const n = kernel.neighs.find((n) => n.dst === op.neigh.dst);
+        if (n?.lladdr !== undefined && n.lladdr !== op.neigh.lladdr) {
+          held.add(op.peer);
+        }
+      } else if (op.kind === "routeReplace") {
+        const r = kernel.routes.find((r) =>
+          r.dst === op.route.dst &&
+          (r.table ?? RT_TABLE_MAIN) === (op.route.table ?? RT_TABLE_MAIN)
+        );
+        if (r && (r.gw !== op.route.gw || r.index !== op.route.index)) {
+          held.add(op.peer);
+        }
+      }
+    }
+    for (const key of held) {
+      log.v(
+        1,
+        `Peer "${key}" would change existing kernel entries: waiting for the complete listing`,
+      );
+    }
+    return {
+      ops: ops.filter((op) => op.peer === undefined || !held.has(op.peer)),
+      held,
+    };
+  }
+
+  /**
+   * Diffs `keys` against what was programmed for them, and applies; with
+   * `early` (a listing still arriving), only additions (see the module
+   * doc).
+   */
+  #program(keys: Set<string>, families: FamilyState[], early = false): void {
     for (const f of families) {
       const plan = f.plan!;
       const modes = new Map<string, PeerMode>();
@@ -277,7 +334,10 @@ export class Reconciler {
         const now = lease ? f.net.entries(plan, lease, modes) : undefined;
         if (now) after.push(now);
       }
-      const ops = diff(after, asState(before));
+      const all = diff(after, asState(before));
+      const { ops, held } = early
+        ? this.#withoutChanges(plan, all)
+        : { ops: all, held: new Set<string>() };
       const failed = this.#apply(f, ops);
       for (const key of keys) {
         f.programmed.delete(key);
@@ -286,7 +346,7 @@ export class Reconciler {
       }
       for (const e of after) {
         if (failed.has(e.key)) f.failed.add(e.key);
-        else f.programmed.set(e.key, e);
+        else if (!held.has(e.key)) f.programmed.set(e.key, e);
       }
       if (failed.size > 0) {
         this.#dirty = true;

@@ -625,3 +625,51 @@ Deno.test("Reconciler.run() calls afterPass once after each full pass, none befo
     1,
   );
 });
+
+Deno.test("Reconciler changes no entry the kernel holds while the listing is still arriving", () => {
+  const { kernel, rec } = node();
+  rec.handle(added(peer(2)));
+  rec.pass();
+  const fdb = () =>
+    kernel.fdbs.map((f) => `${f.lladdr} ${f.dst}`).sort().join(", ");
+  const neigh = () =>
+    kernel.neighs.map((n) => `${n.dst} ${n.lladdr}`).sort().join(", ");
+  const routes = () =>
+    kernel.routes.filter((r) => r.dst.startsWith("10.244."))
+      .map((r) => `${r.dst} via ${r.gw}`).sort().join(", ");
+  const before = { fdb: fdb(), neigh: neigh() };
+  // A restart; the listing so far holds, sorted before node-2, one node
+  // with node-2's MAC and one with node-2's subnet, and a new node-3.
+  const again = node(undefined, kernel);
+  const copies = [
+    peer(50, { key: "a-copies-mac", mac: "0a:00:00:00:00:02" }),
+    peer(2, {
+      key: "a-copies-subnet",
+      mac: "0a:00:00:00:00:99",
+      ip: "198.18.0.99",
+    }),
+  ];
+  again.rec.handle(added(...copies, peer(3)), true);
+  assert.equal(fdb(), `${before.fdb}, 0a:00:00:00:00:03 198.18.0.3`);
+  assert.equal(
+    neigh(),
+    `${before.neigh}, 10.244.3.0 0a:00:00:00:00:03`,
+    "node-2's neighbour not re-pointed, node-3's added",
+  );
+  assert.match(routes(), /10\.244\.2\.0\/24 via 10\.244\.2\.0/);
+  assert.match(routes(), /10\.244\.3\.0\/24 via 10\.244\.3\.0/);
+  assert.doesNotMatch(
+    routes(),
+    /10\.244\.50\./,
+    "held back until the listing is complete",
+  );
+  // The complete listing settles it: the lease table withdraws both
+  // copies (node-2 is older) and adds node-2.
+  again.rec.handle([...removed(...copies), ...added(peer(2))]);
+  again.rec.pass();
+  assert.equal(
+    fdb(),
+    "0a:00:00:00:00:02 198.18.0.2, 0a:00:00:00:00:03 198.18.0.3",
+  );
+  assert.equal(again.rec.ready, true);
+});

@@ -406,13 +406,15 @@ export class Cluster implements AsyncDisposable {
 
   /**
    * Starts weft on a node (a separate process in its namespace). `hosts`
-   * are more `host:port` the agent may reach (e.g. a fault proxy).
+   * are more `host:port` the agent may reach (e.g. a fault proxy);
+   * `launcher` runs deno through another program (`ld.so --preload ...`).
    */
   async startAgent(
     node: ClusterNode,
     extra: string[] = [],
     hosts: string[] = [],
     env: Record<string, string> = {},
+    launcher: string[] = [],
   ): Promise<Agent> {
     const logPath = `${node.dir}/weft.log`;
     const log = await Deno.open(logPath, {
@@ -426,6 +428,7 @@ export class Cluster implements AsyncDisposable {
         "netns",
         "exec",
         node.ns.name,
+        ...launcher,
         Deno.execPath(),
         "run",
         ...agentPermissions(

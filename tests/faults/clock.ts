@@ -8,6 +8,12 @@
  * through the faked `clock_gettime(CLOCK_REALTIME)`; the agent's own log
  * timestamps prove the step reached it.
  *
+ * The library is preloaded by starting deno through the dynamic loader
+ * (`ld.so --preload`), not with `LD_PRELOAD`: Deno refuses to spawn a
+ * child (`iptables-restore`) while `LD_PRELOAD` is in its environment
+ * unless `--allow-run` is unrestricted, and the agent must keep its own
+ * permission list. The children run on the real clock.
+ *
  * The agent runs with a renew margin of 23 h on a 24 h lease: its renewal
  * is due about an hour after it took the lease, so an agent timing the
  * renewal by the wall clock would renew at once after a +1 h step.
@@ -22,6 +28,7 @@ import { fmtMs } from "./report.ts";
 import { Checks, lossText, sleep, waitUntil } from "./run.ts";
 
 const LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+const LD_SO = "/lib64/ld-linux-x86-64.so.2";
 
 /** Seconds of the day in a log line's stamp (`I1130 06:51:10.787000`). */
 function stampSeconds(line: string): number | undefined {
@@ -50,11 +57,10 @@ export async function wallClockSteps(
   const lib = await Deno.stat(LIB).catch(() => undefined);
   await s.stop(n);
   await s.start(n, ["--subnet-lease-renew-margin=1380"], [], {
-    ...(lib && { LD_PRELOAD: LIB }),
     FAKETIME_TIMESTAMP_FILE: offsetFile,
     FAKETIME_NO_CACHE: "1",
     DONT_FAKE_MONOTONIC: "1",
-  });
+  }, lib ? [LD_SO, "--preload", LIB] : []);
   await s.c.waitReady(n, 30_000);
   const live = s.nodes(1, 2, 3);
   await s.converged(live, 10_000);

@@ -163,8 +163,9 @@ export abstract class FaultRun {
     extra: string[] = [],
     hosts: string[] = [],
     env: Record<string, string> = {},
+    launcher: string[] = [],
   ): Promise<Agent> {
-    const a = await this.c.startAgent(n, extra, hosts, env);
+    const a = await this.c.startAgent(n, extra, hosts, env, launcher);
     a.child.status.then((st) => this.#exits.set(a, st));
     return a;
   }
