@@ -28,7 +28,8 @@ import {
 import { run, sh } from "../_netns.ts";
 import { KUBE_PORT, KubeControlPlane } from "../e2e/_kube.ts";
 import { NODE_CASES, type NodeSlot } from "./corpus.ts";
-import { judgeEntries, readOverlay, slotEntries } from "./kernel.ts";
+import { slotEntries } from "./kernel.ts";
+import { type CorpusCase, corpusRun } from "./corpus_run.ts";
 import { FaultProxy } from "./proxy.ts";
 import { type FaultRow, fmtMs } from "./report.ts";
 import {
@@ -548,131 +549,42 @@ export class KubeFaults extends FaultRun {
       },
       etcdLease: "0",
     }];
-    const p = this.ping();
-    const offsets = new Map<ClusterNode, number>();
-    for (const n of live) offsets.set(n, await this.logSize(n));
-    const failures = NODE_CASES.map(() => [] as string[]);
-    for (const [i, k] of NODE_CASES.entries()) {
-      const r = await this.kube.api("POST", "/api/v1/nodes", k.make(slots[i]!));
-      if (r.status !== 201) {
-        failures[i]!.push(
-          `the apiserver refused the object (${r.status}): ${
-            JSON.stringify(r.body).slice(0, 200)
-          }`,
-        );
-      }
-    }
-    const refused = NODE_CASES.map((k, i) => ({ k, slot: slots[i]!, i }))
-      .filter((x) => x.k.expect === "refused" && failures[x.i]!.length === 0);
-    const warned = async (n: ClusterNode) => {
-      const lines = (await this.logSince(n, offsets.get(n)!)).split("\n")
-        .filter((l) => l.startsWith("W"));
-      return (name: string) => lines.some((l) => l.includes(`"${name}"`));
-    };
-    const allWarned = async (nodes: ClusterNode[]) => {
-      for (const n of nodes) {
-        const w = await warned(n);
-        if (!refused.every((x) => w(x.slot.name))) return false;
-      }
-      return true;
-    };
-    const warnMs = await waitUntil(() => allWarned(live), 15_000, 200);
-    const convMs = await this.converged(live, 10_000, expected);
-    const inspect = async (round: string, nodes: ClusterNode[]) => {
-      for (const n of nodes) {
-        const s = await readOverlay(n.ns);
-        const w = await warned(n);
-        for (const [i, k] of NODE_CASES.entries()) {
-          const slot = slots[i]!;
-          const named = k.claims ? k.claims(slot) : slot.podCIDR;
-          const claims = named !== undefined && realSubnets.has(named)
-            ? undefined
-            : named;
-          const entries = slotEntries(s, {
-            claims,
-            mac: slot.mac,
-            publicIP: slot.publicIP,
-          });
-          failures[i]!.push(
-            ...judgeEntries(k.expect, entries, `${round}: ${n.name}`),
-          );
-          if (k.expect === "refused" && !w(slot.name)) {
-            failures[i]!.push(
-              `${round}: no warning naming the node on ${n.name}`,
+    const cases: CorpusCase[] = NODE_CASES.map((k, i) => {
+      const slot = slots[i]!;
+      const named = k.claims ? k.claims(slot) : slot.podCIDR;
+      const trace = {
+        claims: named !== undefined && realSubnets.has(named)
+          ? undefined
+          : named,
+        mac: slot.mac,
+        publicIP: slot.publicIP,
+      };
+      return {
+        name: k.name,
+        expect: k.expect,
+        id: slot.name,
+        write: async () => {
+          const r = await this.kube.api("POST", "/api/v1/nodes", k.make(slot));
+          if (r.status !== 201) {
+            throw new Error(
+              `the apiserver refused the object (${r.status}): ${
+                JSON.stringify(r.body).slice(0, 200)
+              }`,
             );
           }
-        }
-      }
-    };
-    await inspect("live", live);
-    const n1 = this.node(1);
-    offsets.set(n1, await this.logSize(n1));
-    await this.stop(n1);
-    await this.startKube(n1);
-    const ready = await this.c.waitReady(n1, 30_000).catch(() => undefined);
-    const conv2 = await this.converged(live, 10_000, expected);
-    await waitUntil(() => allWarned([n1]), 10_000, 200);
-    await inspect("after node1 restart", [n1]);
-    const loss = await p.stop();
-
-    const chk = new Checks();
-    for (const n of live) {
-      chk.that(await this.alive(n), `${n.name} exited`);
-      const r = await this.httpCode(n, "/readyz");
-      chk.that(r === "200", `${n.name} /readyz ${r}`);
-    }
-    chk.that(loss.lost === 0, `${loss.lost} lost`);
-    chk.that(
-      warnMs !== undefined,
-      "not every node was warned about within 15 s",
-    );
-    chk.that(
-      convMs !== undefined,
-      `valid peers affected: ${
-        (await this.problems(live, expected)).join(", ")
-      }`,
-    );
-    chk.that(ready !== undefined, "node1 not ready after its restart");
-    chk.that(
-      conv2 !== undefined,
-      `after node1's restart: ${
-        (await this.problems(live, expected)).join(", ")
-      }`,
-    );
-    this.row({
-      section,
-      fault:
-        `all ${NODE_CASES.length} Node objects created at once, then node1 restarted with them present`,
-      expected:
-        "no crash, readyz 200, zero loss, valid peers programmed exactly",
-      lost: lossText(loss),
-      recovery: `warned ${fmtMs(warnMs)}; node1 ready ${fmtMs(ready)}`,
-      outcome: chk.outcome(),
+        },
+        remove: () => this.kube.api("DELETE", `/api/v1/nodes/${slot.name}`),
+        entries: (s) => slotEntries(s.v4, trace),
+      };
     });
-    for (const [i, k] of NODE_CASES.entries()) {
-      this.row({
-        section,
-        fault: k.name,
-        expected: k.expect === "refused"
-          ? "warning names the node; no kernel entry on any node"
-          : "programmed on every node",
-        lost: "—",
-        recovery: "—",
-        outcome: failures[i]!.length > 0
-          ? { kind: "fail", why: failures[i]!.join("; ") }
-          : { kind: "pass" },
-      });
-    }
-    for (const s of slots) {
-      await this.kube.api("DELETE", `/api/v1/nodes/${s.name}`);
-    }
-    if ((await this.converged(live, 15_000)) === undefined) {
-      throw new Error(
-        `Cluster did not recover from the corpus: ${
-          (await this.problems(live)).join(", ")
-        }`,
-      );
-    }
+    await corpusRun(this, {
+      section,
+      cases,
+      expected,
+      live,
+      restart: (n) => this.startKube(n),
+      noun: "node",
+    });
   }
 
   /** A misbehaving HTTPS proxy between node3 and the apiserver. */
