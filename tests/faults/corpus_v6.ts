@@ -9,12 +9,16 @@
  *
  * @module
  */
+import type { EtcdLease } from "../_cluster.ts";
 import type { PeerInput } from "./corpus.ts";
+import type { SlotTrace } from "./kernel.ts";
 
-/** What a dual-stack case gets to build its key and value from. */
-export interface DualSlot {
-  /** `/coreos.com/network/subnets/`. */
-  readonly dir: string;
+/**
+ * The identities a dual-stack case gets to build its input from: a free
+ * subnet pair, an unused public IP pair and MAC pair of its own, and what
+ * the node under test and its real peers hold.
+ */
+export interface DualIds {
   /** A free IPv4 /24: `10.244.201.0/24`. */
   readonly subnet: string;
   /** A free IPv6 /64: `fc00:0:0:f0c9::/64`. */
@@ -33,6 +37,78 @@ export interface DualSlot {
   readonly peerSubnets6: readonly string[];
   readonly peerIPs6: readonly string[];
   readonly peerMacs6: readonly string[];
+}
+
+/**
+ * The identities of case `i` at free IPv4 subnet `10.244.<octet>.0/24`;
+ * `tag` (two hex digits) keeps the MACs apart from other corpora's.
+ */
+export function dualIds(
+  i: number,
+  octet: number,
+  tag: string,
+  own: EtcdLease,
+  peers: readonly EtcdLease[],
+  ownIP6: string,
+): DualIds {
+  const hex = (i + 1).toString(16).padStart(2, "0");
+  return {
+    subnet: `10.244.${octet}.0/24`,
+    subnet6: `fc00:0:0:f0${octet.toString(16)}::/64`,
+    publicIP: `198.18.0.${100 + i}`,
+    publicIP6: `fd00:18::1${hex}`,
+    mac: `0a:${tag}:04:00:00:${hex}`,
+    mac6: `0a:${tag}:06:00:00:${hex}`,
+    ownSubnet6: own.ipv6Subnet!,
+    ownIP6,
+    ownMac6: own.value.BackendV6Data!.VtepMAC!,
+    peerSubnets6: peers.map((l) => l.ipv6Subnet!),
+    peerIPs6: peers.map((l) => l.value.PublicIPv6!),
+    peerMacs6: peers.map((l) => l.value.BackendV6Data!.VtepMAC!),
+  };
+}
+
+/** The valid dual-stack lease of `ids` under `key` (a control's). */
+export function dualLease(key: string, ids: DualIds): EtcdLease {
+  return {
+    key,
+    subnet: ids.subnet,
+    ipv6Subnet: ids.subnet6,
+    value: {
+      PublicIP: ids.publicIP,
+      PublicIPv6: ids.publicIP6,
+      BackendType: "vxlan",
+      BackendData: { VNI: 1, VtepMAC: ids.mac },
+      BackendV6Data: { VNI: 1, VtepMAC: ids.mac6 },
+    },
+    etcdLease: "0",
+  };
+}
+
+/**
+ * What a dual-stack case's kernel entries look like on each overlay: its
+ * IPv4 subnet, and its IPv6 claim `named6` unless a real node holds that
+ * one (then judged by MAC and IP alone: the real node's route stays).
+ */
+export function dualTraces(
+  ids: DualIds,
+  named6: string | undefined,
+  real6: ReadonlySet<string | undefined>,
+): [SlotTrace, SlotTrace] {
+  return [
+    { claims: ids.subnet, mac: ids.mac, publicIP: ids.publicIP },
+    {
+      claims: named6 === undefined || real6.has(named6) ? undefined : named6,
+      mac: ids.mac6,
+      publicIP: ids.publicIP6,
+    },
+  ];
+}
+
+/** What a dual-stack etcd case builds its key and value from. */
+export interface DualSlot extends DualIds {
+  /** `/coreos.com/network/subnets/`. */
+  readonly dir: string;
 }
 
 /** One dual-stack lease (a control or a refused one). */
@@ -262,23 +338,9 @@ export const DUAL_CASES: readonly DualCase[] = [
 ];
 
 /** What a dual-stack Node case builds its object from. */
-export interface DualNodeSlot {
+export interface DualNodeSlot extends DualIds {
   /** `fault6-07`: sorts before the real nodes, as a relist sees it. */
   readonly name: string;
-  readonly podCIDR: string;
-  readonly podCIDR6: string;
-  readonly publicIP: string;
-  readonly publicIP6: string;
-  readonly mac: string;
-  readonly mac6: string;
-  /** The node under test (node1): its IPv6 pod CIDR, address and v6 MAC. */
-  readonly ownPodCIDR6: string;
-  readonly ownIP6: string;
-  readonly ownMac6: string;
-  /** Its real peers' IPv6 pod CIDRs, public IPs and v6 MACs, in one order. */
-  readonly peerPodCIDRs6: readonly string[];
-  readonly peerIPs6: readonly string[];
-  readonly peerMacs6: readonly string[];
 }
 
 /** One dual-stack Node object (a control or a refused one). */
@@ -307,13 +369,13 @@ function dualAnnotations(s: DualNodeSlot): Record<string, string> {
 function dualNode(
   s: DualNodeSlot,
   annotations: Record<string, string>,
-  podCIDR6 = s.podCIDR6,
+  podCIDR6 = s.subnet6,
 ): Record<string, unknown> {
   return {
     apiVersion: "v1",
     kind: "Node",
     metadata: { name: s.name, annotations },
-    spec: { podCIDR: s.podCIDR, podCIDRs: [s.podCIDR, podCIDR6] },
+    spec: { podCIDR: s.subnet, podCIDRs: [s.subnet, podCIDR6] },
   };
 }
 
@@ -387,7 +449,7 @@ export const DUAL_NODE_CASES: readonly DualNodeCase[] = [
   ),
   annotated6(
     "public-ipv6 inside the IPv6 cluster network",
-    (a, s) => a[`${ANN}public-ipv6`] = s.podCIDR6.replace("::/64", "::9"),
+    (a, s) => a[`${ANN}public-ipv6`] = s.subnet6.replace("::/64", "::9"),
   ),
   annotated6(
     "public-ipv6 of the node under test",
@@ -423,7 +485,7 @@ export const DUAL_NODE_CASES: readonly DualNodeCase[] = [
   ),
   cidr6(
     "IPv6 podCIDR /80 inside a free /64 (length differs from this node's)",
-    (s) => s.podCIDR6.replace("::/64", "::/80"),
+    (s) => s.subnet6.replace("::/64", "::/80"),
   ),
   cidr6(
     "IPv6 podCIDR /56 in a free range (length differs)",
@@ -431,16 +493,16 @@ export const DUAL_NODE_CASES: readonly DualNodeCase[] = [
   ),
   cidr6(
     "IPv6 podCIDR outside IPv6Network (fd99::/48)",
-    (s) => s.podCIDR6.replace(/^fc00:0:0:/, "fd99:0:0:"),
+    (s) => s.subnet6.replace(/^fc00:0:0:/, "fd99:0:0:"),
   ),
   cidr6(
     "IPv6 podCIDR equal to the node under test's",
-    (s) => s.ownPodCIDR6,
+    (s) => s.ownSubnet6,
     () => undefined,
   ),
   cidr6(
     "IPv6 podCIDR equal to a real peer's (the older node keeps it)",
-    (s) => s.peerPodCIDRs6[0]!,
+    (s) => s.peerSubnets6[0]!,
     () => undefined,
   ),
 ];

@@ -9,7 +9,13 @@
  * @module
  */
 import type { EtcdLease } from "../_cluster.ts";
-import { DUAL_CASES, type DualSlot } from "./corpus_v6.ts";
+import {
+  DUAL_CASES,
+  dualIds,
+  dualLease,
+  type DualSlot,
+  dualTraces,
+} from "./corpus_v6.ts";
 import { DIR, EtcdRun } from "./etcd.ts";
 import { type CorpusCase, corpusRun } from "./corpus_run.ts";
 import {
@@ -185,41 +191,17 @@ export class DualStackFaults extends EtcdRun {
     const cases: CorpusCase[] = [];
     let control: EtcdLease | undefined;
     for (const [i, k] of DUAL_CASES.entries()) {
-      const octet = await this.freeOctet();
-      const hex = (i + 1).toString(16).padStart(2, "0");
       const slot: DualSlot = {
         dir: DIR,
-        subnet: `10.244.${octet}.0/24`,
-        subnet6: `fc00:0:0:f0${octet.toString(16)}::/64`,
-        publicIP: `198.18.0.${100 + i}`,
-        publicIP6: `fd00:18::1${hex}`,
-        mac: `0a:f4:00:00:00:${hex}`,
-        mac6: `0a:f6:00:00:00:${hex}`,
-        ownSubnet6: own.ipv6Subnet!,
-        ownIP6: n1.ip6,
-        ownMac6: own.value.BackendV6Data!.VtepMAC!,
-        peerSubnets6: peers.map((l) => l.ipv6Subnet!),
-        peerIPs6: peers.map((l) => l.value.PublicIPv6!),
-        peerMacs6: peers.map((l) => l.value.BackendV6Data!.VtepMAC!),
+        ...dualIds(i, await this.freeOctet(), "f4", own, peers, n1.ip6),
       };
       const input = k.make(slot);
-      if (k.expect === "programmed") {
-        control = {
-          key: input.key,
-          subnet: slot.subnet,
-          ipv6Subnet: slot.subnet6,
-          value: JSON.parse(input.value as string),
-          etcdLease: "0",
-        };
-      }
-      const named6 = k.claims6 ? k.claims6(slot) : slot.subnet6;
-      const claims6 = realSubnets.has(named6) ? undefined : named6;
-      const v4 = {
-        claims: slot.subnet,
-        mac: slot.mac,
-        publicIP: slot.publicIP,
-      };
-      const v6 = { claims: claims6, mac: slot.mac6, publicIP: slot.publicIP6 };
+      if (k.expect === "programmed") control = dualLease(input.key, slot);
+      const [v4, v6] = dualTraces(
+        slot,
+        k.claims6 ? k.claims6(slot) : slot.subnet6,
+        realSubnets,
+      );
       cases.push(
         this.etcdCase(
           k.name,

@@ -15,7 +15,13 @@ import {
   SWITCH_IP,
 } from "../_cluster.ts";
 import { KUBE_PORT, KubeControlPlane } from "../e2e/_kube.ts";
-import { DUAL_NODE_CASES, type DualNodeSlot } from "./corpus_v6.ts";
+import {
+  DUAL_NODE_CASES,
+  dualIds,
+  dualLease,
+  type DualNodeSlot,
+  dualTraces,
+} from "./corpus_v6.ts";
 import { type CorpusCase, corpusRun } from "./corpus_run.ts";
 import { DUAL_NET_CONF } from "./dual_stack.ts";
 import { dualSlotEntries } from "./kernel.ts";
@@ -141,49 +147,17 @@ export class KubeDualFaults extends FaultRun {
     const cases: CorpusCase[] = [];
     let control: EtcdLease | undefined;
     for (const [i, k] of DUAL_NODE_CASES.entries()) {
-      const octet = 253 - i;
-      const hex = (i + 1).toString(16).padStart(2, "0");
       const slot: DualNodeSlot = {
         name: `fault6-${String(i).padStart(2, "0")}`,
-        podCIDR: `10.244.${octet}.0/24`,
-        podCIDR6: `fc00:0:0:f0${octet.toString(16)}::/64`,
-        publicIP: `198.18.0.${100 + i}`,
-        publicIP6: `fd00:18::1${hex}`,
-        mac: `0a:e4:00:00:00:${hex}`,
-        mac6: `0a:e6:00:00:00:${hex}`,
-        ownPodCIDR6: own.ipv6Subnet!,
-        ownIP6: n1.ip6,
-        ownMac6: own.value.BackendV6Data!.VtepMAC!,
-        peerPodCIDRs6: peers.map((l) => l.ipv6Subnet!),
-        peerIPs6: peers.map((l) => l.value.PublicIPv6!),
-        peerMacs6: peers.map((l) => l.value.BackendV6Data!.VtepMAC!),
+        ...dualIds(i, 253 - i, "e4", own, peers, n1.ip6),
       };
       const obj = k.make(slot);
-      if (k.expect === "programmed") {
-        control = {
-          key: slot.name,
-          subnet: slot.podCIDR,
-          ipv6Subnet: slot.podCIDR6,
-          value: {
-            PublicIP: slot.publicIP,
-            PublicIPv6: slot.publicIP6,
-            BackendType: "vxlan",
-            BackendData: { VNI: 1, VtepMAC: slot.mac },
-            BackendV6Data: { VNI: 1, VtepMAC: slot.mac6 },
-          },
-          etcdLease: "0",
-        };
-      }
-      const named6 = k.claims6 ? k.claims6(slot) : slot.podCIDR6;
-      const claims6 = named6 === undefined || realSubnets.has(named6)
-        ? undefined
-        : named6;
-      const v4 = {
-        claims: slot.podCIDR,
-        mac: slot.mac,
-        publicIP: slot.publicIP,
-      };
-      const v6 = { claims: claims6, mac: slot.mac6, publicIP: slot.publicIP6 };
+      if (k.expect === "programmed") control = dualLease(slot.name, slot);
+      const [v4, v6] = dualTraces(
+        slot,
+        k.claims6 ? k.claims6(slot) : slot.subnet6,
+        realSubnets,
+      );
       cases.push({
         name: k.name,
         expect: k.expect,
