@@ -77,7 +77,7 @@ export async function readOverlay(
       address?: string;
       flags?: string[];
       addr_info?: { family: string; local: string; prefixlen: number }[];
-    }>(ns, fam, "addr", "show", "dev", DEVICE),
+    }>(ns, "addr", "show", "dev", DEVICE),
     tryJson<{ dst: string; gateway?: string; dev: string; flags?: string[] }>(
       ns,
       fam,
