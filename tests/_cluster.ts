@@ -90,6 +90,11 @@ export interface ClusterOptions {
   readonly netConf?: string;
   /** Extra flags for every agent. */
   readonly agentFlags?: string[];
+  /**
+   * Flags for `deno run` itself in every agent, before the script (say,
+   * the V8 flags of `deploy/v8-flags.txt`, which the image runs with).
+   */
+  readonly denoFlags?: readonly string[];
   /** Reconcile period passed to agents (seconds). */
   readonly reconcilePeriod?: number;
   /**
@@ -431,6 +436,7 @@ export class Cluster implements AsyncDisposable {
         ...launcher,
         Deno.execPath(),
         "run",
+        ...(this.opts.denoFlags ?? []),
         ...agentPermissions(
           node.dir,
           [`${SWITCH_IP}:2379`, ...hosts],
