@@ -11,18 +11,21 @@
  * What is measured, and why:
  * - The agents run with the V8 flags the image ships with
  *   (`deploy/v8-flags.txt`): memory is that of the agent as deployed.
- * - A minute's figure is the lowest of its readings, the floor. Heap used
- *   counts garbage not yet collected, and RSS the pages V8 and malloc hold
- *   for it, so one reading lands anywhere between what the agent keeps
- *   and that plus a GC cycle's garbage. Probed through the inspector
+ * - A minute's RSS and heap are the lowest of its readings, the floor.
+ *   Heap used counts garbage not yet collected, and RSS the pages V8 and
+ *   malloc hold for it, so one reading lands anywhere between what the
+ *   agent keeps and that plus a GC cycle's garbage. Probed through the inspector
  *   with a forced full GC each minute, an agent's heap after GC stayed at
  *   10.0-10.1 MiB and its RSS at 83-85 MiB from minute 2 to 12, and heap
  *   snapshots at minutes 2 and 12 differed by 0.14 MiB, nearly all of it
  *   compiled code; single readings of the same agents swung by ±25%
  *   (heap 10-17 MiB, RSS 92-108 MiB) without a trend. What leaks
- *   survives every collection, so it lifts the floor; a transient fd (a
- *   command's pipe) or listener does not. The peaks of RSS and heap are
- *   printed beside the floors but not judged.
+ *   survives every collection, so it lifts the floor. The peaks of RSS
+ *   and heap are printed beside the floors but not judged.
+ * - A minute's fds and listeners are the median of its readings: small
+ *   counts that a transient fd (a command's pipe) or a sleep between two
+ *   waits moves by one, a third of 3 listeners, for one reading; a leak
+ *   moves every reading.
  * - Even a minute's floor lands anywhere in the lower part of the GC
  *   sawtooth (16-19 MiB of heap, the same agents, minute after minute),
  *   so one minute against another still differs by up to 15%. The rule
@@ -38,7 +41,7 @@
 import { Cluster, type ClusterNode } from "../tests/_cluster.ts";
 import { BackgroundPing } from "../tests/faults/traffic.ts";
 import { run } from "../tests/_netns.ts";
-import { machine } from "./_stats.ts";
+import { machine, median } from "./_stats.ts";
 import { startV8Flags } from "./compare.ts";
 
 const arg = (name: string, def: number) => {
@@ -117,10 +120,14 @@ async function read(c: Cluster, n: ClusterNode): Promise<Reading> {
   };
 }
 
-/** The floor of a minute's readings (peers: the last reading). */
+/**
+ * A minute of readings: the floor of RSS and heap (and their peaks), the
+ * median of fds and listeners, the last count of peers.
+ */
 function summarize(minute: number, node: string, rs: Reading[]): Sample {
   const min = (k: keyof Reading) => Math.min(...rs.map((r) => r[k]));
   const max = (k: keyof Reading) => Math.max(...rs.map((r) => r[k]));
+  const mid = (k: keyof Reading) => median(rs.map((r) => r[k]));
   return {
     minute,
     node,
@@ -128,8 +135,8 @@ function summarize(minute: number, node: string, rs: Reading[]): Sample {
     rssPeakMiB: max("rssMiB"),
     heapMiB: min("heapMiB"),
     heapPeakMiB: max("heapMiB"),
-    fds: min("fds"),
-    listeners: min("listeners"),
+    fds: mid("fds"),
+    listeners: mid("listeners"),
     peers: rs[rs.length - 1]!.peers,
   };
 }
@@ -356,7 +363,7 @@ export async function soak(): Promise<void> {
         v8Flags.join(" ") || "none"
       }\`). Each agent is read every ${
         READ_EVERY_MS / 1000
-      } s; a minute's figure is the floor (lowest reading) of that minute, and the peak of RSS and heap is shown beside it (see the header of \`bench/soak.ts\`).`,
+      } s; a minute's RSS and heap are the floor (lowest reading) of that minute, with the peak beside it, and its fds and listeners the median (see the header of \`bench/soak.ts\`).`,
       "",
       `3 nodes (etcd mode, namespaces), ${PEERS} simulated peers (/26 subnets, etcd keys), one peer removed and another added every second (${churns} changes, ${churnErrors} etcdctl errors), a route and neighbour of a simulated peer deleted on node1 every minute (${drifts} times), pods pinging node1→node2 and node2→node3 every 50 ms throughout.`,
       "",
