@@ -11,6 +11,11 @@
  * What is measured, and why:
  * - The agents run with the V8 flags the image ships with
  *   (`deploy/v8-flags.txt`): memory is that of the agent as deployed.
+ *   With `--single-threaded` V8 keeps the pages a heap peak took, so RSS
+ *   hardly comes down: it rises in steps while peaks set new highs in
+ *   warm-up, then levels off (117-121 MiB at 1000 peers; a 20-minute
+ *   run with `--max-semi-space-size=1` alone sat at 85-87 MiB, its heap
+ *   peaking at 16 MiB instead of about 40).
  * - A minute's RSS and heap are the lowest of its readings, the floor.
  *   Heap used counts garbage not yet collected, and RSS the pages V8 and
  *   malloc hold for it, so one reading lands anywhere between what the
