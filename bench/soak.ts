@@ -11,33 +11,32 @@
  * What is measured, and why:
  * - The agents run with the V8 flags the image ships with
  *   (`deploy/v8-flags.txt`): memory is that of the agent as deployed.
- *   With `--single-threaded` V8 keeps the pages a heap peak took, so RSS
- *   hardly comes down: it rises in steps while peaks set new highs in
- *   warm-up, then levels off (117-121 MiB at 1000 peers; a 20-minute
- *   run with `--max-semi-space-size=1` alone sat at 85-87 MiB, its heap
- *   peaking at 16 MiB instead of about 40).
+ *   Under `--single-threaded` V8 keeps the pages a heap peak took, so RSS
+ *   hardly comes down: it rises in steps while heap peaks set new highs
+ *   during warm-up, then levels off.
  * - A minute's RSS and heap are the lowest of its readings, the floor.
  *   Heap used counts garbage not yet collected, and RSS the pages V8 and
  *   malloc hold for it, so one reading lands anywhere between what the
- *   agent keeps and that plus a GC cycle's garbage. Probed through the inspector
- *   with a forced full GC each minute, an agent's heap after GC stayed at
- *   10.0-10.1 MiB and its RSS at 83-85 MiB from minute 2 to 12, and heap
- *   snapshots at minutes 2 and 12 differed by 0.14 MiB, nearly all of it
- *   compiled code; single readings of the same agents swung by ±25%
- *   (heap 10-17 MiB, RSS 92-108 MiB) without a trend. What leaks
- *   survives every collection, so it lifts the floor. The peaks of RSS
- *   and heap are printed beside the floors but not judged.
+ *   agent keeps and that plus a GC cycle's garbage. Probed through the
+ *   inspector with a forced full GC each minute (agents without the
+ *   image's flags, before the agent collected garbage after each pass),
+ *   the heap after GC stayed at 10.0-10.1 MiB and RSS at 83-85 MiB from
+ *   minute 2 to 12, and heap snapshots at minutes 2 and 12 differed by
+ *   0.14 MiB, nearly all of it compiled code; single readings of the same
+ *   agents swung by ±25% (heap 10-17 MiB, RSS 92-108 MiB) without a
+ *   trend. What leaks survives every collection, so it lifts the floor.
+ *   The peaks of RSS and heap are printed beside the floors, not judged.
  * - A minute's fds and listeners are the median of its readings: small
  *   counts that a transient fd (a command's pipe) or a sleep between two
  *   waits moves by one, a third of 3 listeners, for one reading; a leak
  *   moves every reading.
- * - Even a minute's floor lands anywhere in the lower part of the GC
- *   sawtooth (16-19 MiB of heap, the same agents, minute after minute),
- *   so one minute against another still differs by up to 15%. The rule
- *   compares two windows of a tenth of the run each (at least a minute):
- *   the one right after warm-up and the last one, each at its lowest. A
- *   leak lifts every minute of the last window, so it still shows, over
- *   nine tenths of the span judged.
+ * - Even a minute's floor can land anywhere in the lower part of the GC
+ *   sawtooth (heap floors of 16-19 MiB minute after minute under the
+ *   image's flags, before the collection after each pass), so one minute
+ *   against another could differ by 15%. The rule compares two windows of a tenth of the run
+ *   each (at least a minute): the one right after warm-up and the last
+ *   one, each at its lowest. A leak lifts every minute of the last
+ *   window, so it still shows, over nine tenths of the span judged.
  *
  * `deno task bench soak [--minutes=60] [--peers=1000]`. Needs root.
  *
