@@ -893,8 +893,26 @@ export async function settle(
     const now = performance.now();
     // Up (subnet.env written) or gone; an agent that keeps retrying a
     // refused input counts as settled once nothing changed for a while.
+    // IPv6 addresses must be past duplicate address detection (up to
+    // about 2 s): their local routes only appear then, and one agent's
+    // device may be a second older than the other's.
+    const tentative = await Promise.all(
+      NODES.map((n) =>
+        run([
+          "ip",
+          "-n",
+          h.nodes.get(n.role)!.name,
+          "-6",
+          "addr",
+          "show",
+          "tentative",
+        ])
+          .then((r) => r.stdout.trim() !== "")
+      ),
+    );
     const started = now - t0 > 8000 ||
-      snaps.every((s) => s.exit !== "running" || s.subnetEnv !== null);
+      (snaps.every((s) => s.exit !== "running" || s.subnetEnv !== null) &&
+        !tentative.some((t) => t));
     if (text !== last) {
       last = text;
       since = now;
