@@ -173,14 +173,15 @@ export async function joinOnBridge(
 }
 
 /**
- * Plugs `node` into `hub`'s bridge `br0`: a veth pair whose end in `node`
- * is `eth0` (left down, without an address) and whose end `port` in `hub`
- * is a bridge port, up.
+ * Plugs `node` into a bridge of `hub` (`br0` unless named): a veth pair
+ * whose end in `node` is `eth0` (left down, without an address) and whose
+ * end `port` in `hub` is a bridge port, up.
  */
 export async function plugIntoBridge(
   hub: Netns,
   node: Netns,
   port: string,
+  bridge = "br0",
 ): Promise<void> {
   await hub.ip(
     "link",
@@ -194,7 +195,7 @@ export async function plugIntoBridge(
     "netns",
     node.name,
   );
-  await hub.ip("link", "set", port, "master", "br0", "up");
+  await hub.ip("link", "set", port, "master", bridge, "up");
 }
 
 /** Deletes the namespaces named `<prefix>...` that earlier, crashed runs left, killing what still runs in them. */

@@ -18,6 +18,15 @@ const attrs = (ip: string, mac = "0a:00:00:00:00:01"): LeaseAttrs => ({
 const value = (ip: string, mac: string) =>
   `{"PublicIP":"${ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"${mac}"}}`;
 
+/** The network config and node2's lease (10.5.2.0/24), already in etcd. */
+async function withNode2(etcd: FakeEtcd): Promise<void> {
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  await etcd.put(
+    `${PREFIX}/subnets/10.5.2.0-24`,
+    value("198.18.0.2", "0a:00:00:00:00:02"),
+  );
+}
+
 function setup(): { etcd: FakeEtcd; m: EtcdSubnetManager } {
   const etcd = new FakeEtcd();
   const m = new EtcdSubnetManager({
@@ -116,11 +125,7 @@ Deno.test("EtcdSubnetManager retries with another subnet when a racer creates it
 
 Deno.test("A start lists the subnets once: previousAttrs, acquireLease and watchLeases share it, and the watch replays what changed since", async () => {
   const { etcd, m } = setup();
-  await etcd.put(`${PREFIX}/config`, CONFIG);
-  await etcd.put(
-    `${PREFIX}/subnets/10.5.2.0-24`,
-    value("198.18.0.2", "0a:00:00:00:00:02"),
-  );
+  await withNode2(etcd);
   const ac = new AbortController();
   assert.equal(await m.previousAttrs("198.18.0.1", ac.signal), undefined);
   const lease = await m.acquireLease(attrs("198.18.0.1"), ac.signal);
@@ -167,11 +172,7 @@ Deno.test("watchLeases() delivers the first listing even empty, then adds and re
 
 Deno.test("watchLeases() lists again after compaction and reports the deletes it missed", async () => {
   const { etcd, m } = setup();
-  await etcd.put(`${PREFIX}/config`, CONFIG);
-  await etcd.put(
-    `${PREFIX}/subnets/10.5.2.0-24`,
-    value("198.18.0.2", "0a:00:00:00:00:02"),
-  );
+  await withNode2(etcd);
   const ac = new AbortController();
   const c = collector();
   const done = m.watchLeases(c.handler, ac.signal);

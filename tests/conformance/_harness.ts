@@ -415,19 +415,7 @@ export class Harness implements AsyncDisposable {
       await ns.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
       await ns.exec(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
       await ns.ip("link", "add", "cni0", "type", "bridge");
-      await ns.ip(
-        "link",
-        "add",
-        "vethpod",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod.name,
-      );
-      await ns.ip("link", "set", "vethpod", "master", "cni0", "up");
+      await plugIntoBridge(ns, pod, "vethpod", "cni0");
       await ns.ip("link", "set", "cni0", "up");
       await pod.ip("link", "set", "eth0", "up");
       const a: { v4?: string; v6?: string } = {};
