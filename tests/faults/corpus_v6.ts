@@ -40,6 +40,24 @@ export interface DualIds {
 }
 
 /**
+ * The real leases split for a corpus run: node1's own (by its public IP),
+ * its peers, and every real IPv6 subnet.
+ */
+export function splitOwn(real: readonly EtcdLease[], ownIP: string): {
+  own: EtcdLease;
+  peers: EtcdLease[];
+  realSubnets: Set<string | undefined>;
+} {
+  const own = real.find((l) => l.value.PublicIP === ownIP);
+  if (!own) throw new Error(`no lease of node1 (${ownIP}) among the real ones`);
+  return {
+    own,
+    peers: real.filter((l) => l !== own),
+    realSubnets: new Set(real.map((l) => l.ipv6Subnet)),
+  };
+}
+
+/**
  * The identities of case `i` at free IPv4 subnet `10.244.<octet>.0/24`;
  * `tag` (two hex digits) keeps the MACs apart from other corpora's.
  */

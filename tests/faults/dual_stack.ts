@@ -15,6 +15,7 @@ import {
   dualLease,
   type DualSlot,
   dualTraces,
+  splitOwn,
 } from "./corpus_v6.ts";
 import { DIR, EtcdRun } from "./etcd.ts";
 import { type CorpusCase, corpusRun } from "./corpus_run.ts";
@@ -183,11 +184,9 @@ export class DualStackFaults extends EtcdRun {
 
   /** Hostile dual-stack leases in etcd, then a restart with them present. */
   async peerCorpus(): Promise<void> {
-    const real = await this.leases();
     const n1 = this.node(1);
-    const own = real.find((l) => l.value.PublicIP === n1.ip)!;
-    const peers = real.filter((l) => l !== own);
-    const realSubnets = new Set(real.map((l) => l.ipv6Subnet));
+    const real = await this.leases();
+    const { own, peers, realSubnets } = splitOwn(real, n1.ip);
     const cases: CorpusCase[] = [];
     let control: EtcdLease | undefined;
     for (const [i, k] of DUAL_CASES.entries()) {

@@ -21,6 +21,7 @@ import {
   dualLease,
   type DualNodeSlot,
   dualTraces,
+  splitOwn,
 } from "./corpus_v6.ts";
 import { type CorpusCase, corpusRun } from "./corpus_run.ts";
 import { DUAL_NET_CONF } from "./dual_stack.ts";
@@ -139,11 +140,9 @@ export class KubeDualFaults extends FaultRun {
 
   /** Hostile dual-stack Node objects, then node1 restarted with them. */
   async nodeCorpus(): Promise<void> {
-    const real = await this.leases();
     const n1 = this.node(1);
-    const own = real.find((l) => l.value.PublicIP === n1.ip)!;
-    const peers = real.filter((l) => l !== own);
-    const realSubnets = new Set(real.map((l) => l.ipv6Subnet));
+    const real = await this.leases();
+    const { own, peers, realSubnets } = splitOwn(real, n1.ip);
     const cases: CorpusCase[] = [];
     let control: EtcdLease | undefined;
     for (const [i, k] of DUAL_NODE_CASES.entries()) {
