@@ -29,7 +29,14 @@
  *
  * @module
  */
-import { KernelError, type Netlink, RT_TABLE_MAIN } from "../ffi/types.ts";
+import {
+  type FdbInfo,
+  KernelError,
+  type NeighInfo,
+  type Netlink,
+  type RouteInfo,
+  RT_TABLE_MAIN,
+} from "../ffi/types.ts";
 import type { Lease, LeaseEvent } from "../subnet/lease.ts";
 import {
   asState,
@@ -99,6 +106,85 @@ interface FamilyState {
   failed: Set<string>;
   /** The last error of each failing peer, for `/readyz?verbose`. */
   errors: Map<string, string>;
+  /**
+   * While the first listing arrives: the kernel's entries, read once when
+   * its first peers came in and kept up to date with what this run
+   * programs since, so no batch dumps the kernel again.
+   */
+  early?: KernelIndex;
+}
+
+/** Our device's neighbours and FDB entries and the routes, by their keys. */
+class KernelIndex {
+  /** VTEP MAC → remote addresses. */
+  readonly #fdbs = new Map<string, Set<string | undefined>>();
+  /** Neighbour address → MAC. */
+  readonly #neighs = new Map<string, string | undefined>();
+  /** Table and destination → next hop. */
+  readonly #routes = new Map<string, { gw?: string; index?: number }>();
+
+  constructor(kernel: {
+    neighs: NeighInfo[];
+    fdbs: FdbInfo[];
+    routes: RouteInfo[];
+  }) {
+    for (const f of kernel.fdbs) this.#add("fdbSet", f);
+    for (const n of kernel.neighs) this.#neighs.set(n.dst, n.lladdr);
+    for (const r of kernel.routes) this.#routes.set(routeKey(r), r);
+  }
+
+  /** Whether `op` would change an entry this index holds. */
+  changes(op: Op): boolean {
+    switch (op.kind) {
+      case "fdbSet": {
+        const dsts = this.#fdbs.get(op.fdb.lladdr);
+        return dsts !== undefined && dsts.size > 0 && !dsts.has(op.fdb.dst);
+      }
+      case "neighSet": {
+        const lladdr = this.#neighs.get(op.neigh.dst);
+        return lladdr !== undefined && lladdr !== op.neigh.lladdr;
+      }
+      case "routeReplace": {
+        const r = this.#routes.get(routeKey(op.route));
+        return r !== undefined &&
+          (r.gw !== op.route.gw || r.index !== op.route.index);
+      }
+      default:
+        return false;
+    }
+  }
+
+  /** Records an operation the kernel took. */
+  applied(op: Op): void {
+    switch (op.kind) {
+      case "fdbSet":
+      case "fdbDel":
+        this.#add(op.kind, op.fdb);
+        return;
+      case "neighSet":
+        this.#neighs.set(op.neigh.dst, op.neigh.lladdr);
+        return;
+      case "neighDel":
+        this.#neighs.delete(op.neigh.dst);
+        return;
+      case "routeReplace":
+        this.#routes.set(routeKey(op.route), op.route);
+        return;
+      case "routeDel":
+        this.#routes.delete(routeKey(op.route));
+    }
+  }
+
+  #add(kind: "fdbSet" | "fdbDel", f: FdbInfo): void {
+    let dsts = this.#fdbs.get(f.lladdr);
+    if (!dsts) this.#fdbs.set(f.lladdr, dsts = new Set());
+    if (kind === "fdbSet") dsts.add(f.dst);
+    else dsts.delete(f.dst);
+  }
+}
+
+function routeKey(r: RouteInfo): string {
+  return `${r.table ?? RT_TABLE_MAIN} ${r.dst}`;
 }
 
 /** Outcome of one pass, for logs, tests and benchmarks. */
@@ -237,6 +323,7 @@ export class Reconciler {
         return;
       }
       this.#synced = true;
+      for (const f of this.#families) delete f.early;
       this.#trigger();
       return;
     }
@@ -276,33 +363,17 @@ export class Reconciler {
    * be read. The peers held back, for the caller.
    */
   #withoutChanges(
-    plan: FamilyPlan,
+    f: FamilyState,
     ops: Op[],
   ): { ops: Op[]; held: Set<string> } {
-    const kernel = this.#readKernel(plan);
+    if (!f.early) {
+      const kernel = this.#readKernel(f.plan!);
+      if (kernel) f.early = new KernelIndex(kernel);
+    }
     const held = new Set<string>();
     for (const op of ops) {
       if (op.peer === undefined) continue;
-      if (!kernel) held.add(op.peer);
-      else if (op.kind === "fdbSet") {
-        const same = kernel.fdbs.filter((f) => f.lladdr === op.fdb.lladdr);
-        if (same.length > 0 && !same.some((f) => f.dst === op.fdb.dst)) {
-          held.add(op.peer);
-        }
-      } else if (op.kind === "neighSet") {
-        const n = kernel.neighs.find((n) => n.dst === op.neigh.dst);
-        if (n?.lladdr !== undefined && n.lladdr !== op.neigh.lladdr) {
-          held.add(op.peer);
-        }
-      } else if (op.kind === "routeReplace") {
-        const r = kernel.routes.find((r) =>
-          r.dst === op.route.dst &&
-          (r.table ?? RT_TABLE_MAIN) === (op.route.table ?? RT_TABLE_MAIN)
-        );
-        if (r && (r.gw !== op.route.gw || r.index !== op.route.index)) {
-          held.add(op.peer);
-        }
-      }
+      if (!f.early || f.early.changes(op)) held.add(op.peer);
     }
     for (const key of held) {
       log.v(
@@ -336,9 +407,16 @@ export class Reconciler {
       }
       const all = diff(after, asState(before));
       const { ops, held } = early
-        ? this.#withoutChanges(plan, all)
+        ? this.#withoutChanges(f, all)
         : { ops: all, held: new Set<string>() };
       const failed = this.#apply(f, ops);
+      if (early) {
+        for (const op of ops) {
+          if (op.peer === undefined || !failed.has(op.peer)) {
+            f.early?.applied(op);
+          }
+        }
+      }
       for (const key of keys) {
         f.programmed.delete(key);
         f.failed.delete(key);

@@ -673,3 +673,31 @@ Deno.test("Reconciler changes no entry the kernel holds while the listing is sti
   );
   assert.equal(again.rec.ready, true);
 });
+
+Deno.test("Reconciler reads the kernel once per listing, and holds a peer that would change what an earlier batch of it programmed", () => {
+  const { kernel, rec } = node();
+  rec.handle(added(peer(2)));
+  rec.pass();
+  const again = node(undefined, kernel);
+  let dumps = 0;
+  const fdbList = kernel.fdbList.bind(kernel);
+  kernel.fdbList = (index) => (dumps++, fdbList(index));
+  again.rec.handle(added(peer(3)), true);
+  // A later batch of the same listing: a node with node-3's MAC.
+  again.rec.handle(
+    added(peer(60, { key: "b-copies-mac", mac: "0a:00:00:00:00:03" })),
+    true,
+  );
+  again.rec.handle(added(peer(4)), true);
+  assert.equal(dumps, 1, "one FDB dump for three batches");
+  assert.deepEqual(kernel.fdbs.map((f) => `${f.lladdr} ${f.dst}`).sort(), [
+    "0a:00:00:00:00:02 198.18.0.2",
+    "0a:00:00:00:00:03 198.18.0.3",
+    "0a:00:00:00:00:04 198.18.0.4",
+  ]);
+  assert.equal(
+    kernel.routes.filter((r) => r.dst === "10.244.60.0/24").length,
+    0,
+    "held back until the listing is complete",
+  );
+});
