@@ -179,12 +179,28 @@ export function changeSource(
 }
 
 /**
- * A full V8 collection when the runtime exposes one (`--expose-gc` in
+ * Heap growth since the last collection that makes the next pass collect.
+ * A pass over 1000 peers leaves several MiB, one over 5000 tens of MiB,
+ * so large clusters collect after every pass; one over 100 peers leaves a
+ * few hundred KiB, and a full collection (10-20 ms) after each of its
+ * passes was most of weft's idle CPU (bench/results/footprint.md).
+ */
+const GC_GROWTH_BYTES = 8 << 20;
+let heapAfterGc = 0;
+
+/**
+ * A full V8 collection, when the runtime exposes one (`--expose-gc` in
  * deploy/v8-flags.txt, which `deno task start`, `deno task compile` and
- * the image use); nothing otherwise.
+ * the image use) and the heap grew by {@linkcode GC_GROWTH_BYTES} since
+ * the last one; nothing otherwise.
  */
 function collectGarbage(): void {
-  (globalThis as { gc?: () => void }).gc?.();
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc || Deno.memoryUsage().heapUsed - heapAfterGc < GC_GROWTH_BYTES) {
+    return;
+  }
+  gc();
+  heapAfterGc = Deno.memoryUsage().heapUsed;
 }
 
 /** Gateways of the main table's default routes, both families. */
