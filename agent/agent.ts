@@ -138,18 +138,29 @@ async function keepSubnetEnv(
 /** How long after our own kernel writes their notifications are echoes. */
 const ECHO_MS = 250;
 
+/** The devices whose changes wake a pass (see {@linkcode changeSource}). */
+export interface WatchedDevices {
+  /** Overlay devices (flannel.1, flannel-v6.1): everything on them is ours. */
+  readonly overlay: ReadonlySet<number>;
+  /** The external interface: its links, addresses and routes. */
+  readonly external: number;
+}
+
 /**
  * Turns the kernel monitor into the reconciler's change source. It wakes
- * the reconciler for anything on our devices (the overlay device and the
- * external interface) and for any route deletion; pod churn (veths coming
- * and going, ARP on cni0) is ignored so a busy node does not spin passes.
+ * the reconciler for anything on the overlay devices, for link, address
+ * and route changes on the external interface, and for any route
+ * deletion. Pod churn (veths coming and going, ARP on cni0) and the
+ * external interface's own neighbour states (ARP and NDP of the
+ * underlay, which change with every peer's traffic) are ignored, so a
+ * busy node does not spin passes.
  * Notifications right after our own writes are echoes of them: waking a
  * full pass for each would stall the next lease event behind a pass over
  * thousands of peers. A deletion is only an echo if we deleted something.
  */
 export function changeSource(
   monitor: NetlinkMonitor,
-  watched: () => Set<number>,
+  watched: () => WatchedDevices,
   rec: Pick<Reconciler, "lastWrite">,
 ): ChangeSource {
   return {
@@ -166,9 +177,12 @@ export function changeSource(
           return s;
         }
         const now = performance.now();
-        const ours = watched();
+        const { overlay, external } = watched();
         const dels = s.delLink + s.delAddr + s.delNeigh + s.delFdb;
-        const onOurs = s.indexes.some((i) => ours.has(i));
+        const onOurs = s.indexes.some((i) =>
+          i === external || overlay.has(i)
+        ) ||
+          s.neighIndexes.some((i) => overlay.has(i));
         const del = s.delRoute > 0 || (onOurs && dels > 0);
         if (del && now - rec.lastWrite.del > ECHO_MS) return s;
         if (onOurs && now - rec.lastWrite.any > ECHO_MS) return s;
@@ -402,13 +416,13 @@ export async function runAgent(
         }`,
       );
     }
-    const watched = () => {
-      const ids = new Set<number>([e.index]);
+    const watched = (): WatchedDevices => {
+      const overlay = new Set<number>();
       for (const f of network.families) {
         const i = rec.plan(f.family)?.deviceIndex;
-        if (i !== undefined) ids.add(i);
+        if (i !== undefined) overlay.add(i);
       }
-      return ids;
+      return { overlay, external: e.index };
     };
 
     // Our own stop (a component failed) or the caller's (a signal, which

@@ -28,7 +28,7 @@ Deno.test("changeSource() wakes on an overrun, counts it and warns once", async 
     const overrun = { ...emptySummary(), overrun: true };
     const src = changeSource(
       monitorOf([churn, overrun]),
-      () => new Set([7]),
+      () => ({ overlay: new Set([7]), external: 2 }),
       idle,
     );
     assert.equal(await src.next(), overrun);
@@ -40,4 +40,17 @@ Deno.test("changeSource() wakes on an overrun, counts it and warns once", async 
   } finally {
     setLogSink(prev);
   }
+});
+
+Deno.test("changeSource() ignores the external interface's ARP states, not the overlay's neighbours or its links", async () => {
+  const watched = () => ({ overlay: new Set([7]), external: 2 });
+  const arp = { ...emptySummary(), newNeigh: 3, neighIndexes: [2] };
+  const overlayNeigh = { ...emptySummary(), delNeigh: 1, neighIndexes: [7] };
+  const src = changeSource(monitorOf([arp, overlayNeigh]), watched, idle);
+  assert.equal(await src.next(), overlayNeigh, "eth0's ARP churn skipped");
+  const extLink = { ...emptySummary(), newLink: 1, indexes: [2] };
+  const fdb = { ...emptySummary(), newFdb: 1, neighIndexes: [7] };
+  const src2 = changeSource(monitorOf([extLink, fdb]), watched, idle);
+  assert.equal(await src2.next(), extLink, "the external interface's link");
+  assert.equal(await src2.next(), fdb, "an FDB entry on the overlay device");
 });

@@ -205,13 +205,14 @@ export function emptySummary(): SummaryCounts {
     newFdb: 0,
     delFdb: 0,
     indexes: [],
+    neighIndexes: [],
     overrun: false,
   };
 }
 
-function addIndex(s: SummaryCounts, index: number): void {
-  if (index > 0 && !s.indexes.includes(index)) {
-    (s.indexes as number[]).push(index);
+function addIndex(indexes: readonly number[], index: number): void {
+  if (index > 0 && !indexes.includes(index)) {
+    (indexes as number[]).push(index);
   }
 }
 
@@ -222,8 +223,9 @@ function i32At(p: Uint8Array, off: number): number {
 
 /**
  * Adds the notifications in one datagram to `s`: counts by message type,
- * and the device index each names (ifinfomsg/ifaddrmsg/ndmsg index, the
- * route's RTA_OIF). Neighbour messages of family AF_BRIDGE count as FDB.
+ * and the device index each names (ifinfomsg/ifaddrmsg index and the
+ * route's RTA_OIF in `indexes`, the ndmsg index in `neighIndexes`).
+ * Neighbour messages of family AF_BRIDGE count as FDB.
  */
 export function summarize(buf: Uint8Array, s: SummaryCounts): SummaryCounts {
   for (const m of parseMessages(buf)) {
@@ -233,13 +235,13 @@ export function summarize(buf: Uint8Array, s: SummaryCounts): SummaryCounts {
       case RTM_DELLINK:
         if (m.type === RTM_NEWLINK) s.newLink++;
         else s.delLink++;
-        addIndex(s, i32At(p, 4));
+        addIndex(s.indexes, i32At(p, 4));
         break;
       case RTM_NEWADDR:
       case RTM_DELADDR:
         if (m.type === RTM_NEWADDR) s.newAddr++;
         else s.delAddr++;
-        addIndex(s, i32At(p, 4));
+        addIndex(s.indexes, i32At(p, 4));
         break;
       case RTM_NEWROUTE:
       case RTM_DELROUTE: {
@@ -248,7 +250,7 @@ export function summarize(buf: Uint8Array, s: SummaryCounts): SummaryCounts {
         const oif = p.length >= RTMSG_LEN
           ? parseAttrs(p, RTMSG_LEN).get(RTA_OIF)
           : undefined;
-        if (oif && oif.length >= 4) addIndex(s, u32(oif));
+        if (oif && oif.length >= 4) addIndex(s.indexes, u32(oif));
         break;
       }
       case RTM_NEWNEIGH:
@@ -259,7 +261,7 @@ export function summarize(buf: Uint8Array, s: SummaryCounts): SummaryCounts {
           else s.newNeigh++;
         } else if (bridge) s.delFdb++;
         else s.delNeigh++;
-        addIndex(s, i32At(p, 4));
+        addIndex(s.neighIndexes, i32At(p, 4));
         break;
       }
     }

@@ -150,6 +150,7 @@ Deno.test("summarize counts notifications by kind and collects device indexes", 
     newNeigh: 1,
     newFdb: 1,
     indexes: [4, 9],
+    neighIndexes: [4],
   });
   assert(!s.overrun);
 });

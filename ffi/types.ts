@@ -227,8 +227,17 @@ export interface NotificationSummary {
   readonly delNeigh: number;
   readonly newFdb: number;
   readonly delFdb: number;
-  /** Device indexes named by the messages, deduplicated, in order seen. */
+  /**
+   * Device indexes named by link, address and route messages,
+   * deduplicated, in order seen.
+   */
   readonly indexes: readonly number[];
+  /**
+   * Device indexes named by neighbour and FDB messages, apart: on the
+   * external interface these are ARP and NDP state changes of the
+   * underlay, which come and go with traffic and are nobody's drift.
+   */
+  readonly neighIndexes: readonly number[];
   /**
    * The kernel dropped notifications (ENOBUFS): what changed is unknown,
    * so the caller should resync everything.
