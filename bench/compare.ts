@@ -27,6 +27,10 @@
  * - CPU seconds to sync: utime + stime of the agent process
  *   (`/proc/<pid>/stat`) at that moment; RSS: `VmRSS` of the agent
  *   process (for weft, the deno process) 2 s after the sync.
+ * - idle CPU: utime + stime over a window after the additions, at one N;
+ *   with `--arp-churn`, the benchmark meanwhile flips neighbour entries on
+ *   the agent's eth0 between reachable and stale at that rate, as traffic
+ *   to peers does on a real node, and weft's full passes are counted.
  * - convergence: a new Node is POSTed and the time until its route shows
  *   up in `ip monitor route`; p50 and p99 over the additions.
  * - floors: `ip -batch` + `bridge -batch` for the same N−1 peers in a
@@ -34,8 +38,9 @@
  *   (`limit=500`, read and parsed) by this process.
  *
  * Run: `deno run -A bench/compare.ts [--weft=<checkout>] [--logs=<dir>]
- * [--out=<dir>] [--idle=<s>] [--additions=60] [--modes=kube,etcd]
- * [--tag=<namespace tag>] [N...]`
+ * [--out=<dir>] [--idle=<s>] [--arp-churn=<changes/s>] [--additions=60]
+ * [--modes=kube,etcd] [--agents=weft,flanneld] [--tag=<namespace tag>]
+ * [N...]`
  * (default N = 0 10 100 1000 5000 in both modes; idle CPU over <s>
  * seconds, default 60, at N=1000; results go to bench/results/ unless
  * `--out` says otherwise);
@@ -103,6 +108,17 @@ export interface CompareOptions {
   readonly idleAtN?: number;
   /** Length of the idle window, s. Default 60. */
   readonly idleSec?: number;
+  /**
+   * ARP state changes a second on the agent's eth0 during the idle window,
+   * as a real node's traffic to its peers makes them. Default 0.
+   */
+  readonly arpChurn?: number;
+  /**
+   * Only these agents run (default both). With one, no row is written and
+   * its figures are only in the progress lines: for a size the other
+   * agent cannot sync at.
+   */
+  readonly agents?: Agent[];
   /** Where the leases live. Default kube. */
   readonly mode?: Mode;
   /**
@@ -652,6 +668,24 @@ const METRICS_PORT = 18400;
 async function eventToKernel(
   ns: Netns,
 ): Promise<{ sum: number; count: number } | undefined> {
+  const text = await weftMetrics(ns);
+  const v = (name: string) =>
+    Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
+  const sum = v("weft_event_to_kernel_seconds_sum");
+  const count = v("weft_event_to_kernel_seconds_count");
+  return Number.isFinite(sum) && Number.isFinite(count)
+    ? { sum, count }
+    : undefined;
+}
+
+/** weft's full reconcile passes so far (NaN for flanneld). */
+async function fullPasses(ns: Netns): Promise<number> {
+  const m = /^weft_reconcile_passes_total (\d+)$/m.exec(await weftMetrics(ns));
+  return m ? Number(m[1]) : NaN;
+}
+
+/** weft's /metrics in `ns` ("" if nothing answers). */
+async function weftMetrics(ns: Netns): Promise<string> {
   const out = await new Deno.Command("ip", {
     args: [
       "netns",
@@ -664,14 +698,36 @@ async function eventToKernel(
     stdout: "piped",
     stderr: "null",
   }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  const v = (name: string) =>
-    Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
-  const sum = v("weft_event_to_kernel_seconds_sum");
-  const count = v("weft_event_to_kernel_seconds_count");
-  return Number.isFinite(sum) && Number.isFinite(count)
-    ? { sum, count }
-    : undefined;
+  return new TextDecoder().decode(out.stdout);
+}
+
+/**
+ * Changes the state of `perSecond` neighbour entries a second on `eth0`
+ * in `ns`, in steps of 100 ms, between reachable and stale: what traffic
+ * to peers does to a real node's underlay ARP entries. Until stopped.
+ */
+function arpChurn(ns: Netns, perSecond: number): { stop(): Promise<void> } {
+  let stopped = false;
+  const perStep = Math.max(1, Math.round(perSecond / 10));
+  const loop = (async () => {
+    for (let step = 0; !stopped; step++) {
+      const lines = Array.from({ length: perStep }, (_, k) => {
+        const i = (step * perStep + k) % 250;
+        const nud = step % 2 === 0 ? "reachable" : "stale";
+        return `neigh replace 198.19.254.${i + 1} lladdr 02:00:00:00:fe:${
+          i.toString(16).padStart(2, "0")
+        } dev eth0 nud ${nud}`;
+      });
+      await run(["ip", "-n", ns.name, "-batch", "-"], lines.join("\n") + "\n");
+      await sleep(100);
+    }
+  })();
+  return {
+    stop: async () => {
+      stopped = true;
+      await loop;
+    },
+  };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -690,6 +746,8 @@ export interface RunContext {
   readonly logDir: string | undefined;
   readonly idleAtN: number;
   readonly idleSec: number;
+  /** ARP state changes a second on eth0 during the idle window. */
+  readonly arpChurn: number;
   readonly additions: number;
   readonly syncTimeoutMs: number;
   readonly progress: (line: string) => void;
@@ -888,8 +946,15 @@ export async function runAgent(
     let idle: { idleCpuPct: number; idleSec: number } | undefined;
     if (n === ctx.idleAtN && ctx.idleSec > 0) {
       const c0 = end.cpuSec;
-      await sleep(ctx.idleSec * 1000);
+      const p0 = await fullPasses(ns);
+      const churn = ctx.arpChurn > 0 ? arpChurn(ns, ctx.arpChurn) : undefined;
+      try {
+        await sleep(ctx.idleSec * 1000);
+      } finally {
+        await churn?.stop();
+      }
       const c1 = (await procStats(pid)).cpuSec;
+      const passes = (await fullPasses(ns)) - p0;
       idle = {
         idleCpuPct: ((c1 - c0) / ctx.idleSec) * 100,
         idleSec: ctx.idleSec,
@@ -897,7 +962,11 @@ export async function runAgent(
       ctx.progress(
         `  ${agent} N=${n}: idle CPU ${
           idle.idleCpuPct.toFixed(3)
-        }% of a core over ${ctx.idleSec} s`,
+        }% of a core over ${ctx.idleSec} s${
+          ctx.arpChurn > 0
+            ? ` with ${ctx.arpChurn} ARP state changes a second on eth0`
+            : ""
+        }${Number.isNaN(passes) ? "" : `, ${passes} full passes`}`,
       );
     }
     const rssPeak = (await procStats(pid)).hwm;
@@ -1047,6 +1116,7 @@ export async function benchCompare(
       v8Flags: await startV8Flags(opts.weftRoot ?? ROOT),
       idleAtN: opts.idleAtN ?? 1000,
       idleSec: opts.idleSec ?? 60,
+      arpChurn: opts.arpChurn ?? 0,
       nsTag: opts.nsTag ?? "cmp",
       flanneld,
       weftMain,
@@ -1082,7 +1152,12 @@ export async function benchCompare(
         ? ["flanneld", "weft"]
         : ["weft", "flanneld"];
       const res: Partial<Record<Agent, AgentResult>> = {};
-      for (const agent of order) res[agent] = await runAgent(agent, n, ctx);
+      for (const agent of order) {
+        if (opts.agents && !opts.agents.includes(agent)) continue;
+        res[agent] = await runAgent(agent, n, ctx);
+      }
+      // A row compares both; one agent alone is only in the progress lines.
+      if (!res.flanneld || !res.weft) continue;
       rows.push({
         mode,
         n,
@@ -1123,6 +1198,8 @@ if (import.meta.main) {
   const weft = Deno.args.find((a) => a.startsWith("--weft="));
   const logs = Deno.args.find((a) => a.startsWith("--logs="));
   const idle = Deno.args.find((a) => a.startsWith("--idle="));
+  const churn = Deno.args.find((a) => a.startsWith("--arp-churn="));
+  const agents = Deno.args.find((a) => a.startsWith("--agents="));
   const additions = Deno.args.find((a) => a.startsWith("--additions="));
   const modesArg = Deno.args.find((a) => a.startsWith("--modes="));
   const tag = Deno.args.find((a) => a.startsWith("--tag="));
@@ -1137,6 +1214,10 @@ if (import.meta.main) {
         {
           mode,
           ...(idle && { idleSec: Number(idle.slice("--idle=".length)) }),
+          ...(churn &&
+            { arpChurn: Number(churn.slice("--arp-churn=".length)) }),
+          ...(agents &&
+            { agents: agents.slice("--agents=".length).split(",") as Agent[] }),
           ...(additions &&
             { additions: Number(additions.slice("--additions=".length)) }),
           progress: (l) => console.error(l),
