@@ -2,10 +2,12 @@
  * Benchmark (not a test): where weft's start-up goes before its first API
  * request, step by step, each measured as its own process so one step's
  * caches do not flatter the next: a bare `deno run` of an empty script
- * (the runtime alone), loading every module of the agent's kube path from
- * a cold and from a warm transpile cache (`DENO_DIR`), and opening libnl
- * plus the first link and route dumps (read only, in the host's own
- * namespace). Each probe then lets the event loop run for 200 ms, as any
+ * (the runtime alone), loading every module of the agent's etcd path, and
+ * of its kube path from a cold and from a warm transpile cache
+ * (`DENO_DIR`; the kube client's transport is `node:https`, which brings
+ * Deno's Node compatibility layer), opening libnl plus the first link and
+ * route dumps (read only, in the host's own namespace), and one GET
+ * through the kube client's transport to a local TLS server. Each probe then lets the event loop run for 200 ms, as any
  * long-lived process does (a bare Deno process grows by some 7 MiB on its
  * first timer). Prints a markdown table with time, CPU (utime+stime, 10 ms
  * ticks) and RSS; medians of `--runs` (default 5) runs.
@@ -23,6 +25,7 @@
 import { median } from "./_stats.ts";
 import { realisticNode } from "./kube.ts";
 import { startV8Flags } from "./compare.ts";
+import { makeCa, SERVER_EXT, signedCert } from "../tests/servers/pki.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -87,6 +90,33 @@ console.log(JSON.stringify({
   };
 }
 
+/** An HTTPS server answering "ok", with a throwaway CA in `dir`. */
+async function tlsServer(): Promise<
+  { dir: string; port: number; close(): Promise<void> }
+> {
+  const dir = await Deno.makeTempDir({ prefix: "weft-startup-tls-" });
+  await makeCa(dir);
+  await signedCert(dir, `${dir}/server`, "/CN=127.0.0.1", [
+    ...SERVER_EXT,
+    "subjectAltName=IP:127.0.0.1",
+  ]);
+  const server = Deno.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: await Deno.readTextFile(`${dir}/server.crt`),
+    key: await Deno.readTextFile(`${dir}/server.key`),
+    onListen: () => {},
+  }, () => new Response("ok"));
+  return {
+    dir,
+    port: server.addr.port,
+    close: async () => {
+      await server.shutdown();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
 /** A NodeList body of `n` realistic flannel vxlan Nodes, written to a file. */
 async function listBody(n: number): Promise<string> {
   const p = "flannel.alpha.coreos.com";
@@ -140,8 +170,22 @@ if (import.meta.main) {
   const flags = await startV8Flags(ROOT);
   const kubePath = `import "${ROOT}main.ts";
 import "${ROOT}subnet/kube/manager.ts";`;
+  const netlinkPath = `${kubePath}
+import { openNetlink } from "${ROOT}ffi/netlink.ts";
+const nl = openNetlink();
+nl.linkList();
+nl.routeList({ family: 4 });`;
+  const tls = await tlsServer();
   const rows = [
     await probe("empty script (the runtime alone)", "", runs, undefined, flags),
+    await probe(
+      "agent modules, etcd path, warm transpile cache",
+      `import "${ROOT}main.ts";
+import "${ROOT}subnet/etcd/manager.ts";`,
+      runs,
+      undefined,
+      flags,
+    ),
     await probe(
       "agent modules, kube path, cold transpile cache",
       kubePath,
@@ -150,7 +194,7 @@ import "${ROOT}subnet/kube/manager.ts";`;
       flags,
     ),
     await probe(
-      "agent modules, kube path, warm transpile cache",
+      "agent modules, kube path (with `node:https`), warm transpile cache",
       kubePath,
       runs,
       undefined,
@@ -158,16 +202,25 @@ import "${ROOT}subnet/kube/manager.ts";`;
     ),
     await probe(
       "the same + libnl open (FFI) + first link and route dumps",
-      `${kubePath}
-import { openNetlink } from "${ROOT}ffi/netlink.ts";
-const nl = openNetlink();
-nl.linkList();
-nl.routeList({ family: 4 });`,
+      netlinkPath,
+      runs,
+      undefined,
+      flags,
+    ),
+    await probe(
+      "the same + one GET through the kube client's transport to a local TLS server",
+      `${netlinkPath}
+const { pinnedFetch } = await import("${ROOT}subnet/kube/pinned_fetch.ts");
+const get = pinnedFetch({ ca: Deno.readTextFileSync("${tls.dir}/ca.crt") });
+const res = await get("https://127.0.0.1:${tls.port}/");
+if ((await res.text()) !== "ok") throw new Error("TLS probe");
+get.close();`,
       runs,
       undefined,
       flags,
     ),
   ];
+  await tls.close();
   const body = await listBody(5000);
   const bodyMiB = (await Deno.stat(body)).size / 2 ** 20;
   const decode = [];
