@@ -153,7 +153,10 @@ export interface WatchedDevices {
  * deletion. Pod churn (veths coming and going, ARP on cni0) and the
  * external interface's own neighbour states (ARP and NDP of the
  * underlay, which change with every peer's traffic) are ignored, so a
- * busy node does not spin passes.
+ * busy node does not spin passes. It is quiet (see
+ * {@linkcode ChangeSource.quiet}) while none of those arrived, echoes
+ * included, since it was last asked, and while it hears everything: after
+ * an overrun or once the monitor fails, it never is.
  * Notifications right after our own writes are echoes of them: waking a
  * full pass for each would stall the next lease event behind a pass over
  * thousands of peers. A deletion is only an echo if we deleted something.
@@ -163,11 +166,20 @@ export function changeSource(
   watched: () => WatchedDevices,
   rec: Pick<Reconciler, "lastWrite">,
 ): ChangeSource {
+  let heard = true;
+  let deaf = false;
   return {
     async next() {
       for (;;) {
-        const s = await monitor.next();
+        let s;
+        try {
+          s = await monitor.next();
+        } catch (e) {
+          deaf = true;
+          throw e;
+        }
         if (s.overrun) {
+          heard = true;
           // Whatever changed meanwhile is unknown: the pass this wakes
           // compares everything with the kernel.
           metrics.netlinkOverruns.inc();
@@ -184,11 +196,20 @@ export function changeSource(
         ) ||
           s.neighIndexes.some((i) => overlay.has(i));
         const del = s.delRoute > 0 || (onOurs && dels > 0);
+        if (del || onOurs) heard = true;
         if (del && now - rec.lastWrite.del > ECHO_MS) return s;
         if (onOurs && now - rec.lastWrite.any > ECHO_MS) return s;
       }
     },
-    close: () => monitor.close(),
+    close: () => {
+      deaf = true;
+      monitor.close();
+    },
+    quiet: () => {
+      const quiet = !heard && !deaf;
+      heard = false;
+      return quiet;
+    },
   };
 }
 

@@ -54,3 +54,28 @@ Deno.test("changeSource() ignores the external interface's ARP states, not the o
   assert.equal(await src2.next(), extLink, "the external interface's link");
   assert.equal(await src2.next(), fdb, "an FDB entry on the overlay device");
 });
+
+Deno.test("changeSource() is quiet only while nothing about our objects arrived, echoes included, and never after an overrun or a failure", async () => {
+  const watched = () => ({ overlay: new Set([7]), external: 2 });
+  const podChurn = { ...emptySummary(), newLink: 1, indexes: [42] };
+  const ours = { ...emptySummary(), newNeigh: 1, neighIndexes: [7] };
+  const overrun = { ...emptySummary(), overrun: true };
+  // Our own write just now: what follows is its echo, and wakes nothing.
+  const busy = {
+    lastWrite: { any: performance.now() + 60_000, del: -Infinity },
+  };
+  const src = changeSource(
+    monitorOf([podChurn, ours, overrun]),
+    watched,
+    busy,
+  );
+  assert.equal(src.quiet!(), false, "nothing is known before it starts");
+  assert.equal(src.quiet!(), true);
+  // The echo is not returned; the overrun is; both were heard.
+  assert.equal(await src.next(), overrun);
+  assert.equal(src.quiet!(), false);
+  assert.equal(src.quiet!(), true);
+  await assert.rejects(src.next(), /drained/);
+  assert.equal(src.quiet!(), false, "a failed monitor hears nothing");
+  assert.equal(src.quiet!(), false);
+});

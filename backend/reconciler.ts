@@ -73,7 +73,20 @@ export interface FamilyNetwork {
 export interface ChangeSource {
   next(): Promise<unknown>;
   close(): void;
+  /**
+   * Whether the kernel has reported nothing about our objects since the
+   * last call, echoes of our own writes included, and the source still
+   * hears every notification (no overrun, not stopped). Each call starts
+   * a new interval. Without it, every period runs a pass.
+   */
+  quiet?(): boolean;
 }
+
+/**
+ * Periods in a row whose pass is skipped while the change source is
+ * quiet: with the default period, a full pass at least once a minute.
+ */
+export const MAX_QUIET_SKIPS = 5;
 
 /** Options of {@linkcode Reconciler}. */
 export interface ReconcilerOptions {
@@ -81,7 +94,11 @@ export interface ReconcilerOptions {
   readonly ownKey: string;
   /** Backend type whose leases are peers (`vxlan`, `host-gw`). */
   readonly backendType: string;
-  /** Time between full passes, milliseconds. Default 10 000. */
+  /**
+   * Time between full passes, milliseconds. Default 10 000. While the
+   * change source is quiet, only every {@linkcode MAX_QUIET_SKIPS}+1st
+   * period runs one: the kernel has reported no change to compare.
+   */
   readonly periodMs?: number;
   /** Debounce after a kernel notification, milliseconds. Default 100. */
   readonly debounceMs?: number;
@@ -599,8 +616,10 @@ export class Reconciler {
   }
 
   /**
-   * Runs passes until `signal` aborts: on the period, soon after a kernel
-   * change reported by `changes`, and with backoff after a failure.
+   * Runs passes until `signal` aborts: on the period (skipping up to
+   * {@linkcode MAX_QUIET_SKIPS} periods in a row while `changes` is
+   * quiet), soon after a kernel change reported by `changes`, and with
+   * backoff after a failure.
    */
   async run(signal: AbortSignal, changes?: ChangeSource): Promise<void> {
     let failures = 0;
@@ -623,8 +642,18 @@ export class Reconciler {
       changes?.close();
       this.#trigger();
     }, { once: true });
+    let byTimer = false;
+    let skipped = 0;
     while (!signal.aborted) {
-      if (this.#synced) {
+      const quiet = changes?.quiet?.() ?? false;
+      if (
+        this.#synced && byTimer && quiet && failures === 0 && !this.#dirty &&
+        skipped < MAX_QUIET_SKIPS
+      ) {
+        skipped++;
+        metrics.reconcileQuietSkips.inc();
+      } else if (this.#synced) {
+        skipped = 0;
         const r = this.pass();
         this.#opts.afterPass();
         failures = r.errors > 0 ? failures + 1 : 0;
@@ -632,9 +661,9 @@ export class Reconciler {
       const wait = failures > 0
         ? Math.min(this.#opts.periodMs, 500 * 2 ** Math.min(failures, 6))
         : this.#opts.periodMs;
-      await new Promise<void>((resolve) => {
-        this.#wake = resolve;
-        this.#timer = setTimeout(resolve, wait);
+      byTimer = await new Promise<boolean>((resolve) => {
+        this.#wake = () => resolve(false);
+        this.#timer = setTimeout(() => resolve(true), wait);
       });
       clearTimeout(this.#timer);
       this.#wake = undefined;

@@ -701,3 +701,40 @@ Deno.test("Reconciler reads the kernel once per listing, and holds a peer that w
     "held back until the listing is complete",
   );
 });
+
+Deno.test("Reconciler.run() skips at most five periods in a row while the kernel reports nothing", async () => {
+  const { kernel, network, own } = node();
+  const rec = new Reconciler(kernel, network.families, {
+    ownKey: own.key,
+    backendType: "vxlan",
+    periodMs: 2,
+  });
+  let quiet = true;
+  let closed: (e: Error) => void = () => {};
+  const changes = {
+    next: () => new Promise<never>((_, reject) => closed = reject),
+    close: () => closed(new Error("closed")),
+    quiet: () => quiet,
+  };
+  const skips = () => metrics.reconcileQuietSkips.get();
+  const before = skips();
+  rec.handle(added(peer(2)));
+  const ac = new AbortController();
+  const done = rec.run(ac.signal, changes);
+  while (skips() - before < 12) await new Promise((r) => setTimeout(r, 2));
+  const skipped = skips() - before;
+  const passes = rec.passes;
+  // The listing's own pass, then one after every fifth skip.
+  assert.ok(
+    passes >= 1 + Math.floor(skipped / 5) - 1 &&
+      passes <= 1 + Math.ceil(skipped / 5),
+    `${passes} passes for ${skipped} skips`,
+  );
+  // Heard something: every period runs a pass again, none is skipped.
+  quiet = false;
+  const [p0, s0] = [rec.passes, skips()];
+  while (rec.passes < p0 + 3) await new Promise((r) => setTimeout(r, 2));
+  ac.abort();
+  await done;
+  assert.equal(skips(), s0);
+});

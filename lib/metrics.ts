@@ -168,6 +168,10 @@ export const metrics = (() => {
       "weft_reconcile_passes_total",
       "Reconcile passes run",
     ),
+    reconcileQuietSkips: r.counter(
+      "weft_reconcile_quiet_skips_total",
+      "Periodic reconcile passes skipped: the kernel reported no change to weft's objects since the last",
+    ),
     reconcileDuration: r.histogram(
       "weft_reconcile_duration_seconds",
       "Duration of reconcile passes",
