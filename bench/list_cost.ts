@@ -109,6 +109,7 @@ export async function benchListCost(
       logDir,
       idleAtN: -1,
       idleSec: 0,
+      arpChurn: 0,
       additions: 0,
       syncTimeoutMs: 180_000,
       progress,
