@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { added, node, peer, removed } from "./_testing.ts";
 import { MemoryKernel } from "./memory_kernel.ts";
 import { createBackend } from "./registry.ts";
-import { Reconciler } from "./reconciler.ts";
+import { Reconciler, type ReconcilerOptions } from "./reconciler.ts";
 import { parseNetConfig } from "../subnet/config.ts";
 import { unwrap } from "../lib/result.ts";
 import { NLE_EXIST } from "../ffi/types.ts";
@@ -553,13 +553,19 @@ Deno.test("Reconciler: a peer the kernel keeps refusing leaves it synced (ready 
   assert.equal(metrics.peersFailing.get(), 0);
 });
 
-Deno.test("Reconciler.run() adds no lasting abort listener per kernel notification", async () => {
+/** A node's reconciler with its own `run()` options, for the run loop. */
+function runnable(opts: Partial<ReconcilerOptions>) {
   const { kernel, network, own } = node();
   const rec = new Reconciler(kernel, network.families, {
     ownKey: own.key,
     backendType: "vxlan",
-    debounceMs: 0,
+    ...opts,
   });
+  return { kernel, rec };
+}
+
+Deno.test("Reconciler.run() adds no lasting abort listener per kernel notification", async () => {
+  const { rec } = runnable({ debounceMs: 0 });
   rec.handle(added(peer(2)));
   const ac = new AbortController();
   // Count the listeners on the run signal as they come and go.
@@ -603,14 +609,8 @@ Deno.test("Reconciler.run() adds no lasting abort listener per kernel notificati
 });
 
 Deno.test("Reconciler.run() calls afterPass once after each full pass, none before the first listing", async () => {
-  const { kernel, network, own } = node();
   let calls = 0;
-  const rec = new Reconciler(kernel, network.families, {
-    ownKey: own.key,
-    backendType: "vxlan",
-    periodMs: 1,
-    afterPass: () => calls++,
-  });
+  const { kernel, rec } = runnable({ periodMs: 1, afterPass: () => calls++ });
   const ac = new AbortController();
   const done = rec.run(ac.signal);
   await new Promise((r) => setTimeout(r, 20));
@@ -703,12 +703,7 @@ Deno.test("Reconciler reads the kernel once per listing, and holds a peer that w
 });
 
 Deno.test("Reconciler.run() skips at most five periods in a row while the kernel reports nothing", async () => {
-  const { kernel, network, own } = node();
-  const rec = new Reconciler(kernel, network.families, {
-    ownKey: own.key,
-    backendType: "vxlan",
-    periodMs: 2,
-  });
+  const { rec } = runnable({ periodMs: 2 });
   let quiet = true;
   let closed: (e: Error) => void = () => {};
   const changes = {
