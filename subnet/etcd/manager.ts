@@ -34,6 +34,7 @@ import {
   watchSubnets,
 } from "./watch.ts";
 import {
+  type Compare,
   describe,
   type EtcdApi,
   EtcdClient,
@@ -522,38 +523,21 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     }
 
     const key = subnetKey(this.#prefix, pair);
-    const started = Date.now();
-    const startedMono = performance.now();
-    const grant = await this.#client.leaseGrant(this.#ttl, signal);
-    let txn;
-    try {
-      txn = await this.#client.txn(
-        [{ key, target: "VERSION", result: "EQUAL", value: 0n }],
-        [{ put: { key, value: encodeLeaseAttrs(attrs), lease: grant.id } }],
-        [],
-        signal,
-      );
-    } catch (e) {
-      await this.#revokeQuietly(grant.id);
-      throw e;
-    }
-    if (!txn.succeeded) {
-      await this.#revokeQuietly(grant.id);
-      return undefined;
-    }
+    const put = await this.#putWithNewLease(
+      { key, target: "VERSION", result: "EQUAL", value: 0n },
+      key,
+      encodeLeaseAttrs(attrs),
+      signal,
+    );
+    if (!put) return undefined;
     const lease: Lease = {
       key,
       subnet: pair.subnet,
       ...(pair.ipv6Subnet !== undefined && { ipv6Subnet: pair.ipv6Subnet }),
       attrs,
-      expiration: new Date(started + grant.ttl * 1000),
+      expiration: put.expiration,
     };
-    this.#own = {
-      lease,
-      leaseId: grant.id,
-      revision: txn.revision,
-      expiresMono: startedMono + grant.ttl * 1000,
-    };
+    this.#own = { lease, ...put.own };
     log.info(
       `Allocated lease (${describePair(pair)}) to current node (${ourIP})`,
     );
@@ -596,14 +580,40 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       this.#own = { lease: base, leaseId: "0", revision: r.revision };
       return base;
     }
+    const put = await this.#putWithNewLease(unchanged, kv.key, value, signal);
+    if (!put) return undefined;
+    await this.#revokeQuietly(kv.lease);
+    const lease = { ...base, expiration: put.expiration };
+    this.#own = { lease, ...put.own };
+    return lease;
+  }
+
+  /**
+   * Puts `value` at `key` under a new etcd lease of the lease TTL if
+   * `compare` holds. Undefined, with the new lease revoked, when it does
+   * not; a failed call revokes it too. Else the lease's expiration and
+   * what {@linkcode #own} keeps of it.
+   */
+  async #putWithNewLease(
+    compare: Compare,
+    key: string,
+    value: string,
+    signal: AbortSignal,
+  ): Promise<
+    | {
+      expiration: Date;
+      own: { leaseId: string; revision: bigint; expiresMono: number };
+    }
+    | undefined
+  > {
     const started = Date.now();
     const startedMono = performance.now();
     const grant = await this.#client.leaseGrant(this.#ttl, signal);
-    let r;
+    let txn;
     try {
-      r = await this.#client.txn(
-        [unchanged],
-        [{ put: { key: kv.key, value, lease: grant.id } }],
+      txn = await this.#client.txn(
+        [compare],
+        [{ put: { key, value, lease: grant.id } }],
         [],
         signal,
       );
@@ -611,22 +621,18 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       await this.#revokeQuietly(grant.id);
       throw e;
     }
-    if (!r.succeeded) {
+    if (!txn.succeeded) {
       await this.#revokeQuietly(grant.id);
       return undefined;
     }
-    await this.#revokeQuietly(kv.lease);
-    const lease = {
-      ...base,
+    return {
       expiration: new Date(started + grant.ttl * 1000),
+      own: {
+        leaseId: grant.id,
+        revision: txn.revision,
+        expiresMono: startedMono + grant.ttl * 1000,
+      },
     };
-    this.#own = {
-      lease,
-      leaseId: grant.id,
-      revision: r.revision,
-      expiresMono: startedMono + grant.ttl * 1000,
-    };
-    return lease;
   }
 
   async #revokeQuietly(id: string): Promise<void> {
