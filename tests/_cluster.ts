@@ -19,6 +19,30 @@ const ROOT = new URL("..", import.meta.url).pathname;
 export const SWITCH_IP = "198.18.0.254";
 /** The switch's IPv6 address on a dual-stack underlay (`ipv6` option). */
 export const SWITCH_IP6 = "fd00:18::fe";
+
+/**
+ * `etcd` and its arguments for a one-member cluster `name` serving clients
+ * on the switch address and loopback of the namespace it runs in.
+ */
+export function etcdCommand(name: string, dataDir: string): string[] {
+  return [
+    "etcd",
+    "--name",
+    name,
+    "--data-dir",
+    dataDir,
+    "--listen-client-urls",
+    `http://${SWITCH_IP}:2379,http://127.0.0.1:2379`,
+    "--advertise-client-urls",
+    `http://${SWITCH_IP}:2379`,
+    "--listen-peer-urls",
+    "http://127.0.0.1:2380",
+    "--initial-advertise-peer-urls",
+    "http://127.0.0.1:2380",
+    "--initial-cluster",
+    `${name}=http://127.0.0.1:2380`,
+  ];
+}
 /** The network config a cluster gets unless told otherwise. */
 export const DEFAULT_NET_CONF =
   '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}';
@@ -320,21 +344,7 @@ export class Cluster implements AsyncDisposable {
         "netns",
         "exec",
         this.hub.name,
-        "etcd",
-        "--name",
-        "demo",
-        "--data-dir",
-        data,
-        "--listen-client-urls",
-        `http://${SWITCH_IP}:2379,http://127.0.0.1:2379`,
-        "--advertise-client-urls",
-        `http://${SWITCH_IP}:2379`,
-        "--listen-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-advertise-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-cluster",
-        "demo=http://127.0.0.1:2380",
+        ...etcdCommand("demo", data),
       ],
       stdout: "null",
       stderr: this.opts.detached ? "null" : "piped",

@@ -24,7 +24,7 @@
  * @module
  */
 import { cleanupStale, Netns, plugIntoBridge, run } from "../_netns.ts";
-import { agentPermissions } from "../_cluster.ts";
+import { agentPermissions, etcdCommand } from "../_cluster.ts";
 import { serverBinary } from "../servers/paths.ts";
 import type { Need } from "../_gate.ts";
 import { KubeControlPlane } from "../e2e/_kube.ts";
@@ -168,21 +168,7 @@ export class Harness implements AsyncDisposable {
         "netns",
         "exec",
         this.sw.name,
-        "etcd",
-        "--name",
-        "conformance",
-        "--data-dir",
-        data,
-        "--listen-client-urls",
-        `http://${SWITCH_IP}:2379,http://127.0.0.1:2379`,
-        "--advertise-client-urls",
-        `http://${SWITCH_IP}:2379`,
-        "--listen-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-advertise-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-cluster",
-        "conformance=http://127.0.0.1:2380",
+        ...etcdCommand("conformance", data),
         "--unsafe-no-fsync",
       ],
       stdin: "null",
