@@ -437,13 +437,17 @@ export async function runAgent(
         }`,
       );
     }
+    // The external interface's index as of the last pass: a recreated
+    // interface has a new one (the backend looks it up by name).
     const watched = (): WatchedDevices => {
       const overlay = new Set<number>();
+      let external = e.index;
       for (const f of network.families) {
-        const i = rec.plan(f.family)?.deviceIndex;
-        if (i !== undefined) overlay.add(i);
+        const plan = rec.plan(f.family);
+        if (plan?.deviceIndex !== undefined) overlay.add(plan.deviceIndex);
+        if (plan) external = plan.externalIndex;
       }
-      return { overlay, external: e.index };
+      return { overlay, external };
     };
 
     // Our own stop (a component failed) or the caller's (a signal, which

@@ -869,7 +869,9 @@ export async function settle(
     // refused input counts as settled once nothing changed for a while.
     // IPv6 addresses must be past duplicate address detection (up to
     // about 2 s): their local routes only appear then, and one agent's
-    // device may be a second older than the other's.
+    // device may be seconds younger than the other's. That holds after
+    // the 8 s too (a device made at 7 s is still tentative at 8.5 s),
+    // up to the timeout.
     const tentative = await Promise.all(
       NODES.map((n) =>
         run([
@@ -884,9 +886,9 @@ export async function settle(
           .then((r) => r.stdout.trim() !== "")
       ),
     );
-    const started = now - t0 > 8000 ||
-      (snaps.every((s) => s.exit !== "running" || s.subnetEnv !== null) &&
-        !tentative.some((t) => t));
+    const started = !tentative.some((t) => t) &&
+      (now - t0 > 8000 ||
+        snaps.every((s) => s.exit !== "running" || s.subnetEnv !== null));
     if (text !== last) {
       last = text;
       since = now;
