@@ -145,7 +145,7 @@ class KernelIndex {
     fdbs: FdbInfo[];
     routes: RouteInfo[];
   }) {
-    for (const f of kernel.fdbs) this.#add("fdbSet", f);
+    for (const f of kernel.fdbs) this.applied({ kind: "fdbSet", fdb: f });
     for (const n of kernel.neighs) this.#neighs.set(n.dst, n.lladdr);
     for (const r of kernel.routes) this.#routes.set(routeKey(r), r);
   }
@@ -174,9 +174,13 @@ class KernelIndex {
   /** Records an operation the kernel took. */
   applied(op: Op): void {
     switch (op.kind) {
-      case "fdbSet":
+      case "fdbSet": {
+        const dsts = this.#fdbs.get(op.fdb.lladdr) ?? new Set();
+        this.#fdbs.set(op.fdb.lladdr, dsts.add(op.fdb.dst));
+        return;
+      }
       case "fdbDel":
-        this.#add(op.kind, op.fdb);
+        this.#fdbs.get(op.fdb.lladdr)?.delete(op.fdb.dst);
         return;
       case "neighSet":
         this.#neighs.set(op.neigh.dst, op.neigh.lladdr);
@@ -190,13 +194,6 @@ class KernelIndex {
       case "routeDel":
         this.#routes.delete(routeKey(op.route));
     }
-  }
-
-  #add(kind: "fdbSet" | "fdbDel", f: FdbInfo): void {
-    let dsts = this.#fdbs.get(f.lladdr);
-    if (!dsts) this.#fdbs.set(f.lladdr, dsts = new Set());
-    if (kind === "fdbSet") dsts.add(f.dst);
-    else dsts.delete(f.dst);
   }
 }
 

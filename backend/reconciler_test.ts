@@ -716,8 +716,13 @@ Deno.test("Reconciler.run() skips at most five periods in a row while the kernel
   rec.handle(added(peer(2)));
   const ac = new AbortController();
   const done = rec.run(ac.signal, changes);
-  while (skips() - before < 12) await new Promise((r) => setTimeout(r, 2));
+  // Bounded: without the skipping this must fail, not hang.
+  const deadline = Date.now() + 2000;
+  while (skips() - before < 12 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 2));
+  }
   const skipped = skips() - before;
+  assert.ok(skipped >= 12, `only ${skipped} periods skipped in 2 s`);
   const passes = rec.passes;
   // The listing's own pass, then one after every fifth skip.
   assert.ok(

@@ -7,10 +7,11 @@
  * (`DENO_DIR`; the kube client's transport is `node:https`, which brings
  * Deno's Node compatibility layer), opening libnl plus the first link and
  * route dumps (read only, in the host's own namespace), and one GET
- * through the kube client's transport to a local TLS server. Each probe then lets the event loop run for 200 ms, as any
- * long-lived process does (a bare Deno process grows by some 7 MiB on its
- * first timer). Prints a markdown table with time, CPU (utime+stime, 10 ms
- * ticks) and RSS; medians of `--runs` (default 5) runs.
+ * through the kube client's transport to a local TLS server. Each probe
+ * then lets the event loop run for 200 ms, as any long-lived process does
+ * (a bare Deno process grows by some 7 MiB on its first timer). Prints a
+ * markdown table with time, CPU (utime+stime, 10 ms ticks) and RSS;
+ * medians of `--runs` (default 5) runs.
  *
  * A second table decodes a LIST body of 5000 realistic Nodes
  * (bench/kube.ts) the way the watcher does (streamed in 64 KiB chunks,
@@ -92,7 +93,7 @@ console.log(JSON.stringify({
 
 /** An HTTPS server answering "ok", with a throwaway CA in `dir`. */
 async function tlsServer(): Promise<
-  { dir: string; port: number; close(): Promise<void> }
+  { dir: string; port: number } & AsyncDisposable
 > {
   const dir = await Deno.makeTempDir({ prefix: "weft-startup-tls-" });
   await makeCa(dir);
@@ -110,7 +111,7 @@ async function tlsServer(): Promise<
   return {
     dir,
     port: server.addr.port,
-    close: async () => {
+    [Symbol.asyncDispose]: async () => {
       await server.shutdown();
       await Deno.remove(dir, { recursive: true });
     },
@@ -175,7 +176,7 @@ import { openNetlink } from "${ROOT}ffi/netlink.ts";
 const nl = openNetlink();
 nl.linkList();
 nl.routeList({ family: 4 });`;
-  const tls = await tlsServer();
+  await using tls = await tlsServer();
   const rows = [
     await probe("empty script (the runtime alone)", "", runs, undefined, flags),
     await probe(
@@ -220,7 +221,6 @@ get.close();`,
       flags,
     ),
   ];
-  await tls.close();
   const body = await listBody(5000);
   const bodyMiB = (await Deno.stat(body)).size / 2 ** 20;
   const decode = [];
