@@ -8,6 +8,8 @@
 #   kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl
 #                   k8s.io/kubernetes/cmd/...               (optional, --with-cluster;
 #                   same wrapper module as kube-apiserver)
+#   helm            helm.sh/helm/v4/cmd/helm                (optional, --with-helm;
+#                   the chart's lint, template and cluster tests)
 #
 # Everything is built from source fetched through the Go module proxy (no
 # GitHub or container-registry downloads). k8s.io/kubernetes cannot be
@@ -15,7 +17,7 @@
 # staging module at ./staging/src/...; the wrapper module generated below
 # replaces each of those with the published v0.X.Y matching v1.X.Y.
 #
-# Usage: .ci/build_servers.sh [--with-flanneld] [--only-flanneld] [--with-cluster] [--force] [--help]
+# Usage: .ci/build_servers.sh [--with-flanneld] [--only-flanneld] [--with-cluster] [--with-helm] [--force] [--help]
 #
 # Environment:
 #   WEFT_CACHE       cache root (default /var/cache/weft):
@@ -27,6 +29,7 @@
 #   KUBE_VERSION     k8s.io/kubernetes version   (default below)
 #   ETCD_VERSION     go.etcd.io/etcd/server/v3   (default below)
 #   FLANNEL_VERSION  github.com/flannel-io/flannel (default below)
+#   HELM_VERSION     helm.sh/helm/v4 (default below)
 #   WEFT_BUILD_JOBS  go build -p value (default 2)
 #   TEST_ASSET_KUBE_APISERVER, TEST_ASSET_ETCD, KUBEBUILDER_ASSETS
 #                    honoured like controller-runtime's envtest: when they
@@ -36,7 +39,8 @@
 # A cached binary is reused (nothing rebuilt) when it runs `--version` and
 # reports the pinned version; --force rebuilds anyway.
 #
-# Exit status: non-zero only when kube-apiserver or etcd cannot be provided.
+# Exit status: non-zero when kube-apiserver or etcd (or, with --with-helm,
+# helm) cannot be provided.
 # A flanneld failure is reported (with the tail of its build log) but never
 # fails the script.
 #
@@ -53,6 +57,9 @@ set -euo pipefail
 KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 FLANNEL_VERSION="${FLANNEL_VERSION:-v0.28.9}"
+# The newest v4 release the module proxy served when this was pinned
+# (`go list -m -versions helm.sh/helm/v4`).
+HELM_VERSION="${HELM_VERSION:-v4.3.2}"
 WEFT_CACHE="${WEFT_CACHE:-/var/cache/weft}"
 JOBS="${WEFT_BUILD_JOBS:-2}"
 
@@ -75,12 +82,14 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 with_flanneld=0
 only_flanneld=0
 with_cluster=0
+with_helm=0
 force=0
 while (($#)); do
   case "$1" in
     --with-flanneld) with_flanneld=1 ;;
     --only-flanneld) with_flanneld=1; only_flanneld=1 ;;
     --with-cluster) with_cluster=1 ;;
+    --with-helm) with_helm=1 ;;
     --force) force=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -463,6 +472,33 @@ GO
   mv -f "$out.tmp" "$out"
 }
 
+# --------------------------------------------------------------------- helm
+# helm's go.mod has no replace directives, so `go install pkg@version` builds
+# it exactly as published; the ldflags are what its Makefile stamps for a
+# release tag, so `helm version` reports the release and not "unreleased".
+build_helm() {
+  local ver="$HELM_VERSION" out="$BIN/helm"
+  if ((!force)) && [[ -x "$out" ]] \
+     && [[ "$(timeout 30 "$out" version --template '{{.Version}}' 2>&1)" == "$ver" ]]; then
+    log "helm: cached $out ($ver)"
+    return 0
+  fi
+  local start=$SECONDS logfile="$LOGS/helm-$ver.log" gobin="$WEFT_CACHE/src/helm-gobin"
+  : >"$logfile"
+  log "helm: building helm.sh/helm/v4/cmd/helm@$ver; log: $logfile"
+  rm -rf "$gobin"; mkdir -p "$gobin"
+  local pkg=helm.sh/helm/v4/internal/version
+  (cd "$WEFT_CACHE/src" && CGO_ENABLED=0 GOBIN="$gobin" run_logged "$logfile" \
+    go install -p "$JOBS" -trimpath \
+    -ldflags "-s -w -X $pkg.version=$ver -X $pkg.metadata= -X $pkg.gitTreeState=clean" \
+    "helm.sh/helm/v4/cmd/helm@$ver") || die "helm: go install failed"
+  mv -f "$gobin/helm" "$out"
+  rm -rf "$gobin"
+  [[ "$("$out" version --template '{{.Version}}' 2>&1)" == "$ver" ]] \
+    || die "helm: built $out but 'helm version' does not report $ver"
+  log "helm: built $out ($ver) in $(elapsed "$start")"
+}
+
 # --------------------------------------------------------------------- main
 total_start=$SECONDS
 if ((!only_flanneld)); then
@@ -471,6 +507,9 @@ if ((!only_flanneld)); then
 fi
 if ((with_cluster)); then
   build_kube "${CLUSTER_BINARIES[@]}"
+fi
+if ((with_helm)); then
+  build_helm
 fi
 flanneld_status="not requested (use --with-flanneld)"
 if ((with_flanneld)); then

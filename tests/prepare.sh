@@ -27,7 +27,8 @@ if ((${#missing[@]})); then
 fi
 # Debian's etcd-server package may start a host etcd; tests start their own.
 if [ "${1:-}" != "--demo" ] && [ -x .ci/build_servers.sh ] && [ "${WEFT_SKIP_SERVER_BUILD:-}" != 1 ]; then
-  # flanneld v0.28.9 is the reference the conformance tier runs weft against.
-  bash .ci/build_servers.sh --with-flanneld
+  # flanneld v0.28.9 is the reference the conformance tier runs weft against
+  # (its module also holds flannel's chart); helm renders chart/weft.
+  bash .ci/build_servers.sh --with-flanneld --with-helm
 fi
 deno install --frozen >/dev/null

@@ -1,6 +1,6 @@
 /**
  * Locates the real server binaries that weft's integration tests run against
- * (kube-apiserver, etcd >= 3.5 and upstream flanneld), which
+ * (kube-apiserver, etcd >= 3.5, upstream flanneld and helm), which
  * `.ci/build_servers.sh` builds from the Go module proxy into a cache outside
  * the repository. Resolution mirrors controller-runtime's envtest and the
  * build script: first `TEST_ASSET_KUBE_APISERVER` / `TEST_ASSET_ETCD` (for
@@ -17,7 +17,7 @@
  */
 
 /** The servers that `.ci/build_servers.sh` provides. */
-export type ServerName = "kube-apiserver" | "etcd" | "flanneld";
+export type ServerName = "kube-apiserver" | "etcd" | "flanneld" | "helm";
 
 /** Default cache root, the same default as `.ci/build_servers.sh`. */
 export const DEFAULT_WEFT_CACHE = "/var/cache/weft";
