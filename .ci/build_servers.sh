@@ -52,6 +52,9 @@
 # Measured cold build (2 cores, go1.26.8, empty caches, all three): 7m50s:
 # etcd 71s, kube-apiserver 309s, flanneld 91s. Caches afterwards: ~1.1 GB
 # gomod, ~3 GB gocache, 165 MB bin. A warm run takes well under a second.
+# helm v4.3.2 (--with-helm, go install): 16m22s wall, 5m14s of CPU, built
+# beside kube-apiserver on the same 2 cores, module downloads included; with
+# its packages in GOCACHE, 13 s; cached, 0.3 s.
 set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
