@@ -94,9 +94,12 @@ export async function k8sBench(args: readonly string[]): Promise<void> {
   }
   const table = await benchK8s(pods);
   const m = await machine();
+  // Sections other tests write (## headings) are kept.
+  const old = await Deno.readTextFile(`${RESULTS}k8s.md`).catch(() => "");
+  const kept = old.includes("\n## ") ? old.slice(old.indexOf("\n## ")) : "";
   const md = `# The cluster tier's figures (bench/k8s.ts)\n\n${
     new Date().toISOString().slice(0, 10)
-  }. Machine: ${m}.\n\n${table}\n`;
+  }. Machine: ${m}.\n\n${table}\n${kept}`;
   await Deno.mkdir(RESULTS, { recursive: true });
   await Deno.writeTextFile(`${RESULTS}k8s.md`, md);
   console.log(md);

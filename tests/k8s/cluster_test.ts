@@ -6,7 +6,8 @@
  * annotations and conditions, pod traffic across nodes, and pod traffic
  * under 50 ms pings while the DaemonSet is updated, a weft pod deleted, a
  * node added and a node removed; finally 50 pods created and deleted must
- * leave no IPs, veths, network namespaces or stored CNI configurations.
+ * leave no IPs, veths, network namespaces or stored CNI configurations;
+ * then the Helm steps of _helm.ts.
  *
  * One cluster serves every step (it takes about a minute to build). Needs
  * root and the binaries of `.ci/build_servers.sh --with-cluster`; under
@@ -19,6 +20,8 @@ import {
   ok as assert,
 } from "node:assert/strict";
 import { gatedTest, ROOT } from "../_gate.ts";
+import { HELM } from "../servers/helm.ts";
+import { helmSteps } from "./_helm.ts";
 import {
   CLUSTER,
   CLUSTER_CIDR,
@@ -181,7 +184,7 @@ async function assertPings(
 await gatedTest({
   name:
     "k8s: weft deployed with kubectl runs pods across nodes under kubelet and containerd",
-  needs: [ROOT, CLUSTER],
+  needs: [ROOT, CLUSTER, HELM],
   fn: async (t) => {
     const t0 = Date.now();
     await using c = await K8sCluster.up({
@@ -667,5 +670,7 @@ spec:
         await assertPings(c, a.name, d.ip);
       },
     );
+
+    await helmSteps(t, c, () => pods(c, "app=echo"));
   },
 });
