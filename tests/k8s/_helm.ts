@@ -221,6 +221,20 @@ async function writeResults(
   await Deno.writeTextFile(RESULTS, updated);
 }
 
+/**
+ * Waits until no agent pod is left (a deleted DaemonSet's pods terminate
+ * after it is gone), so that the next DaemonSet's are the only ones.
+ */
+async function agentPodsGone(c: K8sCluster): Promise<void> {
+  await until("the agent pods gone", 60_000, async () => {
+    const left = [
+      ...await pods(c, "app=weft", NS),
+      ...await pods(c, "app=flannel", NS),
+    ];
+    return left.length === 0 ? true : undefined;
+  });
+}
+
 /** One pod of `echo` per node. */
 async function onePerNode(
   c: K8sCluster,
@@ -273,6 +287,7 @@ export async function helmSteps(
         "clusterrolebinding/flannel",
       ]);
       await c.kubectl(["label", "nodes", "--all", "weft/agent-"]);
+      await agentPodsGone(c);
 
       const bad = await helm(opts, [
         "install",
@@ -307,12 +322,7 @@ export async function helmSteps(
     "flannel v0.28.9's chart switched to weft by helm upgrade of the image values and back by helm rollback, no packet lost",
     async () => {
       await helmOk(opts, ["uninstall", "weft", ...ns, "--wait"]);
-      await until(
-        "weft's pods gone",
-        60_000,
-        async () =>
-          (await pods(c, "app=weft", NS)).length === 0 ? true : undefined,
-      );
+      await agentPodsGone(c);
       await helmOk(opts, [
         "install",
         "flannel",
