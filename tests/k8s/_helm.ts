@@ -176,7 +176,14 @@ async function writeResults(
   rollback: { counts: PairCount[]; ms: number },
 ): Promise<void> {
   const git = await run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]);
-  const dirty = await run(["git", "-C", ROOT, "status", "--porcelain"]);
+  const dirty = await run([
+    "git",
+    "-C",
+    ROOT,
+    "status",
+    "--porcelain",
+    "--untracked-files=no",
+  ]);
   const commit = git.code === 0
     ? `${git.stdout.trim()}${
       dirty.stdout.trim() ? " plus uncommitted changes" : ""
