@@ -240,9 +240,13 @@ export function nodeToLease(
     subnet = formatNet(cidrs.value.v4);
     publicIP = a[keys.publicIP];
     if (publicIP === undefined) return fail(`Missing ${keys.publicIP}`);
-    const d = parseJsonAnnotation(a[keys.backendData], keys.backendData);
-    if (!d.ok) return d;
-    backendData = d.value;
+    // flanneld's extension backend without a PreStartupCommand publishes
+    // empty backend data.
+    if (backendType !== "extension" || a[keys.backendData] !== "") {
+      const d = parseJsonAnnotation(a[keys.backendData], keys.backendData);
+      if (!d.ok) return d;
+      backendData = d.value;
+    }
   }
   if (config.enableIPv6) {
     if (cidrs.value.v6 === undefined) return fail("No IPv6 podCIDR");
@@ -306,7 +310,12 @@ export function annotationPatch(
     ? attrs.backendData !== undefined && attrs.backendData !== null
     : true;
   if (v4) {
-    want[keys.backendData] = backendDataJson(type, attrs.backendData);
+    // flanneld's extension backend publishes empty data (not `null`) when
+    // it has no PreStartupCommand output.
+    want[keys.backendData] = type === "extension" &&
+        attrs.backendData === undefined
+      ? ""
+      : backendDataJson(type, attrs.backendData);
     const over = current[keys.publicIPOverwrite];
     const ip = over !== undefined && over !== "" ? over : attrs.publicIP;
     if (ip !== undefined) want[keys.publicIP] = ip;
