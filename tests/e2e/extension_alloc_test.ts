@@ -242,3 +242,92 @@ kernelTest(
     }
   },
 );
+
+/** weft with a permission list from deploy/, in `node`'s namespace. */
+async function shippedWeft(
+  node: ClusterNode,
+  list: string,
+  subnetFile: string,
+): Promise<Deno.ChildProcess> {
+  const root = new URL("../..", import.meta.url).pathname;
+  const perms = (await Deno.readTextFile(`${root}deploy/${list}`)).trim()
+    .split(/\s+/);
+  return new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      node.ns.name,
+      Deno.execPath(),
+      "run",
+      "--no-prompt",
+      ...perms,
+      `${root}main.ts`,
+      "--etcd-endpoints=http://198.18.0.254:2379",
+      "--iface=eth0",
+      `--subnet-file=${subnetFile}`,
+    ],
+    env: { NODE_NAME: node.name },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+kernelTest(
+  "weft with the shipped permissions exits 2 naming an extension command's program; with deploy/permissions-extension.txt it runs it",
+  async () => {
+    const prefix = "weft-xp";
+    const pre = `/tmp/${prefix}/pre.sh`;
+    await using c = await Cluster.create({
+      prefix,
+      nodes: 1,
+      netConf: JSON.stringify({
+        Network: "10.244.0.0/16",
+        Backend: { Type: "extension", PreStartupCommand: pre },
+      }),
+    });
+    await Deno.writeTextFile(pre, "#!/bin/sh\necho published\n", {
+      mode: 0o755,
+    });
+    const node = c.nodes[0]!;
+    // /run/flannel is the only place both lists may write.
+    const dir = `/run/flannel/${prefix}`;
+    try {
+      const shipped = await (await shippedWeft(
+        node,
+        "permissions.txt",
+        `${dir}/subnet.env`,
+      )).output();
+      const stderr = new TextDecoder().decode(shipped.stderr);
+      assert.equal(shipped.code, 2, stderr);
+      assert.match(
+        stderr,
+        /Backend\.PreStartupCommand runs "\/tmp\/weft-xp\/pre\.sh", but this weft build has no run permission on "\/tmp\/weft-xp\/pre\.sh".*deploy\/permissions-extension\.txt/,
+      );
+      assert.deepEqual(await c.leases(), []);
+
+      const weft = await shippedWeft(
+        node,
+        "permissions-extension.txt",
+        `${dir}/subnet.env`,
+      );
+      const out = weft.output();
+      const published = await waitFor(
+        async () =>
+          (await c.leases()).some((l) =>
+            (l.value.BackendData as unknown) === "published"
+          ),
+        20_000,
+        100,
+      );
+      weft.kill("SIGTERM");
+      const r = await out;
+      assert.ok(
+        published !== undefined,
+        new TextDecoder().decode(r.stderr).slice(-2000),
+      );
+      assert.equal(r.code, 0);
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
