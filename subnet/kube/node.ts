@@ -19,6 +19,7 @@ import {
 import type { Lease, LeaseAttrs } from "../lease.ts";
 import { fail, ok, type Result } from "../../lib/result.ts";
 import { short } from "../validate.ts";
+import { goJson } from "../etcd/keys.ts";
 
 /** flanneld's default `--kube-annotation-prefix`. */
 export const DEFAULT_ANNOTATION_PREFIX = "flannel.alpha.coreos.com";
@@ -275,7 +276,8 @@ export function nodeToLease(
 /**
  * Backend data as flanneld writes it. VXLAN data is Go's marshaling of
  * `struct{VNI uint16; VtepMAC hardwareAddr}`: `{"VNI":1,"VtepMAC":"..."}`
- * in that key order; anything else is plain JSON (`null` when absent).
+ * in that key order; anything else is JSON as Go writes it (`null` when
+ * absent; `<`, `>`, `&` escaped, as in extension data).
  */
 export function backendDataJson(type: string, data: unknown): string {
   if (
@@ -285,7 +287,7 @@ export function backendDataJson(type: string, data: unknown): string {
     const d = data as { VNI?: unknown; VtepMAC: unknown };
     return JSON.stringify({ VNI: d.VNI ?? 0, VtepMAC: d.VtepMAC });
   }
-  return JSON.stringify(data ?? null);
+  return goJson(data ?? null);
 }
 
 /**

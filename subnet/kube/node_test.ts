@@ -310,9 +310,12 @@ Deno.test("annotationPatch() and nodeToLease() carry flanneld's empty extension 
   const withData = annotationPatch({}, {
     backendType: "extension",
     publicIP: "172.80.0.4",
-    backendData: "key",
+    backendData: "<key & x>",
   }, keys);
-  assert.equal(withData[`${p}backend-data`], '"key"');
+  assert.equal(
+    withData[`${p}backend-data`],
+    '"\\u003ckey \\u0026 x\\u003e"',
+  );
   assert.deepEqual(
     annotationPatch({}, { backendType: "", publicIP: "172.80.0.4" }, keys),
     {
