@@ -785,6 +785,34 @@ export const CASES: readonly Case[] = [
     ),
   },
   {
+    id: "extension-no-pre",
+    title:
+      "extension without PreStartupCommand: empty backend data, peers' stdin a bare newline",
+    input: {
+      netConf: conf(
+        NET,
+        JSON.stringify({
+          Type: "extension",
+          SubnetAddCommand: hook("add $SUBNET"),
+        }),
+      ),
+      env: { WEFT_CONF_HOOK: HOOK_SCRIPT },
+      weftRun: ["/bin/sh"],
+    },
+    check: all(
+      ran("add", ["<peer-subnet>/24 NETWORK"]),
+      (f, w, mode) => {
+        for (const [s, who] of [[f, "flanneld"], [w, "weft"]] as const) {
+          const data = mode === "kube"
+            ? (s.node as { annotations: Record<string, string> })
+              .annotations["flannel.alpha.coreos.com/backend-data"]
+            : JSON.parse((s.etcd as { value: string }).value).BackendData;
+          assert.equal(data, mode === "kube" ? "" : undefined, who);
+        }
+      },
+    ),
+  },
+  {
     id: "alloc",
     title: "alloc: a lease and subnet.env, nothing else",
     input: { netConf: conf(NET, '{"Type":"alloc"}') },
