@@ -11,6 +11,7 @@ import { FatalError, runAgent } from "./agent/agent.ts";
 import { logger } from "./lib/log.ts";
 import { cniMain } from "./cni/plugin.ts";
 import { VERSION } from "./lib/version.ts";
+import { RunPermissionError } from "./lib/command.ts";
 import {
   denoPermissionQuery,
   describeGap,
@@ -66,6 +67,10 @@ async function main(args: string[]): Promise<number> {
     return 0;
   } catch (e) {
     if (stop.signal.aborted) return 0;
+    if (e instanceof RunPermissionError) {
+      console.error(e.message);
+      return 2;
+    }
     const msg = e instanceof FatalError ? e.message : String(
       (e as Error)?.stack ?? e,
     );

@@ -350,6 +350,7 @@ export async function runAgent(
     if (!backend.ok) throw new FatalError(backend.reason);
 
     const previous = await sm.previousAttrs(e.publicIP, signal);
+    await backend.value.setup?.(signal);
     const attrs = backend.value.prepare(previous);
     const lease = await sm.acquireLease(attrs, signal);
     setLease(true, `lease ${lease.subnet ?? lease.ipv6Subnet}`);
@@ -359,6 +360,7 @@ export async function runAgent(
       }`,
     );
     const network = backend.value.start(lease);
+    await network.started;
     const rec = new Reconciler(nl, network.families, {
       ownKey: lease.key,
       backendType: backend.value.type,
@@ -460,6 +462,7 @@ export async function runAgent(
     const tasks = [
       sm.watchLeases((events, partial) => {
         rec.handle(events, partial);
+        network.onLeases?.(events);
         refresh();
       }, stop.signal),
       rec.run(stop.signal, monitor && changeSource(monitor, watched, rec)),

@@ -9,7 +9,7 @@
  */
 import type { Netlink } from "../ffi/types.ts";
 import type { NetworkConfig } from "../subnet/config.ts";
-import type { Lease, LeaseAttrs } from "../subnet/lease.ts";
+import type { Lease, LeaseAttrs, LeaseEvent } from "../subnet/lease.ts";
 import { fail, type Result } from "../lib/result.ts";
 import type { FamilyNetwork } from "./reconciler.ts";
 
@@ -31,11 +31,28 @@ export interface BackendNetwork {
   /** MTU for pods: FLANNEL_MTU in subnet.env. */
   readonly mtu: number;
   readonly families: FamilyNetwork[];
+  /**
+   * Settles when setup that takes time is done (extension: its
+   * PostStartupCommand); a rejection ends the agent. Absent: nothing to
+   * wait for.
+   */
+  readonly started?: Promise<void>;
+  /**
+   * Takes peer lease events, for work a backend does beside kernel
+   * entries (extension: operator commands). Returns at once.
+   */
+  readonly onLeases?: (events: readonly LeaseEvent[]) => void;
 }
 
-/** A backend (`vxlan`, `host-gw`). */
+/** A backend (`vxlan`, `host-gw`, `extension`, `alloc`). */
 export interface Backend {
   readonly type: string;
+  /**
+   * Work before {@linkcode prepare} that takes time (extension: its
+   * PreStartupCommand, whose output is published). `signal` aborts when
+   * the agent stops, killing what the backend runs from then on.
+   */
+  setup?(signal: AbortSignal): Promise<void>;
   /**
    * Creates devices as far as possible without a lease and returns the
    * attributes to publish. `previous` is what we published before, if

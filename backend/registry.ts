@@ -14,12 +14,16 @@ import type {
   Underlay,
 } from "./backend.ts";
 import { createHostGwBackend } from "./hostgw.ts";
+import { createAllocBackend } from "./alloc/alloc.ts";
+import { createExtensionBackend } from "./extension/extension.ts";
 import { createVxlanBackend } from "./vxlan.ts";
 
 /** net-conf.json `Backend.Type` → implementation. */
 export const BACKENDS: Readonly<Record<string, BackendFactory>> = {
   "vxlan": createVxlanBackend,
   "host-gw": createHostGwBackend,
+  "extension": createExtensionBackend,
+  "alloc": createAllocBackend,
 };
 
 /** Creates the backend named by `config.backend.type`. */

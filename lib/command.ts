@@ -144,3 +144,13 @@ export function commandRunner(opts: CommandRunnerOptions = {}): CommandRunner {
       ...(signal !== undefined && { signal }),
     });
 }
+
+/**
+ * This process may not run a program, or read a variable, that a
+ * configured command needs (`--allow-run`, `--allow-env`): restarting
+ * cannot fix it, so weft exits 2 on it, as on a flag naming a file outside
+ * its permissions.
+ */
+export class RunPermissionError extends Error {
+  override readonly name = "RunPermissionError";
+}

@@ -208,5 +208,9 @@ export const metrics = (() => {
       "weft_event_to_kernel_seconds",
       "Time from a peer lease event to its kernel entries being programmed",
     ),
+    extensionCommandFailures: r.counter(
+      "weft_extension_command_failures_total",
+      "Extension backend commands that failed, passed their deadline or could not run, by command (SubnetAddCommand, ...)",
+    ),
   };
 })();

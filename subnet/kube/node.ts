@@ -19,6 +19,7 @@ import {
 import type { Lease, LeaseAttrs } from "../lease.ts";
 import { fail, ok, type Result } from "../../lib/result.ts";
 import { short } from "../validate.ts";
+import { goJson } from "../etcd/keys.ts";
 
 /** flanneld's default `--kube-annotation-prefix`. */
 export const DEFAULT_ANNOTATION_PREFIX = "flannel.alpha.coreos.com";
@@ -240,9 +241,13 @@ export function nodeToLease(
     subnet = formatNet(cidrs.value.v4);
     publicIP = a[keys.publicIP];
     if (publicIP === undefined) return fail(`Missing ${keys.publicIP}`);
-    const d = parseJsonAnnotation(a[keys.backendData], keys.backendData);
-    if (!d.ok) return d;
-    backendData = d.value;
+    // flanneld's extension backend without a PreStartupCommand publishes
+    // empty backend data.
+    if (backendType !== "extension" || a[keys.backendData] !== "") {
+      const d = parseJsonAnnotation(a[keys.backendData], keys.backendData);
+      if (!d.ok) return d;
+      backendData = d.value;
+    }
   }
   if (config.enableIPv6) {
     if (cidrs.value.v6 === undefined) return fail("No IPv6 podCIDR");
@@ -271,7 +276,8 @@ export function nodeToLease(
 /**
  * Backend data as flanneld writes it. VXLAN data is Go's marshaling of
  * `struct{VNI uint16; VtepMAC hardwareAddr}`: `{"VNI":1,"VtepMAC":"..."}`
- * in that key order; anything else is plain JSON (`null` when absent).
+ * in that key order; anything else is JSON as Go writes it (`null` when
+ * absent; `<`, `>`, `&` escaped, as in extension data).
  */
 export function backendDataJson(type: string, data: unknown): string {
   if (
@@ -281,7 +287,7 @@ export function backendDataJson(type: string, data: unknown): string {
     const d = data as { VNI?: unknown; VtepMAC: unknown };
     return JSON.stringify({ VNI: d.VNI ?? 0, VtepMAC: d.VtepMAC });
   }
-  return JSON.stringify(data ?? null);
+  return goJson(data ?? null);
 }
 
 /**
@@ -306,7 +312,12 @@ export function annotationPatch(
     ? attrs.backendData !== undefined && attrs.backendData !== null
     : true;
   if (v4) {
-    want[keys.backendData] = backendDataJson(type, attrs.backendData);
+    // flanneld's extension backend publishes empty data (not `null`) when
+    // it has no PreStartupCommand output.
+    want[keys.backendData] = type === "extension" &&
+        attrs.backendData === undefined
+      ? ""
+      : backendDataJson(type, attrs.backendData);
     const over = current[keys.publicIPOverwrite];
     const ip = over !== undefined && over !== "" ? over : attrs.publicIP;
     if (ip !== undefined) want[keys.publicIP] = ip;

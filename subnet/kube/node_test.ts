@@ -299,3 +299,46 @@ Deno.test("nodePublicIPOverride() reads node-public-ip annotations", () => {
     /node-public-ip="2001:db8::1" on node "n": not an IPv4 address/,
   );
 });
+
+Deno.test("annotationPatch() and nodeToLease() carry flanneld's empty extension data and alloc's empty type", () => {
+  const p = "flannel.alpha.coreos.com/";
+  const ext = annotationPatch({}, {
+    backendType: "extension",
+    publicIP: "172.80.0.4",
+  }, keys);
+  assert.equal(ext[`${p}backend-data`], "");
+  const withData = annotationPatch({}, {
+    backendType: "extension",
+    publicIP: "172.80.0.4",
+    backendData: "<key & x>",
+  }, keys);
+  assert.equal(
+    withData[`${p}backend-data`],
+    '"\\u003ckey \\u0026 x\\u003e"',
+  );
+  assert.deepEqual(
+    annotationPatch({}, { backendType: "", publicIP: "172.80.0.4" }, keys),
+    {
+      [`${p}backend-type`]: "",
+      [`${p}backend-data`]: "null",
+      [`${p}public-ip`]: "172.80.0.4",
+      [`${p}kube-subnet-manager`]: "true",
+    },
+  );
+  const node = flannelNode();
+  Object.assign(node.metadata.annotations, ext);
+  assert.deepEqual(
+    nodeToLease(unwrap(slimNode(node, keys)), keys, v4),
+    {
+      ok: true,
+      value: {
+        key: "node01",
+        subnet: "10.244.0.0/24",
+        attrs: { backendType: "extension", publicIP: "172.80.0.4" },
+      },
+    },
+  );
+  // Empty data stays an error for the backends that need it.
+  node.metadata.annotations[`${p}backend-type`] = "vxlan";
+  assert.equal(nodeToLease(unwrap(slimNode(node, keys)), keys, v4).ok, false);
+});

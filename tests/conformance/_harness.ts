@@ -88,6 +88,16 @@ export interface CaseInput {
   readonly quietMs?: number;
   /** Settling starts this long after the agents (default 0). */
   readonly minMs?: number;
+  /** Programs weft may run beyond its list (an extension command). */
+  readonly weftRun?: readonly string[];
+}
+
+/**
+ * Where a case's extension commands record their runs, one line each
+ * (see `hooks` in the snapshot).
+ */
+export function hookLog(nodeName: string): string {
+  return `/tmp/${PREFIX}/hooks-${nodeName}.log`;
 }
 
 /** A node's state, as compared. */
@@ -338,6 +348,7 @@ export class Harness implements AsyncDisposable {
     for (const node of NODES) {
       const dir = this.nodeDir(node.role);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await Deno.remove(hookLog(node.name)).catch(() => {});
       await Deno.mkdir(dir, { recursive: true });
       if (mode === "kube") {
         await Deno.writeTextFile(`${dir}/net-conf.json`, input.netConf);
@@ -350,6 +361,7 @@ export class Harness implements AsyncDisposable {
         : [
           Deno.execPath(),
           "run",
+          ...(input.weftRun ? [`--allow-run=${input.weftRun.join(",")}`] : []),
           ...agentPermissions(dir, [
             `${SWITCH_IP}:2379`,
             `${SWITCH_IP}:6443`,
@@ -555,6 +567,13 @@ export class Harness implements AsyncDisposable {
       ip6tables: await ipt("ip6tables-save"),
       nftables: nftBlocks(nft.stdout),
     };
+    // Extension commands run: each distinct line once, in order (flanneld
+    // runs an add again for every etcd write of the same lease).
+    const hooks = await Deno.readTextFile(hookLog(node.name)).catch(() => "");
+    if (hooks !== "") {
+      snap.hooks = [...new Set(hooks.split("\n").filter((l) => l !== ""))]
+        .sort();
+    }
     if (mode === "etcd") snap.etcd = await this.#etcdLease(node);
     else snap.node = await this.#nodeState(node.name);
     return snap;

@@ -7,12 +7,15 @@
  * @module
  */
 import assert from "node:assert/strict";
-import type {
-  CaseInput,
-  Harness,
-  Mode,
-  NodeSpec,
-  Snapshot,
+import {
+  type CaseInput,
+  ETCD_PREFIX,
+  type Harness,
+  hookLog,
+  type Mode,
+  type NodeSpec,
+  PEER9,
+  type Snapshot,
 } from "./_harness.ts";
 import type { Netns } from "../_netns.ts";
 
@@ -143,6 +146,51 @@ async function recreateUnderlay(
   await ns.ip("link", "del", "eth0");
   await new Promise((r) => setTimeout(r, 1500));
   await h.wire(ns, node, input);
+}
+
+/**
+ * An extension command that records how it was run in `hookLog` (its
+ * arguments, flanneld's variables, its stdin in base64); `pre` also prints
+ * backend data that JSON must escape. In an environment variable, so the
+ * command string stays one word per argument (flanneld runs no shell).
+ */
+const HOOK_SCRIPT =
+  `echo "$* NETWORK=\${NETWORK-unset} SUBNET=\${SUBNET-unset} ` +
+  `IPV6SUBNET=\${IPV6SUBNET-unset} PUBLIC_IP=\${PUBLIC_IP-unset} ` +
+  `PUBLIC_IPV6=\${PUBLIC_IPV6-unset} stdin=$(base64 -w0)" ` +
+  `>>${hookLog("$NODE_NAME")}; [ "$1" != pre ] || echo ' <pre & data> '`;
+const hook = (event: string) => `/bin/sh -c $WEFT_CONF_HOOK hook ${event}`;
+const EXTENSION = conf(
+  NET,
+  JSON.stringify({
+    Type: "extension",
+    PreStartupCommand: hook("pre"),
+    PostStartupCommand: hook("post ${SUBNET}"),
+    SubnetAddCommand: hook("add $SUBNET $PUBLIC_IP"),
+    SubnetRemoveCommand: hook("remove $SUBNET"),
+  }),
+);
+
+/** Deletes the foreign peer's lease (etcd) or Node (kube), once. */
+async function deletePeer9(h: Harness, _ns: Netns, node: NodeSpec) {
+  if (node.role !== "flanneld") return;
+  await h.etcdctl("del", `${ETCD_PREFIX}/subnets/10.244.9.0-24`);
+  if ((await h.kube?.nodes())?.some((n) => n.metadata.name === PEER9.name)) {
+    await h.kube!.deleteNode(PEER9.name);
+  }
+}
+
+/** Both agents ran `event` for each of `who` (role tokens of the IP). */
+function ran(event: string, who: string[]) {
+  return both((s, agent) => {
+    const lines = (s.hooks as string[] | undefined) ?? [];
+    for (const w of who) {
+      assert.ok(
+        lines.some((l) => l.startsWith(`${event} `) && l.includes(w)),
+        `${agent} ran no ${event} for ${w}:\n${lines.join("\n")}`,
+      );
+    }
+  });
 }
 
 export const CASES: readonly Case[] = [
@@ -715,6 +763,63 @@ export const CASES: readonly Case[] = [
     title: "a peer Node without any annotation",
     modes: ["kube"],
     input: { netConf: VX, bareNode: true },
+  },
+  // ---- backends without a data path ----------------------------------------
+  {
+    id: "extension",
+    title:
+      "extension: published PreStartupCommand output; the commands' arguments, variables and stdin",
+    input: {
+      netConf: EXTENSION,
+      env: { WEFT_CONF_HOOK: HOOK_SCRIPT },
+      weftRun: ["/bin/sh"],
+      after: deletePeer9,
+    },
+    afterText: "then the foreign peer deleted",
+    check: all(
+      ran("pre", [""]),
+      ran("post", ["<self-subnet>/24"]),
+      ran("add", ["<peer-ip>", "198.18.0.9"]),
+      ran("remove", ["10.244.9.0/24"]),
+      envHas("FLANNEL_MTU=1500"),
+    ),
+  },
+  {
+    id: "extension-no-pre",
+    title:
+      "extension without PreStartupCommand: empty backend data, peers' stdin a bare newline",
+    input: {
+      netConf: conf(
+        NET,
+        JSON.stringify({
+          Type: "extension",
+          SubnetAddCommand: hook("add $SUBNET"),
+        }),
+      ),
+      env: { WEFT_CONF_HOOK: HOOK_SCRIPT },
+      weftRun: ["/bin/sh"],
+    },
+    check: all(
+      ran("add", ["<peer-subnet>/24 NETWORK"]),
+      (f, w, mode) => {
+        for (const [s, who] of [[f, "flanneld"], [w, "weft"]] as const) {
+          const data = mode === "kube"
+            ? (s.node as { annotations: Record<string, string> })
+              .annotations["flannel.alpha.coreos.com/backend-data"]
+            : JSON.parse((s.etcd as { value: string }).value).BackendData;
+          assert.equal(data, mode === "kube" ? "" : undefined, who);
+        }
+      },
+    ),
+  },
+  {
+    id: "alloc",
+    title: "alloc: a lease and subnet.env, nothing else",
+    input: { netConf: conf(NET, '{"Type":"alloc"}') },
+    check: all(
+      envHas("FLANNEL_MTU=1500"),
+      both((s, who) => assert.deepEqual(s.links, [], `${who} links`)),
+    ),
   },
   // ---- the underlay changes -------------------------------------------------
   {
