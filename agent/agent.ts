@@ -33,12 +33,27 @@ import type { NetworkConfig } from "../subnet/config.ts";
 import { formatNet } from "../lib/ip.ts";
 import type { SubnetManager } from "../subnet/lease.ts";
 import { VERSION } from "../lib/version.ts";
+import { RunPermissionError } from "../lib/command.ts";
 
 const log = logger("main");
 
 /** An error that ends the agent with a message and exit code 1. */
 export class FatalError extends Error {
   override readonly name = "FatalError";
+}
+
+/**
+ * Awaits a backend's start-up step (extension's PreStartup and
+ * PostStartup commands, WireGuard's key and device); a failure there ends
+ * the agent with its one-line message rather than a stack trace.
+ */
+async function fatalOnFailure<T>(step: Promise<T> | T): Promise<T> {
+  try {
+    return await step;
+  } catch (e) {
+    if (e instanceof RunPermissionError || !(e instanceof Error)) throw e;
+    throw new FatalError(e.message);
+  }
 }
 
 /** The subnet manager's optional extras, which only the kube one has. */
@@ -350,7 +365,7 @@ export async function runAgent(
     if (!backend.ok) throw new FatalError(backend.reason);
 
     const previous = await sm.previousAttrs(e.publicIP, signal);
-    await backend.value.setup?.(signal);
+    await fatalOnFailure(backend.value.setup?.(signal));
     const attrs = backend.value.prepare(previous);
     const lease = await sm.acquireLease(attrs, signal);
     setLease(true, `lease ${lease.subnet ?? lease.ipv6Subnet}`);
@@ -360,7 +375,7 @@ export async function runAgent(
       }`,
     );
     const network = backend.value.start(lease);
-    await network.started;
+    await fatalOnFailure(network.started);
     const rec = new Reconciler(nl, network.families, {
       ownKey: lease.key,
       backendType: backend.value.type,
