@@ -3,7 +3,9 @@
  * rtnetlink protocol and deletes only those, naming the protocol so the
  * kernel matches nothing else; a route a flanneld left is adopted by an
  * in-place replace (no RTM_DELROUTE, so no packet is lost); routes someone
- * else installed into the cluster network on the external interface stay.
+ * else installed into the cluster network on the external interface stay,
+ * and one at a destination a lease claims holds that lease's route back
+ * until it is gone. A link of the device's name that is not VXLAN stays.
  *
  * @module
  */
@@ -16,6 +18,7 @@ import type { Lease } from "../../subnet/lease.ts";
 import { parseNetConfig } from "../../subnet/config.ts";
 import { unwrap } from "../../lib/result.ts";
 import { setLogSink } from "../../lib/log.ts";
+import { metrics } from "../../lib/metrics.ts";
 
 setLogSink(() => {});
 
@@ -199,5 +202,137 @@ kernelTest(
         ),
       );
     }
+  },
+);
+
+/** A vxlan node on `node()`: its backend, reconciler and netlink handle. */
+function vxlanNode(nl: ReturnType<typeof openNetlink>) {
+  const eth0 = nl.linkByName("eth0")!;
+  return createBackend(
+    nl,
+    unwrap(parseNetConfig('{"Network":"10.244.0.0/16"}')),
+    {
+      index: eth0.index,
+      name: "eth0",
+      mtu: eth0.mtu,
+      ifaceAddr: "198.18.0.1",
+      publicIP: "198.18.0.1",
+    },
+  );
+}
+
+function vxlanPeer(n: number): Lease {
+  return {
+    key: `node${n}`,
+    subnet: `10.244.${n}.0/24`,
+    attrs: {
+      backendType: "vxlan",
+      publicIP: `198.18.0.${n}`,
+      backendData: { VNI: 1, VtepMAC: `0a:00:00:00:00:0${n}` },
+    },
+  };
+}
+
+kernelTest(
+  "vxlan: a foreign route at a lease's destination is neither replaced nor deleted; the lease is programmed once it is gone",
+  async () => {
+    await using ns = await node();
+    using nl = openNetlink({ netns: ns.path });
+    await ns.ip("link", "add", "other0", "type", "veth", "peer", "other0p");
+    await ns.ip("link", "set", "other0", "up");
+    await ns.ip("link", "set", "other0p", "up");
+    // An operator's static route where peer 2's subnet is, and a route on
+    // another device where peer 3's is (protocol boot, as `ip` writes).
+    await ns.ip(
+      "route",
+      "add",
+      "10.244.2.0/24",
+      "via",
+      "198.18.0.77",
+      "proto",
+      "static",
+    );
+    await ns.ip("route", "add", "10.244.3.0/24", "dev", "other0");
+    const backend = unwrap(vxlanNode(nl));
+    const own: Lease = {
+      key: "node1",
+      subnet: "10.244.1.0/24",
+      attrs: backend.prepare(),
+    };
+    const rec = new Reconciler(nl, backend.start(own).families, {
+      ownKey: "node1",
+      backendType: "vxlan",
+    });
+    const monitor = new Deno.Command("ip", {
+      args: ["-n", ns.name, "monitor", "route"],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    await new Promise((r) => setTimeout(r, 200));
+    rec.handle([2, 3, 4].map((n) => ({
+      type: "added" as const,
+      lease: vxlanPeer(n),
+      receivedAt: 0,
+    })));
+    assert.equal(rec.pass().errors, 0);
+    // A peer added after the pass, onto a route that appeared meanwhile.
+    await ns.ip(
+      "route",
+      "add",
+      "10.244.5.0/24",
+      "via",
+      "198.18.0.55",
+      "proto",
+      "static",
+    );
+    rec.handle([{ type: "added", lease: vxlanPeer(5), receivedAt: 0 }]);
+    assert.equal(rec.pass().errors, 0);
+    const v4 = await routes(ns, "-4");
+    for (
+      const want of [
+        "10.244.2.0/24 via 198.18.0.77 dev eth0 proto static",
+        "10.244.3.0/24 dev other0 scope link",
+        "10.244.4.0/24 via 10.244.4.0 dev flannel.1 proto 87 onlink",
+        "10.244.5.0/24 via 198.18.0.55 dev eth0 proto static",
+      ]
+    ) assert.ok(v4.includes(want), `${want}\n${v4.join("\n")}`);
+    assert.equal(metrics.peersWaitingForeignRoute.get(), 3);
+
+    // The operator removes the route at peer 2's destination: programmed.
+    await ns.ip("route", "del", "10.244.2.0/24", "proto", "static");
+    assert.equal(rec.pass().errors, 0);
+    await new Promise((r) => setTimeout(r, 200));
+    monitor.kill("SIGTERM");
+    const seen = new TextDecoder().decode((await monitor.output()).stdout);
+    // No delete weft did not ask for: only the operator's own one.
+    const deleted = seen.split("\n").filter((l) => l.startsWith("Deleted"));
+    assert.deepEqual(
+      deleted,
+      ["Deleted 10.244.2.0/24 via 198.18.0.77 dev eth0 proto static "],
+    );
+    assert.ok(
+      (await routes(ns, "-4")).includes(
+        "10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto 87 onlink",
+      ),
+    );
+    assert.equal(metrics.peersWaitingForeignRoute.get(), 2);
+  },
+);
+
+kernelTest(
+  "vxlan: a link named flannel.1 that is not a VXLAN device stops the backend, naming it and its kind, and is kept",
+  async () => {
+    await using ns = await node();
+    using nl = openNetlink({ netns: ns.path });
+    await ns.ip("link", "add", "flannel.1", "type", "bridge");
+    const before = nl.linkByName("flannel.1")!;
+    const backend = unwrap(vxlanNode(nl));
+    assert.throws(
+      () => backend.prepare(),
+      /Link "flannel\.1" exists and is not a VXLAN device \(kind "bridge"\)/,
+    );
+    const after = nl.linkByName("flannel.1");
+    assert.equal(after?.index, before.index);
+    assert.equal(after?.kind, "bridge");
   },
 );
