@@ -618,7 +618,13 @@ export class Reconciler {
     for (const op of ops) {
       if (op.peer !== undefined && failed.has(op.peer)) continue;
       if (op.kind === "routeHeld") {
-        waits.set(op.peer, describeRoute(op.route, name));
+        // For the log: the foreign route's device by name (rare, so the
+        // lookup costs nothing that matters).
+        const dev = (index?: number) =>
+          index === undefined
+            ? name(index)
+            : this.#nl.linkByIndex(index)?.name ?? name(index);
+        waits.set(op.peer, describeRoute(op.route, dev));
         continue;
       }
       const level = op.kind.startsWith("route") ? 2 : 4;

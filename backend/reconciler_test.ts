@@ -772,11 +772,11 @@ Deno.test("Reconciler: a lease whose destination holds a foreign route waits, lo
     assert.equal(waits.length, 2, waits.join("\n"));
     assert.match(
       waits.find((l) => l.includes('"node-2"'))!,
-      /route "10\.244\.2\.0\/24 via 198\.18\.0\.77 dev if\d+ proto static"/,
+      /route "10\.244\.2\.0\/24 via 198\.18\.0\.77 dev eth0 proto static"/,
     );
     assert.match(
       waits.find((l) => l.includes('"node-3"'))!,
-      /route "10\.244\.3\.0\/24 dev if\d+ proto bgp"/,
+      /route "10\.244\.3\.0\/24 dev dummy0 proto bgp"/,
     );
     // A change of the peer while it waits writes nothing over the route.
     rec.handle(added(peer(2, { ip: "198.18.0.22" })));

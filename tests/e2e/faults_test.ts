@@ -21,7 +21,7 @@
  * - `WEFT_FAULT_RESULTS`: where the Markdown table goes
  *   (default bench/results/faults.md).
  * - `WEFT_FAULT_ONLY`: comma-separated phases to run (restarts, drift,
- *   corpus, proxy, outage, deleted, config, runtime, clock, flags; dual stack
+ *   corpus, proxy, outage, deleted, config, runtime, clock, flags, foreign; dual stack
  *   v6restarts, v6drift, v6corpus; hgw for host-gw, direct for
  *   DirectRouting; for Kubernetes kcorpus, kproxy, koutage, ktoken, kca,
  *   and k6corpus for its dual-stack cluster);
@@ -71,6 +71,7 @@ import {
 } from "../faults/run.ts";
 import { DualStackFaults } from "../faults/dual_stack.ts";
 import { wallClockSteps } from "../faults/clock.ts";
+import { foreignState } from "../faults/foreign.ts";
 import {
   DIRECT_ROUTING,
   DirectFaults,
@@ -1203,6 +1204,7 @@ const ETCD_PHASES = [
   "runtime",
   "clock",
   "flags",
+  "foreign",
 ];
 
 await gatedTest({
@@ -1227,6 +1229,7 @@ await gatedTest({
         ["runtime", "host faults at runtime", () => s.runtime()],
         ["clock", "wall-clock steps", () => wallClockSteps(s, s.node(2))],
         ["flags", "command line", () => s.flags()],
+        ["foreign", "foreign kernel state", () => foreignState(s)],
       ]);
     } finally {
       await s.close();

@@ -12,10 +12,10 @@
 import assert from "node:assert/strict";
 import { kernelTest, Netns } from "../_netns.ts";
 import { openNetlink } from "../../ffi/netlink.ts";
-import { KernelError, RTPROT_WEFT } from "../../ffi/types.ts";
+import { KernelError, type Netlink, RTPROT_WEFT } from "../../ffi/types.ts";
 import { createBackend, Reconciler } from "../../backend/mod.ts";
 import type { Lease } from "../../subnet/lease.ts";
-import { parseNetConfig } from "../../subnet/config.ts";
+import { type NetworkConfig, parseNetConfig } from "../../subnet/config.ts";
 import { unwrap } from "../../lib/result.ts";
 import { setLogSink } from "../../lib/log.ts";
 import { metrics } from "../../lib/metrics.ts";
@@ -25,6 +25,35 @@ setLogSink(() => {});
 const config = unwrap(parseNetConfig(
   '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}',
 ));
+const vxlanConfig = unwrap(parseNetConfig('{"Network":"10.244.0.0/16"}'));
+
+/** The backend of node 1 (eth0 at 198.18.0.1, fd18::1) on `node()`. */
+function backendOn(nl: Netlink, conf: NetworkConfig) {
+  const eth0 = nl.linkByName("eth0")!;
+  return unwrap(createBackend(nl, conf, {
+    index: eth0.index,
+    name: "eth0",
+    mtu: eth0.mtu,
+    ifaceAddr: "198.18.0.1",
+    publicIP: "198.18.0.1",
+    ...(conf.enableIPv6 && { ifaceV6Addr: "fd18::1", publicIPv6: "fd18::1" }),
+  }));
+}
+
+/** Node 1's reconciler, its backend prepared and started on `node()`. */
+function reconcilerOn(nl: Netlink, conf: NetworkConfig): Reconciler {
+  const backend = backendOn(nl, conf);
+  const own: Lease = {
+    key: "node1",
+    subnet: "10.244.1.0/24",
+    ...(conf.enableIPv6 && { ipv6Subnet: "fc00:0:0:1::/64" }),
+    attrs: backend.prepare(),
+  };
+  return new Reconciler(nl, backend.start(own).families, {
+    ownKey: "node1",
+    backendType: backend.type,
+  });
+}
 
 function peer(n: number): Lease {
   return {
@@ -61,7 +90,6 @@ kernelTest(
   async () => {
     await using ns = await node();
     using nl = openNetlink({ netns: ns.path });
-    const eth0 = nl.linkByName("eth0")!;
     // Left by flanneld (protocol boot, what `ip route` writes too).
     await ns.ip("route", "add", "10.244.2.0/24", "via", "198.18.0.2");
     await ns.ip("-6", "route", "add", "fc00:0:0:2::/64", "via", "fd18::2");
@@ -76,25 +104,7 @@ kernelTest(
       "proto",
       "static",
     );
-    const backend = unwrap(createBackend(nl, config, {
-      index: eth0.index,
-      name: "eth0",
-      mtu: eth0.mtu,
-      ifaceAddr: "198.18.0.1",
-      publicIP: "198.18.0.1",
-      ifaceV6Addr: "fd18::1",
-      publicIPv6: "fd18::1",
-    }));
-    const own: Lease = {
-      key: "node1",
-      subnet: "10.244.1.0/24",
-      ipv6Subnet: "fc00:0:0:1::/64",
-      attrs: backend.prepare(),
-    };
-    const rec = new Reconciler(nl, backend.start(own).families, {
-      ownKey: "node1",
-      backendType: "host-gw",
-    });
+    const rec = reconcilerOn(nl, config);
     const monitor = new Deno.Command("ip", {
       args: ["-n", ns.name, "monitor", "route"],
       stdout: "piped",
@@ -205,22 +215,6 @@ kernelTest(
   },
 );
 
-/** A vxlan node on `node()`: its backend, reconciler and netlink handle. */
-function vxlanNode(nl: ReturnType<typeof openNetlink>) {
-  const eth0 = nl.linkByName("eth0")!;
-  return createBackend(
-    nl,
-    unwrap(parseNetConfig('{"Network":"10.244.0.0/16"}')),
-    {
-      index: eth0.index,
-      name: "eth0",
-      mtu: eth0.mtu,
-      ifaceAddr: "198.18.0.1",
-      publicIP: "198.18.0.1",
-    },
-  );
-}
-
 function vxlanPeer(n: number): Lease {
   return {
     key: `node${n}`,
@@ -253,16 +247,7 @@ kernelTest(
       "static",
     );
     await ns.ip("route", "add", "10.244.3.0/24", "dev", "other0");
-    const backend = unwrap(vxlanNode(nl));
-    const own: Lease = {
-      key: "node1",
-      subnet: "10.244.1.0/24",
-      attrs: backend.prepare(),
-    };
-    const rec = new Reconciler(nl, backend.start(own).families, {
-      ownKey: "node1",
-      backendType: "vxlan",
-    });
+    const rec = reconcilerOn(nl, vxlanConfig);
     const monitor = new Deno.Command("ip", {
       args: ["-n", ns.name, "monitor", "route"],
       stdout: "piped",
@@ -326,7 +311,7 @@ kernelTest(
     using nl = openNetlink({ netns: ns.path });
     await ns.ip("link", "add", "flannel.1", "type", "bridge");
     const before = nl.linkByName("flannel.1")!;
-    const backend = unwrap(vxlanNode(nl));
+    const backend = backendOn(nl, vxlanConfig);
     assert.throws(
       () => backend.prepare(),
       /Link "flannel\.1" exists and is not a VXLAN device \(kind "bridge"\)/,
@@ -334,5 +319,37 @@ kernelTest(
     const after = nl.linkByName("flannel.1");
     assert.equal(after?.index, before.index);
     assert.equal(after?.kind, "bridge");
+  },
+);
+
+kernelTest(
+  "host-gw: a boot route at a lease's destination through another gateway than its public IP is not flanneld's: left alone until removed",
+  async () => {
+    await using ns = await node();
+    using nl = openNetlink({ netns: ns.path });
+    // flanneld's route to peer 2 would be via 198.18.0.2; this one is not.
+    await ns.ip("route", "add", "10.244.2.0/24", "via", "198.18.0.99");
+    const rec = reconcilerOn(nl, config);
+    rec.handle([{ type: "added", lease: peer(2), receivedAt: 0 }]);
+    assert.equal(rec.pass().errors, 0);
+    assert.equal(rec.pass().errors, 0);
+    const v4 = await routes(ns, "-4");
+    assert.ok(
+      v4.includes("10.244.2.0/24 via 198.18.0.99 dev eth0"),
+      v4.join("\n"),
+    );
+    // IPv6 has no such route: programmed.
+    assert.ok(
+      (await routes(ns, "-6")).some((l) =>
+        l.startsWith("fc00:0:0:2::/64 via fd18::2 dev eth0 proto 87")
+      ),
+    );
+    await ns.ip("route", "del", "10.244.2.0/24", "via", "198.18.0.99");
+    assert.equal(rec.pass().errors, 0);
+    assert.ok(
+      (await routes(ns, "-4")).includes(
+        "10.244.2.0/24 via 198.18.0.2 dev eth0 proto 87",
+      ),
+    );
   },
 );
