@@ -180,7 +180,9 @@ class EtcdFaults extends EtcdRun {
         inject: () => n1.ns.ip("route", "del", p2.subnet, "dev", DEVICE),
       },
       {
-        name: "route to node2 changed to node3's gateway",
+        // weft's mark kept: its own route, drifted. Without the mark it
+        // is someone's route, left alone (tests/faults/foreign.ts).
+        name: "route to node2 changed to node3's gateway, proto 87 kept",
         inject: () =>
           n1.ns.ip(
             "route",
@@ -191,6 +193,8 @@ class EtcdFaults extends EtcdRun {
             "dev",
             DEVICE,
             "onlink",
+            "proto",
+            "87",
           ),
       },
       {
