@@ -79,6 +79,22 @@ async function node(): Promise<Netns> {
   return ns;
 }
 
+/** `ip monitor route` in `ns`, listening once this resolves. */
+async function routeMonitor(ns: Netns): Promise<{ stop(): Promise<string> }> {
+  const child = new Deno.Command("ip", {
+    args: ["-n", ns.name, "monitor", "route"],
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  await new Promise((r) => setTimeout(r, 200));
+  return {
+    async stop() {
+      child.kill("SIGTERM");
+      return new TextDecoder().decode((await child.output()).stdout);
+    },
+  };
+}
+
 /** `ip route show` lines of a family, as text. */
 async function routes(ns: Netns, family: "-4" | "-6"): Promise<string[]> {
   const out = await ns.ip(family, "route", "show", "proto", "all");
@@ -105,12 +121,7 @@ kernelTest(
       "static",
     );
     const rec = reconcilerOn(nl, config);
-    const monitor = new Deno.Command("ip", {
-      args: ["-n", ns.name, "monitor", "route"],
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    await new Promise((r) => setTimeout(r, 200));
+    const monitor = await routeMonitor(ns);
     rec.handle([2, 3].map((n) => ({
       type: "added" as const,
       lease: peer(n),
@@ -118,8 +129,7 @@ kernelTest(
     })));
     assert.deepEqual(rec.pass().errors, 0);
     await new Promise((r) => setTimeout(r, 200));
-    monitor.kill("SIGTERM");
-    const seen = new TextDecoder().decode((await monitor.output()).stdout);
+    const seen = await monitor.stop();
     assert.ok(!/^Deleted .*10\.244\.2\.0\/24/m.test(seen), seen);
     assert.ok(!/^Deleted .*fc00:0:0:2::\/64/m.test(seen), seen);
     assert.ok(
@@ -248,12 +258,7 @@ kernelTest(
     );
     await ns.ip("route", "add", "10.244.3.0/24", "dev", "other0");
     const rec = reconcilerOn(nl, vxlanConfig);
-    const monitor = new Deno.Command("ip", {
-      args: ["-n", ns.name, "monitor", "route"],
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    await new Promise((r) => setTimeout(r, 200));
+    const monitor = await routeMonitor(ns);
     rec.handle([2, 3, 4].map((n) => ({
       type: "added" as const,
       lease: vxlanPeer(n),
@@ -287,8 +292,7 @@ kernelTest(
     await ns.ip("route", "del", "10.244.2.0/24", "proto", "static");
     assert.equal(rec.pass().errors, 0);
     await new Promise((r) => setTimeout(r, 200));
-    monitor.kill("SIGTERM");
-    const seen = new TextDecoder().decode((await monitor.output()).stdout);
+    const seen = await monitor.stop();
     // No delete weft did not ask for: only the operator's own one.
     const deleted = seen.split("\n").filter((l) => l.startsWith("Deleted"));
     assert.deepEqual(
