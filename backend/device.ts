@@ -83,8 +83,11 @@ export interface EnsuredDevice {
 
 /**
  * Makes sure the VXLAN device exists with the given attributes, replacing
- * an incompatible one (`ip link del` + `ip link add ... type vxlan`).
- * Does not touch addresses or peers.
+ * a VXLAN device with other parameters, flanneld's or an earlier weft's
+ * (`ip link del` + `ip link add ... type vxlan`). Throws, deleting
+ * nothing, when a link of that name is not a VXLAN device: it is someone
+ * else's (a bridge, a dummy, a physical NIC). Does not touch addresses or
+ * peers.
  */
 export function ensureVxlanDevice(
   nl: Netlink,
@@ -94,6 +97,13 @@ export function ensureVxlanDevice(
   let existing = nl.linkByName(spec.name);
   const full = { ...spec, mac: "" };
   let compatible = false;
+  if (existing && existing.kind !== "vxlan") {
+    throw new Error(
+      `Link "${spec.name}" exists and is not a VXLAN device (kind "${
+        existing.kind ?? "none"
+      }"): weft deletes only VXLAN devices of that name; rename or remove it`,
+    );
+  }
   if (existing) {
     const why = incompatibility(existing, full);
     if (why === undefined) {

@@ -13,12 +13,21 @@
  * our own subnet), only those marked with weft's route protocol
  * ({@linkcode RTPROT_WEFT}), and deletes name that protocol so the kernel
  * matches nothing else. Routes a flanneld left (protocol boot) are
- * adopted: when a lease wants exactly that destination the route is
- * replaced in place with our mark (an atomic swap, no packet lost); on the
- * overlay device, a boot route of flanneld's exact shape (`S via S.0 dev
- * flannel.N onlink`) that no lease wants is a stale flanneld entry and
- * goes. A boot route on the external interface that no lease wants may be
- * an administrator's static route: it stays.
+ * adopted when a lease wants exactly that destination: the route is
+ * replaced in place with our mark (an atomic swap, no packet lost). Only
+ * flanneld's two shapes count as flanneld's: `S via S.0 dev flannel.N
+ * onlink` on the overlay device (no lease wants it: a stale flanneld
+ * entry, it goes) and, on the external interface, `S via P` where P is the
+ * public IP of the lease claiming S (no lease wants it: it may be an
+ * administrator's static route, it stays).
+ *
+ * Every other route in the main table at a destination a lease claims is
+ * foreign (another protocol, another device, another shape): weft neither
+ * replaces nor deletes it. The lease's route waits (a `routeHeld`
+ * operation, which writes nothing) until the foreign route is gone. A
+ * destination with no route at all is written with `ip route add`
+ * (create + excl), never a replace, so a foreign route that appears after
+ * the kernel was read makes the write fail instead of being overwritten.
  *
  * @module
  */
@@ -79,6 +88,11 @@ export interface OwnedState {
    * never deletes (flanneld's on the external interface).
    */
   readonly adoptable?: RouteInfo[];
+  /**
+   * Other routes into the cluster network (main table, not our own
+   * subnet): never written over, never deleted.
+   */
+  readonly foreign?: RouteInfo[];
 }
 
 /** One kernel change. `peer` names the lease it is for, if any. */
@@ -94,9 +108,18 @@ export type Op =
     readonly peer?: string;
   }
   | {
-    readonly kind: "routeReplace" | "routeDel";
+    readonly kind: "routeAdd" | "routeReplace" | "routeDel";
     readonly route: RouteInfo;
     readonly peer?: string;
+  }
+  | {
+    /**
+     * Writes nothing: `route` (not weft's) holds the destination `peer`
+     * wants, so its route waits.
+     */
+    readonly kind: "routeHeld";
+    readonly route: RouteInfo;
+    readonly peer: string;
   };
 
 /** The first address of a subnet (`10.244.1.0/24` → `10.244.1.0`). */
@@ -210,18 +233,21 @@ export function ownedState(
   const dev = plan.deviceIndex;
   const routes: RouteInfo[] = [];
   const adoptable: RouteInfo[] = [];
+  const foreign: RouteInfo[] = [];
   for (const r of kernel.routes) {
     if ((r.table ?? RT_TABLE_MAIN) !== RT_TABLE_MAIN) continue;
     if (inOwnSubnet(plan, r.dst) || !inNetwork(plan, r.dst)) continue;
     const onDev = dev !== undefined && r.index === dev;
-    const onExt = plan.manageExternal && r.index === plan.externalIndex &&
-      r.gw !== undefined;
-    if (!onDev && !onExt) continue;
+    const onExt = r.index === plan.externalIndex && r.gw !== undefined;
     const proto = r.protocol ?? RTPROT_BOOT;
-    if (proto === RTPROT_WEFT) routes.push(r);
+    // Our own mark on the external interface is ours even when this run
+    // does not route there (DirectRouting turned off since).
+    if (proto === RTPROT_WEFT && (onDev || onExt)) routes.push(r);
     else if (proto === RTPROT_BOOT && onDev && flannelShape(r, dev)) {
       routes.push(r);
-    } else if (proto === RTPROT_BOOT) adoptable.push(r);
+    } else if (proto === RTPROT_BOOT && onExt && plan.manageExternal) {
+      adoptable.push(r);
+    } else foreign.push(r);
   }
   return {
     neighs: dev === undefined
@@ -232,7 +258,16 @@ export function ownedState(
     fdbs: dev === undefined ? [] : kernel.fdbs.filter((f) => f.index === dev),
     routes,
     adoptable,
+    foreign,
   };
+}
+
+/**
+ * The public IP a peer's entries point at: the FDB entry's remote, or
+ * the gateway of a route via the external interface.
+ */
+function peerAddress(p: PeerEntries): string | undefined {
+  return p.fdb?.dst ?? p.route.gw;
 }
 
 function sameRoute(a: RouteInfo, b: RouteInfo): boolean {
@@ -254,9 +289,9 @@ function fdbKey(f: FdbInfo): string {
 export function diff(desired: Iterable<PeerEntries>, actual: OwnedState): Op[] {
   const neighs = new Map(actual.neighs.map((n) => [n.dst, n]));
   const fdbs = new Map(actual.fdbs.map((f) => [fdbKey(f), f]));
-  const routes = new Map(
-    [...actual.adoptable ?? [], ...actual.routes].map((r) => [r.dst, r]),
-  );
+  const routes = new Map(actual.routes.map((r) => [r.dst, r]));
+  const adoptable = new Map((actual.adoptable ?? []).map((r) => [r.dst, r]));
+  const foreign = new Map((actual.foreign ?? []).map((r) => [r.dst, r]));
   const wantNeigh = new Set<string>();
   const wantFdb = new Set<string>();
   const wantRoute = new Set<string>();
@@ -277,9 +312,17 @@ export function diff(desired: Iterable<PeerEntries>, actual: OwnedState): Op[] {
         ops.push({ kind: "fdbSet", fdb: p.fdb, peer: p.key });
       }
     }
-    wantRoute.add(p.route.dst);
-    const have = routes.get(p.route.dst);
-    if (!have || !sameRoute(have, p.route)) {
+    const dst = p.route.dst;
+    wantRoute.add(dst);
+    // flanneld's host-gw route to this very peer is adopted; on the
+    // external interface through any other gateway, it is someone else's.
+    const flanneld = adoptable.get(dst);
+    const adopt = flanneld?.gw === peerAddress(p) ? flanneld : undefined;
+    const other = foreign.get(dst) ?? (adopt ? undefined : flanneld);
+    const have = routes.get(dst) ?? adopt;
+    if (other) ops.push({ kind: "routeHeld", route: other, peer: p.key });
+    else if (!have) ops.push({ kind: "routeAdd", route: p.route, peer: p.key });
+    else if (!sameRoute(have, p.route)) {
       ops.push({ kind: "routeReplace", route: p.route, peer: p.key });
     }
   }
@@ -328,12 +371,42 @@ export function describeOp(
       } ${op.fdb.lladdr} dev ${devName(op.fdb.index)}${
         op.fdb.dst ? ` dst ${op.fdb.dst}` : ""
       } self${op.kind === "fdbSet" ? " permanent" : ""}`;
+    case "routeAdd":
     case "routeReplace":
     case "routeDel":
-      return `ip route ${
-        op.kind === "routeReplace" ? "replace" : "del"
-      } ${op.route.dst}${op.route.gw ? ` via ${op.route.gw}` : ""} dev ${
-        devName(op.route.index)
-      }${op.route.onlink ? " onlink" : ""}`;
+      return `ip route ${op.kind.slice(5).toLowerCase()} ${
+        describeRoute(
+          op.route,
+          devName,
+        )
+      }`;
+    case "routeHeld":
+      return `(waiting) ${describeRoute(op.route, devName)}`;
   }
 }
+
+/** A route in iproute2 words: `10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink proto static`. */
+export function describeRoute(
+  r: RouteInfo,
+  devName: (index?: number) => string,
+): string {
+  const proto = r.protocol ?? RTPROT_BOOT;
+  return `${r.blackhole ? "blackhole " : ""}${r.dst}${
+    r.gw ? ` via ${r.gw}` : ""
+  }${r.index !== undefined ? ` dev ${devName(r.index)}` : ""}${
+    r.onlink ? " onlink" : ""
+  }${proto === RTPROT_WEFT ? "" : ` proto ${PROTOCOL_NAMES[proto] ?? proto}`}`;
+}
+
+/** rtnetlink protocol names as `ip route` prints them (/etc/iproute2/rt_protos). */
+const PROTOCOL_NAMES: Record<number, string> = {
+  0: "unspec",
+  1: "redirect",
+  2: "kernel",
+  3: "boot",
+  4: "static",
+  186: "bgp",
+  187: "isis",
+  188: "ospf",
+  189: "rip",
+};

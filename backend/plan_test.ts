@@ -78,10 +78,10 @@ const cases: {
     want: [
       "neighSet 10.244.2.0",
       "fdbSet 0a:00:00:00:00:02>198.18.0.2",
-      "routeReplace 10.244.2.0/24",
+      "routeAdd 10.244.2.0/24",
       "neighSet 10.244.3.0",
       "fdbSet 0a:00:00:00:00:03>198.18.0.3",
-      "routeReplace 10.244.3.0/24",
+      "routeAdd 10.244.3.0/24",
     ],
   },
   {
@@ -97,7 +97,7 @@ const cases: {
     want: [
       "neighSet 10.244.3.0",
       "fdbSet 0a:00:00:00:00:03>198.18.0.3",
-      "routeReplace 10.244.3.0/24",
+      "routeAdd 10.244.3.0/24",
     ],
   },
   {
@@ -201,11 +201,19 @@ Deno.test("ownedState() leaves foreign routes, own subnet and other devices alon
   const owned = ownedState(plan, kernel);
   assert.deepEqual(owned.neighs.map((n) => n.dst), ["10.244.2.0"]);
   assert.equal(owned.fdbs.length, 1);
+  // Our mark on eth0 is ours even without DirectRouting (turned off since).
   assert.deepEqual(owned.routes.map((r) => r.dst), [
     "10.244.2.0/24",
+    "10.244.51.0/24",
     "10.244.4.0/24",
   ]);
-  assert.deepEqual(owned.adoptable!.map((r) => r.dst), ["10.244.5.0/24"]);
+  assert.deepEqual(owned.adoptable!.map((r) => r.dst), []);
+  assert.deepEqual(owned.foreign!.map((r) => r.dst), [
+    "10.244.50.0/24",
+    "10.244.52.0/24",
+    "10.244.5.0/24",
+    "10.244.6.0/24",
+  ]);
   const withDirect = ownedState({ ...plan, manageExternal: true }, kernel);
   assert.deepEqual(withDirect.routes.map((r) => r.dst), [
     "10.244.2.0/24",
@@ -214,8 +222,70 @@ Deno.test("ownedState() leaves foreign routes, own subnet and other devices alon
   ]);
   assert.deepEqual(withDirect.adoptable!.map((r) => r.dst), [
     "10.244.50.0/24",
-    "10.244.5.0/24",
   ]);
+  assert.deepEqual(withDirect.foreign!.map((r) => r.dst), [
+    "10.244.52.0/24",
+    "10.244.5.0/24",
+    "10.244.6.0/24",
+  ]);
+});
+
+Deno.test("diff() holds a lease's route behind a foreign route at its destination, never writing over or deleting it", () => {
+  const direct = { ...plan, manageExternal: true };
+  const [e2, e3, e4] = entries([2], [3], [4]);
+  const d5 = vxlanPeerEntries(direct, peer(5), "direct")!;
+  const foreign = [
+    // Another protocol on our device.
+    { ...e2!.route, protocol: 4 },
+    // Weft's shape and mark, on another device.
+    { ...e3!.route, index: 9 },
+    // Not flanneld's shape (no onlink) on our device.
+    { dst: "10.244.4.0/24", index: 5, protocol: RTPROT_BOOT },
+    // A boot route on eth0 through another gateway than peer 5's.
+    { dst: "10.244.5.0/24", gw: "198.18.0.99", index: 2, protocol: 3 },
+  ];
+  const kernel = {
+    neighs: [e2!.neigh!],
+    fdbs: [e2!.fdb!],
+    routes: [...foreign, { ...e4!.route }],
+  };
+  const ops = diff([e2!, e3!, e4!, d5], ownedState(direct, kernel));
+  assert.deepEqual(kinds(ops), [
+    "routeHeld 10.244.2.0/24",
+    "neighSet 10.244.3.0",
+    "fdbSet 0a:00:00:00:00:03>198.18.0.3",
+    "routeHeld 10.244.3.0/24",
+    "neighSet 10.244.4.0",
+    "fdbSet 0a:00:00:00:00:04>198.18.0.4",
+    "routeHeld 10.244.4.0/24",
+    "routeHeld 10.244.5.0/24",
+  ]);
+  // The held operations carry the foreign route, for the log.
+  assert.deepEqual(
+    ops.filter((o) => o.kind === "routeHeld").map((o) =>
+      "route" in o ? o.route : undefined
+    ),
+    foreign,
+  );
+  // Nobody wants them: still nothing deletes them.
+  assert.deepEqual(
+    kinds(diff([], ownedState(direct, kernel))).filter((k) =>
+      k.startsWith("route")
+    ),
+    ["routeDel 10.244.4.0/24"],
+  );
+});
+
+Deno.test("diff() writes a destination the kernel has no route for with add (create + excl), never replace", () => {
+  const [e2] = entries([2]);
+  const ops = diff([e2!], empty);
+  assert.deepEqual(kinds(ops).at(-1), "routeAdd 10.244.2.0/24");
+  // A route of ours that differs is replaced in place.
+  const moved = { ...e2!.route, gw: "10.244.2.1" };
+  assert.deepEqual(
+    kinds(diff([e2!], { ...asState([e2!]), routes: [moved] })),
+    ["routeReplace 10.244.2.0/24"],
+  );
 });
 
 Deno.test("diff() never deletes an unmarked route on the external interface, and adopts one a lease wants by replacing it", () => {

@@ -41,6 +41,7 @@ import type { Lease, LeaseEvent } from "../subnet/lease.ts";
 import {
   asState,
   describeOp,
+  describeRoute,
   diff,
   type FamilyPlan,
   type Op,
@@ -124,6 +125,11 @@ interface FamilyState {
   /** The last error of each failing peer, for `/readyz?verbose`. */
   errors: Map<string, string>;
   /**
+   * Peers whose route waits for a route that is not weft's at its
+   * destination, with that route in words (logged once per change).
+   */
+  waiting: Map<string, string>;
+  /**
    * While the first listing arrives: the kernel's entries, read once when
    * its first peers came in and kept up to date with what this run
    * programs since, so no batch dumps the kernel again.
@@ -137,8 +143,11 @@ class KernelIndex {
   readonly #fdbs = new Map<string, Set<string | undefined>>();
   /** Neighbour address → MAC. */
   readonly #neighs = new Map<string, string | undefined>();
-  /** Table and destination → next hop. */
-  readonly #routes = new Map<string, { gw?: string; index?: number }>();
+  /** Table and destination → next hop and protocol. */
+  readonly #routes = new Map<
+    string,
+    { gw?: string; index?: number; protocol?: number }
+  >();
 
   constructor(kernel: {
     neighs: NeighInfo[];
@@ -161,14 +170,22 @@ class KernelIndex {
         const lladdr = this.#neighs.get(op.neigh.dst);
         return lladdr !== undefined && lladdr !== op.neigh.lladdr;
       }
+      case "routeAdd":
       case "routeReplace": {
         const r = this.#routes.get(routeKey(op.route));
-        return r !== undefined &&
-          (r.gw !== op.route.gw || r.index !== op.route.index);
+        return r !== undefined && !this.holds(op);
       }
       default:
         return false;
     }
+  }
+
+  /** Whether the kernel has exactly the route `op` writes, our mark too. */
+  holds(op: Op): boolean {
+    if (op.kind !== "routeAdd" && op.kind !== "routeReplace") return false;
+    const r = this.#routes.get(routeKey(op.route));
+    return r !== undefined && r.gw === op.route.gw &&
+      r.index === op.route.index && r.protocol === op.route.protocol;
   }
 
   /** Records an operation the kernel took. */
@@ -188,6 +205,7 @@ class KernelIndex {
       case "neighDel":
         this.#neighs.delete(op.neigh.dst);
         return;
+      case "routeAdd":
       case "routeReplace":
         this.#routes.set(routeKey(op.route), op.route);
         return;
@@ -200,6 +218,12 @@ class KernelIndex {
 function routeKey(r: RouteInfo): string {
   return `${r.table ?? RT_TABLE_MAIN} ${r.dst}`;
 }
+
+/**
+ * A foreign route the kernel reported (a route add failing with "exists")
+ * but no pass has read yet: the pass it wakes names it in the log.
+ */
+const NOT_YET_READ = "";
 
 /** Outcome of one pass, for logs, tests and benchmarks. */
 export interface PassResult {
@@ -238,6 +262,7 @@ export class Reconciler {
       programmed: new Map(),
       failed: new Set(),
       errors: new Map(),
+      waiting: new Map(),
     }));
   }
 
@@ -396,9 +421,51 @@ export class Reconciler {
       );
     }
     return {
-      ops: ops.filter((op) => op.peer === undefined || !held.has(op.peer)),
+      ops: ops.filter((op) =>
+        op.peer === undefined ||
+        !held.has(op.peer) && !f.early?.holds(op)
+      ),
       held,
     };
+  }
+
+  /**
+   * `ops` less the route writes of peers waiting for a foreign route: the
+   * event path has not read the kernel, the full pass it wakes does. The
+   * peers held back, for the caller.
+   */
+  #withoutWaiting(
+    f: FamilyState,
+    ops: Op[],
+  ): { ops: Op[]; held: Set<string> } {
+    const held = new Set<string>();
+    const out = ops.filter((op) => {
+      const wait = op.peer !== undefined && f.waiting.has(op.peer) &&
+        op.kind.startsWith("route");
+      if (wait) held.add(op.peer!);
+      return !wait;
+    });
+    return { ops: out, held };
+  }
+
+  /**
+   * Logs each peer that starts waiting for a foreign route, or waits for
+   * another one, and each that no longer waits; keeps `waiting`.
+   */
+  #setWaiting(f: FamilyState, waiting: Map<string, string>): void {
+    for (const [key, route] of waiting) {
+      if (route === NOT_YET_READ || f.waiting.get(key) === route) continue;
+      log.warn(
+        `Lease "${key}" waits: route "${route}" at its destination is not weft's; weft neither replaces nor deletes it`,
+      );
+    }
+    for (const key of f.waiting.keys()) {
+      if (waiting.has(key) || !this.#leases.has(key)) continue;
+      log.info(
+        `Lease "${key}" no longer waits for a foreign route: its route is programmed`,
+      );
+    }
+    f.waiting = waiting;
   }
 
   /**
@@ -419,11 +486,12 @@ export class Reconciler {
         const now = lease ? f.net.entries(plan, lease, modes) : undefined;
         if (now) after.push(now);
       }
+      const wasWaiting = [...keys].some((key) => f.waiting.has(key));
       const all = diff(after, asState(before));
       const { ops, held } = early
         ? this.#withoutChanges(f, all)
-        : { ops: all, held: new Set<string>() };
-      const failed = this.#apply(f, ops);
+        : this.#withoutWaiting(f, all);
+      const { failed, waits } = this.#apply(f, ops);
       if (early) {
         for (const op of ops) {
           if (op.peer === undefined || !failed.has(op.peer)) {
@@ -438,10 +506,16 @@ export class Reconciler {
       }
       for (const e of after) {
         if (failed.has(e.key)) f.failed.add(e.key);
-        else if (!held.has(e.key)) f.programmed.set(e.key, e);
+        else if (!held.has(e.key) && !waits.has(e.key)) {
+          f.programmed.set(e.key, e);
+        }
       }
-      if (failed.size > 0) {
-        this.#dirty = true;
+      const waiting = new Map(f.waiting);
+      for (const key of keys) if (!held.has(key)) waiting.delete(key);
+      for (const [key, route] of waits) waiting.set(key, route);
+      this.#setWaiting(f, waiting);
+      if (failed.size > 0) this.#dirty = true;
+      if (failed.size > 0 || waits.size > 0 || wasWaiting) {
         this.#trigger();
       }
     }
@@ -482,13 +556,14 @@ export class Reconciler {
         if (e) desired.set(e.key, e);
       }
       const todo = diff(desired.values(), ownedState(plan, kernel));
-      if (todo.length > 0) {
+      const writes = todo.filter((op) => op.kind !== "routeHeld");
+      if (writes.length > 0) {
         log.info(
-          `${f.net.label}: ${todo.length} kernel change(s) to reach the desired state of ${desired.size} peer(s)`,
+          `${f.net.label}: ${writes.length} kernel change(s) to reach the desired state of ${desired.size} peer(s)`,
         );
       }
-      const failed = this.#apply(f, todo);
-      ops += todo.length;
+      const { failed, waits } = this.#apply(f, todo);
+      ops += writes.length;
       errors += failed.size;
       if (failed.size > 0) dirty = true;
       f.failed = failed;
@@ -496,9 +571,10 @@ export class Reconciler {
         if (!failed.has(key)) f.errors.delete(key);
       }
       f.programmed = new Map(
-        [...desired].filter(([key]) => !failed.has(key)),
+        [...desired].filter(([key]) => !failed.has(key) && !waits.has(key)),
       );
-      for (const op of todo) {
+      this.#setWaiting(f, waits);
+      for (const op of writes) {
         metrics.reconcileRepairs.inc({ kind: op.kind });
       }
     }
@@ -527,13 +603,30 @@ export class Reconciler {
     }
   }
 
-  /** Applies ops in order; returns the peers that failed. */
-  #apply(f: FamilyState, ops: Op[]): Set<string> {
+  /**
+   * Applies ops in order; returns the peers that failed, and those whose
+   * route waits for a foreign one (with that route in words).
+   */
+  #apply(
+    f: FamilyState,
+    ops: Op[],
+  ): { failed: Set<string>; waits: Map<string, string> } {
     const failed = new Set<string>();
+    const waits = new Map<string, string>();
     const name = (index?: number) =>
       index === f.plan?.deviceIndex ? f.net.label : `if${index}`;
     for (const op of ops) {
       if (op.peer !== undefined && failed.has(op.peer)) continue;
+      if (op.kind === "routeHeld") {
+        // For the log: the foreign route's device by name (rare, so the
+        // lookup costs nothing that matters).
+        const dev = (index?: number) =>
+          index === undefined
+            ? name(index)
+            : this.#nl.linkByIndex(index)?.name ?? name(index);
+        waits.set(op.peer, describeRoute(op.route, dev));
+        continue;
+      }
       const level = op.kind.startsWith("route") ? 2 : 4;
       if (log.enabled(level)) log.v(level, describeOp(op, name));
       try {
@@ -546,6 +639,15 @@ export class Reconciler {
       } catch (e) {
         const missing = e instanceof KernelError && e.notFound;
         if (missing && op.kind.endsWith("Del")) continue;
+        if (
+          op.kind === "routeAdd" && op.peer !== undefined &&
+          e instanceof KernelError && e.exists
+        ) {
+          // Someone's route arrived since the kernel was read (or the
+          // event path never read it): the pass this wakes names it.
+          waits.set(op.peer, NOT_YET_READ);
+          continue;
+        }
         metrics.kernelErrors.inc({ op: op.kind });
         log.error(
           `Failed: ${describeOp(op, name)}${
@@ -561,7 +663,7 @@ export class Reconciler {
         } else failed.add(`stale:${op.kind}`);
       }
     }
-    return failed;
+    return { failed, waits };
   }
 
   #run(op: Op): void {
@@ -575,10 +677,14 @@ export class Reconciler {
         return nl.fdbSet(op.fdb);
       case "fdbDel":
         return nl.fdbDel(op.fdb);
+      case "routeAdd":
+        return nl.routeAdd(op.route);
       case "routeReplace":
         return nl.routeReplace(op.route);
       case "routeDel":
         return nl.routeDel(op.route);
+      case "routeHeld":
+        return;
     }
   }
 
@@ -605,6 +711,13 @@ export class Reconciler {
     }
     metrics.peersProgrammed.set(this.#leases.size - failing.size);
     metrics.peersFailing.set(failing.size);
+    const waiting = new Set<string>();
+    for (const f of this.#families) {
+      for (const key of f.waiting.keys()) {
+        if (this.#leases.has(key)) waiting.add(key);
+      }
+    }
+    metrics.peersWaitingForeignRoute.set(waiting.size);
   }
 
   /** Asks the run loop for a pass soon. */

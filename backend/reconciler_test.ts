@@ -5,7 +5,10 @@ import { createBackend } from "./registry.ts";
 import { Reconciler, type ReconcilerOptions } from "./reconciler.ts";
 import { parseNetConfig } from "../subnet/config.ts";
 import { unwrap } from "../lib/result.ts";
-import { NLE_EXIST } from "../ffi/types.ts";
+import { RTPROT_BOOT } from "../ffi/types.ts";
+
+/** libnl's "invalid input data or parameter": a write the kernel refuses. */
+const NLE_INVAL = 7;
 import { setLogSink } from "../lib/log.ts";
 import { metrics } from "../lib/metrics.ts";
 
@@ -236,8 +239,8 @@ Deno.test("Reconciler repairs drift: deleted route, altered neighbour, lost FDB 
 Deno.test("Reconciler: one failing peer does not block the others and is retried", () => {
   const { kernel, rec } = node();
   kernel.fault = (op, obj) =>
-    op === "routeReplace" && (obj as { dst: string }).dst === "10.244.3.0/24"
-      ? NLE_EXIST
+    op === "routeAdd" && (obj as { dst: string }).dst === "10.244.3.0/24"
+      ? NLE_INVAL
       : undefined;
   rec.handle(added(peer(2), peer(3), peer(4)));
   const r = rec.pass();
@@ -433,8 +436,8 @@ Deno.test("createBackend() names a bad Backend key and an unknown type", () => {
 Deno.test("Reconciler metrics: peers programmed excludes failing peers; latency is observed once programmed", () => {
   const { kernel, rec } = node();
   kernel.fault = (op, obj) =>
-    op === "routeReplace" && (obj as { dst: string }).dst === "10.244.3.0/24"
-      ? NLE_EXIST
+    op === "routeAdd" && (obj as { dst: string }).dst === "10.244.3.0/24"
+      ? NLE_INVAL
       : undefined;
   const before = metrics.eventToKernel.count;
   rec.handle(added(peer(2), peer(3), peer(4)));
@@ -530,8 +533,8 @@ Deno.test("flannel.1 follows an external interface that is deleted and recreated
 Deno.test("Reconciler: a peer the kernel keeps refusing leaves it synced (ready for this node) and is reported as failing", () => {
   const { kernel, rec } = node();
   kernel.fault = (op, obj) =>
-    op === "routeReplace" && (obj as { dst: string }).dst === "10.244.3.0/24"
-      ? NLE_EXIST
+    op === "routeAdd" && (obj as { dst: string }).dst === "10.244.3.0/24"
+      ? NLE_INVAL
       : undefined;
   assert.equal(rec.synced, false);
   rec.handle(added(peer(2), peer(3)));
@@ -544,7 +547,7 @@ Deno.test("Reconciler: a peer the kernel keeps refusing leaves it synced (ready 
   assert.equal(failing[0]!.family, 4);
   assert.match(
     failing[0]!.error,
-    /^ip route replace 10\.244\.3\.0\/24 via 10\.244\.3\.0 dev flannel\.1 onlink: .*injected fault/,
+    /^ip route add 10\.244\.3\.0\/24 via 10\.244\.3\.0 dev flannel\.1 onlink: .*injected fault/,
   );
   assert.equal(metrics.peersFailing.get(), 1);
   kernel.fault = undefined;
@@ -737,4 +740,143 @@ Deno.test("Reconciler.run() skips at most five periods in a row while the kernel
   ac.abort();
   await done;
   assert.equal(skips(), s0);
+});
+
+Deno.test("Reconciler: a lease whose destination holds a foreign route waits, logged once, counted, and is programmed once the route is gone", () => {
+  const { kernel, eth0, rec } = node();
+  const lines: string[] = [];
+  setLogSink((l) => lines.push(l));
+  try {
+    // An operator's route where peer 2's subnet will be, and a route a
+    // BGP daemon put on another device where peer 3's is.
+    const theirs = {
+      dst: "10.244.2.0/24",
+      gw: "198.18.0.77",
+      index: eth0.index,
+      protocol: 4,
+    };
+    const dummy = kernel.addDevice("dummy0");
+    const bgp = { dst: "10.244.3.0/24", index: dummy.index, protocol: 186 };
+    kernel.routes.push(theirs, bgp);
+    rec.handle(added(peer(2), peer(3), peer(4)));
+    assert.deepEqual(rec.pass().errors, 0);
+    assert.deepEqual(rec.pass(), { ops: 0, errors: 0 });
+    const at = (dst: string) => kernel.routes.filter((r) => r.dst === dst);
+    assert.deepEqual(at("10.244.2.0/24"), [{ ...theirs }]);
+    assert.deepEqual(at("10.244.3.0/24"), [{ ...bgp }]);
+    assert.equal(at("10.244.4.0/24").length, 1);
+    assert.equal(metrics.peersWaitingForeignRoute.get(), 2);
+    // Not a failure: the node stays ready.
+    assert.equal(rec.ready, true);
+    const waits = lines.filter((l) => l.includes(" waits: route "));
+    assert.equal(waits.length, 2, waits.join("\n"));
+    assert.match(
+      waits.find((l) => l.includes('"node-2"'))!,
+      /route "10\.244\.2\.0\/24 via 198\.18\.0\.77 dev eth0 proto static"/,
+    );
+    assert.match(
+      waits.find((l) => l.includes('"node-3"'))!,
+      /route "10\.244\.3\.0\/24 dev dummy0 proto bgp"/,
+    );
+    // A change of the peer while it waits writes nothing over the route.
+    rec.handle(added(peer(2, { ip: "198.18.0.22" })));
+    assert.deepEqual(at("10.244.2.0/24"), [{ ...theirs }]);
+    rec.pass();
+    // The operator's route goes: the next pass programs the lease.
+    kernel.routes = kernel.routes.filter((r) => r !== theirs);
+    lines.length = 0;
+    rec.pass();
+    assert.equal(at("10.244.2.0/24")[0]?.protocol, 87);
+    assert.equal(at("10.244.2.0/24")[0]?.gw, "10.244.2.0");
+    assert.equal(metrics.peersWaitingForeignRoute.get(), 1);
+    assert.equal(
+      lines.filter((l) => l.includes('"node-2" no longer waits')).length,
+      1,
+    );
+    assert.equal(lines.filter((l) => l.includes(" waits: route ")).length, 0);
+  } finally {
+    setLogSink(() => {});
+  }
+});
+
+Deno.test("Reconciler: an event for a new lease never replaces a foreign route that arrived after the last pass", () => {
+  const { kernel, eth0, rec } = node();
+  rec.handle(added(peer(2)));
+  rec.pass();
+  const theirs = {
+    dst: "10.244.5.0/24",
+    gw: "198.18.0.55",
+    index: eth0.index,
+    protocol: 4,
+  };
+  kernel.routes.push(theirs);
+  const replaced: unknown[] = [];
+  kernel.fault = (op, obj) => {
+    if (op === "routeReplace") replaced.push(obj);
+    return undefined;
+  };
+  rec.handle(added(peer(5)));
+  assert.deepEqual(
+    kernel.routes.filter((r) => r.dst === "10.244.5.0/24"),
+    [{ ...theirs }],
+  );
+  assert.deepEqual(replaced, []);
+  assert.equal(metrics.peersWaitingForeignRoute.get(), 1);
+  // The pass it wakes names the route, and still writes nothing over it.
+  rec.pass();
+  assert.deepEqual(
+    kernel.routes.filter((r) => r.dst === "10.244.5.0/24"),
+    [{ ...theirs }],
+  );
+  kernel.routes = kernel.routes.filter((r) => r !== theirs);
+  rec.pass();
+  assert.equal(
+    kernel.routes.find((r) => r.dst === "10.244.5.0/24")?.protocol,
+    87,
+  );
+  assert.equal(metrics.peersWaitingForeignRoute.get(), 0);
+});
+
+Deno.test("Reconciler: during the first listing, a foreign route shaped like weft's is not taken over", () => {
+  const { kernel, rec } = node();
+  rec.handle(added(peer(2)), true);
+  const dev = kernel.linkByName("flannel.1")!;
+  // Someone else's copy of weft's route, marked with their protocol.
+  const theirs = {
+    dst: "10.244.3.0/24",
+    gw: "10.244.3.0",
+    index: dev.index,
+    onlink: true,
+    table: 254,
+    protocol: 4,
+  };
+  kernel.routes.push(theirs);
+  rec.handle(added(peer(3)), true);
+  rec.handle([]);
+  rec.pass();
+  assert.deepEqual(
+    kernel.routes.filter((r) => r.dst === "10.244.3.0/24"),
+    [theirs],
+  );
+  // flanneld's own route (protocol boot, its exact shape) is adopted.
+  kernel.routes = kernel.routes.filter((r) => r !== theirs);
+  kernel.routes.push({ ...theirs, protocol: RTPROT_BOOT });
+  rec.pass();
+  assert.equal(
+    kernel.routes.find((r) => r.dst === "10.244.3.0/24")?.protocol,
+    87,
+  );
+});
+
+Deno.test("A link named flannel.<VNI> that is not a VXLAN device stops the backend with its name and kind, and stays", () => {
+  const kernel = new MemoryKernel();
+  kernel.addDevice("eth0");
+  const theirs = kernel.addDevice("flannel.1");
+  kernel.links.set(theirs.index, { ...theirs, kind: "bridge" });
+  assert.throws(
+    () => node(undefined, kernel),
+    /Link "flannel\.1" exists and is not a VXLAN device \(kind "bridge"\)/,
+  );
+  assert.equal(kernel.linkByName("flannel.1")?.index, theirs.index);
+  assert.equal(kernel.linkByName("flannel.1")?.kind, "bridge");
 });

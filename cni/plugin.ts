@@ -4,9 +4,14 @@
  * name. ADD reads subnet.env, renders the delegate configuration (see
  * ./delegate.ts), stores it as `<dataDir>/<containerID>` and runs the
  * delegate plugin (`bridge`) found in `CNI_PATH`; DEL runs the delegate
- * with the stored configuration and removes it (nothing stored: success);
- * CHECK runs the delegate's CHECK with the stored configuration. Errors are
- * printed as CNI error JSON on stdout with exit status 1.
+ * with the stored configuration and removes it (nothing stored: success;
+ * a stored file that cannot be read: DEL with the configuration ADD would
+ * render now, and a CNI error naming the file if that fails too); CHECK
+ * runs the delegate's CHECK with the stored configuration. ADD, DEL and
+ * CHECK of one container run one at a time across processes, under an
+ * exclusive lock on `<dataDir>/.locks/<containerID>`, which exists while
+ * the stored configuration does. Errors are printed as CNI error JSON on
+ * stdout with exit status 1.
  *
  * Where weft differs from the Go plugin: CHECK is delegated (the Go
  * plugin's is a no-op; see {@linkcode withRouteGateways}), a missing subnet.env is "try again later" (11)
@@ -22,6 +27,7 @@ import {
   type SubnetEnvFile,
 } from "../subnet/subnet_env.ts";
 import { writeFileAtomic } from "../lib/atomic_write.ts";
+import { type FileLock, lockFile } from "../lib/file_lock.ts";
 import { runCommand } from "../lib/command.ts";
 import {
   CNI_ERR,
@@ -69,6 +75,11 @@ export interface CniDeps {
   /** Removes a file; a missing file is not an error. */
   readonly remove: (path: string) => Promise<void>;
   /**
+   * Waits for the exclusive lock on `path` (across processes), creating
+   * the file and its directory (mode 0700).
+   */
+  readonly lock: (path: string) => Promise<FileLock>;
+  /**
    * Runs a plugin binary with exactly `env` (the `CNI_*` variables,
    * `CNI_COMMAND` set for the delegate, and `PATH`); rejects with
    * `Deno.errors.NotFound` when there is no such file. Nothing else is
@@ -106,6 +117,7 @@ export const denoCniDeps: CniDeps = {
   },
   exec: (path, env, stdin) =>
     runCommand([path], { env, stdin, clearEnv: true }),
+  lock: (path) => lockFile(path, 0o700),
 };
 
 class CniError extends Error {
@@ -299,6 +311,47 @@ function storedPath(conf: FlannelNetConf, containerId: string): string {
   return `${conf.dataDir.replace(/\/+$/, "")}/${containerId}`;
 }
 
+/**
+ * The container's lock file. `.locks` cannot be a stored configuration:
+ * a container ID starts with a letter or digit.
+ */
+function lockPath(conf: FlannelNetConf, containerId: string): string {
+  return `${conf.dataDir.replace(/\/+$/, "")}/.locks/${containerId}`;
+}
+
+/**
+ * Runs `fn` under the container's lock (see the module doc); the lock
+ * file is removed on the way out when no configuration is stored for the
+ * container any more.
+ */
+async function underLock(
+  deps: CniDeps,
+  env: Record<string, string | undefined>,
+  conf: FlannelNetConf,
+  fn: () => Promise<void>,
+): Promise<void> {
+  const id = env.CNI_CONTAINERID!;
+  const path = lockPath(conf, id);
+  let lock: FileLock;
+  try {
+    lock = await deps.lock(path);
+  } catch (e) {
+    cniFail(
+      CNI_ERR.ioFailure,
+      `Cannot lock "${path}" for container "${id}": ${(e as Error).message}`,
+    );
+  }
+  try {
+    await fn();
+  } finally {
+    const stored = await deps.readTextFile(storedPath(conf, id)).then(
+      () => true,
+      (e) => !(e instanceof Deno.errors.NotFound),
+    );
+    await lock.release(!stored);
+  }
+}
+
 async function readStored(
   deps: CniDeps,
   path: string,
@@ -325,50 +378,95 @@ function storedType(text: string): string | undefined {
   }
 }
 
-async function cmdAdd(
+/** What ADD stores: the delegate configuration rendered from subnet.env. */
+async function renderStored(
   deps: CniDeps,
-  env: Record<string, string | undefined>,
   conf: FlannelNetConf,
-): Promise<void> {
+): Promise<{ type: string; bytes: string }> {
   const subnetEnv = await loadSubnetEnv(deps, conf.subnetFile);
   const invalid = validateDelegate(conf);
   if (invalid) throw new CniError(invalid);
   const rendered = renderDelegate(conf, subnetEnv);
   if (!rendered.ok) throw new CniError(rendered.reason);
-  const bytes = goMarshal(rendered.value);
+  return {
+    type: rendered.value.type as string,
+    bytes: goMarshal(rendered.value),
+  };
+}
+
+async function cmdAdd(
+  deps: CniDeps,
+  env: Record<string, string | undefined>,
+  conf: FlannelNetConf,
+): Promise<void> {
+  const { type, bytes } = await renderStored(deps, conf);
   const path = storedPath(conf, env.CNI_CONTAINERID!);
   try {
     await deps.writeFile(path, bytes, 0o600, 0o700);
   } catch (e) {
     cniFail(CNI_ERR.ioFailure, (e as Error).message);
   }
-  const result = await delegate(
-    deps,
-    env,
-    "ADD",
-    rendered.value.type as string,
-    bytes,
-  );
+  const result = await delegate(deps, env, "ADD", type, bytes);
   deps.stdout(result);
 }
 
+/**
+ * DEL: the delegate's DEL with the stored configuration, then the file
+ * goes. A stored file that cannot be read or parsed does not make DEL
+ * succeed and leak: the delegate's DEL runs with the configuration ADD
+ * would render now (same delegate, same IPAM store, so the veth and the
+ * address are found by container and interface); only if that fails too
+ * is DEL a CNI error naming the file and both causes, and the file stays
+ * for the runtime's retry.
+ */
 async function cmdDel(
   deps: CniDeps,
   env: Record<string, string | undefined>,
   conf: FlannelNetConf,
 ): Promise<void> {
-  const path = storedPath(conf, env.CNI_CONTAINERID!);
-  const stored = await readStored(deps, path);
+  const id = env.CNI_CONTAINERID!;
+  const path = storedPath(conf, id);
+  let stored: string | undefined;
+  let cause: string | undefined;
+  try {
+    stored = await deps.readTextFile(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      cause = `cannot be read (${(e as Error).message})`;
+    }
+  }
   // Nothing stored: never added, or already deleted. Success per the spec.
-  if (stored === undefined) return;
-  const type = storedType(stored);
-  if (type === undefined) {
-    deps.stderr(
-      `Ignoring unreadable delegate configuration "${path}"; the pod's interface is left to the next reboot\n`,
-    );
+  if (stored === undefined && cause === undefined) return;
+  const type = stored === undefined ? undefined : storedType(stored);
+  if (type !== undefined) {
+    await delegate(deps, env, "DEL", type, stored!);
+    await deps.remove(path);
     return;
   }
-  await delegate(deps, env, "DEL", type, stored);
+  cause ??= `is not a delegate configuration (JSON with a "type")`;
+  const unreleased: (why: string) => never = (why) =>
+    cniFail(
+      CNI_ERR.ioFailure,
+      `Cannot release container "${id}": stored delegate configuration "${path}" ${cause}, and ${why}; its interface and address may remain`,
+    );
+  let derived: { type: string; bytes: string };
+  try {
+    derived = await renderStored(deps, conf);
+  } catch (e) {
+    unreleased(`none can be derived: ${(e as Error).message}`);
+  }
+  try {
+    await delegate(deps, env, "DEL", derived.type, derived.bytes);
+  } catch (e) {
+    unreleased(
+      `the delegate's DEL with the configuration derived from "${conf.subnetFile}" failed: ${
+        (e as Error).message
+      }`,
+    );
+  }
+  deps.stderr(
+    `Stored delegate configuration "${path}" ${cause}: released container "${id}" with the configuration derived from "${conf.subnetFile}"\n`,
+  );
   await deps.remove(path);
 }
 
@@ -493,15 +591,15 @@ export async function runCni(
     switch (command) {
       case "ADD":
         requireEnv(env, command);
-        await cmdAdd(deps, env, conf);
+        await underLock(deps, env, conf, () => cmdAdd(deps, env, conf));
         break;
       case "DEL":
         requireEnv(env, command);
-        await cmdDel(deps, env, conf);
+        await underLock(deps, env, conf, () => cmdDel(deps, env, conf));
         break;
       case "CHECK":
         requireEnv(env, command);
-        await cmdCheck(deps, env, conf);
+        await underLock(deps, env, conf, () => cmdCheck(deps, env, conf));
         break;
       case "STATUS":
         await cmdStatus(deps, conf);

@@ -44,6 +44,8 @@ function fake(
     }],
   ]);
   const calls: Call[] = [];
+  /** Lock events: `lock <path>`, `release <path>` (`+remove`). */
+  const locks: string[] = [];
   let out = "";
   let err = "";
   const deps: CniDeps = {
@@ -75,11 +77,21 @@ function fake(
       calls.push(call);
       return Promise.resolve(p(call));
     },
+    lock: (path) => {
+      locks.push(`lock ${path}`);
+      return Promise.resolve({
+        release: (remove = false) => {
+          locks.push(`release ${path}${remove ? " +remove" : ""}`);
+          return Promise.resolve();
+        },
+      });
+    },
   };
   return {
     deps,
     files,
     calls,
+    locks,
     get out() {
       return out;
     },
@@ -350,4 +362,75 @@ Deno.test("withRouteGateways() gives gateway-less routes the gateway of their fa
     },
   );
   assertEquals(withRouteGateways("x"), "x");
+});
+
+Deno.test("runCni() runs ADD, DEL and CHECK under the container's lock; the lock file goes with the stored configuration", async () => {
+  const f = fake({ "/opt/cni/bin/bridge": bridge });
+  const lock = "/var/lib/cni/flannel/.locks/c0ffee";
+  assertEquals(await runCni(ENV, STOCK, f.deps), 0);
+  // Still stored after ADD: the lock file stays.
+  assertEquals(f.locks, [`lock ${lock}`, `release ${lock}`]);
+  f.locks.length = 0;
+  assertEquals(await runCni({ ...ENV, CNI_COMMAND: "DEL" }, STOCK, f.deps), 0);
+  assertEquals(f.locks, [`lock ${lock}`, `release ${lock} +remove`]);
+  // A failed ADD that stored nothing leaves no lock file either.
+  f.files.delete("/run/flannel/subnet.env");
+  f.locks.length = 0;
+  assertEquals(await runCni(ENV, STOCK, f.deps), 1);
+  assertEquals(f.locks, [`lock ${lock}`, `release ${lock} +remove`]);
+  // VERSION takes no lock.
+  f.locks.length = 0;
+  await runCni({ CNI_COMMAND: "VERSION" }, "", f.deps);
+  assertEquals(f.locks, []);
+});
+
+Deno.test("runCni() DEL with an unreadable stored configuration releases with the derived one, or fails naming the file", async () => {
+  const f = fake({ "/opt/cni/bin/bridge": bridge });
+  const stored = "/var/lib/cni/flannel/c0ffee";
+  f.files.set(stored, { data: "{trunc", mode: 0o600, dirMode: 0o700 });
+  const del = { ...ENV, CNI_COMMAND: "DEL" };
+  assertEquals(await runCni(del, STOCK, f.deps), 0);
+  assertEquals(f.calls.map((c) => [c.env.CNI_COMMAND, c.stdin]), [[
+    "DEL",
+    DELEGATE,
+  ]]);
+  assertEquals(f.files.has(stored), false);
+  assert(f.err.includes(`"${stored}" is not a delegate configuration`), f.err);
+
+  // Nothing to derive it from (no subnet.env): a CNI error naming the
+  // file and both causes, and the file stays for the retry.
+  const g = fake({ "/opt/cni/bin/bridge": bridge });
+  g.files.set(stored, { data: "{trunc", mode: 0o600, dirMode: 0o700 });
+  g.files.delete("/run/flannel/subnet.env");
+  assertEquals(await runCni(del, STOCK, g.deps), 1);
+  const err = JSON.parse(g.out) as { code: number; msg: string };
+  assertEquals(err.code, 5);
+  assert(
+    err.msg.startsWith(
+      `Cannot release container "c0ffee": stored delegate configuration "${stored}" is not a delegate configuration (JSON with a "type"), and none can be derived: Subnet file "/run/flannel/subnet.env" does not exist yet`,
+    ),
+    err.msg,
+  );
+  assertEquals(g.calls.length, 0);
+  assert(g.files.has(stored));
+
+  // A read error (not "missing") is no success either.
+  const h = fake({
+    "/opt/cni/bin/bridge": () => ({ code: 1, stdout: "", stderr: "boom" }),
+  });
+  const read = h.deps.readTextFile;
+  const deps = {
+    ...h.deps,
+    readTextFile: (path: string) =>
+      path === stored
+        ? Promise.reject(new Deno.errors.PermissionDenied("EACCES"))
+        : read(path),
+  };
+  assertEquals(await runCni(del, STOCK, deps), 1);
+  assert(
+    (JSON.parse(h.out) as { msg: string }).msg.startsWith(
+      `Cannot release container "c0ffee": stored delegate configuration "${stored}" cannot be read (EACCES), and the delegate's DEL with the configuration derived from "/run/flannel/subnet.env" failed: Delegate plugin "/opt/cni/bin/bridge" DEL exited 1: boom`,
+    ),
+    h.out,
+  );
 });

@@ -156,6 +156,10 @@ export const metrics = (() => {
       "weft_peers_failing",
       "Peers whose kernel entries the last attempt failed to program (not a readiness failure)",
     ),
+    peersWaitingForeignRoute: r.gauge(
+      "weft_peers_waiting_foreign_route",
+      "Peers whose route waits because a route weft did not create holds its destination",
+    ),
     peersInvalid: r.counter(
       "weft_peers_invalid_total",
       "Peer leases skipped because they were invalid",

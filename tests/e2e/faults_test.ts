@@ -21,7 +21,7 @@
  * - `WEFT_FAULT_RESULTS`: where the Markdown table goes
  *   (default bench/results/faults.md).
  * - `WEFT_FAULT_ONLY`: comma-separated phases to run (restarts, drift,
- *   corpus, proxy, outage, deleted, config, runtime, clock, flags; dual stack
+ *   corpus, proxy, outage, deleted, config, runtime, clock, flags, foreign; dual stack
  *   v6restarts, v6drift, v6corpus; hgw for host-gw, direct for
  *   DirectRouting; for Kubernetes kcorpus, kproxy, koutage, ktoken, kca,
  *   and k6corpus for its dual-stack cluster);
@@ -71,6 +71,7 @@ import {
 } from "../faults/run.ts";
 import { DualStackFaults } from "../faults/dual_stack.ts";
 import { wallClockSteps } from "../faults/clock.ts";
+import { foreignState } from "../faults/foreign.ts";
 import {
   DIRECT_ROUTING,
   DirectFaults,
@@ -179,7 +180,9 @@ class EtcdFaults extends EtcdRun {
         inject: () => n1.ns.ip("route", "del", p2.subnet, "dev", DEVICE),
       },
       {
-        name: "route to node2 changed to node3's gateway",
+        // weft's mark kept: its own route, drifted. Without the mark it
+        // is someone's route, left alone (tests/faults/foreign.ts).
+        name: "route to node2 changed to node3's gateway, proto 87 kept",
         inject: () =>
           n1.ns.ip(
             "route",
@@ -190,6 +193,8 @@ class EtcdFaults extends EtcdRun {
             "dev",
             DEVICE,
             "onlink",
+            "proto",
+            "87",
           ),
       },
       {
@@ -1203,6 +1208,7 @@ const ETCD_PHASES = [
   "runtime",
   "clock",
   "flags",
+  "foreign",
 ];
 
 await gatedTest({
@@ -1227,6 +1233,7 @@ await gatedTest({
         ["runtime", "host faults at runtime", () => s.runtime()],
         ["clock", "wall-clock steps", () => wallClockSteps(s, s.node(2))],
         ["flags", "command line", () => s.flags()],
+        ["foreign", "foreign kernel state", () => foreignState(s)],
       ]);
     } finally {
       await s.close();

@@ -13,6 +13,7 @@
 import type { ClusterNode, EtcdLease } from "../_cluster.ts";
 import { keyName } from "./corpus.ts";
 import { DIR, EtcdRun } from "./etcd.ts";
+import { heldRoute } from "./foreign.ts";
 import { type FaultRow, fmtMs } from "./report.ts";
 import {
   Checks,
@@ -219,11 +220,6 @@ export class DirectFaults extends EtcdRun {
         inject: () => n1.ns.ip("route", "del", p2.subnet, "dev", EXT),
       },
       {
-        name: "route to node2 changed to node3's gateway",
-        inject: () =>
-          n1.ns.ip("route", "replace", p2.subnet, "via", p3.ip, "dev", EXT),
-      },
-      {
         name: "route to node2 changed to node3's gateway, proto 87 kept",
         inject: () =>
           n1.ns.ip(
@@ -286,6 +282,21 @@ export class DirectFaults extends EtcdRun {
       });
       await n1.ns.ip("route", "del", f.dst, "dev", EXT);
     }
+    // A boot route at a lease's destination through another gateway than
+    // the lease's public IP is not flanneld's: someone's, left alone.
+    await heldRoute(this, n1, {
+      what:
+        `node1's route to node3 replaced through node2's IP (proto boot, not flanneld's: its gateway would be node3's IP)`,
+      subnet: p3.subnet,
+      args: ["via", p2.ip, "dev", EXT],
+      verb: "replace",
+      theirs: (r) => r.gateway === p2.ip && r.protocol === undefined,
+      ours: async () =>
+        (await this.routes(n1)).some((r) =>
+          r.dst === p3.subnet && r.gateway === p3.ip &&
+          r.protocol === PROTO_WEFT
+        ),
+    });
   }
 
   /**

@@ -109,7 +109,9 @@ export class DualStackFaults extends EtcdRun {
         inject: () => n1.ns.ip("-6", "route", "del", p2.subnet, "dev", DEVICE6),
       },
       {
-        name: "IPv6 route to node2 changed to node3's gateway",
+        // weft's mark kept: its own route, drifted. Without the mark it
+        // is someone's route, left alone (tests/faults/foreign.ts).
+        name: "IPv6 route to node2 changed to node3's gateway, proto 87 kept",
         inject: () =>
           n1.ns.ip(
             "-6",
@@ -121,6 +123,8 @@ export class DualStackFaults extends EtcdRun {
             "dev",
             DEVICE6,
             "onlink",
+            "proto",
+            "87",
           ),
       },
       {

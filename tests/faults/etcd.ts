@@ -82,9 +82,12 @@ export abstract class EtcdRun extends FaultRun {
     return o;
   }
 
-  /** A valid fake peer lease (a probe) at a free subnet. */
-  async probe(ipLast = 240): Promise<{ key: string; subnet: string }> {
-    const subnet = `10.244.${await this.freeOctet()}.0/24`;
+  /** A valid fake peer lease (a probe) at `subnet`, default a free one. */
+  async probe(
+    ipLast = 240,
+    at?: string,
+  ): Promise<{ key: string; subnet: string }> {
+    const subnet = at ?? `10.244.${await this.freeOctet()}.0/24`;
     const key = DIR + keyName(subnet);
     await this.put(
       key,

@@ -67,6 +67,8 @@ function plugin(
     netns?: string;
     cniPath?: string;
     env?: Record<string, string>;
+    /** More programs the plugin may run than the bridge plugin. */
+    allowRun?: string[];
   } = {},
 ): Promise<Output> {
   const env = {
@@ -90,7 +92,7 @@ function plugin(
     `--allow-read=${s.dir}`,
     `--allow-write=${s.dir}`,
     "--allow-env=CNI_*,PATH",
-    `--allow-run=${CNI_PATH}/bridge`,
+    `--allow-run=${[`${CNI_PATH}/bridge`, ...opts.allowRun ?? []].join(",")}`,
     ENTRY,
   ], { env, stdin: conf });
 }
@@ -374,5 +376,125 @@ kernelTest(
     } finally {
       for (const p of pods) await p.close();
     }
+  },
+);
+
+/**
+ * A CNI_PATH directory whose `bridge` sleeps a second before an ADD, then
+ * runs Debian's (which finds host-local in Debian's directory): ADD's
+ * delegate is still at work when DEL comes.
+ */
+async function slowBridge(s: Setup): Promise<string> {
+  const dir = `${s.dir}/slow`;
+  await Deno.mkdir(dir);
+  await Deno.writeTextFile(
+    `${dir}/bridge`,
+    `#!/bin/sh\nif [ "$CNI_COMMAND" = ADD ]; then /bin/sleep 1; fi\nCNI_PATH=${CNI_PATH} exec ${CNI_PATH}/bridge\n`,
+    { mode: 0o755 },
+  );
+  return dir;
+}
+
+/** Waits (up to 20 s) until `path` exists. */
+async function waitForFile(path: string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (!(await Deno.stat(path).catch(() => null))) {
+    if (Date.now() > deadline) throw new Error(`"${path}" never appeared`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** What a node keeps of its pods: veths, IP reservations, stored files, locks. */
+async function leftovers(s: Setup): Promise<string[]> {
+  const names = (dir: string) =>
+    [...Deno.readDirSync(dir)].map((e) => `${dir}/${e.name}`);
+  const veths = await s.node.json<{ ifname: string }[]>(
+    "link",
+    "show",
+    "type",
+    "veth",
+  );
+  return [
+    ...veths.map((l) => `veth ${l.ifname}`),
+    ...names(`${s.dir}/ipam/cbr0`).filter((n) =>
+      /\/\d+\.\d+\.\d+\.\d+$/.test(n)
+    ),
+    ...names(`${s.dir}/flannel`).filter((n) => !n.endsWith("/.locks")),
+    ...names(`${s.dir}/flannel/.locks`),
+  ];
+}
+
+kernelTest(
+  "cni: 50 ADD/DEL pairs at once, each DEL while its ADD's delegate is still at work, leave no veth, address, stored file or lock",
+  async () => {
+    await using s = await setup();
+    const slow = await slowBridge(s);
+    const pods: Netns[] = [];
+    try {
+      for (let i = 0; i < 50; i++) pods.push(await Netns.create(`cni-q${i}`));
+      const pairs = pods.map(async (p, i) => {
+        const opts = {
+          containerId: `ctr${i}`,
+          netns: p.path,
+          cniPath: slow,
+          allowRun: [`${slow}/bridge`],
+        };
+        const add = plugin(s, "ADD", s.conf(), opts);
+        // ADD stores its configuration under the lock, then runs the
+        // delegate: DEL now comes while ADD is in progress.
+        await waitForFile(`${s.dir}/flannel/ctr${i}`);
+        const del = plugin(s, "DEL", s.conf(), opts);
+        return [await add, await del];
+      });
+      const results = (await Promise.all(pairs)).flat();
+      assertEquals(
+        results.filter((r) => r.code !== 0).map((r) => r.stdout),
+        [],
+      );
+      assertEquals(await leftovers(s), []);
+      for (const p of pods) {
+        const eth0 = await p.tryExec(["ip", "link", "show", "dev", "eth0"]);
+        assert(eth0.code !== 0, `eth0 left in ${p.name}`);
+      }
+    } finally {
+      for (const p of pods) await p.close();
+    }
+  },
+);
+
+kernelTest(
+  "cni: DEL with an unreadable stored configuration releases the veth and address with the derived one; with nothing to derive from it fails naming the file",
+  async () => {
+    await using s = await setup();
+    const add = await plugin(s, "ADD", s.conf());
+    assertEquals(add.code, 0, `ADD failed: ${add.stdout} ${add.stderr}`);
+    const stored = `${s.dir}/flannel/pod0`;
+    await Deno.writeTextFile(stored, '{"cniVersion":"0.3.1","ty');
+    const del = await plugin(s, "DEL", s.conf());
+    assertEquals([del.code, del.stdout], [0, ""], del.stderr);
+    assert(del.stderr.includes(`"${stored}" is not a delegate configuration`));
+    assertEquals(await leftovers(s), []);
+
+    // Again, now with subnet.env gone as well: nothing can be released,
+    // and DEL says so instead of succeeding.
+    const again = await plugin(s, "ADD", s.conf());
+    assertEquals(again.code, 0, again.stdout);
+    await Deno.writeTextFile(stored, "");
+    await Deno.remove(`${s.dir}/subnet.env`);
+    const failed = await plugin(s, "DEL", s.conf());
+    assertEquals(failed.code, 1);
+    const err = JSON.parse(failed.stdout) as { code: number; msg: string };
+    assertEquals(err.code, 5);
+    assert(
+      err.msg.startsWith(
+        `Cannot release container "pod0": stored delegate configuration "${stored}" is not a delegate configuration`,
+      ),
+      err.msg,
+    );
+    assert(await Deno.stat(stored), "the stored file stays for a retry");
+    assert(
+      await Deno.stat(`${s.dir}/flannel/.locks/pod0`),
+      "its lock file stays with it",
+    );
   },
 );

@@ -3,25 +3,57 @@
  * rtnetlink protocol and deletes only those, naming the protocol so the
  * kernel matches nothing else; a route a flanneld left is adopted by an
  * in-place replace (no RTM_DELROUTE, so no packet is lost); routes someone
- * else installed into the cluster network on the external interface stay.
+ * else installed into the cluster network on the external interface stay,
+ * and one at a destination a lease claims holds that lease's route back
+ * until it is gone. A link of the device's name that is not VXLAN stays.
  *
  * @module
  */
 import assert from "node:assert/strict";
 import { kernelTest, Netns } from "../_netns.ts";
 import { openNetlink } from "../../ffi/netlink.ts";
-import { KernelError, RTPROT_WEFT } from "../../ffi/types.ts";
+import { KernelError, type Netlink, RTPROT_WEFT } from "../../ffi/types.ts";
 import { createBackend, Reconciler } from "../../backend/mod.ts";
 import type { Lease } from "../../subnet/lease.ts";
-import { parseNetConfig } from "../../subnet/config.ts";
+import { type NetworkConfig, parseNetConfig } from "../../subnet/config.ts";
 import { unwrap } from "../../lib/result.ts";
 import { setLogSink } from "../../lib/log.ts";
+import { metrics } from "../../lib/metrics.ts";
 
 setLogSink(() => {});
 
 const config = unwrap(parseNetConfig(
   '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}',
 ));
+const vxlanConfig = unwrap(parseNetConfig('{"Network":"10.244.0.0/16"}'));
+
+/** The backend of node 1 (eth0 at 198.18.0.1, fd18::1) on `node()`. */
+function backendOn(nl: Netlink, conf: NetworkConfig) {
+  const eth0 = nl.linkByName("eth0")!;
+  return unwrap(createBackend(nl, conf, {
+    index: eth0.index,
+    name: "eth0",
+    mtu: eth0.mtu,
+    ifaceAddr: "198.18.0.1",
+    publicIP: "198.18.0.1",
+    ...(conf.enableIPv6 && { ifaceV6Addr: "fd18::1", publicIPv6: "fd18::1" }),
+  }));
+}
+
+/** Node 1's reconciler, its backend prepared and started on `node()`. */
+function reconcilerOn(nl: Netlink, conf: NetworkConfig): Reconciler {
+  const backend = backendOn(nl, conf);
+  const own: Lease = {
+    key: "node1",
+    subnet: "10.244.1.0/24",
+    ...(conf.enableIPv6 && { ipv6Subnet: "fc00:0:0:1::/64" }),
+    attrs: backend.prepare(),
+  };
+  return new Reconciler(nl, backend.start(own).families, {
+    ownKey: "node1",
+    backendType: backend.type,
+  });
+}
 
 function peer(n: number): Lease {
   return {
@@ -47,6 +79,22 @@ async function node(): Promise<Netns> {
   return ns;
 }
 
+/** `ip monitor route` in `ns`, listening once this resolves. */
+async function routeMonitor(ns: Netns): Promise<{ stop(): Promise<string> }> {
+  const child = new Deno.Command("ip", {
+    args: ["-n", ns.name, "monitor", "route"],
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  await new Promise((r) => setTimeout(r, 200));
+  return {
+    async stop() {
+      child.kill("SIGTERM");
+      return new TextDecoder().decode((await child.output()).stdout);
+    },
+  };
+}
+
 /** `ip route show` lines of a family, as text. */
 async function routes(ns: Netns, family: "-4" | "-6"): Promise<string[]> {
   const out = await ns.ip(family, "route", "show", "proto", "all");
@@ -58,7 +106,6 @@ kernelTest(
   async () => {
     await using ns = await node();
     using nl = openNetlink({ netns: ns.path });
-    const eth0 = nl.linkByName("eth0")!;
     // Left by flanneld (protocol boot, what `ip route` writes too).
     await ns.ip("route", "add", "10.244.2.0/24", "via", "198.18.0.2");
     await ns.ip("-6", "route", "add", "fc00:0:0:2::/64", "via", "fd18::2");
@@ -73,31 +120,8 @@ kernelTest(
       "proto",
       "static",
     );
-    const backend = unwrap(createBackend(nl, config, {
-      index: eth0.index,
-      name: "eth0",
-      mtu: eth0.mtu,
-      ifaceAddr: "198.18.0.1",
-      publicIP: "198.18.0.1",
-      ifaceV6Addr: "fd18::1",
-      publicIPv6: "fd18::1",
-    }));
-    const own: Lease = {
-      key: "node1",
-      subnet: "10.244.1.0/24",
-      ipv6Subnet: "fc00:0:0:1::/64",
-      attrs: backend.prepare(),
-    };
-    const rec = new Reconciler(nl, backend.start(own).families, {
-      ownKey: "node1",
-      backendType: "host-gw",
-    });
-    const monitor = new Deno.Command("ip", {
-      args: ["-n", ns.name, "monitor", "route"],
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    await new Promise((r) => setTimeout(r, 200));
+    const rec = reconcilerOn(nl, config);
+    const monitor = await routeMonitor(ns);
     rec.handle([2, 3].map((n) => ({
       type: "added" as const,
       lease: peer(n),
@@ -105,8 +129,7 @@ kernelTest(
     })));
     assert.deepEqual(rec.pass().errors, 0);
     await new Promise((r) => setTimeout(r, 200));
-    monitor.kill("SIGTERM");
-    const seen = new TextDecoder().decode((await monitor.output()).stdout);
+    const seen = await monitor.stop();
     assert.ok(!/^Deleted .*10\.244\.2\.0\/24/m.test(seen), seen);
     assert.ok(!/^Deleted .*fc00:0:0:2::\/64/m.test(seen), seen);
     assert.ok(
@@ -199,5 +222,138 @@ kernelTest(
         ),
       );
     }
+  },
+);
+
+function vxlanPeer(n: number): Lease {
+  return {
+    key: `node${n}`,
+    subnet: `10.244.${n}.0/24`,
+    attrs: {
+      backendType: "vxlan",
+      publicIP: `198.18.0.${n}`,
+      backendData: { VNI: 1, VtepMAC: `0a:00:00:00:00:0${n}` },
+    },
+  };
+}
+
+kernelTest(
+  "vxlan: a foreign route at a lease's destination is neither replaced nor deleted; the lease is programmed once it is gone",
+  async () => {
+    await using ns = await node();
+    using nl = openNetlink({ netns: ns.path });
+    await ns.ip("link", "add", "other0", "type", "veth", "peer", "other0p");
+    await ns.ip("link", "set", "other0", "up");
+    await ns.ip("link", "set", "other0p", "up");
+    // An operator's static route where peer 2's subnet is, and a route on
+    // another device where peer 3's is (protocol boot, as `ip` writes).
+    await ns.ip(
+      "route",
+      "add",
+      "10.244.2.0/24",
+      "via",
+      "198.18.0.77",
+      "proto",
+      "static",
+    );
+    await ns.ip("route", "add", "10.244.3.0/24", "dev", "other0");
+    const rec = reconcilerOn(nl, vxlanConfig);
+    const monitor = await routeMonitor(ns);
+    rec.handle([2, 3, 4].map((n) => ({
+      type: "added" as const,
+      lease: vxlanPeer(n),
+      receivedAt: 0,
+    })));
+    assert.equal(rec.pass().errors, 0);
+    // A peer added after the pass, onto a route that appeared meanwhile.
+    await ns.ip(
+      "route",
+      "add",
+      "10.244.5.0/24",
+      "via",
+      "198.18.0.55",
+      "proto",
+      "static",
+    );
+    rec.handle([{ type: "added", lease: vxlanPeer(5), receivedAt: 0 }]);
+    assert.equal(rec.pass().errors, 0);
+    const v4 = await routes(ns, "-4");
+    for (
+      const want of [
+        "10.244.2.0/24 via 198.18.0.77 dev eth0 proto static",
+        "10.244.3.0/24 dev other0 scope link",
+        "10.244.4.0/24 via 10.244.4.0 dev flannel.1 proto 87 onlink",
+        "10.244.5.0/24 via 198.18.0.55 dev eth0 proto static",
+      ]
+    ) assert.ok(v4.includes(want), `${want}\n${v4.join("\n")}`);
+    assert.equal(metrics.peersWaitingForeignRoute.get(), 3);
+
+    // The operator removes the route at peer 2's destination: programmed.
+    await ns.ip("route", "del", "10.244.2.0/24", "proto", "static");
+    assert.equal(rec.pass().errors, 0);
+    await new Promise((r) => setTimeout(r, 200));
+    const seen = await monitor.stop();
+    // No delete weft did not ask for: only the operator's own one.
+    const deleted = seen.split("\n").filter((l) => l.startsWith("Deleted"));
+    assert.deepEqual(
+      deleted,
+      ["Deleted 10.244.2.0/24 via 198.18.0.77 dev eth0 proto static "],
+    );
+    assert.ok(
+      (await routes(ns, "-4")).includes(
+        "10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto 87 onlink",
+      ),
+    );
+    assert.equal(metrics.peersWaitingForeignRoute.get(), 2);
+  },
+);
+
+kernelTest(
+  "vxlan: a link named flannel.1 that is not a VXLAN device stops the backend, naming it and its kind, and is kept",
+  async () => {
+    await using ns = await node();
+    using nl = openNetlink({ netns: ns.path });
+    await ns.ip("link", "add", "flannel.1", "type", "bridge");
+    const before = nl.linkByName("flannel.1")!;
+    const backend = backendOn(nl, vxlanConfig);
+    assert.throws(
+      () => backend.prepare(),
+      /Link "flannel\.1" exists and is not a VXLAN device \(kind "bridge"\)/,
+    );
+    const after = nl.linkByName("flannel.1");
+    assert.equal(after?.index, before.index);
+    assert.equal(after?.kind, "bridge");
+  },
+);
+
+kernelTest(
+  "host-gw: a boot route at a lease's destination through another gateway than its public IP is not flanneld's: left alone until removed",
+  async () => {
+    await using ns = await node();
+    using nl = openNetlink({ netns: ns.path });
+    // flanneld's route to peer 2 would be via 198.18.0.2; this one is not.
+    await ns.ip("route", "add", "10.244.2.0/24", "via", "198.18.0.99");
+    const rec = reconcilerOn(nl, config);
+    rec.handle([{ type: "added", lease: peer(2), receivedAt: 0 }]);
+    assert.equal(rec.pass().errors, 0);
+    assert.equal(rec.pass().errors, 0);
+    const v4 = await routes(ns, "-4");
+    assert.ok(
+      v4.includes("10.244.2.0/24 via 198.18.0.99 dev eth0"),
+      v4.join("\n"),
+    );
+    // IPv6 has no such route: programmed.
+    assert.ok(
+      (await routes(ns, "-6")).some((l) =>
+        l.startsWith("fc00:0:0:2::/64 via fd18::2 dev eth0 proto 87")
+      ),
+    );
+    await ns.ip("route", "del", "10.244.2.0/24", "via", "198.18.0.99");
+    assert.equal(rec.pass().errors, 0);
+    assert.ok(
+      (await routes(ns, "-4")).includes(
+        "10.244.2.0/24 via 198.18.0.2 dev eth0 proto 87",
+      ),
+    );
   },
 );
