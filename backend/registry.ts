@@ -15,11 +15,13 @@ import type {
 } from "./backend.ts";
 import { createHostGwBackend } from "./hostgw.ts";
 import { createVxlanBackend } from "./vxlan.ts";
+import { createWireguardBackend } from "./wireguard/wireguard.ts";
 
 /** net-conf.json `Backend.Type` → implementation. */
 export const BACKENDS: Readonly<Record<string, BackendFactory>> = {
   "vxlan": createVxlanBackend,
   "host-gw": createHostGwBackend,
+  "wireguard": createWireguardBackend,
 };
 
 /** Creates the backend named by `config.backend.type`. */

@@ -45,6 +45,7 @@ import {
   type FdbInfo,
   KernelError,
   type LinkInfo,
+  type LinkSpec,
   type NeighInfo,
   type Netlink,
   NLE_OBJ_NOTFOUND,
@@ -391,6 +392,46 @@ export class LibnlNetlink implements Netlink, Disposable {
       rtnl.rtnl_link_add(this.#socket, l, NLM_F_CREATE | NLM_F_EXCL),
       op,
       object,
+    );
+    const made = this.linkByName(spec.name);
+    if (made === undefined) {
+      throw new KernelError(
+        op,
+        desc,
+        NLE_OBJ_NOTFOUND,
+        "Device vanished right after creation",
+      );
+    }
+    return made;
+  }
+
+  /**
+   * Creates a device of a kind that needs no attributes of its own:
+   * `ip link add NAME mtu MTU type KIND` (create + exclusive). A kernel
+   * without the kind refuses with "Operation not supported".
+   */
+  linkAdd(spec: LinkSpec): LinkInfo {
+    const op = "link add";
+    const desc = `${spec.name} mtu ${spec.mtu} type ${spec.kind}`;
+    checkName(spec.name, op, desc);
+    checkMtu(spec.mtu, op, desc);
+    if (!/^[a-z0-9_-]{1,31}$/.test(spec.kind)) {
+      throw invalid(op, desc, "invalid kind");
+    }
+    const { rtnl } = this.#l;
+    using link = owned(rtnl.rtnl_link_alloc(), rtnl.rtnl_link_put, "link");
+    const l = link.ptr;
+    rtnl.rtnl_link_set_name(l, encoder.encode(spec.name + "\0"));
+    rtnl.rtnl_link_set_mtu(l, spec.mtu);
+    check(
+      rtnl.rtnl_link_set_type(l, encoder.encode(spec.kind + "\0")),
+      op,
+      desc,
+    );
+    check(
+      rtnl.rtnl_link_add(this.#socket, l, NLM_F_CREATE | NLM_F_EXCL),
+      op,
+      desc,
     );
     const made = this.linkByName(spec.name);
     if (made === undefined) {
