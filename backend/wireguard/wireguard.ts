@@ -184,6 +184,14 @@ export interface WireguardOptions {
   readonly startUserspace?: UserspaceStarter;
   /** Private key file; default `$WIREGUARD_KEY_FILE` or /run/flannel/wgkey. */
   readonly keyFile?: string;
+  /** Reads (or creates) the private key file; default loadOrCreateKey. */
+  readonly loadKey?: (path: string) => string;
+  /** Writes the PSK file (`<key file>.psk`, mode 0400). */
+  readonly writeSecret?: (path: string, text: string) => void;
+}
+
+function writeSecret(path: string, text: string): void {
+  Deno.writeTextFileSync(path, text + "\n", { mode: 0o400 });
 }
 
 class WireguardBackend implements Backend {
@@ -197,6 +205,7 @@ class WireguardBackend implements Backend {
   readonly #startUserspace: UserspaceStarter;
   readonly #keyFile: string;
   readonly #mtu: number;
+  readonly #opts: Required<WireguardOptions>;
   #privateKey = "";
 
   constructor(
@@ -213,6 +222,7 @@ class WireguardBackend implements Backend {
     this.#wg = opts.wg;
     this.#startUserspace = opts.startUserspace;
     this.#keyFile = opts.keyFile;
+    this.#opts = opts;
     this.#mtu = (cfg.mtu || underlay.mtu) - OVERHEAD;
     const families: (4 | 6)[] = [];
     if (config.enableIPv4) families.push(4);
@@ -235,11 +245,9 @@ class WireguardBackend implements Backend {
   }
 
   prepare(_previous?: LeaseAttrs): LeaseAttrs {
-    this.#privateKey = loadOrCreateKey(this.#keyFile);
+    this.#privateKey = this.#opts.loadKey(this.#keyFile);
     if (this.#cfg.psk !== undefined) {
-      Deno.writeTextFileSync(this.#pskFile, this.#cfg.psk + "\n", {
-        mode: 0o400,
-      });
+      this.#opts.writeSecret(this.#pskFile, this.#cfg.psk);
     }
     let publicKey: string | undefined;
     for (const dev of this.#devices) {
@@ -381,6 +389,8 @@ export function createWireguardBackend(
     new WireguardBackend(nl, config, cfg.value, underlay, {
       wg: opts.wg ?? new WgCli(),
       startUserspace: opts.startUserspace ?? userspaceStarter(),
+      loadKey: opts.loadKey ?? loadOrCreateKey,
+      writeSecret: opts.writeSecret ?? writeSecret,
       keyFile: opts.keyFile ??
         (Deno.env.get("WIREGUARD_KEY_FILE") || DEFAULT_KEY_FILE),
     }),
