@@ -17,7 +17,7 @@
 # staging module at ./staging/src/...; the wrapper module generated below
 # replaces each of those with the published v0.X.Y matching v1.X.Y.
 #
-# Usage: .ci/build_servers.sh [--with-flanneld] [--only-flanneld] [--with-wireguard] [--with-cluster] [--force] [--help]
+# Usage: .ci/build_servers.sh [--with-flanneld] [--only-flanneld] [--with-wireguard] [--only-wireguard] [--with-cluster] [--force] [--help]
 #
 # Environment:
 #   WEFT_CACHE       cache root (default /var/cache/weft):
@@ -81,6 +81,7 @@ with_flanneld=0
 only_flanneld=0
 with_cluster=0
 with_wireguard=0
+only_wireguard=0
 force=0
 while (($#)); do
   case "$1" in
@@ -88,6 +89,7 @@ while (($#)); do
     --only-flanneld) with_flanneld=1; only_flanneld=1 ;;
     --with-cluster) with_cluster=1 ;;
     --with-wireguard) with_wireguard=1 ;;
+    --only-wireguard) with_wireguard=1; only_wireguard=1 ;;
     --force) force=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -495,7 +497,7 @@ build_wireguard_go() {
 
 # --------------------------------------------------------------------- main
 total_start=$SECONDS
-if ((!only_flanneld)); then
+if ((!only_flanneld && !only_wireguard)); then
   build_etcd
   build_kube kube-apiserver
 fi

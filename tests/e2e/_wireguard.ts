@@ -65,6 +65,17 @@ export async function wgShow(node: ClusterNode): Promise<WgDump> {
   );
 }
 
+/** `wg show flannel-wg` (for people) in the node's namespaces. */
+export async function wgText(node: ClusterNode): Promise<string> {
+  const r = await node.ns.tryExec([
+    ...mountWrap(node),
+    "wg",
+    "show",
+    "flannel-wg",
+  ]);
+  return r.code === 0 ? r.stdout : `(wg show: ${r.stderr.trim()})`;
+}
+
 /** `wg set flannel-wg ...` in the node's namespaces. */
 async function wgSet(node: ClusterNode, ...args: string[]): Promise<void> {
   await node.ns.exec([...mountWrap(node), "wg", "set", "flannel-wg", ...args]);
