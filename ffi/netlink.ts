@@ -388,21 +388,7 @@ export class LibnlNetlink implements Netlink, Disposable {
       op,
       object,
     );
-    check(
-      rtnl.rtnl_link_add(this.#socket, l, NLM_F_CREATE | NLM_F_EXCL),
-      op,
-      object,
-    );
-    const made = this.linkByName(spec.name);
-    if (made === undefined) {
-      throw new KernelError(
-        op,
-        desc,
-        NLE_OBJ_NOTFOUND,
-        "Device vanished right after creation",
-      );
-    }
-    return made;
+    return this.#linkCreate(l, spec.name, object, desc);
   }
 
   /**
@@ -428,12 +414,23 @@ export class LibnlNetlink implements Netlink, Disposable {
       op,
       desc,
     );
+    return this.#linkCreate(l, spec.name, desc, desc);
+  }
+
+  /** `rtnl_link_add` (create + exclusive), then the device as it reads back. */
+  #linkCreate(
+    l: Deno.PointerValue,
+    name: string,
+    object: string | (() => string),
+    desc: string,
+  ): LinkInfo {
+    const op = "link add";
     check(
-      rtnl.rtnl_link_add(this.#socket, l, NLM_F_CREATE | NLM_F_EXCL),
+      this.#l.rtnl.rtnl_link_add(this.#socket, l, NLM_F_CREATE | NLM_F_EXCL),
       op,
-      desc,
+      object,
     );
-    const made = this.linkByName(spec.name);
+    const made = this.linkByName(name);
     if (made === undefined) {
       throw new KernelError(
         op,

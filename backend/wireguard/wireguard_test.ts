@@ -39,33 +39,53 @@ function wgPeer(n: number, key: string, port?: number): Lease {
   };
 }
 
-/** Node 1 with a wireguard backend on the memory kernel, without the module. */
-function wgNode(backend = '{"Type":"wireguard"}') {
-  const kernel = new MemoryKernel();
-  kernel.kinds = new Set(["dummy"]);
-  const eth0 = kernel.addDevice("eth0", 1500);
-  const wg = new MemoryWg(kernel);
-  const starter = wg.starter();
-  const config = unwrap(
-    parseNetConfig(`{"Network":"10.244.0.0/16","Backend":${backend}}`),
-  );
-  const be = unwrap(createWireguardBackend(kernel, config, {
-    index: eth0.index,
+/** A wireguard backend for node 1 (198.18.0.1, 2001:db8::1 with IPv6). */
+function wireguardOn(
+  kernel: MemoryKernel,
+  wg: MemoryWg,
+  startUserspace: (name: string) => void,
+  netConf: string,
+  loadKey: (path: string) => string,
+) {
+  const config = unwrap(parseNetConfig(netConf));
+  const v6 = config.enableIPv6 && {
+    ifaceV6Addr: "2001:db8::1",
+    publicIPv6: "2001:db8::1",
+  };
+  return unwrap(createWireguardBackend(kernel, config, {
+    index: kernel.linkByName("eth0")!.index,
     name: "eth0",
     mtu: 1500,
     ifaceAddr: "198.18.0.1",
     publicIP: "198.18.0.1",
+    ...v6,
   }, {
     wg,
-    startUserspace: starter,
+    startUserspace,
     keyFile: "/run/flannel/wgkey",
-    loadKey: (path) => {
+    loadKey,
+    writeSecret: (path, text) => wg.files.set(path, text),
+  }));
+}
+
+/** Node 1 with a wireguard backend on the memory kernel, without the module. */
+function wgNode(backend = '{"Type":"wireguard"}') {
+  const kernel = new MemoryKernel();
+  kernel.kinds = new Set(["dummy"]);
+  kernel.addDevice("eth0", 1500);
+  const wg = new MemoryWg(kernel);
+  const starter = wg.starter();
+  const be = wireguardOn(
+    kernel,
+    wg,
+    starter,
+    `{"Network":"10.244.0.0/16","Backend":${backend}}`,
+    (path) => {
       const k = wg.files.get(path) ?? generatePrivateKey();
       wg.files.set(path, k);
       return k;
     },
-    writeSecret: (path, text) => wg.files.set(path, text),
-  }));
+  );
   const attrs = be.prepare();
   const own: Lease = { key: "node-1", subnet: "10.244.1.0/24", attrs };
   const network = be.start(own);
@@ -349,22 +369,14 @@ Deno.test("WireGuard device is reused across a restart: same key, no new daemon,
   a.rec.pass();
   const calls = a.wg.calls;
   // A second backend on the same kernel and files, as after a restart.
-  const config = unwrap(parseNetConfig(
-    '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}',
-  ));
   const starter = a.wg.starter();
-  const be = unwrap(createWireguardBackend(a.kernel, config, {
-    index: a.kernel.linkByName("eth0")!.index,
-    name: "eth0",
-    mtu: 1500,
-    ifaceAddr: "198.18.0.1",
-    publicIP: "198.18.0.1",
-  }, {
-    wg: a.wg,
-    startUserspace: starter,
-    keyFile: "/run/flannel/wgkey",
-    loadKey: (p) => a.wg.files.get(p)!,
-  }));
+  const be = wireguardOn(
+    a.kernel,
+    a.wg,
+    starter,
+    '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}',
+    (p) => a.wg.files.get(p)!,
+  );
   assert.deepEqual(be.prepare(), a.attrs);
   assert.deepEqual(starter.started, []);
   assert.equal(a.wg.calls, calls, "device key and port untouched");
@@ -373,29 +385,19 @@ Deno.test("WireGuard device is reused across a restart: same key, no new daemon,
 
 Deno.test("WireGuard device is made through netlink when the kernel has the module", () => {
   const kernel = new MemoryKernel();
-  const eth0 = kernel.addDevice("eth0", 1500);
+  kernel.addDevice("eth0", 1500);
   const wg = new MemoryWg(kernel);
   const starter = wg.starter();
-  const config = unwrap(parseNetConfig(
-    '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard"}}',
-  ));
-  const be = unwrap(createWireguardBackend(kernel, config, {
-    index: eth0.index,
-    name: "eth0",
-    mtu: 1500,
-    ifaceAddr: "198.18.0.1",
-    publicIP: "198.18.0.1",
-    ifaceV6Addr: "2001:db8::1",
-    publicIPv6: "2001:db8::1",
-  }, {
+  const be = wireguardOn(
+    kernel,
     wg,
-    startUserspace: starter,
-    keyFile: "/k",
-    loadKey: (p) => {
+    starter,
+    '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard"}}',
+    (p) => {
       wg.files.set(p, KEY_B);
       return KEY_B;
     },
-  }));
+  );
   const attrs = be.prepare();
   assert.deepEqual(starter.started, []);
   assert.equal(kernel.linkByName("flannel-wg")!.kind, "wireguard");
