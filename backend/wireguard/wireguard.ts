@@ -145,14 +145,12 @@ export function desiredPeer(
   };
   const carried = ctx.device.families.map(fam).filter((x) => x !== undefined);
   if (carried.length === 0) return undefined;
-  let endpointFamily: 4 | 6;
-  if (ctx.mode === "separate" || ctx.mode === "ipv4" || ctx.mode === "ipv6") {
-    endpointFamily = ctx.mode === "ipv6"
-      ? 6
-      : ctx.mode === "ipv4"
-      ? 4
-      : ctx.device.families[0]!;
-  } else endpointFamily = autoFamily(a, ctx.underlay);
+  const endpointFamily = {
+    separate: () => ctx.device.families[0]!,
+    ipv4: () => 4 as const,
+    ipv6: () => 6 as const,
+    auto: () => autoFamily(a, ctx.underlay),
+  }[ctx.mode]();
   const ip = endpointFamily === 4 ? a.publicIP : a.publicIPv6;
   const via = fam(endpointFamily);
   // flanneld takes the key of the last family it reads (IPv6 over IPv4).
@@ -201,9 +199,6 @@ class WireguardBackend implements Backend {
   readonly #cfg: WireguardConfig;
   readonly #underlay: Underlay;
   readonly #devices: DeviceSpec[];
-  readonly #wg: Wg;
-  readonly #startUserspace: UserspaceStarter;
-  readonly #keyFile: string;
   readonly #mtu: number;
   readonly #opts: Required<WireguardOptions>;
   #privateKey = "";
@@ -219,9 +214,6 @@ class WireguardBackend implements Backend {
     this.#config = config;
     this.#cfg = cfg;
     this.#underlay = underlay;
-    this.#wg = opts.wg;
-    this.#startUserspace = opts.startUserspace;
-    this.#keyFile = opts.keyFile;
     this.#opts = opts;
     this.#mtu = (cfg.mtu || underlay.mtu) - OVERHEAD;
     const families: (4 | 6)[] = [];
@@ -231,28 +223,28 @@ class WireguardBackend implements Backend {
   }
 
   get #pskFile(): string {
-    return `${this.#keyFile}.psk`;
+    return `${this.#opts.keyFile}.psk`;
   }
 
   #ensure(dev: DeviceSpec): LinkInfo {
-    return ensureWgDevice(this.#nl, this.#wg, this.#startUserspace, {
+    return ensureWgDevice(this.#nl, this.#opts.wg, this.#opts.startUserspace, {
       name: dev.name,
       mtu: this.#mtu,
       listenPort: dev.listenPort,
-      privateKeyFile: this.#keyFile,
+      privateKeyFile: this.#opts.keyFile,
       privateKey: this.#privateKey,
     });
   }
 
   prepare(_previous?: LeaseAttrs): LeaseAttrs {
-    this.#privateKey = this.#opts.loadKey(this.#keyFile);
+    this.#privateKey = this.#opts.loadKey(this.#opts.keyFile);
     if (this.#cfg.psk !== undefined) {
       this.#opts.writeSecret(this.#pskFile, this.#cfg.psk);
     }
     let publicKey: string | undefined;
     for (const dev of this.#devices) {
       this.#ensure(dev);
-      publicKey = this.#wg.show(dev.name).publicKey;
+      publicKey = this.#opts.wg.show(dev.name).publicKey;
     }
     if (publicKey === undefined) {
       throw new Error(`WireGuard device reports no public key`);
@@ -300,7 +292,7 @@ class WireguardBackend implements Backend {
       keepalive: this.#cfg.keepalive,
       underlay: this.#underlay,
     };
-    const wg = this.#wg;
+    const wg = this.#opts.wg;
     const pskFile = this.#pskFile;
     const objects: PeerObjects<WgPeerObject> = {
       desired: (_plan, l) => desiredPeer(ctx, l),

@@ -7,6 +7,7 @@ import type { Lease } from "../../subnet/lease.ts";
 import { parseWireguardData, validateLease } from "../../subnet/validate.ts";
 import { unwrap } from "../../lib/result.ts";
 import { setLogSink } from "../../lib/log.ts";
+import { metrics } from "../../lib/metrics.ts";
 import { parseWireguardConfig } from "./config.ts";
 import { generatePrivateKey } from "./keys.ts";
 import { parseDump, peerArgs } from "./wg.ts";
@@ -407,4 +408,39 @@ Deno.test("WireGuard device is made through netlink when the kernel has the modu
     PublicKey: fakePublicKey(KEY_B),
     Port: 51821,
   });
+});
+
+Deno.test("Reconciler.run() skips no period while a family has per-peer objects (rtnetlink does not report them)", async () => {
+  const { wg, network, peers } = wgNode();
+  const rec = new Reconciler(new MemoryKernel(), network.families, {
+    ownKey: "node-1",
+    backendType: "wireguard",
+    periodMs: 2,
+  });
+  rec.handle(added(wgPeer(2, KEY_A)));
+  let closed: (e: Error) => void = () => {};
+  const changes = {
+    next: () => new Promise<never>((_, reject) => closed = reject),
+    close: () => closed(new Error("closed")),
+    quiet: () => true,
+  };
+  const skips = metrics.reconcileQuietSkips.get();
+  const ac = new AbortController();
+  const done = rec.run(ac.signal, changes);
+  // Bounded: a stuck loop must fail here, not hang.
+  const deadline = Date.now() + 2000;
+  while (rec.passes < 8 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  assert.ok(rec.passes >= 8, `only ${rec.passes} passes in 2 s`);
+  assert.equal(metrics.reconcileQuietSkips.get(), skips, "no period skipped");
+  // A peer removed by hand is back by the next period.
+  wg.removePeer("flannel-wg", KEY_A);
+  const p0 = rec.passes;
+  while (rec.passes < p0 + 2 && Date.now() < deadline + 2000) {
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  ac.abort();
+  await done;
+  assert.ok(peers().has(KEY_A));
 });
