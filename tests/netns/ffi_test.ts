@@ -561,14 +561,14 @@ kernelTest(
   async () => {
     await using ns = await nodeNs("ffi-kind");
     using nl = openNetlink({ netns: ns.path });
-    const made = nl.linkAdd({ name: "dummy7", kind: "dummy", mtu: 1380 });
-    const [ip] = await ns.json<Json[]>("-d", "link", "show", "dev", "dummy7");
-    assertEquals((ip!.linkinfo as Json).info_kind, "dummy");
+    const made = nl.linkAdd({ name: "br7", kind: "bridge", mtu: 1380 });
+    const [ip] = await ns.json<Json[]>("-d", "link", "show", "dev", "br7");
+    assertEquals((ip!.linkinfo as Json).info_kind, "bridge");
     assertEquals(ip!.mtu, 1380);
-    assertEquals(made.kind, "dummy");
+    assertEquals(made.kind, "bridge");
     assertEquals(made.index, ip!.ifindex);
     const exists = kernelErr(() =>
-      nl.linkAdd({ name: "dummy7", kind: "dummy", mtu: 1380 })
+      nl.linkAdd({ name: "br7", kind: "bridge", mtu: 1380 })
     );
     assert(exists.exists, exists.message);
     const missing = kernelErr(() =>
