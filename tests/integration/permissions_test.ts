@@ -116,25 +116,12 @@ async function shippedWireguard(extraRun: string[]) {
       stderr: "piped",
     }).spawn();
     const stderr = new Response(child.stderr).text();
-    let exited = false;
-    child.status.then(() => exited = true);
-    let ready = false;
-    for (const end = Date.now() + 20_000; !exited && Date.now() < end;) {
-      const r = await node.ns.tryExec([
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "http://127.0.0.1:10256/readyz",
-      ]);
-      if ((ready = r.stdout === "200")) break;
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    // waitReady stops early if the agent exits; its log is stderr here.
+    node.agent = { child, logPath: "/dev/null", started: performance.now() };
+    const ready = await c.waitReady(node, 20_000).then(() => true, () => false);
     const mode = ready ? (await Deno.stat(`${run}/wgkey`)).mode! & 0o777 : 0;
     const env = ready ? await Deno.readTextFile(`${run}/subnet.env`) : "";
-    if (!exited) child.kill("SIGTERM");
+    await c.stopAgent(node, "SIGTERM");
     const status = await child.status;
     return { ready, status, log: await stderr, mode, env };
   } finally {
