@@ -5,6 +5,8 @@
 #   kube-apiserver  k8s.io/kubernetes/cmd/kube-apiserver   (required)
 #   etcd (>= 3.5)   go.etcd.io/etcd/server/v3               (required)
 #   flanneld        github.com/flannel-io/flannel           (optional, --with-flanneld)
+#   wireguard-go    golang.zx2c4.com/wireguard              (optional, --with-wireguard;
+#                   userspace WireGuard for the wireguard backend's tests)
 #   kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl
 #                   k8s.io/kubernetes/cmd/...               (optional, --with-cluster;
 #                   same wrapper module as kube-apiserver)
@@ -17,7 +19,7 @@
 # staging module at ./staging/src/...; the wrapper module generated below
 # replaces each of those with the published v0.X.Y matching v1.X.Y.
 #
-# Usage: .ci/build_servers.sh [--with-flanneld] [--only-flanneld] [--with-cluster] [--with-helm] [--force] [--help]
+# Usage: .ci/build_servers.sh [--with-flanneld] [--only-flanneld] [--with-wireguard] [--only-wireguard] [--with-cluster] [--with-helm] [--force] [--help]
 #
 # Environment:
 #   WEFT_CACHE       cache root (default /var/cache/weft):
@@ -30,6 +32,7 @@
 #   ETCD_VERSION     go.etcd.io/etcd/server/v3   (default below)
 #   FLANNEL_VERSION  github.com/flannel-io/flannel (default below)
 #   HELM_VERSION     helm.sh/helm/v4 (default below)
+#   WIREGUARD_GO_VERSION golang.zx2c4.com/wireguard pseudo-version (default below)
 #   WEFT_BUILD_JOBS  go build -p value (default 2)
 #   TEST_ASSET_KUBE_APISERVER, TEST_ASSET_ETCD, KUBEBUILDER_ASSETS
 #                    honoured like controller-runtime's envtest: when they
@@ -63,6 +66,8 @@ FLANNEL_VERSION="${FLANNEL_VERSION:-v0.28.9}"
 # The newest v4 release the module proxy served when this was pinned
 # (`go list -m -versions helm.sh/helm/v4`).
 HELM_VERSION="${HELM_VERSION:-v4.3.2}"
+# The module proxy serves wireguard-go only as pseudo-versions.
+WIREGUARD_GO_VERSION="${WIREGUARD_GO_VERSION:-v0.0.0-20260522210424-ecfc5a8d5446}"
 WEFT_CACHE="${WEFT_CACHE:-/var/cache/weft}"
 JOBS="${WEFT_BUILD_JOBS:-2}"
 
@@ -86,6 +91,8 @@ with_flanneld=0
 only_flanneld=0
 with_cluster=0
 with_helm=0
+with_wireguard=0
+only_wireguard=0
 force=0
 while (($#)); do
   case "$1" in
@@ -93,6 +100,8 @@ while (($#)); do
     --only-flanneld) with_flanneld=1; only_flanneld=1 ;;
     --with-cluster) with_cluster=1 ;;
     --with-helm) with_helm=1 ;;
+    --with-wireguard) with_wireguard=1 ;;
+    --only-wireguard) with_wireguard=1; only_wireguard=1 ;;
     --force) force=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -502,9 +511,32 @@ build_helm() {
   log "helm: built $out ($ver) in $(elapsed "$start")"
 }
 
+# ------------------------------------------------------------- wireguard-go
+# Userspace WireGuard (a TUN device and /var/run/wireguard/<dev>.sock); the
+# kernel of the test machines has no WireGuard module. Measured: ~22 s cold.
+# Its `--version` prints "wireguard-go v0.0.<date>"; the pinned version is
+# recorded next to the binary instead.
+build_wireguard_go() {
+  local ver="$WIREGUARD_GO_VERSION" out="$BIN/wireguard-go"
+  if ((!force)) && [[ -x "$out" && "$(cat "$out.version" 2>/dev/null)" == "$ver" ]]; then
+    log "wireguard-go: cached $out ($ver)"
+    return 0
+  fi
+  local start=$SECONDS logfile="$LOGS/wireguard-go-$ver.log" gobin="$WEFT_CACHE/src/wireguard-go-gobin"
+  : >"$logfile"
+  rm -rf "$gobin"; mkdir -p "$gobin"
+  log "wireguard-go: building golang.zx2c4.com/wireguard@$ver; log: $logfile"
+  (cd "$WEFT_CACHE/src" && CGO_ENABLED=0 GOBIN="$gobin" run_logged "$logfile" \
+    go install -p "$JOBS" -trimpath -ldflags "-s -w" "golang.zx2c4.com/wireguard@$ver") || return 1
+  mv -f "$gobin/wireguard" "$out"
+  printf '%s\n' "$ver" >"$out.version"
+  rm -rf "$gobin"
+  log "wireguard-go: built $out in $(elapsed "$start")"
+}
+
 # --------------------------------------------------------------------- main
 total_start=$SECONDS
-if ((!only_flanneld)); then
+if ((!only_flanneld && !only_wireguard)); then
   build_etcd
   build_kube kube-apiserver
 fi
@@ -522,6 +554,9 @@ if ((with_flanneld)); then
     flanneld_status="FAILED (see $LOGS/flanneld-$FLANNEL_VERSION.log)"
     log "WARNING: flanneld build failed; continuing without it (flanneld is optional)"
   fi
+fi
+if ((with_wireguard)); then
+  build_wireguard_go || die "wireguard-go: build failed (see $LOGS/wireguard-go-$WIREGUARD_GO_VERSION.log)"
 fi
 log "done in $(elapsed "$total_start"): bin=$BIN flanneld: $flanneld_status"
 

@@ -77,24 +77,31 @@ export type BackendFactory = (
   opts: BackendOptions,
 ) => Result<Backend>;
 
+/** The TypeScript type of a Backend key read as `type`. */
+type KeyValue<T extends "number" | "boolean" | "string"> = T extends "number"
+  ? number
+  : T extends "boolean" ? boolean
+  : string;
+
 /**
  * Reads a key of the Backend object case-insensitively (Go's
  * encoding/json rules), checking its type.
  */
-export function backendKey<T extends "number" | "boolean">(
+export function backendKey<T extends "number" | "boolean" | "string">(
   raw: Record<string, unknown>,
   key: string,
   type: T,
-): Result<(T extends "number" ? number : boolean) | undefined> {
+): Result<KeyValue<T> | undefined> {
   const k = Object.keys(raw).find((x) => x.toLowerCase() === key.toLowerCase());
   const v = k === undefined ? undefined : raw[k];
   if (v === undefined || v === null) return { ok: true, value: undefined };
   if (typeof v !== type || (type === "number" && !Number.isInteger(v))) {
-    return fail(
-      `Invalid Backend.${key} ${JSON.stringify(v)}: must be ${
-        type === "number" ? "an integer" : "true or false"
-      }`,
-    );
+    const want = {
+      number: "an integer",
+      boolean: "true or false",
+      string: "a string",
+    }[type];
+    return fail(`Invalid Backend.${key} ${JSON.stringify(v)}: must be ${want}`);
   }
-  return { ok: true, value: v as T extends "number" ? number : boolean };
+  return { ok: true, value: v as KeyValue<T> };
 }

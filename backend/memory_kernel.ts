@@ -12,11 +12,13 @@ import {
   type FdbInfo,
   KernelError,
   type LinkInfo,
+  type LinkSpec,
   type NeighInfo,
   type Netlink,
   NLE_EXIST,
   NLE_NODEV,
   NLE_OBJ_NOTFOUND,
+  NLE_OPNOTSUPP,
   type RouteFilter,
   type RouteInfo,
   RT_TABLE_MAIN,
@@ -97,6 +99,31 @@ export class MemoryKernel implements Netlink {
         learning: spec.learning,
         gbp: spec.gbp,
       },
+    };
+    this.links.set(link.index, link);
+    return link;
+  }
+  /** Kinds {@linkcode linkAdd} creates; others fail as unsupported. */
+  kinds = new Set(["dummy", "wireguard"]);
+  linkAdd(spec: LinkSpec): LinkInfo {
+    this.#count("linkAdd", spec);
+    if (!this.kinds.has(spec.kind)) {
+      throw new KernelError(
+        "link add",
+        `${spec.name} type ${spec.kind}`,
+        NLE_OPNOTSUPP,
+        "Operation not supported",
+      );
+    }
+    if (this.linkByName(spec.name)) {
+      throw new KernelError("link add", spec.name, NLE_EXIST, "Object exists");
+    }
+    const link: LinkInfo = {
+      index: this.#nextIndex++,
+      name: spec.name,
+      kind: spec.kind,
+      mtu: spec.mtu,
+      up: false,
     };
     this.links.set(link.index, link);
     return link;

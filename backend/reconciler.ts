@@ -27,6 +27,12 @@
  * A failing peer is counted, logged and retried on the next pass; it never
  * blocks the others.
  *
+ * A backend may also keep per-peer objects that are none of these (WireGuard
+ * peers, see peer_objects.ts): they follow the same two paths, diffed by
+ * their identity. rtnetlink reports no change to them, so while a family has
+ * such objects no pass is skipped for a quiet change source: an object
+ * removed by hand is back within one period (`periodMs`, default 10 s).
+ *
  * @module
  */
 import {
@@ -49,6 +55,12 @@ import {
   type PeerEntries,
   type PeerMode,
 } from "./plan.ts";
+import {
+  diffObjects,
+  type ObjectOp,
+  type PeerObject,
+  type PeerObjects,
+} from "./peer_objects.ts";
 import { logger } from "../lib/log.ts";
 import { metrics } from "../lib/metrics.ts";
 import { sleep } from "../lib/retry.ts";
@@ -68,6 +80,8 @@ export interface FamilyNetwork {
     lease: Lease,
     modes: Map<string, PeerMode>,
   ): PeerEntries | undefined;
+  /** Per-peer objects besides kernel entries (WireGuard peers), if any. */
+  readonly objects?: PeerObjects;
 }
 
 /** Something that resolves when the kernel reports a change. */
@@ -120,6 +134,8 @@ interface FamilyState {
   plan: FamilyPlan | undefined;
   /** What we believe the kernel holds, by lease key. */
   programmed: Map<string, PeerEntries>;
+  /** The per-peer objects we believe the kernel holds, by lease key. */
+  objects: Map<string, PeerObject>;
   /** Peers whose last operation failed. */
   failed: Set<string>;
   /** The last error of each failing peer, for `/readyz?verbose`. */
@@ -260,6 +276,7 @@ export class Reconciler {
       net,
       plan: undefined,
       programmed: new Map(),
+      objects: new Map(),
       failed: new Set(),
       errors: new Map(),
       waiting: new Map(),
@@ -492,6 +509,7 @@ export class Reconciler {
         ? this.#withoutChanges(f, all)
         : this.#withoutWaiting(f, all);
       const { failed, waits } = this.#apply(f, ops);
+      if (f.net.objects) this.#programObjects(f, f.net.objects, keys, failed);
       if (early) {
         for (const op of ops) {
           if (op.peer === undefined || !failed.has(op.peer)) {
@@ -504,9 +522,9 @@ export class Reconciler {
         f.failed.delete(key);
         if (!failed.has(key)) f.errors.delete(key);
       }
+      for (const key of keys) if (failed.has(key)) f.failed.add(key);
       for (const e of after) {
-        if (failed.has(e.key)) f.failed.add(e.key);
-        else if (!held.has(e.key) && !waits.has(e.key)) {
+        if (!failed.has(e.key) && !held.has(e.key) && !waits.has(e.key)) {
           f.programmed.set(e.key, e);
         }
       }
@@ -563,6 +581,13 @@ export class Reconciler {
         );
       }
       const { failed, waits } = this.#apply(f, todo);
+      if (f.net.objects) {
+        const n = this.#syncObjects(f, f.net.objects, failed);
+        if (n === undefined) {
+          errors++;
+          dirty = true;
+        } else ops += n;
+      }
       ops += writes.length;
       errors += failed.size;
       if (failed.size > 0) dirty = true;
@@ -586,6 +611,99 @@ export class Reconciler {
     this.#observeLatency(this.#pendingSince.keys());
     this.#updateGauge();
     return { ops, errors };
+  }
+
+  /**
+   * Event path for per-peer objects: diffs `keys`' objects against what
+   * was set for them, applies, records; failing keys go into `failed`.
+   */
+  #programObjects(
+    f: FamilyState,
+    objects: PeerObjects,
+    keys: Set<string>,
+    failed: Set<string>,
+  ): void {
+    const plan = f.plan!;
+    const before: PeerObject[] = [];
+    const after = new Map<string, PeerObject>();
+    for (const key of keys) {
+      const old = f.objects.get(key);
+      if (old) before.push(old);
+      const lease = this.#leases.get(key);
+      const now = lease ? objects.desired(plan, lease) : undefined;
+      if (now) after.set(key, now);
+    }
+    this.#applyObjects(f, objects, diffObjects(objects, after, before), failed);
+    for (const key of keys) f.objects.delete(key);
+    for (const [key, obj] of after) {
+      if (!failed.has(key)) f.objects.set(key, obj);
+    }
+  }
+
+  /**
+   * Pass path for per-peer objects: reads them back, diffs against every
+   * lease's, applies. Returns the number of changes, or undefined when
+   * the read-back failed.
+   */
+  #syncObjects(
+    f: FamilyState,
+    objects: PeerObjects,
+    failed: Set<string>,
+  ): number | undefined {
+    const plan = f.plan!;
+    let actual: PeerObject[];
+    try {
+      actual = objects.list(plan);
+    } catch (e) {
+      metrics.kernelErrors.inc({ op: "dump" });
+      log.error(`Cannot read ${f.net.label} peers: ${(e as Error).message}`);
+      return undefined;
+    }
+    const desired = new Map<string, PeerObject>();
+    for (const lease of this.#leases.values()) {
+      const o = objects.desired(plan, lease);
+      if (o) desired.set(lease.key, o);
+    }
+    const ops = diffObjects(objects, desired, actual);
+    if (ops.length > 0) {
+      log.info(
+        `${f.net.label}: ${ops.length} peer change(s) to reach the desired state of ${desired.size} peer(s)`,
+      );
+    }
+    this.#applyObjects(f, objects, ops, failed);
+    f.objects = new Map([...desired].filter(([key]) => !failed.has(key)));
+    for (const op of ops) {
+      metrics.reconcileRepairs.inc({ kind: `peer_${op.kind}` });
+    }
+    return ops.length;
+  }
+
+  /** Applies object changes in order; failing peers go into `failed`. */
+  #applyObjects(
+    f: FamilyState,
+    objects: PeerObjects,
+    ops: ObjectOp[],
+    failed: Set<string>,
+  ): void {
+    for (const op of ops) {
+      if (op.peer !== undefined && failed.has(op.peer)) continue;
+      const what = objects.describe(op.kind, op.obj);
+      log.v(2, what);
+      try {
+        if (op.kind === "set") objects.set(f.plan!, op.obj);
+        else objects.del(f.plan!, op.obj);
+      } catch (e) {
+        metrics.kernelErrors.inc({ op: `peer_${op.kind}` });
+        const msg = `${what}: ${(e as Error).message}`;
+        log.error(
+          `Failed: ${msg}${op.peer ? ` (peer "${op.peer}")` : ""}`,
+        );
+        if (op.peer !== undefined) {
+          failed.add(op.peer);
+          f.errors.set(op.peer, msg);
+        } else failed.add(`stale:peer_${op.kind}`);
+      }
+    }
   }
 
   #readKernel(plan: FamilyPlan) {
@@ -754,8 +872,10 @@ export class Reconciler {
     }, { once: true });
     let byTimer = false;
     let skipped = 0;
+    // Per-peer objects change without a notification (see the module doc).
+    const notified = this.#families.every((f) => f.net.objects === undefined);
     while (!signal.aborted) {
-      const quiet = changes?.quiet?.() ?? false;
+      const quiet = notified && (changes?.quiet?.() ?? false);
       if (
         this.#synced && byTimer && quiet && failures === 0 && !this.#dirty &&
         skipped < MAX_QUIET_SKIPS

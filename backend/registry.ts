@@ -17,6 +17,7 @@ import { createHostGwBackend } from "./hostgw.ts";
 import { createAllocBackend } from "./alloc/alloc.ts";
 import { createExtensionBackend } from "./extension/extension.ts";
 import { createVxlanBackend } from "./vxlan.ts";
+import { createWireguardBackend } from "./wireguard/wireguard.ts";
 
 /** net-conf.json `Backend.Type` → implementation. */
 export const BACKENDS: Readonly<Record<string, BackendFactory>> = {
@@ -24,6 +25,7 @@ export const BACKENDS: Readonly<Record<string, BackendFactory>> = {
   "host-gw": createHostGwBackend,
   "extension": createExtensionBackend,
   "alloc": createAllocBackend,
+  "wireguard": createWireguardBackend,
 };
 
 /** Creates the backend named by `config.backend.type`. */

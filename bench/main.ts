@@ -12,7 +12,8 @@
  *
  * `deno task bench soak [--minutes=60] [--peers=1000]` runs the soak
  * (bench/soak.ts) instead, alone; `deno task bench k8s [--pods=50]` the
- * cluster tier's figures (bench/k8s.ts), alone.
+ * cluster tier's figures (bench/k8s.ts), alone; `deno task bench wireguard
+ * [--runs=3]` pod traffic over wireguard beside vxlan (bench/wireguard.ts).
  *
  * Needs root (network namespaces). `deno task bench [--quick]
  * [--weft=<checkout>] [name...]`: names pick benchmarks (default all);
@@ -37,6 +38,11 @@ import { machine } from "./_stats.ts";
 if (Deno.args[0] === "soak") {
   const { soak } = await import("./soak.ts");
   await soak();
+  Deno.exit(0);
+}
+if (Deno.args[0] === "wireguard") {
+  const { wireguardBench } = await import("./wireguard.ts");
+  await wireguardBench(Deno.args.slice(1));
   Deno.exit(0);
 }
 if (Deno.args[0] === "k8s") {

@@ -93,6 +93,7 @@ export const LIBNL_ROUTE_SYMBOLS = {
   rtnl_link_get_addr: { parameters: ["pointer"], result: "pointer" }, // struct nl_addr *(struct rtnl_link *)
   rtnl_link_set_flags: { parameters: ["pointer", "u32"], result: "void" }, // (struct rtnl_link *, unsigned int)
   rtnl_link_get_flags: { parameters: ["pointer"], result: "u32" }, // unsigned int (struct rtnl_link *)
+  rtnl_link_set_type: { parameters: ["pointer", "buffer"], result: "i32" }, // (struct rtnl_link *, const char *)
   rtnl_link_get_type: { parameters: ["pointer"], result: "pointer" }, // char *(struct rtnl_link *)
   rtnl_link_is_vxlan: { parameters: ["pointer"], result: "i32" }, // (struct rtnl_link *)
   rtnl_link_vxlan_alloc: { parameters: [], result: "pointer" }, // struct rtnl_link *(void)

@@ -45,6 +45,7 @@ import {
   type FdbInfo,
   KernelError,
   type LinkInfo,
+  type LinkSpec,
   type NeighInfo,
   type Netlink,
   NLE_OBJ_NOTFOUND,
@@ -387,12 +388,49 @@ export class LibnlNetlink implements Netlink, Disposable {
       op,
       object,
     );
+    return this.#linkCreate(l, spec.name, object, desc);
+  }
+
+  /**
+   * Creates a device of a kind that needs no attributes of its own:
+   * `ip link add NAME mtu MTU type KIND` (create + exclusive). A kernel
+   * without the kind refuses with "Operation not supported".
+   */
+  linkAdd(spec: LinkSpec): LinkInfo {
+    const op = "link add";
+    const desc = `${spec.name} mtu ${spec.mtu} type ${spec.kind}`;
+    checkName(spec.name, op, desc);
+    checkMtu(spec.mtu, op, desc);
+    if (!/^[a-z0-9_-]{1,31}$/.test(spec.kind)) {
+      throw invalid(op, desc, "invalid kind");
+    }
+    const { rtnl } = this.#l;
+    using link = owned(rtnl.rtnl_link_alloc(), rtnl.rtnl_link_put, "link");
+    const l = link.ptr;
+    rtnl.rtnl_link_set_name(l, encoder.encode(spec.name + "\0"));
+    rtnl.rtnl_link_set_mtu(l, spec.mtu);
     check(
-      rtnl.rtnl_link_add(this.#socket, l, NLM_F_CREATE | NLM_F_EXCL),
+      rtnl.rtnl_link_set_type(l, encoder.encode(spec.kind + "\0")),
+      op,
+      desc,
+    );
+    return this.#linkCreate(l, spec.name, desc, desc);
+  }
+
+  /** `rtnl_link_add` (create + exclusive), then the device as it reads back. */
+  #linkCreate(
+    l: Deno.PointerValue,
+    name: string,
+    object: string | (() => string),
+    desc: string,
+  ): LinkInfo {
+    const op = "link add";
+    check(
+      this.#l.rtnl.rtnl_link_add(this.#socket, l, NLM_F_CREATE | NLM_F_EXCL),
       op,
       object,
     );
-    const made = this.linkByName(spec.name);
+    const made = this.linkByName(name);
     if (made === undefined) {
       throw new KernelError(
         op,

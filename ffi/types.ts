@@ -81,6 +81,17 @@ export interface VxlanLinkSpec {
   readonly mac: string;
 }
 
+/**
+ * What to create with {@linkcode Netlink.linkAdd}: a device of a kind with
+ * no attributes of its own (`wireguard`).
+ */
+export interface LinkSpec {
+  readonly name: string;
+  /** `IFLA_INFO_KIND`: `wireguard`, `dummy`, ... */
+  readonly kind: string;
+  readonly mtu: number;
+}
+
 /** An address on a device: `local` is `addr/prefix`. */
 export interface AddrInfo {
   readonly index: number;
@@ -151,6 +162,8 @@ export interface Netlink {
   linkByIndex(index: number): LinkInfo | undefined;
   linkList(): LinkInfo[];
   linkAddVxlan(spec: VxlanLinkSpec): LinkInfo;
+  /** `ip link add NAME mtu MTU type KIND` (create + exclusive). */
+  linkAdd(spec: LinkSpec): LinkInfo;
   linkDel(index: number): void;
   linkSetUp(index: number): void;
   linkSetMtu(index: number, mtu: number): void;
@@ -206,6 +219,8 @@ export class KernelError extends Error {
 
 /** libnl: object exists. */
 export const NLE_EXIST = 6;
+/** libnl: operation not supported (a link kind the kernel lacks). */
+export const NLE_OPNOTSUPP = 10;
 /** libnl: object not found. */
 export const NLE_OBJ_NOTFOUND = 12;
 /** libnl: no such device. */

@@ -97,3 +97,13 @@ export interface VxlanBackendData {
   readonly VNI: number;
   readonly VtepMAC: string;
 }
+
+/**
+ * WireGuard backend data, as flanneld writes it:
+ * `{"PublicKey":"<base64>","Port":51820}`. `Port` 0 (or missing, older
+ * flannel) means "the same port as mine".
+ */
+export interface WireguardBackendData {
+  readonly PublicKey: string;
+  readonly Port: number;
+}

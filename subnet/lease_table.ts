@@ -11,6 +11,8 @@
  * - a subnet overlapping another's;
  * - a VtepMAC (the FDB entry of a MAC points at one public IP only: two
  *   leases with one MAC re-point the victim's traffic every pass);
+ * - a WireGuard PublicKey (a device holds one peer per key: the copier's
+ *   allowed IPs and endpoint would replace the victim's);
  * - a public IP, per backend type (two host-gw routes via one gateway
  *   send the victim's pods to the copier);
  * and its subnet must have the cluster's length, so a /17 cannot shadow
@@ -67,6 +69,8 @@ function idsOf(lease: Lease): string[] {
   for (const d of [a.backendData, a.backendV6Data]) {
     const mac = (d as { VtepMAC?: unknown } | undefined)?.VtepMAC;
     if (typeof mac === "string") ids.add(`mac ${mac}`);
+    const key = (d as { PublicKey?: unknown } | undefined)?.PublicKey;
+    if (typeof key === "string") ids.add(`wgkey ${key}`);
   }
   for (const ip of [a.publicIP, a.publicIPv6]) {
     if (ip !== undefined) ids.add(`ip ${a.backendType} ${ip}`);
@@ -77,9 +81,9 @@ function idsOf(lease: Lease): string[] {
 /** An identity in words, for the warning. */
 function describeId(id: string): string {
   const [kind, a, b] = id.split(" ");
-  return kind === "mac"
-    ? `VtepMAC "${a}"`
-    : `public IP "${b}" (backend type "${a}")`;
+  if (kind === "mac") return `VtepMAC "${a}"`;
+  if (kind === "wgkey") return `WireGuard PublicKey "${a}"`;
+  return `public IP "${b}" (backend type "${a}")`;
 }
 
 /** Why a lease is refused, as the `reason` label of the refusal counter. */
@@ -88,10 +92,13 @@ type RefusalKind =
   | "subnet_length"
   | "overlap"
   | "duplicate_mac"
+  | "duplicate_public_key"
   | "duplicate_public_ip";
 
 function idKind(id: string): RefusalKind {
-  return id.startsWith("mac ") ? "duplicate_mac" : "duplicate_public_ip";
+  if (id.startsWith("mac ")) return "duplicate_mac";
+  if (id.startsWith("wgkey ")) return "duplicate_public_key";
+  return "duplicate_public_ip";
 }
 
 function netsOf(lease: Lease): IpNet[] {

@@ -486,3 +486,39 @@ Deno.test("LeaseTable.listed() accepts peers early; the complete listing decides
   // After a complete listing, listed() takes nothing early.
   assert.deepEqual(t.listed("c", ok(lease("c", "10.244.3.0/24")), 0), []);
 });
+
+Deno.test("LeaseTable refuses a second wireguard lease with an accepted PublicKey", () => {
+  const log = captureLogs();
+  const before = metrics.peersRefused.get({ reason: "duplicate_public_key" });
+  try {
+    const key = "CWtSC6+M0bdgPDbVj6okSvv4MUhNzjpYOYCsuEpH30g=";
+    const wg = (k: string, subnet: string, ip: string): Lease => ({
+      key: k,
+      subnet,
+      attrs: {
+        publicIP: ip,
+        backendType: "wireguard",
+        backendData: { PublicKey: key, Port: 51820 },
+      },
+    });
+    const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
+    t.update("victim", ok(wg("victim", "10.244.1.0/24", "198.18.0.2")), 0);
+    const copier = wg("copier", "10.244.2.0/24", "198.18.0.3");
+    assert.deepEqual(t.update("copier", ok(copier), 0), []);
+    assert.deepEqual(t.leases.map((l) => l.key), ["victim"]);
+    assert.ok(
+      log.lines.some((l) =>
+        l.includes(
+          `Skipping node "copier": WireGuard PublicKey "${key}" is already used by node "victim"`,
+        )
+      ),
+      log.lines.join("\n"),
+    );
+    assert.equal(
+      metrics.peersRefused.get({ reason: "duplicate_public_key" }),
+      before + 1,
+    );
+  } finally {
+    log.restore();
+  }
+});

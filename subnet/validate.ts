@@ -16,7 +16,7 @@ import {
   parseIp,
   parseSubnet,
 } from "../lib/ip.ts";
-import type { Lease, VxlanBackendData } from "./lease.ts";
+import type { Lease, VxlanBackendData, WireguardBackendData } from "./lease.ts";
 import { parseUnicastMac } from "../lib/mac.ts";
 import { fail, ok, type Result } from "../lib/result.ts";
 
@@ -41,6 +41,47 @@ export function parseVxlanData(
   const mac = parseUnicastMac(d.VtepMAC);
   if (!mac.ok) return fail(`Invalid ${field} VtepMAC: ${mac.reason}`);
   return ok({ VNI: vni, VtepMAC: mac.value });
+}
+
+/**
+ * Checks a WireGuard key as `wg` prints it: standard base64 of 32 bytes
+ * (44 characters ending in `=`). Returns the trimmed text.
+ */
+export function parseWgKey(text: unknown): Result<string> {
+  if (typeof text !== "string") return fail(`${short(text)} is not a string`);
+  const t = text.trim();
+  if (/^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/.test(t)) return ok(t);
+  let bytes: number;
+  try {
+    bytes = atob(t).length;
+  } catch {
+    return fail(`${short(t)} is not base64`);
+  }
+  return fail(`${short(t)} decodes to ${bytes} bytes, want 32`);
+}
+
+/**
+ * Parses wireguard backend data `{"PublicKey":"...","Port":51820}`; a
+ * missing or zero `Port` is 0 ("the same port as mine").
+ */
+export function parseWireguardData(
+  data: unknown,
+  field = "backend-data",
+): Result<WireguardBackendData> {
+  if (typeof data !== "object" || data === null || Array.isArray(data)) {
+    return fail(`Invalid ${field} ${short(data)}: not a JSON object`);
+  }
+  const d = data as Record<string, unknown>;
+  const key = parseWgKey(d.PublicKey);
+  if (!key.ok) return fail(`Invalid ${field} PublicKey: ${key.reason}`);
+  const port = d.Port ?? 0;
+  if (
+    typeof port !== "number" || !Number.isInteger(port) || port < 0 ||
+    port > 65535
+  ) {
+    return fail(`Invalid ${field} Port ${short(port)}: must be 0..65535`);
+  }
+  return ok({ PublicKey: key.value, Port: port });
 }
 
 /** Quotes a foreign value for a message, cut to a readable length. */
@@ -136,7 +177,7 @@ function insideCluster(
 /**
  * Checks a peer lease: subnets canonical and inside the network, a public
  * IP per subnet family, a sane backend type and, for vxlan, backend data
- * with a unicast VTEP MAC. Returns the lease with canonical strings.
+ * with a unicast VTEP MAC; for wireguard, a 32-byte public key and a port. Returns the lease with canonical strings.
  */
 export function validateLease(
   lease: Lease,
@@ -173,6 +214,10 @@ export function validateLease(
       const d = parseVxlanData(lease.attrs.backendData);
       if (!d.ok) return d;
       backendData = d.value;
+    } else if (type === "wireguard") {
+      const d = parseWireguardData(lease.attrs.backendData);
+      if (!d.ok) return d;
+      backendData = d.value;
     }
   }
   if (v6.value !== undefined) {
@@ -181,6 +226,13 @@ export function validateLease(
     publicIPv6 = ip.value;
     if (type === "vxlan") {
       const d = parseVxlanData(lease.attrs.backendV6Data, "backend-v6-data");
+      if (!d.ok) return d;
+      backendV6Data = d.value;
+    } else if (type === "wireguard") {
+      const d = parseWireguardData(
+        lease.attrs.backendV6Data,
+        "backend-v6-data",
+      );
       if (!d.ok) return d;
       backendV6Data = d.value;
     }

@@ -137,6 +137,19 @@ export interface ClusterOptions {
    * dual-stack `netConf`. Default false.
    */
   readonly ipv6?: boolean;
+  /**
+   * Per node: what its agent needs besides weft's usual permissions (a
+   * program run inside the node namespace before deno, commands, variables).
+   */
+  readonly agentExtra?: (node: ClusterNode) => AgentExtra;
+}
+
+/** See {@linkcode ClusterOptions.agentExtra}. */
+export interface AgentExtra {
+  readonly launcher?: readonly string[];
+  readonly env?: Readonly<Record<string, string>>;
+  /** More `--allow-run` entries. */
+  readonly run?: readonly string[];
 }
 
 /**
@@ -168,18 +181,25 @@ export function agentPermissions(
   hosts: string[],
   healthPort: number,
   readPaths: string[] = [],
+  extra: AgentExtra = {},
 ): string[] {
+  const envNames = Object.keys(extra.env ?? {});
   return [
     "--no-prompt",
     // Deno's pointer operations (UnsafePointer.create, pointer views)
     // refuse a path-scoped FFI grant, so FFI cannot be narrowed to the
     // libnl files; the code dlopens only libnl-3, libnl-route-3 and libc.
     "--allow-ffi",
-    `--allow-env=${ENV_NAMES}`,
+    `--allow-env=${[ENV_NAMES, ...envNames].join(",")}`,
     `--allow-net=${[...hosts, `0.0.0.0:${healthPort}`].join(",")}`,
     `--allow-read=${[dir, "/proc/sys/net", ...readPaths].join(",")}`,
     `--allow-write=${dir},/proc/sys/net`,
-    "--allow-run=iptables-restore,iptables-save,ip6tables-restore,ip6tables-save,nft",
+    `--allow-run=${
+      [
+        "iptables-restore,iptables-save,ip6tables-restore,ip6tables-save,nft",
+        ...extra.run ?? [],
+      ].join(",")
+    }`,
   ];
 }
 
@@ -432,6 +452,7 @@ export class Cluster implements AsyncDisposable {
     launcher: string[] = [],
   ): Promise<Agent> {
     const logPath = `${node.dir}/weft.log`;
+    const more = this.opts.agentExtra?.(node) ?? {};
     const log = await Deno.open(logPath, {
       create: true,
       append: true,
@@ -443,6 +464,7 @@ export class Cluster implements AsyncDisposable {
         "netns",
         "exec",
         node.ns.name,
+        ...more.launcher ?? [],
         ...launcher,
         Deno.execPath(),
         "run",
@@ -451,12 +473,14 @@ export class Cluster implements AsyncDisposable {
           node.dir,
           [`${SWITCH_IP}:2379`, ...hosts],
           node.healthPort,
+          [],
+          more,
         ),
         `${ROOT}main.ts`,
         ...this.agentArgs(node),
         ...extra,
       ],
-      env: { NODE_NAME: node.name, ...env },
+      env: { NODE_NAME: node.name, ...more.env, ...env },
       stdout: "null",
       stderr: this.opts.detached ? "null" : "piped",
       cwd: ROOT,

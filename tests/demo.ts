@@ -8,7 +8,10 @@
  * host-local underneath). The demo pings every pod from every pod on the
  * other nodes, measures throughput with iperf3 and prints a report in the
  * shape of a real flannel cluster's debug log: cluster table, each node's
- * subnet.env, flannel.1, routes, neighbours and FDB, then the traffic.
+ * subnet.env, the backend's device (flannel.1 with its neighbours and FDB,
+ * or flannel-wg with its WireGuard peers), routes, then the traffic.
+ * `--backend` picks vxlan (default), host-gw or wireguard (userspace
+ * wireguard-go here: this kernel has no WireGuard module).
  *
  * Exit status: 0 when every ping answered, 1 otherwise or on any error,
  * 2 for a usage error. Needs root (namespaces, netlink, iptables).
@@ -26,15 +29,26 @@ import {
   type Scenario,
   startScenario,
 } from "./e2e/_scenario.ts";
+import {
+  nodeWireguard,
+  publishedKey,
+  wgText,
+  WIREGUARD_GO,
+} from "./e2e/_wireguard.ts";
 
 const PREFIX = "weft-demo";
 const TASK = "deno task demo";
 
-const USAGE = `Usage: ${TASK} [--kube | --k8s] [--keep]
+/** Backends the demo runs, the first by default. */
+const BACKENDS = ["vxlan", "host-gw", "wireguard"] as const;
+type BackendName = typeof BACKENDS[number];
+
+const USAGE =
+  `Usage: ${TASK} [--kube | --k8s] [--backend vxlan|host-gw|wireguard] [--keep]
        ${TASK} --clean
 
 Builds a three-node weft cluster in network namespaces on this machine
-(etcd subnet manager, VXLAN backend), creates two pods per node through
+(etcd subnet manager, VXLAN backend unless told), creates two pods per node through
 weft's CNI plugin, checks pod-to-pod traffic across nodes and prints a
 report; then removes everything. Needs root.
 
@@ -42,6 +56,8 @@ report; then removes everything. Needs root.
            spec.podCIDR) instead of etcd
   --k8s    a real cluster instead: control plane, three kubelet + containerd
            nodes, weft applied as a DaemonSet with kubectl (tests/k8s/)
+  --backend B  vxlan (default), host-gw, or wireguard (userspace
+           wireguard-go, built by .ci/build_servers.sh --only-wireguard)
   --keep   leave the cluster running for inspection
   --clean  remove a cluster left by --keep or by an interrupted run, and exit
   --help   this text`;
@@ -52,11 +68,32 @@ interface Args {
   readonly keep: boolean;
   readonly clean: boolean;
   readonly help: boolean;
+  readonly backend: BackendName;
 }
 
 function parseArgs(argv: string[]): Args | string {
-  const a = { kube: false, k8s: false, keep: false, clean: false, help: false };
-  for (const arg of argv) {
+  const a = {
+    kube: false,
+    k8s: false,
+    keep: false,
+    clean: false,
+    help: false,
+    backend: "vxlan" as BackendName,
+    backendGiven: false,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--backend" || arg.startsWith("--backend=")) {
+      const v = arg === "--backend" ? argv[++i] : arg.slice(10);
+      if (!BACKENDS.includes(v as BackendName)) {
+        return `Unknown --backend ${JSON.stringify(v ?? "")} (choose ${
+          BACKENDS.join(", ")
+        })`;
+      }
+      a.backend = v as BackendName;
+      a.backendGiven = true;
+      continue;
+    }
     switch (arg) {
       case "--kube":
         a.kube = true;
@@ -79,10 +116,14 @@ function parseArgs(argv: string[]): Args | string {
     }
   }
   if (a.kube && a.k8s) return "--kube and --k8s exclude each other";
-  if (a.clean && (a.kube || a.k8s || a.keep)) {
+  if (a.clean && (a.kube || a.k8s || a.keep || a.backendGiven)) {
     return "--clean takes no other argument";
   }
-  return a;
+  if (a.k8s && a.backendGiven) {
+    return "--backend applies to the namespace demo, not --k8s";
+  }
+  const { backendGiven: _, ...args } = a;
+  return args;
 }
 
 // ---------------------------------------------------------------- output
@@ -129,6 +170,9 @@ const NEEDS: readonly [path: string, pkg: string][] = [
   ["/usr/lib/cni/bridge", "containernetworking-plugins"],
   ["/usr/lib/cni/host-local", "containernetworking-plugins"],
 ];
+const NEEDS_WIREGUARD: readonly [string, string][] = [
+  ["/usr/bin/wg", "wireguard-tools"],
+];
 const NEEDS_ETCD: readonly [string, string][] = [
   ["/usr/bin/etcd", "etcd-server"],
   ["/usr/bin/etcdctl", "etcd-client"],
@@ -149,10 +193,17 @@ async function libnlPresent(): Promise<boolean> {
 }
 
 /** The Debian packages missing for this mode (empty when none). */
-async function missingPackages(mode: Mode): Promise<string[]> {
+async function missingPackages(
+  mode: Mode,
+  backend: BackendName,
+): Promise<string[]> {
   const missing = new Set<string>();
   for (
-    const [path, pkg] of [...NEEDS, ...(mode === "etcd" ? NEEDS_ETCD : [])]
+    const [path, pkg] of [
+      ...NEEDS,
+      ...(mode === "etcd" ? NEEDS_ETCD : []),
+      ...(backend === "wireguard" ? NEEDS_WIREGUARD : []),
+    ]
   ) {
     if (!await exists(path)) missing.add(pkg);
   }
@@ -185,16 +236,26 @@ async function agentCommand(node: ClusterNode): Promise<string> {
   ].join("\n");
 }
 
-async function reportNodes(s: Scenario, pub: PublishedNode[]): Promise<void> {
+async function reportNodes(
+  s: Scenario,
+  pub: PublishedNode[],
+  backend: BackendName,
+): Promise<void> {
   const c = s.cluster;
   info("Cluster info:");
   block(table([
-    ["name", "subnet", "public IP", "VtepMAC", "ready after"],
+    [
+      "name",
+      "subnet",
+      "public IP",
+      backend === "wireguard" ? "PublicKey" : "VtepMAC",
+      "ready after",
+    ],
     ...pub.map((p) => [
       p.name,
       p.subnet,
       p.publicIP,
-      p.vtepMAC,
+      backend === "wireguard" ? publishedKey(p) : p.vtepMAC || "-",
       secs(s.readyMs.get(p.name) ?? NaN),
     ]),
   ]));
@@ -215,16 +276,25 @@ async function reportNodes(s: Scenario, pub: PublishedNode[]): Promise<void> {
     block(await Deno.readTextFile(node.subnetFile));
     info("Network IPv4 addresses (ip -4 addr)");
     block(await nsText(node, ["ip", "-4", "addr"]));
-    info("VXLAN network devices (ip -d link show flannel.1)");
-    block(await nsText(node, ["ip", "-d", "link", "show", "flannel.1"]));
+    if (backend === "vxlan") {
+      info("VXLAN network devices (ip -d link show flannel.1)");
+      block(await nsText(node, ["ip", "-d", "link", "show", "flannel.1"]));
+    } else if (backend === "wireguard") {
+      info("WireGuard device (ip -d link show flannel-wg; userspace: a tun)");
+      block(await nsText(node, ["ip", "-d", "link", "show", "flannel-wg"]));
+      info("WireGuard peers (wg show flannel-wg)");
+      block(await wgText(node));
+    }
     info("Network routes (ip route)");
     block(await nsText(node, ["ip", "route"]));
-    info("ARP cache entries (ip neigh)");
-    block(await nsText(node, ["ip", "neigh"]));
-    info(
-      "Forwarding Database entries of flannel.1 (bridge fdb show dev flannel.1)",
-    );
-    block(await nsText(node, ["bridge", "fdb", "show", "dev", "flannel.1"]));
+    if (backend === "vxlan") {
+      info("ARP cache entries (ip neigh)");
+      block(await nsText(node, ["ip", "neigh"]));
+      info(
+        "Forwarding Database entries of flannel.1 (bridge fdb show dev flannel.1)",
+      );
+      block(await nsText(node, ["bridge", "fdb", "show", "dev", "flannel.1"]));
+    }
     info("Virtual Ethernet network devices connected to cni0");
     block(await nsText(node, ["ip", "-br", "link", "show", "master", "cni0"]));
     const mine = pub.find((p) => p.name === node.name);
@@ -243,7 +313,23 @@ interface TrafficResult {
   readonly failures: string[];
 }
 
-async function reportTraffic(s: Scenario): Promise<TrafficResult> {
+/** The overlay device and how its MTU is derived, per backend. */
+const DEVICE: Readonly<Record<BackendName, [string, string] | undefined>> = {
+  "vxlan": [
+    "flannel.1",
+    "underlay − 50: outer IPv4 20 + UDP 8 + VXLAN 8 + Ethernet 14",
+  ],
+  "host-gw": undefined,
+  "wireguard": [
+    "flannel-wg",
+    "underlay − 80, as flanneld: IPv6 40 + UDP 8 + WireGuard header 16 + tag 16",
+  ],
+};
+
+async function reportTraffic(
+  s: Scenario,
+  backend: BackendName,
+): Promise<TrafficResult> {
   const c = s.cluster;
   const failures: string[] = [];
   const [n1, n2] = c.nodes;
@@ -283,7 +369,7 @@ async function reportTraffic(s: Scenario): Promise<TrafficResult> {
     block(
       `${
         (r.bitsPerSecond / 1e9).toFixed(2)
-      } Gbit/s received, ${r.retransmits} retransmits (VXLAN over a veth underlay, one CPU-bound stream)`,
+      } Gbit/s received, ${r.retransmits} retransmits (${backend} over a veth underlay, one CPU-bound stream)`,
     );
   } catch (e) {
     failures.push(`iperf3: ${(e as Error).message}`);
@@ -301,43 +387,41 @@ async function reportTraffic(s: Scenario): Promise<TrafficResult> {
       mtu: number;
     }[])[0]?.mtu;
   const env = await n1!.subnetEnv();
+  const dev = DEVICE[backend];
   block(table([
     ["underlay eth0", String(await mtuOf(n1!.ns, "eth0"))],
-    [
-      "flannel.1",
-      `${await mtuOf(
-        n1!.ns,
-        "flannel.1",
-      )} (underlay − 50: outer IPv4 20 + UDP 8 + VXLAN 8 + Ethernet 14)`,
-    ],
+    ...(dev ? [[dev[0], `${await mtuOf(n1!.ns, dev[0])} (${dev[1]})`]] : []),
     ["FLANNEL_MTU", env.FLANNEL_MTU ?? "(missing)"],
     ["cni0", String(await mtuOf(n1!.ns, "cni0"))],
     [`${small.id} eth0`, String(await mtuOf(small.ns, "eth0"))],
   ]));
+  // The largest ICMP payload that fits the pod MTU: MTU − IPv4 20 − ICMP 8.
+  const mtu = Number(env.FLANNEL_MTU);
+  const payload = mtu - 28;
   const fits = await c.pingRun(small.id, far.ip, {
     count: 2,
-    size: 1422,
+    size: payload,
     dontFragment: true,
     deadline: 3,
   });
   const tooBig = await c.pingRun(small.id, far.ip, {
     count: 1,
-    size: 1423,
+    size: payload + 1,
     dontFragment: true,
     deadline: 1,
   });
   block(
-    `ping -M do -s 1422 ${far.ip} (1450-byte packets, ${small.id} -> ${far.id}): ${fits.received}/${fits.transmitted} answered`,
+    `ping -M do -s ${payload} ${far.ip} (${mtu}-byte packets, ${small.id} -> ${far.id}): ${fits.received}/${fits.transmitted} answered`,
   );
   block(
-    `ping -M do -s 1423 ${far.ip} (1451 bytes): ${
+    `ping -M do -s ${payload + 1} ${far.ip} (${mtu + 1} bytes): ${
       tooBig.received === 0
         ? "refused at the pod, larger than its MTU (as it should be)"
         : "ANSWERED (the MTU is not enforced)"
     }`,
   );
   if (fits.received !== fits.transmitted || fits.transmitted === 0) {
-    failures.push("1450-byte packets do not cross the overlay");
+    failures.push(`${mtu}-byte packets do not cross the overlay`);
   }
   return { pingsOk: ok, pingsTotal: m.length, failures };
 }
@@ -382,7 +466,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (args.k8s) return await k8sDemo(args.keep);
   const mode: Mode = args.kube ? "kube" : "etcd";
-  const missing = await missingPackages(mode);
+  const missing = await missingPackages(mode, args.backend);
   if (missing.length > 0) {
     console.error(
       `Missing Debian packages: ${
@@ -390,6 +474,12 @@ async function main(argv: string[]): Promise<number> {
       }. Install them with:\n  sudo bash tests/prepare.sh --demo\nor\n  sudo apt-get install -y ${
         missing.join(" ")
       }`,
+    );
+    return 1;
+  }
+  if (args.backend === "wireguard" && !await exists(WIREGUARD_GO)) {
+    console.error(
+      `--backend wireguard needs userspace WireGuard (this kernel may lack the module): ${WIREGUARD_GO} is missing. Build it with:\n  bash .ci/build_servers.sh --only-wireguard`,
     );
     return 1;
   }
@@ -418,7 +508,7 @@ async function main(argv: string[]): Promise<number> {
   console.log(
     `weft demo: 3 nodes, ${
       mode === "kube" ? "Kubernetes (--kube-subnet-mgr)" : "etcd"
-    } subnet manager, VXLAN backend`,
+    } subnet manager, ${args.backend} backend`,
   );
   info(
     `Building namespaces ${PREFIX}-sw (switch: bridge br0, 198.18.0.254/24) and ${PREFIX}-n1..n3 (eth0 198.18.0.1-3)`,
@@ -431,12 +521,15 @@ async function main(argv: string[]): Promise<number> {
       mode,
       detached: args.keep,
       progress: (msg) => info(msg),
+      netConf:
+        `{"Network":"10.244.0.0/16","Backend":{"Type":"${args.backend}"}}`,
+      ...(args.backend === "wireguard" && { agentExtra: nodeWireguard }),
     });
     const s = active;
     const pub = await s.published();
     info(`Pods created through weft's CNI plugin (bridge cni0 + host-local)`);
-    await reportNodes(s, pub);
-    traffic = await reportTraffic(s);
+    await reportNodes(s, pub, args.backend);
+    traffic = await reportTraffic(s, args.backend);
     failures = traffic.failures;
   } catch (e) {
     failures.push((e as Error).stack ?? String(e));
@@ -467,7 +560,9 @@ async function main(argv: string[]): Promise<number> {
         "The cluster is left running (--keep). Look around:",
         `  ip netns list | grep ${PREFIX}`,
         `  ip netns exec ${n.ns.name} ip route`,
-        `  ip netns exec ${n.ns.name} bridge fdb show dev flannel.1`,
+        args.backend === "wireguard"
+          ? `  ip netns exec ${n.ns.name} unshare -m sh -c 'mount --bind ${n.dir}/wireguard /var/run/wireguard && wg show'`
+          : `  ip netns exec ${n.ns.name} bridge fdb show dev flannel.1`,
         `  ip netns exec ${PREFIX}-1p1 ping ${
           active.cluster.pod(`${active.cluster.nodes[1]!.name}-pod1`).ip
         }`,

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 packages=(libnl-3-200 libnl-route-3-200 iproute2 iputils-ping iptables nftables
   etcd-server etcd-client curl containernetworking-plugins iperf3 openssl
-  libfaketime)
+  libfaketime wireguard-tools tcpdump)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -28,7 +28,8 @@ fi
 # Debian's etcd-server package may start a host etcd; tests start their own.
 if [ "${1:-}" != "--demo" ] && [ -x .ci/build_servers.sh ] && [ "${WEFT_SKIP_SERVER_BUILD:-}" != 1 ]; then
   # flanneld v0.28.9 is the reference the conformance tier runs weft against
-  # (its module also holds flannel's chart); helm renders chart/weft.
-  bash .ci/build_servers.sh --with-flanneld --with-helm
+  # (its module also holds flannel's chart); helm renders chart/weft;
+  # wireguard-go is userspace WireGuard for the wireguard backend's tests.
+  bash .ci/build_servers.sh --with-flanneld --with-helm --with-wireguard
 fi
 deno install --frozen >/dev/null

@@ -9,6 +9,7 @@
  * @module
  */
 import {
+  type AgentExtra,
   Cluster,
   type ClusterNode,
   DEFAULT_NET_CONF,
@@ -35,6 +36,10 @@ export interface ScenarioOptions {
   readonly detached?: boolean;
   /** Called as each stage finishes, for progress output. */
   readonly progress?: (msg: string) => void;
+  /** The network config (etcd, or every node's net-conf.json). */
+  readonly netConf?: string;
+  /** What each agent needs besides weft's usual permissions. */
+  readonly agentExtra?: (node: ClusterNode) => AgentExtra;
 }
 
 /** One node as the store publishes it. */
@@ -185,6 +190,8 @@ export async function startScenario(opts: ScenarioOptions): Promise<Scenario> {
     nodes: opts.nodes ?? 3,
     etcd: mode === "etcd",
     detached: opts.detached ?? false,
+    ...(opts.netConf !== undefined && { netConf: opts.netConf }),
+    ...(opts.agentExtra && { agentExtra: opts.agentExtra }),
     ...(opts.reconcilePeriod !== undefined &&
       { reconcilePeriod: opts.reconcilePeriod }),
   });
@@ -210,7 +217,10 @@ export async function startScenario(opts: ScenarioOptions): Promise<Scenario> {
       for (const node of cluster.nodes) {
         await kube.createNode(node.name, `10.244.${node.n}.0/24`);
         await kube.writeKubeconfig(node.name, `${node.dir}/kubeconfig`);
-        await Deno.writeTextFile(s.netConfPath(node), DEFAULT_NET_CONF);
+        await Deno.writeTextFile(
+          s.netConfPath(node),
+          opts.netConf ?? DEFAULT_NET_CONF,
+        );
       }
       say(
         `Node objects created with spec.podCIDR 10.244.N.0/24; per-node kubeconfigs and net-conf.json written`,

@@ -555,3 +555,31 @@ kernelTest(
     assert(((stats!.stats64 as Json).rx as Json).packets as number >= 2);
   },
 );
+
+kernelTest(
+  "linkAdd creates a device of a kind as ip reads it; a kind the kernel lacks is refused as not supported",
+  async () => {
+    await using ns = await nodeNs("ffi-kind");
+    using nl = openNetlink({ netns: ns.path });
+    const made = nl.linkAdd({ name: "br7", kind: "bridge", mtu: 1380 });
+    const [ip] = await ns.json<Json[]>("-d", "link", "show", "dev", "br7");
+    assertEquals((ip!.linkinfo as Json).info_kind, "bridge");
+    assertEquals(ip!.mtu, 1380);
+    assertEquals(made.kind, "bridge");
+    assertEquals(made.index, ip!.ifindex);
+    const exists = kernelErr(() =>
+      nl.linkAdd({ name: "br7", kind: "bridge", mtu: 1380 })
+    );
+    assert(exists.exists, exists.message);
+    const missing = kernelErr(() =>
+      nl.linkAdd({ name: "weird0", kind: "weftnosuchkind", mtu: 1400 })
+    );
+    assert(
+      missing.message.startsWith(
+        "link add weird0 mtu 1400 type weftnosuchkind:",
+      ),
+      missing.message,
+    );
+    assertEquals(missing.exists, false);
+  },
+);
