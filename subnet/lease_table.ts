@@ -23,16 +23,23 @@
  * and until our lease is known the config's default (which matches the
  * controller-manager's defaults, /24 and /64, for a /16 and a /48).
  *
- * Who wins a conflict: a key already accepted keeps its claim; then a
- * claim of the expected subnet length beats an odd-sized one; then the
- * older claim (Node creation time, etcd create revision), so a restart
- * decides as the live agent did; then arrival order. A peer claiming what
- * this node holds always loses. Each refusal is logged once per key and
- * reason, naming the key, and counted in `weft_peers_refused_total`.
+ * Who wins a conflict: the claim made first (`Lease.claimedAt`: in kube
+ * mode when the Node's flannel annotations or pod CIDRs were last written,
+ * from its managedFields; in etcd mode the revision since which the key
+ * has carried its present claims), then the key created first
+ * (`Lease.createdAt`), then the key name. This is a total order over what
+ * every agent reads from the API, never over when it read it, so an
+ * agent started at any time reaches the verdict of one that watched the
+ * claims being made. A claim whose time is unknown comes last. A peer
+ * claiming what this node holds always loses. Each refusal is logged once
+ * per key and reason, naming the key, and counted in
+ * `weft_peers_refused_total`.
  *
  * A single update costs O(1) plus a look at the keys it may unblock, not a
  * pass over the whole cluster: at 5000 nodes each watch event would
- * otherwise spend milliseconds here.
+ * otherwise spend milliseconds here. Only when a claim arrives that was
+ * made before its holder's (a rare event: a restart's listing, or a
+ * holder whose claims changed) is every key decided again.
  *
  * @module
  */
@@ -54,6 +61,28 @@ interface Entry {
   nets: IpNet[];
   /** Exclusive identities it claims besides its subnets (see idsOf). */
   ids: string[];
+  /** Its place in the claim order (see {@linkcode precedes}). */
+  order: ClaimOrder;
+}
+
+/** When a lease's claims were made; unknown counts as last. */
+interface ClaimOrder {
+  readonly claimedAt: number;
+  readonly createdAt: number;
+}
+
+const UNKNOWN: ClaimOrder = { claimedAt: Infinity, createdAt: Infinity };
+
+function orderOf(valid: Result<Lease>): ClaimOrder {
+  const l = valid.ok ? valid.value : undefined;
+  return {
+    claimedAt: l?.claimedAt ?? Infinity,
+    createdAt: l?.createdAt ?? Infinity,
+  };
+}
+
+function sameOrder(a: ClaimOrder, b: ClaimOrder): boolean {
+  return a.claimedAt === b.claimedAt && a.createdAt === b.createdAt;
 }
 
 /**
@@ -149,8 +178,11 @@ export class LeaseTable {
   readonly #warned = new Map<string, string>();
   #ownNets: IpNet[];
   #ownIds: Set<string>;
-  /** Keys were accepted from a listing still arriving (see `listed`). */
-  #provisional = false;
+  /**
+   * A key met a holder whose claim came later: every key must be decided
+   * again (see {@linkcode LeaseTable.#settle}).
+   */
+  #reorder = false;
   /** A complete listing arrived: later listings are only diffed. */
   #complete = false;
 
@@ -185,15 +217,16 @@ export class LeaseTable {
     receivedAt: number,
   ): LeaseEvent[] {
     if (key === this.#opts.ownKey) return [];
+    const before = this.#entries.get(key)?.order;
     this.#store(key, candidate);
     const entry = this.#entries.get(key)!;
     const prev = this.#accepted.get(key);
-    // The usual change (annotations, a renewal) keeps the subnet, MACs and
-    // public IPs: no conflict can appear or go away, so no other key is
-    // affected.
+    // The usual change (annotations, a renewal) keeps the subnet, MACs,
+    // public IPs and claim time: no conflict can appear or go away, so no
+    // other key is affected.
     if (
       prev && entry.valid.ok && sameNets(netsOf(prev), entry.nets) &&
-      sameIds(idsOf(prev), entry.ids)
+      sameIds(idsOf(prev), entry.ids) && sameOrder(before!, entry.order)
     ) {
       this.#warned.delete(key);
       if (sameLease(prev, entry.valid.value)) return [];
@@ -210,7 +243,7 @@ export class LeaseTable {
     }
     const added = this.#tryAccept(key, receivedAt);
     if (prev) added.push(...this.#unblock(receivedAt));
-    return [...removed, ...added];
+    return this.#settle([...removed, ...added], receivedAt);
   }
 
   /** Forgets `key` (node deleted, etcd key gone). */
@@ -221,10 +254,10 @@ export class LeaseTable {
     const prev = this.#accepted.get(key);
     if (!prev) return [];
     this.#release(key);
-    return [
+    return this.#settle([
       { type: "removed", lease: prev, receivedAt },
       ...this.#unblock(receivedAt),
-    ];
+    ], receivedAt);
   }
 
   /**
@@ -232,10 +265,8 @@ export class LeaseTable {
    * programmed before the whole listing is in. Acceptance is provisional:
    * only a standard-length claim free of overlaps is accepted now (a stray
    * supernet waits for the listing), and {@linkcode replaceAll} then
-   * decides every key as if nothing had been accepted before, so the
-   * outcome equals that of the complete listing alone. Only the first
-   * listing is taken early: once one is complete, accepted keys keep
-   * their subnet, and a relist is only diffed by `replaceAll`.
+   * decides every key again, so the outcome equals that of the complete
+   * listing alone. Only the first listing is taken early.
    */
   listed(
     key: string,
@@ -244,13 +275,12 @@ export class LeaseTable {
   ): LeaseEvent[] {
     if (this.#complete || key === this.#opts.ownKey) return [];
     if (this.#accepted.has(key)) return [];
-    this.#provisional = true;
     this.#store(key, candidate);
     const entry = this.#entries.get(key)!;
     if (!entry.valid.ok || !entry.nets.every((n) => this.#standard(n))) {
       return [];
     }
-    return this.#tryAccept(key, receivedAt);
+    return this.#settle(this.#tryAccept(key, receivedAt), receivedAt);
   }
 
   /**
@@ -270,10 +300,8 @@ export class LeaseTable {
     for (const [key, candidate] of listing) {
       if (key !== this.#opts.ownKey) this.#store(key, candidate);
     }
-    const provisional = this.#provisional;
-    this.#provisional = false;
     this.#complete = true;
-    return this.#recomputeAll(receivedAt, provisional);
+    return this.#recomputeAll(receivedAt);
   }
 
   /** Validates once, on arrival, so later decisions only check overlaps. */
@@ -285,12 +313,16 @@ export class LeaseTable {
       : candidate;
     const nets = valid.ok ? netsOf(valid.value) : [];
     const ids = valid.ok ? idsOf(valid.value) : [];
+    const order = orderOf(valid);
     if (entry) {
       entry.read = candidate;
       entry.valid = valid;
       entry.nets = nets;
       entry.ids = ids;
-    } else this.#entries.set(key, { read: candidate, valid, nets, ids });
+      entry.order = order;
+    } else {
+      this.#entries.set(key, { read: candidate, valid, nets, ids, order });
+    }
   }
 
   /** The subnet length peers of a family must have (see module doc). */
@@ -363,6 +395,10 @@ export class LeaseTable {
       return [];
     }
     const holder = this.#overlapHolder(nets);
+    if (holder !== undefined && this.#precedes(key, holder)) {
+      this.#reorder = true;
+      return [];
+    }
     if (holder !== undefined) {
       this.#blocked.add(key);
       this.#warn(
@@ -373,6 +409,10 @@ export class LeaseTable {
       return [];
     }
     const taken = entry.ids.find((id) => this.#ids.has(id));
+    if (taken !== undefined && this.#precedes(key, this.#ids.get(taken)!)) {
+      this.#reorder = true;
+      return [];
+    }
     if (taken !== undefined) {
       this.#blocked.add(key);
       this.#warn(
@@ -398,40 +438,44 @@ export class LeaseTable {
   /** After a claim was released: accepts the blocked keys that now fit. */
   #unblock(receivedAt: number): LeaseEvent[] {
     if (this.#blocked.size === 0) return [];
-    const waiting = this.#byPriority([...this.#blocked], (k) => this.#rank(k));
+    const waiting = this.#inClaimOrder([...this.#blocked]);
     return waiting.flatMap((key) => this.#tryAccept(key, receivedAt));
   }
 
-  /** Priority of an unaccepted key: standard-length claims first. */
-  #rank(key: string): number {
-    const e = this.#entries.get(key);
-    return e && e.nets.every((n) => this.#standard(n)) ? 1 : 2;
+  /**
+   * Whether `a`'s claims were made before `b`'s: claim time, then creation,
+   * then key name (see the module doc).
+   */
+  #precedes(a: string, b: string): boolean {
+    return this.#compare(a, b) < 0;
   }
 
-  /** Creation order of a key's lease (older first); unknown goes last. */
-  #age(key: string): number {
-    const v = this.#entries.get(key)?.valid;
-    return (v?.ok ? v.value.createdAt : undefined) ?? Infinity;
+  #compare(a: string, b: string): number {
+    const x = this.#entries.get(a)?.order ?? UNKNOWN;
+    const y = this.#entries.get(b)?.order ?? UNKNOWN;
+    return compareNumbers(x.claimedAt, y.claimedAt) ||
+      compareNumbers(x.createdAt, y.createdAt) ||
+      (a < b ? -1 : a > b ? 1 : 0);
   }
 
-  /** Orders claimants: rank, then age, then arrival (a stable sort). */
-  #byPriority(keys: string[], rank: (key: string) => number): string[] {
-    return keys.map((key, i) => ({ key, r: rank(key), a: this.#age(key), i }))
-      .sort((x, y) => x.r - y.r || x.a - y.a || x.i - y.i)
-      .map((x) => x.key);
+  #inClaimOrder(keys: string[]): string[] {
+    return keys.sort((a, b) => this.#compare(a, b));
   }
 
   /**
-   * Decides every key from scratch (relist, own lease) and diffs. Keys
-   * accepted before keep their subnet, unless that acceptance was
-   * `provisional`.
+   * Ends an incremental step: when a key met a holder whose claim came
+   * later, decides every key again and appends the difference.
    */
-  #recomputeAll(receivedAt: number, provisional = false): LeaseEvent[] {
+  #settle(events: LeaseEvent[], receivedAt: number): LeaseEvent[] {
+    if (!this.#reorder) return events;
+    return netEffect([...events, ...this.#recomputeAll(receivedAt)]);
+  }
+
+  /** Decides every key from scratch, in claim order, and diffs. */
+  #recomputeAll(receivedAt: number): LeaseEvent[] {
+    this.#reorder = false;
     const before = new Map(this.#accepted);
-    const order = this.#byPriority(
-      [...this.#entries.keys()],
-      (key) => before.has(key) && !provisional ? 0 : this.#rank(key),
-    );
+    const order = this.#inClaimOrder([...this.#entries.keys()]);
     this.#accepted.clear();
     this.#claims.clear();
     this.#ids.clear();
@@ -489,4 +533,33 @@ function sameIds(a: string[], b: string[]): boolean {
 function sameNets(a: IpNet[], b: IpNet[]): boolean {
   return a.length === b.length &&
     a.every((n, i) => netKey(n) === netKey(b[i]!));
+}
+
+function compareNumbers(a: number, b: number): number {
+  return a === b ? 0 : a < b ? -1 : 1;
+}
+
+/**
+ * The net effect of a sequence of events, per key: a lease removed and
+ * added back unchanged is no event, so the backend never sees a claim
+ * flicker to a key that ends up refused.
+ */
+function netEffect(events: LeaseEvent[]): LeaseEvent[] {
+  const first = new Map<string, Lease | undefined>();
+  const last = new Map<string, Lease | undefined>();
+  for (const e of events) {
+    const k = e.lease.key;
+    if (!first.has(k)) first.set(k, e.type === "removed" ? e.lease : undefined);
+    last.set(k, e.type === "added" ? e.lease : undefined);
+  }
+  const receivedAt = events[0]?.receivedAt ?? 0;
+  const removed: LeaseEvent[] = [];
+  const added: LeaseEvent[] = [];
+  for (const [k, was] of first) {
+    const now = last.get(k);
+    if (was && now && sameLease(was, now)) continue;
+    if (was) removed.push({ type: "removed", lease: was, receivedAt });
+    if (now) added.push({ type: "added", lease: now, receivedAt });
+  }
+  return [...removed, ...added];
 }
