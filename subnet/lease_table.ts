@@ -103,6 +103,32 @@ function idsOf(lease: Lease): string[] {
   return [...ids];
 }
 
+/**
+ * Everything a lease claims exclusively, as strings: its subnets and its
+ * identities (see idsOf). Two leases conflict only if they share one, or
+ * if one's subnet has an odd length (refused on its own).
+ */
+export function claimsOf(lease: Lease): string[] {
+  return [...netsOf(lease).map(netKey), ...idsOf(lease)];
+}
+
+/**
+ * The keys among `leases` that share a claim with another: the only ones
+ * whose claim time can decide anything.
+ */
+export function contested(leases: Iterable<Lease>): Set<string> {
+  const by = new Map<string, string>();
+  const out = new Set<string>();
+  for (const l of leases) {
+    for (const c of claimsOf(l)) {
+      const other = by.get(c);
+      if (other === undefined) by.set(c, l.key);
+      else if (other !== l.key) out.add(other).add(l.key);
+    }
+  }
+  return out;
+}
+
 /** An identity in words, for the warning. */
 function describeId(id: string): string {
   const [kind, a, b] = id.split(" ");
