@@ -4,9 +4,10 @@
  * scheduler, three nodes with containerd, kubelet and kube-proxy), then
  * checked from the outside: readiness, files the init step installed,
  * annotations and conditions, pod traffic across nodes, and pod traffic
- * under 50 ms pings while the DaemonSet is updated, a weft pod deleted, a
- * node added and a node removed; finally 50 pods created and deleted must
- * leave no IPs, veths, network namespaces or stored CNI configurations.
+ * under 50 ms pings while the DaemonSet is updated, a weft pod deleted,
+ * hostile Nodes applied (tests/k8s/_hostile.ts), a node added and a node
+ * removed; finally 50 pods created and deleted must leave no IPs, veths,
+ * network namespaces or stored CNI configurations.
  *
  * One cluster serves every step (it takes about a minute to build). Needs
  * root and the binaries of `.ci/build_servers.sh --with-cluster`; under
@@ -39,6 +40,7 @@ import {
   rollout,
   until,
 } from "./_k8s.ts";
+import { hostileNodes } from "./_hostile.ts";
 
 /** docs/migrate-from-flanneld.md, step 1. */
 const MIGRATION_PATCH = `
@@ -435,6 +437,17 @@ spec:
       );
       assertEquals(count.received, count.sent);
     });
+
+    await t.step(
+      "hostile Nodes (a copied VtepMAC, a stolen podCIDR, a wider podCIDR, the oldest node re-pointing its MAC) change no victim's route or FDB entry, lose no packet, and are counted, also by a restarted agent",
+      () =>
+        hostileNodes(
+          c,
+          echo,
+          (from, dst, seconds, during) =>
+            pingDuring(c, from, dst, seconds, during),
+        ),
+    );
 
     let fourth: K8sNode | undefined;
     await t.step(
