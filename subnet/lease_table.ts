@@ -37,9 +37,10 @@
  *
  * A single update costs O(1) plus a look at the keys it may unblock, not a
  * pass over the whole cluster: at 5000 nodes each watch event would
- * otherwise spend milliseconds here. Only when a claim arrives that was
- * made before its holder's (a rare event: a restart's listing, or a
- * holder whose claims changed) is every key decided again.
+ * otherwise spend milliseconds here. A claim that arrives after a later
+ * one it conflicts with (a restart's listing in name order, a holder that
+ * re-wrote its claims) displaces that holder on the spot; the keys its
+ * release frees are then tried again, as after a removal.
  *
  * @module
  */
@@ -198,17 +199,20 @@ export class LeaseTable {
   readonly #ids = new Map<string, string>();
   /** How many accepted subnets have each `family/prefix` length. */
   readonly #lengths = new Map<string, number>();
-  /** Keys refused only because another key holds an overlapping subnet. */
+  /** Keys refused only because another key holds one of their claims. */
   readonly #blocked = new Set<string>();
+  /** Claims released since the last `#unblock`: ids, and subnets. */
+  readonly #freedIds = new Set<string>();
+  #freedNets: IpNet[] = [];
   /** Last reason warned about, by key, so a reason is logged once. */
   readonly #warned = new Map<string, string>();
   #ownNets: IpNet[];
   #ownIds: Set<string>;
   /**
-   * A key met a holder whose claim came later: every key must be decided
-   * again (see {@linkcode LeaseTable.#settle}).
+   * A key took claims from holders whose claims came later: they, and the
+   * keys their release frees, must be decided again (see `#settle`).
    */
-  #reorder = false;
+  #displaced = false;
   /** A complete listing arrived: later listings are only diffed. */
   #complete = false;
 
@@ -387,7 +391,9 @@ export class LeaseTable {
     }
     for (const id of idsOf(lease)) {
       if (this.#ids.get(id) === key) this.#ids.delete(id);
+      this.#freedIds.add(id);
     }
+    this.#freedNets.push(...netsOf(lease));
   }
 
   /** Accepts `key` if it is valid and free of overlaps; else warns. */
@@ -420,25 +426,23 @@ export class LeaseTable {
       this.#warn(key, idKind(mine), `${describeId(mine)} is this node's own`);
       return [];
     }
-    const holder = this.#overlapHolder(nets);
-    if (holder !== undefined && this.#precedes(key, holder)) {
-      this.#reorder = true;
-      return [];
-    }
-    if (holder !== undefined) {
+    // The greedy verdict in claim order: a holder whose claim came first
+    // keeps it; holders whose claims came later are displaced.
+    const netHolders = this.#overlapHolders(nets);
+    const first = netHolders.find((h) => this.#precedes(h, key));
+    if (first !== undefined) {
       this.#blocked.add(key);
       this.#warn(
         key,
         "overlap",
-        `its subnet overlaps the subnet of ${this.#opts.noun} "${holder}"`,
+        `its subnet overlaps the subnet of ${this.#opts.noun} "${first}"`,
       );
       return [];
     }
-    const taken = entry.ids.find((id) => this.#ids.has(id));
-    if (taken !== undefined && this.#precedes(key, this.#ids.get(taken)!)) {
-      this.#reorder = true;
-      return [];
-    }
+    const taken = entry.ids.find((id) => {
+      const h = this.#ids.get(id);
+      return h !== undefined && this.#precedes(h, key);
+    });
     if (taken !== undefined) {
       this.#blocked.add(key);
       this.#warn(
@@ -450,6 +454,22 @@ export class LeaseTable {
       );
       return [];
     }
+    const events: LeaseEvent[] = [];
+    const later = new Set(netHolders);
+    for (const id of entry.ids) {
+      const h = this.#ids.get(id);
+      if (h !== undefined) later.add(h);
+    }
+    for (const h of later) {
+      events.push({
+        type: "removed",
+        lease: this.#accepted.get(h)!,
+        receivedAt,
+      });
+      this.#release(h);
+      this.#blocked.add(h);
+      this.#displaced = true;
+    }
     this.#accepted.set(key, entry.valid.value);
     for (const n of nets) {
       this.#claims.set(netKey(n), key);
@@ -458,13 +478,23 @@ export class LeaseTable {
     }
     for (const id of entry.ids) this.#ids.set(id, key);
     this.#warned.delete(key);
-    return [{ type: "added", lease: entry.valid.value, receivedAt }];
+    events.push({ type: "added", lease: entry.valid.value, receivedAt });
+    return events;
   }
 
   /** After a claim was released: accepts the blocked keys that now fit. */
   #unblock(receivedAt: number): LeaseEvent[] {
+    const ids = new Set(this.#freedIds);
+    const nets = this.#freedNets;
+    this.#freedIds.clear();
+    this.#freedNets = [];
     if (this.#blocked.size === 0) return [];
-    const waiting = this.#inClaimOrder([...this.#blocked]);
+    // Only a key that wants a released claim can be freed by its release.
+    const waiting = this.#inClaimOrder([...this.#blocked].filter((key) => {
+      const e = this.#entries.get(key);
+      return e !== undefined && (e.ids.some((id) => ids.has(id)) ||
+        e.nets.some((n) => nets.some((f) => netsOverlap(n, f))));
+    }));
     return waiting.flatMap((key) => this.#tryAccept(key, receivedAt));
   }
 
@@ -489,17 +519,24 @@ export class LeaseTable {
   }
 
   /**
-   * Ends an incremental step: when a key met a holder whose claim came
-   * later, decides every key again and appends the difference.
+   * Ends an incremental step: after a displacement, re-tries the blocked
+   * keys (the displaced ones, refused now, and those their release freed)
+   * until nothing moves. Each round only adds a key ahead of every key it
+   * removes, so this ends; the table then holds exactly the greedy verdict
+   * in claim order (no two accepted keys conflict, and every refused key
+   * conflicts with an accepted one ahead of it).
    */
   #settle(events: LeaseEvent[], receivedAt: number): LeaseEvent[] {
-    if (!this.#reorder) return events;
-    return netEffect([...events, ...this.#recomputeAll(receivedAt)]);
+    if (!this.#displaced) return events;
+    while (this.#displaced) {
+      this.#displaced = false;
+      events.push(...this.#unblock(receivedAt));
+    }
+    return netEffect(events);
   }
 
   /** Decides every key from scratch, in claim order, and diffs. */
   #recomputeAll(receivedAt: number): LeaseEvent[] {
-    this.#reorder = false;
     const before = new Map(this.#accepted);
     const order = this.#inClaimOrder([...this.#entries.keys()]);
     this.#accepted.clear();
@@ -507,6 +544,8 @@ export class LeaseTable {
     this.#ids.clear();
     this.#lengths.clear();
     this.#blocked.clear();
+    this.#freedIds.clear();
+    this.#freedNets = [];
     for (const key of [...this.#warned.keys()]) {
       if (!this.#entries.has(key)) this.#warned.delete(key);
     }
@@ -527,28 +566,30 @@ export class LeaseTable {
     return events;
   }
 
-  /** The accepted key holding a subnet that overlaps one of `nets`. */
-  #overlapHolder(nets: IpNet[]): string | undefined {
+  /** The accepted keys holding a subnet that overlaps one of `nets`. */
+  #overlapHolders(nets: IpNet[]): string[] {
     // Identical subnets (the usual conflict) are found by exact lookup;
     // when every accepted subnet of the family has the same length as
     // ours, that is the only way to overlap. Mixed lengths are rare: only
     // then scan.
+    const out = new Set<string>();
     for (const n of nets) {
       const k = this.#claims.get(netKey(n));
-      if (k !== undefined) return k;
+      if (k !== undefined) out.add(k);
     }
     const mixed = nets.some((n) =>
       [...this.#lengths.keys()].some((l) =>
         l.startsWith(`${n.family}/`) && l !== `${n.family}/${n.prefix}`
       )
     );
-    if (!mixed) return undefined;
-    for (const [key, lease] of this.#accepted) {
-      if (netsOf(lease).some((a) => nets.some((b) => netsOverlap(a, b)))) {
-        return key;
+    if (mixed) {
+      for (const [key, lease] of this.#accepted) {
+        if (netsOf(lease).some((a) => nets.some((b) => netsOverlap(a, b)))) {
+          out.add(key);
+        }
       }
     }
-    return undefined;
+    return [...out];
   }
 }
 
