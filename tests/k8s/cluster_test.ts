@@ -4,14 +4,14 @@
  * scheduler, three nodes with containerd, kubelet and kube-proxy), then
  * checked from the outside: readiness, files the init step installed,
  * annotations and conditions, pod traffic across nodes, and pod traffic
- * under 50 ms pings while the DaemonSet is updated, a weft pod deleted,
- * hostile Nodes applied (tests/k8s/_hostile.ts), a node added and a node
- * removed; finally 50 pods created and deleted must leave no IPs, veths,
- * network namespaces or stored CNI configurations.
+ * under 50 ms pings while the DaemonSet is updated, a weft pod deleted, a
+ * node added and a node removed; finally 50 pods created and deleted must
+ * leave no IPs, veths, network namespaces or stored CNI configurations.
  *
  * One cluster serves every step (it takes about a minute to build). Needs
  * root and the binaries of `.ci/build_servers.sh --with-cluster`; under
- * `CI=true` nothing is ignored.
+ * `CI=true` nothing is ignored. Hostile Nodes (tests/k8s/_hostile.ts) are
+ * applied between the weft pod deletion and the fourth node.
  *
  * @module
  */
