@@ -21,7 +21,7 @@
  * the kernel (re-point a VTEP MAC's FDB entry, a neighbour or a route) waits
  * for the full pass after the listing: the kernel holds what the last run
  * decided with every lease in view, while the listing so far may lack the
- * older claim (a hostile node whose name sorts before its victim's, with
+ * earlier claim (a hostile node whose name sorts before its victim's, with
  * the victim's MAC, would otherwise redirect the victim's traffic until
  * the listing completes).
  * A failing peer is counted, logged and retried on the next pass; it never

@@ -33,9 +33,17 @@ export interface Lease {
   /** When the lease runs out (etcd mode); undefined means never. */
   readonly expiration?: Date;
   /**
-   * Creation order, for breaking ties between overlapping claims (older
-   * wins): the Node's `creationTimestamp` in ms, or the etcd key's create
-   * revision. Comparable only within one source.
+   * When the lease's present claims (subnets, MACs, public IPs) were made;
+   * the earlier claim wins a conflict. Kube mode: the latest `time` of the
+   * Node's managedFields entries owning a flannel annotation or the pod
+   * CIDRs, in ms (the API gives seconds). etcd mode: the revision since
+   * which the key has carried these claims. Comparable only within one
+   * source; undefined when unknown (it then loses to any known claim).
+   */
+  readonly claimedAt?: number;
+  /**
+   * The etcd key's create revision: the tie-break when two claims have one
+   * `claimedAt` (both older than etcd's compaction, see `subnet/etcd`).
    */
   readonly createdAt?: number;
 }

@@ -25,16 +25,24 @@
  * and until our lease is known the config's default (which matches the
  * controller-manager's defaults, /24 and /64, for a /16 and a /48).
  *
- * Who wins a conflict: a key already accepted keeps its claim; then a
- * claim of the expected subnet length beats an odd-sized one; then the
- * older claim (Node creation time, etcd create revision), so a restart
- * decides as the live agent did; then arrival order. A peer claiming what
- * this node holds always loses. Each refusal is logged once per key and
- * reason, naming the key, and counted in `weft_peers_refused_total`.
+ * Who wins a conflict: the claim made first (`Lease.claimedAt`: in kube
+ * mode when the Node's flannel annotations or pod CIDRs were last written,
+ * from its managedFields; in etcd mode the revision since which the key
+ * has carried its present claims), then the key created first
+ * (`Lease.createdAt`), then the key name. This is a total order over what
+ * every agent reads from the API, never over when it read it, so an
+ * agent started at any time reaches the verdict of one that watched the
+ * claims being made. A claim whose time is unknown comes last. A peer
+ * claiming what this node holds always loses. Each refusal is logged once
+ * per key and reason, naming the key, and counted in
+ * `weft_peers_refused_total`.
  *
  * A single update costs O(1) plus a look at the keys it may unblock, not a
  * pass over the whole cluster: at 5000 nodes each watch event would
- * otherwise spend milliseconds here.
+ * otherwise spend milliseconds here. A claim that arrives after a later
+ * one it conflicts with (a restart's listing in name order, a holder that
+ * re-wrote its claims) displaces that holder on the spot; the keys its
+ * release frees are then tried again, as after a removal.
  *
  * @module
  */
@@ -56,6 +64,28 @@ interface Entry {
   nets: IpNet[];
   /** Exclusive identities it claims besides its subnets (see idsOf). */
   ids: string[];
+  /** Its place in the claim order (see {@linkcode precedes}). */
+  order: ClaimOrder;
+}
+
+/** When a lease's claims were made; unknown counts as last. */
+interface ClaimOrder {
+  readonly claimedAt: number;
+  readonly createdAt: number;
+}
+
+const UNKNOWN: ClaimOrder = { claimedAt: Infinity, createdAt: Infinity };
+
+function orderOf(valid: Result<Lease>): ClaimOrder {
+  const l = valid.ok ? valid.value : undefined;
+  return {
+    claimedAt: l?.claimedAt ?? Infinity,
+    createdAt: l?.createdAt ?? Infinity,
+  };
+}
+
+function sameOrder(a: ClaimOrder, b: ClaimOrder): boolean {
+  return a.claimedAt === b.claimedAt && a.createdAt === b.createdAt;
 }
 
 /**
@@ -76,6 +106,32 @@ function idsOf(lease: Lease): string[] {
     if (ip !== undefined) ids.add(`ip ${a.backendType} ${ip}`);
   }
   return [...ids];
+}
+
+/**
+ * Everything a lease claims exclusively, as strings: its subnets and its
+ * identities (see idsOf). Two leases conflict only if they share one, or
+ * if one's subnet has an odd length (refused on its own).
+ */
+export function claimsOf(lease: Lease): string[] {
+  return [...netsOf(lease).map(netKey), ...idsOf(lease)];
+}
+
+/**
+ * The keys among `leases` that share a claim with another: the only ones
+ * whose claim time can decide anything.
+ */
+export function contested(leases: Iterable<Lease>): Set<string> {
+  const by = new Map<string, string>();
+  const out = new Set<string>();
+  for (const l of leases) {
+    for (const c of claimsOf(l)) {
+      const other = by.get(c);
+      if (other === undefined) by.set(c, l.key);
+      else if (other !== l.key) out.add(other).add(l.key);
+    }
+  }
+  return out;
 }
 
 /** An identity in words, for the warning. */
@@ -150,14 +206,20 @@ export class LeaseTable {
   readonly #ids = new Map<string, string>();
   /** How many accepted subnets have each `family/prefix` length. */
   readonly #lengths = new Map<string, number>();
-  /** Keys refused only because another key holds an overlapping subnet. */
+  /** Keys refused only because another key holds one of their claims. */
   readonly #blocked = new Set<string>();
+  /** Claims released since the last `#unblock`: ids, and subnets. */
+  readonly #freedIds = new Set<string>();
+  #freedNets: IpNet[] = [];
   /** Last reason warned about, by key, so a reason is logged once. */
   readonly #warned = new Map<string, string>();
   #ownNets: IpNet[];
   #ownIds: Set<string>;
-  /** Keys were accepted from a listing still arriving (see `listed`). */
-  #provisional = false;
+  /**
+   * A key took claims from holders whose claims came later: they, and the
+   * keys their release frees, must be decided again (see `#settle`).
+   */
+  #displaced = false;
   /** A complete listing arrived: later listings are only diffed. */
   #complete = false;
 
@@ -192,15 +254,16 @@ export class LeaseTable {
     receivedAt: number,
   ): LeaseEvent[] {
     if (key === this.#opts.ownKey) return [];
+    const before = this.#entries.get(key)?.order;
     this.#store(key, candidate);
     const entry = this.#entries.get(key)!;
     const prev = this.#accepted.get(key);
-    // The usual change (annotations, a renewal) keeps the subnet, MACs and
-    // public IPs: no conflict can appear or go away, so no other key is
-    // affected.
+    // The usual change (annotations, a renewal) keeps the subnet, MACs,
+    // public IPs and claim time: no conflict can appear or go away, so no
+    // other key is affected.
     if (
       prev && entry.valid.ok && sameNets(netsOf(prev), entry.nets) &&
-      sameIds(idsOf(prev), entry.ids)
+      sameIds(idsOf(prev), entry.ids) && sameOrder(before!, entry.order)
     ) {
       this.#warned.delete(key);
       if (sameLease(prev, entry.valid.value)) return [];
@@ -217,7 +280,7 @@ export class LeaseTable {
     }
     const added = this.#tryAccept(key, receivedAt);
     if (prev) added.push(...this.#unblock(receivedAt));
-    return [...removed, ...added];
+    return this.#settle([...removed, ...added], receivedAt);
   }
 
   /** Forgets `key` (node deleted, etcd key gone). */
@@ -228,10 +291,10 @@ export class LeaseTable {
     const prev = this.#accepted.get(key);
     if (!prev) return [];
     this.#release(key);
-    return [
+    return this.#settle([
       { type: "removed", lease: prev, receivedAt },
       ...this.#unblock(receivedAt),
-    ];
+    ], receivedAt);
   }
 
   /**
@@ -239,10 +302,8 @@ export class LeaseTable {
    * programmed before the whole listing is in. Acceptance is provisional:
    * only a standard-length claim free of overlaps is accepted now (a stray
    * supernet waits for the listing), and {@linkcode replaceAll} then
-   * decides every key as if nothing had been accepted before, so the
-   * outcome equals that of the complete listing alone. Only the first
-   * listing is taken early: once one is complete, accepted keys keep
-   * their subnet, and a relist is only diffed by `replaceAll`.
+   * decides every key again, so the outcome equals that of the complete
+   * listing alone. Only the first listing is taken early.
    */
   listed(
     key: string,
@@ -251,13 +312,12 @@ export class LeaseTable {
   ): LeaseEvent[] {
     if (this.#complete || key === this.#opts.ownKey) return [];
     if (this.#accepted.has(key)) return [];
-    this.#provisional = true;
     this.#store(key, candidate);
     const entry = this.#entries.get(key)!;
     if (!entry.valid.ok || !entry.nets.every((n) => this.#standard(n))) {
       return [];
     }
-    return this.#tryAccept(key, receivedAt);
+    return this.#settle(this.#tryAccept(key, receivedAt), receivedAt);
   }
 
   /**
@@ -277,10 +337,8 @@ export class LeaseTable {
     for (const [key, candidate] of listing) {
       if (key !== this.#opts.ownKey) this.#store(key, candidate);
     }
-    const provisional = this.#provisional;
-    this.#provisional = false;
     this.#complete = true;
-    return this.#recomputeAll(receivedAt, provisional);
+    return this.#recomputeAll(receivedAt);
   }
 
   /** Validates once, on arrival, so later decisions only check overlaps. */
@@ -292,12 +350,16 @@ export class LeaseTable {
       : candidate;
     const nets = valid.ok ? netsOf(valid.value) : [];
     const ids = valid.ok ? idsOf(valid.value) : [];
+    const order = orderOf(valid);
     if (entry) {
       entry.read = candidate;
       entry.valid = valid;
       entry.nets = nets;
       entry.ids = ids;
-    } else this.#entries.set(key, { read: candidate, valid, nets, ids });
+      entry.order = order;
+    } else {
+      this.#entries.set(key, { read: candidate, valid, nets, ids, order });
+    }
   }
 
   /** The subnet length peers of a family must have (see module doc). */
@@ -336,7 +398,9 @@ export class LeaseTable {
     }
     for (const id of idsOf(lease)) {
       if (this.#ids.get(id) === key) this.#ids.delete(id);
+      this.#freedIds.add(id);
     }
+    this.#freedNets.push(...netsOf(lease));
   }
 
   /** Accepts `key` if it is valid and free of overlaps; else warns. */
@@ -369,17 +433,23 @@ export class LeaseTable {
       this.#warn(key, idKind(mine), `${describeId(mine)} is this node's own`);
       return [];
     }
-    const holder = this.#overlapHolder(nets);
-    if (holder !== undefined) {
+    // The greedy verdict in claim order: a holder whose claim came first
+    // keeps it; holders whose claims came later are displaced.
+    const netHolders = this.#overlapHolders(nets);
+    const first = netHolders.find((h) => this.#precedes(h, key));
+    if (first !== undefined) {
       this.#blocked.add(key);
       this.#warn(
         key,
         "overlap",
-        `its subnet overlaps the subnet of ${this.#opts.noun} "${holder}"`,
+        `its subnet overlaps the subnet of ${this.#opts.noun} "${first}"`,
       );
       return [];
     }
-    const taken = entry.ids.find((id) => this.#ids.has(id));
+    const taken = entry.ids.find((id) => {
+      const h = this.#ids.get(id);
+      return h !== undefined && this.#precedes(h, key);
+    });
     if (taken !== undefined) {
       this.#blocked.add(key);
       this.#warn(
@@ -391,6 +461,22 @@ export class LeaseTable {
       );
       return [];
     }
+    const events: LeaseEvent[] = [];
+    const later = new Set(netHolders);
+    for (const id of entry.ids) {
+      const h = this.#ids.get(id);
+      if (h !== undefined) later.add(h);
+    }
+    for (const h of later) {
+      events.push({
+        type: "removed",
+        lease: this.#accepted.get(h)!,
+        receivedAt,
+      });
+      this.#release(h);
+      this.#blocked.add(h);
+      this.#displaced = true;
+    }
     this.#accepted.set(key, entry.valid.value);
     for (const n of nets) {
       this.#claims.set(netKey(n), key);
@@ -399,51 +485,74 @@ export class LeaseTable {
     }
     for (const id of entry.ids) this.#ids.set(id, key);
     this.#warned.delete(key);
-    return [{ type: "added", lease: entry.valid.value, receivedAt }];
+    events.push({ type: "added", lease: entry.valid.value, receivedAt });
+    return events;
   }
 
   /** After a claim was released: accepts the blocked keys that now fit. */
   #unblock(receivedAt: number): LeaseEvent[] {
+    const ids = new Set(this.#freedIds);
+    const nets = this.#freedNets;
+    this.#freedIds.clear();
+    this.#freedNets = [];
     if (this.#blocked.size === 0) return [];
-    const waiting = this.#byPriority([...this.#blocked], (k) => this.#rank(k));
+    // Only a key that wants a released claim can be freed by its release.
+    const waiting = this.#inClaimOrder([...this.#blocked].filter((key) => {
+      const e = this.#entries.get(key);
+      return e !== undefined && (e.ids.some((id) => ids.has(id)) ||
+        e.nets.some((n) => nets.some((f) => netsOverlap(n, f))));
+    }));
     return waiting.flatMap((key) => this.#tryAccept(key, receivedAt));
   }
 
-  /** Priority of an unaccepted key: standard-length claims first. */
-  #rank(key: string): number {
-    const e = this.#entries.get(key);
-    return e && e.nets.every((n) => this.#standard(n)) ? 1 : 2;
+  /**
+   * Whether `a`'s claims were made before `b`'s: claim time, then creation,
+   * then key name (see the module doc).
+   */
+  #precedes(a: string, b: string): boolean {
+    return this.#compare(a, b) < 0;
   }
 
-  /** Creation order of a key's lease (older first); unknown goes last. */
-  #age(key: string): number {
-    const v = this.#entries.get(key)?.valid;
-    return (v?.ok ? v.value.createdAt : undefined) ?? Infinity;
+  #compare(a: string, b: string): number {
+    const x = this.#entries.get(a)?.order ?? UNKNOWN;
+    const y = this.#entries.get(b)?.order ?? UNKNOWN;
+    return compareNumbers(x.claimedAt, y.claimedAt) ||
+      compareNumbers(x.createdAt, y.createdAt) ||
+      (a < b ? -1 : a > b ? 1 : 0);
   }
 
-  /** Orders claimants: rank, then age, then arrival (a stable sort). */
-  #byPriority(keys: string[], rank: (key: string) => number): string[] {
-    return keys.map((key, i) => ({ key, r: rank(key), a: this.#age(key), i }))
-      .sort((x, y) => x.r - y.r || x.a - y.a || x.i - y.i)
-      .map((x) => x.key);
+  #inClaimOrder(keys: string[]): string[] {
+    return keys.sort((a, b) => this.#compare(a, b));
   }
 
   /**
-   * Decides every key from scratch (relist, own lease) and diffs. Keys
-   * accepted before keep their subnet, unless that acceptance was
-   * `provisional`.
+   * Ends an incremental step: after a displacement, re-tries the blocked
+   * keys (the displaced ones, refused now, and those their release freed)
+   * until nothing moves. Each round only adds a key ahead of every key it
+   * removes, so this ends; the table then holds exactly the greedy verdict
+   * in claim order (no two accepted keys conflict, and every refused key
+   * conflicts with an accepted one ahead of it).
    */
-  #recomputeAll(receivedAt: number, provisional = false): LeaseEvent[] {
+  #settle(events: LeaseEvent[], receivedAt: number): LeaseEvent[] {
+    if (!this.#displaced) return events;
+    while (this.#displaced) {
+      this.#displaced = false;
+      events.push(...this.#unblock(receivedAt));
+    }
+    return netEffect(events);
+  }
+
+  /** Decides every key from scratch, in claim order, and diffs. */
+  #recomputeAll(receivedAt: number): LeaseEvent[] {
     const before = new Map(this.#accepted);
-    const order = this.#byPriority(
-      [...this.#entries.keys()],
-      (key) => before.has(key) && !provisional ? 0 : this.#rank(key),
-    );
+    const order = this.#inClaimOrder([...this.#entries.keys()]);
     this.#accepted.clear();
     this.#claims.clear();
     this.#ids.clear();
     this.#lengths.clear();
     this.#blocked.clear();
+    this.#freedIds.clear();
+    this.#freedNets = [];
     for (const key of [...this.#warned.keys()]) {
       if (!this.#entries.has(key)) this.#warned.delete(key);
     }
@@ -464,28 +573,30 @@ export class LeaseTable {
     return events;
   }
 
-  /** The accepted key holding a subnet that overlaps one of `nets`. */
-  #overlapHolder(nets: IpNet[]): string | undefined {
+  /** The accepted keys holding a subnet that overlaps one of `nets`. */
+  #overlapHolders(nets: IpNet[]): string[] {
     // Identical subnets (the usual conflict) are found by exact lookup;
     // when every accepted subnet of the family has the same length as
     // ours, that is the only way to overlap. Mixed lengths are rare: only
     // then scan.
+    const out = new Set<string>();
     for (const n of nets) {
       const k = this.#claims.get(netKey(n));
-      if (k !== undefined) return k;
+      if (k !== undefined) out.add(k);
     }
     const mixed = nets.some((n) =>
       [...this.#lengths.keys()].some((l) =>
         l.startsWith(`${n.family}/`) && l !== `${n.family}/${n.prefix}`
       )
     );
-    if (!mixed) return undefined;
-    for (const [key, lease] of this.#accepted) {
-      if (netsOf(lease).some((a) => nets.some((b) => netsOverlap(a, b)))) {
-        return key;
+    if (mixed) {
+      for (const [key, lease] of this.#accepted) {
+        if (netsOf(lease).some((a) => nets.some((b) => netsOverlap(a, b)))) {
+          out.add(key);
+        }
       }
     }
-    return undefined;
+    return [...out];
   }
 }
 
@@ -496,4 +607,33 @@ function sameIds(a: string[], b: string[]): boolean {
 function sameNets(a: IpNet[], b: IpNet[]): boolean {
   return a.length === b.length &&
     a.every((n, i) => netKey(n) === netKey(b[i]!));
+}
+
+function compareNumbers(a: number, b: number): number {
+  return a === b ? 0 : a < b ? -1 : 1;
+}
+
+/**
+ * The net effect of a sequence of events, per key: a lease removed and
+ * added back unchanged is no event, so the backend never sees a claim
+ * flicker to a key that ends up refused.
+ */
+function netEffect(events: LeaseEvent[]): LeaseEvent[] {
+  const first = new Map<string, Lease | undefined>();
+  const last = new Map<string, Lease | undefined>();
+  for (const e of events) {
+    const k = e.lease.key;
+    if (!first.has(k)) first.set(k, e.type === "removed" ? e.lease : undefined);
+    last.set(k, e.type === "added" ? e.lease : undefined);
+  }
+  const receivedAt = events[0]?.receivedAt ?? 0;
+  const removed: LeaseEvent[] = [];
+  const added: LeaseEvent[] = [];
+  for (const [k, was] of first) {
+    const now = last.get(k);
+    if (was && now && sameLease(was, now)) continue;
+    if (was) removed.push({ type: "removed", lease: was, receivedAt });
+    if (now) added.push({ type: "added", lease: now, receivedAt });
+  }
+  return [...removed, ...added];
 }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { LeaseTable } from "./lease_table.ts";
 import { parseNetConfig } from "./config.ts";
-import type { Lease } from "./lease.ts";
+import type { Lease, LeaseEvent } from "./lease.ts";
 import { fail, ok, unwrap } from "../lib/result.ts";
 import { setLogSink } from "../lib/log.ts";
 import { metrics } from "../lib/metrics.ts";
@@ -203,17 +203,17 @@ Deno.test("LeaseTable: a holder moving to another subnet frees the waiting claim
   }
 });
 
-Deno.test("LeaseTable: after a restart the older of two equal claims wins, whatever the key order", () => {
+Deno.test("LeaseTable: after a restart the earlier of two equal claims wins, whatever the key order", () => {
   const log = captureLogs();
   try {
     const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
     const real = {
       ...lease("z-real", "10.244.3.0/24", "198.18.0.3"),
-      createdAt: 1000,
+      claimedAt: 1000,
     };
     const copy = {
       ...lease("a-copy", "10.244.3.0/24", "198.18.0.122"),
-      createdAt: 5000,
+      claimedAt: 5000,
     };
     const ev = t.replaceAll(
       new Map([["a-copy", ok(copy)], ["z-real", ok(real)]]),
@@ -230,13 +230,19 @@ Deno.test("LeaseTable: after a restart the older of two equal claims wins, whate
   }
 });
 
-Deno.test("LeaseTable refuses a second lease with an accepted VtepMAC, older claim wins", () => {
+Deno.test("LeaseTable refuses a second lease with an accepted VtepMAC, earlier claim wins", () => {
   const log = captureLogs();
   const before = metrics.peersRefused.get({ reason: "duplicate_mac" });
   try {
     const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
-    const victim = lease("victim", "10.244.1.0/24", "198.18.0.2", MAC_A);
-    const copier = lease("copier", "10.244.2.0/24", "198.18.0.3", MAC_A);
+    const victim = {
+      ...lease("victim", "10.244.1.0/24", "198.18.0.2", MAC_A),
+      claimedAt: 100,
+    };
+    const copier = {
+      ...lease("copier", "10.244.2.0/24", "198.18.0.3", MAC_A),
+      claimedAt: 900,
+    };
     t.update("victim", ok(victim), 0);
     assert.deepEqual(t.update("copier", ok(copier), 0), []);
     assert.deepEqual(t.leases.map((l) => l.key), ["victim"]);
@@ -250,12 +256,13 @@ Deno.test("LeaseTable refuses a second lease with an accepted VtepMAC, older cla
       metrics.peersRefused.get({ reason: "duplicate_mac" }),
       before + 1,
     );
-    // On a relist the older claim wins whatever the key order.
+    // On a relist the earlier claim wins whatever the key order, even
+    // when the copier's key was created first.
     const t2 = new LeaseTable(config, { ownKey: "me", noun: "node" });
     const ev = t2.replaceAll(
       new Map([
-        ["a-copier", ok({ ...copier, key: "a-copier", createdAt: 900 })],
-        ["z-victim", ok({ ...victim, key: "z-victim", createdAt: 100 })],
+        ["a-copier", ok({ ...copier, key: "a-copier", createdAt: 1 })],
+        ["z-victim", ok({ ...victim, key: "z-victim", createdAt: 50 })],
       ]),
       0,
     );
@@ -456,10 +463,11 @@ Deno.test("LeaseTable, dual stack: IPv6 subnet length, IPv6 public IP and v6 Vte
 
 Deno.test("LeaseTable.listed() accepts peers early; the complete listing decides overlaps as if alone", () => {
   const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
-  const old = { ...lease("old", "10.244.1.0/24"), createdAt: 1 };
-  const young = { ...lease("young", "10.244.1.0/24"), createdAt: 2 };
+  const old = { ...lease("old", "10.244.1.0/24"), claimedAt: 1 };
+  const young = { ...lease("young", "10.244.1.0/24"), claimedAt: 2 };
   const superNet = lease("super", "10.244.0.0/20");
-  // Arrival order: the younger claim first, then a stray supernet.
+  // Arrival order: the younger claim first, then a stray supernet, then
+  // the earlier claim, which takes the subnet over at once.
   const early = [
     ...t.listed("young", ok(young), 0),
     ...t.listed("b", ok(lease("b", "10.244.2.0/24")), 0),
@@ -469,6 +477,8 @@ Deno.test("LeaseTable.listed() accepts peers early; the complete listing decides
   assert.deepEqual(early.map((e) => `${e.type} ${e.lease.key}`), [
     "added young",
     "added b",
+    "removed young",
+    "added old",
   ]);
   const listing = new Map([
     ["young", ok(young)],
@@ -476,12 +486,8 @@ Deno.test("LeaseTable.listed() accepts peers early; the complete listing decides
     ["super", ok(superNet)],
     ["old", ok(old)],
   ]);
-  const final = t.replaceAll(listing, 0);
-  // As a complete listing alone decides: the older claim wins.
-  assert.deepEqual(final.map((e) => `${e.type} ${e.lease.key}`), [
-    "removed young",
-    "added old",
-  ]);
+  // The complete listing alone decides the same: nothing changes.
+  assert.deepEqual(t.replaceAll(listing, 0), []);
   assert.deepEqual(t.leases.map((l) => l.key).sort(), ["b", "old"]);
   // After a complete listing, listed() takes nothing early.
   assert.deepEqual(t.listed("c", ok(lease("c", "10.244.3.0/24")), 0), []);
@@ -492,9 +498,15 @@ Deno.test("LeaseTable refuses a second wireguard lease with an accepted PublicKe
   const before = metrics.peersRefused.get({ reason: "duplicate_public_key" });
   try {
     const key = "CWtSC6+M0bdgPDbVj6okSvv4MUhNzjpYOYCsuEpH30g=";
-    const wg = (k: string, subnet: string, ip: string): Lease => ({
+    const wg = (
+      k: string,
+      subnet: string,
+      ip: string,
+      claimedAt: number,
+    ): Lease => ({
       key: k,
       subnet,
+      claimedAt,
       attrs: {
         publicIP: ip,
         backendType: "wireguard",
@@ -502,8 +514,8 @@ Deno.test("LeaseTable refuses a second wireguard lease with an accepted PublicKe
       },
     });
     const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
-    t.update("victim", ok(wg("victim", "10.244.1.0/24", "198.18.0.2")), 0);
-    const copier = wg("copier", "10.244.2.0/24", "198.18.0.3");
+    t.update("victim", ok(wg("victim", "10.244.1.0/24", "198.18.0.2", 100)), 0);
+    const copier = wg("copier", "10.244.2.0/24", "198.18.0.3", 200);
     assert.deepEqual(t.update("copier", ok(copier), 0), []);
     assert.deepEqual(t.leases.map((l) => l.key), ["victim"]);
     assert.ok(
@@ -518,6 +530,194 @@ Deno.test("LeaseTable refuses a second wireguard lease with an accepted PublicKe
       metrics.peersRefused.get({ reason: "duplicate_public_key" }),
       before + 1,
     );
+  } finally {
+    log.restore();
+  }
+});
+
+/** Every order of `items`. */
+function permutations<T>(items: T[]): T[][] {
+  if (items.length <= 1) return [items];
+  return items.flatMap((x, i) =>
+    permutations([...items.slice(0, i), ...items.slice(i + 1)]).map((
+      rest,
+    ) => [x, ...rest])
+  );
+}
+
+/** Applies `events` to `t` and replays them on the backend's view. */
+function replay(view: Map<string, Lease>, events: LeaseEvent[]): void {
+  for (const e of events) {
+    if (e.type === "removed") view.delete(e.lease.key);
+    else view.set(e.lease.key, e.lease);
+  }
+}
+
+Deno.test("LeaseTable: the earlier claim keeps a VtepMAC, public IP or subnet against older and newer nodes, running or restarted", () => {
+  const log = captureLogs();
+  try {
+    // The victim claimed MAC_A at 200. An older node (created first)
+    // re-points its MAC to MAC_A at 300, then one switches to host-gw with
+    // the victim's public IP, and a newer node copies the victim's subnet.
+    const victim = {
+      ...lease("victim", "10.244.1.0/24", "198.18.0.2", MAC_A),
+      claimedAt: 200,
+      createdAt: 20,
+    };
+    const older = {
+      ...lease("a-older", "10.244.2.0/24", "198.18.0.3", MAC_B),
+      claimedAt: 100,
+      createdAt: 10,
+    };
+    const olderHostile = {
+      ...lease("a-older", "10.244.2.0/24", "198.18.0.3", MAC_A),
+      claimedAt: 300,
+      createdAt: 10,
+    };
+    const newer = {
+      ...lease("z-newer", "10.244.1.0/24", "198.18.0.4"),
+      claimedAt: 400,
+      createdAt: 40,
+    };
+    const ipCopy = {
+      ...lease("b-ipcopy", "10.244.5.0/24", "198.18.0.2", MAC_B, "vxlan"),
+      claimedAt: 500,
+      createdAt: 5,
+    };
+    const final = [victim, olderHostile, newer, ipCopy];
+    const verdict = ["victim"];
+    // One started after everything happened.
+    const fresh = new LeaseTable(config, { ownKey: "me", noun: "node" });
+    const view = new Map<string, Lease>();
+    replay(
+      view,
+      fresh.replaceAll(new Map(final.map((l) => [l.key, ok(l)])), 0),
+    );
+    assert.deepEqual([...view.keys()], verdict);
+    // One running all along, seeing the events in every order (a watch
+    // may deliver the victim late, after a relist); the older node's
+    // first, harmless lease always comes before its hostile change.
+    for (const order of permutations([victim, older, newer, ipCopy])) {
+      const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
+      const seen = new Map<string, Lease>();
+      for (const l of order) replay(seen, t.update(l.key, ok(l), 0));
+      replay(seen, t.update(olderHostile.key, ok(olderHostile), 0));
+      assert.deepEqual(
+        [...seen.keys()].sort(),
+        verdict,
+        order.map((l) => l.key).join(","),
+      );
+      assert.deepEqual(t.leases.map((l) => l.key), verdict);
+    }
+    for (
+      const [key, reason] of [
+        [
+          "a-older",
+          /VtepMAC "0a:00:00:00:aa:aa" is already used by node "victim"/,
+        ],
+        ["z-newer", /overlaps the subnet of node "victim"/],
+        ["b-ipcopy", /public IP "198.18.0.2" .* node "victim"/],
+      ] as const
+    ) {
+      assert.ok(
+        log.lines.some((l) => l.includes(`"${key}"`) && reason.test(l)),
+        key,
+      );
+    }
+  } finally {
+    log.restore();
+  }
+});
+
+Deno.test("LeaseTable: a claim older than its holder's displaces it; the holder waits", () => {
+  const log = captureLogs();
+  const before = metrics.peersRefused.get({ reason: "duplicate_mac" });
+  try {
+    const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
+    const copier = {
+      ...lease("copier", "10.244.2.0/24", "198.18.0.3", MAC_A),
+      claimedAt: 900,
+    };
+    const victim = {
+      ...lease("victim", "10.244.1.0/24", "198.18.0.2", MAC_A),
+      claimedAt: 100,
+    };
+    t.update("copier", ok(copier), 0);
+    const ev = t.update("victim", ok(victim), 0);
+    assert.deepEqual(ev.map((e) => `${e.type} ${e.lease.key}`), [
+      "removed copier",
+      "added victim",
+    ]);
+    assert.equal(
+      metrics.peersRefused.get({ reason: "duplicate_mac" }),
+      before + 1,
+    );
+    // A renewal that keeps the claims and their time changes nothing.
+    assert.deepEqual(t.update("victim", ok({ ...victim }), 0), []);
+    // A claim time moved later (the victim re-wrote its MAC) hands the MAC
+    // to the claim now earlier, as a restarted table would.
+    const moved = t.update("victim", ok({ ...victim, claimedAt: 1000 }), 0);
+    assert.deepEqual(moved.map((e) => `${e.type} ${e.lease.key}`), [
+      "removed victim",
+      "added copier",
+    ]);
+    // Unknown claim times come last; between two unknown, the key name.
+    const u = new LeaseTable(config, { ownKey: "me", noun: "node" });
+    const { claimedAt: _, ...unknown } = victim;
+    u.update("victim", ok(unknown), 0);
+    assert.deepEqual(
+      u.update("copier", ok(copier), 0).map((e) => `${e.type} ${e.lease.key}`),
+      ["removed victim", "added copier"],
+    );
+  } finally {
+    log.restore();
+  }
+});
+
+Deno.test("LeaseTable: after any sequence of updates and removals, a running table holds what a fresh one decides from the same leases", () => {
+  const log = captureLogs();
+  try {
+    // A small world where claims collide often: 8 keys, 4 subnets, 3
+    // MACs, 3 public IPs, claim times from a few values (ties included).
+    let seed = 42;
+    const rand = (n: number) => {
+      // The high bits: an LCG's low bits repeat with a short period.
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return (seed >>> 16) % n;
+    };
+    const keys = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    for (let round = 0; round < 300; round++) {
+      const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
+      const now = new Map<string, Lease>();
+      const view = new Map<string, Lease>();
+      for (let step = 0; step < 30; step++) {
+        const key = keys[rand(keys.length)]!;
+        if (rand(5) === 0) {
+          now.delete(key);
+          replay(view, t.remove(key, 0));
+        } else {
+          const l: Lease = {
+            ...lease(
+              key,
+              `10.244.${rand(4) + 1}.0/24`,
+              `198.18.0.${rand(3) + 1}`,
+              `0a:00:00:00:00:0${rand(3) + 1}`,
+            ),
+            ...(rand(6) > 0 && { claimedAt: rand(5) }),
+            ...(rand(2) > 0 && { createdAt: rand(3) }),
+          };
+          now.set(key, l);
+          replay(view, t.update(key, ok(l), 0));
+        }
+        const fresh = new LeaseTable(config, { ownKey: "me", noun: "node" });
+        fresh.replaceAll(new Map([...now].map(([k, l]) => [k, ok(l)])), 0);
+        const want = fresh.leases.map((l) => l.key).sort();
+        const where = `round ${round} step ${step}`;
+        assert.deepEqual(t.leases.map((l) => l.key).sort(), want, where);
+        // The events told the backend exactly that.
+        assert.deepEqual([...view.keys()].sort(), want, where);
+      }
+    }
   } finally {
     log.restore();
   }

@@ -249,6 +249,7 @@ export function validateLease(
       ...(backendV6Data !== undefined && { backendV6Data }),
     },
     ...(lease.expiration !== undefined && { expiration: lease.expiration }),
+    ...(lease.claimedAt !== undefined && { claimedAt: lease.claimedAt }),
     ...(lease.createdAt !== undefined && { createdAt: lease.createdAt }),
   });
 }

@@ -175,12 +175,29 @@ export class FakeEtcd implements EtcdApi {
   get(
     key: string,
     _signal?: AbortSignal,
+    revision?: bigint,
   ): Promise<{ kv: KeyValue | undefined; revision: bigint }> {
     this.#request("get");
-    return Promise.resolve({
-      kv: this.#kvs.get(key),
-      revision: this.#revision,
-    });
+    if (revision === undefined) {
+      return Promise.resolve({
+        kv: this.#kvs.get(key),
+        revision: this.#revision,
+      });
+    }
+    if (revision < this.#compacted) {
+      return Promise.reject(
+        new EtcdError(
+          "etcdserver: mvcc: required revision has been compacted",
+          "api",
+          11,
+        ),
+      );
+    }
+    const last = this.#history.findLast((c) =>
+      c.revision <= revision && c.event.kv.key === key
+    );
+    const kv = last?.event.type === "PUT" ? last.event.kv : undefined;
+    return Promise.resolve({ kv, revision: this.#revision });
   }
 
   rangePrefix(

@@ -449,12 +449,19 @@ export class EtcdClient implements Disposable {
     };
   }
 
-  /** Reads one key; undefined when it does not exist. */
+  /**
+   * Reads one key (as of `revision` when given: an error once etcd has
+   * compacted that revision); undefined when it does not exist.
+   */
   async get(
     key: string,
     signal?: AbortSignal,
+    revision?: bigint,
   ): Promise<{ kv: KeyValue | undefined; revision: bigint }> {
-    const r = await this.range(key, signal ? { signal } : {});
+    const r = await this.range(key, {
+      ...(signal && { signal }),
+      ...(revision !== undefined && { revision }),
+    });
     return { kv: r.kvs[0], revision: r.revision };
   }
 

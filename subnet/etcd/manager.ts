@@ -22,6 +22,7 @@ import type {
   SubnetManager,
 } from "../lease.ts";
 import { LeaseTable } from "../lease_table.ts";
+import { ClaimTimes } from "./claims.ts";
 import { logger } from "../../lib/log.ts";
 import { readSubnetEnv } from "../subnet_env.ts";
 import { Backoff, sleep } from "../../lib/retry.ts";
@@ -367,8 +368,10 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       noun: "etcd key",
     });
     const dir = subnetsDir(this.#prefix);
-    const toLease = (kv: KeyValue) =>
-      leaseFromKv(kv.key, kv.value, dir, undefined, kv.createRevision);
+    const claims = new ClaimTimes(
+      this.#client,
+      (kv) => leaseFromKv(kv.key, kv.value, dir, undefined, kv.createRevision),
+    );
     // The first listing is always delivered, even empty: it tells the
     // backend that the peer set is complete and stale entries may go.
     let delivered = false;
@@ -384,15 +387,14 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       this.#client,
       dir,
       {
-        sync: (kvs, at) =>
-          emit(
-            table.replaceAll(
-              new Map(kvs.map((kv) => [kv.key, toLease(kv)])),
-              at,
-            ),
-          ),
-        put: (kv, at) => batch.push(...table.update(kv.key, toLease(kv), at)),
-        remove: (key, at) => batch.push(...table.remove(key, at)),
+        sync: async (kvs, at) =>
+          emit(table.replaceAll(await claims.listing(kvs, signal), at)),
+        put: (kv, at) =>
+          batch.push(...table.update(kv.key, claims.put(kv), at)),
+        remove: (key, at) => {
+          claims.remove(key);
+          batch.push(...table.remove(key, at));
+        },
         flush: () => {
           const events = batch;
           batch = [];

@@ -247,3 +247,73 @@ Deno.test("keepLease() renews before expiry by moving the key to a fresh etcd le
   ac.abort();
   await kept;
 });
+
+/** The peers an observer started now accepts, by subnet. */
+async function observe(etcd: FakeEtcd): Promise<string[]> {
+  const m = new EtcdSubnetManager({
+    endpoints: ["http://fake:2379"],
+    client: etcd,
+    maxBackoffMs: 1,
+    subnetFile: "/nonexistent/weft-unit/subnet.env",
+  });
+  const ac = new AbortController();
+  const c = collector();
+  const done = m.watchLeases(c.handler, ac.signal);
+  await c.until(() => c.batches.length >= 1);
+  ac.abort();
+  await done;
+  return c.batches[0]!.map((e) => `${e.lease.subnet} ${e.lease.claimedAt}`)
+    .sort();
+}
+
+Deno.test("watchLeases(): the earlier claim keeps a VtepMAC against an older and a newer key, for a running and a restarted observer", async () => {
+  const { etcd, m } = setup();
+  const MAC_V = "0a:00:00:00:00:09";
+  const older = `${PREFIX}/subnets/10.5.3.0-24`;
+  const victim = `${PREFIX}/subnets/10.5.2.0-24`;
+  const newer = `${PREFIX}/subnets/10.5.4.0-24`;
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  await etcd.put(older, value("198.18.0.3", "0a:00:00:00:00:03"));
+  const claimed = await etcd.put(victim, value("198.18.0.2", MAC_V));
+  // Renewals rewrite the victim's value: its mod revision moves.
+  for (let i = 0; i < 3; i++) {
+    await etcd.put(victim, value("198.18.0.2", MAC_V));
+  }
+  const ac = new AbortController();
+  const c = collector();
+  const done = m.watchLeases(c.handler, ac.signal);
+  await c.until(() => c.summary().length === 2);
+  // The older key re-points its MAC to the victim's and renews; a newer
+  // key copies it too.
+  const repointed = await etcd.put(older, value("198.18.0.3", MAC_V));
+  await etcd.put(older, value("198.18.0.3", MAC_V));
+  await etcd.put(newer, value("198.18.0.4", MAC_V));
+  // The victim renews after the attack: its mod revision is now the latest.
+  await etcd.put(victim, value("198.18.0.2", MAC_V));
+  await c.until(() => c.summary().includes("removed 10.5.3.0/24"));
+  const running = new Map<string, LeaseEvent["lease"]>();
+  for (const e of c.batches.flat()) {
+    if (e.type === "added") running.set(e.lease.key, e.lease);
+    else running.delete(e.lease.key);
+  }
+  assert.deepEqual([...running.keys()], [victim]);
+  // Uncontested when listed, the victim's claim was not walked back: its
+  // mod revision stands in, still before the re-pointing.
+  assert.ok(running.get(victim)!.claimedAt! < Number(repointed));
+  // An observer started now walks the contested keys back through the
+  // history: the same verdict, with the same claim revision.
+  assert.deepEqual(await observe(etcd), [`10.5.2.0/24 ${claimed}`]);
+  assert.ok(
+    logs.some((l) =>
+      l.includes(`"${older}"`) && /VtepMAC .* already used by etcd key/.test(l)
+    ),
+  );
+  // Once etcd compacts away both claims' beginnings, they tie and the key
+  // created first wins (docs/hostile-inputs.md); a claim made after the
+  // compaction still loses to both.
+  etcd.compact();
+  await etcd.put(`${PREFIX}/subnets/10.5.5.0-24`, value("198.18.0.5", MAC_V));
+  assert.deepEqual(await observe(etcd), ["10.5.3.0/24 0"]);
+  ac.abort();
+  await done;
+});

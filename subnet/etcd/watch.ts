@@ -24,8 +24,11 @@ const log = logger("etcd");
 
 /** Where the lease watch delivers what it sees. */
 export interface SubnetSink {
-  /** A whole listing (the first one, and after each compaction). */
-  sync(kvs: readonly KeyValue[], receivedAt: number): void;
+  /**
+   * A whole listing (the first one, and after each compaction). The watch
+   * waits for it to settle; a rejection is retried as a failed listing.
+   */
+  sync(kvs: readonly KeyValue[], receivedAt: number): void | Promise<void>;
   /** A key written. */
   put(kv: KeyValue, receivedAt: number): void;
   /** A key deleted (or its lease expired). */
@@ -74,6 +77,23 @@ function guarded(fn: () => void): void {
 }
 
 /**
+ * Hands a listing to the sink: an etcd error (the sink reads history) is
+ * retried like a failed listing, anything else ends the watch.
+ */
+async function syncGuarded(
+  sink: SubnetSink,
+  kvs: readonly KeyValue[],
+  signal: AbortSignal,
+): Promise<void> {
+  try {
+    await sink.sync(kvs, performance.now());
+  } catch (e) {
+    if (e instanceof EtcdError || signal.aborted) throw e;
+    throw new SinkFailure(e);
+  }
+}
+
+/**
  * Lists the keys under `dir`, then watches them until `signal` aborts.
  * A listing the caller already holds (`first`) stands for the first one;
  * the watch resumes from its revision. An exception thrown by the sink
@@ -102,7 +122,7 @@ export async function watchSubnets(
           `Listed ${listing.kvs.length} keys under "${dir}" at revision ${listing.revision}`,
         );
         next = listing.revision + 1n;
-        guarded(() => sink.sync(listing.kvs, performance.now()));
+        await syncGuarded(sink, listing.kvs, signal);
       }
       const stream = client.watch({
         key: dir,

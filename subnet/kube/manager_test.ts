@@ -283,3 +283,98 @@ Deno.test("the constructor refuses an invalid annotation prefix", () => {
     /at most one slash/,
   );
 });
+
+/** `n` with a managedFields entry that wrote its annotations at `time`. */
+function claimedAt(n: Record<string, unknown>, time: string, created: string) {
+  const meta = n.metadata as Record<string, unknown>;
+  const annotations = Object.keys(meta.annotations as object);
+  return {
+    ...n,
+    metadata: {
+      ...meta,
+      creationTimestamp: created,
+      managedFields: [{
+        manager: "flanneld",
+        operation: "Update",
+        subresource: "status",
+        time,
+        fieldsType: "FieldsV1",
+        fieldsV1: {
+          "f:metadata": {
+            "f:annotations": Object.fromEntries(
+              annotations.map((k) => [`f:${k}`, {}]),
+            ),
+          },
+        },
+      }],
+    },
+  };
+}
+
+Deno.test("watchLeases(): an older Node re-pointing its MAC to a newer Node's loses, on a running manager and on one started later", async () => {
+  const MAC = "0a:58:0a:f4:00:99";
+  const victim = claimedAt(
+    node("victim", "4", "10.244.2.0/24", "192.0.2.2", MAC),
+    "2026-12-06T10:00:05Z",
+    "2026-12-06T10:00:04Z",
+  );
+  // "a-old" is the older Node (and sorts first); its copy comes later.
+  const before = claimedAt(
+    node("a-old", "3", "10.244.1.0/24", "192.0.2.1"),
+    "2026-12-06T09:00:01Z",
+    "2026-12-06T09:00:00Z",
+  );
+  const hostile = claimedAt(
+    node("a-old", "6", "10.244.1.0/24", "192.0.2.1", MAC),
+    "2026-12-06T10:30:00Z",
+    "2026-12-06T09:00:00Z",
+  );
+  const me = node("me", "2", "10.244.4.0/24", "192.0.2.10");
+  let items = [me, before, victim];
+  const streams: WatchStream[] = [];
+  const api = fakeApi((r: SeenRequest) => {
+    if (r.url.searchParams.get("watch") !== "1") {
+      return json(200, { metadata: { resourceVersion: "7" }, items });
+    }
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const peers = async (m: KubeSubnetManager, change?: () => void) => {
+    const seen = new Map<string, string>();
+    const ctl = new AbortController();
+    const n = streams.length;
+    const done = m.watchLeases((evs) => {
+      for (const e of evs) {
+        if (e.type === "added") seen.set(e.lease.key, e.lease.subnet!);
+        else seen.delete(e.lease.key);
+      }
+      changes.notify();
+    }, ctl.signal);
+    await waitFor(() => streams.length > n);
+    if (change) {
+      lines.length = 0;
+      change();
+      await waitFor(() => lines.some((l) => l.includes('"a-old"')));
+    }
+    ctl.abort();
+    await done;
+    return [...seen.keys()].sort();
+  };
+  // Running: both peers, then the older Node turns hostile.
+  const running = await peers(
+    manager(api),
+    () => streams.at(-1)!.event("MODIFIED", hostile),
+  );
+  assert.deepEqual(running, ["victim"]);
+  assert.ok(
+    lines.some((l) =>
+      /Skipping node "a-old": VtepMAC "0a:58:0a:f4:00:99" is already used by node "victim"/
+        .test(l)
+    ),
+    lines.join("\n"),
+  );
+  // Started later, listing both at once: the same verdict.
+  items = [me, hostile, victim];
+  assert.deepEqual(await peers(manager(api)), ["victim"]);
+});

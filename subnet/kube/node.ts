@@ -84,7 +84,7 @@ export function annotationKeys(
   });
 }
 
-/** The annotations whose values a slim node keeps. */
+/** The annotations whose values a slim node keeps: those a lease is made of. */
 function keptKeys(keys: AnnotationKeys): Set<string> {
   return new Set([
     keys.subnetKubeManaged,
@@ -107,8 +107,12 @@ export interface SlimNode {
   readonly podCIDRs: readonly string[];
   /** Only the flannel annotations named in {@linkcode AnnotationKeys}. */
   readonly annotations: Readonly<Record<string, string>>;
-  /** `metadata.creationTimestamp` in ms, when readable. */
-  readonly createdAt?: number;
+  /**
+   * When the node's lease was last written, in ms (whole seconds): see
+   * {@linkcode claimTime}. Undefined when no managedFields entry owns a
+   * lease field.
+   */
+  readonly claimedAt?: number;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -148,13 +152,51 @@ export function slimNode(
       if (typeof v === "string") annotations[k] = v;
     }
   }
-  const created = Date.parse(String(obj.metadata.creationTimestamp ?? ""));
+  const claimedAt = claimTime(obj.metadata.managedFields, kept);
   return ok({
     name,
     podCIDRs: podCidrsOf(obj.spec),
     annotations,
-    ...(Number.isFinite(created) && { createdAt: created }),
+    ...(claimedAt !== undefined && { claimedAt }),
   });
+}
+
+/**
+ * When a Node's lease was last written: the latest `time` of its
+ * managedFields entries that own one of the lease's annotations (`kept`)
+ * or its pod CIDRs. The API server sets an entry's time to its own clock
+ * when a write by that manager changes a value, and leaves it on a
+ * re-patch with the same values, so it tells when the node's present
+ * claims were made, the same to every reader. Resolution is one second
+ * (RFC 3339 `time`). Limits (a write of managedFields alone) are in
+ * docs/hostile-inputs.md.
+ */
+export function claimTime(
+  managedFields: unknown,
+  kept: ReadonlySet<string>,
+): number | undefined {
+  if (!Array.isArray(managedFields)) return undefined;
+  let latest: number | undefined;
+  for (const entry of managedFields) {
+    if (!isObject(entry) || !ownsLeaseField(entry.fieldsV1, kept)) continue;
+    const t = Date.parse(String(entry.time ?? ""));
+    if (Number.isFinite(t) && (latest === undefined || t > latest)) latest = t;
+  }
+  return latest;
+}
+
+/** Whether a managedFields `fieldsV1` set owns a lease field. */
+function ownsLeaseField(fields: unknown, kept: ReadonlySet<string>): boolean {
+  if (!isObject(fields)) return false;
+  const spec = fields["f:spec"];
+  if (isObject(spec) && ("f:podCIDR" in spec || "f:podCIDRs" in spec)) {
+    return true;
+  }
+  const meta = fields["f:metadata"];
+  const annotations = isObject(meta) ? meta["f:annotations"] : undefined;
+  if (!isObject(annotations)) return false;
+  for (const k of kept) if (`f:${k}` in annotations) return true;
+  return false;
 }
 
 /** A slim node reduced with a key set computed once. */
@@ -260,7 +302,7 @@ export function nodeToLease(
   }
   return ok({
     key: node.name,
-    ...(node.createdAt !== undefined && { createdAt: node.createdAt }),
+    ...(node.claimedAt !== undefined && { claimedAt: node.claimedAt }),
     ...(subnet !== undefined && { subnet }),
     ...(ipv6Subnet !== undefined && { ipv6Subnet }),
     attrs: {

@@ -100,6 +100,56 @@ Deno.test("slimNode() keeps the name, pod CIDRs and flannel annotations only", (
   assert.ok(JSON.stringify(slim).length < 400);
 });
 
+Deno.test("slimNode() keeps when the lease was last written, from the managedFields that own it", () => {
+  const n = flannelNode();
+  const entry = (manager: string, time: string, fields: unknown) => ({
+    manager,
+    operation: "Update",
+    time,
+    fieldsType: "FieldsV1",
+    fieldsV1: fields,
+  });
+  const annotation = (k: string) => ({
+    "f:metadata": { "f:annotations": { [`f:${k}`]: {} } },
+  });
+  n.metadata.managedFields = [
+    // kubelet's own annotations and a later status write: not the lease.
+    entry(
+      "kubelet",
+      "2026-12-06T10:00:09Z",
+      annotation("node.alpha.kubernetes.io/ttl"),
+    ),
+    entry("kube-controller-manager", "2026-12-06T10:00:01Z", {
+      "f:spec": { "f:podCIDR": {}, "f:podCIDRs": { ".": {} } },
+    }),
+    entry("flanneld", "2026-12-06T10:00:03Z", annotation(keys.backendType)),
+    entry(
+      "kubectl-patch",
+      "2026-12-06T10:00:05Z",
+      annotation(keys.backendData),
+    ),
+  ] as never;
+  assert.equal(
+    unwrap(slimNode(n, keys)).claimedAt,
+    Date.parse("2026-12-06T10:00:05Z"),
+  );
+  const lease = unwrap(nodeToLease(unwrap(slimNode(n, keys)), keys, v4));
+  assert.equal(lease.claimedAt, Date.parse("2026-12-06T10:00:05Z"));
+  // Without an owning entry (managedFields stripped) the time is unknown.
+  n.metadata.managedFields = [
+    entry(
+      "kubelet",
+      "2026-12-06T10:00:09Z",
+      annotation("node.alpha.kubernetes.io/ttl"),
+    ),
+  ] as never;
+  assert.equal(unwrap(slimNode(n, keys)).claimedAt, undefined);
+  assert.equal(
+    unwrap(slimNode({ ...n, metadata: { name: "x" } }, keys)).claimedAt,
+    undefined,
+  );
+});
+
 Deno.test("slimNode() falls back to spec.podCIDR and rejects nameless objects", () => {
   const n = flannelNode();
   const spec = { podCIDR: "10.244.3.0/24" };

@@ -21,10 +21,10 @@
  * - `WEFT_FAULT_RESULTS`: where the Markdown table goes
  *   (default bench/results/faults.md).
  * - `WEFT_FAULT_ONLY`: comma-separated phases to run (restarts, drift,
- *   corpus, proxy, outage, deleted, config, runtime, clock, flags, foreign; dual stack
- *   v6restarts, v6drift, v6corpus; hgw for host-gw, direct for
- *   DirectRouting; for Kubernetes kcorpus, kproxy, koutage, ktoken, kca,
- *   and k6corpus for its dual-stack cluster);
+ *   corpus, claims, proxy, outage, deleted, config, runtime, clock, flags,
+ *   foreign; dual stack v6restarts, v6drift, v6corpus; hgw for host-gw,
+ *   direct for DirectRouting; for Kubernetes kcorpus, kclaims, kproxy,
+ *   koutage, ktoken, kca, and k6corpus for its dual-stack cluster);
  *   default all. A test none of whose phases is selected does not start
  *   its cluster. Point `WEFT_FAULT_RESULTS` elsewhere for such a run: the
  *   table holds only the rows that ran.
@@ -70,6 +70,7 @@ import {
   writeReport,
 } from "../faults/run.ts";
 import { DualStackFaults } from "../faults/dual_stack.ts";
+import { claimOrder, etcdClaims, kubeClaims } from "../faults/claims.ts";
 import { wallClockSteps } from "../faults/clock.ts";
 import { foreignState } from "../faults/foreign.ts";
 import {
@@ -1201,6 +1202,7 @@ const ETCD_PHASES = [
   "restarts",
   "drift",
   "corpus",
+  "claims",
   "proxy",
   "outage",
   "deleted",
@@ -1222,6 +1224,11 @@ await gatedTest({
         ["restarts", "agent restarts", () => s.restarts()],
         ["drift", "kernel drift", () => s.drift()],
         ["corpus", "peer corpus", () => s.peerCorpus()],
+        [
+          "claims",
+          "claim order",
+          async () => claimOrder(s, await etcdClaims(s, s.nodes(1, 2, 3))),
+        ],
         ["proxy", "misbehaving API", () => s.proxy()],
         ["outage", "etcd outage", () => s.etcdOutage()],
         [
@@ -1290,7 +1297,14 @@ for (
   });
 }
 
-const KUBE_PHASES = ["kcorpus", "ktoken", "kca", "kproxy", "koutage"];
+const KUBE_PHASES = [
+  "kcorpus",
+  "kclaims",
+  "ktoken",
+  "kca",
+  "kproxy",
+  "koutage",
+];
 
 await gatedTest({
   name:
@@ -1303,6 +1317,11 @@ await gatedTest({
         // Credentials first: the proxy and the outage leave agents in
         // their degraded list-every-minute mode for five minutes.
         ["kcorpus", "node corpus", () => s.nodeCorpus()],
+        [
+          "kclaims",
+          "claim order",
+          async () => claimOrder(s, await kubeClaims(s, s.nodes(1, 2, 3))),
+        ],
         ["ktoken", "token rotation", () => s.tokenRotation()],
         ["kca", "CA rotation", () => s.caRotation()],
         ["kproxy", "misbehaving API", () => s.proxy()],

@@ -113,7 +113,12 @@ export class KubeFaults extends FaultRun {
         `${c.dir}/kube`,
       );
       s = new KubeFaults(c, rows, kube);
-      for (const n of s.nodes(1, 2, 3)) await s.#prepareNode(n);
+      for (const n of s.nodes(1, 2, 3)) {
+        await s.#prepareNode(n);
+        // node1's Node strictly older than the others (ages are whole
+        // seconds): the claim-order rows copy a MAC from an older Node.
+        if (n.n === 1) await sleep(1050 - Date.now() % 1000);
+      }
       await s.#tokenSetup(s.node(2));
       for (const n of s.nodes(1, 2, 3)) await s.startKube(n);
       for (const n of s.nodes(1, 2, 3)) await c.waitReady(n, 30_000);

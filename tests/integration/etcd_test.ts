@@ -520,14 +520,17 @@ await etcdTest(
     );
     await w.waitFor("added 10.5.53.0/24");
     const [v4, dual] = w.events.map((e) => e.lease);
-    // The create revision orders overlapping claims: the older key is older.
+    // Claim and create revisions order overlapping claims; neither key
+    // was rewritten, so both are its create revision.
     assert.ok(
       typeof v4?.createdAt === "number" &&
         typeof dual?.createdAt === "number" &&
-        v4.createdAt < dual.createdAt,
+        v4.createdAt < dual.createdAt && v4.claimedAt === v4.createdAt &&
+        dual.claimedAt === dual.createdAt,
     );
-    assert.deepEqual({ ...v4, createdAt: undefined }, {
+    assert.deepEqual({ ...v4, createdAt: undefined, claimedAt: undefined }, {
       createdAt: undefined,
+      claimedAt: undefined,
       key: `${DIR}10.5.52.0-24`,
       subnet: "10.5.52.0/24",
       attrs: {
@@ -536,8 +539,9 @@ await etcdTest(
         backendData: { VNI: 1, VtepMAC: "3a:bb:55:60:be:4e" },
       },
     });
-    assert.deepEqual({ ...dual, createdAt: undefined }, {
+    assert.deepEqual({ ...dual, createdAt: undefined, claimedAt: undefined }, {
       createdAt: undefined,
+      claimedAt: undefined,
       key: `${DIR}10.5.53.0-24&fc00:0:0:35::-64`,
       subnet: "10.5.53.0/24",
       ipv6Subnet: "fc00:0:0:35::/64",

@@ -11,7 +11,8 @@
  *
  * One cluster serves every step (it takes about a minute to build). Needs
  * root and the binaries of `.ci/build_servers.sh --with-cluster`; under
- * `CI=true` nothing is ignored.
+ * `CI=true` nothing is ignored. Hostile Nodes (tests/k8s/_hostile.ts) are
+ * applied between the weft pod deletion and the fourth node.
  *
  * @module
  */
@@ -42,6 +43,7 @@ import {
   rollout,
   until,
 } from "./_k8s.ts";
+import { hostileNodes } from "./_hostile.ts";
 
 /** docs/migrate-from-flanneld.md, step 1. */
 const MIGRATION_PATCH = `
@@ -438,6 +440,17 @@ spec:
       );
       assertEquals(count.received, count.sent);
     });
+
+    await t.step(
+      "hostile Nodes (a copied VtepMAC, a stolen podCIDR, a wider podCIDR, the oldest node re-pointing its MAC) change no victim's route or FDB entry, lose no packet, and are counted, also by a restarted agent",
+      () =>
+        hostileNodes(
+          c,
+          echo,
+          (from, dst, seconds, during) =>
+            pingDuring(c, from, dst, seconds, during),
+        ),
+    );
 
     let fourth: K8sNode | undefined;
     await t.step(
