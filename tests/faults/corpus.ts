@@ -697,10 +697,11 @@ function cidr(
   name: string,
   podCIDR: (s: NodeSlot) => string | undefined,
   claims?: (s: NodeSlot) => string | undefined,
+  expect: "refused" | "programmed" = "refused",
 ): NodeCase {
   return {
     name,
-    expect: "refused",
+    expect,
     make: (s) => node(s, validAnnotations(s), podCIDR(s)),
     claims: claims ?? podCIDR,
   };
@@ -847,23 +848,34 @@ export const NODE_CASES: readonly NodeCase[] = [
     "public-ip IPv4-mapped IPv6 (::ffff:198.18.0.x)",
     (a, s) => a[`${ANN}public-ip`] = `::ffff:${s.publicIP}`,
   ),
-  // Pod CIDRs of another length than this node's (the controller-manager
-  // cuts every node's with one mask size).
+  // Pod CIDRs of another length than this node's: a cluster whose
+  // controller-manager mask size changed holds both, and flanneld programs
+  // them all. Free ones must be programmed; one over real peers refused.
   cidr(
-    "podCIDR /25 in a free range (length differs)",
+    "podCIDR /25 in a free range (length differs: programmed)",
     (s) => s.podCIDR.replace("/24", "/25"),
+    undefined,
+    "programmed",
   ),
   cidr(
-    "podCIDR /26 in a free range (length differs)",
+    "podCIDR /26 in a free range (length differs: programmed)",
     (s) => s.podCIDR.replace("/24", "/26"),
+    undefined,
+    "programmed",
   ),
   cidr(
-    "podCIDR /32, a host route in a free range",
+    "podCIDR /32, a host route in a free range (programmed)",
     (s) => s.podCIDR.replace(".0/24", ".7/32"),
+    undefined,
+    "programmed",
   ),
   cidr(
-    "podCIDR /23 in a free range (length differs)",
-    (s) => supernet(s.podCIDR, 23),
+    // Below the slots' and probes' octets (110 and up) and above the
+    // real nodes': free, and overlapping no other case.
+    "podCIDR /23 in a free range (length differs: programmed)",
+    () => "10.244.100.0/23",
+    undefined,
+    "programmed",
   ),
   cidr(
     "podCIDR /17 over real peers' pod CIDRs",
