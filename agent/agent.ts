@@ -349,7 +349,10 @@ export async function runAgent(
     }, { sysctl });
     if (!backend.ok) throw new FatalError(backend.reason);
 
-    const previous = await sm.previousAttrs(e.publicIP, signal);
+    const previous = await sm.previousAttrs(
+      e.publicIP ?? e.publicIPv6,
+      signal,
+    );
     const attrs = backend.value.prepare(previous);
     const lease = await sm.acquireLease(attrs, signal);
     setLease(true, `lease ${lease.subnet ?? lease.ipv6Subnet}`);

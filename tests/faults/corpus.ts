@@ -466,13 +466,10 @@ export const CONFIG_CASES: readonly ConfigCase[] = [
     expect: retry("SubnetMin", "SubnetMax"),
   },
   {
-    name: "EnableIPv4 false (etcd mode)",
-    value: net({
-      EnableIPv4: false,
-      EnableIPv6: true,
-      IPv6Network: "fc00::/48",
-    }),
-    expect: retry("EnableIPv4"),
+    // (EnableIPv4 false with IPv6 enabled is IPv6-only, a valid config.)
+    name: "EnableIPv4 and EnableIPv6 both false",
+    value: net({ EnableIPv4: false, EnableIPv6: false }),
+    expect: retry("EnableIPv4", "EnableIPv6"),
   },
   {
     name: "EnableIPv4 a string",
