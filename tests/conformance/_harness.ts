@@ -88,6 +88,24 @@ export interface CaseInput {
   readonly quietMs?: number;
   /** Settling starts this long after the agents (default 0). */
   readonly minMs?: number;
+  /**
+   * flanneld gets this net-conf instead of `netConf` (the one weft reads
+   * `netConf` as), so that weft's state is compared with what flanneld
+   * does for the config weft says it uses.
+   */
+  readonly flanneldNetConf?: string;
+  /** Start flanneld first and weft once flanneld wrote its subnet.env. */
+  readonly flanneldFirst?: boolean;
+  /** Changes to the foreign peer. */
+  readonly peer9?: Peer9Input;
+}
+
+/** How a case changes the foreign peer. */
+export interface Peer9Input {
+  /** Its IPv4 subnet (lease key or podCIDR), default `10.244.9.0/24`. */
+  readonly subnet?: string;
+  /** Kube mode: annotations (after the prefix) the Node does not carry. */
+  readonly omit?: readonly string[];
 }
 
 /** A node's state, as compared. */
@@ -226,9 +244,11 @@ export class Harness implements AsyncDisposable {
     if (mode === "etcd") {
       await this.etcdctl("put", `${ETCD_PREFIX}/config`, input.netConf);
       if (!input.noPeer9) {
-        const key = [v4 && "10.244.9.0-24", v6 && "fc00:0:0:9::-64"].filter(
-          Boolean,
-        ).join("&");
+        // flanneld's key names: IPv6 only is `0.0.0.0-0&<IPv6 subnet>`.
+        const key = [
+          v4 ? peer9Subnet(input).replace("/", "-") : "0.0.0.0-0",
+          v6 && "fc00:0:0:9::-64",
+        ].filter(Boolean).join("&");
         await this.etcdctl(
           "put",
           `${ETCD_PREFIX}/subnets/${key}`,
@@ -259,12 +279,20 @@ export class Harness implements AsyncDisposable {
         if (r.status !== 201) throw new Error(`POST node bare: ${r.status}`);
       }
       if (!input.noPeer9) {
+        const omit = new Set(
+          (input.peer9?.omit ?? []).map((k) => `flannel.alpha.coreos.com/${k}`),
+        );
         await this.#createNode(
           PEER9.name,
           9,
           v4,
           v6,
-          peer9Attrs(type, vni, v4, v6, "kube") as Record<string, string>,
+          Object.fromEntries(
+            Object.entries(
+              peer9Attrs(type, vni, v4, v6, "kube") as Record<string, string>,
+            ).filter(([k]) => !omit.has(k)),
+          ),
+          peer9Subnet(input),
         );
       }
     }
@@ -277,8 +305,9 @@ export class Harness implements AsyncDisposable {
     v4: boolean,
     v6: boolean,
     annotations: Record<string, string>,
+    subnet = `10.244.${n}.0/24`,
   ): Promise<void> {
-    const cidrs = [v4 && `10.244.${n}.0/24`, v6 && `fc00:0:0:${n}::/64`]
+    const cidrs = [v4 && subnet, v6 && `fc00:0:0:${n}::/64`]
       .filter((c): c is string => typeof c === "string");
     const r = await this.kube!.api("POST", "/api/v1/nodes", {
       apiVersion: "v1",
@@ -333,30 +362,50 @@ export class Harness implements AsyncDisposable {
     return `${this.dir}/${role}`;
   }
 
-  /** Starts both agents with the case's input. */
+  /**
+   * Starts both agents with the case's input (flanneld first, when the
+   * case says so, and weft once flanneld wrote its subnet.env or exited,
+   * 30 s at most).
+   */
   async startAgents(mode: Mode, input: CaseInput): Promise<void> {
     for (const node of NODES) {
       const dir = this.nodeDir(node.role);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       await Deno.mkdir(dir, { recursive: true });
+      const runsFlanneld = node.role === "flanneld" && !input.weftOnly;
+      const netConf = runsFlanneld
+        ? input.flanneldNetConf ?? input.netConf
+        : input.netConf;
+      if (node.role === "weft" && input.flanneldFirst) {
+        const env = `${this.nodeDir("flanneld")}/subnet.env`;
+        const t0 = performance.now();
+        while (
+          performance.now() - t0 < 30_000 &&
+          this.exitCode("flanneld") === undefined &&
+          !(await Deno.stat(env).then(() => true, () => false))
+        ) await sleep(100);
+      }
+      if (mode === "etcd" && runsFlanneld && input.flanneldNetConf) {
+        throw new Error(
+          "flanneldNetConf needs kube mode: in etcd mode both agents read one config key",
+        );
+      }
       if (mode === "kube") {
-        await Deno.writeTextFile(`${dir}/net-conf.json`, input.netConf);
+        await Deno.writeTextFile(`${dir}/net-conf.json`, netConf);
         await this.kube!.writeKubeconfig(node.name, `${dir}/kubeconfig`);
       }
       const flags = [...this.modeFlags(mode, dir), ...(input.flags ?? [])]
         .map((f) => f.replaceAll("{n}", String(node.n)));
-      const cmd = node.role === "flanneld" && !input.weftOnly
-        ? [this.flanneld, ...flags]
-        : [
-          Deno.execPath(),
-          "run",
-          ...agentPermissions(dir, [
-            `${SWITCH_IP}:2379`,
-            `${SWITCH_IP}:6443`,
-          ], 0),
-          `${ROOT}main.ts`,
-          ...flags,
-        ];
+      const cmd = runsFlanneld ? [this.flanneld, ...flags] : [
+        Deno.execPath(),
+        "run",
+        ...agentPermissions(dir, [
+          `${SWITCH_IP}:2379`,
+          `${SWITCH_IP}:6443`,
+        ], 0),
+        `${ROOT}main.ts`,
+        ...flags,
+      ];
       const log = `${dir}/agent.log`;
       const child = new Deno.Command("sh", {
         args: [
@@ -728,6 +777,10 @@ export function backendType(netConf: string): string {
   }
 }
 
+function peer9Subnet(input: CaseInput): string {
+  return input.peer9?.subnet ?? PEER9.subnet;
+}
+
 function peer9Attrs(
   type: string,
   vni: number,
@@ -740,7 +793,8 @@ function peer9Attrs(
   const isVxlan = type === "vxlan";
   if (mode === "etcd") {
     return {
-      PublicIP: v4 ? PEER9.ip : "",
+      // flanneld writes "0.0.0.0" for an IPv6-only lease.
+      PublicIP: v4 ? PEER9.ip : "0.0.0.0",
       ...(v6 && { PublicIPv6: PEER9.ip6 }),
       BackendType: type,
       ...(isVxlan && v4 && { BackendData: data }),
@@ -903,4 +957,95 @@ export async function settle(
     weft: normalize(w, tokensOf(w, nw, f, nf)),
     ms: performance.now() - t0,
   };
+}
+
+/**
+ * The part of a compared field that one documented deviation covers; the
+ * rest of the field, and every other field, is still compared.
+ */
+export interface Narrow {
+  /** The snapshot field: `routes`, `subnetEnv`, `etcd`, ... */
+  readonly field: string;
+  /**
+   * The elements of a list field (matched against their JSON, or the line
+   * itself) or the lines of a text field it covers; default all of them.
+   */
+  readonly where?: RegExp;
+  /**
+   * The one attribute (a dotted path) of those elements, or of an object
+   * field, it covers; default the whole element.
+   */
+  readonly attr?: string;
+  /** Its name in the table: `subnetEnv FLANNEL_MTU`. */
+  readonly label: string;
+  /** Its section in docs/flanneld-differences.md. */
+  readonly anchor: string;
+}
+
+type Diffs = Map<string, { flanneld: unknown; weft: unknown }>;
+
+function takePath(obj: unknown, path: string): [unknown, unknown] {
+  if (typeof obj !== "object" || obj === null) return [obj, undefined];
+  const [head, ...tail] = path.split(".");
+  const copy = { ...(obj as Record<string, unknown>) };
+  if (tail.length === 0) {
+    const v = copy[head!];
+    delete copy[head!];
+    return [copy, v];
+  }
+  const [rest, v] = takePath(copy[head!], tail.join("."));
+  copy[head!] = rest;
+  return [copy, v];
+}
+
+/** Splits a field value into what `n` covers and the rest. */
+function splitField(value: unknown, n: Narrow): [unknown, unknown] {
+  const hit = (x: unknown) =>
+    !n.where || n.where.test(typeof x === "string" ? x : JSON.stringify(x));
+  if (typeof value === "string") {
+    const lines = value.split("\n");
+    return [
+      lines.filter((l) => !hit(l)).join("\n"),
+      lines.filter(hit),
+    ];
+  }
+  if (Array.isArray(value)) {
+    const rest: unknown[] = [], covered: unknown[] = [];
+    for (const el of value) {
+      if (!hit(el)) rest.push(el);
+      else if (n.attr === undefined) covered.push(el);
+      else {
+        const [r, v] = takePath(el, n.attr);
+        rest.push(r);
+        covered.push(v);
+      }
+    }
+    return [rest, covered];
+  }
+  if (n.attr !== undefined) return takePath(value, n.attr);
+  return [null, value];
+}
+
+/**
+ * Takes out of both snapshots what each narrow deviation covers, and
+ * returns the rest (to compare as usual) with the covered parts that
+ * differ, keyed by the deviation's label.
+ */
+export function narrowed(
+  flanneld: Snapshot,
+  weft: Snapshot,
+  narrows: readonly Narrow[],
+): { flanneld: Snapshot; weft: Snapshot; diffs: Diffs } {
+  const f: Snapshot = { ...flanneld }, w: Snapshot = { ...weft };
+  const diffs: Diffs = new Map();
+  for (const n of narrows) {
+    const [fr, fc] = splitField(f[n.field], n);
+    const [wr, wc] = splitField(w[n.field], n);
+    f[n.field] = fr;
+    w[n.field] = wr;
+    if (JSON.stringify(fc) !== JSON.stringify(wc)) {
+      diffs.set(n.label, { flanneld: fc, weft: wc });
+    }
+  }
+  return { flanneld: f, weft: w, diffs };
 }
