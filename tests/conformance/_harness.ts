@@ -100,6 +100,18 @@ export interface CaseInput {
   readonly peer9?: Peer9Input;
 }
 
+/** A foreign peer that a moving case adds, changes or removes. */
+export interface PeerSpec {
+  /** Node name (kube mode). */
+  readonly name: string;
+  /** Its IPv4 subnet: the etcd key or podCIDR. */
+  readonly subnet: string;
+  readonly ip: string;
+  readonly mac: string;
+  /** etcd mode: the key's etcd lease TTL; none by default. */
+  readonly ttlSeconds?: number;
+}
+
 /** How a case changes the foreign peer. */
 export interface Peer9Input {
   /** Its IPv4 subnet (lease key or podCIDR), default `10.244.9.0/24`. */
@@ -497,6 +509,78 @@ export class Harness implements AsyncDisposable {
         (await ping(back, backTo[fam]!));
     }
     return out;
+  }
+
+  /**
+   * Writes a foreign peer (no agent) the way flanneld would publish it: an
+   * etcd lease key (under an etcd lease of `ttlSeconds`, else without one)
+   * or a Node with its annotations (created, else patched in place).
+   * IPv4 vxlan only.
+   */
+  async putPeer(mode: Mode, p: PeerSpec): Promise<void> {
+    const data = { VNI: 1, VtepMAC: p.mac };
+    if (mode === "etcd") {
+      const value = JSON.stringify({
+        PublicIP: p.ip,
+        PublicIPv6: null,
+        BackendType: "vxlan",
+        BackendData: data,
+      });
+      const key = `${ETCD_PREFIX}/subnets/${p.subnet.replace("/", "-")}`;
+      const lease: string[] = [];
+      if (p.ttlSeconds !== undefined) {
+        const g = await this.etcdctl("lease", "grant", String(p.ttlSeconds));
+        const id = /lease ([\da-f]+) granted/.exec(g.stdout)?.[1];
+        if (id === undefined) throw new Error(`lease grant: ${g.stderr}`);
+        lease.push(`--lease=${id}`);
+      }
+      const r = await this.etcdctl("put", ...lease, key, value);
+      if (r.code !== 0) throw new Error(`put ${key}: ${r.stderr}`);
+      return;
+    }
+    const a = "flannel.alpha.coreos.com/";
+    const annotations = {
+      [`${a}backend-type`]: "vxlan",
+      [`${a}kube-subnet-manager`]: "true",
+      [`${a}public-ip`]: p.ip,
+      [`${a}backend-data`]: JSON.stringify(data),
+    };
+    const k = this.kube!;
+    const got = await k.api("GET", `/api/v1/nodes/${p.name}`);
+    const r = got.status === 404
+      ? await k.api("POST", "/api/v1/nodes", {
+        apiVersion: "v1",
+        kind: "Node",
+        metadata: { name: p.name, annotations },
+        spec: { podCIDR: p.subnet, podCIDRs: [p.subnet] },
+      })
+      : await k.api(
+        "PATCH",
+        `/api/v1/nodes/${p.name}`,
+        { metadata: { annotations } },
+        "application/merge-patch+json",
+      );
+    if (r.status !== 200 && r.status !== 201) {
+      throw new Error(`node ${p.name}: ${r.status} ${JSON.stringify(r.body)}`);
+    }
+  }
+
+  /** Deletes a foreign peer's lease key or Node. */
+  async deletePeer(mode: Mode, p: PeerSpec): Promise<void> {
+    if (mode === "kube") return await this.kube!.deleteNode(p.name);
+    const key = `${ETCD_PREFIX}/subnets/${p.subnet.replace("/", "-")}`;
+    const r = await this.etcdctl("del", key);
+    if (r.code !== 0) throw new Error(`del ${key}: ${r.stderr}`);
+  }
+
+  /** Whether a foreign peer's lease key or Node exists. */
+  async hasPeer(mode: Mode, p: PeerSpec): Promise<boolean> {
+    if (mode === "kube") {
+      return (await this.kube!.api("GET", `/api/v1/nodes/${p.name}`))
+        .status === 200;
+    }
+    const key = `${ETCD_PREFIX}/subnets/${p.subnet.replace("/", "-")}`;
+    return (await this.etcdctl("get", key)).stdout.trim() !== "";
   }
 
   /** Exit code, or undefined while running. */
@@ -908,17 +992,34 @@ export async function settle(
   mode: Mode,
   input: CaseInput,
   timeoutMs = 30_000,
-): Promise<{ flanneld: Snapshot; weft: Snapshot; ms: number }> {
+): Promise<
+  {
+    flanneld: Snapshot;
+    weft: Snapshot;
+    ms: number;
+    /** When each agent's state last changed, in ms after the start. */
+    converged: Record<Role, number>;
+  }
+> {
   const t0 = performance.now();
   if (input.minMs) await sleep(input.minMs);
   const quiet = input.quietMs ?? 1500;
   let last = "";
   let since = performance.now();
   let snaps: Snapshot[] = [];
+  const lastOf = NODES.map(() => "");
+  const changedAt = NODES.map(() => 0);
   for (;;) {
     snaps = await Promise.all(NODES.map((n) => h.snapshot(mode, n)));
     const text = JSON.stringify(snaps);
     const now = performance.now();
+    snaps.forEach((snap, i) => {
+      const t = JSON.stringify(snap);
+      if (t !== lastOf[i]) {
+        if (lastOf[i] !== "") changedAt[i] = now - t0;
+        lastOf[i] = t;
+      }
+    });
     // Up (subnet.env written) or gone; an agent that keeps retrying a
     // refused input counts as settled once nothing changed for a while.
     // IPv6 addresses must be past duplicate address detection (up to
@@ -956,6 +1057,7 @@ export async function settle(
     flanneld: normalize(f, tokensOf(f, nf, w, nw)),
     weft: normalize(w, tokensOf(w, nw, f, nf)),
     ms: performance.now() - t0,
+    converged: { flanneld: changedAt[0]!, weft: changedAt[1]! },
   };
 }
 

@@ -7,13 +7,16 @@
  * @module
  */
 import assert from "node:assert/strict";
-import type {
-  CaseInput,
-  Harness,
-  Mode,
-  Narrow,
-  NodeSpec,
-  Snapshot,
+import {
+  type CaseInput,
+  type Harness,
+  type Mode,
+  type Narrow,
+  NODES,
+  type NodeSpec,
+  PEER9,
+  type PeerSpec,
+  type Snapshot,
 } from "./_harness.ts";
 import type { Netns } from "../_netns.ts";
 
@@ -56,6 +59,24 @@ export interface Case {
   readonly afterMs?: number;
   /** After comparing: pods on both nodes ping each other over these families. */
   readonly ping?: readonly ("v4" | "v6")[];
+  /**
+   * Changes made one after the other once the start was compared, both
+   * agents running on the same cluster: after each, the full state is
+   * compared again and each agent's convergence time recorded.
+   */
+  readonly steps?: readonly Step[];
+}
+
+/** One change of a moving case. */
+export interface Step {
+  readonly id: string;
+  /** What changes, for the table. */
+  readonly text: string;
+  /** Makes the change (and waits until the cluster shows it). */
+  readonly change: (h: Harness, mode: Mode, input: CaseInput) => Promise<void>;
+  /** What differs after this step (only these; nothing of the case's). */
+  readonly narrow?: readonly (Narrow & { readonly modes?: readonly Mode[] })[];
+  readonly check?: (flanneld: Snapshot, weft: Snapshot, mode: Mode) => void;
 }
 
 const NET = '"Network":"10.244.0.0/16"';
@@ -162,6 +183,62 @@ function mtuLine(anchor: string): Narrow {
 
 /** An entry naming the foreign peer (its subnet, address or MAC). */
 const PEER9_ENTRY = /10\.244\.9\.|"198\.18\.0\.9"|0a:58:0a:f4:09:0/;
+
+/** The foreign peer as the moving case changes it. */
+const P9: PeerSpec = {
+  name: PEER9.name,
+  subnet: PEER9.subnet,
+  ip: PEER9.ip,
+  mac: PEER9.mac,
+};
+const P9_MOVED: PeerSpec = { ...P9, ip: "198.18.0.19" };
+const P9_NEW_MAC: PeerSpec = { ...P9_MOVED, mac: "0a:58:0a:f4:09:99" };
+/** A second foreign peer, added and removed by the moving case. */
+const P7: PeerSpec = {
+  name: "peer7",
+  subnet: "10.244.7.0/24",
+  ip: "198.18.0.7",
+  mac: "0a:58:0a:f4:07:00",
+};
+
+/** Polls until `cond` holds, or throws after `ms`. */
+async function until(what: string, cond: () => Promise<boolean>, ms = 20_000) {
+  const t0 = performance.now();
+  while (!(await cond())) {
+    if (performance.now() - t0 > ms) {
+      throw new Error(`${what}: not within ${ms} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Whether both agents route `dst` through the VXLAN device. */
+function routed(dst: string, want: boolean) {
+  return both((s, who) =>
+    assert.equal(
+      routes(s).some((r) => r.dst === dst && r.dev === "flannel.1"),
+      want,
+      `${who}: route to ${dst}`,
+    )
+  );
+}
+
+type Fdb = { mac: string; dst?: string };
+function fdbOf(s: Snapshot, mac: string): string[] {
+  return (s.fdb as Fdb[]).filter((f) => f.mac === mac).map((f) => f.dst ?? "");
+}
+
+/** The peer entries a recreated device loses under flanneld. */
+const REPLAYED: readonly Narrow[] = [
+  {
+    field: "routes",
+    where: /"gateway":"[^"]*","dev":"flannel\.1"/,
+    label: "peer routes",
+    anchor: "device-recreated",
+  },
+  { field: "neigh", label: "peer neighbours", anchor: "device-recreated" },
+  { field: "fdb", label: "peer FDB entries", anchor: "device-recreated" },
+];
 
 /** Deletes eth0 (the veth pair goes with it) and wires a new one. */
 async function recreateUnderlay(
@@ -849,14 +926,7 @@ export const CASES: readonly Case[] = [
     afterMs: 5000,
     fixed: "the device follows the recreated interface",
     narrow: [
-      {
-        field: "routes",
-        where: /"gateway":"[^"]*","dev":"flannel\.1"/,
-        label: "peer routes",
-        anchor: "device-recreated",
-      },
-      { field: "neigh", label: "peer neighbours", anchor: "device-recreated" },
-      { field: "fdb", label: "peer FDB entries", anchor: "device-recreated" },
+      ...REPLAYED,
       {
         field: "etcd",
         attr: "value",
@@ -872,5 +942,119 @@ export const CASES: readonly Case[] = [
       assert.equal(peers(w), 2, "weft replays both peers");
       vxlanData("flannel.1", "link", "eth0")(f, w);
     },
+  },
+  // ---- peers that move ------------------------------------------------------
+  {
+    id: "motion",
+    title: "peers added, changed and removed while both agents run",
+    input: { netConf: VX },
+    steps: [
+      {
+        id: "peer-added",
+        text: "a peer added",
+        change: (h, mode) => h.putPeer(mode, P7),
+        check: routed("10.244.7.0/24", true),
+      },
+      {
+        id: "public-ip-changed",
+        text: "a peer's public IP changed",
+        change: (h, mode) => h.putPeer(mode, P9_MOVED),
+        check: both((s, who) =>
+          assert.deepEqual(
+            fdbOf(s, P9.mac),
+            [P9_MOVED.ip],
+            `${who}: FDB follows`,
+          )
+        ),
+      },
+      {
+        id: "peer-gone",
+        text: "etcd: a peer's lease expired (3 s TTL); kube: its Node deleted",
+        change: async (h, mode) => {
+          if (mode === "kube") await h.deletePeer(mode, P7);
+          else {
+            await h.putPeer(mode, { ...P7, ttlSeconds: 3 });
+            await until(
+              "the lease expires",
+              async () => !(await h.hasPeer(mode, P7)),
+            );
+          }
+        },
+        check: routed("10.244.7.0/24", false),
+      },
+      {
+        id: "deleted-while-down",
+        text: "both agents stopped, a peer deleted, both started again",
+        change: async (h, mode, input) => {
+          await h.stopAgents();
+          await h.deletePeer(mode, P9_MOVED);
+          await h.startAgents(mode, input);
+        },
+        // flanneld never lists what it had programmed: the deleted peer's
+        // entries stay. weft prunes them once its first listing is in.
+        narrow: ["routes", "neigh", "fdb"].map((field) => ({
+          field,
+          where: PEER9_ENTRY,
+          label: `${field} of the deleted peer`,
+          anchor: "stale-after-restart",
+        })),
+        check: (f, w) => {
+          assert.ok(
+            routes(f).some((r) => r.dst === "10.244.9.0/24"),
+            "flanneld keeps the deleted peer's route",
+          );
+          assert.deepEqual(fdbOf(f, P9.mac), [P9_MOVED.ip]);
+          assert.ok(!JSON.stringify(w).match(PEER9_ENTRY), "weft pruned it");
+        },
+      },
+      {
+        id: "peer-readded",
+        text: "the peer back, as it was",
+        change: (h, mode) => h.putPeer(mode, P9_MOVED),
+        check: routed("10.244.9.0/24", true),
+      },
+      {
+        id: "vtep-mac-changed",
+        text: "a peer's VtepMAC changed",
+        change: (h, mode) => h.putPeer(mode, P9_NEW_MAC),
+        // flanneld adds the new MAC's FDB entry and leaves the old one.
+        narrow: [{
+          field: "fdb",
+          where: /0a:58:0a:f4:09:00/,
+          label: "FDB entry of the old VtepMAC",
+          anchor: "vtep-mac-changed",
+        }],
+        check: (f, w) => {
+          assert.deepEqual(fdbOf(f, P9.mac), [P9_MOVED.ip], "flanneld: old");
+          assert.deepEqual(fdbOf(w, P9.mac), [], "weft: old entry removed");
+          for (const [s, who] of [[f, "flanneld"], [w, "weft"]] as const) {
+            assert.deepEqual(fdbOf(s, P9_NEW_MAC.mac), [P9_MOVED.ip], who);
+          }
+        },
+      },
+      {
+        id: "device-deleted",
+        text: "the VXLAN device deleted",
+        change: async (h) => {
+          for (const n of NODES) {
+            await h.nodes.get(n.role)!.ip("link", "del", "flannel.1");
+          }
+        },
+        // (The old VtepMAC's FDB entry of the previous step goes with it.)
+        narrow: [...REPLAYED, {
+          field: "etcd",
+          attr: "value",
+          label: "etcd lease value (VtepMAC)",
+          anchor: "device-recreated",
+          modes: ["etcd"],
+        }],
+        check: (f, w) => {
+          const peers = (s: Snapshot) =>
+            routes(s).filter((r) => r.dev === "flannel.1" && r.gateway).length;
+          assert.equal(peers(f), 0, "flanneld does not replay its peers");
+          assert.equal(peers(w), 2, "weft replays both peers");
+        },
+      },
+    ],
   },
 ];
