@@ -350,7 +350,7 @@ export async function runAgent(
     if (!backend.ok) throw new FatalError(backend.reason);
 
     const previous = await sm.previousAttrs(
-      e.publicIP ?? e.publicIPv6,
+      config.enableIPv4 ? e.publicIP : e.publicIPv6,
       signal,
     );
     const attrs = backend.value.prepare(previous);

@@ -945,6 +945,33 @@ export const CASES: readonly Case[] = [
   },
   // ---- peers that move ------------------------------------------------------
   {
+    id: "motion-directrouting",
+    title: "DirectRouting: a peer moving off the local L2 and back",
+    input: { netConf: vx(',"DirectRouting":true') },
+    steps: [
+      {
+        id: "off-l2",
+        text: "the peer's public IP moves behind the gateway (198.19.0.9)",
+        change: (h, mode) => h.putPeer(mode, { ...P9, ip: "198.19.0.9" }),
+        check: hasRoute(
+          (r) => r.dst === "10.244.9.0/24" && r.dev === "flannel.1",
+          "the peer is reached through the VXLAN device",
+        ),
+      },
+      {
+        id: "on-l2",
+        text: "the peer's public IP back on the local L2",
+        change: (h, mode) => h.putPeer(mode, P9),
+        check: hasRoute(
+          (r) =>
+            r.dst === "10.244.9.0/24" && r.gateway === PEER9.ip &&
+            r.dev === "eth0",
+          "a direct route to the peer again",
+        ),
+      },
+    ],
+  },
+  {
     id: "motion",
     title: "peers added, changed and removed while both agents run",
     input: { netConf: VX },
