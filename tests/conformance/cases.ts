@@ -228,8 +228,11 @@ function fdbOf(s: Snapshot, mac: string): string[] {
   return (s.fdb as Fdb[]).filter((f) => f.mac === mac).map((f) => f.dst ?? "");
 }
 
-/** The peer entries a recreated device loses under flanneld. */
-const REPLAYED: readonly Narrow[] = [
+/**
+ * What differs once the device was recreated: the peer entries flanneld
+ * does not replay, and in etcd mode the VtepMAC its lease still publishes.
+ */
+const REPLAYED: readonly (Narrow & { readonly modes?: readonly Mode[] })[] = [
   {
     field: "routes",
     where: /"gateway":"[^"]*","dev":"flannel\.1"/,
@@ -238,7 +241,22 @@ const REPLAYED: readonly Narrow[] = [
   },
   { field: "neigh", label: "peer neighbours", anchor: "device-recreated" },
   { field: "fdb", label: "peer FDB entries", anchor: "device-recreated" },
+  {
+    field: "etcd",
+    attr: "value",
+    label: "etcd lease value (VtepMAC)",
+    anchor: "device-recreated",
+    modes: ["etcd"],
+  },
 ];
+
+/** flanneld's recreated device has no peers; weft's has both again. */
+function replayed(f: Snapshot, w: Snapshot) {
+  const peers = (s: Snapshot) =>
+    routes(s).filter((r) => r.dev === "flannel.1" && r.gateway).length;
+  assert.equal(peers(f), 0, "flanneld does not replay its peers");
+  assert.equal(peers(w), 2, "weft replays both peers");
+}
 
 /** Deletes eth0 (the veth pair goes with it) and wires a new one. */
 async function recreateUnderlay(
@@ -925,21 +943,9 @@ export const CASES: readonly Case[] = [
     afterText: "then eth0 deleted and recreated",
     afterMs: 5000,
     fixed: "the device follows the recreated interface",
-    narrow: [
-      ...REPLAYED,
-      {
-        field: "etcd",
-        attr: "value",
-        label: "etcd lease value (VtepMAC)",
-        anchor: "device-recreated",
-        modes: ["etcd"],
-      },
-    ],
+    narrow: REPLAYED,
     check: (f, w) => {
-      const peers = (s: Snapshot) =>
-        routes(s).filter((r) => r.dev === "flannel.1" && r.gateway).length;
-      assert.equal(peers(f), 0, "flanneld does not replay its peers");
-      assert.equal(peers(w), 2, "weft replays both peers");
+      replayed(f, w);
       vxlanData("flannel.1", "link", "eth0")(f, w);
     },
   },
@@ -1068,19 +1074,8 @@ export const CASES: readonly Case[] = [
           }
         },
         // (The old VtepMAC's FDB entry of the previous step goes with it.)
-        narrow: [...REPLAYED, {
-          field: "etcd",
-          attr: "value",
-          label: "etcd lease value (VtepMAC)",
-          anchor: "device-recreated",
-          modes: ["etcd"],
-        }],
-        check: (f, w) => {
-          const peers = (s: Snapshot) =>
-            routes(s).filter((r) => r.dev === "flannel.1" && r.gateway).length;
-          assert.equal(peers(f), 0, "flanneld does not replay its peers");
-          assert.equal(peers(w), 2, "weft replays both peers");
-        },
+        narrow: REPLAYED,
+        check: replayed,
       },
     ],
   },
