@@ -968,6 +968,14 @@ export const CASES: readonly Case[] = [
         id: "on-l2",
         text: "the peer's public IP back on the local L2",
         change: (h, mode) => h.putPeer(mode, P9),
+        // flanneld replaces the route and leaves the VXLAN neighbour and
+        // FDB entry of the peer's time off the L2.
+        narrow: ["neigh", "fdb"].map((field) => ({
+          field,
+          where: PEER9_ENTRY,
+          label: `${field} of the peer's VXLAN time`,
+          anchor: "directrouting-stale",
+        })),
         check: hasRoute(
           (r) =>
             r.dst === "10.244.9.0/24" && r.gateway === PEER9.ip &&

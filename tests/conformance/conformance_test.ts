@@ -377,6 +377,15 @@ await gatedTest({
               }
               s = await settle(h, mode, { ...c.input, minMs: c.afterMs ?? 0 });
             }
+            if (dump) {
+              await Deno.mkdir(dump, { recursive: true });
+              for (const role of ["flanneld", "weft"] as const) {
+                await Deno.writeTextFile(
+                  `${dump}/${c.id}-${mode}.${role}.log`,
+                  await h.agentLog(role),
+                );
+              }
+            }
             const want = expected(c, mode);
             const diff = await judge(
               `${c.id} [${mode}]`,
@@ -422,14 +431,6 @@ await gatedTest({
               ms: s.ms,
               ...(moves.length > 0 && { moves }),
             };
-            if (dump) {
-              for (const role of ["flanneld", "weft"] as const) {
-                await Deno.writeTextFile(
-                  `${dump}/${c.id}-${mode}.${role}.log`,
-                  await h.agentLog(role),
-                );
-              }
-            }
             if (c.ping) {
               const got = await h.podPing();
               for (const fam of c.ping) {
