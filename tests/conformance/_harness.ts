@@ -992,12 +992,20 @@ export async function settle(
   mode: Mode,
   input: CaseInput,
   timeoutMs = 30_000,
+  /**
+   * A change: when it started and each node's raw snapshot before it, so
+   * that `converged` counts from the change, not from the first look.
+   */
+  change?: { readonly t0: number; readonly before: readonly Snapshot[] },
 ): Promise<
   {
     flanneld: Snapshot;
     weft: Snapshot;
     ms: number;
-    /** When each agent's state last changed, in ms after the start. */
+    /**
+     * When each agent's state was last seen changed, in ms after the
+     * change (or the start): an upper bound, one snapshot's time late.
+     */
     converged: Record<Role, number>;
   }
 > {
@@ -1007,8 +1015,11 @@ export async function settle(
   let last = "";
   let since = performance.now();
   let snaps: Snapshot[] = [];
-  const lastOf = NODES.map(() => "");
+  const lastOf = NODES.map((_, i) =>
+    change ? JSON.stringify(change.before[i]) : ""
+  );
   const changedAt = NODES.map(() => 0);
+  const from = change?.t0 ?? t0;
   for (;;) {
     snaps = await Promise.all(NODES.map((n) => h.snapshot(mode, n)));
     const text = JSON.stringify(snaps);
@@ -1016,7 +1027,7 @@ export async function settle(
     snaps.forEach((snap, i) => {
       const t = JSON.stringify(snap);
       if (t !== lastOf[i]) {
-        if (lastOf[i] !== "") changedAt[i] = now - t0;
+        if (lastOf[i] !== "") changedAt[i] = now - from;
         lastOf[i] = t;
       }
     });

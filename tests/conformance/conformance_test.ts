@@ -22,6 +22,7 @@ import {
   type Mode,
   type Narrow,
   narrowed,
+  NODES,
   settle,
   type Snapshot,
   WEFT_PROTO,
@@ -205,8 +206,8 @@ async function writeTable(rows: Row[], stored: Stored): Promise<void> {
     "means neither agent can run the backend on this machine, so equal exit codes",
     "say nothing about it. A moving case changes its peers while both agents run",
     'and compares the whole state after each change; "converged" is when each',
-    "agent's state last changed after the change (polled every 250 ms; 0.0 s: done",
-    "by the first look, or nothing to change).",
+    "agent's state was last seen changing after the change started (snapshots",
+    "every 250 ms, each taking a few hundred ms: an upper bound; 0.0 s: no change).",
     `Besides, in ${
       rows.filter((r) => r.diffs.includes("routeProtocols")).length
     } rows weft installed routes, which carry its own route protocol 87 where`,
@@ -399,8 +400,12 @@ await gatedTest({
             }
             const moves: Move[] = [];
             for (const step of c.steps ?? []) {
+              const before = await Promise.all(
+                NODES.map((n) => h.snapshot(mode, n)),
+              );
+              const t0 = performance.now();
               await step.change(h, mode, c.input);
-              const m = await settle(h, mode, c.input);
+              const m = await settle(h, mode, c.input, 30_000, { t0, before });
               const stepNarrows = (step.narrow ?? []).filter((n) =>
                 !n.modes || n.modes.includes(mode)
               );
