@@ -364,7 +364,10 @@ export async function runAgent(
     }, { sysctl });
     if (!backend.ok) throw new FatalError(backend.reason);
 
-    const previous = await sm.previousAttrs(e.publicIP, signal);
+    const previous = await sm.previousAttrs(
+      config.enableIPv4 ? e.publicIP : e.publicIPv6,
+      signal,
+    );
     await fatalOnFailure(backend.value.setup?.(signal));
     const attrs = backend.value.prepare(previous);
     const lease = await sm.acquireLease(attrs, signal);

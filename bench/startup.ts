@@ -31,7 +31,7 @@ import { makeCa, SERVER_EXT, signedCert } from "../tests/servers/pki.ts";
 const ROOT = new URL("../", import.meta.url).pathname;
 
 /** Runs a script `runs` times; returns median wall ms and RSS MiB it printed. */
-async function probe(
+export async function probe(
   name: string,
   code: string,
   runs: number,

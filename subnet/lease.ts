@@ -92,7 +92,8 @@ export interface SubnetManager {
   /**
    * What this node published before (its backend data carries the VTEP
    * MAC), so a recreated device keeps its MAC. `publicIP` identifies the
-   * node in etcd mode. Undefined when unknown.
+   * node in etcd mode (its IPv6 address when IPv6 only). Undefined when
+   * unknown.
    */
   previousAttrs(
     publicIP: string | undefined,

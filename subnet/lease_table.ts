@@ -15,15 +15,16 @@
  *   allowed IPs and endpoint would replace the victim's);
  * - a public IP, per backend type (two host-gw routes via one gateway
  *   send the victim's pods to the copier);
- * and its subnet must have the cluster's length, so a /17 cannot shadow
- * the /24s inside it, nor a /32 punch a hole into one. In etcd mode the
- * length is `SubnetLen` / `IPv6SubnetLen`, which flanneld allocates with.
- * In kube mode flanneld ignores `SubnetLen`: podCIDRs come from the
- * controller-manager, which cuts every node's from the cluster CIDR with
- * one `--node-cidr-mask-size` per family. So the length is this node's
- * own podCIDR length (the controller-manager's, whatever it was set to),
- * and until our lease is known the config's default (which matches the
- * controller-manager's defaults, /24 and /64, for a /16 and a /48).
+ * In etcd mode its subnet must also have the cluster's length,
+ * `SubnetLen` / `IPv6SubnetLen`, which every agent allocates with, so a
+ * /17 cannot shadow the /24s inside it, nor a /32 punch a hole into one.
+ * In kube mode podCIDRs come from the controller-manager, which never
+ * hands out overlapping ones but whose `--node-cidr-mask-size` may have
+ * changed over a cluster's life: nodes created before and after hold
+ * podCIDRs of different lengths, and flanneld programs them all. So a
+ * podCIDR of another length is accepted when it overlaps no earlier claim;
+ * the expected length (this node's own podCIDR length, the config's
+ * default until our lease is known) only orders claims, standard first.
  *
  * Who wins a conflict: the claim made first (`Lease.claimedAt`: in kube
  * mode when the Node's flannel annotations or pod CIDRs were last written,
@@ -186,8 +187,9 @@ export interface LeaseTableOptions {
   readonly noun: string;
   /**
    * Where the expected peer subnet length comes from: `config`
-   * (`SubnetLen`, etcd mode; the default) or `own` (this node's own
-   * subnet, kube mode; the config's until our lease is known).
+   * (`SubnetLen`, etcd mode; the default; other lengths are refused) or
+   * `own` (this node's own subnet, kube mode; the config's until our
+   * lease is known; other lengths are accepted, after the standard ones).
    */
   readonly lengths?: "config" | "own";
 }
@@ -413,7 +415,9 @@ export class LeaseTable {
       return [];
     }
     const nets = entry.nets;
-    const odd = nets.find((n) => !this.#standard(n));
+    const odd = this.#opts.lengths === "own"
+      ? undefined
+      : nets.find((n) => !this.#standard(n));
     if (odd !== undefined) {
       this.#warn(
         key,

@@ -383,25 +383,53 @@ Deno.test("LeaseTable refuses peer subnets of another length than the cluster's"
   }
 });
 
-Deno.test("LeaseTable in kube mode expects this node's own podCIDR length", () => {
+Deno.test("LeaseTable in kube mode programs podCIDRs of mixed lengths that overlap no earlier claim", () => {
   const log = captureLogs();
   try {
+    // The controller-manager's mask size changed: this node has a /26,
+    // older nodes /24s.
     const t = new LeaseTable(config, {
       ownKey: "me",
       noun: "node",
       lengths: "own",
       ownLease: lease("me", "10.244.4.0/26"),
     });
-    assert.deepEqual(
-      t.update("a", ok(lease("a", "10.244.1.0/26")), 0).map((e) => e.lease.key),
-      ["a"],
-    );
-    assert.deepEqual(t.update("b", ok(lease("b", "10.244.2.0/24")), 0), []);
+    const added = (key: string, subnet: string) =>
+      t.update(key, ok(lease(key, subnet)), 0).map((e) => e.lease.key);
+    assert.deepEqual(added("a", "10.244.1.0/26"), ["a"]);
+    assert.deepEqual(added("b", "10.244.2.0/24"), ["b"]);
+    // Overlapping an earlier claim of either length is still refused.
+    assert.deepEqual(added("c", "10.244.2.64/26"), []);
+    assert.deepEqual(added("d", "10.244.0.0/23"), []);
+    // So is one overlapping this node's own /26 from a wider prefix.
+    assert.deepEqual(added("e", "10.244.4.0/24"), []);
     assert.ok(
       log.lines.some((l) =>
-        l.includes('Skipping node "b": its subnet "10.244.2.0/24" is not a /26')
+        l.includes(
+          'Skipping node "c": its subnet overlaps the subnet of node "b"',
+        )
       ),
     );
+    assert.ok(
+      log.lines.some((l) =>
+        l.includes('Skipping node "e": its subnet overlaps this node\'s own')
+      ),
+    );
+    // On a relist the standard-length claim goes first.
+    const u = new LeaseTable(config, {
+      ownKey: "me",
+      noun: "node",
+      lengths: "own",
+      ownLease: lease("me", "10.244.4.0/26"),
+    });
+    const ev = u.replaceAll(
+      new Map([
+        ["a-wide", ok(lease("a-wide", "10.244.8.0/24"))],
+        ["b-std", ok(lease("b-std", "10.244.8.64/26"))],
+      ]),
+      0,
+    );
+    assert.deepEqual(ev.map((e) => e.lease.key), ["b-std"]);
   } finally {
     log.restore();
   }

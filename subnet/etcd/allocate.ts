@@ -18,7 +18,7 @@ import {
   sizeOf,
 } from "../../lib/ip.ts";
 import { fail, ok, type Result } from "../../lib/result.ts";
-import type { SubnetPair } from "./keys.ts";
+import { NO_IPV4_SUBNET, type SubnetPair } from "./keys.ts";
 
 /** flanneld picks among at most this many free subnets. */
 export const MAX_CANDIDATES = 100;
@@ -103,12 +103,19 @@ export function fitsConfig(
   config: NetworkConfig,
   pair: { subnet?: string; ipv6Subnet?: string },
 ): boolean {
-  const v4 = parse(pair.subnet);
-  if (
-    !inRange(v4, 4, config.subnetMin, config.subnetMax, config.subnetLen) ||
-    networkAddr(v4!) !== v4!.addr
-  ) {
-    return false;
+  if (!config.enableIPv4) {
+    // IPv6 only: the key's IPv4 part is flanneld's empty subnet.
+    if (pair.subnet !== undefined && pair.subnet !== NO_IPV4_SUBNET) {
+      return false;
+    }
+  } else {
+    const v4 = parse(pair.subnet);
+    if (
+      !inRange(v4, 4, config.subnetMin, config.subnetMax, config.subnetLen) ||
+      networkAddr(v4!) !== v4!.addr
+    ) {
+      return false;
+    }
   }
   if (!config.enableIPv6) return pair.ipv6Subnet === undefined;
   const v6 = parse(pair.ipv6Subnet);
@@ -141,7 +148,8 @@ export function isTaken(
 
 /**
  * Picks a free subnet (and IPv6 subnet when IPv6 is enabled) at random
- * among the first {@linkcode MAX_CANDIDATES} free ones. `random` returns a
+ * among the first {@linkcode MAX_CANDIDATES} free ones; IPv6 only, the
+ * IPv4 part is {@linkcode NO_IPV4_SUBNET}. `random` returns a
  * number in [0, 1), like `Math.random`.
  */
 export function chooseSubnets(
@@ -171,7 +179,9 @@ export function chooseSubnets(
     const i = Math.min(free.length - 1, Math.floor(random() * free.length));
     return ok(formatNet({ family, addr: free[i]!, prefix: len }));
   };
-  const v4 = pick(4, config.subnetMin, config.subnetMax, config.subnetLen);
+  const v4 = config.enableIPv4
+    ? pick(4, config.subnetMin, config.subnetMax, config.subnetLen)
+    : ok(NO_IPV4_SUBNET);
   if (!v4.ok) return v4;
   if (!config.enableIPv6) return ok({ subnet: v4.value });
   const v6 = pick(

@@ -123,3 +123,26 @@ Deno.test("isTaken() finds overlaps in either family", () => {
     isTaken({ subnet: "10.5.4.0/24", ipv6Subnet: "fc00::/64" }, taken),
   );
 });
+
+Deno.test("IPv6 only: the IPv4 part is flanneld's empty subnet 0.0.0.0/0", () => {
+  const v6only = unwrap(parseNetConfig(
+    '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}',
+  ));
+  assert.deepEqual(
+    unwrap(chooseSubnets(v6only, [net("fc00:0:0:1::/64")], () => 0)),
+    { subnet: "0.0.0.0/0", ipv6Subnet: "fc00:0:0:2::/64" },
+  );
+  assert.ok(
+    fitsConfig(v6only, {
+      subnet: "0.0.0.0/0",
+      ipv6Subnet: "fc00:0:0:7::/64",
+    }),
+  );
+  assert.ok(
+    !fitsConfig(v6only, {
+      subnet: "10.5.7.0/24",
+      ipv6Subnet: "fc00:0:0:7::/64",
+    }),
+  );
+  assert.ok(!fitsConfig(v6only, { subnet: "0.0.0.0/0" }));
+});

@@ -50,6 +50,13 @@ export function subnetsDir(prefix: string): string {
   return `${joinKey(prefix, "subnets")}/`;
 }
 
+/**
+ * The IPv4 part of an IPv6-only lease key: flanneld names such a lease
+ * `0.0.0.0-0&fc00:0:0:5::-64` (its key always starts with an IPv4 subnet,
+ * here the empty one) and stores `"PublicIP":"0.0.0.0"` in it.
+ */
+export const NO_IPV4_SUBNET = "0.0.0.0/0";
+
 /** Subnets of a lease key, canonical `addr/len` strings. */
 export interface SubnetPair {
   readonly subnet: string;
@@ -58,7 +65,8 @@ export interface SubnetPair {
 
 /**
  * The key name of a lease, flanneld's `MakeSubnetKey`:
- * `10.5.52.0-24`, or `10.5.52.0-24&fc00::-64` with an IPv6 subnet.
+ * `10.5.52.0-24`, or `10.5.52.0-24&fc00::-64` with an IPv6 subnet
+ * (IPv6 only: `0.0.0.0-0&fc00::-64`, see {@linkcode NO_IPV4_SUBNET}).
  */
 export function subnetKeyName(pair: SubnetPair): string {
   const name = pair.subnet.replace("/", "-");

@@ -50,6 +50,7 @@ import {
   DEFAULT_PREFIX,
   encodeLeaseAttrs,
   leaseFromKv,
+  NO_IPV4_SUBNET,
   parseSubnetKey,
   subnetKey,
   type SubnetPair,
@@ -125,15 +126,46 @@ interface Own {
   expiresMono?: number;
 }
 
-/** A subnet of a lease key as a prefix, for the taken set. */
+/**
+ * A subnet of a lease key as a prefix, for the taken set. The empty IPv4
+ * part of an IPv6-only key takes nothing (flanneld's allocator counts it
+ * as overlapping every subnet).
+ */
 function netsOf(pair: SubnetPair): IpNet[] {
   const out: IpNet[] = [];
   for (const s of [pair.subnet, pair.ipv6Subnet]) {
-    if (s === undefined) continue;
+    if (s === undefined || s === NO_IPV4_SUBNET) continue;
     const n = parseIpNet(s);
     if (n.ok) out.push(n.value);
   }
   return out;
+}
+
+/** Our lease for a key's subnets: an IPv6-only one has no IPv4 subnet. */
+function leaseSubnets(
+  pair: SubnetPair,
+): { subnet?: string; ipv6Subnet?: string } {
+  return {
+    ...(pair.subnet !== NO_IPV4_SUBNET && { subnet: pair.subnet }),
+    ...(pair.ipv6Subnet !== undefined && { ipv6Subnet: pair.ipv6Subnet }),
+  };
+}
+
+/**
+ * The address a lease value names its node by: its PublicIP, or for an
+ * IPv6-only lease (PublicIP absent or flanneld's `"0.0.0.0"`) its
+ * PublicIPv6. flanneld matches by PublicIP alone, so with IPv6 only every
+ * node's `"0.0.0.0"` matches the first lease listed and a second node
+ * takes over the first one's key; weft matches by the IPv6 address.
+ */
+function ownerOf(attrs: LeaseAttrs): string | undefined {
+  const v4 = attrs.publicIP === undefined
+    ? undefined
+    : normalizeIp(attrs.publicIP);
+  if (v4 !== undefined && v4 !== "0.0.0.0") return v4;
+  return attrs.publicIPv6 === undefined
+    ? undefined
+    : normalizeIp(attrs.publicIPv6);
 }
 
 function describePair(pair: SubnetPair): string {
@@ -211,10 +243,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
         } else {
           const parsed = parseNetConfig(kv.value);
           if (!parsed.ok) reason = parsed.reason;
-          else if (!parsed.value.enableIPv4) {
-            reason = "EnableIPv4 is false, but weft's etcd mode needs " +
-              "IPv4 (IPv6-only works in kube mode)";
-          } else {
+          else {
             if (parsed.value.backendDefaulted) {
               log.info(`No Backend.Type in etcd key "${key}": using vxlan`);
             }
@@ -324,8 +353,8 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
   }
 
   /**
-   * What this node published before: the attributes of the lease whose
-   * PublicIP is `publicIP`, if any, so the VTEP MAC survives a lost device.
+   * What this node published before: the attributes of the lease that
+   * names `publicIP` (its PublicIP, or PublicIPv6 when IPv6 only), if any, so the VTEP MAC survives a lost device.
    * Undefined when there is none or etcd cannot be read.
    */
   async previousAttrs(
@@ -339,10 +368,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       this.#listing = listing;
       for (const kv of listing.kvs) {
         const a = decodeLeaseAttrs(kv.value);
-        if (
-          a.ok && a.value.publicIP !== undefined &&
-          normalizeIp(a.value.publicIP) === ours
-        ) return a.value;
+        if (a.ok && ownerOf(a.value) === ours) return a.value;
       }
     } catch (e) {
       log.warn(
@@ -447,9 +473,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     signal: AbortSignal,
   ): Promise<Lease | undefined> {
     const dir = subnetsDir(this.#prefix);
-    const ourIP = attrs.publicIP === undefined
-      ? undefined
-      : normalizeIp(attrs.publicIP);
+    const ourIP = ownerOf(attrs);
     const entries: { kv: KeyValue; pair: SubnetPair }[] = [];
     let mine: { kv: KeyValue; pair: SubnetPair } | undefined;
     for (const kv of kvs) {
@@ -459,9 +483,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       entries.push(entry);
       if (mine !== undefined || ourIP === undefined) continue;
       const a = decodeLeaseAttrs(kv.value);
-      if (a.ok && a.value.publicIP !== undefined) {
-        if (normalizeIp(a.value.publicIP) === ourIP) mine = entry;
-      }
+      if (a.ok && ownerOf(a.value) === ourIP) mine = entry;
     }
 
     if (mine !== undefined) {
@@ -490,31 +512,47 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
 
     const taken = entries.flatMap((e) => netsOf(e.pair));
     let pair: SubnetPair | undefined;
-    if (previous.subnet !== undefined) {
+    const prevSubnet = config.enableIPv4
+      ? previous.subnet
+      : previous.ipv6Subnet === undefined
+      ? undefined
+      : NO_IPV4_SUBNET;
+    if (prevSubnet !== undefined) {
       const prev: SubnetPair = {
-        subnet: previous.subnet,
+        subnet: prevSubnet,
         ...(previous.ipv6Subnet !== undefined &&
           { ipv6Subnet: previous.ipv6Subnet }),
       };
       if (!isTaken(prev, taken)) {
         if (fitsConfig(config, prev)) {
           log.info(
-            `Found previously leased subnet (${prev.subnet}), reusing`,
+            `Found previously leased subnet (${describePair(prev)}), reusing`,
           );
           pair = prev;
         } else {
           log.error(
-            `Found previously leased subnet (${prev.subnet}) that is not compatible with the Etcd network config, ignoring`,
+            `Found previously leased subnet (${
+              describePair(prev)
+            }) that is not compatible with the Etcd network config, ignoring`,
           );
         }
       }
     }
     if (pair === undefined) {
-      log.info(
-        `Picking subnet in range ${formatIp(4, config.subnetMin!)} ... ${
-          formatIp(4, config.subnetMax!)
-        }`,
-      );
+      if (config.enableIPv4) {
+        log.info(
+          `Picking subnet in range ${formatIp(4, config.subnetMin!)} ... ${
+            formatIp(4, config.subnetMax!)
+          }`,
+        );
+      }
+      if (config.enableIPv6) {
+        log.info(
+          `Picking ipv6 subnet in range ${
+            formatIp(6, config.ipv6SubnetMin!)
+          } ... ${formatIp(6, config.ipv6SubnetMax!)}`,
+        );
+      }
       const choice = chooseSubnets(config, taken);
       if (!choice.ok) {
         throw new Error(
@@ -534,8 +572,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     if (!put) return undefined;
     const lease: Lease = {
       key,
-      subnet: pair.subnet,
-      ...(pair.ipv6Subnet !== undefined && { ipv6Subnet: pair.ipv6Subnet }),
+      ...leaseSubnets(pair),
       attrs,
       expiration: put.expiration,
     };
@@ -567,8 +604,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     const value = encodeLeaseAttrs(attrs);
     const base = {
       key: kv.key,
-      subnet: pair.subnet,
-      ...(pair.ipv6Subnet !== undefined && { ipv6Subnet: pair.ipv6Subnet }),
+      ...leaseSubnets(pair),
       attrs,
     };
     if (kv.lease === "0") {
@@ -732,14 +768,12 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     // Rewritten by someone else: still ours if it still names our address
     // (an operator turning it into a reservation, a second instance).
     const attrs = decodeLeaseAttrs(kv.value);
-    const ourIP = own.lease.attrs.publicIP;
-    if (
-      !attrs.ok || attrs.value.publicIP === undefined || ourIP === undefined ||
-      normalizeIp(attrs.value.publicIP) !== normalizeIp(ourIP) || depth >= 2
-    ) {
+    const ourIP = ownerOf(own.lease.attrs);
+    const theirs = attrs.ok ? ownerOf(attrs.value) : undefined;
+    if (theirs === undefined || theirs !== ourIP || depth >= 2) {
       throw new LeaseRevokedError(
         key,
-        `now belongs to ${attrs.ok ? attrs.value.publicIP : "another node"}`,
+        `now belongs to ${theirs ?? "another node"}`,
       );
     }
     if (kv.lease === "0") {

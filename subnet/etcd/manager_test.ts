@@ -317,3 +317,58 @@ Deno.test("watchLeases(): the earlier claim keeps a VtepMAC against an older and
   ac.abort();
   await done;
 });
+
+Deno.test("IPv6 only: keys and values as flanneld writes them, a flanneld node's lease is a peer and never taken over", async () => {
+  const { etcd, m } = setup();
+  await etcd.put(
+    `${PREFIX}/config`,
+    '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}',
+  );
+  // flanneld's IPv6-only lease: `0.0.0.0-0&…` and "PublicIP":"0.0.0.0".
+  const theirs = `${PREFIX}/subnets/0.0.0.0-0&fc00:0:0:1::-64`;
+  await etcd.put(
+    theirs,
+    '{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:18::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0a:00:00:00:01:06"}}',
+  );
+  const ac = new AbortController();
+  const ours: LeaseAttrs = {
+    publicIPv6: "fd00:18::2",
+    backendType: "vxlan",
+    backendV6Data: { VNI: 1, VtepMAC: "0a:00:00:00:02:06" },
+  };
+  const lease = await m.acquireLease(ours, ac.signal);
+  // Not flanneld's key (its "0.0.0.0" is not our identity), a free /64.
+  assert.equal(lease.subnet, undefined);
+  assert.match(lease.ipv6Subnet!, /^fc00:0:0:[\da-f]+::\/64$/);
+  assert.notEqual(lease.ipv6Subnet, "fc00:0:0:1::/64");
+  assert.equal(
+    lease.key,
+    `${PREFIX}/subnets/0.0.0.0-0&${lease.ipv6Subnet!.replace("/", "-")}`,
+  );
+  assert.equal(
+    etcd.values().get(lease.key),
+    '{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:18::2","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0a:00:00:00:02:06"}}',
+  );
+  assert.equal(
+    etcd.values().get(theirs)?.includes("fd00:18::1"),
+    true,
+    "flanneld's lease untouched",
+  );
+  // Its IPv6 half is a peer; the empty IPv4 part is not a subnet.
+  const c = collector();
+  const done = m.watchLeases(c.handler, ac.signal);
+  await c.until(() => c.batches.length === 1);
+  assert.deepEqual(
+    c.batches[0]!.map((e) => [e.type, e.lease.subnet, e.lease.ipv6Subnet]),
+    [["added", undefined, "fc00:0:0:1::/64"]],
+  );
+  ac.abort();
+  await done;
+  // A restart finds our own lease again by its IPv6 address.
+  const again = setup();
+  for (const [k, v] of etcd.values()) await again.etcd.put(k, v);
+  const ac2 = new AbortController();
+  const reused = await again.m.acquireLease(ours, ac2.signal);
+  assert.equal(reused.key, lease.key);
+  ac2.abort();
+});

@@ -240,11 +240,16 @@ export function splitPodCidrs(
   });
 }
 
+/**
+ * A backend data annotation: absent or empty is no data (flanneld keeps it
+ * as an empty `json.RawMessage`; only the vxlan backend needs it, and the
+ * lease validation says so), anything else must be JSON.
+ */
 function parseJsonAnnotation(
   text: string | undefined,
   label: string,
 ): Result<unknown> {
-  if (text === undefined || text === "") return fail(`Missing ${label}`);
+  if (text === undefined || text === "") return ok(undefined);
   try {
     return ok(JSON.parse(text));
   } catch {
@@ -255,7 +260,10 @@ function parseJsonAnnotation(
 /**
  * flanneld's `nodeToLease`: the lease a peer node stands for. A node that
  * no flannel agent has annotated (`kube-subnet-manager` not `"true"`) gives
- * a reason instead. The lease is checked further by the LeaseTable.
+ * a reason instead. A missing `backend-data` / `backend-v6-data` is not one:
+ * a host-gw node needs neither (flanneld itself writes `backend-v6-data`
+ * only when it has an IPv6 address), and for vxlan the LeaseTable's
+ * validation names the missing data. The lease is checked further there.
  */
 export function nodeToLease(
   node: SlimNode,

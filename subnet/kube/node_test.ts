@@ -9,6 +9,7 @@ import {
   slimNode,
 } from "./node.ts";
 import { parseNetConfig } from "../config.ts";
+import { validateLease } from "../validate.ts";
 import { unwrap } from "../../lib/result.ts";
 
 const keys = unwrap(annotationKeys());
@@ -227,6 +228,52 @@ Deno.test("nodeToLease() gives a reason for unmanaged and broken nodes", () => {
     reason(base.annotations, ["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"]),
     /pod cidrs should be IPv4\/IPv6 only or dualstack/,
   );
+});
+
+Deno.test("nodeToLease() keeps a dual-stack node without backend-v6-data", () => {
+  // A host-gw node as written by hand or by an older agent: no backend
+  // data at all. flanneld routes both families; so must weft.
+  const config = unwrap(parseNetConfig(
+    '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}',
+  ));
+  const node = (type: string) => ({
+    name: "hg",
+    podCIDRs: ["10.244.5.0/24", "fc00:0:0:5::/64"],
+    annotations: {
+      [keys.subnetKubeManaged]: "true",
+      [keys.backendType]: type,
+      [keys.publicIP]: "192.0.2.5",
+      [keys.publicIPv6]: "2001:db8::5",
+    },
+  });
+  const hostGw = unwrap(nodeToLease(node("host-gw"), keys, config));
+  assert.deepEqual(unwrap(validateLease(hostGw, config)), {
+    key: "hg",
+    subnet: "10.244.5.0/24",
+    ipv6Subnet: "fc00:0:0:5::/64",
+    attrs: {
+      backendType: "host-gw",
+      publicIP: "192.0.2.5",
+      publicIPv6: "2001:db8::5",
+    },
+  });
+  // vxlan cannot program a peer without its VTEP MAC: the reason names
+  // the annotation (flanneld drops the whole event too).
+  const vx = node("vxlan");
+  const vxlan = unwrap(nodeToLease(
+    {
+      ...vx,
+      annotations: {
+        ...vx.annotations,
+        [keys.backendData]: '{"VNI":1,"VtepMAC":"02:00:00:00:00:05"}',
+      },
+    },
+    keys,
+    config,
+  ));
+  const r = validateLease(vxlan, config);
+  assert.equal(r.ok, false);
+  assert.match(!r.ok ? r.reason : "", /Invalid backend-v6-data/);
 });
 
 Deno.test("backendDataJson() matches Go's marshaling of vxlan data", () => {

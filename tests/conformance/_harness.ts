@@ -90,6 +90,36 @@ export interface CaseInput {
   readonly minMs?: number;
   /** Programs weft may run beyond its list (an extension command). */
   readonly weftRun?: readonly string[];
+  /**
+   * flanneld gets this net-conf instead of `netConf` (the one weft reads
+   * `netConf` as), so that weft's state is compared with what flanneld
+   * does for the config weft says it uses.
+   */
+  readonly flanneldNetConf?: string;
+  /** Start flanneld first and weft once flanneld wrote its subnet.env. */
+  readonly flanneldFirst?: boolean;
+  /** Changes to the foreign peer. */
+  readonly peer9?: Peer9Input;
+}
+
+/** A foreign peer that a moving case adds, changes or removes. */
+export interface PeerSpec {
+  /** Node name (kube mode). */
+  readonly name: string;
+  /** Its IPv4 subnet: the etcd key or podCIDR. */
+  readonly subnet: string;
+  readonly ip: string;
+  readonly mac: string;
+  /** etcd mode: the key's etcd lease TTL; none by default. */
+  readonly ttlSeconds?: number;
+}
+
+/** How a case changes the foreign peer. */
+export interface Peer9Input {
+  /** Its IPv4 subnet (lease key or podCIDR), default `10.244.9.0/24`. */
+  readonly subnet?: string;
+  /** Kube mode: annotations (after the prefix) the Node does not carry. */
+  readonly omit?: readonly string[];
 }
 
 /**
@@ -236,9 +266,11 @@ export class Harness implements AsyncDisposable {
     if (mode === "etcd") {
       await this.etcdctl("put", `${ETCD_PREFIX}/config`, input.netConf);
       if (!input.noPeer9) {
-        const key = [v4 && "10.244.9.0-24", v6 && "fc00:0:0:9::-64"].filter(
-          Boolean,
-        ).join("&");
+        // flanneld's key names: IPv6 only is `0.0.0.0-0&<IPv6 subnet>`.
+        const key = [
+          v4 ? peer9Subnet(input).replace("/", "-") : "0.0.0.0-0",
+          v6 && "fc00:0:0:9::-64",
+        ].filter(Boolean).join("&");
         await this.etcdctl(
           "put",
           `${ETCD_PREFIX}/subnets/${key}`,
@@ -269,12 +301,20 @@ export class Harness implements AsyncDisposable {
         if (r.status !== 201) throw new Error(`POST node bare: ${r.status}`);
       }
       if (!input.noPeer9) {
+        const omit = new Set(
+          (input.peer9?.omit ?? []).map((k) => `flannel.alpha.coreos.com/${k}`),
+        );
         await this.#createNode(
           PEER9.name,
           9,
           v4,
           v6,
-          peer9Attrs(type, vni, v4, v6, "kube") as Record<string, string>,
+          Object.fromEntries(
+            Object.entries(
+              peer9Attrs(type, vni, v4, v6, "kube") as Record<string, string>,
+            ).filter(([k]) => !omit.has(k)),
+          ),
+          peer9Subnet(input),
         );
       }
     }
@@ -287,8 +327,9 @@ export class Harness implements AsyncDisposable {
     v4: boolean,
     v6: boolean,
     annotations: Record<string, string>,
+    subnet = `10.244.${n}.0/24`,
   ): Promise<void> {
-    const cidrs = [v4 && `10.244.${n}.0/24`, v6 && `fc00:0:0:${n}::/64`]
+    const cidrs = [v4 && subnet, v6 && `fc00:0:0:${n}::/64`]
       .filter((c): c is string => typeof c === "string");
     const r = await this.kube!.api("POST", "/api/v1/nodes", {
       apiVersion: "v1",
@@ -343,32 +384,52 @@ export class Harness implements AsyncDisposable {
     return `${this.dir}/${role}`;
   }
 
-  /** Starts both agents with the case's input. */
+  /**
+   * Starts both agents with the case's input (flanneld first, when the
+   * case says so, and weft once flanneld wrote its subnet.env or exited,
+   * 30 s at most).
+   */
   async startAgents(mode: Mode, input: CaseInput): Promise<void> {
     for (const node of NODES) {
       const dir = this.nodeDir(node.role);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       await Deno.remove(hookLog(node.name)).catch(() => {});
       await Deno.mkdir(dir, { recursive: true });
+      const runsFlanneld = node.role === "flanneld" && !input.weftOnly;
+      const netConf = runsFlanneld
+        ? input.flanneldNetConf ?? input.netConf
+        : input.netConf;
+      if (node.role === "weft" && input.flanneldFirst) {
+        const env = `${this.nodeDir("flanneld")}/subnet.env`;
+        const t0 = performance.now();
+        while (
+          performance.now() - t0 < 30_000 &&
+          this.exitCode("flanneld") === undefined &&
+          !(await Deno.stat(env).then(() => true, () => false))
+        ) await sleep(100);
+      }
+      if (mode === "etcd" && runsFlanneld && input.flanneldNetConf) {
+        throw new Error(
+          "flanneldNetConf needs kube mode: in etcd mode both agents read one config key",
+        );
+      }
       if (mode === "kube") {
-        await Deno.writeTextFile(`${dir}/net-conf.json`, input.netConf);
+        await Deno.writeTextFile(`${dir}/net-conf.json`, netConf);
         await this.kube!.writeKubeconfig(node.name, `${dir}/kubeconfig`);
       }
       const flags = [...this.modeFlags(mode, dir), ...(input.flags ?? [])]
         .map((f) => f.replaceAll("{n}", String(node.n)));
-      const cmd = node.role === "flanneld" && !input.weftOnly
-        ? [this.flanneld, ...flags]
-        : [
-          Deno.execPath(),
-          "run",
-          ...(input.weftRun ? [`--allow-run=${input.weftRun.join(",")}`] : []),
-          ...agentPermissions(dir, [
-            `${SWITCH_IP}:2379`,
-            `${SWITCH_IP}:6443`,
-          ], 0),
-          `${ROOT}main.ts`,
-          ...flags,
-        ];
+      const cmd = runsFlanneld ? [this.flanneld, ...flags] : [
+        Deno.execPath(),
+        "run",
+        ...(input.weftRun ? [`--allow-run=${input.weftRun.join(",")}`] : []),
+        ...agentPermissions(dir, [
+          `${SWITCH_IP}:2379`,
+          `${SWITCH_IP}:6443`,
+        ], 0),
+        `${ROOT}main.ts`,
+        ...flags,
+      ];
       const log = `${dir}/agent.log`;
       const child = new Deno.Command("sh", {
         args: [
@@ -460,6 +521,78 @@ export class Harness implements AsyncDisposable {
         (await ping(back, backTo[fam]!));
     }
     return out;
+  }
+
+  /**
+   * Writes a foreign peer (no agent) the way flanneld would publish it: an
+   * etcd lease key (under an etcd lease of `ttlSeconds`, else without one)
+   * or a Node with its annotations (created, else patched in place).
+   * IPv4 vxlan only.
+   */
+  async putPeer(mode: Mode, p: PeerSpec): Promise<void> {
+    const data = { VNI: 1, VtepMAC: p.mac };
+    if (mode === "etcd") {
+      const value = JSON.stringify({
+        PublicIP: p.ip,
+        PublicIPv6: null,
+        BackendType: "vxlan",
+        BackendData: data,
+      });
+      const key = `${ETCD_PREFIX}/subnets/${p.subnet.replace("/", "-")}`;
+      const lease: string[] = [];
+      if (p.ttlSeconds !== undefined) {
+        const g = await this.etcdctl("lease", "grant", String(p.ttlSeconds));
+        const id = /lease ([\da-f]+) granted/.exec(g.stdout)?.[1];
+        if (id === undefined) throw new Error(`lease grant: ${g.stderr}`);
+        lease.push(`--lease=${id}`);
+      }
+      const r = await this.etcdctl("put", ...lease, key, value);
+      if (r.code !== 0) throw new Error(`put ${key}: ${r.stderr}`);
+      return;
+    }
+    const a = "flannel.alpha.coreos.com/";
+    const annotations = {
+      [`${a}backend-type`]: "vxlan",
+      [`${a}kube-subnet-manager`]: "true",
+      [`${a}public-ip`]: p.ip,
+      [`${a}backend-data`]: JSON.stringify(data),
+    };
+    const k = this.kube!;
+    const got = await k.api("GET", `/api/v1/nodes/${p.name}`);
+    const r = got.status === 404
+      ? await k.api("POST", "/api/v1/nodes", {
+        apiVersion: "v1",
+        kind: "Node",
+        metadata: { name: p.name, annotations },
+        spec: { podCIDR: p.subnet, podCIDRs: [p.subnet] },
+      })
+      : await k.api(
+        "PATCH",
+        `/api/v1/nodes/${p.name}`,
+        { metadata: { annotations } },
+        "application/merge-patch+json",
+      );
+    if (r.status !== 200 && r.status !== 201) {
+      throw new Error(`node ${p.name}: ${r.status} ${JSON.stringify(r.body)}`);
+    }
+  }
+
+  /** Deletes a foreign peer's lease key or Node. */
+  async deletePeer(mode: Mode, p: PeerSpec): Promise<void> {
+    if (mode === "kube") return await this.kube!.deleteNode(p.name);
+    const key = `${ETCD_PREFIX}/subnets/${p.subnet.replace("/", "-")}`;
+    const r = await this.etcdctl("del", key);
+    if (r.code !== 0) throw new Error(`del ${key}: ${r.stderr}`);
+  }
+
+  /** Whether a foreign peer's lease key or Node exists. */
+  async hasPeer(mode: Mode, p: PeerSpec): Promise<boolean> {
+    if (mode === "kube") {
+      return (await this.kube!.api("GET", `/api/v1/nodes/${p.name}`))
+        .status === 200;
+    }
+    const key = `${ETCD_PREFIX}/subnets/${p.subnet.replace("/", "-")}`;
+    return (await this.etcdctl("get", key)).stdout.trim() !== "";
   }
 
   /** Exit code, or undefined while running. */
@@ -747,6 +880,10 @@ export function backendType(netConf: string): string {
   }
 }
 
+function peer9Subnet(input: CaseInput): string {
+  return input.peer9?.subnet ?? PEER9.subnet;
+}
+
 function peer9Attrs(
   type: string,
   vni: number,
@@ -759,7 +896,8 @@ function peer9Attrs(
   const isVxlan = type === "vxlan";
   if (mode === "etcd") {
     return {
-      PublicIP: v4 ? PEER9.ip : "",
+      // flanneld writes "0.0.0.0" for an IPv6-only lease.
+      PublicIP: v4 ? PEER9.ip : "0.0.0.0",
       ...(v6 && { PublicIPv6: PEER9.ip6 }),
       BackendType: type,
       ...(isVxlan && v4 && { BackendData: data }),
@@ -873,17 +1011,45 @@ export async function settle(
   mode: Mode,
   input: CaseInput,
   timeoutMs = 30_000,
-): Promise<{ flanneld: Snapshot; weft: Snapshot; ms: number }> {
+  /**
+   * A change: when it started and each node's raw snapshot before it, so
+   * that `converged` counts from the change, not from the first look.
+   */
+  change?: { readonly t0: number; readonly before: readonly Snapshot[] },
+): Promise<
+  {
+    flanneld: Snapshot;
+    weft: Snapshot;
+    ms: number;
+    /**
+     * When each agent's state was last seen changed, in ms after the
+     * change (or the start): an upper bound, one snapshot's time late.
+     */
+    converged: Record<Role, number>;
+  }
+> {
   const t0 = performance.now();
   if (input.minMs) await sleep(input.minMs);
   const quiet = input.quietMs ?? 1500;
   let last = "";
   let since = performance.now();
   let snaps: Snapshot[] = [];
+  const lastOf = NODES.map((_, i) =>
+    change ? JSON.stringify(change.before[i]) : ""
+  );
+  const changedAt = NODES.map(() => 0);
+  const from = change?.t0 ?? t0;
   for (;;) {
     snaps = await Promise.all(NODES.map((n) => h.snapshot(mode, n)));
     const text = JSON.stringify(snaps);
     const now = performance.now();
+    snaps.forEach((snap, i) => {
+      const t = JSON.stringify(snap);
+      if (t !== lastOf[i]) {
+        if (lastOf[i] !== "") changedAt[i] = now - from;
+        lastOf[i] = t;
+      }
+    });
     // Up (subnet.env written) or gone; an agent that keeps retrying a
     // refused input counts as settled once nothing changed for a while.
     // IPv6 addresses must be past duplicate address detection (up to
@@ -921,5 +1087,97 @@ export async function settle(
     flanneld: normalize(f, tokensOf(f, nf, w, nw)),
     weft: normalize(w, tokensOf(w, nw, f, nf)),
     ms: performance.now() - t0,
+    converged: { flanneld: changedAt[0]!, weft: changedAt[1]! },
   };
+}
+
+/**
+ * The part of a compared field that one documented deviation covers; the
+ * rest of the field, and every other field, is still compared.
+ */
+export interface Narrow {
+  /** The snapshot field: `routes`, `subnetEnv`, `etcd`, ... */
+  readonly field: string;
+  /**
+   * The elements of a list field (matched against their JSON, or the line
+   * itself) or the lines of a text field it covers; default all of them.
+   */
+  readonly where?: RegExp;
+  /**
+   * The one attribute (a dotted path) of those elements, or of an object
+   * field, it covers; default the whole element.
+   */
+  readonly attr?: string;
+  /** Its name in the table: `subnetEnv FLANNEL_MTU`. */
+  readonly label: string;
+  /** Its section in docs/flanneld-differences.md. */
+  readonly anchor: string;
+}
+
+type Diffs = Map<string, { flanneld: unknown; weft: unknown }>;
+
+function takePath(obj: unknown, path: string): [unknown, unknown] {
+  if (typeof obj !== "object" || obj === null) return [obj, undefined];
+  const [head, ...tail] = path.split(".");
+  const copy = { ...(obj as Record<string, unknown>) };
+  if (tail.length === 0) {
+    const v = copy[head!];
+    delete copy[head!];
+    return [copy, v];
+  }
+  const [rest, v] = takePath(copy[head!], tail.join("."));
+  copy[head!] = rest;
+  return [copy, v];
+}
+
+/** Splits a field value into what `n` covers and the rest. */
+function splitField(value: unknown, n: Narrow): [unknown, unknown] {
+  const hit = (x: unknown) =>
+    !n.where || n.where.test(typeof x === "string" ? x : JSON.stringify(x));
+  if (typeof value === "string") {
+    const lines = value.split("\n");
+    return [
+      lines.filter((l) => !hit(l)).join("\n"),
+      lines.filter(hit),
+    ];
+  }
+  if (Array.isArray(value)) {
+    const rest: unknown[] = [], covered: unknown[] = [];
+    for (const el of value) {
+      if (!hit(el)) rest.push(el);
+      else if (n.attr === undefined) covered.push(el);
+      else {
+        const [r, v] = takePath(el, n.attr);
+        rest.push(r);
+        covered.push(v);
+      }
+    }
+    return [rest, covered];
+  }
+  if (n.attr !== undefined) return takePath(value, n.attr);
+  return [null, value];
+}
+
+/**
+ * Takes out of both snapshots what each narrow deviation covers, and
+ * returns the rest (to compare as usual) with the covered parts that
+ * differ, keyed by the deviation's label.
+ */
+export function narrowed(
+  flanneld: Snapshot,
+  weft: Snapshot,
+  narrows: readonly Narrow[],
+): { flanneld: Snapshot; weft: Snapshot; diffs: Diffs } {
+  const f: Snapshot = { ...flanneld }, w: Snapshot = { ...weft };
+  const diffs: Diffs = new Map();
+  for (const n of narrows) {
+    const [fr, fc] = splitField(f[n.field], n);
+    const [wr, wc] = splitField(w[n.field], n);
+    f[n.field] = fr;
+    w[n.field] = wr;
+    if (JSON.stringify(fc) !== JSON.stringify(wc)) {
+      diffs.set(n.label, { flanneld: fc, weft: wc });
+    }
+  }
+  return { flanneld: f, weft: w, diffs };
 }

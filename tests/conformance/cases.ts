@@ -13,8 +13,11 @@ import {
   type Harness,
   hookLog,
   type Mode,
+  type Narrow,
+  NODES,
   type NodeSpec,
   PEER9,
+  type PeerSpec,
   type Snapshot,
 } from "./_harness.ts";
 import type { Netns } from "../_netns.ts";
@@ -28,8 +31,24 @@ export interface Case {
   readonly input: CaseInput;
   /** Default both. */
   readonly modes?: readonly Mode[];
-  /** Field → anchor in DOC, in every mode. */
+  /**
+   * Field → anchor in DOC, in every mode: the whole field differs (one
+   * agent has no state there at all, or runs another backend). Prefer
+   * `narrow`.
+   */
   readonly deviations?: Readonly<Record<string, string>>;
+  /** Deviations covering part of a field only (see Narrow), by mode. */
+  readonly narrow?: readonly (Narrow & { readonly modes?: readonly Mode[] })[];
+  /**
+   * flanneld was given another net-conf (`input.flanneldNetConf`): the
+   * anchor in DOC saying why weft reads `input.netConf` as that one.
+   */
+  readonly inputDeviation?: string;
+  /**
+   * Why the backend cannot run here for either agent (no kernel module):
+   * the row says "not compared here", whatever else the case asserts.
+   */
+  readonly notCompared?: string;
   readonly etcdDeviations?: Readonly<Record<string, string>>;
   readonly kubeDeviations?: Readonly<Record<string, string>>;
   /** What was fixed in weft for this case to be equal. */
@@ -42,6 +61,24 @@ export interface Case {
   readonly afterMs?: number;
   /** After comparing: pods on both nodes ping each other over these families. */
   readonly ping?: readonly ("v4" | "v6")[];
+  /**
+   * Changes made one after the other once the start was compared, both
+   * agents running on the same cluster: after each, the full state is
+   * compared again and each agent's convergence time recorded.
+   */
+  readonly steps?: readonly Step[];
+}
+
+/** One change of a moving case. */
+export interface Step {
+  readonly id: string;
+  /** What changes, for the table. */
+  readonly text: string;
+  /** Makes the change (and waits until the cluster shows it). */
+  readonly change: (h: Harness, mode: Mode, input: CaseInput) => Promise<void>;
+  /** What differs after this step (only these; nothing of the case's). */
+  readonly narrow?: readonly (Narrow & { readonly modes?: readonly Mode[] })[];
+  readonly check?: (flanneld: Snapshot, weft: Snapshot, mode: Mode) => void;
 }
 
 const NET = '"Network":"10.244.0.0/16"';
@@ -135,6 +172,119 @@ const all =
   (a: Snapshot, b: Snapshot, m: Mode) => {
     for (const f of fs) f(a, b, m);
   };
+
+/** The `FLANNEL_MTU` line of subnet.env, as a narrow deviation. */
+function mtuLine(anchor: string): Narrow {
+  return {
+    field: "subnetEnv",
+    where: /^FLANNEL_MTU=/,
+    label: "subnetEnv FLANNEL_MTU",
+    anchor,
+  };
+}
+
+/** An entry naming the foreign peer (its subnet, address or MAC). */
+const PEER9_ENTRY = /10\.244\.9\.|"198\.18\.0\.9"|0a:58:0a:f4:09:0/;
+
+/** The foreign peer as the moving case changes it. */
+const P9: PeerSpec = {
+  name: PEER9.name,
+  subnet: PEER9.subnet,
+  ip: PEER9.ip,
+  mac: PEER9.mac,
+};
+const P9_MOVED: PeerSpec = { ...P9, ip: "198.18.0.19" };
+const P9_NEW_MAC: PeerSpec = { ...P9_MOVED, mac: "0a:58:0a:f4:09:99" };
+/** A second foreign peer, added and removed by the moving case. */
+const P7: PeerSpec = {
+  name: "peer7",
+  subnet: "10.244.7.0/24",
+  ip: "198.18.0.7",
+  mac: "0a:58:0a:f4:07:00",
+};
+
+/** Polls until `cond` holds, or throws after `ms`. */
+async function until(what: string, cond: () => Promise<boolean>, ms = 20_000) {
+  const t0 = performance.now();
+  while (!(await cond())) {
+    if (performance.now() - t0 > ms) {
+      throw new Error(`${what}: not within ${ms} ms`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Whether both agents route `dst` through the VXLAN device. */
+function routed(dst: string, want: boolean) {
+  return both((s, who) =>
+    assert.equal(
+      routes(s).some((r) => r.dst === dst && r.dev === "flannel.1"),
+      want,
+      `${who}: route to ${dst}`,
+    )
+  );
+}
+
+type Fdb = { mac: string; dst?: string };
+function fdbOf(s: Snapshot, mac: string): string[] {
+  return (s.fdb as Fdb[]).filter((f) => f.mac === mac).map((f) => f.dst ?? "");
+}
+
+/**
+ * What differs once the device was recreated: the peer entries flanneld
+ * does not replay, and in etcd mode the VtepMAC its lease still publishes.
+ */
+const REPLAYED: readonly (Narrow & { readonly modes?: readonly Mode[] })[] = [
+  {
+    field: "routes",
+    where: /"gateway":"[^"]*","dev":"flannel\.1"/,
+    label: "peer routes",
+    anchor: "device-recreated",
+  },
+  { field: "neigh", label: "peer neighbours", anchor: "device-recreated" },
+  { field: "fdb", label: "peer FDB entries", anchor: "device-recreated" },
+  {
+    field: "etcd",
+    attr: "value",
+    label: "etcd lease value (VtepMAC)",
+    anchor: "device-recreated",
+    modes: ["etcd"],
+  },
+];
+
+/** flanneld's recreated device has no peers; weft's has both again. */
+function replayed(f: Snapshot, w: Snapshot) {
+  const peers = (s: Snapshot) =>
+    routes(s).filter((r) => r.dev === "flannel.1" && r.gateway).length;
+  assert.equal(peers(f), 0, "flanneld does not replay its peers");
+  assert.equal(peers(w), 2, "weft replays both peers");
+}
+
+/** The peers routed through the IPv6 VXLAN device. */
+function v6Peers(s: Snapshot): string[] {
+  return routes(s).filter((r) => r.dev === "flannel-v6.1" && r.gateway)
+    .map((r) => r.dst);
+}
+
+/** IPv6 only in etcd mode, flanneld programs no peer at all. */
+const V6_ETCD_PEERS: readonly Narrow[] = [
+  {
+    field: "routes",
+    where: /"gateway":"[^"]*","dev":"flannel-v6\.1"/,
+    label: "IPv6 peer routes",
+    anchor: "ipv6-only-etcd-peers",
+  },
+  {
+    field: "neigh",
+    label: "IPv6 peer neighbours",
+    anchor: "ipv6-only-etcd-peers",
+  },
+  {
+    field: "fdb",
+    label: "IPv6 peer FDB entries",
+    anchor: "ipv6-only-etcd-peers",
+  },
+];
 
 /** Deletes eth0 (the veth pair goes with it) and wires a new one. */
 async function recreateUnderlay(
@@ -258,18 +408,20 @@ export const CASES: readonly Case[] = [
     input: { netConf: vx(',"MTU":9000') },
     fixed: "device MTU is Backend.MTU − 50, capped by the kernel",
     check: mtu("flannel.1", 1450),
-    deviations: { subnetEnv: "mtu-above-underlay" },
+    narrow: [mtuLine("mtu-above-underlay")],
   },
   {
     id: "subnetlen-26",
     title: "SubnetLen 26",
     modes: ["etcd"],
-    // The foreign peer's /24 lease does not fit SubnetLen 26.
-    etcdDeviations: {
-      routes: "foreign-lease-size",
-      neigh: "foreign-lease-size",
-      fdb: "foreign-lease-size",
-    },
+    // The foreign peer's /24 lease does not fit SubnetLen 26: only its
+    // entries differ.
+    narrow: ["routes", "neigh", "fdb"].map((field) => ({
+      field,
+      where: PEER9_ENTRY,
+      label: `${field} of the /24 peer`,
+      anchor: "foreign-lease-size",
+    })),
     input: { netConf: `{${NET},"SubnetLen":26,"Backend":{"Type":"vxlan"}}` },
     check: envHas("FLANNEL_NETWORK=10.244.0.0/16"),
   },
@@ -321,7 +473,12 @@ export const CASES: readonly Case[] = [
       netConf: `{${NET},"EnableNFTables":true,"Backend":{"Type":"vxlan"}}`,
       flags: ["--ip-masq"],
     },
-    deviations: { nftables: "nftables-masquerade-rule" },
+    narrow: [{
+      field: "nftables",
+      where: / return$/,
+      label: "nftables masquerade return rule",
+      anchor: "nftables-masquerade-rule",
+    }],
   },
   {
     id: "backend-missing",
@@ -361,15 +518,35 @@ export const CASES: readonly Case[] = [
     },
   },
   {
+    id: "backend-missing-as-vxlan",
+    title: "no Backend, beside flanneld given vxlan",
+    modes: ["kube"],
+    // weft's state for a net-conf without Backend, every attribute
+    // compared with flanneld's for the vxlan config weft says it uses.
+    input: { netConf: `{${NET}}`, flanneldNetConf: VX },
+    inputDeviation: "missing-backend",
+    check: mtu("flannel.1", 1450),
+  },
+  {
+    id: "backend-empty-as-vxlan",
+    title: "empty Backend object, beside flanneld given vxlan",
+    modes: ["kube"],
+    input: { netConf: `{${NET},"Backend":{}}`, flanneldNetConf: VX },
+    inputDeviation: "empty-backend",
+    check: mtu("flannel.1", 1450),
+  },
+  {
     id: "type-wireguard",
     title: "wireguard (no kernel module here)",
     input: { netConf: conf(NET, '{"Type":"wireguard"}') },
+    notCompared: "no WireGuard kernel module here: both agents exit 1",
     check: exited(1),
   },
   {
     id: "type-ipip",
     title: "ipip (no kernel module here)",
     input: { netConf: conf(NET, '{"Type":"ipip"}') },
+    notCompared: "no ipip kernel module here: both agents exit 1",
     etcdDeviations: { etcd: "unsupported-backend-lease" },
     kubeDeviations: { node: "unsupported-backend-lease" },
     check: exited(1),
@@ -434,35 +611,87 @@ export const CASES: readonly Case[] = [
     fixedIn: "conformance findings",
     input: { netConf: conf(V6ONLY) },
     check: mtu("flannel-v6.1", 1430),
-    deviations: { subnetEnv: "ipv6-only-mtu" },
+    narrow: [mtuLine("ipv6-only-mtu")],
   },
   {
     id: "ipv6-only-etcd",
-    title: "IPv6 only in etcd mode",
+    title: "IPv6 only in etcd mode, flanneld's lease first",
     modes: ["etcd"],
-    input: { netConf: conf(V6ONLY) },
-    deviations: {
-      links: "ipv6-only-etcd",
-      addrs: "ipv6-only-etcd",
-      routes: "ipv6-only-etcd",
-      subnetEnv: "ipv6-only-etcd",
-      ip6tables: "ipv6-only-etcd",
-      nftables: "ipv6-only-etcd",
-      etcd: "ipv6-only-etcd",
-    },
+    fixed: "IPv6-only etcd mode, keys `0.0.0.0-0&<IPv6 subnet>`",
+    fixedIn: "etcd mode runs IPv6 only",
+    // flanneld takes over any IPv6-only lease it lists first (see
+    // ipv6-only-lease-takeover): it must be up before weft's exists.
+    input: { netConf: conf(V6ONLY), noPeer9: true, flanneldFirst: true },
+    narrow: [mtuLine("ipv6-only-mtu"), ...V6_ETCD_PEERS],
+    check: all(mtu("flannel-v6.1", 1430), (f, w) => {
+      for (const [s, who] of [[f, "flanneld"], [w, "weft"]] as const) {
+        assert.match(
+          (s.etcd as { key: string }).key,
+          /\/subnets\/0\.0\.0\.0-0&<self-subnet6>-64$/,
+          `${who}'s key`,
+        );
+      }
+      assert.deepEqual(v6Peers(f), [], "flanneld programs no peer");
+      assert.deepEqual(v6Peers(w), ["<peer-subnet6>/64"], "weft: flanneld's");
+    }),
+  },
+  {
+    id: "ipv6-only-etcd-takeover",
+    title: "IPv6 only in etcd mode with another node's lease in etcd",
+    modes: ["etcd"],
+    // The foreign peer's lease, as flanneld writes it, is listed before
+    // either agent's: flanneld takes it over, weft allocates its own.
+    input: { netConf: conf(V6ONLY), flanneldFirst: true },
+    narrow: [mtuLine("ipv6-only-mtu"), ...V6_ETCD_PEERS],
     check: (f, w) => {
-      assert.equal(f.exit, "running");
-      assert.equal(w.exit, "running", "weft retries, naming the input");
-      assert.equal(w.subnetEnv, null);
+      // Had flanneld not taken the foreign key over, weft would route the
+      // foreign subnet as it is (it is no agent's own, so no token).
+      assert.deepEqual(v6Peers(f), [], "flanneld programs no peer");
+      assert.deepEqual(
+        v6Peers(w),
+        ["<peer-subnet6>/64"],
+        "weft: one peer, flanneld at the foreign key",
+      );
     },
   },
   {
     id: "dual-stack-hostgw",
-    title: "dual stack host-gw",
+    title: "dual stack host-gw, a peer Node without backend-v6-data",
     ping: ["v4", "v6"],
     // The foreign peer Node has no backend-v6-data annotation.
-    kubeDeviations: { routes: "v6-data-required" },
+    fixed: "a Node without backend data is programmed (host-gw needs none)",
+    fixedIn: "Kube mode: a peer Node without backend data",
     input: { netConf: conf(DUAL, '{"Type":"host-gw"}') },
+    check: hasRoute(
+      (r) => r.dst === "fc00:0:0:9::/64" && r.gateway === "fd00:18::9",
+      "IPv6 route to the Node without backend-v6-data",
+    ),
+  },
+  {
+    id: "dual-stack-v6-data-missing",
+    title: "dual stack vxlan, a peer Node without backend-v6-data",
+    modes: ["kube"],
+    // flanneld drops the whole event (both families) when the IPv6 data
+    // does not decode; weft refuses the Node, naming the annotation.
+    input: { netConf: conf(DUAL), peer9: { omit: ["backend-v6-data"] } },
+    check: both((s, who) =>
+      assert.ok(
+        !JSON.stringify(s.routes).includes("10.244.9.0"),
+        `${who}: no route to the Node without backend-v6-data`,
+      )
+    ),
+  },
+  {
+    id: "podcidr-mixed-length",
+    title: "a peer Node's podCIDR is a /25 (the node mask size changed)",
+    modes: ["kube"],
+    fixed: "podCIDRs of another length are programmed when free",
+    fixedIn: "Kube mode: a peer Node without backend data",
+    input: { netConf: VX, peer9: { subnet: "10.244.9.0/25" } },
+    check: hasRoute(
+      (r) => r.dst === "10.244.9.0/25" && r.dev === "flannel.1",
+      "route to the /25",
+    ),
   },
   {
     id: "dual-stack-directrouting",
@@ -597,7 +826,12 @@ export const CASES: readonly Case[] = [
       netConf: VX,
       flags: ["--iface=eth0", "--public-ip=203.0.113.{n}"],
     },
-    deviations: { links: "nat-vxlan-local" },
+    narrow: [{
+      field: "links",
+      attr: "linkinfo.info_data.local",
+      label: "links local address",
+      anchor: "nat-vxlan-local",
+    }],
     check: all(
       published("public-ip", "<self-nat-ip>"),
       (f, w) => {
@@ -829,18 +1063,148 @@ export const CASES: readonly Case[] = [
     afterText: "then eth0 deleted and recreated",
     afterMs: 5000,
     fixed: "the device follows the recreated interface",
-    deviations: {
-      routes: "device-recreated",
-      neigh: "device-recreated",
-      fdb: "device-recreated",
-    },
-    etcdDeviations: { etcd: "device-recreated" },
+    narrow: REPLAYED,
     check: (f, w) => {
-      const peers = (s: Snapshot) =>
-        routes(s).filter((r) => r.dev === "flannel.1" && r.gateway).length;
-      assert.equal(peers(f), 0, "flanneld does not replay its peers");
-      assert.equal(peers(w), 2, "weft replays both peers");
+      replayed(f, w);
       vxlanData("flannel.1", "link", "eth0")(f, w);
     },
+  },
+  // ---- peers that move ------------------------------------------------------
+  {
+    id: "motion-directrouting",
+    title: "DirectRouting: a peer moving off the local L2 and back",
+    input: { netConf: vx(',"DirectRouting":true') },
+    steps: [
+      {
+        id: "off-l2",
+        text: "the peer's public IP moves behind the gateway (198.19.0.9)",
+        change: (h, mode) => h.putPeer(mode, { ...P9, ip: "198.19.0.9" }),
+        check: hasRoute(
+          (r) => r.dst === "10.244.9.0/24" && r.dev === "flannel.1",
+          "the peer is reached through the VXLAN device",
+        ),
+      },
+      {
+        id: "on-l2",
+        text: "the peer's public IP back on the local L2",
+        change: (h, mode) => h.putPeer(mode, P9),
+        // flanneld replaces the route and leaves the VXLAN neighbour and
+        // FDB entry of the peer's time off the L2.
+        narrow: ["neigh", "fdb"].map((field) => ({
+          field,
+          where: PEER9_ENTRY,
+          label: `${field} of the peer's VXLAN time`,
+          anchor: "directrouting-stale",
+        })),
+        check: hasRoute(
+          (r) =>
+            r.dst === "10.244.9.0/24" && r.gateway === PEER9.ip &&
+            r.dev === "eth0",
+          "a direct route to the peer again",
+        ),
+      },
+    ],
+  },
+  {
+    id: "motion",
+    title: "peers added, changed and removed while both agents run",
+    input: { netConf: VX },
+    steps: [
+      {
+        id: "peer-added",
+        text: "a peer added",
+        change: (h, mode) => h.putPeer(mode, P7),
+        check: routed("10.244.7.0/24", true),
+      },
+      {
+        id: "public-ip-changed",
+        text: "a peer's public IP changed",
+        change: (h, mode) => h.putPeer(mode, P9_MOVED),
+        check: both((s, who) =>
+          assert.deepEqual(
+            fdbOf(s, P9.mac),
+            [P9_MOVED.ip],
+            `${who}: FDB follows`,
+          )
+        ),
+      },
+      {
+        id: "peer-gone",
+        text: "etcd: a peer's lease expired (3 s TTL); kube: its Node deleted",
+        change: async (h, mode) => {
+          if (mode === "kube") await h.deletePeer(mode, P7);
+          else {
+            await h.putPeer(mode, { ...P7, ttlSeconds: 3 });
+            await until(
+              "the lease expires",
+              async () => !(await h.hasPeer(mode, P7)),
+            );
+          }
+        },
+        check: routed("10.244.7.0/24", false),
+      },
+      {
+        id: "deleted-while-down",
+        text: "both agents stopped, a peer deleted, both started again",
+        change: async (h, mode, input) => {
+          await h.stopAgents();
+          await h.deletePeer(mode, P9_MOVED);
+          await h.startAgents(mode, input);
+        },
+        // flanneld never lists what it had programmed: the deleted peer's
+        // entries stay. weft prunes them once its first listing is in.
+        narrow: ["routes", "neigh", "fdb"].map((field) => ({
+          field,
+          where: PEER9_ENTRY,
+          label: `${field} of the deleted peer`,
+          anchor: "stale-after-restart",
+        })),
+        check: (f, w) => {
+          assert.ok(
+            routes(f).some((r) => r.dst === "10.244.9.0/24"),
+            "flanneld keeps the deleted peer's route",
+          );
+          assert.deepEqual(fdbOf(f, P9.mac), [P9_MOVED.ip]);
+          assert.ok(!JSON.stringify(w).match(PEER9_ENTRY), "weft pruned it");
+        },
+      },
+      {
+        id: "peer-readded",
+        text: "the peer back, as it was",
+        change: (h, mode) => h.putPeer(mode, P9_MOVED),
+        check: routed("10.244.9.0/24", true),
+      },
+      {
+        id: "vtep-mac-changed",
+        text: "a peer's VtepMAC changed",
+        change: (h, mode) => h.putPeer(mode, P9_NEW_MAC),
+        // flanneld adds the new MAC's FDB entry and leaves the old one.
+        narrow: [{
+          field: "fdb",
+          where: /0a:58:0a:f4:09:00/,
+          label: "FDB entry of the old VtepMAC",
+          anchor: "vtep-mac-changed",
+        }],
+        check: (f, w) => {
+          assert.deepEqual(fdbOf(f, P9.mac), [P9_MOVED.ip], "flanneld: old");
+          assert.deepEqual(fdbOf(w, P9.mac), [], "weft: old entry removed");
+          for (const [s, who] of [[f, "flanneld"], [w, "weft"]] as const) {
+            assert.deepEqual(fdbOf(s, P9_NEW_MAC.mac), [P9_MOVED.ip], who);
+          }
+        },
+      },
+      {
+        id: "device-deleted",
+        text: "the VXLAN device deleted",
+        change: async (h) => {
+          for (const n of NODES) {
+            await h.nodes.get(n.role)!.ip("link", "del", "flannel.1");
+          }
+        },
+        // (The old VtepMAC's FDB entry of the previous step goes with it.)
+        narrow: REPLAYED,
+        check: replayed,
+      },
+    ],
   },
 ];

@@ -20,6 +20,9 @@ import {
   FLANNELD,
   Harness,
   type Mode,
+  type Narrow,
+  narrowed,
+  NODES,
   settle,
   type Snapshot,
   WEFT_PROTO,
@@ -38,6 +41,18 @@ interface Row {
   readonly ms: number;
   /** The step failed: no verdict. */
   readonly failed?: boolean;
+  /** A moving case: each change, what differed, who converged when. */
+  readonly moves?: readonly Move[];
+}
+
+/** One change of a moving case, as recorded. */
+interface Move {
+  readonly id: string;
+  /** Documented differences seen after it. */
+  readonly diffs: readonly string[];
+  /** When each agent's state last changed after the change (ms). */
+  readonly flanneldMs: number;
+  readonly weftMs: number;
 }
 
 function modes(c: Case): readonly Mode[] {
@@ -69,7 +84,25 @@ function inputs(c: Case): string {
   if (c.input.extraAddrs?.length) {
     parts.push(`eth0 also ${c.input.extraAddrs.join(", ")}`);
   }
+  if (c.input.flanneldNetConf) {
+    parts.push(`flanneld given \`${c.input.flanneldNetConf}\``);
+  }
+  if (c.input.flanneldFirst) parts.push("flanneld started first");
+  if (c.input.noPeer9) parts.push("no foreign peer");
+  if (c.input.peer9?.subnet) {
+    parts.push(`foreign peer's subnet ${c.input.peer9.subnet}`);
+  }
+  if (c.input.peer9?.omit?.length) {
+    parts.push(`foreign peer without ${c.input.peer9.omit.join(", ")}`);
+  }
   if (c.input.after) parts.push(c.afterText ?? "then a change");
+  if (c.steps?.length) {
+    parts.push(
+      `then, each compared: ${
+        c.steps.map((x) => `${x.id} (${x.text})`).join("; ")
+      }`,
+    );
+  }
   if (c.input.weftOnly) parts.push("weft on both nodes");
   if (c.ping) parts.push(`pods ping across over ${c.ping.join(" and ")}`);
   return parts.join("; ").replaceAll("|", "\\|");
@@ -85,6 +118,7 @@ interface Stored {
     diffs: string[];
     ms: number;
     failed?: boolean;
+    moves?: readonly Move[];
   }[];
 }
 
@@ -120,6 +154,7 @@ async function record(rows: Row[], totalMs: number): Promise<void> {
       diffs: r.diffs,
       ms: Math.round(r.ms),
       ...(r.failed && { failed: true }),
+      ...(r.moves && { moves: r.moves }),
     });
   }
   const order = new Map(CASES.map((c, i) => [c.id, i]));
@@ -162,8 +197,17 @@ async function writeTable(rows: Row[], stored: Stored): Promise<void> {
     "",
     `equal: ${count("equal")}, deviation: ${count("deviation")}, fixed: ${
       count("fixed")
-    }, failed: ${count("**FAILED")}. A deviation is a documented difference`,
-    "the case asserts; fixed means weft was changed to match and is now equal.",
+    }, not compared here: ${count("not compared")}, failed: ${
+      count("**FAILED")
+    }. A deviation is a documented difference`,
+    "the case asserts, named by the part of a field it covers when it is narrower",
+    "than the field (every other attribute of the same objects is still compared);",
+    "fixed means weft was changed to match and is now equal; not compared here",
+    "means neither agent can run the backend on this machine, so equal exit codes",
+    "say nothing about it. A moving case changes its peers while both agents run",
+    'and compares the whole state after each change; "converged" is when each',
+    "agent's state was last seen changing after the change started (snapshots",
+    "every 250 ms, each taking a few hundred ms: an upper bound; 0.0 s: no change).",
     `Besides, in ${
       rows.filter((r) => r.diffs.includes("routeProtocols")).length
     } rows weft installed routes, which carry its own route protocol 87 where`,
@@ -189,17 +233,41 @@ async function writeTable(rows: Row[], stored: Stored): Promise<void> {
 
 function verdict(r: Row, commit = ""): string {
   if (r.failed) return "**FAILED** (see the test output)";
+  const link = (a: string) => `[${a}](../../${DOC}#${a})`;
+  const parts: string[] = [];
+  if (r.c.inputDeviation) {
+    parts.push(`deviation in input (${link(r.c.inputDeviation)})`);
+  }
   const own = r.diffs.filter((d) => !(d in ALWAYS));
   if (own.length > 0) {
     const anchors = [...new Set(own.map((d) => expected(r.c, r.mode)[d]!))];
-    return `deviation in ${own.join(", ")} (${
-      anchors.map((a) => `[${a}](../../${DOC}#${a})`).join(", ")
-    })`;
+    parts.push(
+      `deviation in ${own.join(", ")} (${anchors.map(link).join(", ")})`,
+    );
   }
-  if (r.c.fixed) {
-    return `fixed in ${commit || "this branch"}: equal (${r.c.fixed})`;
+  if (parts.length === 0 && r.c.fixed) {
+    parts.push(`fixed in ${commit || "this branch"}: equal (${r.c.fixed})`);
   }
-  return "equal";
+  let text = parts.join("; ") || "equal";
+  for (const m of r.moves ?? []) {
+    const step = r.c.steps?.find((x) => x.id === m.id);
+    const anchors = [
+      ...new Set(
+        m.diffs.map((d) => step?.narrow?.find((n) => n.label === d)?.anchor)
+          .filter((a): a is string => a !== undefined),
+      ),
+    ];
+    text += `<br>then ${m.id}: ${
+      m.diffs.length
+        ? `deviation in ${m.diffs.join(", ")} (${anchors.map(link).join(", ")})`
+        : "equal"
+    }; converged: flanneld ${(m.flanneldMs / 1000).toFixed(1)} s, weft ${
+      (m.weftMs / 1000).toFixed(1)
+    } s`;
+  }
+  return r.c.notCompared
+    ? `not compared here (${r.c.notCompared}); ${text}`
+    : text;
 }
 
 /**
@@ -216,7 +284,13 @@ function expected(c: Case, mode: Mode): Record<string, string> {
     ...ALWAYS,
     ...c.deviations,
     ...(mode === "etcd" ? c.etcdDeviations : c.kubeDeviations),
+    ...Object.fromEntries(narrows(c, mode).map((n) => [n.label, n.anchor])),
   };
+}
+
+/** The case's narrow deviations in a mode. */
+function narrows(c: Case, mode: Mode): Narrow[] {
+  return (c.narrow ?? []).filter((n) => !n.modes || n.modes.includes(mode));
 }
 
 function show(d: Map<string, { flanneld: unknown; weft: unknown }>): string {
@@ -225,6 +299,55 @@ function show(d: Map<string, { flanneld: unknown; weft: unknown }>): string {
       JSON.stringify(v.weft)
     }`
   ).join("\n");
+}
+
+/**
+ * Compares two settled snapshots: what each narrow deviation covers on its
+ * own, the rest of every field as a whole. Throws on a difference `want`
+ * does not name, or a named one not seen; returns the differences.
+ */
+async function judge(
+  what: string,
+  s: { flanneld: Snapshot; weft: Snapshot },
+  narrowList: readonly Narrow[],
+  want: Record<string, string>,
+  dumpName: string,
+): Promise<Map<string, { flanneld: unknown; weft: unknown }>> {
+  const rest = narrowed(s.flanneld, s.weft, narrowList);
+  const diff = differences(rest.flanneld, rest.weft);
+  for (const [k, v] of rest.diffs) diff.set(k, v);
+  if (dump) {
+    await Deno.mkdir(dump, { recursive: true });
+    await Deno.writeTextFile(
+      `${dump}/${dumpName}.json`,
+      JSON.stringify(
+        { flanneld: s.flanneld, weft: s.weft, diff: [...diff.keys()] },
+        null,
+        1,
+      ),
+    );
+  }
+  const unexpected = new Map([...diff].filter(([k]) => !(k in want)));
+  const gone = Object.keys(want).filter((k) => !(k in ALWAYS) && !diff.has(k));
+  const protos = diff.get("routeProtocols");
+  if (protos) {
+    const f = protos.flanneld as string[], w = protos.weft as string[];
+    if (f.includes(WEFT_PROTO) || !w.includes(WEFT_PROTO)) {
+      unexpected.set("routeProtocols", protos);
+    }
+  }
+  if (unexpected.size > 0 || gone.length > 0) {
+    throw new Error(
+      `${what}:` +
+        (unexpected.size
+          ? `\n undocumented differences:\n${show(unexpected)}`
+          : "") +
+        (gone.length
+          ? `\n documented deviations not seen: ${gone.join(", ")}`
+          : ""),
+    );
+  }
+  return diff;
 }
 
 await gatedTest({
@@ -255,21 +378,8 @@ await gatedTest({
               }
               s = await settle(h, mode, { ...c.input, minMs: c.afterMs ?? 0 });
             }
-            const diff = differences(s.flanneld, s.weft);
             if (dump) {
               await Deno.mkdir(dump, { recursive: true });
-              await Deno.writeTextFile(
-                `${dump}/${c.id}-${mode}.json`,
-                JSON.stringify(
-                  {
-                    flanneld: s.flanneld,
-                    weft: s.weft,
-                    diff: [...diff.keys()],
-                  },
-                  null,
-                  1,
-                ),
-              );
               for (const role of ["flanneld", "weft"] as const) {
                 await Deno.writeTextFile(
                   `${dump}/${c.id}-${mode}.${role}.log`,
@@ -278,38 +388,54 @@ await gatedTest({
               }
             }
             const want = expected(c, mode);
-            const unexpected = new Map([...diff].filter(([k]) => !(k in want)));
-            const gone = Object.keys(want).filter((k) =>
-              !(k in ALWAYS) && !diff.has(k)
+            const diff = await judge(
+              `${c.id} [${mode}]`,
+              s,
+              narrows(c, mode),
+              want,
+              `${c.id}-${mode}`,
             );
-            const protos = diff.get("routeProtocols");
-            if (protos) {
-              const f = protos.flanneld as string[],
-                w = protos.weft as string[];
-              if (f.includes(WEFT_PROTO) || !w.includes(WEFT_PROTO)) {
-                unexpected.set("routeProtocols", protos);
-              }
-            }
             if (c.check) {
               c.check(s.flanneld as Snapshot, s.weft as Snapshot, mode);
+            }
+            const moves: Move[] = [];
+            for (const step of c.steps ?? []) {
+              const before = await Promise.all(
+                NODES.map((n) => h.snapshot(mode, n)),
+              );
+              const t0 = performance.now();
+              await step.change(h, mode, c.input);
+              const m = await settle(h, mode, c.input, 30_000, { t0, before });
+              const stepNarrows = (step.narrow ?? []).filter((n) =>
+                !n.modes || n.modes.includes(mode)
+              );
+              const stepDiff = await judge(
+                `${c.id} [${mode}] ${step.id}`,
+                m,
+                stepNarrows,
+                {
+                  ...ALWAYS,
+                  ...Object.fromEntries(
+                    stepNarrows.map((n) => [n.label, n.anchor]),
+                  ),
+                },
+                `${c.id}-${mode}-${step.id}`,
+              );
+              step.check?.(m.flanneld, m.weft, mode);
+              moves.push({
+                id: step.id,
+                diffs: [...stepDiff.keys()].filter((k) => !(k in ALWAYS)),
+                flanneldMs: Math.round(m.converged.flanneld),
+                weftMs: Math.round(m.converged.weft),
+              });
             }
             const row: Row = {
               c,
               mode,
               diffs: [...diff.keys()].filter((k) => k in want),
               ms: s.ms,
+              ...(moves.length > 0 && { moves }),
             };
-            if (unexpected.size > 0 || gone.length > 0) {
-              throw new Error(
-                `${c.id} [${mode}]:` +
-                  (unexpected.size
-                    ? `\n undocumented differences:\n${show(unexpected)}`
-                    : "") +
-                  (gone.length
-                    ? `\n documented deviations not seen: ${gone.join(", ")}`
-                    : ""),
-              );
-            }
             if (c.ping) {
               const got = await h.podPing();
               for (const fam of c.ping) {

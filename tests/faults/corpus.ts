@@ -466,13 +466,10 @@ export const CONFIG_CASES: readonly ConfigCase[] = [
     expect: retry("SubnetMin", "SubnetMax"),
   },
   {
-    name: "EnableIPv4 false (etcd mode)",
-    value: net({
-      EnableIPv4: false,
-      EnableIPv6: true,
-      IPv6Network: "fc00::/48",
-    }),
-    expect: retry("EnableIPv4"),
+    // (EnableIPv4 false with IPv6 enabled is IPv6-only, a valid config.)
+    name: "EnableIPv4 and EnableIPv6 both false",
+    value: net({ EnableIPv4: false, EnableIPv6: false }),
+    expect: retry("EnableIPv4", "EnableIPv6"),
   },
   {
     name: "EnableIPv4 a string",
@@ -697,10 +694,11 @@ function cidr(
   name: string,
   podCIDR: (s: NodeSlot) => string | undefined,
   claims?: (s: NodeSlot) => string | undefined,
+  expect: "refused" | "programmed" = "refused",
 ): NodeCase {
   return {
     name,
-    expect: "refused",
+    expect,
     make: (s) => node(s, validAnnotations(s), podCIDR(s)),
     claims: claims ?? podCIDR,
   };
@@ -847,23 +845,34 @@ export const NODE_CASES: readonly NodeCase[] = [
     "public-ip IPv4-mapped IPv6 (::ffff:198.18.0.x)",
     (a, s) => a[`${ANN}public-ip`] = `::ffff:${s.publicIP}`,
   ),
-  // Pod CIDRs of another length than this node's (the controller-manager
-  // cuts every node's with one mask size).
+  // Pod CIDRs of another length than this node's: a cluster whose
+  // controller-manager mask size changed holds both, and flanneld programs
+  // them all. Free ones must be programmed; one over real peers refused.
   cidr(
-    "podCIDR /25 in a free range (length differs)",
+    "podCIDR /25 in a free range (length differs: programmed)",
     (s) => s.podCIDR.replace("/24", "/25"),
+    undefined,
+    "programmed",
   ),
   cidr(
-    "podCIDR /26 in a free range (length differs)",
+    "podCIDR /26 in a free range (length differs: programmed)",
     (s) => s.podCIDR.replace("/24", "/26"),
+    undefined,
+    "programmed",
   ),
   cidr(
-    "podCIDR /32, a host route in a free range",
+    "podCIDR /32, a host route in a free range (programmed)",
     (s) => s.podCIDR.replace(".0/24", ".7/32"),
+    undefined,
+    "programmed",
   ),
   cidr(
-    "podCIDR /23 in a free range (length differs)",
-    (s) => supernet(s.podCIDR, 23),
+    // Below the slots' and probes' octets (110 and up) and above the
+    // real nodes': free, and overlapping no other case.
+    "podCIDR /23 in a free range (length differs: programmed)",
+    () => "10.244.100.0/23",
+    undefined,
+    "programmed",
   ),
   cidr(
     "podCIDR /17 over real peers' pod CIDRs",

@@ -418,10 +418,11 @@ function cidr6(
   name: string,
   podCIDR6: (s: DualNodeSlot) => string,
   claims6: (s: DualNodeSlot) => string | undefined = podCIDR6,
+  expect: "refused" | "programmed" = "refused",
 ): DualNodeCase {
   return {
     name,
-    expect: "refused",
+    expect,
     make: (s) => dualNode(s, dualAnnotations(s), podCIDR6(s)),
     claims6,
   };
@@ -501,13 +502,19 @@ export const DUAL_NODE_CASES: readonly DualNodeCase[] = [
     "backend-v6-data VtepMAC of the node under test",
     (a, s) => a[`${ANN}backend-v6-data`] = v6data(s.ownMac6),
   ),
+  // Another length than this node's, overlapping nothing: programmed, as
+  // flanneld does (a changed controller-manager mask size).
   cidr6(
-    "IPv6 podCIDR /80 inside a free /64 (length differs from this node's)",
+    "IPv6 podCIDR /80 inside a free /64 (length differs: programmed)",
     (s) => s.subnet6.replace("::/64", "::/80"),
+    undefined,
+    "programmed",
   ),
   cidr6(
-    "IPv6 podCIDR /56 in a free range (length differs)",
+    "IPv6 podCIDR /56 in a free range (length differs: programmed)",
     () => "fc00:0:0:e200::/56",
+    undefined,
+    "programmed",
   ),
   cidr6(
     "IPv6 podCIDR outside IPv6Network (fd99::/48)",

@@ -118,7 +118,10 @@ export async function readOverlay(
       },
     }),
     routes: routes.map((r) => ({
-      dst: r.dst,
+      // iproute2 prints a host route without its length: keep it in.
+      dst: r.dst.includes("/") || r.dst === "default"
+        ? r.dst
+        : `${r.dst}/${o.family === 4 ? 32 : 128}`,
       ...(r.gateway !== undefined && { gw: r.gateway }),
       dev: r.dev,
       onlink: (r.flags ?? []).includes("onlink"),

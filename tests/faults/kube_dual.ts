@@ -144,14 +144,20 @@ export class KubeDualFaults extends FaultRun {
     const real = await this.leases();
     const { own, peers, realSubnets } = splitOwn(real, n1.ip);
     const cases: CorpusCase[] = [];
-    let control: EtcdLease | undefined;
+    /** The control and every other case that must be programmed. */
+    const programmed: EtcdLease[] = [];
     for (const [i, k] of DUAL_NODE_CASES.entries()) {
       const slot: DualNodeSlot = {
         name: `fault6-${String(i).padStart(2, "0")}`,
         ...dualIds(i, 253 - i, "e4", own, peers, n1.ip6),
       };
       const obj = k.make(slot);
-      if (k.expect === "programmed") control = dualLease(slot.name, slot);
+      if (k.expect === "programmed") {
+        programmed.push({
+          ...dualLease(slot.name, slot),
+          ipv6Subnet: k.claims6?.(slot) ?? slot.subnet6,
+        });
+      }
       const [v4, v6] = dualTraces(
         slot,
         k.claims6 ? k.claims6(slot) : slot.subnet6,
@@ -170,7 +176,7 @@ export class KubeDualFaults extends FaultRun {
       section:
         "Kubernetes: dual-stack node corpus (IPv6 annotations, IPv6 pod CIDRs)",
       cases,
-      expected: [...real, control!],
+      expected: [...real, ...programmed],
       live: this.nodes(1, 2, 3),
       pings: [["node1-pod1", "node2-pod1", 4], ["node1-pod1", "node2-pod1", 6]],
       restart: (n) => this.startKube(n),

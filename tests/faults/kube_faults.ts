@@ -542,18 +542,26 @@ export class KubeFaults extends FaultRun {
         ownMac: own.value.BackendData!.VtepMAC!,
       });
     }
-    const control = NODE_CASES.findIndex((k) => k.expect === "programmed");
-    const cs = slots[control]!;
-    const expected: EtcdLease[] = [...real, {
-      key: cs.name,
-      subnet: cs.podCIDR,
-      value: {
-        PublicIP: cs.publicIP,
-        BackendType: "vxlan",
-        BackendData: { VNI: 1, VtepMAC: cs.mac },
-      },
-      etcdLease: "0",
-    }];
+    // The control and every other case that must be programmed, with the
+    // pod CIDR it claims.
+    const expected: EtcdLease[] = [
+      ...real,
+      ...NODE_CASES.flatMap((k, i) => {
+        const cs = slots[i]!;
+        return k.expect === "programmed"
+          ? [{
+            key: cs.name,
+            subnet: (k.claims ? k.claims(cs) : undefined) ?? cs.podCIDR,
+            value: {
+              PublicIP: cs.publicIP,
+              BackendType: "vxlan",
+              BackendData: { VNI: 1, VtepMAC: cs.mac },
+            },
+            etcdLease: "0",
+          }]
+          : [];
+      }),
+    ];
     const cases: CorpusCase[] = NODE_CASES.map((k, i) => {
       const slot = slots[i]!;
       const named = k.claims ? k.claims(slot) : slot.podCIDR;
