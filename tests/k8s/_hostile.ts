@@ -19,7 +19,13 @@ import { pods, until } from "./_k8s.ts";
 const ANN = "flannel.alpha.coreos.com/";
 /** weft's `--healthz-port` in deploy/weft.yaml. */
 const HEALTH_PORT = 10262;
-const REASONS = ["duplicate_mac", "overlap", "subnet_length"] as const;
+/**
+ * The refusals the four hostile changes cause on every node, at least two
+ * each: the copied MAC and the re-pointed one; the stolen podCIDR and the
+ * wide one (in kube mode a podCIDR of another length is judged by overlap
+ * with earlier claims, as flanneld accepts mixed lengths).
+ */
+const REASONS = ["duplicate_mac", "overlap"] as const;
 
 interface NodeJson {
   metadata: {
@@ -174,14 +180,16 @@ export async function hostileNodes(
           ? true
           : undefined;
       });
-      // Each reason counted on every node: from scratch on the restarted
-      // one (it refuses all four), as an increase on the others.
+      // Each reason counted twice on every node: from scratch on the
+      // restarted one (it refuses all four), as an increase on the others.
       for (const n of c.nodes) {
         const restarted = n.name === observer.metadata.name;
-        const was = restarted ? { duplicate_mac: 1 } : counted.get(n.name)!;
+        const was: Record<string, number> = restarted
+          ? {}
+          : counted.get(n.name)!;
         await until(`${n.name} counting the refusals`, 20_000, async () => {
           const now = await refusals(n);
-          return REASONS.every((r) => now[r]! > (was[r] ?? 0))
+          return REASONS.every((r) => now[r]! >= (was[r] ?? 0) + 2)
             ? now
             : undefined;
         });
