@@ -41,7 +41,7 @@ import { formatNet, type IpNet, netsOverlap, parseIpNet } from "../lib/ip.ts";
 import type { Lease, LeaseEvent } from "./lease.ts";
 import type { Result } from "../lib/result.ts";
 import { validateLease } from "./validate.ts";
-import { logger } from "../lib/log.ts";
+import { logger, quote } from "../lib/log.ts";
 import { metrics } from "../lib/metrics.ts";
 
 const log = logger("subnet");
@@ -312,7 +312,7 @@ export class LeaseTable {
     this.#warned.set(key, reason);
     metrics.peersInvalid.inc();
     metrics.peersRefused.inc({ reason: kind });
-    log.warn(`Skipping ${this.#opts.noun} "${key}": ${reason}`);
+    log.warn(`Skipping ${this.#opts.noun} ${quote(key)}: ${reason}`);
   }
 
   /** Drops an accepted key's claims (not its entry). */
@@ -368,7 +368,7 @@ export class LeaseTable {
       this.#warn(
         key,
         "overlap",
-        `its subnet overlaps the subnet of ${this.#opts.noun} "${holder}"`,
+        `its subnet overlaps the subnet of ${this.#opts.noun} ${quote(holder)}`,
       );
       return [];
     }

@@ -18,6 +18,7 @@ import {
 } from "../lib/ip.ts";
 import type { Lease, VxlanBackendData } from "./lease.ts";
 import { parseUnicastMac } from "../lib/mac.ts";
+import { quote } from "../lib/log.ts";
 import { fail, ok, type Result } from "../lib/result.ts";
 
 const BACKEND_TYPE = /^[a-z0-9][a-z0-9-]{0,31}$/;
@@ -28,7 +29,7 @@ export function parseVxlanData(
   field = "backend-data",
 ): Result<VxlanBackendData> {
   if (typeof data !== "object" || data === null || Array.isArray(data)) {
-    return fail(`Invalid ${field} ${short(data)}: not a JSON object`);
+    return fail(`Invalid ${field} ${quote(data)}: not a JSON object`);
   }
   const d = data as Record<string, unknown>;
   const vni = d.VNI ?? 0;
@@ -36,22 +37,11 @@ export function parseVxlanData(
     typeof vni !== "number" || !Number.isInteger(vni) || vni < 0 ||
     vni > 0xffffff
   ) {
-    return fail(`Invalid ${field} VNI ${short(vni)}`);
+    return fail(`Invalid ${field} VNI ${quote(vni)}`);
   }
   const mac = parseUnicastMac(d.VtepMAC);
   if (!mac.ok) return fail(`Invalid ${field} VtepMAC: ${mac.reason}`);
   return ok({ VNI: vni, VtepMAC: mac.value });
-}
-
-/** Quotes a foreign value for a message, cut to a readable length. */
-export function short(v: unknown): string {
-  let s: string;
-  try {
-    s = JSON.stringify(v) ?? String(v);
-  } catch {
-    s = String(v);
-  }
-  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
 function familySubnet(
@@ -80,7 +70,7 @@ function publicIp(
   if (text === undefined || text === "") return fail(`Missing ${label}`);
   const ip = parseIp(text);
   if (!ip.ok || ip.value.family !== family) {
-    return fail(`Invalid ${label} ${short(text)}`);
+    return fail(`Invalid ${label} ${quote(text)}`);
   }
   const canonical = ipString(ip.value);
   // An encapsulation endpoint inside the overlay would loop packets
@@ -89,7 +79,7 @@ function publicIp(
     insideCluster(canonical, config.network) ??
     insideCluster(canonical, config.ipv6Network);
   if (why !== undefined) {
-    return fail(`Invalid ${label} ${short(text)}: ${why}`);
+    return fail(`Invalid ${label} ${quote(text)}: ${why}`);
   }
   return ok(canonical);
 }
@@ -144,7 +134,7 @@ export function validateLease(
 ): Result<Lease> {
   const type = lease.attrs.backendType;
   if (typeof type !== "string" || !BACKEND_TYPE.test(type)) {
-    return fail(`Invalid backend type ${short(type)}`);
+    return fail(`Invalid backend type ${quote(type)}`);
   }
   const v4 = familySubnet(
     config.enableIPv4 ? lease.subnet : undefined,

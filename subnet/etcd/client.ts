@@ -19,6 +19,7 @@
 import { LineSplitter, parseJsonLine } from "../../lib/ndjson.ts";
 import { parseRetryAfter } from "../../lib/retry.ts";
 import { readBounded } from "../../lib/bytes.ts";
+import { quote } from "../../lib/log.ts";
 
 /** TLS material for `--etcd-cafile/--etcd-certfile/--etcd-keyfile`. */
 export interface EtcdTlsFiles {
@@ -437,7 +438,7 @@ export class EtcdClient implements Disposable {
     ) {
       throw new EtcdError(
         `etcd /v3/kv/range answered 200 with a body that is not a range response: ${
-          JSON.stringify(r).slice(0, 120)
+          quote(r)
         }`,
         "protocol",
       );
@@ -641,7 +642,7 @@ export class EtcdClient implements Disposable {
           ) {
             throw new EtcdError(
               `Watch on etcd "${endpoint}": a response without a header revision: ${
-                text.slice(0, 120)
+                quote(text)
               }`,
               "protocol",
             );
@@ -844,7 +845,7 @@ export class EtcdClient implements Disposable {
         ep,
         path,
         res.status,
-        json ?? { error: text.slice(0, 200) },
+        json ?? { error: quote(text) },
         retryAfter,
       );
       const verdict = failoverVerdict(res.status, err.code);
@@ -867,7 +868,7 @@ export class EtcdClient implements Disposable {
       if (json === undefined) {
         throw new EtcdError(
           `etcd "${ep}" ${path}: HTTP ${res.status} with a body that is not JSON: ${
-            text.slice(0, 200)
+            quote(text)
           }`,
           "protocol",
         );

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { logger } from "../../lib/log.ts";
+import { logger, quote } from "../../lib/log.ts";
 import { metrics } from "../../lib/metrics.ts";
 import { Backoff, sleep } from "../../lib/retry.ts";
 import {
@@ -123,7 +123,7 @@ export async function watchSubnets(
         if (resp.canceled) {
           throw new EtcdError(
             `etcd canceled the watch of "${dir}": ${
-              resp.cancelReason || "no reason given"
+              resp.cancelReason ? quote(resp.cancelReason) : "no reason given"
             }`,
             "unreachable",
           );
@@ -198,7 +198,7 @@ export async function watchOwnKey(
         }
         if (resp.canceled) {
           throw new EtcdError(
-            `etcd canceled the watch of "${key}": ${resp.cancelReason}`,
+            `etcd canceled the watch of "${key}": ${quote(resp.cancelReason)}`,
             "unreachable",
           );
         }

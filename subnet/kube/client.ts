@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { logger } from "../../lib/log.ts";
+import { logger, quote } from "../../lib/log.ts";
 import { type PinnedFetch, pinnedFetch } from "./pinned_fetch.ts";
 import { readBody } from "./_body.ts";
 import { VERSION } from "../../lib/version.ts";
@@ -424,7 +424,7 @@ async function errorFromResponse(
       if (typeof status.message === "string") message = status.message;
       if (typeof status.reason === "string") reason = status.reason;
     } catch {
-      message = text.slice(0, 200).trim();
+      message = quote(text.trim());
     }
   } catch {
     // Body unreadable: the status line says enough.

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { logger } from "../../lib/log.ts";
+import { logger, quote } from "../../lib/log.ts";
 import { type NetworkConfig, parseNetConfig } from "../config.ts";
 import type {
   Lease,
@@ -310,7 +310,7 @@ export class KubeSubnetManager implements SubnetManager {
       const v = annotations[over];
       if (v) {
         log.info(
-          `Overriding ${what} with '${v}' from node annotation '${over}'`,
+          `Overriding ${what} with ${quote(v)} from node annotation '${over}'`,
         );
       }
     }
@@ -339,7 +339,7 @@ export class KubeSubnetManager implements SubnetManager {
       }
     }
     if (Object.keys(body).length > 0) {
-      log.v(1, `Patching node "${this.nodeName}": ${JSON.stringify(body)}`);
+      log.v(1, `Patching node "${this.nodeName}": ${quote(body, 1000)}`);
       try {
         await retrying(
           () =>

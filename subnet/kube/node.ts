@@ -18,7 +18,7 @@ import {
 } from "../../lib/ip.ts";
 import type { Lease, LeaseAttrs } from "../lease.ts";
 import { fail, ok, type Result } from "../../lib/result.ts";
-import { short } from "../validate.ts";
+import { quote } from "../../lib/log.ts";
 
 /** flanneld's default `--kube-annotation-prefix`. */
 export const DEFAULT_ANNOTATION_PREFIX = "flannel.alpha.coreos.com";
@@ -180,14 +180,14 @@ export function splitPodCidrs(
 ): Result<NodeCidrs> {
   if (cidrs.length > 2) {
     return fail(
-      `node "${name}" pod cidrs should be IPv4/IPv6 only or dualstack`,
+      `node ${quote(name)} pod cidrs should be IPv4/IPv6 only or dualstack`,
     );
   }
   let v4: IpNet | undefined;
   let v6: IpNet | undefined;
   for (const c of cidrs) {
     const n = parseIpNet(c);
-    if (!n.ok) return fail(`Cannot parse podCIDR ${short(c)}`);
+    if (!n.ok) return fail(`Cannot parse podCIDR ${quote(c)}`);
     if (n.value.family === 4) v4 = n.value;
     else v6 = n.value;
   }
@@ -205,7 +205,7 @@ function parseJsonAnnotation(
   try {
     return ok(JSON.parse(text));
   } catch {
-    return fail(`Invalid ${label} ${short(text)}: not JSON`);
+    return fail(`Invalid ${label} ${quote(text)}: not JSON`);
   }
 }
 
@@ -337,7 +337,9 @@ export function ownSubnets(
   cidrs: readonly string[],
   config: NetworkConfig,
 ): Result<{ subnet?: string; ipv6Subnet?: string }> {
-  if (cidrs.length === 0) return fail(`node "${name}" pod cidr not assigned`);
+  if (cidrs.length === 0) {
+    return fail(`node ${quote(name)} pod cidr not assigned`);
+  }
   const split = splitPodCidrs(name, cidrs);
   if (!split.ok) return split;
   const { v4, v6 } = split.value;
@@ -346,8 +348,10 @@ export function ownSubnets(
   if (config.enableIPv4) {
     if (v4 === undefined) {
       return fail(
-        `node "${name}" has no IPv4 PodCIDR but the flannel net config enables IPv4 (podCIDRs ${
-          short(cidrs)
+        `node ${
+          quote(name)
+        } has no IPv4 PodCIDR but the flannel net config enables IPv4 (podCIDRs ${
+          quote(cidrs)
         })`,
       );
     }
@@ -358,7 +362,7 @@ export function ownSubnets(
           formatNet(network)
         }" specified in the flannel net config doesn't contain "${
           formatNet(v4)
-        }" PodCIDR of the "${name}" node`,
+        }" PodCIDR of the ${quote(name)} node`,
       );
     }
     subnet = formatNet(v4);
@@ -366,8 +370,10 @@ export function ownSubnets(
   if (config.enableIPv6) {
     if (v6 === undefined) {
       return fail(
-        `node "${name}" has no IPv6 PodCIDR but the flannel net config enables IPv6 (podCIDRs ${
-          short(cidrs)
+        `node ${
+          quote(name)
+        } has no IPv6 PodCIDR but the flannel net config enables IPv6 (podCIDRs ${
+          quote(cidrs)
         })`,
       );
     }
@@ -378,7 +384,7 @@ export function ownSubnets(
           formatNet(network)
         }" specified in the flannel net config doesn't contain "${
           formatNet(v6)
-        }" IPv6 PodCIDR of the "${name}" node`,
+        }" IPv6 PodCIDR of the ${quote(name)} node`,
       );
     }
     ipv6Subnet = formatNet(v6);
@@ -412,7 +418,9 @@ export function nodePublicIPOverride(
     const ip = parseIp(v);
     if (!ip.ok || ip.value.family !== family) {
       return fail(
-        `Invalid annotation ${key}="${v}" on node "${name}": not an IPv${family} address`,
+        `Invalid annotation ${key}=${quote(v)} on node ${
+          quote(name)
+        }: not an IPv${family} address`,
       );
     }
     if (family === 4) out.ipv4 = normalizeIp(v)!;
