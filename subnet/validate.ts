@@ -89,8 +89,9 @@ function publicIp(
  * cannot. Only global or private unicast addresses can (Go's
  * `IsGlobalUnicast || IsPrivate`, stricter for IPv4): not unspecified,
  * loopback, multicast, broadcast, link-local, `0.0.0.0/8`, the reserved
- * `240.0.0.0/4`, or an IPv4-mapped or IPv4-compatible IPv6 address (which
- * would smuggle an IPv4 destination into an IPv6 entry).
+ * `240.0.0.0/4`, an IPv4-mapped or IPv4-compatible IPv6 address (which
+ * would smuggle an IPv4 destination into an IPv6 entry), or one of
+ * {@linkcode V6_SPECIAL}.
  */
 export function notUnicast(ip: Ip): string | undefined {
   const v = ip.value;
@@ -109,8 +110,29 @@ export function notUnicast(ip: Ip): string | undefined {
   if (v >> 118n === 0x3fan) return "link-local address";
   if (v >> 32n === 0xffffn) return "IPv4-mapped address";
   if (v >> 32n === 0n) return "IPv4-compatible address";
+  for (const [prefix, len, what] of V6_SPECIAL) {
+    if (v >> BigInt(128 - len) === prefix >> BigInt(128 - len)) {
+      return `${what} (${formatNet({ family: 6, addr: prefix, prefix: len })})`;
+    }
+  }
   return undefined;
 }
+
+/**
+ * IPv6 ranges that are not a host's own underlay address: each either
+ * stands for an IPv4 destination reached through a translator or relay
+ * (so a peer could aim the tunnel at any IPv4 host), or is deprecated or
+ * never routed. Unique-local and documentation addresses stay allowed.
+ */
+const V6_SPECIAL: readonly [bigint, number, string][] = [
+  [0x0064ff9b_00000000_00000000_00000000n, 96, "NAT64 address"],
+  [0x0064ff9b_00010000_00000000_00000000n, 48, "local-use NAT64 address"],
+  [0x00000000_00000000_ffff0000_00000000n, 96, "IPv4-translated address"],
+  [0x01000000_00000000_00000000_00000000n, 64, "discard-only address"],
+  [0x20010000_00000000_00000000_00000000n, 32, "Teredo address"],
+  [0x20020000_00000000_00000000_00000000n, 16, "6to4 address"],
+  [0xfec00000_00000000_00000000_00000000n, 10, "site-local address"],
+];
 
 /** Why a public IP inside the cluster network is refused, if it is. */
 function insideCluster(
