@@ -20,10 +20,15 @@ import { LineSplitter, parseJsonLine } from "../../lib/ndjson.ts";
 import { parseRetryAfter } from "../../lib/retry.ts";
 import { readBounded } from "../../lib/bytes.ts";
 import { quote } from "../../lib/log.ts";
+import { urlScheme } from "../../lib/url.ts";
+import { type PinnedFetch, pinnedFetch } from "../../lib/pinned_fetch.ts";
 
 /** TLS material for `--etcd-cafile/--etcd-certfile/--etcd-keyfile`. */
 export interface EtcdTlsFiles {
-  /** PEM CA bundle trusted in addition to the system roots. */
+  /**
+   * PEM CA bundle: the only CAs an https endpoint's certificate may chain
+   * to (none of the process's roots). Without it, the system roots.
+   */
   readonly caFile?: string;
   /** PEM client certificate chain; needs `keyFile`. */
   readonly certFile?: string;
@@ -356,7 +361,7 @@ export class EtcdClient implements Disposable {
   readonly #fetch: typeof fetch;
   #current = 0;
   #token: string | undefined;
-  #http: Promise<Deno.HttpClient | undefined> | undefined;
+  #http: Promise<Transport> | undefined;
   #closed = false;
 
   constructor(opts: EtcdClientOptions) {
@@ -375,7 +380,7 @@ export class EtcdClient implements Disposable {
       } catch { /* reported below */ }
       if (
         !url || !/^https?:$/.test(url.protocol) ||
-        !/^https?:\/\/[^/]+$/.test(text)
+        !/^https?:\/\/[^/]+$/i.test(text)
       ) {
         throw new Error(
           `Invalid etcd endpoint "${shown}": expected http(s)://host:port`,
@@ -395,7 +400,7 @@ export class EtcdClient implements Disposable {
       opts = { ...opts, ...fromUrl };
     }
     if (opts.username !== undefined && !opts.allowCredentialsOverHttp) {
-      const plain = this.#endpoints.find((e) => e.startsWith("http:"));
+      const plain = this.#endpoints.find((e) => urlScheme(e) !== "https");
       if (plain !== undefined) {
         throw new Error(
           `Refusing to send etcd credentials to "${plain}" over plain HTTP: use an https endpoint, or pass --allow-token-over-http`,
@@ -669,20 +674,30 @@ export class EtcdClient implements Disposable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#http?.then((c) => c?.close()).catch(() => {});
+    this.#http?.then((t) => {
+      t.client?.close();
+      t.pinned?.close();
+    }).catch(() => {});
   }
 
   [Symbol.dispose](): void {
     this.close();
   }
 
-  #httpClient(): Promise<Deno.HttpClient | undefined> {
+  /**
+   * How requests go out. With a CA file: through {@linkcode pinnedFetch},
+   * trusting that CA alone (an https endpoint whose certificate chains to
+   * any other root, the process's own included, is refused before the
+   * password or token is sent). A client certificate without a CA file
+   * goes through a Deno HTTP client over the system roots.
+   */
+  #transport(): Promise<Transport> {
     if (this.#closed) {
       return Promise.reject(new Error("etcd client is closed"));
     }
-    this.#http ??= (async () => {
+    this.#http ??= (async (): Promise<Transport> => {
       const tls = this.#opts.tls;
-      if (!tls?.caFile && !tls?.certFile && !tls?.keyFile) return undefined;
+      if (!tls?.caFile && !tls?.certFile && !tls?.keyFile) return {};
       const read = async (what: string, path: string) => {
         try {
           return await Deno.readTextFile(path);
@@ -695,15 +710,17 @@ export class EtcdClient implements Disposable {
           "etcd client certificate needs both --etcd-certfile and --etcd-keyfile",
         );
       }
-      const caCerts = tls.caFile ? [await read("CA file", tls.caFile)] : [];
-      if (tls.certFile && tls.keyFile) {
-        return Deno.createHttpClient({
-          caCerts,
+      const pair = tls.certFile && tls.keyFile
+        ? {
           cert: await read("certificate file", tls.certFile),
           key: await read("key file", tls.keyFile),
-        });
+        }
+        : undefined;
+      if (tls.caFile) {
+        const ca = await read("CA file", tls.caFile);
+        return { pinned: pinnedFetch({ ca, ...pair }) };
       }
-      return Deno.createHttpClient({ caCerts });
+      return { client: Deno.createHttpClient(pair!) };
     })();
     // A failed load is retried on the next request (the file may appear).
     this.#http.catch(() => this.#http = undefined);
@@ -788,7 +805,7 @@ export class EtcdClient implements Disposable {
     opts: { signal?: AbortSignal; stream: boolean },
   ): Promise<Exchange> {
     const { signal, stream } = opts;
-    const client = await this.#httpClient();
+    const transport = await this.#transport();
     await this.#ensureToken(path, signal);
     const failures: string[] = [];
     let lastRetryAfter: number | undefined;
@@ -806,13 +823,18 @@ export class EtcdClient implements Disposable {
       let res: Response;
       let text = "";
       try {
-        res = await this.#fetch(ep + path, {
+        // An injected fetch (tests) stands in for every transport.
+        const send = transport.pinned && !this.#opts.fetch &&
+            urlScheme(ep) === "https"
+          ? transport.pinned
+          : this.#fetch;
+        res = await send(ep + path, {
           method: "POST",
           headers: this.#headers(path),
           body,
           signal: signal ? AbortSignal.any([signal, ctl.signal]) : ctl.signal,
-          ...(client && { client }),
-        });
+          ...(transport.client && { client: transport.client }),
+        } as RequestInit);
         if (!stream || !res.ok) text = await readAnswer(res);
       } catch (e) {
         if (signal?.aborted) throw signal.reason;
@@ -882,6 +904,14 @@ export class EtcdClient implements Disposable {
       lastRetryAfter,
     );
   }
+}
+
+/** The TLS side of requests (see `EtcdClient.#transport`). */
+interface Transport {
+  /** For https endpoints, when a CA file is configured. */
+  readonly pinned?: PinnedFetch;
+  /** Client certificate over the system roots. */
+  readonly client?: Deno.HttpClient;
 }
 
 /** One endpoint's successful answer. */

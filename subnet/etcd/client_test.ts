@@ -287,3 +287,24 @@ Deno.test("EtcdClient refuses an endless answer and fails over, reading no more 
     /"http:\/\/a:1": answer larger than 33554432 bytes/,
   );
 });
+
+Deno.test("EtcdClient judges endpoint schemes case-insensitively: HTTP:// carries no password, HTTPS:// is https", () => {
+  assert.throws(
+    () =>
+      new EtcdClient({
+        endpoints: ["https://10.0.0.2:2379", "HTTP://10.0.0.1:2379"],
+        username: "root",
+        password: "s3cret",
+      }),
+    (e: Error) =>
+      e.message ===
+        'Refusing to send etcd credentials to "http://10.0.0.1:2379" over plain HTTP: use an https endpoint, or pass --allow-token-over-http',
+  );
+  const c = new EtcdClient({
+    endpoints: ["HTTPS://10.0.0.1:2379"],
+    username: "root",
+    password: "s3cret",
+  });
+  assert.deepEqual(c.endpoints, ["https://10.0.0.1:2379"]);
+  c.close();
+});
