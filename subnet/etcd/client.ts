@@ -54,6 +54,8 @@ export interface EtcdClientOptions {
   readonly requestTimeoutMs?: number;
   /** The fetch to use; tests inject one. Default: the global `fetch`. */
   readonly fetch?: typeof fetch;
+  /** Longest answer read. Default {@linkcode MAX_ANSWER_BYTES}; tests lower it. */
+  readonly maxAnswerBytes?: number;
 }
 
 /** Why a request failed. */
@@ -63,7 +65,12 @@ export type EtcdErrorKind =
   /** etcd answered with an error. */
   | "api"
   /** The answer could not be understood. */
-  | "protocol";
+  | "protocol"
+  /**
+   * The answer (or a watch line) was larger than the client reads, from
+   * every endpoint: a listing asks for a smaller page, a watch lists again.
+   */
+  | "oversized";
 
 /** A failed etcd request; the message names the endpoint(s) and cause. */
 export class EtcdError extends Error {
@@ -102,6 +109,12 @@ export interface KeyValue {
   readonly version: bigint;
   /** etcd lease ID as a decimal string; `"0"` when the key has no lease. */
   readonly lease: string;
+  /**
+   * Set when the value is longer than {@linkcode MAX_VALUE_BYTES}: its
+   * length in bytes (one more than the answer bound when it is only known
+   * to pass a whole answer). `value` is then empty (never decoded nor kept).
+   */
+  readonly oversized?: number;
 }
 
 /** Result of a range request. */
@@ -242,14 +255,33 @@ function arr(v: unknown): unknown[] {
 
 function kvFrom(raw: unknown): KeyValue {
   const r = obj(raw);
+  const value = str(r.value);
+  const bytes = base64Bytes(value);
   return {
     key: decoder.decode(unb64(str(r.key))),
-    value: decoder.decode(unb64(str(r.value))),
+    value: bytes > MAX_VALUE_BYTES ? "" : decoder.decode(unb64(value)),
     createRevision: big(r.create_revision),
     modRevision: big(r.mod_revision),
     version: big(r.version),
     lease: String(big(r.lease)),
+    ...(bytes > MAX_VALUE_BYTES && { oversized: bytes }),
   };
+}
+
+/**
+ * `kv` as the client delivers it: a value longer than
+ * {@linkcode MAX_VALUE_BYTES} dropped and its length kept in `oversized`
+ * (for stores that hold values already decoded, as the test fake does).
+ */
+export function boundValue(kv: KeyValue): KeyValue {
+  const bytes = encoder.encode(kv.value).length;
+  return bytes > MAX_VALUE_BYTES ? { ...kv, value: "", oversized: bytes } : kv;
+}
+
+/** How many bytes a base64 text decodes to (without decoding it). */
+function base64Bytes(text: string): number {
+  const pad = text.endsWith("==") ? 2 : text.endsWith("=") ? 1 : 0;
+  return Math.floor(text.length / 4) * 3 - pad;
 }
 
 function revisionOf(r: Record<string, unknown>): bigint {
@@ -318,11 +350,22 @@ const AUTH_PATH = "/v3/auth/authenticate";
  */
 export const MAX_ANSWER_BYTES = 32 << 20;
 
-async function readAnswer(res: Response): Promise<string> {
+/**
+ * The longest value kept from etcd. A lease value is a few hundred bytes
+ * of JSON and the network config a few more; a longer value is a peer
+ * filling the store (etcd accepts up to 1.5 MiB per request by default),
+ * kept out of memory and refused by its reader on its own.
+ */
+export const MAX_VALUE_BYTES = 64 << 10;
+
+/** An answer body passed {@linkcode MAX_ANSWER_BYTES}. */
+class AnswerTooLarge extends Error {}
+
+async function readAnswer(res: Response, limit: number): Promise<string> {
   if (!res.body) return "";
-  const bytes = await readBounded(res.body, MAX_ANSWER_BYTES);
+  const bytes = await readBounded(res.body, limit);
   if (bytes === undefined) {
-    throw new Error(`answer larger than ${MAX_ANSWER_BYTES} bytes`);
+    throw new AnswerTooLarge(`answer larger than ${limit} bytes`);
   }
   return new TextDecoder().decode(bytes);
 }
@@ -358,8 +401,11 @@ export class EtcdClient implements Disposable {
   readonly #endpoints: string[];
   readonly #opts: EtcdClientOptions;
   readonly #timeoutMs: number;
+  readonly #maxAnswer: number;
   readonly #fetch: typeof fetch;
   #current = 0;
+  /** Page size the last listing ended with (see `rangePrefix`). */
+  #listLimit: number | undefined;
   #token: string | undefined;
   #http: Promise<Transport> | undefined;
   #closed = false;
@@ -409,6 +455,7 @@ export class EtcdClient implements Disposable {
     }
     this.#opts = opts;
     this.#timeoutMs = opts.requestTimeoutMs ?? 10_000;
+    this.#maxAnswer = opts.maxAnswerBytes ?? MAX_ANSWER_BYTES;
     this.#fetch = opts.fetch ?? fetch;
   }
 
@@ -424,6 +471,8 @@ export class EtcdClient implements Disposable {
       rangeEnd?: string;
       revision?: bigint;
       limit?: number;
+      /** Keys and metadata without values. */
+      keysOnly?: boolean;
       signal?: AbortSignal;
     } = {},
   ): Promise<RangeResult> {
@@ -432,6 +481,7 @@ export class EtcdClient implements Disposable {
       ...(opts.rangeEnd !== undefined && { range_end: opts.rangeEnd }),
       ...(opts.revision !== undefined && { revision: String(opts.revision) }),
       ...(opts.limit !== undefined && { limit: String(opts.limit) }),
+      ...(opts.keysOnly && { keys_only: true }),
     }, opts.signal);
     // A 200 that is not a range answer (a proxy's page, JSON of another
     // shape) must not read as "no keys": that would withdraw every peer.
@@ -465,8 +515,14 @@ export class EtcdClient implements Disposable {
   }
 
   /**
-   * Reads every key starting with `prefix`, in pages of `pageSize`, all at
-   * the revision of the first page (a consistent snapshot).
+   * Reads every key starting with `prefix`, in pages of at most `pageSize`,
+   * all at the revision of the first page (a consistent snapshot). A page
+   * whose answer passes {@linkcode MAX_ANSWER_BYTES} is asked again at
+   * half the size, down to one key; a single key whose value alone passes
+   * the bound is listed without its value (marked `oversized`), so the
+   * listing always completes. The size that worked is where the next
+   * listing starts, doubling back towards `pageSize` after a listing
+   * without an oversized page.
    */
   async rangePrefix(
     prefix: string,
@@ -477,19 +533,42 @@ export class EtcdClient implements Disposable {
     const kvs: KeyValue[] = [];
     let from = prefix;
     let revision: bigint | undefined;
+    let limit = Math.min(this.#listLimit ?? pageSize, pageSize);
+    let halved = false;
+    const at = (extra: { limit: number; keysOnly?: boolean }) => ({
+      rangeEnd: end,
+      ...extra,
+      ...(revision !== undefined && { revision }),
+      ...(signal && { signal }),
+    });
     while (true) {
-      const page = await this.range(from, {
-        rangeEnd: end,
-        limit: pageSize,
-        ...(revision !== undefined && { revision }),
-        ...(signal && { signal }),
-      });
+      let page: RangeResult;
+      try {
+        page = await this.range(from, at({ limit }));
+      } catch (e) {
+        if (!(e instanceof EtcdError) || e.kind !== "oversized") throw e;
+        halved = true;
+        if (limit > 1) {
+          limit = Math.ceil(limit / 2);
+          continue;
+        }
+        // One value larger than a whole answer: its key, not its value.
+        page = await this.range(from, at({ limit: 1, keysOnly: true }));
+        page = {
+          ...page,
+          kvs: page.kvs.map((kv) => ({
+            ...kv,
+            oversized: this.#maxAnswer + 1,
+          })),
+        };
+      }
       revision ??= page.revision;
       kvs.push(...page.kvs);
       const last = page.kvs[page.kvs.length - 1];
       if (!page.more || last === undefined) break;
       from = `${last.key}\0`;
     }
+    this.#listLimit = halved ? limit : Math.min(limit * 2, pageSize);
     return { revision, kvs };
   }
 
@@ -622,7 +701,16 @@ export class EtcdClient implements Disposable {
             "unreachable",
           );
         }
-        for (const text of lines.push(chunk.value)) {
+        let texts: string[];
+        try {
+          texts = lines.push(chunk.value);
+        } catch (e) {
+          throw new EtcdError(
+            `Watch on etcd "${endpoint}": ${(e as Error).message}`,
+            "oversized",
+          );
+        }
+        for (const text of texts) {
           const line = parseJsonLine(text);
           if (!line.ok) {
             throw new EtcdError(
@@ -808,6 +896,9 @@ export class EtcdClient implements Disposable {
     const transport = await this.#transport();
     await this.#ensureToken(path, signal);
     const failures: string[] = [];
+    // Answers past the bound: from every endpoint, the request itself is
+    // too large (a listing then asks for less); from some, a broken member.
+    let tooLarge = 0;
     let lastRetryAfter: number | undefined;
     let reauthed = false;
     const order = this.#order();
@@ -835,9 +926,10 @@ export class EtcdClient implements Disposable {
           signal: signal ? AbortSignal.any([signal, ctl.signal]) : ctl.signal,
           ...(transport.client && { client: transport.client }),
         } as RequestInit);
-        if (!stream || !res.ok) text = await readAnswer(res);
+        if (!stream || !res.ok) text = await readAnswer(res, this.#maxAnswer);
       } catch (e) {
         if (signal?.aborted) throw signal.reason;
+        if (e instanceof AnswerTooLarge) tooLarge++;
         failures.push(
           `"${ep}": ${
             timedOut ? `no answer within ${this.#timeoutMs} ms` : describe(e)
@@ -899,7 +991,7 @@ export class EtcdClient implements Disposable {
     }
     throw new EtcdError(
       `Cannot reach etcd for ${path}: ${failures.join("; ")}`,
-      "unreachable",
+      tooLarge === order.length ? "oversized" : "unreachable",
       undefined,
       lastRetryAfter,
     );

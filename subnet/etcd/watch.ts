@@ -151,6 +151,9 @@ export async function watchSubnets(
       // Compaction reported as an error rather than in a response
       // ("mvcc: required revision has been compacted"): list again too.
       if (isCompacted(e)) next = undefined;
+      // A watch answer too large to read (many large values at once): a
+      // listing reads them in pages, and the watch then resumes after it.
+      if (e instanceof EtcdError && e.kind === "oversized") next = undefined;
       metrics.watchRestarts.inc();
       const d = backoff.next(retryAfterOf(e));
       log.warn(
