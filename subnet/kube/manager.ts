@@ -9,6 +9,7 @@
  * @module
  */
 import { logger, quote } from "../../lib/log.ts";
+import { metrics } from "../../lib/metrics.ts";
 import { type NetworkConfig, parseNetConfig } from "../config.ts";
 import type {
   Lease,
@@ -426,7 +427,16 @@ export class KubeSubnetManager implements SubnetManager {
     this.#handler = handler;
     this.#delivered = false;
     const keys = this.keys;
-    const toLease = (n: SlimNode) => nodeToLease(n, keys, config);
+    // A node refused for its size is counted once per oversized write
+    // (a new length), however often lists and events repeat it.
+    const counted = new Map<string, number>();
+    const toLease = (n: SlimNode) => {
+      if (n.oversized && counted.get(n.name) !== n.oversized.bytes) {
+        counted.set(n.name, n.oversized.bytes);
+        metrics.peerObjectsOversized.inc();
+      } else if (!n.oversized) counted.delete(n.name);
+      return nodeToLease(n, keys, config);
+    };
     const watcher = new NodeWatcher(
       this.#client,
       slimmer(keys),

@@ -108,7 +108,32 @@ export interface SlimNode {
   readonly annotations: Readonly<Record<string, string>>;
   /** `metadata.creationTimestamp` in ms, when readable. */
   readonly createdAt?: number;
+  /**
+   * What made the node too large to read (a flannel annotation longer than
+   * {@linkcode MAX_ANNOTATION_BYTES}, not kept in `annotations`; or the
+   * whole object); the node is refused for it.
+   */
+  readonly oversized?: Oversized;
 }
+
+/** A part of a Node refused for its size. */
+export interface Oversized {
+  /** `annotation <key>`, `Node object`. */
+  readonly what: string;
+  readonly bytes: number;
+  /** The bound it passed. */
+  readonly limit: number;
+}
+
+/**
+ * The longest flannel annotation value read. A real one is at most a few
+ * hundred bytes; the API server allows 256 KiB of annotations per object,
+ * which a node could spend on one value to make every agent parse and
+ * log it on every patch.
+ */
+export const MAX_ANNOTATION_BYTES = 64 << 10;
+
+const encoder = new TextEncoder();
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
@@ -140,11 +165,23 @@ export function slimNode(
     return fail("Node object has no name");
   }
   const annotations: Record<string, string> = {};
+  let oversized: Oversized | undefined;
   const all = obj.metadata.annotations;
   if (isObject(all)) {
     for (const k of kept) {
       const v = all[k];
-      if (typeof v === "string") annotations[k] = v;
+      if (typeof v !== "string") continue;
+      // A UTF-8 byte is at most one UTF-16 unit: only long ones are encoded.
+      const bytes = v.length * 3 > MAX_ANNOTATION_BYTES
+        ? encoder.encode(v).length
+        : v.length;
+      if (bytes > MAX_ANNOTATION_BYTES) {
+        oversized ??= {
+          what: `annotation ${k}`,
+          bytes,
+          limit: MAX_ANNOTATION_BYTES,
+        };
+      } else annotations[k] = v;
     }
   }
   const created = Date.parse(String(obj.metadata.creationTimestamp ?? ""));
@@ -153,6 +190,7 @@ export function slimNode(
     podCIDRs: podCidrsOf(obj.spec),
     annotations,
     ...(Number.isFinite(created) && { createdAt: created }),
+    ...(oversized && { oversized }),
   });
 }
 
@@ -220,6 +258,12 @@ export function nodeToLease(
   config: Pick<NetworkConfig, "enableIPv4" | "enableIPv6">,
 ): Result<Lease> {
   const a = node.annotations;
+  if (node.oversized) {
+    const { what, bytes, limit } = node.oversized;
+    return fail(
+      `${what} of ${bytes} bytes refused for its size (at most ${limit})`,
+    );
+  }
   if (a[keys.subnetKubeManaged] !== "true") {
     return fail(`not annotated ${keys.subnetKubeManaged}=true`);
   }

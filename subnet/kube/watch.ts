@@ -20,7 +20,7 @@
  */
 import { logger } from "../../lib/log.ts";
 import { metrics } from "../../lib/metrics.ts";
-import type { Result } from "../../lib/result.ts";
+import { fail, ok, type Result } from "../../lib/result.ts";
 import { Backoff, type BackoffOptions, sleep } from "../../lib/retry.ts";
 import {
   isTransient,
@@ -29,7 +29,7 @@ import {
   KubeConnectionError,
 } from "./client.ts";
 import { forEachChunk } from "./_body.ts";
-import { ListSplitter } from "./list_stream.ts";
+import { ListSplitter, OversizedItem } from "./list_stream.ts";
 import { LineSplitter } from "../../lib/ndjson.ts";
 import type { SlimNode } from "./node.ts";
 
@@ -94,6 +94,11 @@ type WatchEnd = "closed" | "gone";
  * with this bound, 131 MiB with 16).
  */
 export const MAX_WATCH_LINE_BYTES = 8 << 20;
+
+/** A watch event past {@linkcode MAX_WATCH_LINE_BYTES}. */
+class OversizedEvent extends Error {
+  override readonly name = "OversizedEvent";
+}
 
 /** Raised by the idle watchdog. */
 class IdleWatch extends Error {
@@ -212,7 +217,9 @@ export class NodeWatcher {
     const add = (items: unknown[]) => {
       const batch: SlimNode[] = [];
       for (const item of items) {
-        const n = this.#slim(item);
+        const n = item instanceof OversizedItem
+          ? oversizedNode(item)
+          : this.#slim(item);
         if (n.ok) {
           nodes.set(n.value.name, n.value);
           batch.push(n.value);
@@ -314,6 +321,11 @@ export class NodeWatcher {
           }`;
           if (transient) log.v(1, msg);
           else log.error(msg);
+          // Watching again from the same version would meet the same
+          // event: a list reads it item by item and passes it over.
+          if ((e as Error).cause instanceof OversizedEvent) {
+            this.#rv = undefined;
+          }
           if (
             streamFailures >= this.#fallbackAfter &&
             pollingSince === undefined && this.#rv !== undefined
@@ -394,7 +406,13 @@ export class NodeWatcher {
           arm();
           this.#client.bytesReceived += value.byteLength;
           const receivedAt = performance.now();
-          for (const line of lines.push(value)) {
+          let got: string[];
+          try {
+            got = lines.push(value);
+          } catch (e) {
+            throw new OversizedEvent((e as Error).message);
+          }
+          for (const line of got) {
             if (this.#event(line, sink, receivedAt) === "gone") return "gone";
           }
         }
@@ -455,4 +473,24 @@ export class NodeWatcher {
     // replays it rather than losing it.
     if (typeof rv === "string" && rv !== "") this.#rv = rv;
   }
+}
+
+/**
+ * A list item passed over for its size, as a node the lease table refuses
+ * (logged once, counted), or the reason when its name could not be read.
+ */
+function oversizedNode(item: OversizedItem): Result<SlimNode> {
+  const { name, bytes, limit } = item;
+  if (name === undefined) {
+    metrics.peerObjectsOversized.inc();
+    return fail(
+      `an item of more than ${limit} bytes (${bytes} read) without a readable name refused for its size`,
+    );
+  }
+  return ok({
+    name,
+    podCIDRs: [],
+    annotations: {},
+    oversized: { what: "Node object", bytes, limit },
+  });
 }

@@ -464,3 +464,49 @@ Deno.test("list() refuses a 200 that is not a Node list, rather than reading it 
   const w = new NodeWatcher(empty.client(), slim);
   assert.equal((await w.list(new AbortController().signal)).nodes.size, 0);
 });
+
+Deno.test("run() lists again after a watch event past the line bound, and the list passes over the oversized Node on its own", async () => {
+  const streams: WatchStream[] = [];
+  let lists = 0;
+  const big = node("big", "8", "10.244.5.0/24", "192.0.2.5");
+  (big.metadata as Record<string, unknown>).labels = {
+    pad: "p".repeat(17 << 20),
+  };
+  const api = new FakeApi((r) => {
+    if (!isWatch(r)) {
+      lists++;
+      return list(
+        lists === 1 ? [node("a", "5", "10.244.1.0/24", "192.0.2.1")] : [
+          node("a", "5", "10.244.1.0/24", "192.0.2.1"),
+          big,
+          node("c", "9", "10.244.3.0/24", "192.0.2.3"),
+        ],
+        lists === 1 ? "7" : "10",
+      );
+    }
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const rec = new Recorder().watching(api);
+  const ctl = new AbortController();
+  const w = new NodeWatcher(api.client(), slim, fast);
+  const done = w.run(rec, ctl.signal);
+  await rec.until(() => streams.length === 1);
+  streams[0]!.event("ADDED", big);
+  await rec.until(() => streams.length === 2, 10_000);
+  assert.equal(lists, 2);
+  assert.deepEqual(rec.log, ["sync a", "sync a,big,c"]);
+  assert.deepEqual(rec.state.get("big")!.oversized, {
+    what: "Node object",
+    bytes: rec.state.get("big")!.oversized!.bytes,
+    limit: 16 << 20,
+  });
+  assert.ok(rec.state.get("big")!.oversized!.bytes > 16 << 20);
+  assert.equal(
+    api.requests.at(-1)!.url.searchParams.get("resourceVersion"),
+    "10",
+  );
+  ctl.abort();
+  await done;
+});
