@@ -404,6 +404,12 @@ export class EtcdClient implements Disposable {
   readonly #maxAnswer: number;
   readonly #fetch: typeof fetch;
   #current = 0;
+  /**
+   * Endpoint → `Date.now()` before which it is not asked again: the time
+   * its last `Retry-After` named. Held client-wide, so the watch, the
+   * listing and the renewal loops all wait, not only the one that met it.
+   */
+  readonly #holdUntil = new Map<string, number>();
   /** Page size the last listing ended with (see `rangePrefix`). */
   #listLimit: number | undefined;
   #token: string | undefined;
@@ -905,6 +911,12 @@ export class EtcdClient implements Disposable {
     for (let i = 0; i < order.length; i++) {
       const idx = order[i]!;
       const ep = this.#endpoints[idx]!;
+      const hold = (this.#holdUntil.get(ep) ?? 0) - Date.now();
+      if (hold > 0) {
+        failures.push(`"${ep}": asked to wait ${hold} ms more (Retry-After)`);
+        lastRetryAfter = Math.max(lastRetryAfter ?? 0, hold);
+        continue;
+      }
       const ctl = new AbortController();
       let timedOut = false;
       const timer = setTimeout(() => {
@@ -944,7 +956,10 @@ export class EtcdClient implements Disposable {
         return { res, endpoint: ep, ctl };
       }
       const retryAfter = parseRetryAfter(res.headers.get("retry-after"));
-      if (retryAfter !== undefined) lastRetryAfter = retryAfter;
+      if (retryAfter !== undefined) {
+        lastRetryAfter = retryAfter;
+        if (!res.ok) this.#holdUntil.set(ep, Date.now() + retryAfter);
+      }
       let json: Record<string, unknown> | undefined;
       try {
         json = obj(JSON.parse(text));

@@ -147,6 +147,42 @@ Deno.test("EtcdClient reports every endpoint's reason and the last Retry-After w
   });
 });
 
+Deno.test("EtcdClient asks an endpoint nothing until its Retry-After has passed, for every caller", async () => {
+  const s = scripted({
+    "a:1": [
+      json(429, { error: "too many requests" }, { "retry-after": "1" }),
+      OK_RANGE,
+    ],
+    "b:2": [() => new Response("down", { status: 503 }), OK_RANGE],
+  });
+  using c = new EtcdClient({ endpoints, fetch: s.fetch });
+  await assert.rejects(c.range("k"));
+  assert.equal(s.calls.length, 2);
+  // Another request (say the watch's) within the second: no call to a:1.
+  const started = Date.now();
+  const r = await c.range("k");
+  assert.equal(r.revision, 7n);
+  assert.deepEqual(s.calls.slice(2), ["b:2/v3/kv/range"]);
+  // With b:2 held too, nothing is sent at all, and the wait is reported.
+  const held = scripted({
+    "a:1": [json(429, {}, { "retry-after": "1" })],
+    "b:2": [json(429, {}, { "retry-after": "1" })],
+  });
+  using c2 = new EtcdClient({ endpoints, fetch: held.fetch });
+  await assert.rejects(c2.range("k"));
+  await assert.rejects(c2.range("k"), (e: unknown) => {
+    assert.ok(e instanceof EtcdError);
+    assert.ok(
+      e.retryAfterMs! > 0 && e.retryAfterMs! <= 1000,
+      String(e.retryAfterMs),
+    );
+    assert.match(e.message, /asked to wait \d+ ms more \(Retry-After\)/);
+    return true;
+  });
+  assert.equal(held.calls.length, 2);
+  assert.ok(Date.now() - started < 1000, "the test outlived the hold");
+});
+
 Deno.test("EtcdClient logs in again once on an expired token, on the same endpoint", async () => {
   const s = scripted({
     "a:1": [

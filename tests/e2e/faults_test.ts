@@ -385,6 +385,7 @@ class EtcdFaults extends EtcdRun {
             slotEntries(s.v4, trace, (r) =>
               r.dev === DEVICE &&
               (r.dst === claims || r.gw === slot.publicIP)),
+          k,
         ),
       );
     }
@@ -435,7 +436,7 @@ class EtcdFaults extends EtcdRun {
           const p = await this.probe(241);
           return { subnet: p.subnet, remove: () => this.del(p.key) };
         },
-        retryAfterRequired: false,
+        retryAfterRequired: true,
       });
     } finally {
       await this.stop(n3);
