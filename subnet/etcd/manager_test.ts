@@ -286,21 +286,21 @@ Deno.test("watchLeases() refuses oversized values one by one (logged once, count
       /: value of 1048610 bytes refused for its size \(at most 65536\)$/,
     );
   }
+  // A valid peer at 10.5.<i>.0/24, whose arrival marks a point in time.
+  const marker = async (i: number, events: number) => {
+    await etcd.put(
+      `${PREFIX}/subnets/10.5.${i}.0-24`,
+      value(`198.18.0.${i + 10}`, `0a:00:00:00:00:${i + 10}`),
+    );
+    await c.until(() => c.summary().length === events);
+  };
   // A new write of one counts again; a relist of the same does not.
   await etcd.put(oversized[0]!, big(2 << 20));
-  await etcd.put(
-    `${PREFIX}/subnets/10.5.9.0-24`,
-    value("198.18.0.19", "0a:00:00:00:00:19"),
-  );
-  await c.until(() => c.summary().length === 2);
+  await marker(9, 2);
   assert.equal(metrics.peerObjectsOversized.get() - before, 4);
   etcd.compact();
   etcd.breakWatches();
-  await etcd.put(
-    `${PREFIX}/subnets/10.5.10.0-24`,
-    value("198.18.0.20", "0a:00:00:00:00:20"),
-  );
-  await c.until(() => c.summary().length === 3);
+  await marker(10, 3);
   assert.equal(metrics.peerObjectsOversized.get() - before, 4);
   ac.abort();
   await done;
