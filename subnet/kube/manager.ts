@@ -82,6 +82,8 @@ export interface KubeFlags {
   readonly setNodeNetworkUnavailable: boolean;
   /** `--allow-token-over-http`; default false. */
   readonly allowTokenOverHttp?: boolean;
+  /** `--watch-idle-timeout` in seconds; 0 or absent: the watch's own bound. */
+  readonly watchIdleTimeout?: number;
 }
 
 interface NodeObject {
@@ -162,7 +164,13 @@ export class KubeSubnetManager implements SubnetManager {
         netConfPath: flags.netConfigPath,
         annotationPrefix: flags.kubeAnnotationPrefix,
         setNodeNetworkUnavailable: flags.setNodeNetworkUnavailable,
-        ...(extra.watch && { watch: extra.watch }),
+        ...((extra.watch || flags.watchIdleTimeout) && {
+          watch: {
+            ...extra.watch,
+            ...(flags.watchIdleTimeout &&
+              { idleTimeoutMs: flags.watchIdleTimeout * 1000 }),
+          },
+        }),
         ...(extra.podCidrTimeoutMs !== undefined &&
           { podCidrTimeoutMs: extra.podCidrTimeoutMs }),
       });

@@ -59,6 +59,11 @@ export interface NodeWatcherOptions {
   /** Silence tolerated beyond the watch timeout, ms. Default 30000. */
   readonly idleGraceMs?: number;
   /**
+   * A fixed idle bound, ms, replacing `timeoutSeconds` plus the grace
+   * (`--watch-idle-timeout`). Default: none.
+   */
+  readonly idleTimeoutMs?: number;
+  /**
    * Consecutive broken watch streams, with the server reachable, before
    * falling back to listing. An unreachable server does not count: while
    * it is down listing cannot help, and once it is back watching should
@@ -112,6 +117,7 @@ export class NodeWatcher {
   readonly #pageSize: number;
   readonly #timeoutSeconds: () => number;
   readonly #idleGraceMs: number;
+  readonly #idleTimeoutMs: number | undefined;
   readonly #fallbackAfter: number;
   readonly #pollMs: number;
   readonly #backoffOpts: BackoffOptions;
@@ -131,6 +137,7 @@ export class NodeWatcher {
     this.#timeoutSeconds = opts.timeoutSeconds ??
       (() => 300 + Math.floor(Math.random() * 300));
     this.#idleGraceMs = opts.idleGraceMs ?? 30_000;
+    this.#idleTimeoutMs = opts.idleTimeoutMs;
     this.#fallbackAfter = opts.fallbackAfter ?? 5;
     this.#pollMs = opts.pollIntervalMs ?? 30_000;
     this.#backoffOpts = opts.backoff ?? {};
@@ -362,7 +369,8 @@ export class NodeWatcher {
     const timeoutSeconds = this.#timeoutSeconds();
     const local = new AbortController();
     const both = AbortSignal.any([signal, local.signal]);
-    const idleMs = timeoutSeconds * 1000 + this.#idleGraceMs;
+    const idleMs = this.#idleTimeoutMs ??
+      timeoutSeconds * 1000 + this.#idleGraceMs;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const arm = () => {
       if (timer !== undefined) clearTimeout(timer);

@@ -278,6 +278,30 @@ Deno.test("run() relists after an in-stream 410 and after an HTTP 410", async ()
   await done;
 });
 
+Deno.test("run() with a fixed idle timeout (--watch-idle-timeout) restarts a silent watch after it, whatever the server timeout", async () => {
+  const streams: WatchStream[] = [];
+  const api = new FakeApi((r) => {
+    if (!isWatch(r)) return list([], "3");
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const rec = new Recorder().watching(api);
+  const ctl = new AbortController();
+  const done = new NodeWatcher(api.client(), slim, {
+    ...fast,
+    timeoutSeconds: () => 600,
+    idleTimeoutMs: 150,
+  }).run(rec, ctl.signal);
+  await rec.until(() => streams.length === 1);
+  const t0 = performance.now();
+  await rec.until(() => streams.length === 2, 2000);
+  assert.ok(streams[0]!.cancelled);
+  assert.ok(performance.now() - t0 >= 140);
+  ctl.abort();
+  await done;
+});
+
 Deno.test("run() aborts a watch that stays silent past its timeout plus grace", async () => {
   const streams: WatchStream[] = [];
   const api = new FakeApi((r) => {

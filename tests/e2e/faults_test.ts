@@ -64,6 +64,7 @@ import {
   OUTAGE_S,
   REPAIR_LIMIT_MS,
   runPhases,
+  SILENT_PAST_IDLE,
   sleep,
   STANDARD_FAULTS,
   waitUntil,
@@ -425,10 +426,10 @@ class EtcdFaults extends EtcdRun {
           name: "500 storm while the agent restarts",
           mode: { kind: "status", status: 500 },
           restart: true,
-        }],
-        restart: async () => {
+        }, SILENT_PAST_IDLE],
+        restart: async (args = []) => {
           await this.stop(n3);
-          await this.start(n3, [`--etcd-endpoints=${proxy.url}`], [
+          await this.start(n3, [`--etcd-endpoints=${proxy.url}`, ...args], [
             `${SWITCH_IP}:2479`,
           ]);
         },
