@@ -18,7 +18,7 @@
  *
  * @module
  */
-import { logger } from "../../lib/log.ts";
+import { logger, quote } from "../../lib/log.ts";
 import { metrics } from "../../lib/metrics.ts";
 import { fail, ok, type Result } from "../../lib/result.ts";
 import { Backoff, type BackoffOptions, sleep } from "../../lib/retry.ts";
@@ -450,14 +450,14 @@ export class NodeWatcher {
     try {
       ev = JSON.parse(line) as WatchEvent;
     } catch {
-      throw new Error(`Cannot parse watch event ${line.slice(0, 80)}`);
+      throw new Error(`Cannot parse watch event ${quote(line)}`);
     }
     const obj = ev.object;
     if (ev.type === "ERROR") {
       const code = typeof obj?.code === "number" ? obj.code : 500;
       if (code === 410) return "gone";
       throw new KubeApiError(
-        `Watch error ${code}: ${String(obj?.message ?? "")}`,
+        `Watch error ${code}: ${quote(String(obj?.message ?? ""))}`,
         code,
         typeof obj?.reason === "string" ? obj.reason : undefined,
       );
@@ -475,7 +475,7 @@ export class NodeWatcher {
       if (n.ok) sink.upsert(n.value, receivedAt);
       else log.warn(`Ignoring a node event: ${n.reason}`);
     } else {
-      log.v(2, `Ignoring watch event of type ${String(ev.type)}`);
+      log.v(2, `Ignoring watch event of type ${quote(ev.type)}`);
     }
     // Advance only after the sink has the event: a crash in between
     // replays it rather than losing it.
