@@ -17,7 +17,7 @@
  * @module
  */
 import { LineSplitter, parseJsonLine } from "../../lib/ndjson.ts";
-import { parseRetryAfter } from "../../lib/retry.ts";
+import { parseRetryAfter, sleep } from "../../lib/retry.ts";
 import { readBounded } from "../../lib/bytes.ts";
 import { quote } from "../../lib/log.ts";
 import { urlScheme } from "../../lib/url.ts";
@@ -358,6 +358,9 @@ export const MAX_ANSWER_BYTES = 32 << 20;
  */
 export const MAX_VALUE_BYTES = 64 << 10;
 
+/** The pause before a listing page is asked again, smaller. */
+export const SHRINK_PAUSE_MS = 250;
+
 /** An answer body passed {@linkcode MAX_ANSWER_BYTES}. */
 class AnswerTooLarge extends Error {}
 
@@ -523,8 +526,9 @@ export class EtcdClient implements Disposable {
   /**
    * Reads every key starting with `prefix`, in pages of at most `pageSize`,
    * all at the revision of the first page (a consistent snapshot). A page
-   * whose answer passes {@linkcode MAX_ANSWER_BYTES} is asked again at
-   * half the size, down to one key; a single key whose value alone passes
+   * whose answer passes {@linkcode MAX_ANSWER_BYTES} is asked again at a
+   * quarter of the size (after {@linkcode SHRINK_PAUSE_MS}), down to one
+   * key; a single key whose value alone passes
    * the bound is listed without its value (marked `oversized`), so the
    * listing always completes. The size that worked is where the next
    * listing starts, doubling back towards `pageSize` after a listing
@@ -540,7 +544,7 @@ export class EtcdClient implements Disposable {
     let from = prefix;
     let revision: bigint | undefined;
     let limit = Math.min(this.#listLimit ?? pageSize, pageSize);
-    let halved = false;
+    let shrunk = false;
     const at = (extra: { limit: number; keysOnly?: boolean }) => ({
       rangeEnd: end,
       ...extra,
@@ -553,9 +557,12 @@ export class EtcdClient implements Disposable {
         page = await this.range(from, at({ limit }));
       } catch (e) {
         if (!(e instanceof EtcdError) || e.kind !== "oversized") throw e;
-        halved = true;
+        shrunk = true;
+        // Paced: a broken proxy answering everything with an endless body
+        // must not turn into a burst of retries.
+        await sleep(SHRINK_PAUSE_MS, signal);
         if (limit > 1) {
-          limit = Math.ceil(limit / 2);
+          limit = Math.ceil(limit / 4);
           continue;
         }
         // One value larger than a whole answer: its key, not its value.
@@ -574,7 +581,7 @@ export class EtcdClient implements Disposable {
       if (!page.more || last === undefined) break;
       from = `${last.key}\0`;
     }
-    this.#listLimit = halved ? limit : Math.min(limit * 2, pageSize);
+    this.#listLimit = shrunk ? limit : Math.min(limit * 2, pageSize);
     return { revision, kvs };
   }
 

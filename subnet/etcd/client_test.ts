@@ -381,7 +381,7 @@ function rangeGateway(store: Map<string, string>) {
   return { fetch: fetchFn as typeof fetch, requests };
 }
 
-Deno.test("rangePrefix() halves a page that passes the answer bound, lists a value larger than a whole answer by its key alone, and always completes", async () => {
+Deno.test("rangePrefix() shrinks a page that passes the answer bound, lists a value larger than a whole answer by its key alone, and always completes", async () => {
   const store = new Map<string, string>();
   for (let i = 0; i < 40; i++) {
     store.set(

@@ -22,6 +22,7 @@ import {
   V6,
 } from "./kernel.ts";
 import { fmtMs } from "./report.ts";
+import { quote } from "../../lib/log.ts";
 import { Checks, type FaultRun, lossText, waitUntil } from "./run.ts";
 
 /** A node's overlays, as a corpus case inspects them. */
@@ -77,7 +78,7 @@ export async function warnedIn(
   const lines = (await s.logSince(n, offset)).split("\n").filter((l) =>
     l.startsWith("W")
   );
-  return (id: string) => lines.some((l) => l.includes(JSON.stringify(id)));
+  return (id: string) => lines.some((l) => l.includes(quote(id)));
 }
 
 /**
@@ -93,7 +94,7 @@ export async function warningsIn(
     l.startsWith("W")
   );
   return (id: string) => {
-    const tag = `${JSON.stringify(id)}: `;
+    const tag = `${quote(id)}: `;
     const line = lines.find((l) => l.includes(tag));
     if (line === undefined) return undefined;
     return {

@@ -560,11 +560,19 @@ export abstract class FaultRun {
     const n = o.node;
     for (const f of o.faults) {
       const chk = new Checks();
+      if (f.args) {
+        // Flags for this fault: the agent starts with them before it.
+        await o.restart(f.args);
+        chk.that(
+          await this.c.waitReady(n, 30_000).then(() => true, () => false),
+          `${n.name} not ready with ${f.args.join(" ")}`,
+        );
+      }
       const p = this.ping(...o.ping);
       await sleep(300);
       const from = Date.now();
       await o.proxy.set(f.mode);
-      if (f.restart) await o.restart(f.args);
+      if (f.restart) await o.restart();
       await sleep(1000);
       const probe = await o.probe();
       await sleep(PROXY_S * 1000 - 1000);
@@ -667,11 +675,11 @@ export interface ProxyFault {
   readonly mode: ProxyMode;
   /** Restart the agent as the fault begins. */
   readonly restart?: boolean;
-  /** Extra agent flags for that restart. */
+  /** Agent flags for this fault: the agent is restarted with them first. */
   readonly args?: readonly string[];
   /**
-   * The idle timeout the restart gives the agent, s (shorter than the
-   * fault): the watch must be opened again within the fault.
+   * The idle timeout `args` give the agent, s (shorter than the fault):
+   * the watch must be opened again within the fault.
    */
   readonly idleTimeoutS?: number;
 }
@@ -679,9 +687,8 @@ export interface ProxyFault {
 /** A silent watch held longer than the agent's idle timeout. */
 export const SILENT_PAST_IDLE: ProxyFault = {
   name:
-    "watches silent longer than the idle timeout (agent restarted with --watch-idle-timeout=2)",
+    "watches silent longer than the idle timeout (agent started with --watch-idle-timeout=2)",
   mode: { kind: "silent" },
-  restart: true,
   args: ["--watch-idle-timeout=2"],
   idleTimeoutS: 2,
 };
@@ -724,7 +731,7 @@ export interface ProxyFaultsOptions {
   /** Pods pinging each other meanwhile: [from, to]. */
   readonly ping: [string, string];
   readonly faults: readonly ProxyFault[];
-  /** Restarts the node's agent (for faults with `restart`), with `args`. */
+  /** Restarts the node's agent (for faults with `restart` or `args`). */
   readonly restart: (args?: readonly string[]) => Promise<void>;
   /** Adds a valid fake peer; its subnet, and how to remove it. */
   readonly probe: () => Promise<{ subnet: string; remove(): Promise<void> }>;
