@@ -9,7 +9,11 @@ import {
 } from "./_fake_api.ts";
 import type { SeenRequest } from "./_fake_api.ts";
 import { annotationKeys, slimmer, type SlimNode } from "./node.ts";
-import { type NodeSink, NodeWatcher } from "./watch.ts";
+import {
+  type NodeSink,
+  NodeWatcher,
+  type NodeWatcherOptions,
+} from "./watch.ts";
 import { unwrap } from "../../lib/result.ts";
 import { setLogSink } from "../../lib/log.ts";
 import { metrics } from "../../lib/metrics.ts";
@@ -278,7 +282,8 @@ Deno.test("run() relists after an in-stream 410 and after an HTTP 410", async ()
   await done;
 });
 
-Deno.test("run() with a fixed idle timeout (--watch-idle-timeout) restarts a silent watch after it, whatever the server timeout", async () => {
+/** A watcher whose API lists nothing and whose watches stay silent. */
+async function silentWatches(opts: NodeWatcherOptions) {
   const streams: WatchStream[] = [];
   const api = new FakeApi((r) => {
     if (!isWatch(r)) return list([], "3");
@@ -288,36 +293,29 @@ Deno.test("run() with a fixed idle timeout (--watch-idle-timeout) restarts a sil
   });
   const rec = new Recorder().watching(api);
   const ctl = new AbortController();
-  const done = new NodeWatcher(api.client(), slim, {
-    ...fast,
+  const done = new NodeWatcher(api.client(), slim, { ...fast, ...opts })
+    .run(rec, ctl.signal);
+  await rec.until(() => streams.length === 1);
+  return { streams, rec, stop: () => (ctl.abort(), done) };
+}
+
+Deno.test("run() with a fixed idle timeout (--watch-idle-timeout) restarts a silent watch after it, whatever the server timeout", async () => {
+  const { streams, rec, stop } = await silentWatches({
     timeoutSeconds: () => 600,
     idleTimeoutMs: 150,
-  }).run(rec, ctl.signal);
-  await rec.until(() => streams.length === 1);
+  });
   const t0 = performance.now();
   await rec.until(() => streams.length === 2, 2000);
   assert.ok(streams[0]!.cancelled);
   assert.ok(performance.now() - t0 >= 140);
-  ctl.abort();
-  await done;
+  await stop();
 });
 
 Deno.test("run() aborts a watch that stays silent past its timeout plus grace", async () => {
-  const streams: WatchStream[] = [];
-  const api = new FakeApi((r) => {
-    if (!isWatch(r)) return list([], "3");
-    const s = new WatchStream();
-    streams.push(s);
-    return new Response(s.body, { status: 200 });
-  });
-  const rec = new Recorder().watching(api);
-  const ctl = new AbortController();
-  const done = new NodeWatcher(api.client(), slim, {
-    ...fast,
+  const { streams, rec, stop } = await silentWatches({
     timeoutSeconds: () => 0,
     idleGraceMs: 100,
-  }).run(rec, ctl.signal);
-  await rec.until(() => streams.length === 1);
+  });
   const t0 = performance.now();
   // Data keeps it alive... (real time on purpose: the behaviour under
   // test is the idle timer itself)
@@ -330,8 +328,7 @@ Deno.test("run() aborts a watch that stays silent past its timeout plus grace", 
   await rec.until(() => streams.length === 2, 2000);
   assert.ok(streams[0]!.cancelled);
   assert.ok(performance.now() - t0 >= 300);
-  ctl.abort();
-  await done;
+  await stop();
 });
 
 Deno.test("run() falls back to periodic listing after repeated watch failures, then watches again", async () => {
