@@ -91,6 +91,8 @@ async function subnetManager(
     ...(flags.allowTokenOverHttp && { allowCredentialsOverHttp: true }),
     subnetFile: flags.subnetFile,
     renewMarginMinutes: flags.subnetLeaseRenewMargin,
+    ...(flags.watchIdleTimeout > 0 &&
+      { watchIdleTimeoutMs: flags.watchIdleTimeout * 1000 }),
   });
 }
 

@@ -86,6 +86,11 @@ export interface Flags {
   /** `--reconcile-period` (10): seconds between full kernel reconciles (weft). */
   readonly reconcilePeriod: number;
   /**
+   * `--watch-idle-timeout` (0): seconds a watch may stay silent before it
+   * is restarted; 0 keeps each API's own bound (weft).
+   */
+  readonly watchIdleTimeout: number;
+  /**
    * `--allow-token-over-http` (false): send the Kubernetes bearer token or
    * etcd credentials to an `http://` server (weft).
    */
@@ -446,6 +451,15 @@ const FLAGS: readonly FlagDef[] = [
     help:
       "period of the full kernel reconcile (routes, neighbours, FDB), in seconds; while the kernel reports no change to weft's objects, every sixth period (weft only)",
     check: range(1, 86400),
+  },
+  {
+    name: "watch-idle-timeout",
+    kind: "int",
+    key: "watchIdleTimeout",
+    def: "0",
+    help:
+      "restart a watch that received nothing for this many seconds; 0: 11 minutes for etcd (which reports progress every 10), the watch's own timeout plus 30 s for Kubernetes (weft only)",
+    check: range(0, 86400),
   },
   {
     name: "allow-token-over-http",

@@ -59,6 +59,7 @@ Deno.test("parseFlags() gives flanneld's defaults with no arguments", () => {
     vmodule: "",
     logBacktraceAt: "",
     reconcilePeriod: 10,
+    watchIdleTimeout: 0,
     allowTokenOverHttp: false,
     help: false,
   });
@@ -104,6 +105,7 @@ Deno.test("parseFlags() accepts every spelling Go's flag package accepts", () =>
     [["--kube-api-url="], { kubeApiUrl: "" }],
     [["--subnet-lease-renew-margin=1"], { subnetLeaseRenewMargin: 1 }],
     [["--reconcile-period", "30"], { reconcilePeriod: 30 }],
+    [["--watch-idle-timeout", "5"], { watchIdleTimeout: 5 }],
     [["--allow-token-over-http=true"], { allowTokenOverHttp: true }],
     [["-h"], { help: true }],
     [["--help"], { help: true }],

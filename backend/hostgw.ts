@@ -11,6 +11,7 @@ import type { Netlink } from "../ffi/types.ts";
 import type { NetworkConfig } from "../subnet/config.ts";
 import type { Lease, LeaseAttrs } from "../subnet/lease.ts";
 import { fail, ok, type Result } from "../lib/result.ts";
+import { quote } from "../lib/log.ts";
 import { type Backend, type BackendNetwork, type Underlay } from "./backend.ts";
 import { directPeerEntries } from "./plan.ts";
 import type { FamilyNetwork } from "./reconciler.ts";
@@ -44,7 +45,7 @@ class HostGwBackend implements Backend {
         : this.#config.ipv6Network!;
       const ownSubnet = family === 4 ? lease.subnet : lease.ipv6Subnet;
       if (ownSubnet === undefined) {
-        throw new Error(`Lease "${lease.key}" has no IPv${family} subnet`);
+        throw new Error(`Lease ${quote(lease.key)} has no IPv${family} subnet`);
       }
       const plan = {
         family,

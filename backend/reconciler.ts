@@ -61,7 +61,7 @@ import {
   type PeerObject,
   type PeerObjects,
 } from "./peer_objects.ts";
-import { logger } from "../lib/log.ts";
+import { logger, quote } from "../lib/log.ts";
 import { metrics } from "../lib/metrics.ts";
 import { sleep } from "../lib/retry.ts";
 
@@ -360,7 +360,9 @@ export class Reconciler {
           this.#ignored.set(lease.key, type);
           metrics.peersInvalid.inc();
           log.warn(
-            `Ignoring lease "${lease.key}": backend type "${type}", this node runs "${this.#opts.backendType}"`,
+            `Ignoring lease ${quote(lease.key)}: backend type ${
+              quote(type)
+            }, this node runs "${this.#opts.backendType}"`,
           );
         }
         if (this.#leases.delete(lease.key)) touched.add(lease.key);
@@ -434,7 +436,9 @@ export class Reconciler {
     for (const key of held) {
       log.v(
         1,
-        `Peer "${key}" would change existing kernel entries: waiting for the complete listing`,
+        `Peer ${
+          quote(key)
+        } would change existing kernel entries: waiting for the complete listing`,
       );
     }
     return {
@@ -769,7 +773,7 @@ export class Reconciler {
         metrics.kernelErrors.inc({ op: op.kind });
         log.error(
           `Failed: ${describeOp(op, name)}${
-            op.peer ? ` (peer "${op.peer}")` : ""
+            op.peer ? ` (peer ${quote(op.peer)})` : ""
           }: ${(e as Error).message}`,
         );
         if (op.peer !== undefined) {

@@ -54,7 +54,7 @@ import {
   vxlanPeerEntries,
 } from "./plan.ts";
 import type { FamilyNetwork } from "./reconciler.ts";
-import { logger } from "../lib/log.ts";
+import { logger, quote } from "../lib/log.ts";
 
 const log = logger("vxlan");
 
@@ -226,7 +226,9 @@ class VxlanBackend implements Backend {
       const subnet = spec.family === 4 ? lease.subnet : lease.ipv6Subnet;
       if (subnet === undefined) {
         throw new Error(
-          `Lease "${lease.key}" has no IPv${spec.family} subnet, but IPv${spec.family} is enabled`,
+          `Lease ${
+            quote(lease.key)
+          } has no IPv${spec.family} subnet, but IPv${spec.family} is enabled`,
         );
       }
       const address = `${subnetAddress(subnet)}/${

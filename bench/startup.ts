@@ -211,7 +211,7 @@ import "${ROOT}subnet/etcd/manager.ts";`,
     await probe(
       "the same + one GET through the kube client's transport to a local TLS server",
       `${netlinkPath}
-const { pinnedFetch } = await import("${ROOT}subnet/kube/pinned_fetch.ts");
+const { pinnedFetch } = await import("${ROOT}lib/pinned_fetch.ts");
 const get = pinnedFetch({ ca: Deno.readTextFileSync("${tls.dir}/ca.crt") });
 const res = await get("https://127.0.0.1:${tls.port}/");
 if ((await res.text()) !== "ok") throw new Error("TLS probe");

@@ -9,6 +9,7 @@
  * @module
  */
 import { fail, ok, type Result } from "./result.ts";
+import { quote } from "./log.ts";
 
 /** Address family. */
 export type Family = 4 | 6;
@@ -88,14 +89,16 @@ export function parseIp(text: string): Result<Ip> {
   if (typeof text !== "string" || text === "") return fail("empty IP address");
   if (text.includes(":")) {
     if (text.includes("%") || text.includes("/")) {
-      return fail(`Cannot parse IP address "${text}"`);
+      return fail(`Cannot parse IP address ${quote(text)}`);
     }
     const value = ipv6Value(text);
-    if (value === undefined) return fail(`Cannot parse IP address "${text}"`);
+    if (value === undefined) {
+      return fail(`Cannot parse IP address ${quote(text)}`);
+    }
     return ok({ family: 6, value });
   }
   const o = ipv4Octets(text);
-  if (o === undefined) return fail(`Cannot parse IP address "${text}"`);
+  if (o === undefined) return fail(`Cannot parse IP address ${quote(text)}`);
   return ok({
     family: 4,
     value: BigInt(((o[0]! << 24) >>> 0) + (o[1]! << 16) + (o[2]! << 8) + o[3]!),
@@ -104,17 +107,19 @@ export function parseIp(text: string): Result<Ip> {
 
 /** Parses `addr/prefix`; host bits are allowed (see {@linkcode parseSubnet}). */
 export function parseIpNet(text: string): Result<IpNet> {
-  if (typeof text !== "string") return fail(`Cannot parse CIDR "${text}"`);
+  if (typeof text !== "string") return fail(`Cannot parse CIDR ${quote(text)}`);
   const slash = text.indexOf("/");
-  if (slash < 0) return fail(`Cannot parse CIDR "${text}": no prefix length`);
+  if (slash < 0) {
+    return fail(`Cannot parse CIDR ${quote(text)}: no prefix length`);
+  }
   const ip = parseIp(text.slice(0, slash));
-  if (!ip.ok) return fail(`Cannot parse CIDR "${text}": ${ip.reason}`);
+  if (!ip.ok) return fail(`Cannot parse CIDR ${quote(text)}: ${ip.reason}`);
   const prefixText = text.slice(slash + 1);
   const prefix = Number(prefixText);
   if (
     !/^\d{1,3}$/.test(prefixText) || prefix > bitsOf(ip.value.family)
   ) {
-    return fail(`Cannot parse CIDR "${text}": bad prefix length`);
+    return fail(`Cannot parse CIDR ${quote(text)}: bad prefix length`);
   }
   return ok({ family: ip.value.family, addr: ip.value.value, prefix });
 }
@@ -125,7 +130,7 @@ export function parseSubnet(text: string): Result<IpNet> {
   if (!net.ok) return net;
   if (networkAddr(net.value) !== net.value.addr) {
     return fail(
-      `Cannot parse subnet "${text}": host bits set (network is "${
+      `Cannot parse subnet ${quote(text)}: host bits set (network is "${
         formatNet(canonicalNet(net.value))
       }")`,
     );

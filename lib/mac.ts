@@ -5,14 +5,15 @@
  * @module
  */
 import { fail, ok, type Result } from "./result.ts";
+import { quote } from "./log.ts";
 
 /** Parses a MAC address; accepts `:` or `-` separators and either case. */
 export function parseMac(text: unknown): Result<string> {
   if (typeof text !== "string") {
-    return fail(`Cannot parse MAC address ${JSON.stringify(text)}`);
+    return fail(`Cannot parse MAC address ${quote(text)}`);
   }
   if (!/^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$/.test(text)) {
-    return fail(`Cannot parse MAC address "${text}"`);
+    return fail(`Cannot parse MAC address ${quote(text)}`);
   }
   return ok(text.toLowerCase().replaceAll("-", ":"));
 }

@@ -168,6 +168,10 @@ export const metrics = (() => {
       "weft_peers_refused_total",
       "Peer leases refused, by reason (invalid, subnet_length, overlap, duplicate_mac, duplicate_public_ip)",
     ),
+    peerObjectsOversized: r.counter(
+      "weft_peer_objects_oversized_total",
+      "Peer objects refused for their size alone (an etcd value or a Node past its bound), once per write",
+    ),
     reconcilePasses: r.counter(
       "weft_reconcile_passes_total",
       "Reconcile passes run",

@@ -9,6 +9,7 @@
  */
 import { concatBytes } from "./bytes.ts";
 import { fail, ok, type Result } from "./result.ts";
+import { quote } from "./log.ts";
 
 const NEWLINE = 0x0a;
 
@@ -105,9 +106,8 @@ export function parseJsonLine(line: string): Result<unknown> {
   try {
     return ok(JSON.parse(line));
   } catch (e) {
-    const shown = line.length > 120 ? `${line.slice(0, 117)}...` : line;
     return fail(
-      `Cannot parse stream line "${shown}": ${(e as Error).message}`,
+      `Cannot parse stream line ${quote(line)}: ${(e as Error).message}`,
     );
   }
 }

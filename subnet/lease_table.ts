@@ -24,13 +24,15 @@
  * podCIDRs of different lengths, and flanneld programs them all. So a
  * podCIDR of another length is accepted when it overlaps no earlier claim;
  * the expected length (this node's own podCIDR length, the config's
- * default until our lease is known) only orders claims, standard first.
+ * default until our lease is known) only breaks ties between claims made
+ * at the same time, standard first.
  *
  * Who wins a conflict: the claim made first (`Lease.claimedAt`: in kube
  * mode when the Node's flannel annotations or pod CIDRs were last written,
  * from its managedFields; in etcd mode the revision since which the key
  * has carried its present claims), then the key created first
- * (`Lease.createdAt`), then the key name. This is a total order over what
+ * (`Lease.createdAt`), then a subnet of the expected length, then the key
+ * name. This is a total order over what
  * every agent reads from the API, never over when it read it, so an
  * agent started at any time reaches the verdict of one that watched the
  * claims being made. A claim whose time is unknown comes last. A peer
@@ -52,7 +54,7 @@ import { formatNet, type IpNet, netsOverlap, parseIpNet } from "../lib/ip.ts";
 import type { Lease, LeaseEvent } from "./lease.ts";
 import type { Result } from "../lib/result.ts";
 import { validateLease } from "./validate.ts";
-import { logger } from "../lib/log.ts";
+import { logger, quote } from "../lib/log.ts";
 import { metrics } from "../lib/metrics.ts";
 
 const log = logger("subnet");
@@ -383,7 +385,7 @@ export class LeaseTable {
     this.#warned.set(key, reason);
     metrics.peersInvalid.inc();
     metrics.peersRefused.inc({ reason: kind });
-    log.warn(`Skipping ${this.#opts.noun} "${key}": ${reason}`);
+    log.warn(`Skipping ${this.#opts.noun} ${quote(key)}: ${reason}`);
   }
 
   /** Drops an accepted key's claims (not its entry). */
@@ -446,7 +448,7 @@ export class LeaseTable {
       this.#warn(
         key,
         "overlap",
-        `its subnet overlaps the subnet of ${this.#opts.noun} "${first}"`,
+        `its subnet overlaps the subnet of ${this.#opts.noun} ${quote(first)}`,
       );
       return [];
     }
@@ -522,7 +524,14 @@ export class LeaseTable {
     const y = this.#entries.get(b)?.order ?? UNKNOWN;
     return compareNumbers(x.claimedAt, y.claimedAt) ||
       compareNumbers(x.createdAt, y.createdAt) ||
+      compareNumbers(this.#oddLength(a), this.#oddLength(b)) ||
       (a < b ? -1 : a > b ? 1 : 0);
+  }
+
+  /** 1 when a key claims a subnet of another length than expected, else 0. */
+  #oddLength(key: string): number {
+    const nets = this.#entries.get(key)?.nets ?? [];
+    return nets.every((n) => this.#standard(n)) ? 0 : 1;
   }
 
   #inClaimOrder(keys: string[]): string[] {

@@ -394,8 +394,11 @@ Deno.test("LeaseTable in kube mode programs podCIDRs of mixed lengths that overl
       lengths: "own",
       ownLease: lease("me", "10.244.4.0/26"),
     });
+    // Each claim one second after the one before.
+    let at = 0;
     const added = (key: string, subnet: string) =>
-      t.update(key, ok(lease(key, subnet)), 0).map((e) => e.lease.key);
+      t.update(key, ok({ ...lease(key, subnet), claimedAt: ++at * 1000 }), 0)
+        .map((e) => e.lease.key);
     assert.deepEqual(added("a", "10.244.1.0/26"), ["a"]);
     assert.deepEqual(added("b", "10.244.2.0/24"), ["b"]);
     // Overlapping an earlier claim of either length is still refused.
@@ -415,7 +418,7 @@ Deno.test("LeaseTable in kube mode programs podCIDRs of mixed lengths that overl
         l.includes('Skipping node "e": its subnet overlaps this node\'s own')
       ),
     );
-    // On a relist the standard-length claim goes first.
+    // Between claims of the same time, the standard length goes first.
     const u = new LeaseTable(config, {
       ownKey: "me",
       noun: "node",

@@ -18,6 +18,7 @@ import {
 } from "../lib/ip.ts";
 import type { Lease, VxlanBackendData, WireguardBackendData } from "./lease.ts";
 import { parseUnicastMac } from "../lib/mac.ts";
+import { quote } from "../lib/log.ts";
 import { fail, ok, type Result } from "../lib/result.ts";
 
 const BACKEND_TYPE = /^[a-z0-9][a-z0-9-]{0,31}$/;
@@ -28,7 +29,7 @@ export function parseVxlanData(
   field = "backend-data",
 ): Result<VxlanBackendData> {
   if (typeof data !== "object" || data === null || Array.isArray(data)) {
-    return fail(`Invalid ${field} ${short(data)}: not a JSON object`);
+    return fail(`Invalid ${field} ${quote(data)}: not a JSON object`);
   }
   const d = data as Record<string, unknown>;
   const vni = d.VNI ?? 0;
@@ -36,7 +37,7 @@ export function parseVxlanData(
     typeof vni !== "number" || !Number.isInteger(vni) || vni < 0 ||
     vni > 0xffffff
   ) {
-    return fail(`Invalid ${field} VNI ${short(vni)}`);
+    return fail(`Invalid ${field} VNI ${quote(vni)}`);
   }
   const mac = parseUnicastMac(d.VtepMAC);
   if (!mac.ok) return fail(`Invalid ${field} VtepMAC: ${mac.reason}`);
@@ -48,16 +49,16 @@ export function parseVxlanData(
  * (44 characters ending in `=`). Returns the trimmed text.
  */
 export function parseWgKey(text: unknown): Result<string> {
-  if (typeof text !== "string") return fail(`${short(text)} is not a string`);
+  if (typeof text !== "string") return fail(`${quote(text)} is not a string`);
   const t = text.trim();
   if (/^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/.test(t)) return ok(t);
   let bytes: number;
   try {
     bytes = atob(t).length;
   } catch {
-    return fail(`${short(t)} is not base64`);
+    return fail(`${quote(t)} is not base64`);
   }
-  return fail(`${short(t)} decodes to ${bytes} bytes, want 32`);
+  return fail(`${quote(t)} decodes to ${bytes} bytes, want 32`);
 }
 
 /**
@@ -69,7 +70,7 @@ export function parseWireguardData(
   field = "backend-data",
 ): Result<WireguardBackendData> {
   if (typeof data !== "object" || data === null || Array.isArray(data)) {
-    return fail(`Invalid ${field} ${short(data)}: not a JSON object`);
+    return fail(`Invalid ${field} ${quote(data)}: not a JSON object`);
   }
   const d = data as Record<string, unknown>;
   const key = parseWgKey(d.PublicKey);
@@ -79,20 +80,9 @@ export function parseWireguardData(
     typeof port !== "number" || !Number.isInteger(port) || port < 0 ||
     port > 65535
   ) {
-    return fail(`Invalid ${field} Port ${short(port)}: must be 0..65535`);
+    return fail(`Invalid ${field} Port ${quote(port)}: must be 0..65535`);
   }
   return ok({ PublicKey: key.value, Port: port });
-}
-
-/** Quotes a foreign value for a message, cut to a readable length. */
-export function short(v: unknown): string {
-  let s: string;
-  try {
-    s = JSON.stringify(v) ?? String(v);
-  } catch {
-    s = String(v);
-  }
-  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
 function familySubnet(
@@ -121,7 +111,7 @@ function publicIp(
   if (text === undefined || text === "") return fail(`Missing ${label}`);
   const ip = parseIp(text);
   if (!ip.ok || ip.value.family !== family) {
-    return fail(`Invalid ${label} ${short(text)}`);
+    return fail(`Invalid ${label} ${quote(text)}`);
   }
   const canonical = ipString(ip.value);
   // An encapsulation endpoint inside the overlay would loop packets
@@ -130,7 +120,7 @@ function publicIp(
     insideCluster(canonical, config.network) ??
     insideCluster(canonical, config.ipv6Network);
   if (why !== undefined) {
-    return fail(`Invalid ${label} ${short(text)}: ${why}`);
+    return fail(`Invalid ${label} ${quote(text)}: ${why}`);
   }
   return ok(canonical);
 }
@@ -140,8 +130,9 @@ function publicIp(
  * cannot. Only global or private unicast addresses can (Go's
  * `IsGlobalUnicast || IsPrivate`, stricter for IPv4): not unspecified,
  * loopback, multicast, broadcast, link-local, `0.0.0.0/8`, the reserved
- * `240.0.0.0/4`, or an IPv4-mapped or IPv4-compatible IPv6 address (which
- * would smuggle an IPv4 destination into an IPv6 entry).
+ * `240.0.0.0/4`, an IPv4-mapped or IPv4-compatible IPv6 address (which
+ * would smuggle an IPv4 destination into an IPv6 entry), or one of
+ * {@linkcode V6_SPECIAL}.
  */
 export function notUnicast(ip: Ip): string | undefined {
   const v = ip.value;
@@ -160,8 +151,29 @@ export function notUnicast(ip: Ip): string | undefined {
   if (v >> 118n === 0x3fan) return "link-local address";
   if (v >> 32n === 0xffffn) return "IPv4-mapped address";
   if (v >> 32n === 0n) return "IPv4-compatible address";
+  for (const [prefix, len, what] of V6_SPECIAL) {
+    if (v >> BigInt(128 - len) === prefix >> BigInt(128 - len)) {
+      return `${what} (${formatNet({ family: 6, addr: prefix, prefix: len })})`;
+    }
+  }
   return undefined;
 }
+
+/**
+ * IPv6 ranges that are not a host's own underlay address: each either
+ * stands for an IPv4 destination reached through a translator or relay
+ * (so a peer could aim the tunnel at any IPv4 host), or is deprecated or
+ * never routed. Unique-local and documentation addresses stay allowed.
+ */
+const V6_SPECIAL: readonly [bigint, number, string][] = [
+  [0x0064ff9b_00000000_00000000_00000000n, 96, "NAT64 address"],
+  [0x0064ff9b_00010000_00000000_00000000n, 48, "local-use NAT64 address"],
+  [0x00000000_00000000_ffff0000_00000000n, 96, "IPv4-translated address"],
+  [0x01000000_00000000_00000000_00000000n, 64, "discard-only address"],
+  [0x20010000_00000000_00000000_00000000n, 32, "Teredo address"],
+  [0x20020000_00000000_00000000_00000000n, 16, "6to4 address"],
+  [0xfec00000_00000000_00000000_00000000n, 10, "site-local address"],
+];
 
 /** Why a public IP inside the cluster network is refused, if it is. */
 function insideCluster(
@@ -185,7 +197,7 @@ export function validateLease(
 ): Result<Lease> {
   const type = lease.attrs.backendType;
   if (typeof type !== "string" || !BACKEND_TYPE.test(type)) {
-    return fail(`Invalid backend type ${short(type)}`);
+    return fail(`Invalid backend type ${quote(type)}`);
   }
   const v4 = familySubnet(
     config.enableIPv4 ? lease.subnet : undefined,

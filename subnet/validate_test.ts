@@ -128,6 +128,18 @@ Deno.test("validateLease() accepts only global or private unicast public IPs out
     ["publicIPv6", "fe80::1", /link-local address/],
     ["publicIPv6", "::ffff:198.18.0.3", /IPv4-mapped address/],
     ["publicIPv6", "::198.18.0.3", /IPv4-compatible address/],
+    ["publicIPv6", "64:ff9b::c612:3", /NAT64 address \(64:ff9b::\/96\)/],
+    ["publicIPv6", "64:ff9b:1::7", /NAT64 address \(64:ff9b:1::\/48\)/],
+    [
+      "publicIPv6",
+      "::ffff:0:c612:3",
+      /IPv4-translated address \(::ffff:0:0:0\/96\)/,
+    ],
+    ["publicIPv6", "100::1", /discard-only address \(100::\/64\)/],
+    ["publicIPv6", "2001:0:4136:e378::1", /Teredo address \(2001::\/32\)/],
+    ["publicIPv6", "2002:c612:3::1", /6to4 address \(2002::\/16\)/],
+    ["publicIPv6", "fec0::1", /site-local address \(fec0::\/10\)/],
+    ["publicIPv6", "feff::1", /site-local address/],
     ["publicIPv6", "fc00::7", /inside the cluster network "fc00::\/48"/],
   ];
   const base = goodDual;
@@ -143,7 +155,15 @@ Deno.test("validateLease() accepts only global or private unicast public IPs out
   }
   // Private and unique-local addresses are fine.
   for (
-    const [field, ip] of [["publicIP", "172.16.0.9"], ["publicIPv6", "fd00::9"]]
+    const [field, ip] of [
+      ["publicIP", "172.16.0.9"],
+      ["publicIPv6", "fd00::9"],
+      ["publicIPv6", "2001:db8::9"],
+      ["publicIPv6", "2001:1::9"],
+      ["publicIPv6", "64:ff9a::9"],
+      ["publicIPv6", "2003::9"],
+      ["publicIPv6", "fe00::9"],
+    ]
   ) {
     const r = validateLease(
       { ...base, attrs: { ...base.attrs, [field!]: ip } },

@@ -16,8 +16,8 @@ import {
 
 /** Each layer and the layers it may import (itself included). */
 const MAY_IMPORT: Record<string, readonly string[]> = {
-  // The floor: logging, metrics, results, retry, IP and MAC parsing,
-  // commands, atomic writes. No internal imports.
+  // The floor: logging, metrics, results, retry, IP and MAC parsing, URL
+  // schemes, a CA-pinned fetch, commands, atomic writes. No internal imports.
   "lib": ["lib"],
   // Kernel access and cluster state, side by side, each over the floor.
   "ffi": ["lib", "ffi"],

@@ -9,6 +9,7 @@
  * @module
  */
 import {
+  boundValue,
   type Compare,
   type EtcdApi,
   EtcdError,
@@ -207,7 +208,8 @@ export class FakeEtcd implements EtcdApi {
     this.#request("rangePrefix");
     const kvs = [...this.#kvs.values()]
       .filter((kv) => kv.key.startsWith(prefix))
-      .sort((a, b) => a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+      .sort((a, b) => a.key < b.key ? -1 : a.key > b.key ? 1 : 0)
+      .map(boundValue);
     return Promise.resolve({ revision: this.#revision, kvs });
   }
 
@@ -322,7 +324,7 @@ export class FakeEtcd implements EtcdApi {
       opts.signal.throwIfAborted();
       const events = this.#history
         .filter((c) => c.revision >= next && inRange(c.event.kv.key))
-        .map((c) => c.event);
+        .map((c) => ({ ...c.event, kv: boundValue(c.event.kv) }));
       const head = this.#revision;
       next = head + 1n;
       if (events.length > 0) yield { ...empty, revision: head, events };

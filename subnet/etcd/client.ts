@@ -17,12 +17,18 @@
  * @module
  */
 import { LineSplitter, parseJsonLine } from "../../lib/ndjson.ts";
-import { parseRetryAfter } from "../../lib/retry.ts";
+import { parseRetryAfter, sleep } from "../../lib/retry.ts";
 import { readBounded } from "../../lib/bytes.ts";
+import { quote } from "../../lib/log.ts";
+import { urlScheme } from "../../lib/url.ts";
+import { type PinnedFetch, pinnedFetch } from "../../lib/pinned_fetch.ts";
 
 /** TLS material for `--etcd-cafile/--etcd-certfile/--etcd-keyfile`. */
 export interface EtcdTlsFiles {
-  /** PEM CA bundle trusted in addition to the system roots. */
+  /**
+   * PEM CA bundle: the only CAs an https endpoint's certificate may chain
+   * to (none of the process's roots). Without it, the system roots.
+   */
   readonly caFile?: string;
   /** PEM client certificate chain; needs `keyFile`. */
   readonly certFile?: string;
@@ -48,6 +54,8 @@ export interface EtcdClientOptions {
   readonly requestTimeoutMs?: number;
   /** The fetch to use; tests inject one. Default: the global `fetch`. */
   readonly fetch?: typeof fetch;
+  /** Longest answer read. Default {@linkcode MAX_ANSWER_BYTES}; tests lower it. */
+  readonly maxAnswerBytes?: number;
 }
 
 /** Why a request failed. */
@@ -57,7 +65,12 @@ export type EtcdErrorKind =
   /** etcd answered with an error. */
   | "api"
   /** The answer could not be understood. */
-  | "protocol";
+  | "protocol"
+  /**
+   * The answer (or a watch line) was larger than the client reads, from
+   * every endpoint: a listing asks for a smaller page, a watch lists again.
+   */
+  | "oversized";
 
 /** A failed etcd request; the message names the endpoint(s) and cause. */
 export class EtcdError extends Error {
@@ -96,6 +109,12 @@ export interface KeyValue {
   readonly version: bigint;
   /** etcd lease ID as a decimal string; `"0"` when the key has no lease. */
   readonly lease: string;
+  /**
+   * Set when the value is longer than {@linkcode MAX_VALUE_BYTES}: its
+   * length in bytes (one more than the answer bound when it is only known
+   * to pass a whole answer). `value` is then empty (never decoded nor kept).
+   */
+  readonly oversized?: number;
 }
 
 /** Result of a range request. */
@@ -236,14 +255,33 @@ function arr(v: unknown): unknown[] {
 
 function kvFrom(raw: unknown): KeyValue {
   const r = obj(raw);
+  const value = str(r.value);
+  const bytes = base64Bytes(value);
   return {
     key: decoder.decode(unb64(str(r.key))),
-    value: decoder.decode(unb64(str(r.value))),
+    value: bytes > MAX_VALUE_BYTES ? "" : decoder.decode(unb64(value)),
     createRevision: big(r.create_revision),
     modRevision: big(r.mod_revision),
     version: big(r.version),
     lease: String(big(r.lease)),
+    ...(bytes > MAX_VALUE_BYTES && { oversized: bytes }),
   };
+}
+
+/**
+ * `kv` as the client delivers it: a value longer than
+ * {@linkcode MAX_VALUE_BYTES} dropped and its length kept in `oversized`
+ * (for stores that hold values already decoded, as the test fake does).
+ */
+export function boundValue(kv: KeyValue): KeyValue {
+  const bytes = encoder.encode(kv.value).length;
+  return bytes > MAX_VALUE_BYTES ? { ...kv, value: "", oversized: bytes } : kv;
+}
+
+/** How many bytes a base64 text decodes to (without decoding it). */
+function base64Bytes(text: string): number {
+  const pad = text.endsWith("==") ? 2 : text.endsWith("=") ? 1 : 0;
+  return Math.floor(text.length / 4) * 3 - pad;
 }
 
 function revisionOf(r: Record<string, unknown>): bigint {
@@ -312,11 +350,25 @@ const AUTH_PATH = "/v3/auth/authenticate";
  */
 export const MAX_ANSWER_BYTES = 32 << 20;
 
-async function readAnswer(res: Response): Promise<string> {
+/**
+ * The longest value kept from etcd. A lease value is a few hundred bytes
+ * of JSON and the network config a few more; a longer value is a peer
+ * filling the store (etcd accepts up to 1.5 MiB per request by default),
+ * kept out of memory and refused by its reader on its own.
+ */
+export const MAX_VALUE_BYTES = 64 << 10;
+
+/** The pause before a listing page is asked again, smaller. */
+export const SHRINK_PAUSE_MS = 250;
+
+/** An answer body passed {@linkcode MAX_ANSWER_BYTES}. */
+class AnswerTooLarge extends Error {}
+
+async function readAnswer(res: Response, limit: number): Promise<string> {
   if (!res.body) return "";
-  const bytes = await readBounded(res.body, MAX_ANSWER_BYTES);
+  const bytes = await readBounded(res.body, limit);
   if (bytes === undefined) {
-    throw new Error(`answer larger than ${MAX_ANSWER_BYTES} bytes`);
+    throw new AnswerTooLarge(`answer larger than ${limit} bytes`);
   }
   return new TextDecoder().decode(bytes);
 }
@@ -352,10 +404,19 @@ export class EtcdClient implements Disposable {
   readonly #endpoints: string[];
   readonly #opts: EtcdClientOptions;
   readonly #timeoutMs: number;
+  readonly #maxAnswer: number;
   readonly #fetch: typeof fetch;
   #current = 0;
+  /**
+   * Endpoint → `Date.now()` before which it is not asked again: the time
+   * its last `Retry-After` named. Held client-wide, so the watch, the
+   * listing and the renewal loops all wait, not only the one that met it.
+   */
+  readonly #holdUntil = new Map<string, number>();
+  /** Page size the last listing ended with (see `rangePrefix`). */
+  #listLimit: number | undefined;
   #token: string | undefined;
-  #http: Promise<Deno.HttpClient | undefined> | undefined;
+  #http: Promise<Transport> | undefined;
   #closed = false;
 
   constructor(opts: EtcdClientOptions) {
@@ -374,7 +435,7 @@ export class EtcdClient implements Disposable {
       } catch { /* reported below */ }
       if (
         !url || !/^https?:$/.test(url.protocol) ||
-        !/^https?:\/\/[^/]+$/.test(text)
+        !/^https?:\/\/[^/]+$/i.test(text)
       ) {
         throw new Error(
           `Invalid etcd endpoint "${shown}": expected http(s)://host:port`,
@@ -394,7 +455,7 @@ export class EtcdClient implements Disposable {
       opts = { ...opts, ...fromUrl };
     }
     if (opts.username !== undefined && !opts.allowCredentialsOverHttp) {
-      const plain = this.#endpoints.find((e) => e.startsWith("http:"));
+      const plain = this.#endpoints.find((e) => urlScheme(e) !== "https");
       if (plain !== undefined) {
         throw new Error(
           `Refusing to send etcd credentials to "${plain}" over plain HTTP: use an https endpoint, or pass --allow-token-over-http`,
@@ -403,6 +464,7 @@ export class EtcdClient implements Disposable {
     }
     this.#opts = opts;
     this.#timeoutMs = opts.requestTimeoutMs ?? 10_000;
+    this.#maxAnswer = opts.maxAnswerBytes ?? MAX_ANSWER_BYTES;
     this.#fetch = opts.fetch ?? fetch;
   }
 
@@ -418,6 +480,8 @@ export class EtcdClient implements Disposable {
       rangeEnd?: string;
       revision?: bigint;
       limit?: number;
+      /** Keys and metadata without values. */
+      keysOnly?: boolean;
       signal?: AbortSignal;
     } = {},
   ): Promise<RangeResult> {
@@ -426,6 +490,7 @@ export class EtcdClient implements Disposable {
       ...(opts.rangeEnd !== undefined && { range_end: opts.rangeEnd }),
       ...(opts.revision !== undefined && { revision: String(opts.revision) }),
       ...(opts.limit !== undefined && { limit: String(opts.limit) }),
+      ...(opts.keysOnly && { keys_only: true }),
     }, opts.signal);
     // A 200 that is not a range answer (a proxy's page, JSON of another
     // shape) must not read as "no keys": that would withdraw every peer.
@@ -437,7 +502,7 @@ export class EtcdClient implements Disposable {
     ) {
       throw new EtcdError(
         `etcd /v3/kv/range answered 200 with a body that is not a range response: ${
-          JSON.stringify(r).slice(0, 120)
+          quote(r)
         }`,
         "protocol",
       );
@@ -466,8 +531,15 @@ export class EtcdClient implements Disposable {
   }
 
   /**
-   * Reads every key starting with `prefix`, in pages of `pageSize`, all at
-   * the revision of the first page (a consistent snapshot).
+   * Reads every key starting with `prefix`, in pages of at most `pageSize`,
+   * all at the revision of the first page (a consistent snapshot). A page
+   * whose answer passes {@linkcode MAX_ANSWER_BYTES} is asked again at a
+   * quarter of the size (after {@linkcode SHRINK_PAUSE_MS}), down to one
+   * key; a single key whose value alone passes
+   * the bound is listed without its value (marked `oversized`), so the
+   * listing always completes. The size that worked is where the next
+   * listing starts, doubling back towards `pageSize` after a listing
+   * without an oversized page.
    */
   async rangePrefix(
     prefix: string,
@@ -478,19 +550,45 @@ export class EtcdClient implements Disposable {
     const kvs: KeyValue[] = [];
     let from = prefix;
     let revision: bigint | undefined;
+    let limit = Math.min(this.#listLimit ?? pageSize, pageSize);
+    let shrunk = false;
+    const at = (extra: { limit: number; keysOnly?: boolean }) => ({
+      rangeEnd: end,
+      ...extra,
+      ...(revision !== undefined && { revision }),
+      ...(signal && { signal }),
+    });
     while (true) {
-      const page = await this.range(from, {
-        rangeEnd: end,
-        limit: pageSize,
-        ...(revision !== undefined && { revision }),
-        ...(signal && { signal }),
-      });
+      let page: RangeResult;
+      try {
+        page = await this.range(from, at({ limit }));
+      } catch (e) {
+        if (!(e instanceof EtcdError) || e.kind !== "oversized") throw e;
+        shrunk = true;
+        // Paced: a broken proxy answering everything with an endless body
+        // must not turn into a burst of retries.
+        await sleep(SHRINK_PAUSE_MS, signal);
+        if (limit > 1) {
+          limit = Math.ceil(limit / 4);
+          continue;
+        }
+        // One value larger than a whole answer: its key, not its value.
+        page = await this.range(from, at({ limit: 1, keysOnly: true }));
+        page = {
+          ...page,
+          kvs: page.kvs.map((kv) => ({
+            ...kv,
+            oversized: this.#maxAnswer + 1,
+          })),
+        };
+      }
       revision ??= page.revision;
       kvs.push(...page.kvs);
       const last = page.kvs[page.kvs.length - 1];
       if (!page.more || last === undefined) break;
       from = `${last.key}\0`;
     }
+    this.#listLimit = shrunk ? limit : Math.min(limit * 2, pageSize);
     return { revision, kvs };
   }
 
@@ -623,7 +721,16 @@ export class EtcdClient implements Disposable {
             "unreachable",
           );
         }
-        for (const text of lines.push(chunk.value)) {
+        let texts: string[];
+        try {
+          texts = lines.push(chunk.value);
+        } catch (e) {
+          throw new EtcdError(
+            `Watch on etcd "${endpoint}": ${(e as Error).message}`,
+            "oversized",
+          );
+        }
+        for (const text of texts) {
           const line = parseJsonLine(text);
           if (!line.ok) {
             throw new EtcdError(
@@ -648,7 +755,7 @@ export class EtcdClient implements Disposable {
           ) {
             throw new EtcdError(
               `Watch on etcd "${endpoint}": a response without a header revision: ${
-                text.slice(0, 120)
+                quote(text)
               }`,
               "protocol",
             );
@@ -675,20 +782,30 @@ export class EtcdClient implements Disposable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#http?.then((c) => c?.close()).catch(() => {});
+    this.#http?.then((t) => {
+      t.client?.close();
+      t.pinned?.close();
+    }).catch(() => {});
   }
 
   [Symbol.dispose](): void {
     this.close();
   }
 
-  #httpClient(): Promise<Deno.HttpClient | undefined> {
+  /**
+   * How requests go out. With a CA file: through {@linkcode pinnedFetch},
+   * trusting that CA alone (an https endpoint whose certificate chains to
+   * any other root, the process's own included, is refused before the
+   * password or token is sent). A client certificate without a CA file
+   * goes through a Deno HTTP client over the system roots.
+   */
+  #transport(): Promise<Transport> {
     if (this.#closed) {
       return Promise.reject(new Error("etcd client is closed"));
     }
-    this.#http ??= (async () => {
+    this.#http ??= (async (): Promise<Transport> => {
       const tls = this.#opts.tls;
-      if (!tls?.caFile && !tls?.certFile && !tls?.keyFile) return undefined;
+      if (!tls?.caFile && !tls?.certFile && !tls?.keyFile) return {};
       const read = async (what: string, path: string) => {
         try {
           return await Deno.readTextFile(path);
@@ -701,15 +818,17 @@ export class EtcdClient implements Disposable {
           "etcd client certificate needs both --etcd-certfile and --etcd-keyfile",
         );
       }
-      const caCerts = tls.caFile ? [await read("CA file", tls.caFile)] : [];
-      if (tls.certFile && tls.keyFile) {
-        return Deno.createHttpClient({
-          caCerts,
+      const pair = tls.certFile && tls.keyFile
+        ? {
           cert: await read("certificate file", tls.certFile),
           key: await read("key file", tls.keyFile),
-        });
+        }
+        : undefined;
+      if (tls.caFile) {
+        const ca = await read("CA file", tls.caFile);
+        return { pinned: pinnedFetch({ ca, ...pair }) };
       }
-      return Deno.createHttpClient({ caCerts });
+      return { client: Deno.createHttpClient(pair!) };
     })();
     // A failed load is retried on the next request (the file may appear).
     this.#http.catch(() => this.#http = undefined);
@@ -794,15 +913,24 @@ export class EtcdClient implements Disposable {
     opts: { signal?: AbortSignal; stream: boolean },
   ): Promise<Exchange> {
     const { signal, stream } = opts;
-    const client = await this.#httpClient();
+    const transport = await this.#transport();
     await this.#ensureToken(path, signal);
     const failures: string[] = [];
+    // Answers past the bound: from every endpoint, the request itself is
+    // too large (a listing then asks for less); from some, a broken member.
+    let tooLarge = 0;
     let lastRetryAfter: number | undefined;
     let reauthed = false;
     const order = this.#order();
     for (let i = 0; i < order.length; i++) {
       const idx = order[i]!;
       const ep = this.#endpoints[idx]!;
+      const hold = (this.#holdUntil.get(ep) ?? 0) - Date.now();
+      if (hold > 0) {
+        failures.push(`"${ep}": asked to wait ${hold} ms more (Retry-After)`);
+        lastRetryAfter = Math.max(lastRetryAfter ?? 0, hold);
+        continue;
+      }
       const ctl = new AbortController();
       let timedOut = false;
       const timer = setTimeout(() => {
@@ -812,16 +940,22 @@ export class EtcdClient implements Disposable {
       let res: Response;
       let text = "";
       try {
-        res = await this.#fetch(ep + path, {
+        // An injected fetch (tests) stands in for every transport.
+        const send = transport.pinned && !this.#opts.fetch &&
+            urlScheme(ep) === "https"
+          ? transport.pinned
+          : this.#fetch;
+        res = await send(ep + path, {
           method: "POST",
           headers: this.#headers(path),
           body,
           signal: signal ? AbortSignal.any([signal, ctl.signal]) : ctl.signal,
-          ...(client && { client }),
-        });
-        if (!stream || !res.ok) text = await readAnswer(res);
+          ...(transport.client && { client: transport.client }),
+        } as RequestInit);
+        if (!stream || !res.ok) text = await readAnswer(res, this.#maxAnswer);
       } catch (e) {
         if (signal?.aborted) throw signal.reason;
+        if (e instanceof AnswerTooLarge) tooLarge++;
         failures.push(
           `"${ep}": ${
             timedOut ? `no answer within ${this.#timeoutMs} ms` : describe(e)
@@ -836,7 +970,10 @@ export class EtcdClient implements Disposable {
         return { res, endpoint: ep, ctl };
       }
       const retryAfter = parseRetryAfter(res.headers.get("retry-after"));
-      if (retryAfter !== undefined) lastRetryAfter = retryAfter;
+      if (retryAfter !== undefined) {
+        lastRetryAfter = retryAfter;
+        if (!res.ok) this.#holdUntil.set(ep, Date.now() + retryAfter);
+      }
       let json: Record<string, unknown> | undefined;
       try {
         json = obj(JSON.parse(text));
@@ -851,7 +988,7 @@ export class EtcdClient implements Disposable {
         ep,
         path,
         res.status,
-        json ?? { error: text.slice(0, 200) },
+        json ?? { error: quote(text) },
         retryAfter,
       );
       const verdict = failoverVerdict(res.status, err.code);
@@ -874,7 +1011,7 @@ export class EtcdClient implements Disposable {
       if (json === undefined) {
         throw new EtcdError(
           `etcd "${ep}" ${path}: HTTP ${res.status} with a body that is not JSON: ${
-            text.slice(0, 200)
+            quote(text)
           }`,
           "protocol",
         );
@@ -883,11 +1020,19 @@ export class EtcdClient implements Disposable {
     }
     throw new EtcdError(
       `Cannot reach etcd for ${path}: ${failures.join("; ")}`,
-      "unreachable",
+      tooLarge === order.length ? "oversized" : "unreachable",
       undefined,
       lastRetryAfter,
     );
   }
+}
+
+/** The TLS side of requests (see `EtcdClient.#transport`). */
+interface Transport {
+  /** For https endpoints, when a CA file is configured. */
+  readonly pinned?: PinnedFetch;
+  /** Client certificate over the system roots. */
+  readonly client?: Deno.HttpClient;
 }
 
 /** One endpoint's successful answer. */

@@ -6,6 +6,7 @@ import {
   failoverVerdict,
   isTransient,
   MAX_ANSWER_BYTES,
+  MAX_VALUE_BYTES,
   prefixRangeEnd,
   redactUrl,
   unb64,
@@ -146,6 +147,42 @@ Deno.test("EtcdClient reports every endpoint's reason and the last Retry-After w
   });
 });
 
+Deno.test("EtcdClient asks an endpoint nothing until its Retry-After has passed, for every caller", async () => {
+  const s = scripted({
+    "a:1": [
+      json(429, { error: "too many requests" }, { "retry-after": "1" }),
+      OK_RANGE,
+    ],
+    "b:2": [() => new Response("down", { status: 503 }), OK_RANGE],
+  });
+  using c = new EtcdClient({ endpoints, fetch: s.fetch });
+  await assert.rejects(c.range("k"));
+  assert.equal(s.calls.length, 2);
+  // Another request (say the watch's) within the second: no call to a:1.
+  const started = Date.now();
+  const r = await c.range("k");
+  assert.equal(r.revision, 7n);
+  assert.deepEqual(s.calls.slice(2), ["b:2/v3/kv/range"]);
+  // With b:2 held too, nothing is sent at all, and the wait is reported.
+  const held = scripted({
+    "a:1": [json(429, {}, { "retry-after": "1" })],
+    "b:2": [json(429, {}, { "retry-after": "1" })],
+  });
+  using c2 = new EtcdClient({ endpoints, fetch: held.fetch });
+  await assert.rejects(c2.range("k"));
+  await assert.rejects(c2.range("k"), (e: unknown) => {
+    assert.ok(e instanceof EtcdError);
+    assert.ok(
+      e.retryAfterMs! > 0 && e.retryAfterMs! <= 1000,
+      String(e.retryAfterMs),
+    );
+    assert.match(e.message, /asked to wait \d+ ms more \(Retry-After\)/);
+    return true;
+  });
+  assert.equal(held.calls.length, 2);
+  assert.ok(Date.now() - started < 1000, "the test outlived the hold");
+});
+
 Deno.test("EtcdClient logs in again once on an expired token, on the same endpoint", async () => {
   const s = scripted({
     "a:1": [
@@ -284,6 +321,118 @@ Deno.test("EtcdClient refuses an endless answer and fails over, reading no more 
   using c2 = new EtcdClient({ endpoints: ["http://a:1"], fetch: only.fetch });
   await assert.rejects(
     c2.range("k"),
-    /"http:\/\/a:1": answer larger than 33554432 bytes/,
+    (e: unknown) =>
+      e instanceof EtcdError && e.kind === "oversized" &&
+      /"http:\/\/a:1": answer larger than 33554432 bytes/.test(e.message),
+  );
+});
+
+Deno.test("EtcdClient judges endpoint schemes case-insensitively: HTTP:// carries no password, HTTPS:// is https", () => {
+  assert.throws(
+    () =>
+      new EtcdClient({
+        endpoints: ["https://10.0.0.2:2379", "HTTP://10.0.0.1:2379"],
+        username: "root",
+        password: "s3cret",
+      }),
+    (e: Error) =>
+      e.message ===
+        'Refusing to send etcd credentials to "http://10.0.0.1:2379" over plain HTTP: use an https endpoint, or pass --allow-token-over-http',
+  );
+  const c = new EtcdClient({
+    endpoints: ["HTTPS://10.0.0.1:2379"],
+    username: "root",
+    password: "s3cret",
+  });
+  assert.deepEqual(c.endpoints, ["https://10.0.0.1:2379"]);
+  c.close();
+});
+
+/** A gateway serving `/v3/kv/range` over `store` as etcd pages it. */
+function rangeGateway(store: Map<string, string>) {
+  const requests: { limit: number; keysOnly: boolean; revision: string }[] = [];
+  const bytes = (s: string) => new TextEncoder().encode(s);
+  const fetchFn = async (_input: RequestInfo | URL, init?: RequestInit) => {
+    const r = JSON.parse(String(init!.body));
+    const from = new TextDecoder().decode(unb64(r.key));
+    const end = unb64(r.range_end);
+    const limit = Number(r.limit ?? 0);
+    requests.push({ limit, keysOnly: !!r.keys_only, revision: r.revision });
+    const below = (k: string) => {
+      const kb = bytes(k);
+      for (let i = 0; i < Math.min(kb.length, end.length); i++) {
+        if (kb[i] !== end[i]) return kb[i]! < end[i]!;
+      }
+      return kb.length < end.length;
+    };
+    const keys = [...store.keys()].sort().filter((k) => k >= from && below(k));
+    const page = limit > 0 ? keys.slice(0, limit) : keys;
+    return await Promise.resolve(Response.json({
+      header: { revision: "9" },
+      kvs: page.map((k) => ({
+        key: b64(k),
+        ...(!r.keys_only && { value: b64(store.get(k)!) }),
+        mod_revision: "5",
+      })),
+      more: page.length < keys.length,
+      count: String(keys.length),
+    }));
+  };
+  return { fetch: fetchFn as typeof fetch, requests };
+}
+
+Deno.test("rangePrefix() shrinks a page that passes the answer bound, lists a value larger than a whole answer by its key alone, and always completes", async () => {
+  const store = new Map<string, string>();
+  for (let i = 0; i < 40; i++) {
+    store.set(
+      `/p/k${String(i).padStart(2, "0")}`,
+      "v".repeat(i === 7 ? 5000 : i % 3 === 0 ? 900 : 100),
+    );
+  }
+  store.set("/q/outside", "x");
+  const g = rangeGateway(store);
+  using c = new EtcdClient({
+    endpoints: ["http://a:1"],
+    fetch: g.fetch,
+    maxAnswerBytes: 4096,
+  });
+  const first = await c.rangePrefix("/p/", undefined, 32);
+  assert.deepEqual(
+    first.kvs.map((kv) => kv.key),
+    [...store.keys()].filter((k) => k.startsWith("/p/")),
+  );
+  const k07 = first.kvs.find((kv) => kv.key === "/p/k07")!;
+  assert.equal(k07.value, "");
+  assert.equal(k07.oversized, 4097);
+  assert.equal(first.kvs.filter((kv) => kv.oversized !== undefined).length, 1);
+  assert.equal(
+    first.kvs.find((kv) => kv.key === "/p/k03")!.value,
+    "v".repeat(900),
+  );
+  assert.ok(g.requests.some((r) => r.keysOnly && r.limit === 1));
+  // Every page after the first reads at the first page's revision.
+  const pinned = g.requests.findIndex((r) => r.revision === "9");
+  assert.ok(
+    pinned > 0 && g.requests.slice(pinned).every((r) => r.revision === "9"),
+  );
+  // The next listing starts at the size that worked, not at 32 again.
+  const n = g.requests.length;
+  await c.rangePrefix("/p/", undefined, 32);
+  assert.ok(g.requests[n]!.limit < 32, JSON.stringify(g.requests[n]));
+});
+
+Deno.test("EtcdClient keeps a value past MAX_VALUE_BYTES out of memory, marked with its length", async () => {
+  const store = new Map([["/p/a", "a".repeat(MAX_VALUE_BYTES + 1)], [
+    "/p/b",
+    "ok",
+  ]]);
+  using c = new EtcdClient({
+    endpoints: ["http://a:1"],
+    fetch: rangeGateway(store).fetch,
+  });
+  const { kvs } = await c.rangePrefix("/p/");
+  assert.deepEqual(
+    kvs.map((kv) => [kv.key, kv.value, kv.oversized]),
+    [["/p/a", "", MAX_VALUE_BYTES + 1], ["/p/b", "ok", undefined]],
   );
 });

@@ -12,7 +12,7 @@
 import { formatNet, parseIpNet } from "../../lib/ip.ts";
 import type { Lease, LeaseAttrs } from "../lease.ts";
 import { fail, ok, type Result } from "../../lib/result.ts";
-import { short } from "../validate.ts";
+import { quote } from "../../lib/log.ts";
 
 /** flanneld's default `--etcd-prefix`. */
 export const DEFAULT_PREFIX = "/coreos.com/network";
@@ -92,15 +92,15 @@ const KEY_NAME =
  */
 export function parseSubnetKeyName(name: string): Result<SubnetPair> {
   const m = KEY_NAME.exec(name);
-  if (!m) return fail(`Key name "${name}" is not a subnet`);
+  if (!m) return fail(`Key name ${quote(name)} is not a subnet`);
   const v4 = parseIpNet(`${m[1]}/${m[2]}`);
   if (!v4.ok || v4.value.family !== 4) {
-    return fail(`Key name "${name}" is not a subnet: bad IPv4 part`);
+    return fail(`Key name ${quote(name)} is not a subnet: bad IPv4 part`);
   }
   if (m[3] === undefined) return ok({ subnet: formatNet(v4.value) });
   const v6 = parseIpNet(`${m[3]}/${m[4]}`);
   if (!v6.ok || v6.value.family !== 6) {
-    return fail(`Key name "${name}" is not a subnet: bad IPv6 part`);
+    return fail(`Key name ${quote(name)} is not a subnet: bad IPv6 part`);
   }
   return ok({ subnet: formatNet(v4.value), ipv6Subnet: formatNet(v6.value) });
 }
@@ -111,7 +111,7 @@ export function parseSubnetKeyName(name: string): Result<SubnetPair> {
  */
 export function parseSubnetKey(key: string, dir: string): Result<SubnetPair> {
   if (!key.startsWith(dir)) {
-    return fail(`Key "${key}" is not under "${dir}"`);
+    return fail(`Key ${quote(key)} is not under "${dir}"`);
   }
   return parseSubnetKeyName(key.slice(dir.length));
 }
@@ -183,11 +183,11 @@ export function decodeLeaseAttrs(text: string): Result<LeaseAttrs> {
     doc = JSON.parse(text);
   } catch (e) {
     return fail(
-      `Cannot parse lease value ${short(text)}: ${(e as Error).message}`,
+      `Cannot parse lease value ${quote(text)}: ${(e as Error).message}`,
     );
   }
   if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
-    return fail(`Cannot parse lease value ${short(text)}: not a JSON object`);
+    return fail(`Cannot parse lease value ${quote(text)}: not a JSON object`);
   }
   const fields = new Map<AttrField, unknown>();
   for (const [k, v] of Object.entries(doc)) {
@@ -198,7 +198,7 @@ export function decodeLeaseAttrs(text: string): Result<LeaseAttrs> {
     const v = fields.get(name);
     if (v === undefined || v === null) return ok(undefined);
     if (typeof v !== "string") {
-      return fail(`Invalid lease value: ${name} ${short(v)} is not a string`);
+      return fail(`Invalid lease value: ${name} ${quote(v)} is not a string`);
     }
     return ok(v);
   };

@@ -42,8 +42,12 @@ import {
   type EtcdTlsFiles,
   isTransient,
   type KeyValue,
+  MAX_ANSWER_BYTES,
+  MAX_VALUE_BYTES,
   retryAfterOf,
 } from "./client.ts";
+import { metrics } from "../../lib/metrics.ts";
+import { fail, type Result } from "../../lib/result.ts";
 import {
   configKey,
   decodeLeaseAttrs,
@@ -394,10 +398,21 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       noun: "etcd key",
     });
     const dir = subnetsDir(this.#prefix);
-    const claims = new ClaimTimes(
-      this.#client,
-      (kv) => leaseFromKv(kv.key, kv.value, dir, undefined, kv.createRevision),
-    );
+    // An oversized value is counted once per write, however often a
+    // relist delivers it again; the table logs its refusal once.
+    const counted = new Map<string, bigint>();
+    const toLease = (kv: KeyValue): Result<Lease> => {
+      if (kv.oversized === undefined) {
+        counted.delete(kv.key);
+        return leaseFromKv(kv.key, kv.value, dir, undefined, kv.createRevision);
+      }
+      if (counted.get(kv.key) !== kv.modRevision) {
+        counted.set(kv.key, kv.modRevision);
+        metrics.peerObjectsOversized.inc();
+      }
+      return fail(oversizedReason(kv.oversized));
+    };
+    const claims = new ClaimTimes(this.#client, toLease);
     // The first listing is always delivered, even empty: it tells the
     // backend that the peer set is complete and stale entries may go.
     let delivered = false;
@@ -785,4 +800,11 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     this.#own = { ...own, leaseId: kv.lease };
     await this.#renew(signal, depth + 1);
   }
+}
+
+/** Why a value is refused for its size alone. */
+export function oversizedReason(bytes: number): string {
+  return bytes > MAX_ANSWER_BYTES
+    ? `value larger than a whole etcd answer refused for its size (at most ${MAX_VALUE_BYTES} bytes)`
+    : `value of ${bytes} bytes refused for its size (at most ${MAX_VALUE_BYTES})`;
 }

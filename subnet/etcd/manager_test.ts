@@ -4,6 +4,7 @@ import { FakeEtcd } from "./_fake_etcd.ts";
 import type { LeaseAttrs, LeaseEvent } from "../lease.ts";
 import { setLogSink } from "../../lib/log.ts";
 import { formatNet } from "../../lib/ip.ts";
+import { metrics } from "../../lib/metrics.ts";
 
 const logs: string[] = [];
 setLogSink((line) => logs.push(line));
@@ -371,4 +372,86 @@ Deno.test("IPv6 only: keys and values as flanneld writes them, a flanneld node's
   const reused = await again.m.acquireLease(ours, ac2.signal);
   assert.equal(reused.key, lease.key);
   ac2.abort();
+});
+
+Deno.test("watchLeases() refuses oversized values one by one (logged once, counted once per write), programs the rest, and no peer string forges or floods a log line", async () => {
+  const { etcd, m } = setup();
+  await withNode2(etcd);
+  const big = (n: number) =>
+    `{"PublicIP":"198.18.0.9","Pad":"${"x".repeat(n)}"}`;
+  const oversized = [3, 4, 5].map((i) => `${PREFIX}/subnets/10.5.${i}.0-24`);
+  for (const k of oversized) await etcd.put(k, big(1 << 20));
+  // Under the value bound but long, with a forged line in it.
+  await etcd.put(
+    `${PREFIX}/subnets/10.5.6.0-24`,
+    `{"PublicIP":"198.18.0.6\nE1206 00:00:00.000000 1 etcd] forged","x":"${
+      "y".repeat(50 << 10)
+    }"}`,
+  );
+  await etcd.put(
+    `${PREFIX}/subnets/10.5.7.0-24`,
+    value("198.18.0.7", "0a:00:00:00:00:07\\nE1206 forged-mac"),
+  );
+  await etcd.put(`${PREFIX}/subnets/10.5.8.0-24\nW1206 forged-key`, "{}");
+  const before = metrics.peerObjectsOversized.get();
+  const from = logs.length;
+  const ac = new AbortController();
+  const c = collector();
+  const done = m.watchLeases(c.handler, ac.signal);
+  await c.until(() => c.summary().length === 1);
+  assert.deepEqual(c.summary(), ["added 10.5.2.0/24"]);
+  assert.equal(metrics.peerObjectsOversized.get() - before, 3);
+  const warned = (k: string) =>
+    logs.slice(from).filter((l) => l.startsWith("W") && l.includes(`"${k}"`));
+  for (const k of oversized) {
+    const lines = warned(k);
+    assert.equal(lines.length, 1, k);
+    assert.match(
+      lines[0]!,
+      /: value of 1048610 bytes refused for its size \(at most 65536\)$/,
+    );
+  }
+  // A valid peer at 10.5.<i>.0/24, whose arrival marks a point in time.
+  const marker = async (i: number, events: number) => {
+    await etcd.put(
+      `${PREFIX}/subnets/10.5.${i}.0-24`,
+      value(`198.18.0.${i + 10}`, `0a:00:00:00:00:${i + 10}`),
+    );
+    await c.until(() => c.summary().length === events);
+  };
+  // A new write of one counts again; a relist of the same does not.
+  await etcd.put(oversized[0]!, big(2 << 20));
+  await marker(9, 2);
+  assert.equal(metrics.peerObjectsOversized.get() - before, 4);
+  etcd.compact();
+  etcd.breakWatches();
+  await marker(10, 3);
+  assert.equal(metrics.peerObjectsOversized.get() - before, 4);
+  ac.abort();
+  await done;
+  const mine = logs.slice(from);
+  for (const l of mine) {
+    assert.ok(/^[IWE]\d{4} /.test(l), `not a log line: ${l.slice(0, 80)}`);
+    assert.ok(!l.includes("\n"), `a newline inside: ${l.slice(0, 200)}`);
+    assert.ok(l.length < 1000, `a line of ${l.length} chars`);
+  }
+  const forged = mine.filter((l) => l.includes("forged"));
+  assert.equal(forged.length, 3);
+  for (const l of forged) {
+    assert.match(l, /^W\d{4} [\d:.]+ +\d+ subnet\] Skipping etcd key "/);
+  }
+  const cut = mine.find((l) => l.includes("10.5.6.0-24"));
+  assert.match(
+    cut ?? "",
+    /\\nE1206 00:00:00\.000000 1 etcd\] forged.*…" \(51\d{3} bytes\)/,
+  );
+  assert.match(
+    mine.find((l) => l.includes("10.5.7.0-24")) ?? "",
+    /VtepMAC: Cannot parse MAC address "0a:00:00:00:00:07\\nE1206 forged-mac"/,
+  );
+  assert.ok(
+    mine.some((l) =>
+      l.includes(`"${PREFIX}/subnets/10.5.8.0-24\\nW1206 forged-key"`)
+    ),
+  );
 });

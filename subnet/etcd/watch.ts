@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { logger } from "../../lib/log.ts";
+import { logger, quote } from "../../lib/log.ts";
 import { metrics } from "../../lib/metrics.ts";
 import { Backoff, sleep } from "../../lib/retry.ts";
 import {
@@ -143,7 +143,7 @@ export async function watchSubnets(
         if (resp.canceled) {
           throw new EtcdError(
             `etcd canceled the watch of "${dir}": ${
-              resp.cancelReason || "no reason given"
+              resp.cancelReason ? quote(resp.cancelReason) : "no reason given"
             }`,
             "unreachable",
           );
@@ -171,6 +171,9 @@ export async function watchSubnets(
       // Compaction reported as an error rather than in a response
       // ("mvcc: required revision has been compacted"): list again too.
       if (isCompacted(e)) next = undefined;
+      // A watch answer too large to read (many large values at once): a
+      // listing reads them in pages, and the watch then resumes after it.
+      if (e instanceof EtcdError && e.kind === "oversized") next = undefined;
       metrics.watchRestarts.inc();
       const d = backoff.next(retryAfterOf(e));
       log.warn(
@@ -218,7 +221,7 @@ export async function watchOwnKey(
         }
         if (resp.canceled) {
           throw new EtcdError(
-            `etcd canceled the watch of "${key}": ${resp.cancelReason}`,
+            `etcd canceled the watch of "${key}": ${quote(resp.cancelReason)}`,
             "unreachable",
           );
         }

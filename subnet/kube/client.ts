@@ -9,8 +9,9 @@
  *
  * @module
  */
-import { logger } from "../../lib/log.ts";
-import { type PinnedFetch, pinnedFetch } from "./pinned_fetch.ts";
+import { logger, quote } from "../../lib/log.ts";
+import { lowerScheme, urlScheme } from "../../lib/url.ts";
+import { type PinnedFetch, pinnedFetch } from "../../lib/pinned_fetch.ts";
 import { readBody } from "./_body.ts";
 import { VERSION } from "../../lib/version.ts";
 import {
@@ -241,7 +242,7 @@ export class KubeClient {
   #closed = false;
 
   constructor(opts: KubeClientOptions) {
-    this.server = opts.server.replace(/\/+$/, "");
+    this.server = lowerScheme(opts.server).replace(/\/+$/, "");
     this.#token = opts.token;
     this.#http = opts.httpClient;
     this.#pinned = opts.pinned;
@@ -424,7 +425,7 @@ async function errorFromResponse(
       if (typeof status.message === "string") message = status.message;
       if (typeof status.reason === "string") reason = status.reason;
     } catch {
-      message = text.slice(0, 200).trim();
+      message = quote(text.trim());
     }
   } catch {
     // Body unreadable: the status line says enough.
@@ -513,7 +514,7 @@ function checkTokenTransport(
   hasToken: boolean,
   allowed: boolean | undefined,
 ): void {
-  if (!hasToken || allowed || !server.startsWith("http:")) return;
+  if (!hasToken || allowed || urlScheme(server) === "https") return;
   throw new Error(
     `Refusing to send the bearer token to "${server}" over plain HTTP: use https, or pass --allow-token-over-http`,
   );
@@ -553,7 +554,9 @@ async function exists(path: string): Promise<boolean> {
  */
 export async function connect(opts: ConnectOptions = {}): Promise<KubeClient> {
   const env = opts.env ?? ((n: string) => Deno.env.get(n));
-  const apiUrl = opts.kubeApiUrl?.replace(/\/+$/, "") || undefined;
+  const apiUrl = opts.kubeApiUrl !== undefined
+    ? lowerScheme(opts.kubeApiUrl).replace(/\/+$/, "") || undefined
+    : undefined;
   const timeout = opts.requestTimeoutMs !== undefined
     ? { requestTimeoutMs: opts.requestTimeoutMs }
     : {};
@@ -603,7 +606,7 @@ export async function connect(opts: ConnectOptions = {}): Promise<KubeClient> {
   checkTokenTransport(server, true, opts.allowTokenOverHttp);
   const caPath = `${dir}/ca.crt`;
   let caCerts: string[] | undefined;
-  if (server.startsWith("https:")) {
+  if (urlScheme(server) === "https") {
     try {
       caCerts = [await Deno.readTextFile(caPath)];
     } catch (e) {
@@ -653,7 +656,7 @@ async function clientFromKubeconfig(
       `${where}: cluster "${c.cluster}" sets insecure-skip-tls-verify; weft cannot skip verification per connection: run it with --unsafely-ignore-certificate-errors=<host> or, better, set certificate-authority`,
     );
   }
-  const https = c.server.startsWith("https:");
+  const https = urlScheme(c.server) === "https";
   // With a CA: trust exactly it (pinned_fetch.ts). Without one, client-go
   // uses the system roots, and so does Deno's fetch.
   const build = (caPem: string) => pinnedFetch({ ca: caPem, ...(tls && tls) });

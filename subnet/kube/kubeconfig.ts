@@ -10,6 +10,7 @@
  * @module
  */
 import { fail, ok, type Result } from "../../lib/result.ts";
+import { lowerScheme } from "../../lib/url.ts";
 
 /** Where a PEM blob comes from: inline (`*-data`, decoded) or a file. */
 export type PemSource = { readonly data: string } | { readonly file: string };
@@ -126,7 +127,10 @@ export async function parseKubeconfig(
       `Cannot use ${where}: cluster "${clusterName}" of context "${contextName}" is not in clusters`,
     );
   }
-  const server = serverOverride || cluster.server;
+  const rawServer = serverOverride || cluster.server;
+  const server = typeof rawServer === "string"
+    ? lowerScheme(rawServer)
+    : rawServer;
   if (typeof server !== "string" || server === "") {
     return fail(`Cannot use ${where}: cluster "${clusterName}" has no server`);
   }

@@ -35,6 +35,25 @@ function isSpace(c: number): boolean {
 }
 
 /**
+ * An item passed over for its size: its bytes were counted, not kept. The
+ * name is read from its first bytes (`{"metadata":{"name":...`, after
+ * `kind` and `apiVersion` if present: the order the API server writes)
+ * when it is there.
+ */
+export class OversizedItem {
+  constructor(
+    readonly name: string | undefined,
+    /** Bytes received when it was given up (at least the bound). */
+    readonly bytes: number,
+    /** The bound it passed. */
+    readonly limit: number,
+  ) {}
+}
+
+const NAME_AT_START =
+  /^\{\s*(?:"(?:kind|apiVersion)"\s*:\s*"[^"\\]*"\s*,\s*)*"metadata"\s*:\s*\{\s*"name"\s*:\s*"([a-z0-9.-]{1,253})"/;
+
+/**
  * Splits a List body into its items, chunk by chunk.
  *
  * @example
@@ -75,6 +94,10 @@ export class ListSplitter {
   readonly #rest: Uint8Array[] = [];
   #restBytes = 0;
   #itemBytes = 0;
+  /** The item passed its bound: its bytes are scanned, not kept. */
+  #skipping: OversizedItem | undefined;
+  /** Where the current item starts in the current chunk (0: before it). */
+  #itemFrom = 0;
   #items = 0;
   readonly #maxRest: number;
   readonly #maxItem: number;
@@ -86,7 +109,8 @@ export class ListSplitter {
    * document outside its items (`kind`, `metadata`: a few hundred bytes
    * from a real API server; default 1 MiB) and one item as received,
    * dropped member included (etcd caps an object near 1.5 MiB; default
-   * 16 MiB).
+   * 16 MiB). An item past its bound is not an error: it comes out as an
+   * {@linkcode OversizedItem} and the list goes on.
    */
   constructor(
     opts: { drop?: string; maxRest?: number; maxItem?: number } = {},
@@ -115,6 +139,7 @@ export class ListSplitter {
   push(chunk: Uint8Array): unknown[] {
     const out: unknown[] = [];
     let seg = 0;
+    this.#itemFrom = 0;
     // Next backslash in the chunk (-1: none left), searched lazily.
     let nextBackslash = -2;
     for (let i = 0; i < chunk.length; i++) {
@@ -172,6 +197,8 @@ export class ListSplitter {
         seg = i;
         this.#item = [];
         this.#itemBytes = 0;
+        this.#skipping = undefined;
+        this.#itemFrom = i;
       }
       if (this.#dropNext && !isSpace(c)) {
         this.#dropNext = false;
@@ -207,6 +234,18 @@ export class ListSplitter {
             this.#dropping = false;
             seg = i + 1;
           } else if (this.#item && this.#depth === 2) {
+            const bytes = this.#itemBytes + i + 1 - this.#itemFrom;
+            if (!this.#skipping && bytes > this.#maxItem) {
+              // Whole within one chunk: its head is still in the chunk.
+              const head = this.#item.length > 0
+                ? this.#item.join("")
+                : this.#decoder.decode(
+                  chunk.subarray(this.#itemFrom, this.#itemFrom + 4096),
+                );
+              this.#skipping = this.#oversized(head, bytes);
+              this.#item.length = 0;
+              seg = i + 1;
+            }
             // "}" is ASCII: no character is left half decoded.
             this.#item.push(
               this.#itemDecoder.decode(chunk.subarray(seg, i + 1)),
@@ -214,7 +253,8 @@ export class ListSplitter {
             seg = i + 1;
             const text = this.#item.join("");
             this.#item = undefined;
-            out.push(JSON.parse(text));
+            out.push(this.#skipping ?? JSON.parse(text));
+            this.#skipping = undefined;
             this.#items++;
           }
           break;
@@ -233,18 +273,22 @@ export class ListSplitter {
     }
     if (this.#item) {
       this.#itemBytes += chunk.length - seg;
-      if (this.#itemBytes > this.#maxItem) {
-        throw new Error(
-          `Cannot parse list: item ${this.#items} is larger than ${this.#maxItem} bytes`,
-        );
+      if (this.#itemBytes > this.#maxItem && !this.#skipping) {
+        this.#skipping = this.#oversized(this.#item.join(""), this.#itemBytes);
       }
-      if (!this.#dropping) {
+      if (this.#skipping) this.#item.length = 0;
+      else if (!this.#dropping) {
         this.#item.push(
           this.#itemDecoder.decode(chunk.subarray(seg), { stream: true }),
         );
       }
     } else this.#keep(chunk, seg, chunk.length);
     return out;
+  }
+
+  #oversized(head: string, bytes: number): OversizedItem {
+    const name = NAME_AT_START.exec(head.slice(0, 4096))?.[1];
+    return new OversizedItem(name, bytes, this.#maxItem);
   }
 
   /** Copies bytes of the document outside the items. */

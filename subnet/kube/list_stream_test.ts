@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ListSplitter } from "./list_stream.ts";
+import { ListSplitter, OversizedItem } from "./list_stream.ts";
 
 const doc = {
   kind: "NodeList",
@@ -100,7 +100,7 @@ Deno.test("ListSplitter refuses a truncated body and scalar items", () => {
   );
 });
 
-Deno.test("ListSplitter stops at its limits: a huge line outside the items, a huge item", () => {
+Deno.test("ListSplitter stops at a huge line outside the items, and passes over a huge item (named when it can) to go on with the list", () => {
   const enc = new TextEncoder();
   const s = new ListSplitter({ maxRest: 1024, maxItem: 4096 });
   s.push(enc.encode('{"kind":"NodeList","result":"'));
@@ -108,14 +108,36 @@ Deno.test("ListSplitter stops at its limits: a huge line outside the items, a hu
     () => s.push(enc.encode("x".repeat(2048))),
     /more than 1024 bytes outside its items/,
   );
-  const t = new ListSplitter({ maxRest: 1024, maxItem: 4096 });
-  t.push(enc.encode('{"items":[{"a":"'));
-  assert.throws(
-    () => {
-      for (let i = 0; i < 10; i++) t.push(enc.encode("y".repeat(1000)));
-    },
-    /item 0 is larger than 4096 bytes/,
+  const t = new ListSplitter({ maxRest: 1024, maxItem: 4096, drop: "status" });
+  const out: unknown[] = [];
+  out.push(...t.push(enc.encode('{"items":[{"metadata":{"name":"n1"}},')));
+  out.push(...t.push(enc.encode('{"metadata":{"name":"big","x":"')));
+  for (let i = 0; i < 10; i++) {
+    out.push(...t.push(enc.encode("y".repeat(1000))));
+  }
+  out.push(...t.push(enc.encode('"}},{"a":"')));
+  for (let i = 0; i < 10; i++) {
+    out.push(...t.push(enc.encode("z".repeat(1000))));
+  }
+  out.push(
+    ...t.push(
+      enc.encode(
+        '"},{"metadata":{"name":"n2"}}],"metadata":{"resourceVersion":"9"}}',
+      ),
+    ),
   );
+  assert.equal(out.length, 4);
+  assert.deepEqual(out[0], { metadata: { name: "n1" } });
+  assert.ok(out[1] instanceof OversizedItem);
+  assert.equal(out[1].name, "big");
+  assert.equal(out[1].limit, 4096);
+  assert.ok(out[1].bytes > 4096);
+  assert.ok(out[2] instanceof OversizedItem && out[2].name === undefined);
+  assert.deepEqual(out[3], { metadata: { name: "n2" } });
+  assert.deepEqual(t.finish(), {
+    items: [],
+    metadata: { resourceVersion: "9" },
+  });
 });
 
 Deno.test("ListSplitter replaces a dropped member's object value by null, whatever the chunk boundaries", () => {

@@ -8,7 +8,8 @@
  *
  * @module
  */
-import { logger } from "../../lib/log.ts";
+import { logger, quote } from "../../lib/log.ts";
+import { metrics } from "../../lib/metrics.ts";
 import { type NetworkConfig, parseNetConfig } from "../config.ts";
 import type {
   Lease,
@@ -81,6 +82,8 @@ export interface KubeFlags {
   readonly setNodeNetworkUnavailable: boolean;
   /** `--allow-token-over-http`; default false. */
   readonly allowTokenOverHttp?: boolean;
+  /** `--watch-idle-timeout` in seconds; 0 or absent: the watch's own bound. */
+  readonly watchIdleTimeout?: number;
 }
 
 interface NodeObject {
@@ -161,7 +164,13 @@ export class KubeSubnetManager implements SubnetManager {
         netConfPath: flags.netConfigPath,
         annotationPrefix: flags.kubeAnnotationPrefix,
         setNodeNetworkUnavailable: flags.setNodeNetworkUnavailable,
-        ...(extra.watch && { watch: extra.watch }),
+        ...((extra.watch || flags.watchIdleTimeout) && {
+          watch: {
+            ...extra.watch,
+            ...(flags.watchIdleTimeout &&
+              { idleTimeoutMs: flags.watchIdleTimeout * 1000 }),
+          },
+        }),
         ...(extra.podCidrTimeoutMs !== undefined &&
           { podCidrTimeoutMs: extra.podCidrTimeoutMs }),
       });
@@ -310,7 +319,7 @@ export class KubeSubnetManager implements SubnetManager {
       const v = annotations[over];
       if (v) {
         log.info(
-          `Overriding ${what} with '${v}' from node annotation '${over}'`,
+          `Overriding ${what} with ${quote(v)} from node annotation '${over}'`,
         );
       }
     }
@@ -339,7 +348,7 @@ export class KubeSubnetManager implements SubnetManager {
       }
     }
     if (Object.keys(body).length > 0) {
-      log.v(1, `Patching node "${this.nodeName}": ${JSON.stringify(body)}`);
+      log.v(1, `Patching node "${this.nodeName}": ${quote(body, 1000)}`);
       try {
         await retrying(
           () =>
@@ -426,7 +435,16 @@ export class KubeSubnetManager implements SubnetManager {
     this.#handler = handler;
     this.#delivered = false;
     const keys = this.keys;
-    const toLease = (n: SlimNode) => nodeToLease(n, keys, config);
+    // A node refused for its size is counted once per oversized write
+    // (a new length), however often lists and events repeat it.
+    const counted = new Map<string, number>();
+    const toLease = (n: SlimNode) => {
+      if (n.oversized && counted.get(n.name) !== n.oversized.bytes) {
+        counted.set(n.name, n.oversized.bytes);
+        metrics.peerObjectsOversized.inc();
+      } else if (!n.oversized) counted.delete(n.name);
+      return nodeToLease(n, keys, config);
+    };
     const watcher = new NodeWatcher(
       this.#client,
       slimmer(keys),

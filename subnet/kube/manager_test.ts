@@ -11,6 +11,7 @@ import type { Handler, SeenRequest } from "./_fake_api.ts";
 import { KubeSubnetManager } from "./manager.ts";
 import type { LeaseEvent } from "../lease.ts";
 import { setLogSink } from "../../lib/log.ts";
+import { metrics } from "../../lib/metrics.ts";
 
 /** Log lines, requests and handler batches all wake `waitFor`. */
 const changes = new Changes();
@@ -377,4 +378,104 @@ Deno.test("watchLeases(): an older Node re-pointing its MAC to a newer Node's lo
   // Started later, listing both at once: the same verdict.
   items = [me, hostile, victim];
   assert.deepEqual(await peers(manager(api)), ["victim"]);
+});
+
+Deno.test("watchLeases() refuses a node whose flannel annotation is oversized, on its own (logged once, counted once per write), and no node string forges or floods a log line", async () => {
+  const streams: WatchStream[] = [];
+  const withAnnotation = (
+    name: string,
+    rv: string,
+    subnet: string,
+    ip: string,
+    key: string,
+    value: string,
+  ) => {
+    const n = node(name, rv, subnet, ip);
+    const meta = n.metadata as { annotations: Record<string, string> };
+    meta.annotations[key] = value;
+    return n;
+  };
+  const huge = `{"VNI":1,"VtepMAC":"0a:00:00:00:00:09","pad":"${
+    "p".repeat(200 << 10)
+  }"}`;
+  const api = fakeApi((r: SeenRequest) => {
+    if (r.url.searchParams.get("watch") !== "1") {
+      return json(200, {
+        metadata: { resourceVersion: "5" },
+        items: [
+          node("me", "3", "10.244.4.0/24", "192.0.2.10"),
+          node("a", "4", "10.244.1.0/24", "192.0.2.1"),
+          withAnnotation(
+            "big",
+            "4",
+            "10.244.5.0/24",
+            "192.0.2.5",
+            "flannel.alpha.coreos.com/backend-data",
+            huge,
+          ),
+          withAnnotation(
+            "mac",
+            "4",
+            "10.244.6.0/24",
+            "192.0.2.6",
+            "flannel.alpha.coreos.com/backend-data",
+            '{"VNI":1,"VtepMAC":"0a:00:00:00:00:06\\nE1206 forged-mac"}',
+          ),
+        ],
+      });
+    }
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const m = manager(api);
+  const before = metrics.peerObjectsOversized.get();
+  const batches: LeaseEvent[][] = [];
+  const ctl = new AbortController();
+  const from = lines.length;
+  const done = m.watchLeases((evs) => {
+    batches.push(evs);
+    changes.notify();
+  }, ctl.signal);
+  await waitFor(() => streams.length > 0);
+  assert.deepEqual(
+    batches.flat().map((e) => `${e.type} ${e.lease.key}`),
+    ["added a"],
+  );
+  assert.equal(metrics.peerObjectsOversized.get() - before, 1);
+  // The same node again (an unrelated change): no new count, no new line.
+  streams[0]!.event(
+    "MODIFIED",
+    withAnnotation(
+      "big",
+      "6",
+      "10.244.5.0/24",
+      "192.0.2.5",
+      "flannel.alpha.coreos.com/backend-data",
+      huge,
+    ),
+  );
+  streams[0]!.event("ADDED", node("b", "8", "10.244.2.0/24", "192.0.2.2"));
+  await waitFor(() => batches.flat().length === 2);
+  assert.equal(metrics.peerObjectsOversized.get() - before, 1);
+  ctl.abort();
+  await done;
+  const mine = lines.slice(from);
+  const big = mine.filter((l) => l.includes('"big"'));
+  assert.deepEqual(big.length, 1, big.join("\n"));
+  assert.match(
+    big[0]!,
+    /Skipping node "big": annotation flannel\.alpha\.coreos\.com\/backend-data of 204848 bytes refused for its size \(at most 65536\)$/,
+  );
+  for (const l of mine) {
+    assert.ok(!l.includes("\n") && l.length < 1000, l.slice(0, 200));
+  }
+  assert.ok(
+    mine.some((l) =>
+      l.includes(
+        'Cannot parse MAC address "0a:00:00:00:00:06\\nE1206 forged-mac"',
+      )
+    ),
+    mine.join("\n"),
+  );
 });

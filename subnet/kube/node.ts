@@ -18,8 +18,8 @@ import {
 } from "../../lib/ip.ts";
 import type { Lease, LeaseAttrs } from "../lease.ts";
 import { fail, ok, type Result } from "../../lib/result.ts";
-import { short } from "../validate.ts";
 import { goJson } from "../etcd/keys.ts";
+import { quote } from "../../lib/log.ts";
 
 /** flanneld's default `--kube-annotation-prefix`. */
 export const DEFAULT_ANNOTATION_PREFIX = "flannel.alpha.coreos.com";
@@ -113,7 +113,32 @@ export interface SlimNode {
    * lease field.
    */
   readonly claimedAt?: number;
+  /**
+   * What made the node too large to read (a flannel annotation longer than
+   * {@linkcode MAX_ANNOTATION_BYTES}, not kept in `annotations`; or the
+   * whole object); the node is refused for it.
+   */
+  readonly oversized?: Oversized;
 }
+
+/** A part of a Node refused for its size. */
+export interface Oversized {
+  /** `annotation <key>`, `Node object`. */
+  readonly what: string;
+  readonly bytes: number;
+  /** The bound it passed. */
+  readonly limit: number;
+}
+
+/**
+ * The longest flannel annotation value read. A real one is at most a few
+ * hundred bytes; the API server allows 256 KiB of annotations per object,
+ * which a node could spend on one value to make every agent parse and
+ * log it on every patch.
+ */
+export const MAX_ANNOTATION_BYTES = 64 << 10;
+
+const encoder = new TextEncoder();
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
@@ -145,11 +170,23 @@ export function slimNode(
     return fail("Node object has no name");
   }
   const annotations: Record<string, string> = {};
+  let oversized: Oversized | undefined;
   const all = obj.metadata.annotations;
   if (isObject(all)) {
     for (const k of kept) {
       const v = all[k];
-      if (typeof v === "string") annotations[k] = v;
+      if (typeof v !== "string") continue;
+      // A UTF-8 byte is at most one UTF-16 unit: only long ones are encoded.
+      const bytes = v.length * 3 > MAX_ANNOTATION_BYTES
+        ? encoder.encode(v).length
+        : v.length;
+      if (bytes > MAX_ANNOTATION_BYTES) {
+        oversized ??= {
+          what: `annotation ${k}`,
+          bytes,
+          limit: MAX_ANNOTATION_BYTES,
+        };
+      } else annotations[k] = v;
     }
   }
   const claimedAt = claimTime(obj.metadata.managedFields, kept);
@@ -158,6 +195,7 @@ export function slimNode(
     podCIDRs: podCidrsOf(obj.spec),
     annotations,
     ...(claimedAt !== undefined && { claimedAt }),
+    ...(oversized && { oversized }),
   });
 }
 
@@ -223,14 +261,14 @@ export function splitPodCidrs(
 ): Result<NodeCidrs> {
   if (cidrs.length > 2) {
     return fail(
-      `node "${name}" pod cidrs should be IPv4/IPv6 only or dualstack`,
+      `node ${quote(name)} pod cidrs should be IPv4/IPv6 only or dualstack`,
     );
   }
   let v4: IpNet | undefined;
   let v6: IpNet | undefined;
   for (const c of cidrs) {
     const n = parseIpNet(c);
-    if (!n.ok) return fail(`Cannot parse podCIDR ${short(c)}`);
+    if (!n.ok) return fail(`Cannot parse podCIDR ${quote(c)}`);
     if (n.value.family === 4) v4 = n.value;
     else v6 = n.value;
   }
@@ -253,7 +291,7 @@ function parseJsonAnnotation(
   try {
     return ok(JSON.parse(text));
   } catch {
-    return fail(`Invalid ${label} ${short(text)}: not JSON`);
+    return fail(`Invalid ${label} ${quote(text)}: not JSON`);
   }
 }
 
@@ -271,6 +309,12 @@ export function nodeToLease(
   config: Pick<NetworkConfig, "enableIPv4" | "enableIPv6">,
 ): Result<Lease> {
   const a = node.annotations;
+  if (node.oversized) {
+    const { what, bytes, limit } = node.oversized;
+    return fail(
+      `${what} of ${bytes} bytes refused for its size (at most ${limit})`,
+    );
+  }
   if (a[keys.subnetKubeManaged] !== "true") {
     return fail(`not annotated ${keys.subnetKubeManaged}=true`);
   }
@@ -398,7 +442,9 @@ export function ownSubnets(
   cidrs: readonly string[],
   config: NetworkConfig,
 ): Result<{ subnet?: string; ipv6Subnet?: string }> {
-  if (cidrs.length === 0) return fail(`node "${name}" pod cidr not assigned`);
+  if (cidrs.length === 0) {
+    return fail(`node ${quote(name)} pod cidr not assigned`);
+  }
   const split = splitPodCidrs(name, cidrs);
   if (!split.ok) return split;
   const { v4, v6 } = split.value;
@@ -407,8 +453,10 @@ export function ownSubnets(
   if (config.enableIPv4) {
     if (v4 === undefined) {
       return fail(
-        `node "${name}" has no IPv4 PodCIDR but the flannel net config enables IPv4 (podCIDRs ${
-          short(cidrs)
+        `node ${
+          quote(name)
+        } has no IPv4 PodCIDR but the flannel net config enables IPv4 (podCIDRs ${
+          quote(cidrs)
         })`,
       );
     }
@@ -419,7 +467,7 @@ export function ownSubnets(
           formatNet(network)
         }" specified in the flannel net config doesn't contain "${
           formatNet(v4)
-        }" PodCIDR of the "${name}" node`,
+        }" PodCIDR of the ${quote(name)} node`,
       );
     }
     subnet = formatNet(v4);
@@ -427,8 +475,10 @@ export function ownSubnets(
   if (config.enableIPv6) {
     if (v6 === undefined) {
       return fail(
-        `node "${name}" has no IPv6 PodCIDR but the flannel net config enables IPv6 (podCIDRs ${
-          short(cidrs)
+        `node ${
+          quote(name)
+        } has no IPv6 PodCIDR but the flannel net config enables IPv6 (podCIDRs ${
+          quote(cidrs)
         })`,
       );
     }
@@ -439,7 +489,7 @@ export function ownSubnets(
           formatNet(network)
         }" specified in the flannel net config doesn't contain "${
           formatNet(v6)
-        }" IPv6 PodCIDR of the "${name}" node`,
+        }" IPv6 PodCIDR of the ${quote(name)} node`,
       );
     }
     ipv6Subnet = formatNet(v6);
@@ -473,7 +523,9 @@ export function nodePublicIPOverride(
     const ip = parseIp(v);
     if (!ip.ok || ip.value.family !== family) {
       return fail(
-        `Invalid annotation ${key}="${v}" on node "${name}": not an IPv${family} address`,
+        `Invalid annotation ${key}=${quote(v)} on node ${
+          quote(name)
+        }: not an IPv${family} address`,
       );
     }
     if (family === 4) out.ipv4 = normalizeIp(v)!;

@@ -435,7 +435,14 @@ Deno.test("annotationPatch() and nodeToLease() carry flanneld's empty extension 
       },
     },
   );
-  // Empty data stays an error for the backends that need it.
+  // Empty data stays an error for the backends that need it: the lease is
+  // read, and refused by validation naming what is missing.
   node.metadata.annotations[`${p}backend-type`] = "vxlan";
-  assert.equal(nodeToLease(unwrap(slimNode(node, keys)), keys, v4).ok, false);
+  const vxlan = unwrap(nodeToLease(unwrap(slimNode(node, keys)), keys, v4));
+  const refused = validateLease(
+    vxlan,
+    unwrap(parseNetConfig('{"Network":"10.244.0.0/16"}')),
+  );
+  assert.equal(refused.ok, false);
+  assert.match(!refused.ok ? refused.reason : "", /backend-data/);
 });

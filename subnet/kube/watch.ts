@@ -18,9 +18,9 @@
  *
  * @module
  */
-import { logger } from "../../lib/log.ts";
+import { logger, quote } from "../../lib/log.ts";
 import { metrics } from "../../lib/metrics.ts";
-import type { Result } from "../../lib/result.ts";
+import { fail, ok, type Result } from "../../lib/result.ts";
 import { Backoff, type BackoffOptions, sleep } from "../../lib/retry.ts";
 import {
   isTransient,
@@ -29,7 +29,7 @@ import {
   KubeConnectionError,
 } from "./client.ts";
 import { forEachChunk } from "./_body.ts";
-import { ListSplitter } from "./list_stream.ts";
+import { ListSplitter, OversizedItem } from "./list_stream.ts";
 import { LineSplitter } from "../../lib/ndjson.ts";
 import type { SlimNode } from "./node.ts";
 
@@ -58,6 +58,11 @@ export interface NodeWatcherOptions {
   readonly timeoutSeconds?: () => number;
   /** Silence tolerated beyond the watch timeout, ms. Default 30000. */
   readonly idleGraceMs?: number;
+  /**
+   * A fixed idle bound, ms, replacing `timeoutSeconds` plus the grace
+   * (`--watch-idle-timeout`). Default: none.
+   */
+  readonly idleTimeoutMs?: number;
   /**
    * Consecutive broken watch streams, with the server reachable, before
    * falling back to listing. An unreachable server does not count: while
@@ -95,6 +100,11 @@ type WatchEnd = "closed" | "gone";
  */
 export const MAX_WATCH_LINE_BYTES = 8 << 20;
 
+/** A watch event past {@linkcode MAX_WATCH_LINE_BYTES}. */
+class OversizedEvent extends Error {
+  override readonly name = "OversizedEvent";
+}
+
 /** Raised by the idle watchdog. */
 class IdleWatch extends Error {
   override readonly name = "IdleWatch";
@@ -107,6 +117,7 @@ export class NodeWatcher {
   readonly #pageSize: number;
   readonly #timeoutSeconds: () => number;
   readonly #idleGraceMs: number;
+  readonly #idleTimeoutMs: number | undefined;
   readonly #fallbackAfter: number;
   readonly #pollMs: number;
   readonly #backoffOpts: BackoffOptions;
@@ -126,6 +137,7 @@ export class NodeWatcher {
     this.#timeoutSeconds = opts.timeoutSeconds ??
       (() => 300 + Math.floor(Math.random() * 300));
     this.#idleGraceMs = opts.idleGraceMs ?? 30_000;
+    this.#idleTimeoutMs = opts.idleTimeoutMs;
     this.#fallbackAfter = opts.fallbackAfter ?? 5;
     this.#pollMs = opts.pollIntervalMs ?? 30_000;
     this.#backoffOpts = opts.backoff ?? {};
@@ -212,7 +224,9 @@ export class NodeWatcher {
     const add = (items: unknown[]) => {
       const batch: SlimNode[] = [];
       for (const item of items) {
-        const n = this.#slim(item);
+        const n = item instanceof OversizedItem
+          ? oversizedNode(item)
+          : this.#slim(item);
         if (n.ok) {
           nodes.set(n.value.name, n.value);
           batch.push(n.value);
@@ -314,6 +328,11 @@ export class NodeWatcher {
           }`;
           if (transient) log.v(1, msg);
           else log.error(msg);
+          // Watching again from the same version would meet the same
+          // event: a list reads it item by item and passes it over.
+          if ((e as Error).cause instanceof OversizedEvent) {
+            this.#rv = undefined;
+          }
           if (
             streamFailures >= this.#fallbackAfter &&
             pollingSince === undefined && this.#rv !== undefined
@@ -350,7 +369,8 @@ export class NodeWatcher {
     const timeoutSeconds = this.#timeoutSeconds();
     const local = new AbortController();
     const both = AbortSignal.any([signal, local.signal]);
-    const idleMs = timeoutSeconds * 1000 + this.#idleGraceMs;
+    const idleMs = this.#idleTimeoutMs ??
+      timeoutSeconds * 1000 + this.#idleGraceMs;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const arm = () => {
       if (timer !== undefined) clearTimeout(timer);
@@ -394,7 +414,13 @@ export class NodeWatcher {
           arm();
           this.#client.bytesReceived += value.byteLength;
           const receivedAt = performance.now();
-          for (const line of lines.push(value)) {
+          let got: string[];
+          try {
+            got = lines.push(value);
+          } catch (e) {
+            throw new OversizedEvent((e as Error).message);
+          }
+          for (const line of got) {
             if (this.#event(line, sink, receivedAt) === "gone") return "gone";
           }
         }
@@ -424,14 +450,14 @@ export class NodeWatcher {
     try {
       ev = JSON.parse(line) as WatchEvent;
     } catch {
-      throw new Error(`Cannot parse watch event ${line.slice(0, 80)}`);
+      throw new Error(`Cannot parse watch event ${quote(line)}`);
     }
     const obj = ev.object;
     if (ev.type === "ERROR") {
       const code = typeof obj?.code === "number" ? obj.code : 500;
       if (code === 410) return "gone";
       throw new KubeApiError(
-        `Watch error ${code}: ${String(obj?.message ?? "")}`,
+        `Watch error ${code}: ${quote(String(obj?.message ?? ""))}`,
         code,
         typeof obj?.reason === "string" ? obj.reason : undefined,
       );
@@ -449,10 +475,30 @@ export class NodeWatcher {
       if (n.ok) sink.upsert(n.value, receivedAt);
       else log.warn(`Ignoring a node event: ${n.reason}`);
     } else {
-      log.v(2, `Ignoring watch event of type ${String(ev.type)}`);
+      log.v(2, `Ignoring watch event of type ${quote(ev.type)}`);
     }
     // Advance only after the sink has the event: a crash in between
     // replays it rather than losing it.
     if (typeof rv === "string" && rv !== "") this.#rv = rv;
   }
+}
+
+/**
+ * A list item passed over for its size, as a node the lease table refuses
+ * (logged once, counted), or the reason when its name could not be read.
+ */
+function oversizedNode(item: OversizedItem): Result<SlimNode> {
+  const { name, bytes, limit } = item;
+  if (name === undefined) {
+    metrics.peerObjectsOversized.inc();
+    return fail(
+      `an item of more than ${limit} bytes (${bytes} read) without a readable name refused for its size`,
+    );
+  }
+  return ok({
+    name,
+    podCIDRs: [],
+    annotations: {},
+    oversized: { what: "Node object", bytes, limit },
+  });
 }

@@ -9,7 +9,11 @@ import {
 } from "./_fake_api.ts";
 import type { SeenRequest } from "./_fake_api.ts";
 import { annotationKeys, slimmer, type SlimNode } from "./node.ts";
-import { type NodeSink, NodeWatcher } from "./watch.ts";
+import {
+  type NodeSink,
+  NodeWatcher,
+  type NodeWatcherOptions,
+} from "./watch.ts";
 import { unwrap } from "../../lib/result.ts";
 import { setLogSink } from "../../lib/log.ts";
 import { metrics } from "../../lib/metrics.ts";
@@ -278,7 +282,8 @@ Deno.test("run() relists after an in-stream 410 and after an HTTP 410", async ()
   await done;
 });
 
-Deno.test("run() aborts a watch that stays silent past its timeout plus grace", async () => {
+/** A watcher whose API lists nothing and whose watches stay silent. */
+async function silentWatches(opts: NodeWatcherOptions) {
   const streams: WatchStream[] = [];
   const api = new FakeApi((r) => {
     if (!isWatch(r)) return list([], "3");
@@ -288,12 +293,29 @@ Deno.test("run() aborts a watch that stays silent past its timeout plus grace", 
   });
   const rec = new Recorder().watching(api);
   const ctl = new AbortController();
-  const done = new NodeWatcher(api.client(), slim, {
-    ...fast,
+  const done = new NodeWatcher(api.client(), slim, { ...fast, ...opts })
+    .run(rec, ctl.signal);
+  await rec.until(() => streams.length === 1);
+  return { streams, rec, stop: () => (ctl.abort(), done) };
+}
+
+Deno.test("run() with a fixed idle timeout (--watch-idle-timeout) restarts a silent watch after it, whatever the server timeout", async () => {
+  const { streams, rec, stop } = await silentWatches({
+    timeoutSeconds: () => 600,
+    idleTimeoutMs: 150,
+  });
+  const t0 = performance.now();
+  await rec.until(() => streams.length === 2, 2000);
+  assert.ok(streams[0]!.cancelled);
+  assert.ok(performance.now() - t0 >= 140);
+  await stop();
+});
+
+Deno.test("run() aborts a watch that stays silent past its timeout plus grace", async () => {
+  const { streams, rec, stop } = await silentWatches({
     timeoutSeconds: () => 0,
     idleGraceMs: 100,
-  }).run(rec, ctl.signal);
-  await rec.until(() => streams.length === 1);
+  });
   const t0 = performance.now();
   // Data keeps it alive... (real time on purpose: the behaviour under
   // test is the idle timer itself)
@@ -306,8 +328,7 @@ Deno.test("run() aborts a watch that stays silent past its timeout plus grace", 
   await rec.until(() => streams.length === 2, 2000);
   assert.ok(streams[0]!.cancelled);
   assert.ok(performance.now() - t0 >= 300);
-  ctl.abort();
-  await done;
+  await stop();
 });
 
 Deno.test("run() falls back to periodic listing after repeated watch failures, then watches again", async () => {
@@ -463,4 +484,50 @@ Deno.test("list() refuses a 200 that is not a Node list, rather than reading it 
   const empty = new FakeApi(() => list([], "7"));
   const w = new NodeWatcher(empty.client(), slim);
   assert.equal((await w.list(new AbortController().signal)).nodes.size, 0);
+});
+
+Deno.test("run() lists again after a watch event past the line bound, and the list passes over the oversized Node on its own", async () => {
+  const streams: WatchStream[] = [];
+  let lists = 0;
+  const big = node("big", "8", "10.244.5.0/24", "192.0.2.5");
+  (big.metadata as Record<string, unknown>).labels = {
+    pad: "p".repeat(17 << 20),
+  };
+  const api = new FakeApi((r) => {
+    if (!isWatch(r)) {
+      lists++;
+      return list(
+        lists === 1 ? [node("a", "5", "10.244.1.0/24", "192.0.2.1")] : [
+          node("a", "5", "10.244.1.0/24", "192.0.2.1"),
+          big,
+          node("c", "9", "10.244.3.0/24", "192.0.2.3"),
+        ],
+        lists === 1 ? "7" : "10",
+      );
+    }
+    const s = new WatchStream();
+    streams.push(s);
+    return new Response(s.body, { status: 200 });
+  });
+  const rec = new Recorder().watching(api);
+  const ctl = new AbortController();
+  const w = new NodeWatcher(api.client(), slim, fast);
+  const done = w.run(rec, ctl.signal);
+  await rec.until(() => streams.length === 1);
+  streams[0]!.event("ADDED", big);
+  await rec.until(() => streams.length === 2, 10_000);
+  assert.equal(lists, 2);
+  assert.deepEqual(rec.log, ["sync a", "sync a,big,c"]);
+  assert.deepEqual(rec.state.get("big")!.oversized, {
+    what: "Node object",
+    bytes: rec.state.get("big")!.oversized!.bytes,
+    limit: 16 << 20,
+  });
+  assert.ok(rec.state.get("big")!.oversized!.bytes > 16 << 20);
+  assert.equal(
+    api.requests.at(-1)!.url.searchParams.get("resourceVersion"),
+    "10",
+  );
+  ctl.abort();
+  await done;
 });

@@ -64,6 +64,7 @@ import {
   OUTAGE_S,
   REPAIR_LIMIT_MS,
   runPhases,
+  SILENT_PAST_IDLE,
   sleep,
   STANDARD_FAULTS,
   waitUntil,
@@ -391,6 +392,7 @@ class EtcdFaults extends EtcdRun {
             slotEntries(s.v4, trace, (r) =>
               r.dev === DEVICE &&
               (r.dst === claims || r.gw === slot.publicIP)),
+          k,
         ),
       );
     }
@@ -430,10 +432,10 @@ class EtcdFaults extends EtcdRun {
           name: "500 storm while the agent restarts",
           mode: { kind: "status", status: 500 },
           restart: true,
-        }],
-        restart: async () => {
+        }, SILENT_PAST_IDLE],
+        restart: async (args = []) => {
           await this.stop(n3);
-          await this.start(n3, [`--etcd-endpoints=${proxy.url}`], [
+          await this.start(n3, [`--etcd-endpoints=${proxy.url}`, ...args], [
             `${SWITCH_IP}:2479`,
           ]);
         },
@@ -441,7 +443,7 @@ class EtcdFaults extends EtcdRun {
           const p = await this.probe(241);
           return { subnet: p.subnet, remove: () => this.del(p.key) };
         },
-        retryAfterRequired: false,
+        retryAfterRequired: true,
       });
     } finally {
       await this.stop(n3);

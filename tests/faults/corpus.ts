@@ -47,6 +47,15 @@ export interface PeerCase {
   /** `refused`: warned about, never programmed; `programmed`: the control. */
   readonly expect: "refused" | "programmed";
   readonly make: (s: PeerSlot) => PeerInput;
+  /** What its warning must say after the key (see corpus_run.ts). */
+  readonly reason?: RegExp;
+  /** The `weft_peers_refused_total` label it must count under. */
+  readonly counter?: string;
+}
+
+/** `c` with the reason and counter label its refusal must show. */
+export function refusedAs<T>(c: T, reason: RegExp, counter = "invalid"): T {
+  return { ...c, reason, counter };
 }
 
 /** `10.244.7.0/24` → `10.244.7.0-24`. */
@@ -176,10 +185,38 @@ export const PEER_CASES: readonly PeerCase[] = [
     "value is not UTF-8",
     () => new Uint8Array([0xff, 0xfe, 0x7b, 0x80, 0x7d]),
   ),
-  raw("value is 1 MiB of garbage", () => "x".repeat(MIB)),
-  patched(
-    "value is 1 MiB (PublicIP padded)",
-    (v, s) => v.PublicIP = s.publicIP + " ".repeat(MIB),
+  refusedAs(
+    raw("value is 1 MiB of garbage", () => "x".repeat(MIB)),
+    /^value of 1048576 bytes refused for its size/,
+  ),
+  refusedAs(
+    patched(
+      "value is 1 MiB (PublicIP padded)",
+      (v, s) => v.PublicIP = s.publicIP + " ".repeat(MIB),
+    ),
+    /^value of \d+ bytes refused for its size/,
+  ),
+  refusedAs(
+    patched(
+      "value is 200 KiB, valid but padded (past the 64 KiB value bound)",
+      (v) => v.Pad = "p".repeat(200 << 10),
+    ),
+    /^value of \d{6} bytes refused for its size \(at most 65536\)$/,
+  ),
+  refusedAs(
+    patched(
+      "VtepMAC with a newline and a forged log line",
+      (v, s) =>
+        data(v).VtepMAC = `${s.mac}\nE1206 00:00:00.000000 1 vxlan] forged`,
+    ),
+    /Cannot parse MAC address "[0-9a-f:]{17}\\nE1206 00:00:00\.000000 1 vxlan\] forged"$/,
+  ),
+  refusedAs(
+    keyed(
+      "key with a newline and a forged log line",
+      (s) => `${keyName(s.subnet)}\nW1206 00:00:00.000000 1 etcd] forged`,
+    ),
+    /^Key name "[0-9.]+-24\\nW1206 00:00:00\.000000 1 etcd\] forged" is not a subnet$/,
   ),
   raw(
     "value nests arrays 100 000 deep",

@@ -2,7 +2,11 @@
  * A corpus run of the fault suite, wherever its inputs go (etcd keys,
  * Node objects): every case is written at once while pods ping, then
  * node1 is restarted with them present. Each refused case must be named
- * in a warning on every node and leave no kernel entry anywhere, the
+ * in a warning on every node, with a reason (the one the case expects,
+ * when it names one), and leave no kernel entry anywhere; every node's
+ * `weft_peers_refused_total` must move by at least the refusals its lease
+ * table warned about (`Skipping ...` lines), by label where a case names
+ * the label it expects; the
  * controls and the real peers must be programmed exactly, nothing may be
  * lost. One row for the whole run, then one per case; the cases are
  * removed at the end.
@@ -18,6 +22,7 @@ import {
   V6,
 } from "./kernel.ts";
 import { fmtMs } from "./report.ts";
+import { quote } from "../../lib/log.ts";
 import { Checks, type FaultRun, lossText, waitUntil } from "./run.ts";
 
 /** A node's overlays, as a corpus case inspects them. */
@@ -39,6 +44,10 @@ export interface CorpusCase {
   readonly remove: () => Promise<unknown>;
   /** The kernel entries on a node that can only come from this case. */
   readonly entries: (s: NodeState) => string[];
+  /** What the warning must say after the quoted id, when it matters. */
+  readonly reason?: RegExp;
+  /** The `weft_peers_refused_total` label the refusal must count under. */
+  readonly counter?: string;
 }
 
 /** Options of {@linkcode corpusRun}. */
@@ -69,7 +78,50 @@ export async function warnedIn(
   const lines = (await s.logSince(n, offset)).split("\n").filter((l) =>
     l.startsWith("W")
   );
-  return (id: string) => lines.some((l) => l.includes(`"${id}"`));
+  return (id: string) => lines.some((l) => l.includes(quote(id)));
+}
+
+/**
+ * The warning about `id` in a node's warnings since `offset`: the text
+ * after `"<id>": ` and whether the lease table wrote it (`Skipping`).
+ */
+export async function warningsIn(
+  s: FaultRun,
+  n: ClusterNode,
+  offset: number,
+): Promise<(id: string) => { reason: string; table: boolean } | undefined> {
+  const lines = (await s.logSince(n, offset)).split("\n").filter((l) =>
+    l.startsWith("W")
+  );
+  return (id: string) => {
+    const tag = `${quote(id)}: `;
+    const line = lines.find((l) => l.includes(tag));
+    if (line === undefined) return undefined;
+    return {
+      reason: line.slice(line.indexOf(tag) + tag.length),
+      table: line.includes("] Skipping "),
+    };
+  };
+}
+
+/** A node's `weft_peers_refused_total` by label (empty when unreadable). */
+export async function refusedCounts(
+  n: ClusterNode,
+): Promise<Map<string, number>> {
+  const r = await n.ns.tryExec([
+    "curl",
+    "-s",
+    "-m",
+    "2",
+    `http://127.0.0.1:${n.healthPort}/metrics`,
+  ]);
+  const out = new Map<string, number>();
+  for (
+    const m of r.stdout.matchAll(
+      /^weft_peers_refused_total\{reason="([a-z_]+)"\} (\d+)$/gm,
+    )
+  ) out.set(m[1]!, Number(m[2]));
+  return out;
 }
 
 /** Runs a corpus (see the module doc) on `s`. */
@@ -81,7 +133,12 @@ export async function corpusRun(s: FaultRun, o: CorpusOptions): Promise<void> {
     [a, b, f],
   ) => s.ping(a, b, f));
   const offsets = new Map<ClusterNode, number>();
-  for (const n of live) offsets.set(n, await s.logSize(n));
+  const countsBefore = new Map<ClusterNode, Map<string, number>>();
+  for (const n of live) {
+    offsets.set(n, await s.logSize(n));
+    countsBefore.set(n, await refusedCounts(n));
+  }
+  const reasons = cases.map(() => new Set<string>());
   const failures = cases.map(() => [] as string[]);
   const stored = cases.map(() => true);
   for (const [i, k] of cases.entries()) {
@@ -112,14 +169,58 @@ export async function corpusRun(s: FaultRun, o: CorpusOptions): Promise<void> {
         ...(dual && { v6: await readOverlay(n.ns, V6) }),
       };
       const w = await warnedIn(s, n, offsets.get(n)!);
+      const why = await warningsIn(s, n, offsets.get(n)!);
+      // What the lease table refused, by the label each case names ("" for
+      // any): the counter must have moved at least that much.
+      const want = new Map<string, number>();
       for (const [i, k] of cases.entries()) {
         failures[i]!.push(
           ...judgeEntries(k.expect, k.entries(state), `${round}: ${n.name}`),
         );
-        if (k.expect === "refused" && stored[i] && !w(k.id)) {
+        if (k.expect !== "refused" || !stored[i]) continue;
+        if (!w(k.id)) {
           failures[i]!.push(
             `${round}: no warning naming the ${o.noun} on ${n.name}`,
           );
+          continue;
+        }
+        const seen = why(k.id);
+        if (seen === undefined || seen.reason.trim() === "") {
+          failures[i]!.push(
+            `${round}: no reason after the ${o.noun} on ${n.name}`,
+          );
+          continue;
+        }
+        reasons[i]!.add(seen.reason.slice(0, 120));
+        if (k.reason && !k.reason.test(seen.reason)) {
+          failures[i]!.push(
+            `${round}: on ${n.name} the reason is ${
+              JSON.stringify(seen.reason.slice(0, 160))
+            }, not ${k.reason}`,
+          );
+        }
+        if (seen.table) {
+          want.set("", (want.get("") ?? 0) + 1);
+          if (k.counter) want.set(k.counter, (want.get(k.counter) ?? 0) + 1);
+        }
+      }
+      const before = round === "live" ? countsBefore.get(n)! : new Map();
+      const after = await refusedCounts(n);
+      const delta = (label: string) =>
+        label === ""
+          ? [...after].reduce((a, [l, v]) => a + v - (before.get(l) ?? 0), 0)
+          : (after.get(label) ?? 0) - (before.get(label) ?? 0);
+      for (const [label, count] of want) {
+        if (delta(label) >= count) continue;
+        const text = `${round}: ${n.name}'s weft_peers_refused_total${
+          label ? `{reason="${label}"}` : ""
+        } moved by ${
+          delta(label)
+        }, not by the ${count} refusals it warned about`;
+        for (const [i, k] of cases.entries()) {
+          if (k.expect === "refused" && (label === "" || k.counter === label)) {
+            failures[i]!.push(text);
+          }
         }
       }
     }
@@ -179,12 +280,18 @@ export async function corpusRun(s: FaultRun, o: CorpusOptions): Promise<void> {
       section,
       fault: k.name,
       expected: k.expect === "refused"
-        ? `warning names the ${o.noun}; no kernel entry on any node`
+        ? `warning names the ${o.noun} with ${
+          k.reason ? `the reason ${k.reason.source}` : "a reason"
+        }; refusal counted${
+          k.counter ? ` as ${k.counter}` : ""
+        }; no kernel entry on any node`
         : "programmed on every node",
       lost: "—",
       recovery: "—",
       outcome: f.length > 0
         ? { kind: "fail", why: f.join("; ") }
+        : reasons[i]!.size > 0
+        ? { kind: "pass", note: `reason: ${[...reasons[i]!].join(" / ")}` }
         : { kind: "pass" },
     });
   }

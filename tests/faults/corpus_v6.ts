@@ -10,7 +10,7 @@
  * @module
  */
 import type { EtcdLease } from "../_cluster.ts";
-import type { PeerInput } from "./corpus.ts";
+import { type PeerInput, refusedAs } from "./corpus.ts";
 import type { SlotTrace } from "./kernel.ts";
 
 /**
@@ -134,6 +134,10 @@ export interface DualCase {
   readonly name: string;
   readonly expect: "refused" | "programmed";
   readonly make: (s: DualSlot) => PeerInput;
+  /** What its warning must say after the key (see corpus_run.ts). */
+  readonly reason?: RegExp;
+  /** The `weft_peers_refused_total` label it must count under. */
+  readonly counter?: string;
   /**
    * The IPv6 subnet it claims, for the kernel check, when that is not the
    * slot's (undefined when it claims a real node's: that route must stay).
@@ -202,6 +206,17 @@ function keyed(
 function inside(s: DualSlot, len: number, host = ""): string {
   return s.subnet6.replace("::/64", `::${host}/${len}`);
 }
+
+/**
+ * IPv6 ranges refused as public addresses: the row's name, an address in
+ * the range (from the slot's IPv4 address), the word the reason uses.
+ */
+const V6_SPECIAL_CASES = [
+  ["NAT64 (64:ff9b::/96)", (ip4: string) => `64:ff9b::${ip4}`, "NAT64"],
+  ["6to4 (2002::/16)", () => "2002:c612:9::1", "6to4"],
+  ["site-local (fec0::/10)", () => "fec0::9", "site-local"],
+  ["Teredo (2001::/32)", () => "2001:0:4136:e378::9", "Teredo"],
+] as const;
 
 /** Dual-stack leases with a hostile IPv6 half, plus one valid control. */
 export const DUAL_CASES: readonly DualCase[] = [
@@ -299,6 +314,15 @@ export const DUAL_CASES: readonly DualCase[] = [
     (v, s) => v.PublicIPv6 = `::${s.publicIP}`,
   ),
   patched("PublicIPv6 loopback (::1)", (v) => v.PublicIPv6 = "::1"),
+  ...V6_SPECIAL_CASES.map(([what, ip, word]) =>
+    refusedAs(
+      patched(
+        `PublicIPv6 ${what}`,
+        (v, s) => v.PublicIPv6 = ip(s.publicIP),
+      ),
+      new RegExp(`: ${word} address \\(`),
+    )
+  ),
   patched("PublicIPv6 unspecified (::)", (v) => v.PublicIPv6 = "::"),
   patched(
     "PublicIPv6 inside the IPv6 cluster network",
@@ -366,6 +390,10 @@ export interface DualNodeCase {
   readonly name: string;
   readonly expect: "refused" | "programmed";
   readonly make: (s: DualNodeSlot) => Record<string, unknown>;
+  /** What its warning must say after the node name (see corpus_run.ts). */
+  readonly reason?: RegExp;
+  /** The `weft_peers_refused_total` label it must count under. */
+  readonly counter?: string;
   /** The IPv6 pod CIDR it claims, when not the slot's (see DualCase). */
   readonly claims6?: (s: DualNodeSlot) => string | undefined;
 }
@@ -461,6 +489,15 @@ export const DUAL_NODE_CASES: readonly DualNodeCase[] = [
   annotated6(
     "public-ipv6 loopback (::1)",
     (a) => a[`${ANN}public-ipv6`] = "::1",
+  ),
+  ...V6_SPECIAL_CASES.map(([what, ip, word]) =>
+    refusedAs(
+      annotated6(
+        `public-ipv6 ${what}`,
+        (a, s) => a[`${ANN}public-ipv6`] = ip(s.publicIP),
+      ),
+      new RegExp(`: ${word} address \\(`),
+    )
   ),
   annotated6(
     "public-ipv6 unspecified (::)",

@@ -211,6 +211,7 @@ export class DualStackFaults extends EtcdRun {
           k.expect,
           input,
           (s) => dualSlotEntries(s.v4, s.v6!, v4, v6),
+          k,
         ),
       );
     }

@@ -113,6 +113,7 @@ export abstract class EtcdRun extends FaultRun {
     expect: "refused" | "programmed",
     input: PeerInput,
     entries: (s: NodeState) => string[],
+    check: Pick<CorpusCase, "reason" | "counter"> = {},
   ): CorpusCase {
     return {
       name,
@@ -121,6 +122,8 @@ export abstract class EtcdRun extends FaultRun {
       write: () => this.put(input.key, input.value),
       remove: () => this.del(input.key),
       entries,
+      ...(check.reason && { reason: check.reason }),
+      ...(check.counter && { counter: check.counter }),
     };
   }
 }

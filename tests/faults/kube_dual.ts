@@ -170,6 +170,8 @@ export class KubeDualFaults extends FaultRun {
         write: () => this.#post(obj),
         remove: () => this.kube.deleteNode(slot.name),
         entries: (s) => dualSlotEntries(s.v4, s.v6!, v4, v6),
+        ...(k.reason && { reason: k.reason }),
+        ...(k.counter && { counter: k.counter }),
       });
     }
     await corpusRun(this, {

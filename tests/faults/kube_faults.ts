@@ -37,6 +37,7 @@ import {
   FaultRun,
   lossText,
   OUTAGE_S,
+  SILENT_PAST_IDLE,
   sleep,
   STANDARD_FAULTS,
   waitUntil,
@@ -149,11 +150,16 @@ export class KubeFaults extends FaultRun {
    * Starts a node's agent in Kubernetes mode; it may reach the apiserver
    * and the suite's proxies.
    */
-  async startKube(n: ClusterNode, kubeconfig?: string): Promise<void> {
+  async startKube(
+    n: ClusterNode,
+    kubeconfig?: string,
+    extra: readonly string[] = [],
+  ): Promise<void> {
     await this.start(n, [
       "--kube-subnet-mgr",
       `--kubeconfig-file=${kubeconfig ?? this.#kubeconfigOf(n)}`,
       `--net-config-path=${n.dir}/net-conf.json`,
+      ...extra,
     ], [KUBE_PORT, PROXY2_PORT, PROXY3_PORT].map((p) => `${SWITCH_IP}:${p}`));
   }
 
@@ -628,8 +634,11 @@ export class KubeFaults extends FaultRun {
         proxy,
         node: n3,
         ping: ["node1-pod1", "node3-pod1"],
-        faults: STANDARD_FAULTS,
-        restart: async () => {},
+        faults: [...STANDARD_FAULTS, SILENT_PAST_IDLE],
+        restart: async (args = []) => {
+          await this.stop(n3);
+          await this.startKube(n3, kubeconfig, args);
+        },
         probe: () => this.probe(),
         retryAfterRequired: true,
       });

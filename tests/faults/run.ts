@@ -560,6 +560,14 @@ export abstract class FaultRun {
     const n = o.node;
     for (const f of o.faults) {
       const chk = new Checks();
+      if (f.args) {
+        // Flags for this fault: the agent starts with them before it.
+        await o.restart(f.args);
+        chk.that(
+          await this.c.waitReady(n, 30_000).then(() => true, () => false),
+          `${n.name} not ready with ${f.args.join(" ")}`,
+        );
+      }
       const p = this.ping(...o.ping);
       await sleep(300);
       const from = Date.now();
@@ -628,6 +636,19 @@ export abstract class FaultRun {
         if (o.retryAfterRequired && !honoured) chk.that(false, text);
         else chk.note(text);
       }
+      if (f.idleTimeoutS !== undefined) {
+        // The agent's watchdog must give up on the silent stream and open
+        // the watch again, more than once within the fault.
+        const watches = (await o.proxy.records()).filter((r) =>
+          r.at >= from && r.at < to &&
+          (r.path.startsWith("/v3/watch") || /[?&]watch=(1|true)/.test(r.path))
+        ).length;
+        chk.that(
+          watches >= 2,
+          `${watches} watch request(s) in ${PROXY_S} s of silence: the ${f.idleTimeoutS} s idle timeout never reopened the watch`,
+        );
+        chk.note(`${watches} watches opened during the silence`);
+      }
       chk.note(
         `peer added during the fault applied ${
           during ? "during it" : "only after it"
@@ -654,7 +675,23 @@ export interface ProxyFault {
   readonly mode: ProxyMode;
   /** Restart the agent as the fault begins. */
   readonly restart?: boolean;
+  /** Agent flags for this fault: the agent is restarted with them first. */
+  readonly args?: readonly string[];
+  /**
+   * The idle timeout `args` give the agent, s (shorter than the fault):
+   * the watch must be opened again within the fault.
+   */
+  readonly idleTimeoutS?: number;
 }
+
+/** A silent watch held longer than the agent's idle timeout. */
+export const SILENT_PAST_IDLE: ProxyFault = {
+  name:
+    "watches silent longer than the idle timeout (agent started with --watch-idle-timeout=2)",
+  mode: { kind: "silent" },
+  args: ["--watch-idle-timeout=2"],
+  idleTimeoutS: 2,
+};
 
 /** The faults every API gets: cut streams, silence, 429, 500s. */
 export const STANDARD_FAULTS: readonly ProxyFault[] = [
@@ -694,8 +731,8 @@ export interface ProxyFaultsOptions {
   /** Pods pinging each other meanwhile: [from, to]. */
   readonly ping: [string, string];
   readonly faults: readonly ProxyFault[];
-  /** Restarts the node's agent (for faults with `restart`). */
-  readonly restart: () => Promise<void>;
+  /** Restarts the node's agent (for faults with `restart` or `args`). */
+  readonly restart: (args?: readonly string[]) => Promise<void>;
   /** Adds a valid fake peer; its subnet, and how to remove it. */
   readonly probe: () => Promise<{ subnet: string; remove(): Promise<void> }>;
   /** Whether a `Retry-After` must be honoured (Kubernetes) or is noted only. */

@@ -791,6 +791,46 @@ await etcdTest(
   { args: ["--experimental-watch-progress-notify-interval=500ms"] },
 );
 
+await etcdTest(
+  "thirty 1 MB values under subnets/ are refused one by one; the listing completes and the real peers are delivered",
+  async (etcd) => {
+    await etcd.put(CONFIG_KEY, NET_CONF);
+    await etcd.put(
+      `${DIR}10.5.2.0-24`,
+      flanneldValue("10.0.0.2", "0a:00:00:00:00:02"),
+    );
+    const pad = "x".repeat(1 << 20);
+    for (let i = 100; i < 130; i++) {
+      await etcd.put(
+        `${DIR}10.5.${i}.0-24`,
+        `{"PublicIP":"10.0.0.9","P":"${pad}"}`,
+      );
+    }
+    await etcd.put(
+      `${DIR}10.5.200.0-24`,
+      flanneldValue("10.0.0.3", "0a:00:00:00:00:03"),
+    );
+    const before = metrics.peerObjectsOversized.get();
+    const m = manager(etcd);
+    await using w = new Watcher(m);
+    await w.waitFor("added 10.5.200.0/24");
+    assert.deepEqual(w.summary.sort(), [
+      "added 10.5.2.0/24",
+      "added 10.5.200.0/24",
+    ]);
+    assert.equal(metrics.peerObjectsOversized.get() - before, 30);
+    // Through the watch: one more large write is refused on its own too.
+    await etcd.put(`${DIR}10.5.130.0-24`, `{"P":"${pad}"}`);
+    await etcd.put(
+      `${DIR}10.5.3.0-24`,
+      flanneldValue("10.0.0.4", "0a:00:00:00:00:04"),
+    );
+    await w.waitFor("added 10.5.3.0/24");
+    assert.equal(metrics.peerObjectsOversized.get() - before, 31);
+    m.close();
+  },
+);
+
 // --- keeping the lease ---------------------------------------------------------
 
 await etcdTest(

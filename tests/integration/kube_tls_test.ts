@@ -1,10 +1,12 @@
 /**
- * TLS trust of the Kubernetes client is exactly the configured CA. An API
- * server whose certificate comes from a CA the process trusts anyway (the
- * system store, `DENO_TLS_CA_STORE=system` + `SSL_CERT_FILE`, or
- * `DENO_CERT`) but the kubeconfig does not name must be refused, and must
- * never see the token. A plain `Deno.createHttpClient({ caCerts })` in the
- * same process accepts it (the control: its CA list adds to the roots).
+ * TLS trust of the Kubernetes and etcd clients is exactly the configured
+ * CA. A server whose certificate comes from a CA the process trusts anyway
+ * (the system store, `DENO_TLS_CA_STORE=system` + `SSL_CERT_FILE`, or
+ * `DENO_CERT`) but the kubeconfig or `--etcd-cafile` does not name must be
+ * refused, and must never see the token or the etcd password, however the
+ * scheme is spelled (`HTTPS://`). A plain
+ * `Deno.createHttpClient({ caCerts })` in the same process accepts it (the
+ * control: its CA list adds to the roots).
  *
  * @module
  */
@@ -19,7 +21,10 @@ const CHILD = `
 import { connect } from "${
   new URL("../../subnet/kube/client.ts", import.meta.url).href
 }";
-const [url, caA, kubeA, kubeB] = Deno.args;
+import { EtcdClient } from "${
+  new URL("../../subnet/etcd/client.ts", import.meta.url).href
+}";
+const [url, caA, caB, kubeA, kubeB, kubeUpperA] = Deno.args;
 const out = {};
 try {
   const c = Deno.createHttpClient({ caCerts: [Deno.readTextFileSync(caA)] });
@@ -27,13 +32,31 @@ try {
   out.control = r.status;
   await r.body?.cancel();
 } catch (e) { out.control = "refused: " + e.message; }
-for (const [name, kc] of [["wrongCa", kubeA], ["rightCa", kubeB]]) {
+for (const [name, kc] of [["wrongCa", kubeA], ["rightCa", kubeB], ["upperWrongCa", kubeUpperA]]) {
   const client = await connect({ kubeconfigFile: kc, requestTimeoutMs: 5000 });
   try {
     const node = await client.getJson("/api/v1/nodes/n1");
     out[name] = "ok " + node.metadata.name;
   } catch (e) { out[name] = "refused: " + e.message; }
   client.close();
+}
+for (const [name, caFile, ep] of [
+  ["etcdWrongCa", caA, url],
+  ["etcdUpperWrongCa", caA, url.replace("https", "HTTPS")],
+  ["etcdRightCa", caB, url],
+]) {
+  const etcd = new EtcdClient({
+    endpoints: [ep],
+    tls: { caFile },
+    username: "root",
+    password: "etcd-pw",
+    requestTimeoutMs: 5000,
+  });
+  try {
+    const r = await etcd.range("/coreos.com/network/config");
+    out[name] = "ok " + r.revision;
+  } catch (e) { out[name] = "refused: " + e.message; }
+  etcd.close();
 }
 console.log(JSON.stringify(out));
 `;
@@ -52,9 +75,9 @@ function kubeconfig(server: string, ca: string, token: string): string {
   });
 }
 
-Deno.test("Kube client trusts exactly the kubeconfig's CA, not the process's extra roots, and never sends the token to an impostor", async () => {
+Deno.test("Kube and etcd clients trust exactly the configured CA (HTTPS:// too), not the process's extra roots, and never send the token or password to an impostor", async () => {
   const dir = await Deno.makeTempDir({ prefix: "weft-tls-" });
-  const seen: { path: string; auth: string | null }[] = [];
+  const seen: { path: string; auth: string | null; body: string }[] = [];
   const ac = new AbortController();
   try {
     await Deno.mkdir(`${dir}/a`);
@@ -72,11 +95,19 @@ Deno.test("Kube client trusts exactly the kubeconfig's CA, not the process's ext
       key: await Deno.readTextFile(`${dir}/b/srv.key`),
       signal: ac.signal,
       onListen: () => {},
-    }, (req) => {
+    }, async (req) => {
+      const path = new URL(req.url).pathname;
       seen.push({
-        path: new URL(req.url).pathname,
+        path,
         auth: req.headers.get("authorization"),
+        body: await req.text(),
       });
+      if (path === "/v3/auth/authenticate") {
+        return Response.json({ header: { revision: "7" }, token: "etcd-tok" });
+      }
+      if (path === "/v3/kv/range") {
+        return Response.json({ header: { revision: "7" }, kvs: [] });
+      }
       return Response.json({ kind: "Node", metadata: { name: "n1" } });
     });
     const url = `https://127.0.0.1:${(server.addr as Deno.NetAddr).port}`;
@@ -87,6 +118,10 @@ Deno.test("Kube client trusts exactly the kubeconfig's CA, not the process's ext
     await Deno.writeTextFile(
       `${dir}/kube-b.json`,
       kubeconfig(url, `${dir}/b/ca.crt`, "secret-b"),
+    );
+    await Deno.writeTextFile(
+      `${dir}/kube-upper-a.json`,
+      kubeconfig(url.replace("https", "HTTPS"), `${dir}/a/ca.crt`, "secret-a"),
     );
     await Deno.writeTextFile(`${dir}/child.ts`, CHILD);
     for (
@@ -110,8 +145,10 @@ Deno.test("Kube client trusts exactly the kubeconfig's CA, not the process's ext
           `${dir}/child.ts`,
           url,
           `${dir}/a/ca.crt`,
+          `${dir}/b/ca.crt`,
           `${dir}/kube-a.json`,
           `${dir}/kube-b.json`,
+          `${dir}/kube-upper-a.json`,
         ],
         env,
         cwd: new URL("../..", import.meta.url).pathname,
@@ -132,11 +169,32 @@ Deno.test("Kube client trusts exactly the kubeconfig's CA, not the process's ext
         /^refused: Cannot reach Kubernetes API server .*TLS error/,
         label,
       );
+      assert.match(
+        String(r.upperWrongCa),
+        /^refused: Cannot reach Kubernetes API server .*TLS error/,
+        `${label}: HTTPS:// is https, pinned as well`,
+      );
       assert.equal(r.rightCa, "ok n1", label);
+      for (const name of ["etcdWrongCa", "etcdUpperWrongCa"]) {
+        assert.match(
+          String(r[name]),
+          /^refused: Cannot reach etcd for \/v3\/auth\/authenticate: .*(certificate|TLS|verify)/i,
+          `${label}: ${name}`,
+        );
+      }
+      assert.equal(r.etcdRightCa, "ok 7", label);
       assert.deepEqual(
-        seen.filter((s) => s.path !== "/control"),
-        [{ path: "/api/v1/nodes/n1", auth: "Bearer secret-b" }],
-        `${label}: only the client trusting CA b reached the server`,
+        seen.filter((s) => s.path !== "/control").map((s) => [
+          s.path,
+          s.auth,
+          s.path === "/v3/auth/authenticate" ? JSON.parse(s.body).password : "",
+        ]),
+        [
+          ["/api/v1/nodes/n1", "Bearer secret-b", ""],
+          ["/v3/auth/authenticate", null, "etcd-pw"],
+          ["/v3/kv/range", "etcd-tok", ""],
+        ],
+        `${label}: only the clients trusting CA b reached the server`,
       );
     }
   } finally {
@@ -177,6 +235,25 @@ Deno.test("Kube client refuses to send a token over plain http unless --allow-to
       }),
     );
     await assert.rejects(connect({ kubeconfigFile: kc }), refused);
+    // A scheme is a scheme in any case: HTTP:// is plain http.
+    await assert.rejects(
+      connect({
+        kubeApiUrl: "HTTP://127.0.0.1:6443",
+        serviceAccountDir: dir,
+        env,
+      }),
+      refused,
+    );
+    const upper = `${dir}/kubeconfig-upper.json`;
+    await Deno.writeTextFile(
+      upper,
+      (await Deno.readTextFile(kc)).replace("http://", "HTTP://"),
+    );
+    await assert.rejects(connect({ kubeconfigFile: upper }), refused);
+    await assert.rejects(
+      connect({ kubeconfigFile: kc, kubeApiUrl: "Http://127.0.0.1:6443" }),
+      refused,
+    );
     const ok = await connect({ kubeconfigFile: kc, allowTokenOverHttp: true });
     assert.equal(ok.server, "http://127.0.0.1:6443");
     ok.close();

@@ -1,14 +1,16 @@
 /**
- * A `fetch` for the Kubernetes API that trusts exactly the configured CA,
- * as client-go does. `Deno.createHttpClient({ caCerts })` adds the CA to
- * the process's root store (Mozilla's bundled roots, the system store
- * with `DENO_TLS_CA_STORE=system`, and any `DENO_CERT`), so any of those
- * CAs could vouch for an impostor API server, which then receives the
- * node's bearer token. `node:https` with `ca` verifies against the given
- * CAs only (checked with a server whose CA the process trusts through
- * `DENO_CERT` but the kubeconfig does not name: refused), so requests go
- * through it. Responses are web `Response`s with streaming bodies (a
- * watch stays open); gzip is asked for and decoded, as fetch does.
+ * A `fetch` that trusts exactly the configured CA, as client-go and etcd's
+ * Go client do; the Kubernetes client and the etcd client both use it.
+ * `Deno.createHttpClient({ caCerts })` adds the CA to the process's root
+ * store (Mozilla's bundled roots, the system store with
+ * `DENO_TLS_CA_STORE=system`, and any `DENO_CERT`), so any of those CAs
+ * could vouch for an impostor server, which then receives the node's
+ * bearer token or etcd password. `node:https` with `ca` verifies against
+ * the given CAs only (checked with a server whose CA the process trusts
+ * through `DENO_CERT` or the system store but the configuration does not
+ * name: refused), so requests go through it. Responses are web
+ * `Response`s with streaming bodies (a watch stays open); gzip is asked
+ * for and decoded, as fetch does.
  *
  * @module
  */
