@@ -442,6 +442,9 @@ export class Harness implements AsyncDisposable {
           NS: this.nodes.get(node.role)!.name,
           LOG: log,
           NODE_NAME: node.name,
+          // Both agents' WireGuard key stays in the node's directory, not
+          // in the host's /run/flannel.
+          WIREGUARD_KEY_FILE: `${dir}/wgkey`,
           ...input.env,
         },
         stdin: "null",

@@ -266,6 +266,37 @@ await gatedTest({
       );
 
       await t.step(
+        "flannel's wireguard values render the wireguard backend's keys",
+        async () => {
+          const objs = await template(home, WEFT_CHART, {
+            set: [
+              "flannel.backend=wireguard",
+              "flannel.backendPort=51830",
+              "flannel.backendPortv6=51831",
+              "flannel.psk=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+              "flannel.tunnelMode=auto",
+              "flannel.keepaliveInterval=25",
+              "flannel.mtu=1400",
+            ],
+          });
+          const cm = objs.find((o) => o.kind === "ConfigMap");
+          const conf = JSON.parse(cm.data["net-conf.json"]);
+          assertEquals(conf.Backend, {
+            Type: "wireguard",
+            ListenPort: 51830,
+            ListenPortV6: 51831,
+            PSK: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            Mode: "auto",
+            PersistentKeepaliveInterval: 25,
+            MTU: 1400,
+          });
+          const net = parseNetConfig(JSON.stringify(conf));
+          assert(net.ok, net.ok ? "" : net.reason);
+          assertEquals(net.value.backend.type, "wireguard");
+        },
+      );
+
+      await t.step(
         "weft's own keys: reconcile period, scrape annotations, ServiceMonitor",
         async () => {
           const objs = await template(home, WEFT_CHART, {
@@ -303,7 +334,8 @@ await gatedTest({
 
       await t.step("a wrong value fails, naming the value", async () => {
         const cases: [string[], RegExp][] = [
-          [["flannel.backend=wireguard"], /flannel\/backend/],
+          [["flannel.backend=udp"], /flannel\/backend/],
+          [["flannel.tunnelMode=both"], /flannel\/tunnelMode/],
           [["podCidr=10.244.0.0/33"], /podCidr/],
           [["podCidrv6=fd00::/200"], /podCidrv6/],
           [["flannel.mtu=100"], /flannel\/mtu/],

@@ -35,6 +35,13 @@ them; only the keys of the chosen backend are written.
 {{- with $f.directRouting }}{{ $_ := set $backend "DirectRouting" . }}{{ end -}}
 {{- with $f.mtu }}{{ $_ := set $backend "MTU" (int .) }}{{ end -}}
 {{- with $f.macPrefix }}{{ $_ := set $backend "MacPrefix" . }}{{ end -}}
+{{- else if eq $f.backend "wireguard" -}}
+{{- with $f.backendPort }}{{ $_ := set $backend "ListenPort" (int .) }}{{ end -}}
+{{- with $f.backendPortv6 }}{{ $_ := set $backend "ListenPortV6" (int .) }}{{ end -}}
+{{- with $f.psk }}{{ $_ := set $backend "PSK" . }}{{ end -}}
+{{- with $f.mtu }}{{ $_ := set $backend "MTU" (int .) }}{{ end -}}
+{{- with $f.tunnelMode }}{{ $_ := set $backend "Mode" . }}{{ end -}}
+{{- with $f.keepaliveInterval }}{{ $_ := set $backend "PersistentKeepaliveInterval" (int .) }}{{ end -}}
 {{- end -}}
 {{- $_ := set $conf "Backend" $backend -}}
 {{- toPrettyJson $conf -}}
