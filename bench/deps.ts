@@ -14,6 +14,7 @@
  * @module
  */
 import { probe } from "./startup.ts";
+import { describeCommit } from "../tests/_commit.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 /** The ip-num release the design named, fetched through the npm registry. */
@@ -60,8 +61,7 @@ if (import.meta.main) {
   const runs = Number(
     Deno.args.find((a) => a.startsWith("--runs="))?.slice(7) ?? 5,
   );
-  const commit = (await output(["git", "rev-parse", "--short", "HEAD"]))
-    .stdout;
+  const commit = await describeCommit();
   const reach: [string, string][] = [];
   for (const spec of ["jsr:@std/cli", "jsr:@std/yaml", "jsr:@std/assert"]) {
     reach.push([spec, await jsr(spec)]);

@@ -14,6 +14,7 @@
 import { startScenario } from "../tests/e2e/_scenario.ts";
 import { nodeWireguard } from "../tests/e2e/_wireguard.ts";
 import { machine } from "./_stats.ts";
+import { describeCommit } from "../tests/_commit.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -58,15 +59,6 @@ async function measure(backend: string, runs: number): Promise<Figures> {
   return { backend, gbps, retransmits, rttMs, lost };
 }
 
-async function commit(): Promise<string> {
-  const r = await new Deno.Command("git", {
-    args: ["rev-parse", "--short", "HEAD"],
-    cwd: ROOT,
-    stdout: "piped",
-  }).output();
-  return new TextDecoder().decode(r.stdout).trim();
-}
-
 /** Runs the comparison and writes bench/results/wireguard.md. */
 export async function wireguardBench(args: string[]): Promise<void> {
   const runs = Number(
@@ -80,7 +72,7 @@ export async function wireguardBench(args: string[]): Promise<void> {
   const lines = [
     "# Pod-to-pod traffic: wireguard beside vxlan",
     "",
-    `\`deno task bench wireguard --runs=${runs}\` at ${await commit()} on ${
+    `\`deno task bench wireguard --runs=${runs}\` at ${await describeCommit()} on ${
       new Date().toISOString().slice(0, 10)
     }; ${await machine()}.`,
     "Two node namespaces on a veth underlay, one pod each; per run iperf3",

@@ -17,18 +17,10 @@ import { Cluster } from "../_cluster.ts";
 import { serverBinary } from "../servers/paths.ts";
 import { DEBIAN_ETCD_SERVER } from "../servers/etcd.ts";
 import { FLANNELD } from "./_harness.ts";
+import { describeCommit } from "../_commit.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const NET_CONF = '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}';
-
-async function commit(): Promise<string> {
-  const out = await new Deno.Command("git", {
-    args: ["rev-parse", "--short", "HEAD"],
-    cwd: ROOT,
-    stdout: "piped",
-  }).output();
-  return new TextDecoder().decode(out.stdout).trim();
-}
 
 await gatedTest({
   name:
@@ -61,7 +53,7 @@ await gatedTest({
     const text = [
       "# Conformance: flanneld v0.28.9's wireguard backend",
       "",
-      `\`deno task test:conformance\` (tests/conformance/wireguard_test.ts) at ${await commit()}`,
+      `\`deno task test:conformance\` (tests/conformance/wireguard_test.ts) at ${await describeCommit()}`,
       `on ${new Date().toISOString().slice(0, 10)} ran flanneld v0.28.9 with`,
       `\`${NET_CONF}\` in a node namespace. This kernel has no WireGuard`,
       `module and flanneld has no userspace path, so it exited ${out.code}:`,

@@ -36,6 +36,7 @@ import {
 import { BackgroundPing, type Loss } from "./traffic.ts";
 import { type FaultProxy, type ProxyMode, rateStats } from "./proxy.ts";
 import { fmtMs } from "./report.ts";
+import { describeCommit } from "../_commit.ts";
 
 /** The repository root, with a trailing slash. */
 export const ROOT = new URL("../..", import.meta.url).pathname;
@@ -768,11 +769,7 @@ export async function runPhases(
 /** Writes the table to {@linkcode RESULTS} and prints it. */
 export async function writeReport(rows: readonly FaultRow[]): Promise<void> {
   const t = tally(rows);
-  // The commit under test; WEFT_FAULT_REV names it in a copy without .git.
-  const git = await run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]);
-  const rev = git.code === 0
-    ? git.stdout.trim()
-    : Deno.env.get("WEFT_FAULT_REV") ?? "?";
+  const rev = await describeCommit();
   const uname = await run(["uname", "-r"]);
   const md = [
     "# Fault and bad-input suite",

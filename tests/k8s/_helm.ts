@@ -25,7 +25,6 @@ import {
   type HelmOptions,
   WEFT_CHART,
 } from "../servers/helm.ts";
-import { run } from "../_netns.ts";
 import {
   crossNodePings,
   execPod,
@@ -38,6 +37,7 @@ import {
   rollout,
   until,
 } from "./_k8s.ts";
+import { describeCommit } from "../_commit.ts";
 
 const NS = "kube-flannel";
 const WEFT_IMAGE = ["localhost/weft", "v0.1.1"] as const;
@@ -175,20 +175,7 @@ async function writeResults(
   upgrade: { counts: PairCount[]; ms: number },
   rollback: { counts: PairCount[]; ms: number },
 ): Promise<void> {
-  const git = await run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]);
-  const dirty = await run([
-    "git",
-    "-C",
-    ROOT,
-    "status",
-    "--porcelain",
-    "--untracked-files=no",
-  ]);
-  const commit = git.code === 0
-    ? `${git.stdout.trim()}${
-      dirty.stdout.trim() ? " plus uncommitted changes" : ""
-    }`
-    : "unknown";
+  const commit = await describeCommit();
   const rows = (what: string, r: { counts: PairCount[] }) =>
     r.counts.map((n) =>
       `| ${what} | ${n.pair} | ${n.sent} | ${n.received} | ${
