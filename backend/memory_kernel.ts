@@ -177,9 +177,9 @@ export class MemoryKernel implements Netlink {
     }
   }
   routeList(filter: RouteFilter = {}): RouteInfo[] {
-    // Unicast routes only, as the kernel dump is filtered in ffi/.
+    // Unicast routes only unless asked, as the kernel dump in ffi/.
     return this.routes.filter((r) =>
-      !r.blackhole &&
+      (!r.blackhole || filter.blackholes === true) &&
       (filter.index === undefined || r.index === filter.index) &&
       (r.table ?? RT_TABLE_MAIN) === (filter.table ?? RT_TABLE_MAIN) &&
       (filter.family === undefined ||

@@ -19,7 +19,10 @@
  * onlink` on the overlay device (no lease wants it: a stale flanneld
  * entry, it goes) and, on the external interface, `S via P` where P is the
  * public IP of the lease claiming S (no lease wants it: it may be an
- * administrator's static route, it stays).
+ * administrator's static route, it stays). A `blackhole S proto boot`
+ * route is what `--ip-blackhole-route` left for a subnet this node no
+ * longer holds: a lease claiming S replaces it, as flanneld does; no lease
+ * wanting it, it stays.
  *
  * Every other route in the main table at a destination a lease claims is
  * foreign (another protocol, another device, another shape): weft neither
@@ -225,6 +228,17 @@ function flannelShape(r: RouteInfo, dev: number): boolean {
   return n.ok && formatIp(n.value.family, networkAddr(n.value)) === r.gw;
 }
 
+/**
+ * What `--ip-blackhole-route` (weft's or flanneld's) leaves behind when
+ * the node's own subnet moves: `blackhole S proto boot`, no device. The
+ * blackhole is never removed (as in flanneld), so when S becomes a peer's,
+ * it is replaced by that peer's route as flanneld's route replace does;
+ * held as foreign, it would drop the peer's traffic on this node forever.
+ */
+function staleBlackhole(r: RouteInfo, proto: number): boolean {
+  return proto === RTPROT_BOOT && r.blackhole === true && r.gw === undefined;
+}
+
 /** Filters kernel state down to the entries weft owns (see module doc). */
 export function ownedState(
   plan: FamilyPlan,
@@ -247,7 +261,8 @@ export function ownedState(
       routes.push(r);
     } else if (proto === RTPROT_BOOT && onExt && plan.manageExternal) {
       adoptable.push(r);
-    } else foreign.push(r);
+    } else if (staleBlackhole(r, proto)) adoptable.push(r);
+    else foreign.push(r);
   }
   return {
     neighs: dev === undefined
@@ -317,7 +332,9 @@ export function diff(desired: Iterable<PeerEntries>, actual: OwnedState): Op[] {
     // flanneld's host-gw route to this very peer is adopted; on the
     // external interface through any other gateway, it is someone else's.
     const flanneld = adoptable.get(dst);
-    const adopt = flanneld?.gw === peerAddress(p) ? flanneld : undefined;
+    const adopt = flanneld?.blackhole || flanneld?.gw === peerAddress(p)
+      ? flanneld
+      : undefined;
     const other = foreign.get(dst) ?? (adopt ? undefined : flanneld);
     const have = routes.get(dst) ?? adopt;
     if (other) ops.push({ kind: "routeHeld", route: other, peer: p.key });

@@ -276,6 +276,27 @@ Deno.test("diff() holds a lease's route behind a foreign route at its destinatio
   );
 });
 
+Deno.test("diff() replaces the blackhole route a moved own subnet left when a peer claims that subnet, and keeps one nobody claims", () => {
+  const [e2] = entries([2]);
+  const stale = [
+    { dst: "10.244.2.0/24", blackhole: true, protocol: RTPROT_BOOT },
+    { dst: "10.244.7.0/24", blackhole: true, protocol: RTPROT_BOOT },
+  ];
+  const kernel = { neighs: [], fdbs: [], routes: stale };
+  assert.deepEqual(kinds(diff([e2!], ownedState(plan, kernel))), [
+    "neighSet 10.244.2.0",
+    "fdbSet 0a:00:00:00:00:02>198.18.0.2",
+    "routeReplace 10.244.2.0/24",
+  ]);
+  // An operator's blackhole of another protocol is foreign: held.
+  const static4 = { ...stale[0]!, protocol: 4 };
+  assert.deepEqual(
+    kinds(diff([e2!], ownedState(plan, { ...kernel, routes: [static4] })))
+      .at(-1),
+    "routeHeld 10.244.2.0/24",
+  );
+});
+
 Deno.test("diff() writes a destination the kernel has no route for with add (create + excl), never replace", () => {
   const [e2] = entries([2]);
   const ops = diff([e2!], empty);

@@ -716,7 +716,9 @@ export class Reconciler {
       return {
         neighs: dev === undefined ? [] : this.#nl.neighList(dev, plan.family),
         fdbs: dev === undefined ? [] : this.#nl.fdbList(dev),
-        routes: this.#nl.routeList({ family: plan.family }),
+        // Blackholes too: one a moved own subnet left is replaced when a
+        // peer claims that subnet (plan.ts).
+        routes: this.#nl.routeList({ family: plan.family, blackholes: true }),
       };
     } catch (e) {
       metrics.kernelErrors.inc({ op: "dump" });

@@ -614,13 +614,15 @@ export class LibnlNetlink implements Netlink, Disposable {
     for (const m of this.#dump(RTM_GETROUTE, rtm, op)) {
       if (m.type !== RTM_NEWROUTE) continue;
       const r = parseRouteMessage(m.payload);
-      if (r === undefined || r.type !== RTN_UNICAST || r.table !== table) {
+      if (r === undefined || r.table !== table) continue;
+      const blackhole = r.type === RTN_BLACKHOLE;
+      if (r.type !== RTN_UNICAST && !(blackhole && filter.blackholes)) {
         continue;
       }
       if (fam !== AF_UNSPEC && r.family !== fam) continue;
       for (const route of r.routes) {
         if (filter.index === undefined || route.index === filter.index) {
-          out.push(route);
+          out.push(blackhole ? { ...route, blackhole } : route);
         }
       }
     }

@@ -150,6 +150,11 @@ export interface RouteFilter {
   readonly index?: number;
   /** Only routes of this table; defaults to main. */
   readonly table?: number;
+  /**
+   * Also blackhole routes (`blackhole: true`); by default only unicast
+   * routes are listed.
+   */
+  readonly blackholes?: boolean;
 }
 
 /**

@@ -357,3 +357,26 @@ kernelTest(
     );
   },
 );
+
+kernelTest(
+  "a peer claiming the subnet a moved own lease left blackholed gets its route in place of the blackhole; an unclaimed one stays",
+  async () => {
+    await using ns = await node();
+    using nl = openNetlink({ netns: ns.path });
+    // What --ip-blackhole-route left for subnets this node held before.
+    await ns.ip("route", "add", "blackhole", "10.244.2.0/24");
+    await ns.ip("route", "add", "blackhole", "10.244.7.0/24");
+    const rec = reconcilerOn(nl, vxlanConfig);
+    rec.handle([{ type: "added", lease: vxlanPeer(2), receivedAt: 0 }]);
+    assert.deepEqual(rec.pass().errors, 0);
+    const v4 = await routes(ns, "-4");
+    assert.ok(
+      v4.includes(
+        "10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto 87 onlink",
+      ),
+      v4.join("\n"),
+    );
+    assert.ok(!v4.includes("blackhole 10.244.2.0/24"), v4.join("\n"));
+    assert.ok(v4.includes("blackhole 10.244.7.0/24"), v4.join("\n"));
+  },
+);
