@@ -580,6 +580,35 @@ export class Harness implements AsyncDisposable {
     }
   }
 
+  /**
+   * Moves an agent node's own lease while its agent is stopped: etcd mode
+   * deletes its lease key (the agent takes a new subnet at start), kube
+   * mode recreates its Node with `subnet` as podCIDR (podCIDRs cannot
+   * change in place). Returns the subnet it held.
+   */
+  async moveOwnLease(mode: Mode, node: NodeSpec, subnet: string) {
+    const env = await Deno.readTextFile(
+      `${this.nodeDir(node.role)}/subnet.env`,
+    );
+    const m = /^FLANNEL_SUBNET=([\d.]+)\/(\d+)$/m.exec(env);
+    if (!m) throw new Error(`${node.name}: no FLANNEL_SUBNET in subnet.env`);
+    const host = m[1]!.split(".").map(Number);
+    const old = `${[...host.slice(0, 3), host[3]! - 1].join(".")}/${m[2]}`;
+    if (mode === "etcd") {
+      const key = `${ETCD_PREFIX}/subnets/${old.replace("/", "-")}`;
+      const r = await this.etcdctl("del", key);
+      if (r.code !== 0) throw new Error(`del ${key}: ${r.stderr}`);
+    } else {
+      await this.kube!.deleteNode(node.name);
+      // One annotation, as reset() gives every Node: flanneld panics on a
+      // Node with none.
+      await this.#createNode(node.name, node.n, true, false, {
+        "weft.test/case": "own-lease-moved",
+      }, subnet);
+    }
+    return old;
+  }
+
   /** Deletes a foreign peer's lease key or Node. */
   async deletePeer(mode: Mode, p: PeerSpec): Promise<void> {
     if (mode === "kube") return await this.kube!.deleteNode(p.name);

@@ -195,6 +195,8 @@ const P9: PeerSpec = {
 };
 const P9_MOVED: PeerSpec = { ...P9, ip: "198.18.0.19" };
 const P9_NEW_MAC: PeerSpec = { ...P9_MOVED, mac: "0a:58:0a:f4:09:99" };
+/** The subnets the agents held before `motion-own-lease` moved them. */
+const MOVED: string[] = [];
 /** A second foreign peer, added and removed by the moving case. */
 const P7: PeerSpec = {
   name: "peer7",
@@ -1070,6 +1072,59 @@ export const CASES: readonly Case[] = [
     },
   },
   // ---- peers that move ------------------------------------------------------
+  {
+    id: "motion-own-lease",
+    title:
+      "--ip-blackhole-route: each agent's own lease moves, a new peer claims its old subnet",
+    input: {
+      netConf: VX,
+      flags: ["--ip-blackhole-route", "--iptables-resync=1"],
+    },
+    steps: [{
+      id: "own-lease-moved",
+      text:
+        "both agents stopped; each one's lease moved (etcd: its key deleted; kube: its Node recreated with another podCIDR) and its old subnet given to a new peer; both started again",
+      change: async (h, mode, input) => {
+        await h.stopAgents();
+        MOVED.length = 0;
+        for (const node of NODES) {
+          const old = await h.moveOwnLease(
+            mode,
+            node,
+            `10.244.${20 + node.n}.0/24`,
+          );
+          MOVED.push(old);
+          await h.putPeer(mode, {
+            name: `mover${node.n}`,
+            subnet: old,
+            ip: `198.18.0.7${node.n}`,
+            mac: `0a:58:0a:f4:7${node.n}:00`,
+          });
+        }
+        await h.startAgents(mode, input);
+      },
+      // Both replace the blackhole their old lease left with the new
+      // peer's route, and blackhole the new own subnet.
+      check: both((s, who) => {
+        for (const old of MOVED) {
+          assert.ok(
+            routes(s).some((r) => r.dst === old && r.dev === "flannel.1"),
+            `${who}: the new peer's route to ${old}`,
+          );
+          assert.ok(
+            !routes(s).some((r) => r.dst === old && r.type === "blackhole"),
+            `${who}: no blackhole left at ${old}`,
+          );
+        }
+        assert.ok(
+          routes(s).some((r) =>
+            r.type === "blackhole" && r.dst === "<self-subnet>/24"
+          ),
+          `${who}: blackhole for the new own subnet`,
+        );
+      }),
+    }],
+  },
   {
     id: "motion-directrouting",
     title: "DirectRouting: a peer moving off the local L2 and back",
