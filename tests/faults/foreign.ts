@@ -61,6 +61,16 @@ export interface HeldRoute {
 /** Every row of this file for the etcd-mode vxlan cluster, in order. */
 export async function foreignState(s: EtcdRun): Promise<void> {
   const n1 = s.node(1);
+  // An earlier phase ("deleted") leaves node3's agent stopped and its lease
+  // gone; the rows below route to node3 and restart it.
+  const n3 = s.node(3);
+  if (n3.agent === undefined) {
+    await s.start(n3);
+    await s.c.waitReady(n3, 20_000);
+    if ((await s.converged(s.nodes(1, 2, 3), 10_000)) === undefined) {
+      throw new Error("node3 started again, but the cluster did not converge");
+    }
+  }
   // A veth pair stands for "another device" (no dummy module needed).
   await n1.ns.ip("link", "add", "weft-fr", "type", "veth", "peer", "weft-frp");
   await n1.ns.ip("link", "set", "weft-frp", "up");
