@@ -288,7 +288,7 @@ export async function helmSteps(
         "weft",
         WEFT_CHART,
         ...ns,
-        "--set=flannel.backend=wireguard",
+        "--set=flannel.backend=udp",
       ]);
       assert(bad.code !== 0 && /flannel\/backend/.test(bad.stderr), bad.stderr);
       assertEquals(

@@ -164,7 +164,7 @@ export async function hostileNodes(
   const to = echo.find((p) => p.node === victim.metadata.name)!;
   assert(from && to, "echo pods on the observer and the victim");
   try {
-    const count = await pingDuring(from, to.ip, 60, async () => {
+    const count = await pingDuring(from, to.ip, 150, async () => {
       for (const n of hostile) await c.kubectl(["apply", "-f", "-"], n);
       await annotate(JSON.stringify({ VNI: 1, VtepMAC: victimMac }));
       // The observer's agent restarts with every hostile Node present.
@@ -172,7 +172,7 @@ export async function hostileNodes(
         p.node === observer.metadata.name
       )!;
       await c.kubectl(["-n", "kube-flannel", "delete", "pod", old.name]);
-      await until("the replacement weft pod to be Ready", 30_000, async () => {
+      await until("the replacement weft pod to be Ready", 90_000, async () => {
         const now = await pods(c, "app=weft", "kube-flannel");
         return now.some((p) =>
             p.node === observer.metadata.name && p.ready && p.name !== old.name
