@@ -20,10 +20,10 @@ const ANN = "flannel.alpha.coreos.com/";
 /** weft's `--healthz-port` in deploy/weft.yaml. */
 const HEALTH_PORT = 10262;
 /**
- * The refusals the four hostile changes cause on every node, at least two
- * each: the copied MAC and the re-pointed one; the stolen podCIDR and the
- * wide one (in kube mode a podCIDR of another length is judged by overlap
- * with earlier claims, as flanneld accepts mixed lengths).
+ * The refusals the four hostile changes cause on every node: the copied
+ * and the re-pointed MAC; the stolen and the wide podCIDR (in kube mode a
+ * podCIDR of another length is judged by overlap with earlier claims, as
+ * flanneld accepts mixed lengths).
  */
 const REASONS = ["duplicate_mac", "overlap"] as const;
 
@@ -180,16 +180,17 @@ export async function hostileNodes(
           ? true
           : undefined;
       });
-      // Each reason counted twice on every node: from scratch on the
-      // restarted one (it refuses all four), as an increase on the others.
+      // Each reason counted on every node: from scratch on the restarted
+      // one (it refuses all four: both MAC copies), as an increase on the
+      // others (the oldest node does not count its own re-pointed MAC).
       for (const n of c.nodes) {
         const restarted = n.name === observer.metadata.name;
         const was: Record<string, number> = restarted
-          ? {}
+          ? { duplicate_mac: 1 }
           : counted.get(n.name)!;
         await until(`${n.name} counting the refusals`, 20_000, async () => {
           const now = await refusals(n);
-          return REASONS.every((r) => now[r]! >= (was[r] ?? 0) + 2)
+          return REASONS.every((r) => now[r]! > (was[r] ?? 0))
             ? now
             : undefined;
         });
