@@ -1014,7 +1014,7 @@ export function normalize(
   }
   const out = JSON.parse(text) as Snapshot;
   // Order by the normalised text: raw order follows subnets and MACs.
-  for (const k of ["routes", "neigh", "fdb"]) {
+  for (const k of ["routes", "neigh", "fdb", "hooks"]) {
     if (Array.isArray(out[k])) (out[k] as unknown[]).sort(byJson);
   }
   return out;
