@@ -68,11 +68,20 @@ export class MemoryWg implements Wg {
     d.listenPort = s.listenPort;
   }
 
-  setPeer(dev: string, peer: WgPeer, _pskFile?: string): void {
+  setPeer(dev: string, peer: WgPeer, pskFile?: string): void {
     const d = this.#dev(dev);
     this.calls++;
     if (peer.publicKey === this.failKey) throw new Error("Invalid argument");
-    d.peers.set(peer.publicKey, { ...peer, allowedIps: [...peer.allowedIps] });
+    // As `wg`: the PSK comes from the file named, trimmed, else none.
+    const { psk: _asked, ...rest } = peer;
+    const psk = peer.psk !== undefined && pskFile !== undefined
+      ? this.files.get(pskFile)?.trim()
+      : undefined;
+    d.peers.set(peer.publicKey, {
+      ...rest,
+      ...(psk !== undefined && { psk }),
+      allowedIps: [...peer.allowedIps],
+    });
   }
 
   removePeer(dev: string, publicKey: string): void {

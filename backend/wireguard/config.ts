@@ -88,7 +88,10 @@ export function parseWireguardConfig(
       `Invalid Backend.PersistentKeepaliveInterval ${cfg.keepalive}: must be 0..65535 seconds`,
     );
   }
-  if (cfg.psk !== undefined && !parseWgKey(cfg.psk).ok) {
+  // Kept as `wg show` reports it (trimmed), or every pass would see the
+  // peers' PSK differ and set them again.
+  const key = cfg.psk === undefined ? undefined : parseWgKey(cfg.psk);
+  if (key && !key.ok) {
     return fail(
       "Invalid Backend.PSK: must be a base64 key of 32 bytes (as `wg genpsk` prints)",
     );
@@ -100,5 +103,5 @@ export function parseWireguardConfig(
       }..65535 (the underlay MTU; the device gets ${OVERHEAD} less)`,
     );
   }
-  return ok(cfg);
+  return ok(key?.ok ? { ...cfg, psk: key.value } : cfg);
 }

@@ -326,14 +326,17 @@ Deno.test("WireGuard backend without the kernel module starts userspace and publ
 });
 
 Deno.test("WireGuard peers: removed by hand come back; a gone lease's peer goes; a rotated key replaces the old peer", () => {
+  // A PSK as an operator may paste it, with a line break after it.
   const { wg, rec, peers } = wgNode(
     '{"Type":"wireguard","PSK":"' + KEY_B +
-      '","PersistentKeepaliveInterval":5}',
+      '\\n","PersistentKeepaliveInterval":5}',
   );
   rec.handle(added(wgPeer(2, KEY_A), wgPeer(3, KEY_B)));
   rec.pass();
   assert.equal(peers().get(KEY_A)!.psk, KEY_B);
   assert.equal(peers().get(KEY_A)!.keepalive, 5);
+  // The PSK read back equals the one wanted: a pass sets nothing again.
+  assert.equal(rec.pass().ops, 0);
   wg.removePeer("flannel-wg", KEY_A);
   assert.equal(rec.pass().ops, 1);
   assert.ok(peers().has(KEY_A));
