@@ -180,8 +180,9 @@ export class FakeEtcd implements EtcdApi {
   ): Promise<{ kv: KeyValue | undefined; revision: bigint }> {
     this.#request("get");
     if (revision === undefined) {
+      const kv = this.#kvs.get(key);
       return Promise.resolve({
-        kv: this.#kvs.get(key),
+        kv: kv && boundValue(kv),
         revision: this.#revision,
       });
     }
@@ -197,7 +198,10 @@ export class FakeEtcd implements EtcdApi {
     const last = this.#history.findLast((c) =>
       c.revision <= revision && c.event.kv.key === key
     );
-    const kv = last?.event.type === "PUT" ? last.event.kv : undefined;
+    // As the real client: an oversized value is kept out of the answer.
+    const kv = last?.event.type === "PUT"
+      ? boundValue(last.event.kv)
+      : undefined;
     return Promise.resolve({ kv, revision: this.#revision });
   }
 

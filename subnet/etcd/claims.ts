@@ -24,8 +24,10 @@
  */
 import type { EtcdApi, KeyValue } from "./client.ts";
 import type { Lease } from "../lease.ts";
+import type { NetworkConfig } from "../config.ts";
 import type { Result } from "../../lib/result.ts";
 import { claimsOf, contested } from "../lease_table.ts";
+import { validateLease } from "../validate.ts";
 import { isCompacted } from "./watch.ts";
 
 /** Most versions read back per contested key on a listing. */
@@ -42,16 +44,28 @@ interface Known {
 /** Claim revisions by key, kept across watch events and relistings. */
 export class ClaimTimes {
   readonly #client: Pick<EtcdApi, "get">;
+  readonly #config: NetworkConfig;
   readonly #toLease: (kv: KeyValue) => Result<Lease>;
+  readonly #readVersion: (kv: KeyValue) => Result<Lease>;
   readonly #known = new Map<string, Known>();
 
-  /** `toLease` reads a key's value (any version) into a lease. */
+  /**
+   * `toLease` reads a key's present value into a lease (it may count what
+   * it refuses); `readVersion` reads an older version met while walking
+   * back, without side effects (default: `toLease`). Claims are compared
+   * as the lease table compares them: on validated leases, so another
+   * spelling of a MAC or an address is the same claim.
+   */
   constructor(
     client: Pick<EtcdApi, "get">,
+    config: NetworkConfig,
     toLease: (kv: KeyValue) => Result<Lease>,
+    readVersion: (kv: KeyValue) => Result<Lease> = toLease,
   ) {
     this.#client = client;
+    this.#config = config;
     this.#toLease = toLease;
+    this.#readVersion = readVersion;
   }
 
   /**
@@ -80,7 +94,12 @@ export class ClaimTimes {
       if (!keys.has(key)) this.#known.delete(key);
     }
     const read = kvs.map((kv) => ({ kv, lease: this.#toLease(kv) }));
-    const valid = read.flatMap((r) => r.lease.ok ? [r.lease.value] : []);
+    const valid = read.flatMap((r) => {
+      const v = r.lease.ok
+        ? validateLease(r.lease.value, this.#config)
+        : r.lease;
+      return v.ok ? [v.value] : [];
+    });
     const disputed = contested(valid);
     for (const { kv, lease } of read) {
       this.#stamp(kv, lease, true);
@@ -100,7 +119,7 @@ export class ClaimTimes {
       this.#known.delete(kv.key);
       return lease;
     }
-    const claims = claimsOf(lease.value).join(" ");
+    const claims = this.#claimsOf(lease) ?? "";
     const prev = this.#known.get(kv.key);
     if (
       !prev || prev.createRevision !== kv.createRevision ||
@@ -141,14 +160,15 @@ export class ClaimTimes {
         throw e;
       }
       if (!older || older.createRevision !== kv.createRevision) break;
-      if (this.#claimsOfValue(older) !== claims) break;
+      if (this.#claimsOf(this.#readVersion(older)) !== claims) break;
       start = older;
     }
     return start.modRevision;
   }
 
-  #claimsOfValue(kv: KeyValue): string | undefined {
-    const l = this.#toLease(kv);
-    return l.ok ? claimsOf(l.value).join(" ") : undefined;
+  /** A lease's claims as the lease table sees them (validated), in words. */
+  #claimsOf(lease: Result<Lease>): string | undefined {
+    const v = lease.ok ? validateLease(lease.value, this.#config) : lease;
+    return v.ok ? claimsOf(v.value).join(" ") : undefined;
   }
 }

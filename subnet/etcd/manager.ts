@@ -401,10 +401,14 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
     // An oversized value is counted once per write, however often a
     // relist delivers it again; the table logs its refusal once.
     const counted = new Map<string, bigint>();
+    const read = (kv: KeyValue): Result<Lease> =>
+      kv.oversized === undefined
+        ? leaseFromKv(kv.key, kv.value, dir, undefined, kv.createRevision)
+        : fail(oversizedReason(kv.oversized));
     const toLease = (kv: KeyValue): Result<Lease> => {
       if (kv.oversized === undefined) {
         counted.delete(kv.key);
-        return leaseFromKv(kv.key, kv.value, dir, undefined, kv.createRevision);
+        return read(kv);
       }
       if (counted.get(kv.key) !== kv.modRevision) {
         counted.set(kv.key, kv.modRevision);
@@ -412,7 +416,8 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
       }
       return fail(oversizedReason(kv.oversized));
     };
-    const claims = new ClaimTimes(this.#client, toLease);
+    // Older versions met walking back are read without counting them.
+    const claims = new ClaimTimes(this.#client, config, toLease, read);
     // The first listing is always delivered, even empty: it tells the
     // backend that the peer set is complete and stale entries may go.
     let delivered = false;

@@ -319,6 +319,28 @@ Deno.test("watchLeases(): the earlier claim keeps a VtepMAC against an older and
   await done;
 });
 
+Deno.test("watchLeases(): a copy of the victim's VtepMAC in another spelling is the same claim, walked back for a restarted observer; older versions are not counted as oversized", async () => {
+  const { etcd } = setup();
+  const victim = `${PREFIX}/subnets/10.5.2.0-24`;
+  const older = `${PREFIX}/subnets/10.5.3.0-24`;
+  await etcd.put(`${PREFIX}/config`, CONFIG);
+  await etcd.put(older, value("198.18.0.3", "0a:00:00:00:00:03"));
+  // An old version of the victim's key too large to read, then its claim.
+  await etcd.put(victim, `{"Pad":"${"x".repeat(1 << 20)}"}`);
+  const claimed = await etcd.put(
+    victim,
+    value("198.18.0.2", "0a:00:00:00:00:09"),
+  );
+  await etcd.put(victim, value("198.18.0.2", "0a:00:00:00:00:09"));
+  // The older key copies the MAC in capitals with dashes; both renew.
+  await etcd.put(older, value("198.18.0.3", "0A-00-00-00-00-09"));
+  await etcd.put(older, value("198.18.0.3", "0A-00-00-00-00-09"));
+  await etcd.put(victim, value("198.18.0.2", "0a:00:00:00:00:09"));
+  const before = metrics.peerObjectsOversized.get();
+  assert.deepEqual(await observe(etcd), [`10.5.2.0/24 ${claimed}`]);
+  assert.equal(metrics.peerObjectsOversized.get(), before);
+});
+
 Deno.test("IPv6 only: keys and values as flanneld writes them, a flanneld node's lease is a peer and never taken over", async () => {
   const { etcd, m } = setup();
   await etcd.put(
