@@ -552,6 +552,8 @@ export class EtcdClient implements Disposable {
     let revision: bigint | undefined;
     let limit = Math.min(this.#listLimit ?? pageSize, pageSize);
     let shrunk = false;
+    /** The first size that worked after the last shrink. */
+    let settled: number | undefined;
     const at = (extra: { limit: number; keysOnly?: boolean }) => ({
       rangeEnd: end,
       ...extra,
@@ -562,9 +564,14 @@ export class EtcdClient implements Disposable {
       let page: RangeResult;
       try {
         page = await this.range(from, at({ limit }));
+        settled ??= limit;
+        // Past the large values pages grow back, so one oversized key
+        // does not leave the rest of the listing a key at a time.
+        limit = Math.min(limit * 2, pageSize);
       } catch (e) {
         if (!(e instanceof EtcdError) || e.kind !== "oversized") throw e;
         shrunk = true;
+        settled = undefined;
         // Paced: a broken proxy answering everything with an endless body
         // must not turn into a burst of retries.
         await sleep(SHRINK_PAUSE_MS, signal);
@@ -588,7 +595,9 @@ export class EtcdClient implements Disposable {
       if (!page.more || last === undefined) break;
       from = `${last.key}\0`;
     }
-    this.#listLimit = shrunk ? limit : Math.min(limit * 2, pageSize);
+    // The next listing starts at the size that worked, not where this one
+    // grew to, so it does not meet the same answer bound at full size.
+    this.#listLimit = shrunk ? settled ?? 1 : limit;
     return { revision, kvs };
   }
 
