@@ -43,7 +43,7 @@
 # reports the pinned version; --force rebuilds anyway.
 #
 # Exit status: non-zero when kube-apiserver or etcd (or, with --with-helm,
-# helm) cannot be provided.
+# helm; with --with-wireguard, wireguard-go) cannot be provided.
 # A flanneld failure is reported (with the tail of its build log) but never
 # fails the script.
 #

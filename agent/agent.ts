@@ -43,13 +43,13 @@ export class FatalError extends Error {
 }
 
 /**
- * Awaits a backend's start-up step (extension's PreStartup and
- * PostStartup commands, WireGuard's key and device); a failure there ends
- * the agent with its one-line message rather than a stack trace.
+ * Runs a backend's start-up step (extension's PreStartup and PostStartup
+ * commands, WireGuard's key and device in `prepare`); a failure there
+ * ends the agent with its one-line message rather than a stack trace.
  */
-async function fatalOnFailure<T>(step: Promise<T> | T): Promise<T> {
+async function fatalOnFailure<T>(step: () => Promise<T> | T): Promise<T> {
   try {
-    return await step;
+    return await step();
   } catch (e) {
     if (e instanceof RunPermissionError || !(e instanceof Error)) throw e;
     throw new FatalError(e.message);
@@ -370,8 +370,8 @@ export async function runAgent(
       config.enableIPv4 ? e.publicIP : e.publicIPv6,
       signal,
     );
-    await fatalOnFailure(backend.value.setup?.(signal));
-    const attrs = backend.value.prepare(previous);
+    await fatalOnFailure(() => backend.value.setup?.(signal));
+    const attrs = await fatalOnFailure(() => backend.value.prepare(previous));
     const lease = await sm.acquireLease(attrs, signal);
     setLease(true, `lease ${lease.subnet ?? lease.ipv6Subnet}`);
     log.info(
@@ -380,7 +380,7 @@ export async function runAgent(
       }`,
     );
     const network = backend.value.start(lease);
-    await fatalOnFailure(network.started);
+    await fatalOnFailure(() => network.started);
     const rec = new Reconciler(nl, network.families, {
       ownKey: lease.key,
       backendType: backend.value.type,

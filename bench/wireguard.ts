@@ -7,13 +7,13 @@
  * Writes bench/results/wireguard.md, naming the commit.
  *
  * Each backend gets a fresh cluster; per run: iperf3 TCP for 5 s (one
- * stream) and 200 pings at 10 ms; the table shows the median run.
+ * stream) and 200 pings at 10 ms; each column is the median over the runs.
  *
  * @module
  */
 import { startScenario } from "../tests/e2e/_scenario.ts";
 import { nodeWireguard } from "../tests/e2e/_wireguard.ts";
-import { machine } from "./_stats.ts";
+import { machine, median } from "./_stats.ts";
 import { describeCommit } from "../tests/_commit.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -24,11 +24,6 @@ interface Figures {
   readonly retransmits: number[];
   readonly rttMs: number[];
   readonly lost: number;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 async function measure(backend: string, runs: number): Promise<Figures> {

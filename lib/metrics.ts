@@ -166,7 +166,7 @@ export const metrics = (() => {
     ),
     peersRefused: r.counter(
       "weft_peers_refused_total",
-      "Peer leases refused, by reason (invalid, subnet_length, overlap, duplicate_mac, duplicate_public_ip)",
+      "Peer leases refused, by reason (invalid, subnet_length, overlap, duplicate_mac, duplicate_public_ip, duplicate_public_key)",
     ),
     peerObjectsOversized: r.counter(
       "weft_peer_objects_oversized_total",
