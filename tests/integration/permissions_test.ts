@@ -151,3 +151,14 @@ kernelTest(
     assert(r.log.includes(`Cannot run "${WIREGUARD_GO}"`), r.log);
   },
 );
+
+Deno.test("deploy/permissions-extension.txt is deploy/permissions.txt with --allow-run for any program, nothing else", async () => {
+  const words = async (name: string) =>
+    (await Deno.readTextFile(`${ROOT}deploy/${name}`)).trim().split(/\s+/);
+  const shipped = await words("permissions.txt");
+  assert(shipped.some((w) => w.startsWith("--allow-run=")));
+  assertEquals(
+    await words("permissions-extension.txt"),
+    shipped.map((w) => w.startsWith("--allow-run=") ? "--allow-run" : w),
+  );
+});
