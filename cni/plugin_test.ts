@@ -371,6 +371,17 @@ Deno.test("runCni() runs ADD, DEL and CHECK under the container's lock; the lock
   // Still stored after ADD: the lock file stays.
   assertEquals(f.locks, [`lock ${lock}`, `release ${lock}`]);
   f.locks.length = 0;
+  const check = JSON.stringify({
+    cniVersion: "1.0.0",
+    name: "cbr0",
+    prevResult: JSON.parse(RESULT),
+  });
+  assertEquals(
+    await runCni({ ...ENV, CNI_COMMAND: "CHECK" }, check, f.deps),
+    0,
+  );
+  assertEquals(f.locks, [`lock ${lock}`, `release ${lock}`]);
+  f.locks.length = 0;
   assertEquals(await runCni({ ...ENV, CNI_COMMAND: "DEL" }, STOCK, f.deps), 0);
   assertEquals(f.locks, [`lock ${lock}`, `release ${lock} +remove`]);
   // A failed ADD that stored nothing leaves no lock file either.
