@@ -132,14 +132,15 @@ export async function claimOrder(s: FaultRun, mode: ClaimMode): Promise<void> {
           `${n.name} did not warn about "${attack.id}" naming ${victim.name}`,
         );
       }
-      // ...and so does the observer restarted with the copy in place.
+      // ...and so does the observer restarted with the copy in place: its
+      // log from the restart on, not the warning its last run wrote.
+      const restartedAt = await s.logSize(observer);
       const t0 = performance.now();
       await mode.restart(observer);
       await s.c.waitReady(observer, 20_000).then(
         () => ready = performance.now() - t0,
         (e) => chk.that(false, String(e.message)),
       );
-      const restartedAt = offsets.get(observer)!;
       chk.that(
         (await waitUntil(
           () => warns(s, observer, restartedAt, attack.id, holder),
