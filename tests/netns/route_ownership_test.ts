@@ -79,18 +79,62 @@ async function node(): Promise<Netns> {
   return ns;
 }
 
-/** `ip monitor route` in `ns`, listening once this resolves. */
+/**
+ * `ip monitor route` in `ns`. A marker route (192.0.2.x/32, outside the
+ * cluster network) added and deleted brackets what is recorded: the
+ * monitor is listening once it reports the first marker, and `stop()`
+ * returns what it printed up to a second marker written after everything
+ * else, so a late notification is waited for, never missed.
+ */
 async function routeMonitor(ns: Netns): Promise<{ stop(): Promise<string> }> {
   const child = new Deno.Command("ip", {
     args: ["-n", ns.name, "monitor", "route"],
     stdout: "piped",
     stderr: "null",
   }).spawn();
-  await new Promise((r) => setTimeout(r, 200));
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  let pending: Promise<ReadableStreamReadResult<string>> | undefined;
+  /** Reads until `re` matches or `ms` pass; whether it matched. */
+  const seen = async (re: RegExp, ms: number) => {
+    const end = Date.now() + ms;
+    while (!re.test(text)) {
+      const left = end - Date.now();
+      if (left <= 0) return false;
+      pending ??= reader.read();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const r = await Promise.race([
+        pending,
+        new Promise<undefined>((res) => {
+          timer = setTimeout(() => res(undefined), left);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (r === undefined) continue;
+      pending = undefined;
+      if (r.done) throw new Error(`ip monitor route ended: ${text}`);
+      text += r.value;
+    }
+    return true;
+  };
+  const marker = async (n: number, ms: number) => {
+    await ns.ip("route", "add", `192.0.2.${n}/32`, "dev", "eth0");
+    await ns.ip("route", "del", `192.0.2.${n}/32`, "dev", "eth0");
+    return await seen(new RegExp(`^Deleted 192\\.0\\.2\\.${n} `, "m"), ms);
+  };
+  let n = 1;
+  while (!(await marker(n, 500))) {
+    if (++n > 20) throw new Error("ip monitor route never reported a marker");
+  }
+  text = "";
   return {
     async stop() {
+      const ok = await marker(250, 10_000);
       child.kill("SIGTERM");
-      return new TextDecoder().decode((await child.output()).stdout);
+      await reader.cancel();
+      await child.status;
+      if (!ok) throw new Error(`ip monitor route lost the end marker: ${text}`);
+      return text.split("\n").filter((l) => !l.includes("192.0.2.")).join("\n");
     },
   };
 }
@@ -128,7 +172,6 @@ kernelTest(
       receivedAt: 0,
     })));
     assert.deepEqual(rec.pass().errors, 0);
-    await new Promise((r) => setTimeout(r, 200));
     const seen = await monitor.stop();
     assert.ok(!/^Deleted .*10\.244\.2\.0\/24/m.test(seen), seen);
     assert.ok(!/^Deleted .*fc00:0:0:2::\/64/m.test(seen), seen);
@@ -291,7 +334,6 @@ kernelTest(
     // The operator removes the route at peer 2's destination: programmed.
     await ns.ip("route", "del", "10.244.2.0/24", "proto", "static");
     assert.equal(rec.pass().errors, 0);
-    await new Promise((r) => setTimeout(r, 200));
     const seen = await monitor.stop();
     // No delete weft did not ask for: only the operator's own one.
     const deleted = seen.split("\n").filter((l) => l.startsWith("Deleted"));
