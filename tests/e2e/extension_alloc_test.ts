@@ -28,8 +28,10 @@ const ALLOC_PREFIX = "/weft-alloc/network";
 /**
  * Records each run as one line `<event> <node> <var>=<value>... stdin=<stdin>`
  * in `<dir>/<node>.events`; `pre` prints the node's backend data. On node1,
- * the add for 198.18.0.2 starts and then sleeps, the one for 198.18.0.3
- * fails with status 3.
+ * the adds for 198.18.0.2 and 198.18.0.3 each wait (up to 10 s) for the
+ * other to have started and record `met <ip>`, which only commands running
+ * side by side can do; then the first sleeps and the second fails with
+ * status 3.
  */
 const HOOK_SCRIPT = `#!/bin/sh
 in=$(cat)
@@ -39,6 +41,15 @@ case "$1" in
 pre) echo "key-$NODE_NAME"; echo "$rec" >>"$out" ;;
 add)
   echo "start $rec" >>"$out"
+  if [ "$NODE_NAME" = node1 ]; then
+    case "$PUBLIC_IP" in 198.18.0.2) other=198.18.0.3 ;; 198.18.0.3) other=198.18.0.2 ;; *) other= ;; esac
+    if [ -n "$other" ]; then
+      touch "${DIR}/node1-add-$PUBLIC_IP"
+      i=0
+      while [ ! -e "${DIR}/node1-add-$other" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+      [ -e "${DIR}/node1-add-$other" ] && echo "met $PUBLIC_IP" >>"$out"
+    fi
+  fi
   if [ "$NODE_NAME" = node1 ] && [ "$PUBLIC_IP" = 198.18.0.2 ]; then exec sleep 20; fi
   if [ "$NODE_NAME" = node1 ] && [ "$PUBLIC_IP" = 198.18.0.3 ]; then echo "refusing $SUBNET" >&2; exit 3; fi
   echo "done $rec" >>"$out" ;;
@@ -150,7 +161,8 @@ kernelTest(
         }`,
       );
 
-      // node1: node3's add failed (logged, counted) while node2's is
+      // node1: node2's and node3's adds ran side by side (each saw the
+      // other start); node3's failed (logged, counted) while node2's is
       // still running.
       const failed = await waitFor(
         async () =>
@@ -163,7 +175,9 @@ kernelTest(
       assert.ok(failed !== undefined, "node1 logged no failed add for node3");
       const e1 = await events(n1);
       assert.ok(e1.includes(added(n1, n2, "start")), e1.join("\n"));
-      assert.ok(!e1.includes(added(n1, n2, "done")), e1.join("\n"));
+      for (const n of [n2, n3]) {
+        assert.ok(e1.includes(`met ${n.ip}`), e1.join("\n"));
+      }
       assert.match(
         await c.metrics(n1),
         /weft_extension_command_failures_total\{command="SubnetAddCommand"\} 1\n/,
