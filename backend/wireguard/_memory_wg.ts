@@ -22,13 +22,14 @@ export function fakePublicKey(privateKey: string): string {
   return btoa(String.fromCharCode(...b.reverse()));
 }
 
-/** `wg` over the memory kernel; `calls` counts set/remove calls. */
+/** `wg` over the memory kernel; `calls` counts set/remove calls, `shows` reads. */
 export class MemoryWg implements Wg {
   readonly #kernel: MemoryKernel;
   readonly devices = new Map<string, Device>();
   /** Private key files by path, as `wg` would read them. */
   readonly files = new Map<string, string>();
   calls = 0;
+  shows = 0;
   /** Makes setPeer fail for this public key (a refusing kernel). */
   failKey: string | undefined;
 
@@ -48,6 +49,7 @@ export class MemoryWg implements Wg {
   }
 
   show(dev: string): WgDump {
+    this.shows++;
     const d = this.#dev(dev);
     return {
       ...(d.privateKey !== undefined && {

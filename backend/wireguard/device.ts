@@ -18,7 +18,7 @@
  */
 import { KernelError, type LinkInfo, type Netlink } from "../../ffi/types.ts";
 import { logger } from "../../lib/log.ts";
-import type { Wg, WgDeviceSettings } from "./wg.ts";
+import type { Wg, WgDeviceSettings, WgDump } from "./wg.ts";
 
 const log = logger("wireguard");
 
@@ -74,14 +74,16 @@ export interface WgDeviceSpec extends WgDeviceSettings {
 
 /**
  * Makes sure `spec.name` is a WireGuard device with our key, port and MTU;
- * returns it. Peers are left alone (the reconciler owns them).
+ * returns it with the `wg show` dump it read (read again only after a
+ * `wg set` changed the device), so callers need not run `wg` again. Peers
+ * are left alone (the reconciler owns them).
  */
 export function ensureWgDevice(
   nl: Netlink,
   wg: Wg,
   startUserspace: UserspaceStarter,
   spec: WgDeviceSpec,
-): LinkInfo {
+): { link: LinkInfo; dump: WgDump } {
   let link = nl.linkByName(spec.name);
   // A kernel WireGuard link or a userspace TUN whose `wg show` fails is
   // ours with a transient fault: the error surfaces and the pass retries.
@@ -121,10 +123,12 @@ export function ensureWgDevice(
       `wg set ${spec.name} listen-port ${spec.listenPort} private-key ${spec.privateKeyFile}`,
     );
     wg.setDevice(spec.name, spec);
+    dump = wg.show(spec.name);
   }
   if (link.mtu !== spec.mtu) {
     log.v(1, `ip link set ${spec.name} mtu ${spec.mtu} (was ${link.mtu})`);
     nl.linkSetMtu(link.index, spec.mtu);
+    link = nl.linkByIndex(link.index) ?? link;
   }
-  return nl.linkByIndex(link.index) ?? link;
+  return { link, dump };
 }

@@ -57,7 +57,7 @@ import {
   userspaceStarter,
 } from "./device.ts";
 import { DEFAULT_KEY_FILE, loadOrCreateKey } from "./keys.ts";
-import { type Wg, WgCli, type WgPeer } from "./wg.ts";
+import { type Wg, WgCli, type WgDump, type WgPeer } from "./wg.ts";
 
 const log = logger("wireguard");
 
@@ -226,7 +226,7 @@ class WireguardBackend implements Backend {
     return `${this.#opts.keyFile}.psk`;
   }
 
-  #ensure(dev: DeviceSpec): LinkInfo {
+  #ensure(dev: DeviceSpec): { link: LinkInfo; dump: WgDump } {
     return ensureWgDevice(this.#nl, this.#opts.wg, this.#opts.startUserspace, {
       name: dev.name,
       mtu: this.#mtu,
@@ -243,8 +243,7 @@ class WireguardBackend implements Backend {
     }
     let publicKey: string | undefined;
     for (const dev of this.#devices) {
-      this.#ensure(dev);
-      publicKey = this.#opts.wg.show(dev.name).publicKey;
+      publicKey = this.#ensure(dev).dump.publicKey;
     }
     if (publicKey === undefined) {
       throw new Error(`WireGuard device reports no public key`);
@@ -294,10 +293,16 @@ class WireguardBackend implements Backend {
     };
     const wg = this.#opts.wg;
     const pskFile = this.#pskFile;
+    // The dump ensure() read in this pass: the peers a pass lists next
+    // (passes are synchronous, so nothing changes them in between).
+    let ensured: WgDump | undefined;
     const objects: PeerObjects<WgPeerObject> = {
       desired: (_plan, l) => desiredPeer(ctx, l),
-      list: () =>
-        wg.show(dev.name).peers.map((p) => ({ ...p, id: p.publicKey })),
+      list: () => {
+        const dump = ensured ?? wg.show(dev.name);
+        ensured = undefined;
+        return dump.peers.map((p) => ({ ...p, id: p.publicKey }));
+      },
       same: samePeer,
       set: (_plan, p) => wg.setPeer(dev.name, p, pskFile),
       del: (_plan, p) => wg.removePeer(dev.name, p.publicKey),
@@ -315,7 +320,8 @@ class WireguardBackend implements Backend {
       family: first.family,
       label: dev.name,
       ensure: (): FamilyPlan => {
-        const link = this.#ensure(dev);
+        const { link, dump } = this.#ensure(dev);
+        ensured = dump;
         for (const n of nets) this.#configure(link, n.subnet, n.network);
         return {
           family: first.family,

@@ -319,10 +319,13 @@ Deno.test("WireGuard backend without the kernel module starts userspace and publ
     ["198.18.0.2:51820 10.244.2.0/24", "198.18.0.3:6000 10.244.3.0/24"],
   );
   assert.equal(rec.ready, true);
-  // A second pass changes nothing.
+  // A second pass changes nothing, and reads the device once (`wg show`
+  // spawns a process: the device check and the peer listing share it).
   const calls = wg.calls;
+  const shows = wg.shows;
   assert.equal(rec.pass().ops, 0);
   assert.equal(wg.calls, calls);
+  assert.equal(wg.shows - shows, 1);
 });
 
 Deno.test("WireGuard peers: removed by hand come back; a gone lease's peer goes; a rotated key replaces the old peer", () => {
