@@ -523,10 +523,12 @@ export class Reconciler {
       }
       for (const key of keys) {
         f.programmed.delete(key);
-        f.failed.delete(key);
-        if (!failed.has(key)) f.errors.delete(key);
+        if (failed.has(key)) f.failed.add(key);
+        else {
+          f.failed.delete(key);
+          f.errors.delete(key);
+        }
       }
-      for (const key of keys) if (failed.has(key)) f.failed.add(key);
       for (const e of after) {
         if (!failed.has(e.key) && !held.has(e.key) && !waits.has(e.key)) {
           f.programmed.set(e.key, e);
@@ -697,15 +699,7 @@ export class Reconciler {
         if (op.kind === "set") objects.set(f.plan!, op.obj);
         else objects.del(f.plan!, op.obj);
       } catch (e) {
-        metrics.kernelErrors.inc({ op: `peer_${op.kind}` });
-        const msg = `${what}: ${(e as Error).message}`;
-        log.error(
-          `Failed: ${msg}${op.peer ? ` (peer "${op.peer}")` : ""}`,
-        );
-        if (op.peer !== undefined) {
-          failed.add(op.peer);
-          f.errors.set(op.peer, msg);
-        } else failed.add(`stale:peer_${op.kind}`);
+        this.#recordFailure(f, failed, `peer_${op.kind}`, op.peer, what, e);
       }
     }
   }
@@ -772,22 +766,38 @@ export class Reconciler {
           waits.set(op.peer, NOT_YET_READ);
           continue;
         }
-        metrics.kernelErrors.inc({ op: op.kind });
-        log.error(
-          `Failed: ${describeOp(op, name)}${
-            op.peer ? ` (peer ${quote(op.peer)})` : ""
-          }: ${(e as Error).message}`,
+        this.#recordFailure(
+          f,
+          failed,
+          op.kind,
+          op.peer,
+          describeOp(op, name),
+          e,
         );
-        if (op.peer !== undefined) {
-          failed.add(op.peer);
-          f.errors.set(
-            op.peer,
-            `${describeOp(op, name)}: ${(e as Error).message}`,
-          );
-        } else failed.add(`stale:${op.kind}`);
       }
     }
     return { failed, waits };
+  }
+
+  /**
+   * Records one failed write: counted by `op`, logged, and kept against
+   * its peer for `/readyz?verbose` (a write of no peer marks the pass).
+   */
+  #recordFailure(
+    f: FamilyState,
+    failed: Set<string>,
+    op: string,
+    peer: string | undefined,
+    what: string,
+    e: unknown,
+  ): void {
+    metrics.kernelErrors.inc({ op });
+    const msg = `${what}: ${(e as Error).message}`;
+    log.error(`Failed: ${msg}${peer ? ` (peer ${quote(peer)})` : ""}`);
+    if (peer !== undefined) {
+      failed.add(peer);
+      f.errors.set(peer, msg);
+    } else failed.add(`stale:${op}`);
   }
 
   #run(op: Op): void {
