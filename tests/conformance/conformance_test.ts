@@ -12,6 +12,7 @@
  * @module
  */
 import { gatedTest, ROOT as NEEDS_ROOT } from "../_gate.ts";
+import { describeCommit } from "../_commit.ts";
 import { KUBE_SERVERS } from "../servers/kube.ts";
 import { DEBIAN_ETCD_SERVER } from "../servers/etcd.ts";
 import { type Case, CASES, DOC } from "./cases.ts";
@@ -133,9 +134,12 @@ const STORED = `${ROOT}bench/results/conformance.json`;
  * in the last full run's record and says so under the table.
  */
 async function record(rows: Row[], totalMs: number): Promise<void> {
+  const when = `${
+    new Date().toISOString().slice(0, 10)
+  }, weft at ${await describeCommit()}`;
   let stored: Stored = {
     fullRunSeconds: Math.round(totalMs / 1000),
-    date: new Date().toISOString().slice(0, 10),
+    date: when,
     rows: [],
   };
   if (only || modesOnly) {
@@ -146,7 +150,7 @@ async function record(rows: Row[], totalMs: number): Promise<void> {
       ...stored,
       rerun: `${stored.rerun ? `${stored.rerun}; ` : ""}${
         new Set(rows.map((r) => r.c.id)).size
-      } case(s) re-run on ${new Date().toISOString().slice(0, 10)}`,
+      } case(s) re-run on ${when}`,
     };
   }
   const byKey = new Map(stored.rows.map((r) => [`${r.id}/${r.mode}`, r]));
