@@ -31,7 +31,7 @@ import { validateLease } from "../validate.ts";
 import { isCompacted } from "./watch.ts";
 
 /** Most versions read back per contested key on a listing. */
-export const MAX_VERSIONS = 1000;
+const MAX_VERSIONS = 1000;
 
 interface Known {
   readonly createRevision: bigint;

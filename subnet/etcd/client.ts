@@ -359,7 +359,7 @@ export const MAX_ANSWER_BYTES = 32 << 20;
 export const MAX_VALUE_BYTES = 64 << 10;
 
 /** The pause before a listing page is asked again, smaller. */
-export const SHRINK_PAUSE_MS = 250;
+const SHRINK_PAUSE_MS = 250;
 
 /** An answer body passed {@linkcode MAX_ANSWER_BYTES}. */
 class AnswerTooLarge extends Error {}

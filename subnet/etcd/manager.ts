@@ -808,7 +808,7 @@ export class EtcdSubnetManager implements SubnetManager, Disposable {
 }
 
 /** Why a value is refused for its size alone. */
-export function oversizedReason(bytes: number): string {
+function oversizedReason(bytes: number): string {
   return bytes > MAX_ANSWER_BYTES
     ? `value larger than a whole etcd answer refused for its size (at most ${MAX_VALUE_BYTES} bytes)`
     : `value of ${bytes} bytes refused for its size (at most ${MAX_VALUE_BYTES})`;

@@ -136,7 +136,7 @@ export interface Oversized {
  * which a node could spend on one value to make every agent parse and
  * log it on every patch.
  */
-export const MAX_ANNOTATION_BYTES = 64 << 10;
+const MAX_ANNOTATION_BYTES = 64 << 10;
 
 const encoder = new TextEncoder();
 
@@ -209,7 +209,7 @@ export function slimNode(
  * (RFC 3339 `time`). Limits (a write of managedFields alone) are in
  * docs/hostile-inputs.md.
  */
-export function claimTime(
+function claimTime(
   managedFields: unknown,
   kept: ReadonlySet<string>,
 ): number | undefined {
