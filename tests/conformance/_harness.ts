@@ -1191,6 +1191,22 @@ function splitField(value: unknown, n: Narrow): [unknown, unknown] {
 }
 
 /**
+ * Every difference between the two snapshots: the fields outside the
+ * narrow deviations, and the covered parts that differ, keyed by the
+ * deviation's label.
+ */
+export function compareSnapshots(
+  flanneld: Snapshot,
+  weft: Snapshot,
+  narrows: readonly Narrow[],
+): Map<string, { flanneld: unknown; weft: unknown }> {
+  const rest = narrowed(flanneld, weft, narrows);
+  const diff = differences(rest.flanneld, rest.weft);
+  for (const [k, v] of rest.diffs) diff.set(k, v);
+  return diff;
+}
+
+/**
  * Takes out of both snapshots what each narrow deviation covers, and
  * returns the rest (to compare as usual) with the covered parts that
  * differ, keyed by the deviation's label.

@@ -17,12 +17,11 @@ import { KUBE_SERVERS } from "../servers/kube.ts";
 import { DEBIAN_ETCD_SERVER } from "../servers/etcd.ts";
 import { type Case, CASES, DOC } from "./cases.ts";
 import {
-  differences,
+  compareSnapshots,
   FLANNELD,
   Harness,
   type Mode,
   type Narrow,
-  narrowed,
   NODES,
   settle,
   type Snapshot,
@@ -326,9 +325,7 @@ async function judge(
   want: Record<string, string>,
   dumpName: string,
 ): Promise<Map<string, { flanneld: unknown; weft: unknown }>> {
-  const rest = narrowed(s.flanneld, s.weft, narrowList);
-  const diff = differences(rest.flanneld, rest.weft);
-  for (const [k, v] of rest.diffs) diff.set(k, v);
+  const diff = compareSnapshots(s.flanneld, s.weft, narrowList);
   if (dump) {
     await Deno.mkdir(dump, { recursive: true });
     await Deno.writeTextFile(

@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { differences, narrowed, type Snapshot } from "./_harness.ts";
+import { compareSnapshots, type Narrow, type Snapshot } from "./_harness.ts";
 
 const f: Snapshot = {
   subnetEnv: "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_MTU=8950",
@@ -22,11 +22,8 @@ const f: Snapshot = {
   etcd: { key: "k", value: "v", ttl: "no lease" },
 };
 
-function diffOf(w: Snapshot, narrows: Parameters<typeof narrowed>[2]) {
-  const rest = narrowed(f, w, narrows);
-  const d = differences(rest.flanneld, rest.weft);
-  for (const [k, v] of rest.diffs) d.set(k, v);
-  return [...d.keys()].sort();
+function diffOf(w: Snapshot, narrows: readonly Narrow[]) {
+  return [...compareSnapshots(f, w, narrows).keys()].sort();
 }
 
 Deno.test("a narrow deviation exempts only the lines, elements or attribute it names", () => {
