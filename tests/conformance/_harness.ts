@@ -401,12 +401,16 @@ export class Harness implements AsyncDisposable {
         : input.netConf;
       if (node.role === "weft" && input.flanneldFirst) {
         const env = `${this.nodeDir("flanneld")}/subnet.env`;
+        const written = () => Deno.stat(env).then(() => true, () => false);
         const t0 = performance.now();
-        while (
-          performance.now() - t0 < 30_000 &&
-          this.exitCode("flanneld") === undefined &&
-          !(await Deno.stat(env).then(() => true, () => false))
-        ) await sleep(100);
+        while (this.exitCode("flanneld") === undefined && !(await written())) {
+          if (performance.now() - t0 > 30_000) {
+            throw new Error(
+              `flanneld neither wrote ${env} nor exited within 30 s: weft is not started`,
+            );
+          }
+          await sleep(100);
+        }
       }
       if (mode === "etcd" && runsFlanneld && input.flanneldNetConf) {
         throw new Error(
