@@ -354,7 +354,7 @@ export async function kubeClaims(
   const subnet = `10.244.${200 + live.length}.0/24`;
   // The victim's claim must be at least a second old: the API keeps
   // managedFields times in whole seconds.
-  await waitUntil(async () => {
+  const aged = await waitUntil(async () => {
     const fresh = (await s.kube.nodes() as unknown as {
       metadata: { name: string; managedFields?: { time?: string }[] };
     }[]).find((x) => x.metadata.name === victim.name)!;
@@ -363,6 +363,11 @@ export async function kubeClaims(
     ).filter(Number.isFinite);
     return Date.now() - Math.max(...times) >= 1500;
   }, 5000);
+  if (aged === undefined) {
+    throw new Error(
+      `${victim.name}'s claim is not a second old after 5 s: the claim order rows would be ambiguous`,
+    );
+  }
   return {
     roles: {
       older,

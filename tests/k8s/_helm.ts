@@ -129,8 +129,9 @@ async function pingPairsDuring(
 }
 
 /**
- * Waits until flannel's DaemonSet runs `agent` ("weft" or "flanneld", told
- * apart by the log) in one Ready pod per node and no other pod.
+ * Waits until flannel's DaemonSet runs `agent` ("weft" or "flanneld", each
+ * told by a start-up line of its own, never by the other's absence) in one
+ * Ready pod per node and no other pod.
  */
 async function assertAgents(
   c: K8sCluster,
@@ -143,7 +144,10 @@ async function assertAgents(
       const log = await c.kubectl(["-n", NS, "logs", p.name]);
       const runs = log.includes("(flanneld-compatible) starting")
         ? "weft"
-        : "flanneld";
+        // flanneld v0.28.9's main.go, right after parsing its flags.
+        : log.includes("CLI flags config:")
+        ? "flanneld"
+        : undefined;
       if (runs !== agent) return;
     }
     return true;
