@@ -308,7 +308,7 @@ async function delegate(
 }
 
 function storedPath(conf: FlannelNetConf, containerId: string): string {
-  return `${conf.dataDir.replace(/\/+$/, "")}/${containerId}`;
+  return `${dataDir(conf)}/${containerId}`;
 }
 
 /**
@@ -316,19 +316,24 @@ function storedPath(conf: FlannelNetConf, containerId: string): string {
  * a container ID starts with a letter or digit.
  */
 function lockPath(conf: FlannelNetConf, containerId: string): string {
-  return `${conf.dataDir.replace(/\/+$/, "")}/.locks/${containerId}`;
+  return `${dataDir(conf)}/.locks/${containerId}`;
+}
+
+function dataDir(conf: FlannelNetConf): string {
+  return conf.dataDir.replace(/\/+$/, "");
 }
 
 /**
- * Runs `fn` under the container's lock (see the module doc); the lock
- * file is removed on the way out when no configuration is stored for the
- * container any more.
+ * Runs `fn` under the container's lock (see the module doc). `fn` says
+ * whether it left a configuration stored for the container; when none is
+ * stored any more the lock file goes on the way out (after a failure,
+ * the stored file is looked at to tell).
  */
 async function underLock(
   deps: CniDeps,
   env: Record<string, string | undefined>,
   conf: FlannelNetConf,
-  fn: () => Promise<void>,
+  fn: () => Promise<boolean>,
 ): Promise<void> {
   const id = env.CNI_CONTAINERID!;
   const path = lockPath(conf, id);
@@ -341,31 +346,29 @@ async function underLock(
       `Cannot lock "${path}" for container "${id}": ${(e as Error).message}`,
     );
   }
+  let stored: boolean | undefined;
   try {
-    await fn();
+    stored = await fn();
   } finally {
-    const stored = await deps.readTextFile(storedPath(conf, id)).then(
-      () => true,
-      (e) => !(e instanceof Deno.errors.NotFound),
-    );
+    stored ??= (await readStored(deps, storedPath(conf, id))).text !==
+      undefined;
     await lock.release(!stored);
   }
 }
 
+/**
+ * The configuration stored for a container: its text, nothing (never
+ * added, or deleted), or why it cannot be read.
+ */
 async function readStored(
   deps: CniDeps,
   path: string,
-): Promise<string | undefined> {
+): Promise<{ text?: string; cause?: string }> {
   try {
-    return await deps.readTextFile(path);
+    return { text: await deps.readTextFile(path) };
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return undefined;
-    cniFail(
-      CNI_ERR.ioFailure,
-      `Cannot read stored delegate configuration "${path}": ${
-        (e as Error).message
-      }`,
-    );
+    if (e instanceof Deno.errors.NotFound) return {};
+    return { cause: `cannot be read (${(e as Error).message})` };
   }
 }
 
@@ -398,7 +401,7 @@ async function cmdAdd(
   deps: CniDeps,
   env: Record<string, string | undefined>,
   conf: FlannelNetConf,
-): Promise<void> {
+): Promise<boolean> {
   const { type, bytes } = await renderStored(deps, conf);
   const path = storedPath(conf, env.CNI_CONTAINERID!);
   try {
@@ -408,6 +411,7 @@ async function cmdAdd(
   }
   const result = await delegate(deps, env, "ADD", type, bytes);
   deps.stdout(result);
+  return true;
 }
 
 /**
@@ -423,27 +427,20 @@ async function cmdDel(
   deps: CniDeps,
   env: Record<string, string | undefined>,
   conf: FlannelNetConf,
-): Promise<void> {
+): Promise<boolean> {
   const id = env.CNI_CONTAINERID!;
   const path = storedPath(conf, id);
-  let stored: string | undefined;
-  let cause: string | undefined;
-  try {
-    stored = await deps.readTextFile(path);
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) {
-      cause = `cannot be read (${(e as Error).message})`;
-    }
-  }
+  const { text: stored, cause: unreadable } = await readStored(deps, path);
   // Nothing stored: never added, or already deleted. Success per the spec.
-  if (stored === undefined && cause === undefined) return;
+  if (stored === undefined && unreadable === undefined) return false;
   const type = stored === undefined ? undefined : storedType(stored);
   if (type !== undefined) {
     await delegate(deps, env, "DEL", type, stored!);
     await deps.remove(path);
-    return;
+    return false;
   }
-  cause ??= `is not a delegate configuration (JSON with a "type")`;
+  const cause = unreadable ??
+    `is not a delegate configuration (JSON with a "type")`;
   const unreleased: (why: string) => never = (why) =>
     cniFail(
       CNI_ERR.ioFailure,
@@ -468,13 +465,14 @@ async function cmdDel(
     `Stored delegate configuration "${path}" ${cause}: released container "${id}" with the configuration derived from "${conf.subnetFile}"\n`,
   );
   await deps.remove(path);
+  return false;
 }
 
 async function cmdCheck(
   deps: CniDeps,
   env: Record<string, string | undefined>,
   conf: FlannelNetConf,
-): Promise<void> {
+): Promise<boolean> {
   if (conf.cniVersion !== "" && !versionAtLeast(conf.cniVersion, "0.4.0")) {
     cniFail(
       CNI_ERR.incompatibleVersion,
@@ -482,7 +480,13 @@ async function cmdCheck(
     );
   }
   const path = storedPath(conf, env.CNI_CONTAINERID!);
-  const stored = await readStored(deps, path);
+  const { text: stored, cause } = await readStored(deps, path);
+  if (cause !== undefined) {
+    cniFail(
+      CNI_ERR.ioFailure,
+      `Stored delegate configuration "${path}" ${cause}`,
+    );
+  }
   if (stored === undefined) {
     cniFail(
       CNI_ERR.unknownContainer,
@@ -503,6 +507,7 @@ async function cmdCheck(
       : conf.prevResult;
   }
   await delegate(deps, env, "CHECK", parsed.type, goMarshal(parsed));
+  return true;
 }
 
 /**
