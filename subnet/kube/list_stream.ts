@@ -43,7 +43,7 @@ function isSpace(c: number): boolean {
 export class OversizedItem {
   constructor(
     readonly name: string | undefined,
-    /** Bytes received when it was given up (at least the bound). */
+    /** Its whole length in bytes, counted to its end while passed over. */
     readonly bytes: number,
     /** The bound it passed. */
     readonly limit: number,
@@ -253,7 +253,14 @@ export class ListSplitter {
             seg = i + 1;
             const text = this.#item.join("");
             this.#item = undefined;
-            out.push(this.#skipping ?? JSON.parse(text));
+            // An item passed over is reported at its whole length, the same
+            // however the body was cut into chunks (its refusal is counted
+            // once per change of it).
+            out.push(
+              this.#skipping
+                ? new OversizedItem(this.#skipping.name, bytes, this.#maxItem)
+                : JSON.parse(text),
+            );
             this.#skipping = undefined;
             this.#items++;
           }
