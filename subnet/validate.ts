@@ -23,15 +23,38 @@ import { fail, ok, type Result } from "../lib/result.ts";
 
 const BACKEND_TYPE = /^[a-z0-9][a-z0-9-]{0,31}$/;
 
+/** Backend data as a JSON object, or the reason naming `field`. */
+function dataObject(
+  data: unknown,
+  field: string,
+): Result<Record<string, unknown>> {
+  return typeof data !== "object" || data === null || Array.isArray(data)
+    ? fail(`Invalid ${field} ${quote(data)}: not a JSON object`)
+    : ok(data as Record<string, unknown>);
+}
+
+/**
+ * Parses the backend data of the types that carry some (vxlan, wireguard);
+ * other types' data passes as it is.
+ */
+function parseBackendData(
+  type: string,
+  data: unknown,
+  field: string,
+): Result<unknown> {
+  if (type === "vxlan") return parseVxlanData(data, field);
+  if (type === "wireguard") return parseWireguardData(data, field);
+  return ok(data);
+}
+
 /** Parses vxlan backend data `{"VNI":1,"VtepMAC":"..."}`. */
 export function parseVxlanData(
   data: unknown,
   field = "backend-data",
 ): Result<VxlanBackendData> {
-  if (typeof data !== "object" || data === null || Array.isArray(data)) {
-    return fail(`Invalid ${field} ${quote(data)}: not a JSON object`);
-  }
-  const d = data as Record<string, unknown>;
+  const obj = dataObject(data, field);
+  if (!obj.ok) return obj;
+  const d = obj.value;
   const vni = d.VNI ?? 0;
   if (
     typeof vni !== "number" || !Number.isInteger(vni) || vni < 0 ||
@@ -69,10 +92,9 @@ export function parseWireguardData(
   data: unknown,
   field = "backend-data",
 ): Result<WireguardBackendData> {
-  if (typeof data !== "object" || data === null || Array.isArray(data)) {
-    return fail(`Invalid ${field} ${quote(data)}: not a JSON object`);
-  }
-  const d = data as Record<string, unknown>;
+  const obj = dataObject(data, field);
+  if (!obj.ok) return obj;
+  const d = obj.value;
   const key = parseWgKey(d.PublicKey);
   if (!key.ok) return fail(`Invalid ${field} PublicKey: ${key.reason}`);
   const port = d.Port ?? 0;
@@ -222,32 +244,17 @@ export function validateLease(
     const ip = publicIp(lease.attrs.publicIP, 4, "public IP", config);
     if (!ip.ok) return ip;
     publicIP = ip.value;
-    if (type === "vxlan") {
-      const d = parseVxlanData(lease.attrs.backendData);
-      if (!d.ok) return d;
-      backendData = d.value;
-    } else if (type === "wireguard") {
-      const d = parseWireguardData(lease.attrs.backendData);
-      if (!d.ok) return d;
-      backendData = d.value;
-    }
+    const d = parseBackendData(type, backendData, "backend-data");
+    if (!d.ok) return d;
+    backendData = d.value;
   }
   if (v6.value !== undefined) {
     const ip = publicIp(lease.attrs.publicIPv6, 6, "public IPv6", config);
     if (!ip.ok) return ip;
     publicIPv6 = ip.value;
-    if (type === "vxlan") {
-      const d = parseVxlanData(lease.attrs.backendV6Data, "backend-v6-data");
-      if (!d.ok) return d;
-      backendV6Data = d.value;
-    } else if (type === "wireguard") {
-      const d = parseWireguardData(
-        lease.attrs.backendV6Data,
-        "backend-v6-data",
-      );
-      if (!d.ok) return d;
-      backendV6Data = d.value;
-    }
+    const d = parseBackendData(type, backendV6Data, "backend-v6-data");
+    if (!d.ok) return d;
+    backendV6Data = d.value;
   }
   return ok({
     key: lease.key,
