@@ -44,6 +44,7 @@ import {
   RTPROT_BOOT,
   RTPROT_WEFT,
 } from "../ffi/types.ts";
+import { describeRoute } from "../ffi/validate.ts";
 import {
   formatIp,
   type IpNet,
@@ -392,38 +393,9 @@ export function describeOp(
     case "routeReplace":
     case "routeDel":
       return `ip route ${op.kind.slice(5).toLowerCase()} ${
-        describeRoute(
-          op.route,
-          devName,
-        )
+        describeRoute(op.route, devName, RTPROT_WEFT)
       }`;
     case "routeHeld":
-      return `(waiting) ${describeRoute(op.route, devName)}`;
+      return `(waiting) ${describeRoute(op.route, devName, RTPROT_WEFT)}`;
   }
 }
-
-/** A route in iproute2 words: `10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink proto static`. */
-export function describeRoute(
-  r: RouteInfo,
-  devName: (index?: number) => string,
-): string {
-  const proto = r.protocol ?? RTPROT_BOOT;
-  return `${r.blackhole ? "blackhole " : ""}${r.dst}${
-    r.gw ? ` via ${r.gw}` : ""
-  }${r.index !== undefined ? ` dev ${devName(r.index)}` : ""}${
-    r.onlink ? " onlink" : ""
-  }${proto === RTPROT_WEFT ? "" : ` proto ${PROTOCOL_NAMES[proto] ?? proto}`}`;
-}
-
-/** rtnetlink protocol names as `ip route` prints them (/etc/iproute2/rt_protos). */
-const PROTOCOL_NAMES: Record<number, string> = {
-  0: "unspec",
-  1: "redirect",
-  2: "kernel",
-  3: "boot",
-  4: "static",
-  186: "bgp",
-  187: "isis",
-  188: "ospf",
-  189: "rip",
-};

@@ -42,12 +42,13 @@ import {
   type Netlink,
   type RouteInfo,
   RT_TABLE_MAIN,
+  RTPROT_WEFT,
 } from "../ffi/types.ts";
+import { describeRoute } from "../ffi/validate.ts";
 import type { Lease, LeaseEvent } from "../subnet/lease.ts";
 import {
   asState,
   describeOp,
-  describeRoute,
   diff,
   type FamilyPlan,
   type Op,
@@ -742,7 +743,7 @@ export class Reconciler {
           index === undefined
             ? name(index)
             : this.#nl.linkByIndex(index)?.name ?? name(index);
-        waits.set(op.peer, describeRoute(op.route, dev));
+        waits.set(op.peer, describeRoute(op.route, dev, RTPROT_WEFT));
         continue;
       }
       const level = op.kind.startsWith("route") ? 2 : 4;

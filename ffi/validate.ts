@@ -271,9 +271,17 @@ export function describeAddr(addr: AddrInfo, name?: DevName): string {
   return `${addr.local}${dev(addr.index, name)}`;
 }
 
-/** `ip route` words: `10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink`. */
-export function describeRoute(route: RouteInfo, name?: DevName): string {
-  let s = route.dst;
+/**
+ * `ip route` words: `10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink`.
+ * The protocol is named unless it is `implied` (default boot, what `ip`
+ * and libnl write when given none).
+ */
+export function describeRoute(
+  route: RouteInfo,
+  name?: DevName,
+  implied = 3,
+): string {
+  let s = `${route.blackhole ? "blackhole " : ""}${route.dst}`;
   if (route.gw !== undefined) s += ` via ${route.gw}`;
   s += dev(route.index, name);
   if (route.onlink) s += " onlink";
@@ -281,11 +289,23 @@ export function describeRoute(route: RouteInfo, name?: DevName): string {
     s += ` table ${route.table}`;
   }
   if (route.src !== undefined) s += ` src ${route.src}`;
-  if (route.protocol !== undefined && route.protocol !== 3) {
-    s += ` proto ${route.protocol}`;
-  }
+  const proto = route.protocol ?? 3;
+  if (proto !== implied) s += ` proto ${PROTOCOL_NAMES[proto] ?? proto}`;
   return s;
 }
+
+/** rtnetlink protocol names as `ip route` prints them (/etc/iproute2/rt_protos). */
+const PROTOCOL_NAMES: Record<number, string> = {
+  0: "unspec",
+  1: "redirect",
+  2: "kernel",
+  3: "boot",
+  4: "static",
+  186: "bgp",
+  187: "isis",
+  188: "ospf",
+  189: "rip",
+};
 
 const NUD_WORDS: [number, string][] = [
   [0x01, "incomplete"],

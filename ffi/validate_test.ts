@@ -99,6 +99,19 @@ Deno.test("describe* words objects the way iproute2 prints them", () => {
     describeRoute({ dst: "10.0.0.0/8", index: 9, table: 7, src: "10.0.0.1" }),
     "10.0.0.0/8 dev if9 table 7 src 10.0.0.1",
   );
+  // Protocols by name, the implied one left out (weft's, for its own logs).
+  assertEquals(
+    describeRoute({ dst: "10.244.7.0/24", blackhole: true, protocol: 4 }),
+    "blackhole 10.244.7.0/24 proto static",
+  );
+  assertEquals(
+    describeRoute({ dst: "10.244.2.0/24", index: 5, protocol: 87 }, dev, 87),
+    "10.244.2.0/24 dev flannel.1",
+  );
+  assertEquals(
+    describeRoute({ dst: "10.244.2.0/24", index: 5 }, dev, 87),
+    "10.244.2.0/24 dev flannel.1 proto boot",
+  );
   assertEquals(
     describeNeigh(
       { index: 5, dst: "10.244.0.0", lladdr: "e6:7d:c5:e2:80:1a", state: 0x80 },
