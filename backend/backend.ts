@@ -92,7 +92,10 @@ export function backendKey<T extends "number" | "boolean" | "string">(
   key: string,
   type: T,
 ): Result<KeyValue<T> | undefined> {
-  const k = Object.keys(raw).find((x) => x.toLowerCase() === key.toLowerCase());
+  // Of several spellings the last wins, as `json.Unmarshal` fills a field.
+  const k = Object.keys(raw).findLast((x) =>
+    x.toLowerCase() === key.toLowerCase()
+  );
   const v = k === undefined ? undefined : raw[k];
   if (v === undefined || v === null) return { ok: true, value: undefined };
   if (typeof v !== type || (type === "number" && !Number.isInteger(v))) {

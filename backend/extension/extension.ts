@@ -39,11 +39,12 @@ import {
   type RunOptions,
   RunPermissionError,
 } from "../../lib/command.ts";
-import type {
-  Backend,
-  BackendNetwork,
-  BackendOptions,
-  Underlay,
+import {
+  type Backend,
+  backendKey,
+  type BackendNetwork,
+  type BackendOptions,
+  type Underlay,
 } from "../backend.ts";
 import {
   commandArgv,
@@ -96,20 +97,9 @@ export function parseExtensionConfig(
 ): Result<ExtensionConfig> {
   const out: Record<string, string> = {};
   for (const key of KEYS) {
-    // The last of several spellings wins, as in Go.
-    const k = Object.keys(raw).findLast((x) =>
-      x.toLowerCase() === key.toLowerCase()
-    );
-    const v = k === undefined ? undefined : raw[k];
-    if (v === undefined || v === null) {
-      out[key] = "";
-      continue;
-    }
-    if (typeof v !== "string") {
-      return fail(
-        `Invalid Backend.${key} ${JSON.stringify(v)}: must be a string`,
-      );
-    }
+    const read = backendKey(raw, key, "string");
+    if (!read.ok) return read;
+    const v = read.value ?? "";
     if (v !== "" && splitFields(v).length === 0) {
       return fail(
         `Invalid Backend.${key} ${JSON.stringify(v)}: names no program`,

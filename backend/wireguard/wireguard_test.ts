@@ -9,6 +9,7 @@ import { unwrap } from "../../lib/result.ts";
 import { setLogSink } from "../../lib/log.ts";
 import { metrics } from "../../lib/metrics.ts";
 import { parseWireguardConfig } from "./config.ts";
+import { parseExtensionConfig } from "../extension/extension.ts";
 import { generatePrivateKey } from "./keys.ts";
 import { parseDump, peerArgs } from "./wg.ts";
 import {
@@ -122,6 +123,21 @@ Deno.test("parseWireguardConfig has flanneld's defaults", () => {
       mode: "auto",
       mtu: 9000,
     },
+  );
+});
+
+Deno.test("Backend keys match case-insensitively and the last spelling wins, as Go's json.Unmarshal fills a field", () => {
+  assert.equal(
+    unwrap(parseWireguardConfig(JSON.parse(
+      '{"Type":"wireguard","ListenPort":51000,"listenport":52000}',
+    ))).listenPort,
+    52000,
+  );
+  assert.equal(
+    unwrap(parseExtensionConfig(JSON.parse(
+      '{"Type":"extension","SubnetAddCommand":"/a","subnetaddcommand":"/b"}',
+    ))).SubnetAddCommand,
+    "/b",
   );
 });
 
