@@ -20,6 +20,7 @@ import type { KubeFaults } from "./kube_faults.ts";
 import { keyName } from "./corpus.ts";
 import { fmtMs } from "./report.ts";
 import { b64, Checks, type FaultRun, lossText, waitUntil } from "./run.ts";
+import { samples } from "../_metrics.ts";
 
 const SECTION = "claim order (duplicate VtepMAC)";
 const ANN = "flannel.alpha.coreos.com/";
@@ -63,14 +64,8 @@ async function refused(
   n: ClusterNode,
   reason: string,
 ): Promise<number> {
-  const text = await s.c.metrics(n);
-  const m = text.match(
-    new RegExp(
-      `^weft_peers_refused_total\\{reason="${reason}"\\} (\\d+)$`,
-      "m",
-    ),
-  );
-  return m ? Number(m[1]) : 0;
+  return samples(await s.c.metrics(n), "weft_peers_refused_total", "reason")
+    .get(reason) ?? 0;
 }
 
 /** Whether a node's log since `offset` warns about `id`, naming `holder`. */

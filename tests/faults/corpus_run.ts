@@ -24,6 +24,7 @@ import {
 import { fmtMs } from "./report.ts";
 import { quote } from "../../lib/log.ts";
 import { Checks, type FaultRun, lossText, waitUntil } from "./run.ts";
+import { samples } from "../_metrics.ts";
 
 /** A node's overlays, as a corpus case inspects them. */
 export interface NodeState {
@@ -115,13 +116,7 @@ export async function refusedCounts(
     "2",
     `http://127.0.0.1:${n.healthPort}/metrics`,
   ]);
-  const out = new Map<string, number>();
-  for (
-    const m of r.stdout.matchAll(
-      /^weft_peers_refused_total\{reason="([a-z_]+)"\} (\d+)$/gm,
-    )
-  ) out.set(m[1]!, Number(m[2]));
-  return out;
+  return samples(r.stdout, "weft_peers_refused_total", "reason");
 }
 
 /** Runs a corpus (see the module doc) on `s`. */

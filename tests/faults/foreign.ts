@@ -18,6 +18,7 @@ import type { EtcdRun } from "./etcd.ts";
 import { DEVICE, expectedPeers } from "./kernel.ts";
 import { fmtMs } from "./report.ts";
 import { Checks, lossText, REPAIR_LIMIT_MS, sleep, waitUntil } from "./run.ts";
+import { samples } from "../_metrics.ts";
 
 const SECTION = "foreign kernel state";
 
@@ -26,8 +27,7 @@ async function metric(
   n: ClusterNode,
   name: string,
 ): Promise<number> {
-  const m = await s.c.metrics(n);
-  return Number(m.match(new RegExp(`^${name} (\\d+)`, "m"))?.[1] ?? NaN);
+  return samples(await s.c.metrics(n), name).get("") ?? NaN;
 }
 
 /** A route as `ip -j route show` lists it. */

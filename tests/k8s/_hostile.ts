@@ -15,6 +15,7 @@ import {
 } from "node:assert/strict";
 import type { K8sCluster, K8sNode, PodInfo } from "./_k8s.ts";
 import { pods, until } from "./_k8s.ts";
+import { samples } from "../_metrics.ts";
 
 const ANN = "flannel.alpha.coreos.com/";
 /** weft's `--healthz-port` in deploy/weft.yaml. */
@@ -45,14 +46,8 @@ async function refusals(node: K8sNode): Promise<Record<string, number>> {
     "5",
     `http://127.0.0.1:${HEALTH_PORT}/metrics`,
   ]);
-  const out: Record<string, number> = {};
-  for (const r of REASONS) {
-    const m = text.match(
-      new RegExp(`^weft_peers_refused_total\\{reason="${r}"\\} (\\d+)$`, "m"),
-    );
-    out[r] = m ? Number(m[1]) : 0;
-  }
-  return out;
+  const by = samples(text, "weft_peers_refused_total", "reason");
+  return Object.fromEntries(REASONS.map((r) => [r, by.get(r) ?? 0]));
 }
 
 /** What a node's kernel holds for the victims: routes and FDB lines. */
