@@ -27,16 +27,26 @@ export const WIREGUARD_GO = `${
 export const WG_NET_CONF =
   '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}';
 
-/** Runs the rest of argv with the node's directory as /var/run/wireguard. */
-function mountWrap(node: ClusterNode): string[] {
+/**
+ * Runs the rest of argv in a mount namespace of its own with `dir` as
+ * /var/run/wireguard, where wireguard-go's configuration sockets live (the
+ * file system is shared by every network namespace: each node needs its
+ * own).
+ */
+export function wireguardMount(dir: string): string[] {
   return [
     "unshare",
     "-m",
     "sh",
     "-c",
     'mount --bind "$0" /var/run/wireguard && exec "$@"',
-    `${node.dir}/wireguard`,
+    dir,
   ];
+}
+
+/** {@linkcode wireguardMount} with the node's own directory. */
+function mountWrap(node: ClusterNode): string[] {
+  return wireguardMount(`${node.dir}/wireguard`);
 }
 
 /** What each agent needs for the wireguard backend on this machine. */

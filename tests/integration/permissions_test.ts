@@ -69,7 +69,9 @@ Deno.test("weft with the shipped permissions exits 2 naming etcd TLS files outsi
  */
 async function shippedWireguard(extraRun: string[]) {
   const { Cluster } = await import("../_cluster.ts");
-  const { WG_NET_CONF, WIREGUARD_GO } = await import("../e2e/_wireguard.ts");
+  const { WG_NET_CONF, WIREGUARD_GO, wireguardMount } = await import(
+    "../e2e/_wireguard.ts"
+  );
   const perms = (await Deno.readTextFile(`${ROOT}deploy/permissions.txt`))
     .trim().split(/\s+/).map((p) =>
       p.startsWith("--allow-run=") && extraRun.length
@@ -91,12 +93,7 @@ async function shippedWireguard(extraRun: string[]) {
         "netns",
         "exec",
         node.ns.name,
-        "unshare",
-        "-m",
-        "sh",
-        "-c",
-        'mount --bind "$0" /var/run/wireguard && exec "$@"',
-        `${run}/wireguard`,
+        ...wireguardMount(`${run}/wireguard`),
         Deno.execPath(),
         "run",
         "--no-prompt",

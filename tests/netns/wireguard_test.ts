@@ -12,26 +12,14 @@
  */
 import assert from "node:assert/strict";
 import { joinOnBridge, kernelTest, Netns, sh } from "../_netns.ts";
-import { DEFAULT_WEFT_CACHE } from "../servers/paths.ts";
+import { WIREGUARD_GO, wireguardMount } from "../e2e/_wireguard.ts";
 import { userspaceStarter } from "../../backend/wireguard/device.ts";
 import { generatePrivateKey } from "../../backend/wireguard/keys.ts";
 import { WgCli } from "../../backend/wireguard/wg.ts";
 
-const WIREGUARD_GO = `${
-  Deno.env.get("WEFT_CACHE") ?? DEFAULT_WEFT_CACHE
-}/bin/wireguard-go`;
-
 /** Runs the rest of argv in `ns` with `dir` as its /var/run/wireguard. */
-export function nodePrefix(dir: string, ns: string): string[] {
-  return [
-    "unshare",
-    "-m",
-    "sh",
-    "-c",
-    'mount --bind "$0" /var/run/wireguard && ns=$1 && shift && exec ip netns exec "$ns" "$@"',
-    dir,
-    ns,
-  ];
+function nodePrefix(dir: string, ns: string): string[] {
+  return [...wireguardMount(dir), "ip", "netns", "exec", ns];
 }
 
 kernelTest(
