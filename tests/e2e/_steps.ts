@@ -11,7 +11,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import type { ClusterNode } from "../_cluster.ts";
+import type { ClusterNode, PingSummary } from "../_cluster.ts";
 import type { PublishedNode, Scenario } from "./_scenario.ts";
 import {
   kernelView,
@@ -31,8 +31,43 @@ function ms(n: number): string {
   return `${n.toFixed(0)} ms`;
 }
 
-function note(msg: string): void {
+/** Prints a step's figure under its name. */
+export function note(msg: string): void {
   console.log(`    -> ${msg}`);
+}
+
+/**
+ * Kills `node`'s agent (SIGKILL) while pods ping every 50 ms into it (from
+ * `from`'s pod1) and out of it (from its `outPod` to `to`'s pod1), starts
+ * it again, and asserts every echo answered. Returns the restarted agent's
+ * time to ready and both results.
+ */
+export async function restartUnderPings(
+  s: Scenario,
+  from: ClusterNode,
+  node: ClusterNode,
+  to: ClusterNode,
+  count: number,
+  outPod = "pod1",
+): Promise<{ readyMs: number; results: PingSummary[] }> {
+  const c = s.cluster;
+  const opts = { count, interval: 0.05, deadline: 20 };
+  const pings = [
+    c.pingRun(`${from.name}-pod1`, c.pod(`${node.name}-pod1`).ip, opts),
+    c.pingRun(`${node.name}-${outPod}`, c.pod(`${to.name}-pod1`).ip, opts),
+  ];
+  // The pings are under way before the kill.
+  await new Promise((r) => setTimeout(r, 1000));
+  const killed = await c.stopAgent(node, "SIGKILL");
+  assert.equal(killed?.signal, "SIGKILL");
+  await s.startAgent(node);
+  const readyMs = await s.waitReady(node);
+  const results = await Promise.all(pings);
+  for (const r of results) {
+    assert.equal(r.transmitted, count, r.text);
+    assert.equal(r.received, count, r.text);
+  }
+  return { readyMs, results };
 }
 
 function lease(pub: PublishedNode[], node: ClusterNode): PublishedNode {
@@ -263,29 +298,14 @@ export async function scenarioSteps(
       };
       // Into the node (its flannel.1 decapsulates) and out of it (its
       // routes, neighbours and FDB encapsulate).
-      const count = 120;
-      const pings = [
-        c.pingRun(`${n1.name}-pod1`, c.pod(`${n2.name}-pod1`).ip, {
-          count,
-          interval: 0.05,
-          deadline: 20,
-        }),
-        c.pingRun(`${n2.name}-pod2`, c.pod(`${n3.name}-pod1`).ip, {
-          count,
-          interval: 0.05,
-          deadline: 20,
-        }),
-      ];
-      await new Promise((r) => setTimeout(r, 1000));
-      const killed = await c.stopAgent(n2, "SIGKILL");
-      assert.equal(killed?.signal, "SIGKILL");
-      await s.startAgent(n2);
-      const readyMs = await s.waitReady(n2);
-      const results = await Promise.all(pings);
-      for (const r of results) {
-        assert.equal(r.transmitted, count, r.text);
-        assert.equal(r.received, count, r.text);
-      }
+      const { readyMs, results } = await restartUnderPings(
+        s,
+        n1,
+        n2,
+        n3,
+        120,
+        "pod2",
+      );
       note(
         `restarted agent ready in ${ms(readyMs)}; ${
           results.map((r) => `${r.received}/${r.transmitted}`).join(" and ")

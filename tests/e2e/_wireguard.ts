@@ -17,6 +17,7 @@ import { DEFAULT_WEFT_CACHE } from "../servers/paths.ts";
 import { parseDump, type WgDump } from "../../backend/wireguard/wg.ts";
 import type { PublishedNode, Scenario } from "./_scenario.ts";
 import { waitFor } from "./_checks.ts";
+import { note, restartUnderPings } from "./_steps.ts";
 
 /** The userspace implementation the agents run. */
 export const WIREGUARD_GO = `${
@@ -98,10 +99,6 @@ export function publishedKey(p: PublishedNode): string {
     String(raw["flannel.alpha.coreos.com/backend-data"] ?? "{}"),
   );
   return (data as { PublicKey?: string }).PublicKey ?? "";
-}
-
-function note(msg: string): void {
-  console.log(`    -> ${msg}`);
 }
 
 /** Peer keys of a node's device, sorted. */
@@ -206,25 +203,7 @@ export async function wireguardSteps(
       const key = await Deno.readTextFile(`${n2.dir}/wgkey`);
       const pubBefore = await keyOf(n2);
       const count = 100;
-      const pings = [
-        c.pingRun(`${n1.name}-pod1`, c.pod(`${n2.name}-pod1`).ip, {
-          count,
-          interval: 0.05,
-          deadline: 20,
-        }),
-        c.pingRun(`${n2.name}-pod1`, c.pod(`${n3.name}-pod1`).ip, {
-          count,
-          interval: 0.05,
-          deadline: 20,
-        }),
-      ];
-      await new Promise((r) => setTimeout(r, 1000));
-      await c.stopAgent(n2, "SIGKILL");
-      await s.startAgent(n2);
-      await s.waitReady(n2);
-      for (const r of await Promise.all(pings)) {
-        assert.equal(r.received, count, r.text);
-      }
+      await restartUnderPings(s, n1, n2, n3, count);
       assert.equal(await Deno.readTextFile(`${n2.dir}/wgkey`), key);
       assert.equal(await keyOf(n2), pubBefore);
       note(`${count}/${count} and ${count}/${count} echoes across the restart`);
