@@ -1,7 +1,8 @@
 /**
  * Names the commit a results file was measured at: the short hash, with
- * " plus uncommitted changes" when tracked files differ from it. In a copy
- * without `.git`, `WEFT_FAULT_REV` names it, else "?".
+ * " plus uncommitted changes" when tracked files other than results files
+ * (bench/results/, which one run writes tier by tier) differ from it. In a
+ * copy without `.git`, `WEFT_FAULT_REV` names it, else "?".
  *
  * @module
  */
@@ -27,6 +28,13 @@ async function git(args: string[]): Promise<string | undefined> {
 export async function describeCommit(): Promise<string> {
   const head = await git(["rev-parse", "--short", "HEAD"]);
   if (head === undefined) return Deno.env.get("WEFT_FAULT_REV") ?? "?";
-  const dirty = await git(["status", "--porcelain", "--untracked-files=no"]);
+  const dirty = await git([
+    "status",
+    "--porcelain",
+    "--untracked-files=no",
+    "--",
+    ".",
+    ":!bench/results",
+  ]);
   return dirty ? `${head} plus uncommitted changes` : head;
 }
