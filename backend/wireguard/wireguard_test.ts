@@ -70,23 +70,29 @@ function wireguardOn(
   }));
 }
 
-/** Node 1 with a wireguard backend on the memory kernel, without the module. */
-function wgNode(backend = '{"Type":"wireguard"}') {
+/**
+ * Node 1's wireguard backend on the memory kernel, with or without the
+ * kernel module; its key is `key`, else one made at the first load.
+ */
+function wgBackend(netConf: string, module: boolean, key?: string) {
   const kernel = new MemoryKernel();
-  kernel.kinds = new Set(["dummy"]);
+  if (!module) kernel.kinds = new Set(["dummy"]);
   kernel.addDevice("eth0", 1500);
   const wg = new MemoryWg(kernel);
   const starter = wg.starter();
-  const be = wireguardOn(
-    kernel,
-    wg,
-    starter,
+  const be = wireguardOn(kernel, wg, starter, netConf, (path) => {
+    const k = key ?? wg.files.get(path) ?? generatePrivateKey();
+    wg.files.set(path, k);
+    return k;
+  });
+  return { kernel, wg, starter, be };
+}
+
+/** Node 1 with a wireguard backend on the memory kernel, without the module. */
+function wgNode(backend = '{"Type":"wireguard"}') {
+  const { kernel, wg, starter, be } = wgBackend(
     `{"Network":"10.244.0.0/16","Backend":${backend}}`,
-    (path) => {
-      const k = wg.files.get(path) ?? generatePrivateKey();
-      wg.files.set(path, k);
-      return k;
-    },
+    false,
   );
   const attrs = be.prepare();
   const own: Lease = { key: "node-1", subnet: "10.244.1.0/24", attrs };
@@ -407,19 +413,10 @@ Deno.test("WireGuard device is reused across a restart: same key, no new daemon,
 });
 
 Deno.test("WireGuard device is made through netlink when the kernel has the module", () => {
-  const kernel = new MemoryKernel();
-  kernel.addDevice("eth0", 1500);
-  const wg = new MemoryWg(kernel);
-  const starter = wg.starter();
-  const be = wireguardOn(
-    kernel,
-    wg,
-    starter,
+  const { kernel, wg, starter, be } = wgBackend(
     '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"wireguard"}}',
-    (p) => {
-      wg.files.set(p, KEY_B);
-      return KEY_B;
-    },
+    true,
+    KEY_B,
   );
   const attrs = be.prepare();
   assert.deepEqual(starter.started, []);
