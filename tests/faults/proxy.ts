@@ -59,6 +59,14 @@ export interface ProxyRecord {
   readonly mode: ProxyMode["kind"];
   /** Status sent (0: connection broken before a status). */
   readonly status: number;
+  /** `performance.now()` in the proxy when it arrived, ms. */
+  readonly arrived: number;
+  /**
+   * `performance.now()` in the proxy when an injected status answer was
+   * handed back (set only for those), ms: a request that arrived after
+   * this was sent by a client that had the answer.
+   */
+  readonly answered?: number;
 }
 
 type Command =
@@ -222,12 +230,21 @@ export function serveFaultProxy(
   }, async (req) => {
     const url = new URL(req.url);
     const m = mode;
-    const rec = {
+    const rec: {
+      at: number;
+      method: string;
+      path: string;
+      mode: ProxyMode["kind"];
+      status: number;
+      arrived: number;
+      answered?: number;
+    } = {
       at: Date.now(),
       method: req.method,
       path: url.pathname + url.search,
       mode: m.kind,
       status: 0,
+      arrived: performance.now(),
     };
     records.push(rec);
     switch (m.kind) {
@@ -243,6 +260,7 @@ export function serveFaultProxy(
         if (m.retryAfterS !== undefined) {
           headers.set("retry-after", String(m.retryAfterS));
         }
+        rec.answered = performance.now();
         return new Response(`proxy: injected ${m.status}\n`, {
           status: m.status,
           headers,
@@ -433,10 +451,10 @@ export interface RateStats {
   /** Requests per second over the whole window. */
   readonly perSecond: number;
   /**
-   * Shortest gap between two consecutive requests with the same method
-   * and path (query aside), ms; Infinity with fewer than two.
+   * For each request that arrived after an injected status answer had
+   * been handed back: the time since the latest such answer, ms.
    */
-  readonly minGapSamePathMs: number;
+  readonly gapsAfterAnswerMs: readonly number[];
 }
 
 /** Rate figures for the records in `[from, to)` (`Date.now()` times). */
@@ -451,21 +469,22 @@ export function rateStats(
     const b = Math.floor((r.at - from) / 1000);
     buckets.set(b, (buckets.get(b) ?? 0) + 1);
   }
-  const last = new Map<string, number>();
-  let minGap = Infinity;
+  const gaps: number[] = [];
   for (const r of inside) {
-    // The same request again: method and path, the query aside (a watch
-    // retried from a new resourceVersion is the same request).
-    const key = `${r.method} ${r.path.split("?")[0]}`;
-    const p = last.get(key);
-    if (p !== undefined) minGap = Math.min(minGap, r.at - p);
-    last.set(key, r.at);
+    // The latest answer handed back before this request arrived.
+    let latest: number | undefined;
+    for (const p of inside) {
+      if (p.answered !== undefined && p.answered < r.arrived) {
+        latest = Math.max(latest ?? -Infinity, p.answered);
+      }
+    }
+    if (latest !== undefined) gaps.push(r.arrived - latest);
   }
   return {
     requests: inside.length,
     peakPerSecond: Math.max(0, ...buckets.values()),
     perSecond: inside.length / Math.max(0.001, (to - from) / 1000),
-    minGapSamePathMs: minGap,
+    gapsAfterAnswerMs: gaps,
   };
 }
 
