@@ -33,7 +33,6 @@ import {
   type PingCount,
   type PodInfo,
   pods,
-  PREFIX,
   rollout,
   until,
 } from "./_k8s.ts";
@@ -258,7 +257,7 @@ export async function helmSteps(
   const opts: HelmOptions = {
     home,
     kubeconfig: `${c.dir}/admin.kubeconfig`,
-    netns: `${PREFIX}-cp`,
+    netns: `${c.prefix}-cp`,
   };
   const ns = [`--namespace=${NS}`];
 

@@ -59,8 +59,13 @@ import {
   signedCert,
 } from "../servers/pki.ts";
 
-/** Prefix of every namespace, directory and cgroup of this harness. */
-export const PREFIX = "weft-k";
+/**
+ * Prefix of every namespace, directory and cgroup of a cluster of this
+ * harness (`WEFT_K8S_PREFIX`, default `weft-k`), unless {@linkcode K8sClusterOptions.prefix} names another:
+ * clusters with different prefixes run side by side (each has its own
+ * switch namespace, so their addresses may repeat).
+ */
+export const PREFIX = Deno.env.get("WEFT_K8S_PREFIX") ?? "weft-k";
 /** The cluster's pod network (kube-controller-manager's --cluster-cidr). */
 export const CLUSTER_CIDR = "10.244.0.0/16";
 const SERVICE_CIDR = "10.96.0.0/16";
@@ -232,11 +237,15 @@ export interface K8sClusterOptions {
   readonly images: string;
   /** Progress lines (default: none). */
   readonly log?: (line: string) => void;
+  /** Names of its namespaces, directories and cgroups (default PREFIX). */
+  readonly prefix?: string;
 }
 
 /** A running cluster; `close()` removes everything it made. */
 export class K8sCluster implements AsyncDisposable {
   readonly dir: string;
+  /** Start of every name this cluster makes (`<prefix>-cp`, ...). */
+  readonly prefix: string;
   readonly nodes: K8sNode[] = [];
   readonly #sw: Netns;
   readonly #cp: Netns;
@@ -246,12 +255,14 @@ export class K8sCluster implements AsyncDisposable {
   #closed = false;
 
   private constructor(
+    prefix: string,
     dir: string,
     sw: Netns,
     cp: Netns,
     images: string,
     log: (line: string) => void,
   ) {
+    this.prefix = prefix;
     this.dir = dir;
     this.#sw = sw;
     this.#cp = cp;
@@ -261,12 +272,13 @@ export class K8sCluster implements AsyncDisposable {
 
   /** Builds the underlay, starts the control plane and the nodes. */
   static async up(opts: K8sClusterOptions): Promise<K8sCluster> {
-    await cleanupStale();
+    const prefix = opts.prefix ?? PREFIX;
+    await cleanupStale(prefix);
     const log = opts.log ?? (() => {});
-    const dir = await Deno.makeTempDir({ prefix: `${PREFIX}-` });
-    const sw = await Netns.named(`${PREFIX}-sw`);
-    const cp = await Netns.named(`${PREFIX}-cp`);
-    const c = new K8sCluster(dir, sw, cp, opts.images, log);
+    const dir = await Deno.makeTempDir({ prefix: `${prefix}-` });
+    const sw = await Netns.named(`${prefix}-sw`);
+    const cp = await Netns.named(`${prefix}-cp`);
+    const c = new K8sCluster(prefix, dir, sw, cp, opts.images, log);
     try {
       await sw.ip("link", "add", "br0", "type", "bridge");
       await sw.ip("addr", "add", "198.18.0.1/24", "dev", "br0");
@@ -459,12 +471,12 @@ export class K8sCluster implements AsyncDisposable {
     return JSON.parse(await this.kubectl(["get", ...args, "-o", "json"])) as T;
   }
 
-  /** Adds a node `weft-k-n<N>` (198.18.0.1<N>) and starts its services. */
+  /** Adds a node `<prefix>-n<N>` (198.18.0.1<N>) and starts its services. */
   async addNode(): Promise<K8sNode> {
     const i = this.nodes.length === 0 ? 1 : Math.max(
-      ...this.nodes.map((n) => Number(n.name.slice(`${PREFIX}-n`.length))),
+      ...this.nodes.map((n) => Number(n.name.slice(`${this.prefix}-n`.length))),
     ) + 1;
-    const name = `${PREFIX}-n${i}`;
+    const name = `${this.prefix}-n${i}`;
     const ip = `198.18.0.${10 + i}`;
     const dir = `${this.dir}/${name}`;
     await Deno.mkdir(dir, { recursive: true });
@@ -553,7 +565,7 @@ export class K8sCluster implements AsyncDisposable {
     for (const p of [...this.#procs].reverse()) {
       await p.stop(5_000).catch(() => {});
     }
-    await cleanupStale();
+    await cleanupStale(this.prefix);
     await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
 
@@ -718,11 +730,11 @@ true`,
   ]);
 }
 
-/** Removes what an earlier run of this harness left behind. */
-export async function cleanupStale(): Promise<void> {
+/** Removes what an earlier cluster named `prefix` left behind. */
+export async function cleanupStale(prefix = PREFIX): Promise<void> {
   const list = await run(["ip", "netns", "list"]);
   const names = list.stdout.split("\n").map((l) => l.split(" ")[0] ?? "")
-    .filter((n) => n.startsWith(`${PREFIX}-`));
+    .filter((n) => n.startsWith(`${prefix}-`));
   for (const name of names) {
     const pids = await run(["ip", "netns", "pids", name]);
     for (const pid of pids.stdout.split("\n").filter((p) => p)) {
@@ -731,7 +743,7 @@ export async function cleanupStale(): Promise<void> {
   }
   const cgroups = await run(["ls", `${CGROUP}/memory`]);
   for (const cg of cgroups.stdout.split("\n")) {
-    if (cg.startsWith(`${PREFIX}-`)) await killCgroup(cg);
+    if (cg.startsWith(`${prefix}-`)) await killCgroup(cg);
   }
   for (const name of names) {
     // A namespace whose last process is still exiting may refuse once.
@@ -741,7 +753,7 @@ export async function cleanupStale(): Promise<void> {
     }
   }
   for await (const e of Deno.readDir("/tmp")) {
-    if (e.isDirectory && e.name.startsWith(`${PREFIX}-`)) {
+    if (e.isDirectory && e.name.startsWith(`${prefix}-`)) {
       await Deno.remove(`/tmp/${e.name}`, { recursive: true }).catch(() => {});
     }
   }
