@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { type CommandOutput, commandRunner } from "../lib/command.ts";
+import { type CommandOutput, runCommand } from "../lib/command.ts";
 import { gatedTest, ROOT } from "./_gate.ts";
 
 /** Whether this process runs as root. */
@@ -30,11 +30,19 @@ export function kernelTest(
 /** Output of a finished command. */
 export type Output = CommandOutput;
 
-const runner = commandRunner();
-
-/** Runs a command and returns its output; never throws on exit status. */
-export function run(cmd: string[], stdin?: string): Promise<Output> {
-  return runner(cmd, stdin);
+/**
+ * Runs a command and returns its output; never throws on exit status.
+ * It is killed after `timeoutMs` (default 60 s: runCommand's).
+ */
+export function run(
+  cmd: string[],
+  stdin?: string,
+  timeoutMs?: number,
+): Promise<Output> {
+  return runCommand(cmd, {
+    ...(stdin !== undefined && { stdin }),
+    ...(timeoutMs !== undefined && { timeoutMs }),
+  });
 }
 
 /**

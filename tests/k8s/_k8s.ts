@@ -453,17 +453,29 @@ export class K8sCluster implements AsyncDisposable {
     return r.stdout;
   }
 
-  /** Runs the real kubectl as the admin. */
+  /**
+   * Runs the real kubectl as the admin. A `--timeout=<N>s` among the
+   * arguments (rollout status, wait) extends the command's own deadline
+   * past it, so kubectl's answer is what the caller sees.
+   */
   async tryKubectl(args: string[], stdin?: string) {
-    return run([
-      "ip",
-      "netns",
-      "exec",
-      this.#cp.name,
-      await must("kubectl"),
-      `--kubeconfig=${this.dir}/admin.kubeconfig`,
-      ...args,
-    ], stdin);
+    const timeoutS = Math.max(
+      0,
+      ...args.map((a) => Number(a.match(/^--timeout=(\d+)s$/)?.[1] ?? 0)),
+    );
+    return run(
+      [
+        "ip",
+        "netns",
+        "exec",
+        this.#cp.name,
+        await must("kubectl"),
+        `--kubeconfig=${this.dir}/admin.kubeconfig`,
+        ...args,
+      ],
+      stdin,
+      Math.max(60_000, (timeoutS + 30) * 1000),
+    );
   }
 
   /** `kubectl get -o json` parsed. */
