@@ -759,9 +759,12 @@ export async function cleanupStale(prefix = PREFIX): Promise<void> {
   }
 }
 
-/** deploy/weft.yaml with only the image reference replaced. */
-export async function manifest(image: string): Promise<string> {
-  const text = await Deno.readTextFile(`${REPO}deploy/weft.yaml`);
+/** deploy/weft.yaml (or `file`) with only the image reference replaced. */
+export async function manifest(
+  image: string,
+  file = "deploy/weft.yaml",
+): Promise<string> {
+  const text = await Deno.readTextFile(`${REPO}${file}`);
   return text.replaceAll("image: weft:v0.1.0", `image: ${image}`);
 }
 
