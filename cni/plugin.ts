@@ -323,7 +323,7 @@ async function delegate(
         ? ""
         : `: this weft build has no run permission on ${
           notAllowed.map((p) => `"${p}"`).join(", ")
-        } (its --allow-run, deploy/permissions.txt, names each delegate by the path it is run as: ${
+        } (its --allow-run names each delegate by the path it is run as; the shipped list, deploy/permissions.txt, allows ${
           ALLOWED_DELEGATE_DIRS.map((d) => `"${d}/bridge"`).join(", ")
         })`
     }`,

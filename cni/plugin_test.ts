@@ -151,7 +151,7 @@ Deno.test("runCni() names the delegates it may not run when none is found", asyn
   assertEquals(await runCni(env, STOCK, f.deps), 1);
   assertEquals(
     JSON.parse(f.out).msg,
-    'Cannot find delegate plugin "bridge" in CNI_PATH "/forbidden/a:/nonexistent:/forbidden/b/": this weft build has no run permission on "/forbidden/a/bridge", "/forbidden/b/bridge" (its --allow-run, deploy/permissions.txt, names each delegate by the path it is run as: "/opt/cni/bin/bridge", "/usr/libexec/cni/bridge", "/usr/lib/cni/bridge", "/var/lib/rancher/k3s/data/cni/bridge", "/var/lib/rancher/k3s/data/current/bin/bridge")',
+    'Cannot find delegate plugin "bridge" in CNI_PATH "/forbidden/a:/nonexistent:/forbidden/b/": this weft build has no run permission on "/forbidden/a/bridge", "/forbidden/b/bridge" (its --allow-run names each delegate by the path it is run as; the shipped list, deploy/permissions.txt, allows "/opt/cni/bin/bridge", "/usr/libexec/cni/bridge", "/usr/lib/cni/bridge", "/var/lib/rancher/k3s/data/cni/bridge", "/var/lib/rancher/k3s/data/current/bin/bridge")',
   );
   assertEquals(f.calls.length, 0);
 });
