@@ -234,64 +234,66 @@ echo "calls:"; cat /var/lib/calls 2>/dev/null || true
   };
 }
 
-kernelTest(
-  "weft's CNI plugin with the shipped permissions runs bridge through k3s's data/cni symlink to a multi-call binary",
-  async () => {
-    // k3s's layout: data/cni/bridge -> ../<build>/bin/cni, data/current -> <build>.
-    const r = await shippedCni(
-      `k3s=/var/lib/rancher/k3s/data
-fake $k3s/0123abcd/bin/cni
-mkdir -p $k3s/cni && ln -s ../0123abcd/bin/cni $k3s/cni/bridge`,
-      "/var/lib/rancher/k3s/data/cni",
-    );
-    assertEquals([r.code, r.stdout], [0, CNI_RESULT], r.stderr);
-    // Run as the symlink: a multi-call binary dispatches on argv[0].
-    assertEquals(r.calls, ["/var/lib/rancher/k3s/data/cni/bridge ADD"]);
+/**
+ * k3s's layouts: since 2024 data/cni/bridge -> ../<build>/bin/cni (a
+ * multi-call binary); before, data/current/bin, data/current -> <build>.
+ */
+const K3S_LAYOUTS = [
+  {
+    name: "data/cni, a symlink to a multi-call binary",
+    setup: "mkdir -p $k3s/cni && ln -s ../0123abcd/bin/cni $k3s/cni/bridge",
+    cniPath: "/var/lib/rancher/k3s/data/cni",
   },
-);
-
-kernelTest(
-  "weft's CNI plugin with the shipped permissions runs bridge from k3s's data/current/bin, a symlink to the build's directory",
-  async () => {
-    const r = await shippedCni(
-      `k3s=/var/lib/rancher/k3s/data
-fake $k3s/0123abcd/bin/cni
-ln -s cni $k3s/0123abcd/bin/bridge && ln -s 0123abcd $k3s/current`,
-      "/var/lib/rancher/k3s/data/current/bin",
-    );
-    assertEquals([r.code, r.stdout], [0, CNI_RESULT], r.stderr);
-    assertEquals(r.calls, ["/var/lib/rancher/k3s/data/current/bin/bridge ADD"]);
+  {
+    name: "data/current/bin, a symlink to the build's directory",
+    setup: "ln -s cni $k3s/0123abcd/bin/bridge && ln -s 0123abcd $k3s/current",
+    cniPath: "/var/lib/rancher/k3s/data/current/bin",
   },
-);
+];
 
-kernelTest(
-  "weft's CNI plugin with the shipped permissions names a delegate outside its --allow-run",
-  async () => {
-    const r = await shippedCni(
-      "fake /var/lib/rancher/k3s/data/0123abcd/bin/bridge",
-      "/var/lib/rancher/k3s/data/0123abcd/bin",
-    );
-    assertEquals(r.code, 1, r.stderr);
-    assertEquals(
-      JSON.parse(r.stdout).msg,
+for (const layout of K3S_LAYOUTS) {
+  kernelTest(
+    `weft's CNI plugin with the shipped permissions runs bridge from k3s's ${layout.name}`,
+    async () => {
+      const r = await shippedCni(
+        `k3s=/var/lib/rancher/k3s/data
+fake $k3s/0123abcd/bin/cni
+${layout.setup}`,
+        layout.cniPath,
+      );
+      assertEquals([r.code, r.stdout], [0, CNI_RESULT], r.stderr);
+      // Run by the path in CNI_PATH: a multi-call binary dispatches on argv[0].
+      assertEquals(r.calls, [`${layout.cniPath}/bridge ADD`]);
+    },
+  );
+}
+
+/** Delegates the shipped build cannot run, and the CNI error for each. */
+const UNRUNNABLE = [
+  {
+    name: "outside its --allow-run",
+    setup: "fake /var/lib/rancher/k3s/data/0123abcd/bin/bridge",
+    cniPath: "/var/lib/rancher/k3s/data/0123abcd/bin",
+    msg:
       'Cannot find delegate plugin "bridge" in CNI_PATH "/var/lib/rancher/k3s/data/0123abcd/bin": this weft build has no run permission on "/var/lib/rancher/k3s/data/0123abcd/bin/bridge" (its --allow-run names each delegate by the path it is run as; the shipped list, deploy/permissions.txt, allows "/opt/cni/bin/bridge", "/usr/libexec/cni/bridge", "/usr/lib/cni/bridge", "/var/lib/rancher/k3s/data/cni/bridge", "/var/lib/rancher/k3s/data/current/bin/bridge")',
-    );
-    assertEquals(r.calls, []);
   },
-);
-
-kernelTest(
-  "weft's CNI plugin with the shipped permissions names a delegate it may run but cannot execute",
-  async () => {
-    const r = await shippedCni(
-      "fake /opt/cni/bin/bridge && chmod -x /opt/cni/bin/bridge",
-      "/opt/cni/bin",
-    );
-    assertEquals(r.code, 1, r.stderr);
-    assertEquals(
-      JSON.parse(r.stdout).msg,
+  {
+    name: "it may run but cannot execute",
+    setup: "fake /opt/cni/bin/bridge && chmod -x /opt/cni/bin/bridge",
+    cniPath: "/opt/cni/bin",
+    msg:
       "Cannot run delegate plugin \"/opt/cni/bin/bridge\": Failed to spawn '/opt/cni/bin/bridge': Permission denied (os error 13); it needs execute permission (and search permission on its directories) for the user weft runs as",
-    );
-    assertEquals(r.calls, []);
   },
-);
+];
+
+for (const bad of UNRUNNABLE) {
+  kernelTest(
+    `weft's CNI plugin with the shipped permissions names a delegate ${bad.name}`,
+    async () => {
+      const r = await shippedCni(bad.setup, bad.cniPath);
+      assertEquals(r.code, 1, r.stderr);
+      assertEquals(JSON.parse(r.stdout).msg, bad.msg);
+      assertEquals(r.calls, []);
+    },
+  );
+}

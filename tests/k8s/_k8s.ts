@@ -819,6 +819,32 @@ export async function manifest(
   return text.replaceAll("image: weft:v0.1.0", `image: ${image}`);
 }
 
+/**
+ * What the init step installed on each node: `<confDir>/10-flannel.conflist`
+ * and `<binDir>/flannel`, with what they should hold (the ConfigMap's
+ * cni-conf.json, the image's /usr/local/bin/weft).
+ */
+export async function installedCni(
+  c: K8sCluster,
+  confDir = "/etc/cni/net.d",
+  binDir = "/opt/cni/bin",
+): Promise<{ got: string[]; want: string[] }> {
+  const cm = await c.getJson<{ data: Record<string, string> }>([
+    "-n",
+    "kube-flannel",
+    "configmap",
+    "kube-flannel-cfg",
+  ]);
+  const plugin = await Deno.readTextFile(`${REPO}deploy/weft-deno-run.sh`);
+  const got: string[] = [], want: string[] = [];
+  for (const node of c.nodes) {
+    got.push(await node.exec(["cat", `${confDir}/10-flannel.conflist`]));
+    got.push(await node.exec(["cat", `${binDir}/flannel`]));
+    want.push(cm.data["cni-conf.json"] ?? "", plugin);
+  }
+  return { got, want };
+}
+
 /** A pod as the tests see it. */
 export interface PodInfo {
   readonly name: string;
@@ -975,6 +1001,26 @@ export async function crossNodePings(
     }
   }
   return { answered, total, failed };
+}
+
+/**
+ * Every pod pings (see {@linkcode crossNodePings}) and GETs (TCP, the echo
+ * server's :8080) every pod on another node; the pairs that failed.
+ */
+export async function crossNodeReach(
+  c: K8sCluster,
+  list: PodInfo[],
+): Promise<{ answered: number; failed: string[] }> {
+  const { answered, failed } = await crossNodePings(c, list);
+  for (const from of list) {
+    for (const to of list.filter((p) => p.node !== from.node)) {
+      const got = await httpGet(c, from.name, to.ip, 8080);
+      if (got !== to.name) {
+        failed.push(`${from.name} -> http://${to.ip}:8080 gave "${got}"`);
+      }
+    }
+  }
+  return { answered, failed };
 }
 
 /** flanneld's own manifest, from the flannel module in the Go module cache. */

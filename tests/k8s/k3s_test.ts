@@ -22,10 +22,10 @@ import { gatedTest, ROOT } from "../_gate.ts";
 import {
   CLUSTER,
   CNI_PLUGINS,
-  crossNodePings,
+  crossNodeReach,
   echoManifest,
-  httpGet,
   IMAGES,
+  installedCni,
   K8sCluster,
   manifest,
   type NodeCni,
@@ -87,21 +87,9 @@ await gatedTest({
           await manifest("localhost/weft:v0.1.0", "deploy/weft-k3s.yaml"),
         );
         await rollout(c, "kube-flannel", "daemonset/weft");
-        const cm = await c.getJson<{ data: Record<string, string> }>([
-          "-n",
-          "kube-flannel",
-          "configmap",
-          "kube-flannel-cfg",
-        ]);
-        const plugin = await Deno.readTextFile(
-          new URL("../../deploy/weft-deno-run.sh", import.meta.url),
-        );
+        const { got, want } = await installedCni(c, CONF_DIR, BIN_DIR);
+        assertEquals(got, want);
         for (const node of c.nodes) {
-          assertEquals(
-            await node.exec(["cat", `${CONF_DIR}/10-flannel.conflist`]),
-            cm.data["cni-conf.json"],
-          );
-          assertEquals(await node.exec(["cat", `${BIN_DIR}/flannel`]), plugin);
           assertEquals(
             await node.exec(["ls", "-A", "/opt/cni/bin", "/etc/cni/net.d"]),
             "/etc/cni/net.d:\n\n/opt/cni/bin:\n",
@@ -136,14 +124,9 @@ await gatedTest({
     await t.step(
       "pods reach pods on the other node (ICMP and TCP)",
       async () => {
-        const pings = await crossNodePings(c, echo);
-        assertEquals(pings.failed, []);
-        assertEquals(pings.answered, 2);
-        for (const from of echo) {
-          for (const to of echo.filter((p) => p.node !== from.node)) {
-            assertEquals(await httpGet(c, from.name, to.ip, 8080), to.name);
-          }
-        }
+        const reach = await crossNodeReach(c, echo);
+        assertEquals(reach.failed, []);
+        assertEquals(reach.answered, 2);
       },
     );
 
