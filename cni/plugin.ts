@@ -231,6 +231,22 @@ async function loadSubnetEnv(
   return env.value;
 }
 
+/**
+ * Directories whose `bridge` the shipped build may run (deploy/permissions.txt
+ * lists `<dir>/bridge` for each, and a test keeps the two equal): where
+ * runtimes put the reference plugins. k3s's containerd has used `data/cni`
+ * (symlinks to k3s's multi-call binary) since 2024, `data/current/bin`
+ * before; Fedora and RHEL install them in `/usr/libexec/cni`, Debian in
+ * `/usr/lib/cni`, everyone else in `/opt/cni/bin`.
+ */
+export const ALLOWED_DELEGATE_DIRS = [
+  "/opt/cni/bin",
+  "/usr/libexec/cni",
+  "/usr/lib/cni",
+  "/var/lib/rancher/k3s/data/cni",
+  "/var/lib/rancher/k3s/data/current/bin",
+] as const;
+
 /** Runs the delegate plugin `type` from `CNI_PATH` for `command`. */
 async function delegate(
   deps: CniDeps,
@@ -249,9 +265,11 @@ async function delegate(
   }
   childEnv.CNI_COMMAND = command;
   const cniPath = env.CNI_PATH ?? "";
-  // Candidates this process may not run: the compiled binary's --allow-run
-  // names each delegate by its full path, so a CNI_PATH directory outside
-  // that list is "not here" (as a missing file is), not a failure.
+  // Candidates this process may not run: the build's --allow-run names each
+  // delegate by the path it is run as (Deno checks that path as written, a
+  // symlink's own path and not its target, and a directory there covers
+  // none of its files), so a CNI_PATH directory outside that list is "not
+  // here" (as a missing file is), not a failure.
   const notAllowed: string[] = [];
   for (const dir of cniPath.split(":").filter((d) => d !== "")) {
     const path = `${dir.replace(/\/+$/, "")}/${type}`;
@@ -264,9 +282,12 @@ async function delegate(
         notAllowed.push(path);
         continue;
       }
+      const why = e instanceof Deno.errors.PermissionDenied
+        ? "; it needs execute permission (and search permission on its directories) for the user weft runs as"
+        : "";
       cniFail(
         CNI_ERR.internal,
-        `Cannot run delegate plugin "${path}": ${(e as Error).message}`,
+        `Cannot run delegate plugin "${path}": ${(e as Error).message}${why}`,
       );
     }
     if (out.stderr) deps.stderr(out.stderr);
@@ -300,9 +321,11 @@ async function delegate(
     `Cannot find delegate plugin "${type}" in CNI_PATH "${cniPath}"${
       notAllowed.length === 0
         ? ""
-        : `: not allowed to run ${
+        : `: this weft build has no run permission on ${
           notAllowed.map((p) => `"${p}"`).join(", ")
-        } (this build's --allow-run names each delegate by its full path)`
+        } (its --allow-run names each delegate by the path it is run as; the shipped list, deploy/permissions.txt, allows ${
+          ALLOWED_DELEGATE_DIRS.map((d) => `"${d}/bridge"`).join(", ")
+        })`
     }`,
   );
 }

@@ -71,6 +71,13 @@ function fake(
           new Deno.errors.NotCapable(`Requires run access to "${path}"`),
         );
       }
+      if (path.startsWith("/noexec/")) {
+        return Promise.reject(
+          new Deno.errors.PermissionDenied(
+            `Failed to spawn '${path}': Permission denied (os error 13)`,
+          ),
+        );
+      }
       const p = plugins[path];
       if (!p) return Promise.reject(new Deno.errors.NotFound(path));
       const call = { path, env, stdin };
@@ -144,8 +151,22 @@ Deno.test("runCni() names the delegates it may not run when none is found", asyn
   assertEquals(await runCni(env, STOCK, f.deps), 1);
   assertEquals(
     JSON.parse(f.out).msg,
-    'Cannot find delegate plugin "bridge" in CNI_PATH "/forbidden/a:/nonexistent:/forbidden/b/": not allowed to run "/forbidden/a/bridge", "/forbidden/b/bridge" (this build\'s --allow-run names each delegate by its full path)',
+    'Cannot find delegate plugin "bridge" in CNI_PATH "/forbidden/a:/nonexistent:/forbidden/b/": this weft build has no run permission on "/forbidden/a/bridge", "/forbidden/b/bridge" (its --allow-run names each delegate by the path it is run as; the shipped list, deploy/permissions.txt, allows "/opt/cni/bin/bridge", "/usr/libexec/cni/bridge", "/usr/lib/cni/bridge", "/var/lib/rancher/k3s/data/cni/bridge", "/var/lib/rancher/k3s/data/current/bin/bridge")',
   );
+  assertEquals(f.calls.length, 0);
+});
+
+Deno.test("runCni() names a delegate it may run but cannot execute, and the permission it lacks", async () => {
+  const f = fake({ "/opt/cni/bin/bridge": bridge });
+  const env = { ...ENV, CNI_PATH: "/noexec/cni:/opt/cni/bin" };
+  assertEquals(await runCni(env, STOCK, f.deps), 1);
+  assertEquals(JSON.parse(f.out), {
+    cniVersion: "0.3.1",
+    code: 999,
+    msg:
+      "Cannot run delegate plugin \"/noexec/cni/bridge\": Failed to spawn '/noexec/cni/bridge': Permission denied (os error 13); it needs execute permission (and search permission on its directories) for the user weft runs as",
+  });
+  // The first delegate found is the one run (libcni's FindInPath).
   assertEquals(f.calls.length, 0);
 });
 

@@ -159,3 +159,141 @@ Deno.test("deploy/permissions-extension.txt is deploy/permissions.txt with --all
     shipped.map((w) => w.startsWith("--allow-run=") ? "--allow-run" : w),
   );
 });
+
+Deno.test("deploy/permissions.txt runs bridge from exactly the delegate directories the CNI plugin names", async () => {
+  const { ALLOWED_DELEGATE_DIRS } = await import("../../cni/plugin.ts");
+  const words = (await Deno.readTextFile(`${ROOT}deploy/permissions.txt`))
+    .trim().split(/\s+/);
+  const run = words.find((w) => w.startsWith("--allow-run="))!
+    .slice("--allow-run=".length).split(",");
+  assertEquals(
+    run.filter((p) => p.endsWith("/bridge")),
+    ALLOWED_DELEGATE_DIRS.map((d) => `${d}/bridge`),
+  );
+});
+
+const CNI_RESULT =
+  '{"cniVersion":"0.3.1","ips":[{"version":"4","address":"10.42.1.2/24"}]}';
+
+/**
+ * Runs weft's CNI plugin ADD under `deno run` with the shipped permissions,
+ * in a private mount namespace whose /var/lib, /run/flannel and
+ * /opt/cni/bin are empty tmpfs (nothing on the host is touched): subnet.env
+ * written, `setup` run first (it lays out plugins), CNI_PATH `cniPath`.
+ * Returns the plugin's exit code, its stdout and the calls the fake plugins
+ * logged (`<argv0> <CNI_COMMAND>` lines in /var/lib/calls).
+ */
+async function shippedCni(setup: string, cniPath: string) {
+  const perms = (await Deno.readTextFile(`${ROOT}deploy/permissions.txt`))
+    .trim();
+  const conf = JSON.stringify({
+    cniVersion: "0.3.1",
+    name: "cbr0",
+    type: "flannel",
+    delegate: { hairpinMode: true, isDefaultGateway: true },
+  });
+  const script = `set -e
+for d in /var/lib /run/flannel /opt/cni/bin; do mount -t tmpfs tmpfs "$d"; done
+printf 'FLANNEL_NETWORK=10.42.0.0/16\\nFLANNEL_SUBNET=10.42.1.1/24\\nFLANNEL_MTU=1450\\nFLANNEL_IPMASQ=true\\n' >/run/flannel/subnet.env
+cat >/var/lib/result <<'RESULT'
+${CNI_RESULT}
+RESULT
+fake() { # PATH: a plugin that logs how it was called and answers ADD
+  mkdir -p "$(dirname "$1")"
+  printf '#!/bin/sh\\necho "$0 $CNI_COMMAND" >>/var/lib/calls\\ncat >/dev/null\\ncat /var/lib/result\\n' >"$1"
+  chmod +x "$1"
+}
+${setup}
+deno run --no-prompt ${perms} ${ROOT}main.ts cni <<'CONF' || echo "exit $?"
+${conf}
+CONF
+echo "calls:"; cat /var/lib/calls 2>/dev/null || true
+`;
+  const out = await new Deno.Command("unshare", {
+    args: ["-m", "--propagation", "private", "sh", "-c", script],
+    env: {
+      CNI_COMMAND: "ADD",
+      CNI_CONTAINERID: "c0ffee",
+      CNI_NETNS: "/run/netns/none",
+      CNI_IFNAME: "eth0",
+      CNI_PATH: cniPath,
+      DENO_DIR: Deno.env.get("DENO_DIR") ??
+        `${Deno.env.get("HOME")}/.cache/deno`,
+    },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  const [result = "", calls = ""] = text.split("calls:\n");
+  const exit = result.match(/^exit (\d+)$/m);
+  return {
+    code: exit ? Number(exit[1]) : 0,
+    stdout: result.replace(/^exit \d+\n/m, "").trim(),
+    calls: calls.trim().split("\n").filter((l) => l),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+/**
+ * k3s's layouts: since 2024 data/cni/bridge -> ../<build>/bin/cni (a
+ * multi-call binary); before, data/current/bin, data/current -> <build>.
+ */
+const K3S_LAYOUTS = [
+  {
+    name: "data/cni, a symlink to a multi-call binary",
+    setup: "mkdir -p $k3s/cni && ln -s ../0123abcd/bin/cni $k3s/cni/bridge",
+    cniPath: "/var/lib/rancher/k3s/data/cni",
+  },
+  {
+    name: "data/current/bin, a symlink to the build's directory",
+    setup: "ln -s cni $k3s/0123abcd/bin/bridge && ln -s 0123abcd $k3s/current",
+    cniPath: "/var/lib/rancher/k3s/data/current/bin",
+  },
+];
+
+for (const layout of K3S_LAYOUTS) {
+  kernelTest(
+    `weft's CNI plugin with the shipped permissions runs bridge from k3s's ${layout.name}`,
+    async () => {
+      const r = await shippedCni(
+        `k3s=/var/lib/rancher/k3s/data
+fake $k3s/0123abcd/bin/cni
+${layout.setup}`,
+        layout.cniPath,
+      );
+      assertEquals([r.code, r.stdout], [0, CNI_RESULT], r.stderr);
+      // Run by the path in CNI_PATH: a multi-call binary dispatches on argv[0].
+      assertEquals(r.calls, [`${layout.cniPath}/bridge ADD`]);
+    },
+  );
+}
+
+/** Delegates the shipped build cannot run, and the CNI error for each. */
+const UNRUNNABLE = [
+  {
+    name: "outside its --allow-run",
+    setup: "fake /var/lib/rancher/k3s/data/0123abcd/bin/bridge",
+    cniPath: "/var/lib/rancher/k3s/data/0123abcd/bin",
+    msg:
+      'Cannot find delegate plugin "bridge" in CNI_PATH "/var/lib/rancher/k3s/data/0123abcd/bin": this weft build has no run permission on "/var/lib/rancher/k3s/data/0123abcd/bin/bridge" (its --allow-run names each delegate by the path it is run as; the shipped list, deploy/permissions.txt, allows "/opt/cni/bin/bridge", "/usr/libexec/cni/bridge", "/usr/lib/cni/bridge", "/var/lib/rancher/k3s/data/cni/bridge", "/var/lib/rancher/k3s/data/current/bin/bridge")',
+  },
+  {
+    name: "it may run but cannot execute",
+    setup: "fake /opt/cni/bin/bridge && chmod -x /opt/cni/bin/bridge",
+    cniPath: "/opt/cni/bin",
+    msg:
+      "Cannot run delegate plugin \"/opt/cni/bin/bridge\": Failed to spawn '/opt/cni/bin/bridge': Permission denied (os error 13); it needs execute permission (and search permission on its directories) for the user weft runs as",
+  },
+];
+
+for (const bad of UNRUNNABLE) {
+  kernelTest(
+    `weft's CNI plugin with the shipped permissions names a delegate ${bad.name}`,
+    async () => {
+      const r = await shippedCni(bad.setup, bad.cniPath);
+      assertEquals(r.code, 1, r.stderr);
+      assertEquals(JSON.parse(r.stdout).msg, bad.msg);
+      assertEquals(r.calls, []);
+    },
+  );
+}

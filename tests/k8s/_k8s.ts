@@ -70,7 +70,8 @@ export const PREFIX = Deno.env.get("WEFT_K8S_PREFIX") ?? "weft-k";
 export const CLUSTER_CIDR = "10.244.0.0/16";
 const SERVICE_CIDR = "10.96.0.0/16";
 const CP_IP = "198.18.0.2";
-const CNI_PLUGINS = ["bridge", "host-local", "loopback", "portmap"];
+/** Reference plugins a node needs besides the flannel plugin. */
+export const CNI_PLUGINS = ["bridge", "host-local", "loopback", "portmap"];
 const REPO = new URL("../..", import.meta.url).pathname;
 
 /** Binaries the tier needs, from `.ci/build_servers.sh --with-cluster`. */
@@ -229,6 +230,35 @@ export class K8sNode {
   }
 }
 
+/**
+ * Where a node's containerd finds CNI plugins and configuration, and how
+ * the reference plugins get there.
+ */
+export interface NodeCni {
+  /** containerd's CRI `bin_dir`. */
+  readonly binDir: string;
+  /** containerd's CRI `conf_dir`. */
+  readonly confDir: string;
+  /** Directories kept private to each node besides the harness's own. */
+  readonly dirs: readonly string[];
+  /**
+   * Shell lines, run in the node's mount namespace once its private
+   * directories are mounted, that put the reference plugins
+   * ({@linkcode CNI_PLUGINS}, Debian's, in /usr/lib/cni) in `binDir`.
+   */
+  readonly install: string;
+}
+
+/** The usual layout: plugins copied into /opt/cni/bin, conf in /etc/cni/net.d. */
+const DEFAULT_CNI: NodeCni = {
+  binDir: "/opt/cni/bin",
+  confDir: "/etc/cni/net.d",
+  dirs: [],
+  install: `for p in ${
+    CNI_PLUGINS.join(" ")
+  }; do cp /usr/lib/cni/$p /opt/cni/bin/; done`,
+};
+
 /** Options of {@linkcode K8sCluster.up}. */
 export interface K8sClusterOptions {
   /** Number of nodes at start. Default 3. */
@@ -239,6 +269,10 @@ export interface K8sClusterOptions {
   readonly log?: (line: string) => void;
   /** Names of its namespaces, directories and cgroups (default PREFIX). */
   readonly prefix?: string;
+  /** The pod network, --cluster-cidr (default {@linkcode CLUSTER_CIDR}). */
+  readonly clusterCidr?: string;
+  /** Every node's CNI directories (default /opt/cni/bin, /etc/cni/net.d). */
+  readonly cni?: NodeCni;
 }
 
 /** A running cluster; `close()` removes everything it made. */
@@ -252,6 +286,8 @@ export class K8sCluster implements AsyncDisposable {
   readonly #procs: Proc[] = [];
   readonly #images: string;
   readonly #log: (line: string) => void;
+  readonly #clusterCidr: string;
+  readonly #cni: NodeCni;
   #closed = false;
 
   private constructor(
@@ -259,26 +295,26 @@ export class K8sCluster implements AsyncDisposable {
     dir: string,
     sw: Netns,
     cp: Netns,
-    images: string,
-    log: (line: string) => void,
+    opts: K8sClusterOptions,
   ) {
     this.prefix = prefix;
     this.dir = dir;
     this.#sw = sw;
     this.#cp = cp;
-    this.#images = images;
-    this.#log = log;
+    this.#images = opts.images;
+    this.#log = opts.log ?? (() => {});
+    this.#clusterCidr = opts.clusterCidr ?? CLUSTER_CIDR;
+    this.#cni = opts.cni ?? DEFAULT_CNI;
   }
 
   /** Builds the underlay, starts the control plane and the nodes. */
   static async up(opts: K8sClusterOptions): Promise<K8sCluster> {
     const prefix = opts.prefix ?? PREFIX;
     await cleanupStale(prefix);
-    const log = opts.log ?? (() => {});
     const dir = await Deno.makeTempDir({ prefix: `${prefix}-` });
     const sw = await Netns.named(`${prefix}-sw`);
     const cp = await Netns.named(`${prefix}-cp`);
-    const c = new K8sCluster(prefix, dir, sw, cp, opts.images, log);
+    const c = new K8sCluster(prefix, dir, sw, cp, opts);
     try {
       await sw.ip("link", "add", "br0", "type", "bridge");
       await sw.ip("addr", "add", "198.18.0.1/24", "dev", "br0");
@@ -412,7 +448,7 @@ export class K8sCluster implements AsyncDisposable {
       "--bind-address=127.0.0.1",
       "--leader-elect=false",
       "--allocate-node-cidrs",
-      `--cluster-cidr=${CLUSTER_CIDR}`,
+      `--cluster-cidr=${this.#clusterCidr}`,
       "--node-cidr-mask-size=24",
       `--service-cluster-ip-range=${SERVICE_CIDR}`,
       "--use-service-account-credentials",
@@ -514,18 +550,25 @@ export class K8sCluster implements AsyncDisposable {
         `${dir}/kubelet.key`,
       ),
     );
-    await Deno.writeTextFile(`${dir}/containerd.toml`, containerdConfig());
+    await Deno.writeTextFile(
+      `${dir}/containerd.toml`,
+      containerdConfig(this.#cni),
+    );
     await Deno.writeTextFile(
       `${dir}/kubelet.yaml`,
       kubeletConfig(name, `${d}/ca.crt`),
     );
     await Deno.writeTextFile(
       `${dir}/kube-proxy.yaml`,
-      kubeProxyConfig(name, `${d}/kube-proxy.kubeconfig`),
+      kubeProxyConfig(
+        name,
+        `${d}/kube-proxy.kubeconfig`,
+        this.#clusterCidr,
+      ),
     );
     await Deno.writeTextFile(
       `${dir}/node.sh`,
-      await nodeScript(node, this.#images),
+      await nodeScript(node, this.#images, this.#cni),
     );
     await cgroupRoot(name);
     node.proc = Proc.spawn(
@@ -586,7 +629,7 @@ export class K8sCluster implements AsyncDisposable {
   }
 }
 
-function containerdConfig(): string {
+function containerdConfig(cni: NodeCni): string {
   return `version = 2
 root = "/var/lib/containerd"
 state = "/run/containerd"
@@ -604,8 +647,8 @@ state = "/run/containerd"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
+    bin_dir = "${cni.binDir}"
+    conf_dir = "${cni.confDir}"
 `;
 }
 
@@ -634,11 +677,15 @@ podPidsLimit: -1
 `;
 }
 
-function kubeProxyConfig(name: string, kubeconfigPath: string): string {
+function kubeProxyConfig(
+  name: string,
+  kubeconfigPath: string,
+  clusterCidr: string,
+): string {
   return `apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
-clusterCIDR: ${CLUSTER_CIDR}
+clusterCIDR: ${clusterCidr}
 hostnameOverride: ${name}
 clientConnection: {kubeconfig: ${kubeconfigPath}}
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
@@ -662,9 +709,13 @@ const NODE_DIRS = [
   "/usr/local/lib/weft",
 ];
 
-async function nodeScript(node: K8sNode, images: string): Promise<string> {
+async function nodeScript(
+  node: K8sNode,
+  images: string,
+  cni: NodeCni,
+): Promise<string> {
   const n = node.dir;
-  const binds = NODE_DIRS.map((p) =>
+  const binds = [...NODE_DIRS, ...cni.dirs].map((p) =>
     `mkdir -p "${p}" "${n}/fs${p}" && mount --bind "${n}/fs${p}" "${p}"`
   ).join("\n");
   const imports = ["weft-pause.tar", "weft-testpod.tar"];
@@ -680,7 +731,7 @@ mount --rbind /sys/fs/cgroup "${n}/cgroup"
 mount -t sysfs sysfs /sys
 mount --rbind "${n}/cgroup" /sys/fs/cgroup
 ${binds}
-for p in ${CNI_PLUGINS.join(" ")}; do cp /usr/lib/cni/$p /opt/cni/bin/; done
+${cni.install}
 tar -C /usr/local/lib -xf "${images}/weft-lib.tar"
 ip link set lo up
 containerd --config "${n}/containerd.toml" >"${n}/containerd.log" 2>&1 &
@@ -771,10 +822,39 @@ export async function cleanupStale(prefix = PREFIX): Promise<void> {
   }
 }
 
-/** deploy/weft.yaml with only the image reference replaced. */
-export async function manifest(image: string): Promise<string> {
-  const text = await Deno.readTextFile(`${REPO}deploy/weft.yaml`);
+/** deploy/weft.yaml (or `file`) with only the image reference replaced. */
+export async function manifest(
+  image: string,
+  file = "deploy/weft.yaml",
+): Promise<string> {
+  const text = await Deno.readTextFile(`${REPO}${file}`);
   return text.replaceAll("image: weft:v0.1.0", `image: ${image}`);
+}
+
+/**
+ * What the init step installed on each node: `<confDir>/10-flannel.conflist`
+ * and `<binDir>/flannel`, with what they should hold (the ConfigMap's
+ * cni-conf.json, the image's /usr/local/bin/weft).
+ */
+export async function installedCni(
+  c: K8sCluster,
+  confDir = "/etc/cni/net.d",
+  binDir = "/opt/cni/bin",
+): Promise<{ got: string[]; want: string[] }> {
+  const cm = await c.getJson<{ data: Record<string, string> }>([
+    "-n",
+    "kube-flannel",
+    "configmap",
+    "kube-flannel-cfg",
+  ]);
+  const plugin = await Deno.readTextFile(`${REPO}deploy/weft-deno-run.sh`);
+  const got: string[] = [], want: string[] = [];
+  for (const node of c.nodes) {
+    got.push(await node.exec(["cat", `${confDir}/10-flannel.conflist`]));
+    got.push(await node.exec(["cat", `${binDir}/flannel`]));
+    want.push(cm.data["cni-conf.json"] ?? "", plugin);
+  }
+  return { got, want };
 }
 
 /** A pod as the tests see it. */
@@ -933,6 +1013,26 @@ export async function crossNodePings(
     }
   }
   return { answered, total, failed };
+}
+
+/**
+ * Every pod pings (see {@linkcode crossNodePings}) and GETs (TCP, the echo
+ * server's :8080) every pod on another node; the pairs that failed.
+ */
+export async function crossNodeReach(
+  c: K8sCluster,
+  list: PodInfo[],
+): Promise<{ answered: number; failed: string[] }> {
+  const { answered, failed } = await crossNodePings(c, list);
+  for (const from of list) {
+    for (const to of list.filter((p) => p.node !== from.node)) {
+      const got = await httpGet(c, from.name, to.ip, 8080);
+      if (got !== to.name) {
+        failed.push(`${from.name} -> http://${to.ip}:8080 gave "${got}"`);
+      }
+    }
+  }
+  return { answered, failed };
 }
 
 /** flanneld's own manifest, from the flannel module in the Go module cache. */

@@ -26,12 +26,13 @@ import { helmSteps } from "./_helm.ts";
 import {
   CLUSTER,
   CLUSTER_CIDR,
-  crossNodePings,
+  crossNodeReach,
   deployWeft,
   echoManifest,
   execPod,
   httpGet,
   IMAGES,
+  installedCni,
   K8sCluster,
   type K8sNode,
   kubeFlannelImages,
@@ -231,22 +232,8 @@ await gatedTest({
     await t.step(
       "the init step installed the CNI plugin and conflist on every node",
       async () => {
-        const cm = await c.getJson<{ data: Record<string, string> }>([
-          "-n",
-          "kube-flannel",
-          "configmap",
-          "kube-flannel-cfg",
-        ]);
-        const image = await Deno.readTextFile(
-          new URL("../../deploy/weft-deno-run.sh", import.meta.url),
-        );
-        for (const node of c.nodes) {
-          assertEquals(
-            await node.exec(["cat", "/etc/cni/net.d/10-flannel.conflist"]),
-            cm.data["cni-conf.json"],
-          );
-          assertEquals(await node.exec(["cat", "/opt/cni/bin/flannel"]), image);
-        }
+        const { got, want } = await installedCni(c);
+        assertEquals(got, want);
       },
     );
 
@@ -316,14 +303,9 @@ await gatedTest({
     const [a, b, d] = echo as [PodInfo, PodInfo, PodInfo];
 
     await t.step("pods reach pods on other nodes (ICMP and TCP)", async () => {
-      const pings = await crossNodePings(c, echo);
-      assertEquals(pings.failed, []);
-      assertEquals(pings.answered, 6);
-      for (const from of echo) {
-        for (const to of echo.filter((p) => p.node !== from.node)) {
-          assertEquals(await httpGet(c, from.name, to.ip, 8080), to.name);
-        }
-      }
+      const reach = await crossNodeReach(c, echo);
+      assertEquals(reach.failed, []);
+      assertEquals(reach.answered, 6);
     });
 
     await t.step(

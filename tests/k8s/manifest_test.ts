@@ -4,7 +4,10 @@
  *
  * @module
  */
-import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import {
+  deepStrictEqual as assertEquals,
+  ok as assert,
+} from "node:assert/strict";
 import { gatedTest } from "../_gate.ts";
 import {
   KUBE_FLANNEL_YML,
@@ -26,6 +29,27 @@ Deno.test("manifest() changes only the image references of deploy/weft.yaml", as
   );
   const changed = changedLines(stock, await manifest("localhost/weft:v9"));
   assertEquals(changed, Array(3).fill("image: localhost/weft:v9"));
+});
+
+Deno.test("deploy/weft-k3s.yaml is deploy/weft.yaml with k3s's pod network, CNI conf dir and CNI plugin dir", async () => {
+  const read = (name: string) =>
+    Deno.readTextFile(new URL(`../../deploy/${name}`, import.meta.url));
+  const stock = await read("weft.yaml");
+  const k3s = (await read("weft-k3s.yaml")).split("\n");
+  // A comment block of its own first, then weft.yaml's lines.
+  const start = k3s.indexOf(stock.split("\n")[0]!);
+  assert(start > 0, "weft-k3s.yaml does not contain weft.yaml's first line");
+  assertEquals(k3s.slice(0, start).filter((l) => !l.startsWith("#")), []);
+  assertEquals(changedLines(stock, k3s.slice(start).join("\n")), [
+    '"Network": "10.42.0.0/16",',
+    "path: /var/lib/rancher/k3s/data/cni",
+    "path: /var/lib/rancher/k3s/agent/etc/cni/net.d",
+  ]);
+  const applied = await manifest("localhost/weft:v9", "deploy/weft-k3s.yaml");
+  assertEquals(
+    changedLines(k3s.join("\n"), applied),
+    Array(3).fill("image: localhost/weft:v9"),
+  );
 });
 
 Deno.test("migrationManifest() uncomments the weft/agent affinity and drops the ConfigMap", async () => {

@@ -244,7 +244,7 @@ kernelTest(
     assertEquals(none.code, 1);
     assertEquals(
       JSON.parse(none.stdout).msg,
-      `Cannot find delegate plugin "bridge" in CNI_PATH "${other}": not allowed to run "${other}/bridge" (this build's --allow-run names each delegate by its full path)`,
+      `Cannot find delegate plugin "bridge" in CNI_PATH "${other}": this weft build has no run permission on "${other}/bridge" (its --allow-run names each delegate by the path it is run as; the shipped list, deploy/permissions.txt, allows "/opt/cni/bin/bridge", "/usr/libexec/cni/bridge", "/usr/lib/cni/bridge", "/var/lib/rancher/k3s/data/cni/bridge", "/var/lib/rancher/k3s/data/current/bin/bridge")`,
     );
   },
 );
