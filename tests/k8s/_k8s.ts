@@ -449,8 +449,12 @@ export class K8sCluster implements AsyncDisposable {
       "--leader-elect=false",
       "--allocate-node-cidrs",
       `--cluster-cidr=${this.#net.clusterCidrs.join(",")}`,
-      "--node-cidr-mask-size-ipv4=24",
-      "--node-cidr-mask-size-ipv6=64",
+      // One mask per family present: a mask of an absent family is an error.
+      ...this.#net.clusterCidrs.map((cidr) =>
+        cidr.includes(":")
+          ? "--node-cidr-mask-size-ipv6=64"
+          : "--node-cidr-mask-size-ipv4=24"
+      ),
       `--service-cluster-ip-range=${this.#net.serviceCidrs.join(",")}`,
       "--use-service-account-credentials",
       `--service-account-private-key-file=${d}/sa.key`,
