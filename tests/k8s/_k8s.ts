@@ -11,10 +11,12 @@
  *   :6443, kube-controller-manager (`--allocate-node-cidrs
  *   --cluster-cidr=10.244.0.0/16`: podCIDRs come from the real node IPAM,
  *   and the DaemonSet, ServiceAccount and token controllers run) and
- *   kube-scheduler. Every binary is built by `.ci/build_servers.sh
+ *   kube-scheduler; the options can make pods, Services and the underlay
+ *   dual stack (IPv6 ULAs). Every binary is built by `.ci/build_servers.sh
  *   --with-cluster`.
  * - `weft-k-nN` (198.18.0.1N): a node running containerd (Debian's 1.6.20
- *   with runc), a kubelet and kube-proxy (iptables mode). kubelet and
+ *   with runc), a kubelet and kube-proxy (iptables mode unless
+ *   {@linkcode K8sClusterOptions.proxyMode} says nftables). kubelet and
  *   kube-proxy write iptables chains into the namespace they run in and the
  *   CNI bridge is created where the plugin runs, so all of them stay inside.
  *
@@ -204,6 +206,8 @@ export class K8sNode {
   readonly ip: string;
   readonly dir: string;
   readonly netns: Netns;
+  /** The node's IPv6 underlay address, when the cluster has one. */
+  ipv6: string | undefined;
   proc: Proc | undefined;
   /** Set once the node's script has exited. */
   exited = false;
@@ -269,10 +273,28 @@ export interface K8sClusterOptions {
   readonly log?: (line: string) => void;
   /** Names of its namespaces, directories and cgroups (default PREFIX). */
   readonly prefix?: string;
-  /** The pod network, --cluster-cidr (default {@linkcode CLUSTER_CIDR}). */
-  readonly clusterCidr?: string;
+  /** Pod networks, one per family (default `[CLUSTER_CIDR]`). */
+  readonly clusterCidrs?: readonly string[];
+  /** Service networks, one per family (default `["10.96.0.0/16"]`). */
+  readonly serviceCidrs?: readonly string[];
+  /**
+   * An IPv6 underlay `<prefix>::/64`, e.g. `fd00:198:18::` (default none):
+   * the switch gets `::1`, node N `::1N` beside its IPv4 address, with a
+   * default IPv6 route via the switch; the kubelet gets both node IPs.
+   */
+  readonly underlayV6?: string;
+  /** kube-proxy's `mode` (default `iptables`). */
+  readonly proxyMode?: "iptables" | "nftables";
   /** Every node's CNI directories (default /opt/cni/bin, /etc/cni/net.d). */
   readonly cni?: NodeCni;
+}
+
+/** A cluster's addressing and proxy mode: its options, defaults filled in. */
+interface ClusterNet {
+  readonly clusterCidrs: readonly string[];
+  readonly serviceCidrs: readonly string[];
+  readonly proxyMode: "iptables" | "nftables";
+  readonly underlayV6?: string;
 }
 
 /** A running cluster; `close()` removes everything it made. */
@@ -286,7 +308,7 @@ export class K8sCluster implements AsyncDisposable {
   readonly #procs: Proc[] = [];
   readonly #images: string;
   readonly #log: (line: string) => void;
-  readonly #clusterCidr: string;
+  readonly #net: ClusterNet;
   readonly #cni: NodeCni;
   #closed = false;
 
@@ -297,13 +319,18 @@ export class K8sCluster implements AsyncDisposable {
     cp: Netns,
     opts: K8sClusterOptions,
   ) {
+    this.#net = {
+      clusterCidrs: opts.clusterCidrs ?? [CLUSTER_CIDR],
+      serviceCidrs: opts.serviceCidrs ?? [SERVICE_CIDR],
+      proxyMode: opts.proxyMode ?? "iptables",
+      ...(opts.underlayV6 !== undefined && { underlayV6: opts.underlayV6 }),
+    };
     this.prefix = prefix;
     this.dir = dir;
     this.#sw = sw;
     this.#cp = cp;
     this.#images = opts.images;
     this.#log = opts.log ?? (() => {});
-    this.#clusterCidr = opts.clusterCidr ?? CLUSTER_CIDR;
     this.#cni = opts.cni ?? DEFAULT_CNI;
   }
 
@@ -318,6 +345,10 @@ export class K8sCluster implements AsyncDisposable {
     try {
       await sw.ip("link", "add", "br0", "type", "bridge");
       await sw.ip("addr", "add", "198.18.0.1/24", "dev", "br0");
+      if (opts.underlayV6 !== undefined) {
+        const v6 = `${opts.underlayV6}1/64`;
+        await sw.ip("-6", "addr", "add", v6, "dev", "br0", "nodad");
+      }
       await sw.ip("link", "set", "br0", "up");
       await c.#plug(cp, "cp", `${CP_IP}/24`);
       await c.#pki();
@@ -414,7 +445,7 @@ export class K8sCluster implements AsyncDisposable {
       "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
       `--service-account-key-file=${d}/sa.pub`,
       `--service-account-signing-key-file=${d}/sa.key`,
-      `--service-cluster-ip-range=${SERVICE_CIDR}`,
+      `--service-cluster-ip-range=${this.#net.serviceCidrs.join(",")}`,
       "--profiling=false",
     ]);
     let exited = false;
@@ -448,9 +479,14 @@ export class K8sCluster implements AsyncDisposable {
       "--bind-address=127.0.0.1",
       "--leader-elect=false",
       "--allocate-node-cidrs",
-      `--cluster-cidr=${this.#clusterCidr}`,
-      "--node-cidr-mask-size=24",
-      `--service-cluster-ip-range=${SERVICE_CIDR}`,
+      `--cluster-cidr=${this.#net.clusterCidrs.join(",")}`,
+      // One mask per family present: a mask of an absent family is an error.
+      ...this.#net.clusterCidrs.map((cidr) =>
+        cidr.includes(":")
+          ? "--node-cidr-mask-size-ipv6=64"
+          : "--node-cidr-mask-size-ipv4=24"
+      ),
+      `--service-cluster-ip-range=${this.#net.serviceCidrs.join(",")}`,
       "--use-service-account-credentials",
       `--service-account-private-key-file=${d}/sa.key`,
       `--root-ca-file=${d}/ca.crt`,
@@ -534,6 +570,26 @@ export class K8sCluster implements AsyncDisposable {
     await this.#plug(netns, `n${i}`, `${ip}/24`);
     await netns.exec(["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     await netns.exec(["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+    const v6 = this.#net.underlayV6;
+    if (v6 !== undefined) {
+      node.ipv6 = `${v6}${10 + i}`;
+      await netns.ip(
+        "-6",
+        "addr",
+        "add",
+        `${node.ipv6}/64`,
+        "dev",
+        "eth0",
+        "nodad",
+      );
+      await netns.ip("-6", "route", "add", "default", "via", `${v6}1`);
+      await netns.exec(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+      await netns.exec([
+        "sysctl",
+        "-qw",
+        "net.bridge.bridge-nf-call-ip6tables=1",
+      ]);
+    }
     const d = this.dir;
     await signedCert(
       d,
@@ -560,11 +616,7 @@ export class K8sCluster implements AsyncDisposable {
     );
     await Deno.writeTextFile(
       `${dir}/kube-proxy.yaml`,
-      kubeProxyConfig(
-        name,
-        `${d}/kube-proxy.kubeconfig`,
-        this.#clusterCidr,
-      ),
+      kubeProxyConfig(name, `${d}/kube-proxy.kubeconfig`, this.#net),
     );
     await Deno.writeTextFile(
       `${dir}/node.sh`,
@@ -680,12 +732,12 @@ podPidsLimit: -1
 function kubeProxyConfig(
   name: string,
   kubeconfigPath: string,
-  clusterCidr: string,
+  net: ClusterNet,
 ): string {
   return `apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
-mode: iptables
-clusterCIDR: ${clusterCidr}
+mode: ${net.proxyMode}
+clusterCIDR: ${net.clusterCidrs.join(",")}
 hostnameOverride: ${name}
 clientConnection: {kubeconfig: ${kubeconfigPath}}
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
@@ -742,7 +794,9 @@ done
 ${await must(
     "kubelet",
   )} --config="${n}/kubelet.yaml" --kubeconfig="${n}/kubelet.kubeconfig" \\
-  --hostname-override=${node.name} --node-ip=${node.ip} >"${n}/kubelet.log" 2>&1 &
+  --hostname-override=${node.name} --node-ip=${
+    [node.ip, node.ipv6].filter((a) => a).join(",")
+  } >"${n}/kubelet.log" 2>&1 &
 ${await must(
     "kube-proxy",
   )} --config="${n}/kube-proxy.yaml" >"${n}/kube-proxy.log" 2>&1 &

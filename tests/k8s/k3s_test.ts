@@ -73,7 +73,7 @@ await gatedTest({
     await using c = await K8sCluster.up({
       nodes: 2,
       images: IMAGES,
-      clusterCidr: "10.42.0.0/16",
+      clusterCidrs: ["10.42.0.0/16"],
       cni: K3S_CNI,
       log: (l) => console.log(`  ${l}`),
     });
