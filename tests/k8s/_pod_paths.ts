@@ -100,6 +100,21 @@ async function tcpLookup(c: K8sCluster, from: string, name: string) {
   return dnsAnswerA(parseOdHex(out), id);
 }
 
+/**
+ * Polls `url` with curl from `node` until the body is `body` (kube-proxy and
+ * portmap rules may land a moment after the API says the pod is Ready).
+ */
+async function untilServed(node: K8sNode, url: string, body: string) {
+  let last = "";
+  await until(`"${body}" from ${url} on ${node.name}`, 30_000, async () => {
+    const r = await node.tryExec(["curl", "-s", "--max-time", "3", url]);
+    last = `exit ${r.code}: ${r.stdout}${r.stderr}`;
+    return r.stdout.trim() === body ? true : undefined;
+  }).catch((e) => {
+    throw new Error(`${(e as Error).message}; last answer ${last}`);
+  });
+}
+
 /** The UDP port of the echo server run in a pod's namespace. */
 const UDP_PORT = 9053;
 /** The hostPort of the pod the hostPort step runs. */
@@ -306,22 +321,8 @@ spec:
     "a NodePort answers through a node its pod is not on",
     async () => {
       const port = far.spec.ports[0]!.nodePort;
-      const via = nodeOf(c, a.node);
-      const body = await until(
-        `far on ${via.ip}:${port} from ${d.node}`,
-        30_000,
-        async () => {
-          const r = await nodeOf(c, d.node).tryExec([
-            "curl",
-            "-s",
-            "--max-time",
-            "3",
-            `http://${via.ip}:${port}/`,
-          ]);
-          return r.stdout.trim() === b.name ? r.stdout.trim() : undefined;
-        },
-      );
-      assertEquals(body, b.name);
+      const via = nodeOf(c, a.node).ip;
+      await untilServed(nodeOf(c, d.node), `http://${via}:${port}/`, b.name);
     },
   );
 
@@ -349,22 +350,12 @@ spec:
         "pod/hostport",
         "--timeout=120s",
       ]);
-      const at = nodeOf(c, a.node);
-      const body = await until(
-        `hostport on ${at.ip}:${HOST_PORT}`,
-        30_000,
-        async () => {
-          const r = await nodeOf(c, d.node).tryExec([
-            "curl",
-            "-s",
-            "--max-time",
-            "3",
-            `http://${at.ip}:${HOST_PORT}/`,
-          ]);
-          return r.stdout.trim() === "hostport" ? "hostport" : undefined;
-        },
+      const at = nodeOf(c, a.node).ip;
+      await untilServed(
+        nodeOf(c, d.node),
+        `http://${at}:${HOST_PORT}/`,
+        "hostport",
       );
-      assertEquals(body, "hostport");
       await c.kubectl(["delete", "pod", "hostport", "--wait=true"]);
     },
   );
