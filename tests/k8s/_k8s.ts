@@ -71,6 +71,8 @@ export const PREFIX = Deno.env.get("WEFT_K8S_PREFIX") ?? "weft-k";
 /** The cluster's pod network (kube-controller-manager's --cluster-cidr). */
 export const CLUSTER_CIDR = "10.244.0.0/16";
 const SERVICE_CIDR = "10.96.0.0/16";
+/** The kubelet's clusterDNS: the kube-dns Service of tests/k8s/coredns.yaml. */
+export const CLUSTER_DNS = "10.96.0.10";
 const CP_IP = "198.18.0.2";
 /** Reference plugins a node needs besides the flannel plugin. */
 export const CNI_PLUGINS = ["bridge", "host-local", "loopback", "portmap"];
@@ -726,6 +728,8 @@ serializeImagePulls: false
 localStorageCapacityIsolation: false
 rotateCertificates: false
 podPidsLimit: -1
+clusterDNS: [${CLUSTER_DNS}]
+clusterDomain: cluster.local
 `;
 }
 
@@ -772,7 +776,9 @@ async function nodeScript(
   ).join("\n");
   const imports = ["weft-pause.tar", "weft-testpod.tar"];
   for await (const e of Deno.readDir(images)) {
-    if (/^(weft-v.*|flanneld)\.tar$/.test(e.name)) imports.push(e.name);
+    if (/^(weft-v.*|weft-coredns|flanneld)\.tar$/.test(e.name)) {
+      imports.push(e.name);
+    }
   }
   return `#!/bin/bash
 # ${node.name}: runs in its own mount namespace and its network namespace.
@@ -1146,10 +1152,12 @@ export async function migrationManifest(image: string): Promise<string> {
   return docs.join("---");
 }
 
-/** Where tests/k8s/prepare.sh leaves the images. */
-export const IMAGES = `${
-  Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"
-}/images/k8s`;
+/**
+ * Where tests/k8s/prepare.sh leaves the images (`WEFT_K8S_IMAGES` names
+ * another directory images.sh wrote).
+ */
+export const IMAGES = Deno.env.get("WEFT_K8S_IMAGES") ??
+  `${Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"}/images/k8s`;
 
 /** The cluster binaries, tools, images and flannel's manifest. */
 export const CLUSTER: Need = async () => {
@@ -1157,6 +1165,9 @@ export const CLUSTER: Need = async () => {
   if (tools) return `${tools}: run tests/k8s/prepare.sh`;
   if (!(await Deno.stat(`${IMAGES}/flanneld.tar`).catch(() => null))) {
     return `no flanneld image in ${IMAGES}: run tests/k8s/prepare.sh`;
+  }
+  if (!(await Deno.stat(`${IMAGES}/weft-coredns.tar`).catch(() => null))) {
+    return `no CoreDNS image in ${IMAGES}: run tests/k8s/prepare.sh`;
   }
   if (!(await Deno.stat(`${IMAGES}/weft-v0.1.1.tar`).catch(() => null))) {
     return `no images in ${IMAGES}: run tests/k8s/prepare.sh`;

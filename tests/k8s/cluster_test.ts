@@ -3,7 +3,8 @@
  * real cluster (tests/k8s/_k8s.ts: kube-apiserver, controller-manager,
  * scheduler, three nodes with containerd, kubelet and kube-proxy), then
  * checked from the outside: readiness, files the init step installed,
- * annotations and conditions, pod traffic across nodes, and pod traffic
+ * annotations and conditions, pod traffic across nodes, cluster DNS and
+ * what pods do across nodes (tests/k8s/_pod_paths.ts), and pod traffic
  * under 50 ms pings while the DaemonSet is updated, a weft pod deleted, a
  * node added and a node removed; finally 50 pods created and deleted must
  * leave no IPs, veths, network namespaces or stored CNI configurations;
@@ -45,6 +46,7 @@ import {
   until,
 } from "./_k8s.ts";
 import { hostileNodes } from "./_hostile.ts";
+import { nodeOf, podPathSteps } from "./_pod_paths.ts";
 
 /** docs/migrate-from-flanneld.md, step 1. */
 const MIGRATION_PATCH = `
@@ -75,12 +77,6 @@ interface NodeJson {
       message?: string;
     }[];
   };
-}
-
-function nodeOf(c: K8sCluster, name: string): K8sNode {
-  const n = c.nodes.find((n) => n.name === name);
-  if (!n) throw new Error(`No node ${name}`);
-  return n;
 }
 
 async function subnetEnv(node: K8sNode): Promise<Record<string, string>> {
@@ -342,8 +338,9 @@ spec:
     await t.step(
       "a pod reaches the API server through the kubernetes Service",
       async () => {
-        // No cluster DNS runs here, so kubernetes.default is looked up in
-        // the API (what CoreDNS would answer), and the pod connects to that
+        // CoreDNS is not deployed yet (podPathSteps resolves the name later),
+        // so kubernetes.default is looked up in the API (what CoreDNS would
+        // answer), and the pod connects to that
         // ClusterIP: kube-proxy's DNAT to kube-apiserver on the control
         // plane, across the overlay's masquerade rules.
         const ip = (await c.kubectl([
@@ -372,6 +369,8 @@ spec:
         assertEquals(r.stdout.trim(), env.FLANNEL_MTU);
       }
     });
+
+    await podPathSteps(t, c, echo);
 
     await t.step(
       "a rolling update of the DaemonSet loses no packet",

@@ -8,6 +8,8 @@
 #   weft-pause:1          the pod sandbox: busybox-static sleeping forever
 #   weft-testpod:1        busybox-static (sh, ping, nc, wget, ip, httpd)
 #   flanneld.tar          flanneld v0.28.9 (when built) in the weft image
+#   weft-coredns:1        CoreDNS (when built by .ci/build_servers.sh
+#                         --with-coredns): the static binary alone
 #   weft-lib.tar          the weft image's /usr/local/lib/weft (deno and
 #                         sources, which its CNI plugin needs on the node)
 #
@@ -28,6 +30,7 @@ log() { printf 'images: %s\n' "$*" >&2; }
 ulimits=()
 
 flanneld_bin="${WEFT_CACHE:-/var/cache/weft}/bin/flanneld"
+coredns_bin="${WEFT_CACHE:-/var/cache/weft}/bin/coredns"
 
 # Everything that goes into the images, hashed: when OUTDIR holds tarballs
 # made from the same inputs, they are reused (a second `prepare` or the
@@ -39,6 +42,7 @@ inputs_hash() {
       "$(readlink -f "$(command -v deno)")"
     find deploy agent backend cni ffi lib subnet traffic -type f -print0 | sort -z | xargs -0 sha256sum
     if [[ -x "$flanneld_bin" ]]; then sha256sum "$flanneld_bin"; fi
+    if [[ -x "$coredns_bin" ]]; then sha256sum "$coredns_bin"; fi
   } | sha256sum | cut -d' ' -f1
 }
 hash="$(inputs_hash)"
@@ -108,11 +112,22 @@ if [[ -x "$flanneld_bin" ]]; then
   buildah bud --quiet -t localhost/flanneld:v0.28.9 -f "$work/flanneld/Containerfile" "$work/flanneld" >/dev/null
 fi
 
+# CoreDNS is static (CGO_ENABLED=0): the binary is the whole image.
+if [[ -x "$coredns_bin" ]]; then
+  mkdir -p "$work/coredns"
+  cp "$coredns_bin" "$work/coredns/coredns"
+  printf 'FROM scratch\nCOPY coredns /coredns\nENTRYPOINT ["/coredns"]\n' >"$work/coredns/Containerfile"
+  buildah bud --quiet -t localhost/weft-coredns:1 -f "$work/coredns/Containerfile" "$work/coredns" >/dev/null
+fi
+
 rm -f "$out"/*.tar "$out/inputs.sha256"
 for img in localhost/weft-pause:1 localhost/weft-testpod:1; do
   n="${img#localhost/}"; n="${n%%:*}"
   buildah push --quiet "$img" "docker-archive:$out/$n.tar:$img" >/dev/null
 done
+if [[ -x "$coredns_bin" ]]; then
+  buildah push --quiet localhost/weft-coredns:1 "docker-archive:$out/weft-coredns.tar:localhost/weft-coredns:1" >/dev/null
+fi
 if [[ -x "$flanneld_bin" ]]; then
   buildah push --quiet localhost/flanneld:v0.28.9 "docker-archive:$out/flanneld.tar:localhost/flanneld:v0.28.9" >/dev/null
 fi

@@ -2,7 +2,8 @@
 # Makes sure the machine has what the cluster tier (tests/k8s/) needs: the
 # Debian packages (containerd 1.6, runc, buildah, mmdebstrap,
 # busybox-static), the Kubernetes binaries built from the Go module proxy
-# (.ci/build_servers.sh --with-cluster, cached) and the images
+# (.ci/build_servers.sh --with-cluster, cached), CoreDNS (--with-coredns)
+# and the images
 # (tests/k8s/images.sh, into $WEFT_CACHE/images/k8s), and helm for the
 # Helm steps. Needs root.
 set -euo pipefail
@@ -22,7 +23,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-bash .ci/build_servers.sh --with-cluster --with-flanneld --with-helm
+bash .ci/build_servers.sh --with-cluster --with-flanneld --with-helm --with-coredns
 bash tests/k8s/images.sh "${WEFT_CACHE:-/var/cache/weft}/images/k8s" v0.1.0 v0.1.1
 # The stock kube-flannel.yml of the flanneld version weft replaces, for the
 # image-swap test: it ships in the flannel module (Documentation/).
