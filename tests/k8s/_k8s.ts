@@ -42,7 +42,8 @@
  * not share kubepods); containerd needs `restrict_oom_score_adj = true`
  * (root here lacks CAP_SYS_RESOURCE, and without it every sandbox fails
  * with "can't get final child's PID from pipe"). containerd 2 runs on
- * cgroup v1 and logs that its support is deprecated.
+ * cgroup v1; its runc shim logs, for every pod, that cgroup v1 support is
+ * deprecated since v2.2 and goes by May 2029.
  *
  * Images: tests/k8s/images.sh builds them offline (weft from the
  * Containerfile in its deno-run variant, a pause and a busybox test-pod
