@@ -15,6 +15,9 @@
 #   coredns         github.com/coredns/coredns              (optional, --with-coredns;
 #                   the cluster tier's DNS, built with only the plugins its
 #                   Corefile uses: see build_coredns)
+#   containerd, ctr, containerd-shim-runc-v2
+#                   github.com/containerd/containerd/v2     (optional, --with-containerd;
+#                   the cluster tier's container runtime, with Debian's runc)
 #
 # Everything is built from source fetched through the Go module proxy (no
 # GitHub or container-registry downloads). k8s.io/kubernetes cannot be
@@ -22,7 +25,7 @@
 # staging module at ./staging/src/...; the wrapper module generated below
 # replaces each of those with the published v0.X.Y matching v1.X.Y.
 #
-# Usage: .ci/build_servers.sh [--with-flanneld] [--only-flanneld] [--with-wireguard] [--only-wireguard] [--with-cluster] [--with-helm] [--with-coredns] [--force] [--help]
+# Usage: .ci/build_servers.sh [--with-flanneld] [--only-flanneld] [--with-wireguard] [--only-wireguard] [--with-cluster] [--with-helm] [--with-coredns] [--with-containerd] [--force] [--help]
 #
 # Environment:
 #   WEFT_CACHE       cache root (default /var/cache/weft):
@@ -36,6 +39,7 @@
 #   FLANNEL_VERSION  github.com/flannel-io/flannel (default below)
 #   HELM_VERSION     helm.sh/helm/v4 (default below)
 #   COREDNS_VERSION  github.com/coredns/coredns (default below)
+#   CONTAINERD_VERSION github.com/containerd/containerd/v2 (default below)
 #   WIREGUARD_GO_VERSION golang.zx2c4.com/wireguard pseudo-version (default below)
 #   WEFT_BUILD_JOBS  go build -p value (default 2)
 #   TEST_ASSET_KUBE_APISERVER, TEST_ASSET_ETCD, KUBEBUILDER_ASSETS
@@ -47,7 +51,8 @@
 # reports the pinned version; --force rebuilds anyway.
 #
 # Exit status: non-zero when kube-apiserver or etcd (or, with --with-helm,
-# helm; with --with-wireguard, wireguard-go) cannot be provided.
+# helm; with --with-wireguard, wireguard-go; with --with-containerd,
+# containerd) cannot be provided.
 # A flanneld failure is reported (with the tail of its build log) but never
 # fails the script.
 #
@@ -62,6 +67,10 @@
 # helm v4.3.2 (--with-helm, go install): 16m22s wall, 5m14s of CPU, built
 # beside kube-apiserver on the same 2 cores, module downloads included; with
 # its packages in GOCACHE, 13 s; cached, 0.3 s.
+# containerd v2.4.2 (--with-containerd, three binaries): 424 s wall, 3m05s
+# user + 1m11s system CPU, 77 modules downloaded, GOCACHE already holding the
+# Kubernetes builds, on 2 cores shared with other builds and clusters (load
+# average near 30); cached, about a second.
 set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
@@ -71,6 +80,8 @@ FLANNEL_VERSION="${FLANNEL_VERSION:-v0.28.9}"
 # (`go list -m -versions helm.sh/helm/v4`).
 HELM_VERSION="${HELM_VERSION:-v4.3.2}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
+# The newest v2 release the module proxy served when this was pinned.
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
 # The module proxy serves wireguard-go only as pseudo-versions.
 WIREGUARD_GO_VERSION="${WIREGUARD_GO_VERSION:-v0.0.0-20260522210424-ecfc5a8d5446}"
 WEFT_CACHE="${WEFT_CACHE:-/var/cache/weft}"
@@ -97,6 +108,7 @@ only_flanneld=0
 with_cluster=0
 with_helm=0
 with_coredns=0
+with_containerd=0
 with_wireguard=0
 only_wireguard=0
 force=0
@@ -107,6 +119,7 @@ while (($#)); do
     --with-cluster) with_cluster=1 ;;
     --with-helm) with_helm=1 ;;
     --with-coredns) with_coredns=1 ;;
+    --with-containerd) with_containerd=1 ;;
     --with-wireguard) with_wireguard=1 ;;
     --only-wireguard) with_wireguard=1; only_wireguard=1 ;;
     --force) force=1 ;;
@@ -573,6 +586,47 @@ build_coredns() {
   log "coredns: built $out ($ver) in $(elapsed "$start")"
 }
 
+# --------------------------------------------------------------- containerd
+# containerd's go.mod has no replace directives, so `go install pkg@version`
+# builds it as published. Tags and ldflags are those of its Makefile for a
+# release (the shim adds no_grpc). CGO_ENABLED=0 leaves out only the btrfs
+# snapshotter; the cluster tier uses overlayfs.
+CONTAINERD_BINARIES=(containerd ctr containerd-shim-runc-v2)
+
+# containerd_ok: every cached containerd binary reports CONTAINERD_VERSION.
+containerd_ok() {
+  local name
+  for name in "${CONTAINERD_BINARIES[@]}"; do
+    binary_ok "$BIN/$name" "$CONTAINERD_VERSION" || return 1
+  done
+}
+
+build_containerd() {
+  local ver="$CONTAINERD_VERSION" mod=github.com/containerd/containerd/v2
+  if ((!force)) && containerd_ok; then
+    log "containerd: cached ${CONTAINERD_BINARIES[*]} in $BIN ($ver)"
+    return 0
+  fi
+  local start=$SECONDS logfile="$LOGS/containerd-$ver.log" gobin="$WEFT_CACHE/src/containerd-gobin"
+  : >"$logfile"
+  log "containerd: building ${CONTAINERD_BINARIES[*]} from $mod@$ver; log: $logfile"
+  rm -rf "$gobin"; mkdir -p "$gobin"
+  local commit ldflags
+  commit="$(origin_hash "$mod@$ver")"
+  ldflags="-s -w -X $mod/version.Version=$ver -X $mod/version.Revision=$commit -X $mod/version.Package=$mod"
+  (cd "$WEFT_CACHE/src" && CGO_ENABLED=0 GOBIN="$gobin" run_logged "$logfile" \
+    go install -p "$JOBS" -trimpath -tags urfave_cli_no_docs -ldflags "$ldflags" \
+    "$mod/cmd/containerd@$ver" "$mod/cmd/ctr@$ver") || die "containerd: go install failed"
+  (cd "$WEFT_CACHE/src" && CGO_ENABLED=0 GOBIN="$gobin" run_logged "$logfile" \
+    go install -p "$JOBS" -trimpath -tags "urfave_cli_no_docs no_grpc" -ldflags "$ldflags" \
+    "$mod/cmd/containerd-shim-runc-v2@$ver") || die "containerd: go install of the shim failed"
+  local name
+  for name in "${CONTAINERD_BINARIES[@]}"; do mv -f "$gobin/$name" "$BIN/$name"; done
+  rm -rf "$gobin"
+  containerd_ok || die "containerd: built ${CONTAINERD_BINARIES[*]} in $BIN but not all report $ver"
+  log "containerd: built ${CONTAINERD_BINARIES[*]} ($ver) in $(elapsed "$start")"
+}
+
 # ------------------------------------------------------------- wireguard-go
 # Userspace WireGuard (a TUN device and /var/run/wireguard/<dev>.sock); the
 # kernel of the test machines has no WireGuard module. Measured: ~22 s cold.
@@ -610,6 +664,9 @@ if ((with_helm)); then
 fi
 if ((with_coredns)); then
   build_coredns
+fi
+if ((with_containerd)); then
+  build_containerd
 fi
 flanneld_status="not requested (use --with-flanneld)"
 if ((with_flanneld)); then

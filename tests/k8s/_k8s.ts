@@ -14,8 +14,9 @@
  *   kube-scheduler; the options can make pods, Services and the underlay
  *   dual stack (IPv6 ULAs). Every binary is built by `.ci/build_servers.sh
  *   --with-cluster`.
- * - `weft-k-nN` (198.18.0.1N): a node running containerd (Debian's 1.6.20
- *   with runc), a kubelet and kube-proxy (iptables mode unless
+ * - `weft-k-nN` (198.18.0.1N): a node running containerd 2 (v2.4.2, its
+ *   runc shim and `ctr`, built by `.ci/build_servers.sh --with-containerd`,
+ *   with Debian's runc), a kubelet and kube-proxy (iptables mode unless
  *   {@linkcode K8sClusterOptions.proxyMode} says nftables). kubelet and
  *   kube-proxy write iptables chains into the namespace they run in and the
  *   CNI bridge is created where the plugin runs, so all of them stay inside.
@@ -23,7 +24,7 @@
  * Why each node also has its own mount namespace: the DaemonSet writes to
  * the node through hostPath volumes (/etc/cni/net.d, /opt/cni/bin,
  * /run/flannel), containerd and the kubelet keep state and sockets in fixed
- * places (/var/lib/containerd, /run/containerd, /var/lib/kubelet,
+ * places (/var/lib/containerd, /run/containerd, /run/nri, /var/lib/kubelet,
  * /var/log/pods, /var/lib/cni, /run/netns): three nodes sharing the host's
  * files would overwrite each other's subnet.env, CNI configuration and
  * sockets. `unshare -m --propagation private` gives each node a private
@@ -40,7 +41,9 @@
  * otherwise) and its own `cgroupRoot` (`/weft-k-nN`, so three kubelets do
  * not share kubepods); containerd needs `restrict_oom_score_adj = true`
  * (root here lacks CAP_SYS_RESOURCE, and without it every sandbox fails
- * with "can't get final child's PID from pipe").
+ * with "can't get final child's PID from pipe"). containerd 2 runs on
+ * cgroup v1; its runc shim logs, for every pod, that cgroup v1 support is
+ * deprecated since v2.2 and goes by May 2029.
  *
  * Images: tests/k8s/images.sh builds them offline (weft from the
  * Containerfile in its deno-run variant, a pause and a busybox test-pod
@@ -78,7 +81,17 @@ const CP_IP = "198.18.0.2";
 export const CNI_PLUGINS = ["bridge", "host-local", "loopback", "portmap"];
 const REPO = new URL("../..", import.meta.url).pathname;
 
-/** Binaries the tier needs, from `.ci/build_servers.sh --with-cluster`. */
+/** The containerd 2 binaries, from `.ci/build_servers.sh --with-containerd`. */
+const CONTAINERD_BINARIES = [
+  "containerd",
+  "ctr",
+  "containerd-shim-runc-v2",
+] as const;
+
+/**
+ * Binaries the tier needs, from `.ci/build_servers.sh --with-cluster` and
+ * (containerd's) `--with-containerd`.
+ */
 export const BINARIES = [
   "etcd",
   "kube-apiserver",
@@ -87,16 +100,27 @@ export const BINARIES = [
   "kubelet",
   "kube-proxy",
   "kubectl",
+  ...CONTAINERD_BINARIES,
 ] as const;
 type Binary = typeof BINARIES[number];
 
+/** What to run to build a missing binary. */
+function buildCommand(name: Binary): string {
+  const flag = (CONTAINERD_BINARIES as readonly string[]).includes(name)
+    ? "--with-containerd"
+    : "--with-cluster";
+  return `.ci/build_servers.sh ${flag}`;
+}
+
 /** Debian packages and tools the tier needs on the host. */
-export const TOOLS = ["containerd", "runc", "ctr", "buildah", "mmdebstrap"];
+export const TOOLS = ["runc", "buildah", "mmdebstrap"];
 
 /** What is missing to run this tier, or undefined when everything is there. */
 export async function k8sUnavailable(): Promise<string | undefined> {
   const missing: string[] = [];
-  for (const b of BINARIES) if (!(await binary(b))) missing.push(b);
+  for (const b of BINARIES) {
+    if (!(await binary(b))) missing.push(`${b} (${buildCommand(b)})`);
+  }
   for (const t of TOOLS) {
     if ((await run(["sh", "-c", `command -v ${t}`])).code !== 0) {
       missing.push(t);
@@ -117,9 +141,7 @@ async function binary(name: Binary): Promise<string | undefined> {
 async function must(name: Binary): Promise<string> {
   const b = await binary(name);
   if (!b) {
-    throw new Error(
-      `${name} is missing: run .ci/build_servers.sh --with-cluster`,
-    );
+    throw new Error(`${name} is missing: run ${buildCommand(name)}`);
   }
   return b;
 }
@@ -241,7 +263,7 @@ export class K8sNode {
  * the reference plugins get there.
  */
 export interface NodeCni {
-  /** containerd's CRI `bin_dir`. */
+  /** containerd's CRI `bin_dirs` (the one entry). */
   readonly binDir: string;
   /** containerd's CRI `conf_dir`. */
   readonly confDir: string;
@@ -610,7 +632,7 @@ export class K8sCluster implements AsyncDisposable {
     );
     await Deno.writeTextFile(
       `${dir}/containerd.toml`,
-      containerdConfig(this.#cni),
+      containerdConfig(await must("containerd-shim-runc-v2"), this.#cni),
     );
     await Deno.writeTextFile(
       `${dir}/kubelet.yaml`,
@@ -683,25 +705,35 @@ export class K8sCluster implements AsyncDisposable {
   }
 }
 
-function containerdConfig(cni: NodeCni): string {
-  return `version = 2
+/**
+ * A containerd 2 configuration for a node. Version 4 (containerd >= 2.3:
+ * servers are plugins) is what `containerd config default` writes; a
+ * version 3 file works too but is migrated, with a warning, at every start.
+ * `shim` is the runc shim's path: named outright so that a containerd 1.x
+ * shim earlier on PATH is never picked.
+ */
+function containerdConfig(shim: string, cni: NodeCni): string {
+  return `version = 4
 root = "/var/lib/containerd"
 state = "/run/containerd"
-[grpc]
+[plugins."io.containerd.server.v1.grpc"]
   address = "/run/containerd/containerd.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "localhost/weft-pause:1"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "localhost/weft-pause:1"
+[plugins."io.containerd.cri.v1.runtime"]
   restrict_oom_score_adj = true
   enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      runtime_path = "${shim}"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "${cni.binDir}"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["${cni.binDir}"]
     conf_dir = "${cni.confDir}"
 `;
 }
@@ -759,6 +791,7 @@ const NODE_DIRS = [
   "/var/lib/kubelet",
   "/var/lib/containerd",
   "/run/containerd",
+  "/run/nri",
   "/var/log/pods",
   "/var/log/containers",
   "/run/netns",
@@ -780,6 +813,8 @@ async function nodeScript(
       imports.push(e.name);
     }
   }
+  const containerd = await must("containerd");
+  const ctr = await must("ctr");
   return `#!/bin/bash
 # ${node.name}: runs in its own mount namespace and its network namespace.
 set -euo pipefail
@@ -792,10 +827,10 @@ ${binds}
 ${cni.install}
 tar -C /usr/local/lib -xf "${images}/weft-lib.tar"
 ip link set lo up
-containerd --config "${n}/containerd.toml" >"${n}/containerd.log" 2>&1 &
+${containerd} --config "${n}/containerd.toml" >"${n}/containerd.log" 2>&1 &
 for i in $(seq 100); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.1; done
 for img in ${imports.join(" ")}; do
-  ctr -n k8s.io images import --no-unpack=false "${images}/$img" >/dev/null
+  ${ctr} -n k8s.io images import --no-unpack=false "${images}/$img" >/dev/null
 done
 ${await must(
     "kubelet",

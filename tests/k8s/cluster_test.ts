@@ -1,19 +1,21 @@
 /**
  * weft as users run it: deploy/weft.yaml applied with the real kubectl to a
  * real cluster (tests/k8s/_k8s.ts: kube-apiserver, controller-manager,
- * scheduler, three nodes with containerd, kubelet and kube-proxy), then
- * checked from the outside: readiness, files the init step installed,
- * annotations and conditions, pod traffic across nodes, cluster DNS and
- * what pods do across nodes (tests/k8s/_pod_paths.ts), and pod traffic
- * under 50 ms pings while the DaemonSet is updated, a weft pod deleted, a
- * node added and a node removed; finally 50 pods created and deleted must
- * leave no IPs, veths, network namespaces or stored CNI configurations;
- * then the Helm steps of _helm.ts.
+ * scheduler, three nodes with containerd 2, kubelet and kube-proxy), then
+ * checked from the outside: the runtime the kubelets report, readiness,
+ * files the init step installed, annotations and conditions, pod traffic
+ * across nodes, cluster DNS and what pods do across nodes
+ * (tests/k8s/_pod_paths.ts), and pod traffic under 50 ms pings while the
+ * DaemonSet is updated, a weft pod deleted, a node added and a node
+ * removed; finally 50 pods created and deleted must leave no IPs, veths,
+ * network namespaces or stored CNI configurations; then the Helm steps of
+ * _helm.ts.
  *
  * One cluster serves every step (it takes about a minute to build). Needs
- * root and the binaries of `.ci/build_servers.sh --with-cluster`; under
- * `CI=true` nothing is ignored. Hostile Nodes (tests/k8s/_hostile.ts) are
- * applied between the weft pod deletion and the fourth node.
+ * root and the binaries of `.ci/build_servers.sh --with-cluster
+ * --with-containerd`; under `CI=true` nothing is ignored. Hostile Nodes
+ * (tests/k8s/_hostile.ts) are applied between the weft pod deletion and the
+ * fourth node.
  *
  * @module
  */
@@ -48,6 +50,12 @@ import {
 import { hostileNodes } from "./_hostile.ts";
 import { nodeOf, podPathSteps } from "./_pod_paths.ts";
 
+/**
+ * What the kubelet reports for the nodes' containerd (the version
+ * `.ci/build_servers.sh --with-containerd` pins).
+ */
+const CONTAINER_RUNTIME = "containerd://2.4.2";
+
 /** docs/migrate-from-flanneld.md, step 1. */
 const MIGRATION_PATCH = `
 spec:
@@ -70,6 +78,7 @@ interface NodeJson {
   metadata: { name: string; annotations?: Record<string, string> };
   spec: { podCIDR?: string; podCIDRs?: string[] };
   status: {
+    nodeInfo?: { containerRuntimeVersion: string };
     conditions?: {
       type: string;
       status: string;
@@ -191,6 +200,27 @@ await gatedTest({
       log: (l) => console.log(`  ${l}`),
     });
     console.log(`  cluster up in ${Date.now() - t0} ms`);
+
+    await t.step(
+      `every kubelet reports its runtime as ${CONTAINER_RUNTIME}`,
+      async () => {
+        const runtimes = await until(
+          "every node's containerRuntimeVersion",
+          60_000,
+          async () => {
+            const list = await c.getJson<{ items: NodeJson[] }>(["nodes"]);
+            const v = list.items.map((n) =>
+              n.status.nodeInfo?.containerRuntimeVersion ?? ""
+            );
+            return v.length === 3 && v.every((r) => r !== "") ? v : undefined;
+          },
+          1000,
+        );
+        for (const r of runtimes) {
+          assert(r.startsWith(CONTAINER_RUNTIME), `a node runs ${r}`);
+        }
+      },
+    );
 
     await t.step(
       "the DaemonSet is Ready on 3/3 nodes through its readiness probe",

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # Makes sure the machine has what the cluster tier (tests/k8s/) needs: the
-# Debian packages (containerd 1.6, runc, buildah, mmdebstrap,
-# busybox-static), the Kubernetes binaries built from the Go module proxy
-# (.ci/build_servers.sh --with-cluster, cached), CoreDNS (--with-coredns)
-# and the images
-# (tests/k8s/images.sh, into $WEFT_CACHE/images/k8s), and helm for the
-# Helm steps. Needs root.
+# Debian packages (runc, buildah, mmdebstrap, busybox-static), the
+# Kubernetes binaries, containerd 2 and CoreDNS built from the Go module
+# proxy (.ci/build_servers.sh --with-cluster --with-containerd
+# --with-coredns, cached) and the images (tests/k8s/images.sh, into
+# $WEFT_CACHE/images/k8s), and helm for the Helm steps. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-packages=(containerd runc buildah mmdebstrap busybox-static curl containernetworking-plugins)
+packages=(runc buildah mmdebstrap busybox-static curl containernetworking-plugins)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -23,7 +22,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-bash .ci/build_servers.sh --with-cluster --with-flanneld --with-helm --with-coredns
+bash .ci/build_servers.sh --with-cluster --with-flanneld --with-helm --with-containerd --with-coredns
 bash tests/k8s/images.sh "${WEFT_CACHE:-/var/cache/weft}/images/k8s" v0.1.0 v0.1.1
 # The stock kube-flannel.yml of the flanneld version weft replaces, for the
 # image-swap test: it ships in the flannel module (Documentation/).
