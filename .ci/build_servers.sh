@@ -61,16 +61,8 @@
 # imports is not served), so it is then built from a wrapper module with a
 # stub for that one module (see build_flanneld).
 #
-# Measured cold build (2 cores, go1.26.8, empty caches, all three): 7m50s:
-# etcd 71s, kube-apiserver 309s, flanneld 91s. Caches afterwards: ~1.1 GB
-# gomod, ~3 GB gocache, 165 MB bin. A warm run takes well under a second.
-# helm v4.3.2 (--with-helm, go install): 16m22s wall, 5m14s of CPU, built
-# beside kube-apiserver on the same 2 cores, module downloads included; with
-# its packages in GOCACHE, 13 s; cached, 0.3 s.
-# containerd v2.4.2 (--with-containerd, three binaries): 424 s wall, 3m05s
-# user + 1m11s system CPU, 77 modules downloaded, GOCACHE already holding the
-# Kubernetes builds, on 2 cores shared with other builds and clusters (load
-# average near 30); cached, about a second.
+# Each build logs how long it took ("built ... in N s") here and in its log
+# under $WEFT_CACHE/logs; a cached binary is reused in about a second.
 set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
@@ -537,11 +529,8 @@ build_helm() {
 # minutes on 2 cores. The cluster tier's Corefile (tests/k8s/coredns.yaml)
 # uses only these, so the build keeps only these, in plugin.cfg's order
 # (which is the order a query passes through them).
-# Measured (v1.15.0, these 5 plugins, 2 cores shared with three running
-# test clusters, load average about 20): 6m39s wall, 3m25s user + 1m08s sys
-# CPU, after kube-apiserver's build had put client-go and apimachinery in
-# GOCACHE (as in prepare.sh, which builds the Kubernetes binaries first);
-# 15 s when only relinking; cached, under a second.
+# It reuses the client-go and apimachinery packages kube-apiserver's build
+# left in GOCACHE (prepare.sh builds the Kubernetes binaries first).
 COREDNS_PLUGINS=(ready health errors cache kubernetes)
 
 # coredns_ok PATH: PATH is COREDNS_VERSION built with exactly COREDNS_PLUGINS
@@ -629,7 +618,7 @@ build_containerd() {
 
 # ------------------------------------------------------------- wireguard-go
 # Userspace WireGuard (a TUN device and /var/run/wireguard/<dev>.sock); the
-# kernel of the test machines has no WireGuard module. Measured: ~22 s cold.
+# kernel of the test machines has no WireGuard module.
 # Its `--version` prints "wireguard-go v0.0.<date>"; the pinned version is
 # recorded next to the binary instead.
 build_wireguard_go() {
