@@ -26,11 +26,11 @@ import {
   WEFT_CHART,
 } from "../servers/helm.ts";
 import {
+  countPings,
   crossNodePings,
   execPod,
   type K8sCluster,
-  parsePingCount,
-  type PingCount,
+  type PingSequence,
   type PodInfo,
   pods,
   rollout,
@@ -53,45 +53,16 @@ interface Ping {
 }
 
 /**
- * One pair's count over one switch, read from busybox ping's per-reply
- * lines. Stopping ping (SIGINT) leaves the echoes sent in the last round
- * trip unanswered: those after the last answered one are `inFlight`;
- * `lost` counts only echoes before it that never got a reply.
+ * One pair's count over one switch. Stopping ping (SIGINT) leaves the
+ * echoes sent in the last round trip unanswered: they are `inFlight`, and
+ * `lost` counts only echoes before the last answered one.
  */
-interface PairCount extends PingCount {
+interface PairCount extends PingSequence {
   readonly pair: string;
-  readonly lost: number;
-  readonly inFlight: number;
-  /** Longest run of unanswered echoes between two answered ones, ms. */
-  readonly longestGapMs: number;
 }
 
 /** Echoes sent in the last second before the stop may still be in flight. */
 const IN_FLIGHT_MAX = 1000 / 50;
-
-/** Counts a busybox ping's output (`seq=N` reply lines and its summary). */
-export function countPings(text: string): PingCount & {
-  lost: number;
-  inFlight: number;
-  longestGapMs: number;
-} {
-  const total = parsePingCount(text);
-  const seqs = [
-    ...new Set([...text.matchAll(/ seq=(\d+) /g)].map((m) => Number(m[1]))),
-  ].sort((x, y) => x - y);
-  const last = seqs.at(-1) ?? -1;
-  let longest = 0, prev = -1;
-  for (const q of seqs) {
-    longest = Math.max(longest, q - prev - 1);
-    prev = q;
-  }
-  return {
-    ...total,
-    lost: last + 1 - seqs.length,
-    inFlight: total.sent - (last + 1),
-    longestGapMs: longest * 50,
-  };
-}
 
 /** Starts a ping every 50 ms from each pod to each pod on another node. */
 async function startPings(
@@ -134,7 +105,10 @@ async function stopPings(c: K8sCluster, pings: Ping[]): Promise<PairCount[]> {
       },
       500,
     );
-    counts.push({ pair: `${p.from.node} → ${p.to.node}`, ...countPings(text) });
+    counts.push({
+      pair: `${p.from.node} → ${p.to.node}`,
+      ...countPings(text, 50),
+    });
   }
   return counts;
 }

@@ -1073,6 +1073,39 @@ export function parsePingCount(text: string): PingCount {
   return { sent: Number(m?.[1] ?? 0), received: Number(m?.[2] ?? 0) };
 }
 
+/** {@linkcode PingCount} with where the unanswered echoes were. */
+export interface PingSequence extends PingCount {
+  /** Echoes before the last answered one that got no reply. */
+  readonly lost: number;
+  /** Echoes sent after the last answered one (in flight at a stop). */
+  readonly inFlight: number;
+  /** Longest run of unanswered echoes between answered ones, ms. */
+  readonly longestGapMs: number;
+}
+
+/**
+ * Counts a busybox ping's output (its `seq=N` reply lines and summary),
+ * sent every `intervalMs`.
+ */
+export function countPings(text: string, intervalMs: number): PingSequence {
+  const total = parsePingCount(text);
+  const seqs = [
+    ...new Set([...text.matchAll(/ seq=(\d+) /g)].map((m) => Number(m[1]))),
+  ].sort((x, y) => x - y);
+  const last = seqs.at(-1) ?? -1;
+  let longest = 0, prev = -1;
+  for (const q of seqs) {
+    longest = Math.max(longest, q - prev - 1);
+    prev = q;
+  }
+  return {
+    ...total,
+    lost: last + 1 - seqs.length,
+    inFlight: total.sent - (last + 1),
+    longestGapMs: longest * intervalMs,
+  };
+}
+
 /** An HTTP GET through busybox nc; the body's last line. */
 export async function httpGet(
   c: K8sCluster,

@@ -4,7 +4,7 @@
  * @module
  */
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { countPings } from "./_helm.ts";
+import { countPings } from "./_k8s.ts";
 
 const reply = (seq: number) =>
   `64 bytes from 10.244.1.5: seq=${seq} ttl=62 time=0.101 ms`;
@@ -20,7 +20,7 @@ function output(answered: number[], sent: number): string {
 }
 
 Deno.test("countPings() leaves the echoes after the last reply out of the lost ones", () => {
-  assertEquals(countPings(output([0, 1, 2, 3], 6)), {
+  assertEquals(countPings(output([0, 1, 2, 3], 6), 50), {
     sent: 6,
     received: 4,
     lost: 0,
@@ -30,7 +30,7 @@ Deno.test("countPings() leaves the echoes after the last reply out of the lost o
 });
 
 Deno.test("countPings() counts a gap before the last reply as lost, with its length", () => {
-  assertEquals(countPings(output([0, 1, 5, 6, 8], 9)), {
+  assertEquals(countPings(output([0, 1, 5, 6, 8], 9), 50), {
     sent: 9,
     received: 5,
     lost: 4,
@@ -40,7 +40,7 @@ Deno.test("countPings() counts a gap before the last reply as lost, with its len
 });
 
 Deno.test("countPings() with no reply at all: everything is unanswered at the end", () => {
-  assertEquals(countPings(output([], 40)), {
+  assertEquals(countPings(output([], 40), 50), {
     sent: 40,
     received: 0,
     lost: 0,
