@@ -1051,6 +1051,35 @@ spec:
 `;
 }
 
+/**
+ * A Service `name` in front of one echo pod: the pod is labelled
+ * `<name>=yes`, the Service selects `app: echo` pods with that label and
+ * maps port 80 to 8080; `spec` adds lines to its spec (a type, families).
+ * Returns the Service as the API holds it.
+ */
+export async function servicePod<T>(
+  c: K8sCluster,
+  pod: string,
+  name: string,
+  spec: readonly string[] = [],
+): Promise<T> {
+  await c.kubectl(["label", "--overwrite", "pod", pod, `${name}=yes`]);
+  await c.kubectl(
+    ["apply", "-f", "-"],
+    [
+      "apiVersion: v1",
+      "kind: Service",
+      `metadata: {name: ${name}, namespace: default}`,
+      "spec:",
+      ...spec.map((l) => `  ${l}`),
+      `  selector: {app: echo, ${name}: "yes"}`,
+      "  ports: [{port: 80, targetPort: 8080}]",
+      "",
+    ].join("\n"),
+  );
+  return await c.getJson<T>(["service", name]);
+}
+
 /** Runs a command in a pod's first container (`kubectl exec`). */
 export function execPod(
   c: K8sCluster,

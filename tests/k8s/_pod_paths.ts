@@ -25,6 +25,7 @@ import {
   type PodInfo,
   pods,
   rollout,
+  servicePod,
   until,
 } from "./_k8s.ts";
 import {
@@ -160,21 +161,9 @@ export async function podPathSteps(
   assertEquals(new Set([a.node, b.node, d.node]).size, 3);
   // A NodePort Service backed by b only: its name is what DNS must resolve,
   // its nodePort what another node must forward.
-  await c.kubectl(["label", "--overwrite", "pod", b.name, "far=yes"]);
-  await c.kubectl(
-    ["apply", "-f", "-"],
-    `apiVersion: v1
-kind: Service
-metadata: {name: far, namespace: default}
-spec:
-  type: NodePort
-  selector: {app: echo, far: "yes"}
-  ports: [{port: 80, targetPort: 8080}]
-`,
-  );
-  const far = await c.getJson<
+  const far = await servicePod<
     { spec: { clusterIP: string; ports: { nodePort: number }[] } }
-  >(["service", "far"]);
+  >(c, b.name, "far", ["type: NodePort"]);
   const kubernetes = await c.getJson<{ spec: { clusterIP: string } }>([
     "service",
     "kubernetes",

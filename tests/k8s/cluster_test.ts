@@ -45,6 +45,7 @@ import {
   type PodInfo,
   pods,
   rollout,
+  servicePod,
   until,
 } from "./_k8s.ts";
 import { hostileNodes } from "./_hostile.ts";
@@ -337,21 +338,11 @@ await gatedTest({
     await t.step(
       "a pod reaches a ClusterIP Service backed by a pod on another node",
       async () => {
-        await c.kubectl(["label", "pod", b.name, "echo-target=yes"]);
-        await c.kubectl(
-          ["apply", "-f", "-"],
-          `apiVersion: v1
-kind: Service
-metadata: {name: echo-target, namespace: default}
-spec:
-  selector: {app: echo, echo-target: "yes"}
-  ports: [{port: 80, targetPort: 8080}]
-`,
-        );
-        const svc = await c.getJson<{ spec: { clusterIP: string } }>([
-          "service",
+        const svc = await servicePod<{ spec: { clusterIP: string } }>(
+          c,
+          b.name,
           "echo-target",
-        ]);
+        );
         const body = await until(
           "the echo-target Service to answer",
           30_000,

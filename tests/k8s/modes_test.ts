@@ -33,6 +33,7 @@ import {
   manifest,
   parsePingCount,
   rollout,
+  servicePod,
   until,
 } from "./_k8s.ts";
 
@@ -360,23 +361,12 @@ await gatedTest({
     await t.step(
       "a dual-stack Service backed by a pod on another node answers on both ClusterIPs",
       async () => {
-        await c.kubectl(["label", "pod", b.name, "echo-target=yes"]);
-        await c.kubectl(
-          ["apply", "-f", "-"],
-          `apiVersion: v1
-kind: Service
-metadata: {name: echo-dual, namespace: default}
-spec:
-  ipFamilyPolicy: RequireDualStack
-  ipFamilies: [IPv4, IPv6]
-  selector: {app: echo, echo-target: "yes"}
-  ports: [{port: 80, targetPort: 8080}]
-`,
-        );
-        const svc = await c.getJson<{ spec: { clusterIPs: string[] } }>([
-          "service",
+        const svc = await servicePod<{ spec: { clusterIPs: string[] } }>(
+          c,
+          b.name,
           "echo-dual",
-        ]);
+          ["ipFamilyPolicy: RequireDualStack", "ipFamilies: [IPv4, IPv6]"],
+        );
         const [ip4, ip6] = svc.spec.clusterIPs;
         assert(/^10\.96\./.test(ip4 ?? ""), `${svc.spec.clusterIPs}`);
         assert(/^fd00:10:96::/.test(ip6 ?? ""), `${svc.spec.clusterIPs}`);
