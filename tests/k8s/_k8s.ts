@@ -334,6 +334,8 @@ export class K8sCluster implements AsyncDisposable {
   readonly #log: (line: string) => void;
   readonly #net: ClusterNet;
   readonly #cni: NodeCni;
+  /** Every node number handed out, so that none is given twice. */
+  readonly #numbers = new Set<number>();
   #closed = false;
 
   private constructor(
@@ -377,7 +379,14 @@ export class K8sCluster implements AsyncDisposable {
       await c.#plug(cp, "cp", `${CP_IP}/24`);
       await c.#pki();
       await c.#controlPlane();
-      for (let i = 1; i <= (opts.nodes ?? 3); i++) await c.addNode();
+      // The nodes start together (each mostly waits for its kubelet to
+      // register), listed in the order of their numbers.
+      await Promise.all(
+        Array.from({ length: opts.nodes ?? 3 }, () => c.addNode()),
+      );
+      c.nodes.sort((x, y) =>
+        x.name.localeCompare(y.name, undefined, { numeric: true })
+      );
       return c;
     } catch (e) {
       await c.close();
@@ -581,9 +590,13 @@ export class K8sCluster implements AsyncDisposable {
 
   /** Adds a node `<prefix>-n<N>` (198.18.0.1<N>) and starts its services. */
   async addNode(): Promise<K8sNode> {
-    const i = this.nodes.length === 0 ? 1 : Math.max(
+    // Numbered before the first await: nodes added at once get their own.
+    const i = Math.max(
+      0,
+      ...this.#numbers,
       ...this.nodes.map((n) => Number(n.name.slice(`${this.prefix}-n`.length))),
     ) + 1;
+    this.#numbers.add(i);
     const name = `${this.prefix}-n${i}`;
     const ip = `198.18.0.${10 + i}`;
     const dir = `${this.dir}/${name}`;
@@ -1002,6 +1015,52 @@ export async function deployWeft(
   await rollout(c, "kube-flannel", "daemonset/weft");
 }
 
+/** The agent a pod of the kube-flannel namespace runs, told by its log. */
+export async function agentOf(
+  c: K8sCluster,
+  pod: string,
+): Promise<"weft" | "flanneld" | undefined> {
+  const log = await c.kubectl(["-n", "kube-flannel", "logs", pod]);
+  // Each told by a start-up line of its own, never by the other's absence:
+  // weft's first line; flanneld v0.28.9's main.go right after its flags.
+  return log.includes("(flanneld-compatible) starting")
+    ? "weft"
+    : log.includes("CLI flags config:")
+    ? "flanneld"
+    : undefined;
+}
+
+/**
+ * Waits until the kube-flannel namespace holds one Ready agent pod per
+ * node, of whichever DaemonSet, and each runs the agent `want` names for
+ * its node (one agent for all, or a function of the node's name).
+ */
+export async function assertAgents(
+  c: K8sCluster,
+  want: "weft" | "flanneld" | ((node: string) => "weft" | "flanneld"),
+): Promise<void> {
+  const of = typeof want === "function" ? want : () => want;
+  await until(
+    `${typeof want === "function" ? "the planned agent" : want} on every node`,
+    120_000,
+    async () => {
+      const list = [
+        ...await pods(c, "app=flannel", "kube-flannel"),
+        ...await pods(c, "app=weft", "kube-flannel"),
+      ];
+      const nodes = c.nodes.map((n) => n.name).sort();
+      if (
+        list.some((p) => !p.ready) ||
+        JSON.stringify(list.map((p) => p.node).sort()) !== JSON.stringify(nodes)
+      ) return;
+      for (const p of list) {
+        if (await agentOf(c, p.name) !== of(p.node)) return;
+      }
+      return true;
+    },
+  );
+}
+
 /** `kubectl rollout status` with a deadline. */
 export async function rollout(
   c: K8sCluster,
@@ -1041,6 +1100,7 @@ spec:
       - name: echo
         image: localhost/weft-testpod:1
         command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        securityContext: {capabilities: {add: ["SYS_NICE"]}}
 ---
 apiVersion: v1
 kind: Service
@@ -1110,6 +1170,8 @@ export interface PingSequence extends PingCount {
   readonly inFlight: number;
   /** Longest run of unanswered echoes between answered ones, ms. */
   readonly longestGapMs: number;
+  /** The sequence numbers of the lost echoes. */
+  readonly lostSeqs: number[];
 }
 
 /**
@@ -1123,8 +1185,10 @@ export function countPings(text: string, intervalMs: number): PingSequence {
   ].sort((x, y) => x - y);
   const last = seqs.at(-1) ?? -1;
   let longest = 0, prev = -1;
+  const lostSeqs: number[] = [];
   for (const q of seqs) {
     longest = Math.max(longest, q - prev - 1);
+    for (let m = prev + 1; m < q; m++) lostSeqs.push(m);
     prev = q;
   }
   return {
@@ -1132,6 +1196,7 @@ export function countPings(text: string, intervalMs: number): PingSequence {
     lost: last + 1 - seqs.length,
     inFlight: total.sent - (last + 1),
     longestGapMs: longest * intervalMs,
+    lostSeqs,
   };
 }
 
@@ -1152,7 +1217,7 @@ export async function httpGet(
 
 /**
  * Pings every pod from every pod on another node (3 probes each) and
- * returns how many of the pairs answered.
+ * returns how many of the pairs answered every probe.
  */
 export async function crossNodePings(
   c: K8sCluster,
@@ -1165,8 +1230,13 @@ export async function crossNodePings(
       if (a.node === b.node) continue;
       total++;
       const r = await execPod(c, a.name, ["ping", "-c", "3", "-W", "2", b.ip]);
-      if (parsePingCount(r.stdout).received > 0) answered++;
-      else failed.push(`${a.name} (${a.node}) -> ${b.ip} (${b.node})`);
+      const n = parsePingCount(r.stdout);
+      if (n.sent === 3 && n.received === 3) answered++;
+      else {
+        failed.push(
+          `${a.name} (${a.node}) -> ${b.ip} (${b.node}): ${n.received} of ${n.sent} answered`,
+        );
+      }
     }
   }
   return { answered, total, failed };
@@ -1196,15 +1266,6 @@ export async function crossNodeReach(
 export const KUBE_FLANNEL_YML = `${
   Deno.env.get("WEFT_CACHE") ?? "/var/cache/weft"
 }/gomod/github.com/flannel-io/flannel@v0.28.9/Documentation/kube-flannel.yml`;
-
-/**
- * A user's kube-flannel.yml with only its images swapped for weft's (the
- * agent's and the CNI plugin installer's: flannel-cni-plugin is not
- * reachable here either).
- */
-export function kubeFlannelWithWeft(image: string): Promise<string> {
-  return kubeFlannelImages(image, image);
-}
 
 /**
  * flannel's kube-flannel.yml with its agent image (also the install-cni

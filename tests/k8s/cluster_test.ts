@@ -27,6 +27,7 @@ import { gatedTest, ROOT } from "../_gate.ts";
 import { HELM } from "../servers/helm.ts";
 import { helmSteps } from "./_helm.ts";
 import {
+  assertAgents,
   CLUSTER,
   CLUSTER_CIDR,
   crossNodeReach,
@@ -38,9 +39,6 @@ import {
   installedCni,
   K8sCluster,
   type K8sNode,
-  kubeFlannelImages,
-  kubeFlannelWithWeft,
-  migrationManifest,
   parsePingCount,
   type PodInfo,
   pods,
@@ -49,6 +47,19 @@ import {
   until,
 } from "./_k8s.ts";
 import { hostileNodes } from "./_hostile.ts";
+import {
+  assertAllReach,
+  assertPeerGone,
+  assertPeerPresent,
+  type Churn,
+  churnDuring,
+  daemonSetReady,
+  peerOf,
+  podState,
+  podStateClean,
+  PROBES,
+} from "./_churn.ts";
+import { assertNoLoss, summary, trafficDuring } from "./_traffic.ts";
 import { nodeOf, podPathSteps } from "./_pod_paths.ts";
 
 /**
@@ -56,24 +67,6 @@ import { nodeOf, podPathSteps } from "./_pod_paths.ts";
  * `.ci/build_servers.sh --with-containerd` pins).
  */
 const CONTAINER_RUNTIME = "containerd://2.4.2";
-
-/** docs/migrate-from-flanneld.md, step 1. */
-const MIGRATION_PATCH = `
-spec:
-  template:
-    spec:
-      affinity:
-        nodeAffinity:
-          requiredDuringSchedulingIgnoredDuringExecution:
-            nodeSelectorTerms:
-            - matchExpressions:
-              - key: kubernetes.io/os
-                operator: In
-                values: ["linux"]
-              - key: weft/agent
-                operator: NotIn
-                values: ["weft"]
-`;
 
 interface NodeJson {
   metadata: { name: string; annotations?: Record<string, string> };
@@ -134,60 +127,6 @@ async function pingDuring(
   const count = parsePingCount(text);
   assert(count.sent > seconds * 10, `too few pings sent: ${text}`);
   return count;
-}
-
-/** Non-hostNetwork pods running on `node`. */
-async function podsOn(c: K8sCluster, node: string): Promise<PodInfo[]> {
-  const list = await c.getJson<
-    {
-      items: {
-        metadata: { name: string };
-        spec: { nodeName?: string; hostNetwork?: boolean };
-        status: { podIP?: string };
-      }[];
-    }
-  >([
-    "pods",
-    "-A",
-    "--field-selector",
-    `spec.nodeName=${node}`,
-  ]);
-  return list.items.filter((p) => !p.spec.hostNetwork).map((p) => ({
-    name: p.metadata.name,
-    ip: p.status.podIP ?? "",
-    node,
-    ready: true,
-  }));
-}
-
-/** What a node's kernel and files hold for pods. */
-async function podState(node: K8sNode) {
-  const ips = (await node.exec([
-    "sh",
-    "-c",
-    "ls /var/lib/cni/networks/cbr0 2>/dev/null || true",
-  ])).split("\n").filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)).sort();
-  const veths = (await node.exec(["ip", "-o", "link", "show", "type", "veth"]))
-    .split("\n").filter((l) => l.trim() !== "" && !l.includes(" eth0@"))
-    .length;
-  const netns = (await node.exec(["ls", "/run/netns"])).split("\n")
-    .filter((f) => f.startsWith("cni-")).length;
-  const stored = (await node.exec([
-    "sh",
-    "-c",
-    "ls /var/lib/cni/flannel 2>/dev/null || true",
-  ])).split("\n").filter((f) => f !== "");
-  return { ips, veths, netns, stored };
-}
-
-/** Three pings from pod `from` to `ip`; at least one must be answered. */
-async function assertPings(
-  c: K8sCluster,
-  from: string,
-  ip: string,
-): Promise<void> {
-  const r = await execPod(c, from, ["ping", "-c", "3", "-W", "2", ip]);
-  assert(parsePingCount(r.stdout).received > 0, r.stdout);
 }
 
 await gatedTest({
@@ -393,10 +332,55 @@ await gatedTest({
 
     await podPathSteps(t, c, echo);
 
+    await c.kubectl(["apply", "-f", "-"], PROBES);
+    await daemonSetReady(c, "probe");
+
+    let spare: K8sNode | undefined;
     await t.step(
-      "a rolling update of the DaemonSet loses no packet",
+      "a fourth node joins and gets a podCIDR, routes and traffic",
       async () => {
-        const count = await pingDuring(c, a, d.ip, 60, async () => {
+        spare = await c.addNode();
+        await until("weft Ready on 4/4 nodes", 120_000, async () => {
+          const w = await pods(c, "app=weft", "kube-flannel");
+          return w.filter((p) => p.ready).length === 4 ? true : undefined;
+        });
+        const n4 = await c.getJson<NodeJson>(["node", spare.name]);
+        assert(/^10\.244\.\d+\.0\/24$/.test(n4.spec.podCIDRs?.[0] ?? ""));
+        await assertPeerPresent(c, spare);
+        await assertAllReach(c, "app=probe");
+      },
+    );
+
+    /**
+     * `act` under traffic between every ordered pair of the echo pods'
+     * nodes while the spare node is deleted, a new one joins and pods come
+     * and go on every node; then both nodes' entries checked in every
+     * kernel and every probe pod reaching every other.
+     */
+    const churnWindow = async (
+      what: string,
+      tag: string,
+      act: () => Promise<void>,
+    ) => {
+      assert(spare);
+      let churn: Churn | undefined;
+      const w = await trafficDuring(c, [a, b, d], what, async () => {
+        churn = await churnDuring(c, tag, spare!, act);
+      });
+      console.log(`  ${summary(w)}`);
+      assertNoLoss(w);
+      assert(churn);
+      await assertPeerGone(c, churn.deleted);
+      await assertPeerPresent(c, churn.joined);
+      spare = churn.joined;
+      await assertAgents(c, "weft");
+      await assertAllReach(c, "app=probe");
+    };
+
+    await t.step(
+      "a rolling update of the DaemonSet loses no packet while a node leaves, a node joins and pods come and go",
+      () =>
+        churnWindow("rolling update weft → weft", "update", async () => {
           await c.kubectl([
             "-n",
             "kube-flannel",
@@ -407,41 +391,52 @@ await gatedTest({
             "install-cni-plugin=localhost/weft:v0.1.1",
             "install-cni=localhost/weft:v0.1.1",
           ]);
-          await rollout(c, "kube-flannel", "daemonset/weft", 45);
-        });
-        console.log(
-          `  rolling update: ${count.received}/${count.sent} answered`,
-        );
-        assertEquals(count.received, count.sent);
-        const weft = await pods(c, "app=weft", "kube-flannel");
-        assertEquals(weft.filter((p) => p.ready).length, 3);
-      },
+          await rollout(c, "kube-flannel", "daemonset/weft", 240);
+        }),
     );
 
-    await t.step("deleting a weft pod loses no packet", async () => {
-      const victim = (await pods(c, "app=weft", "kube-flannel")).find((p) =>
-        p.node === a.node
-      );
-      assert(victim);
-      const count = await pingDuring(c, a, d.ip, 40, async () => {
-        await c.kubectl(["-n", "kube-flannel", "delete", "pod", victim.name]);
-        await until(
-          "the replacement weft pod to be Ready",
-          30_000,
-          async () => {
-            const now = await pods(c, "app=weft", "kube-flannel");
-            return now.filter((p) => p.ready && p.name !== victim.name)
-                .length === 3
-              ? true
-              : undefined;
-          },
-        );
-      });
-      console.log(
-        `  weft pod deleted: ${count.received}/${count.sent} answered`,
-      );
-      assertEquals(count.received, count.sent);
-    });
+    await t.step(
+      "deleting a weft pod loses no packet while a node leaves, a node joins and pods come and go",
+      () =>
+        churnWindow("weft pod deleted", "delete", async () => {
+          const victim = (await pods(c, "app=weft", "kube-flannel")).find((
+            p,
+          ) => p.node === a.node);
+          assert(victim);
+          await c.kubectl([
+            "-n",
+            "kube-flannel",
+            "delete",
+            "pod",
+            victim.name,
+          ]);
+          await until(
+            "the replacement weft pod to be Ready",
+            60_000,
+            async () => {
+              const now = await pods(c, "app=weft", "kube-flannel");
+              return now.some((p) =>
+                  p.ready && p.node === a.node && p.name !== victim.name
+                )
+                ? true
+                : undefined;
+            },
+          );
+        }),
+    );
+
+    await t.step(
+      "a node deleted from the API disappears from the others' kernels",
+      async () => {
+        assert(spare);
+        const gone = await peerOf(c, spare);
+        // Its probe (a DaemonSet's) goes with it; pods a, b and d stay.
+        await c.stopNode(spare);
+        await c.kubectl(["delete", "node", spare.name]);
+        await assertPeerGone(c, gone);
+        assertEquals(c.nodes.length, 3);
+      },
+    );
 
     await t.step(
       "hostile Nodes (a copied VtepMAC, a stolen podCIDR, a wider podCIDR, the oldest node re-pointing its MAC) change no victim's route or FDB entry, lose no packet, and are counted, also by a restarted agent",
@@ -452,78 +447,6 @@ await gatedTest({
           (from, dst, seconds, during) =>
             pingDuring(c, from, dst, seconds, during),
         ),
-    );
-
-    let fourth: K8sNode | undefined;
-    await t.step(
-      "a fourth node joins and gets a podCIDR, routes and traffic",
-      async () => {
-        fourth = await c.addNode();
-        await until("weft Ready on 4/4 nodes", 120_000, async () => {
-          const w = await pods(c, "app=weft", "kube-flannel");
-          return w.filter((p) => p.ready).length === 4 ? true : undefined;
-        });
-        const n4 = await c.getJson<NodeJson>(["node", fourth.name]);
-        const cidr = n4.spec.podCIDRs?.[0] ?? "";
-        assert(/^10\.244\.\d+\.0\/24$/.test(cidr), cidr);
-        await until(`a route to ${cidr} on ${a.node}`, 30_000, async () => {
-          const r = await nodeOf(c, a.node).exec(["ip", "route", "show", cidr]);
-          return r.includes("dev flannel.1") ? true : undefined;
-        });
-        await c.kubectl(["scale", "deployment/echo", "--replicas=4"]);
-        await rollout(c, "default", "deployment/echo");
-        const on4 = (await pods(c, "app=echo")).find((p) =>
-          p.node === fourth!.name
-        );
-        assert(on4, "an echo pod runs on the fourth node");
-        await assertPings(c, a.name, on4.ip);
-        assertEquals(await httpGet(c, on4.name, a.ip, 8080), a.name);
-      },
-    );
-
-    await t.step(
-      "a node deleted from the API disappears from the others' kernels",
-      async () => {
-        assert(fourth);
-        const n4 = await c.getJson<NodeJson>(["node", fourth.name]);
-        const cidr = n4.spec.podCIDRs?.[0] ?? "";
-        const mac = JSON.parse(
-          n4.metadata.annotations?.["flannel.alpha.coreos.com/backend-data"] ??
-            "{}",
-        ).VtepMAC as string;
-        // The echo pod on the fourth node goes with it (pod GC); its
-        // replacement lands on another node. Pods a, b and d stay.
-        await c.stopNode(fourth);
-        await c.kubectl(["delete", "node", fourth.name]);
-        for (const node of c.nodes) {
-          await until(
-            `${fourth.name}'s entries gone from ${node.name}`,
-            30_000,
-            async () => {
-              const route = await node.exec(["ip", "route", "show", cidr]);
-              const neigh = await node.exec([
-                "ip",
-                "neigh",
-                "show",
-                "dev",
-                "flannel.1",
-              ]);
-              const fdb = await node.exec([
-                "bridge",
-                "fdb",
-                "show",
-                "dev",
-                "flannel.1",
-              ]);
-              return route.trim() === "" &&
-                  !neigh.includes(cidr.replace("/24", "")) &&
-                  !fdb.includes(mac)
-                ? true
-                : undefined;
-            },
-          );
-        }
-      },
     );
 
     await t.step(
@@ -547,21 +470,7 @@ await gatedTest({
           );
         }
         await c.kubectl(["delete", "service/churn"]);
-        for (const node of c.nodes) {
-          const running = await podsOn(c, node.name);
-          const state = await until(`${node.name} clean`, 60_000, async () => {
-            const s = await podState(node);
-            return s.ips.length === running.length ? s : undefined;
-          });
-          assertEquals(state.ips, running.map((p) => p.ip).sort(), node.name);
-          assertEquals(state.veths, running.length, `${node.name} veths`);
-          assertEquals(state.netns, running.length, `${node.name} netns`);
-          assertEquals(
-            state.stored.length,
-            running.length,
-            `${node.name} stored`,
-          );
-        }
+        for (const node of c.nodes) await podStateClean(c, node);
         // DEL of a sandbox already deleted, twice: success, nothing run.
         const gone = [...seen].find((s) =>
           s.startsWith(`${c.nodes[0]!.name}/`)
@@ -582,107 +491,6 @@ await gatedTest({
           ]);
           assertEquals([r.code, r.stdout], [0, ""], r.stderr);
         }
-      },
-    );
-
-    await t.step(
-      "a stock kube-flannel.yml with only the image swapped takes over with no packet lost",
-      async () => {
-        const swapped = await kubeFlannelWithWeft("localhost/weft:v0.1.1");
-        const count = await pingDuring(c, a, d.ip, 75, async () => {
-          // SIGTERM leaves the dataplane in place: the swap is hitless.
-          await c.kubectl([
-            "-n",
-            "kube-flannel",
-            "delete",
-            "daemonset",
-            "weft",
-          ]);
-          await c.kubectl(["apply", "-f", "-"], swapped);
-          await rollout(c, "kube-flannel", "daemonset/kube-flannel-ds", 60);
-        });
-        console.log(
-          `  kube-flannel.yml image swap: ${count.received}/${count.sent} answered`,
-        );
-        assertEquals(count.received, count.sent);
-        const ds = await pods(c, "app=flannel", "kube-flannel");
-        assertEquals(ds.filter((p) => p.ready).length, c.nodes.length);
-        for (const p of ds) {
-          const log = await c.kubectl(["-n", "kube-flannel", "logs", p.name]);
-          assert(
-            log.includes("weft v0.1.0 (flanneld-compatible) starting"),
-            log,
-          );
-        }
-        await assertPings(c, a.name, d.ip);
-      },
-    );
-
-    await t.step(
-      "flanneld v0.28.9 migrated node by node to weft as docs/migrate-from-flanneld.md says, no packet lost",
-      async () => {
-        // The starting point: flannel's manifest running the real flanneld.
-        await c.kubectl([
-          "-n",
-          "kube-flannel",
-          "delete",
-          "daemonset",
-          "kube-flannel-ds",
-        ]);
-        await c.kubectl(
-          ["apply", "-f", "-"],
-          await kubeFlannelImages(
-            "localhost/flanneld:v0.28.9",
-            "localhost/weft:v0.1.1",
-          ),
-        );
-        await rollout(c, "kube-flannel", "daemonset/kube-flannel-ds", 90);
-        for (const p of await pods(c, "app=flannel", "kube-flannel")) {
-          const log = await c.kubectl(["-n", "kube-flannel", "logs", p.name]);
-          assert(!log.includes("weft v0.1.0"), `${p.name} runs weft:\n${log}`);
-        }
-        const count = await pingDuring(c, a, d.ip, 180, async () => {
-          // 1. Pin flanneld to unlabelled nodes.
-          await c.kubectl([
-            "-n",
-            "kube-flannel",
-            "patch",
-            "daemonset",
-            "kube-flannel-ds",
-            "--type=strategic",
-            "-p",
-            MIGRATION_PATCH,
-          ]);
-          await rollout(c, "kube-flannel", "daemonset/kube-flannel-ds", 90);
-          // 2. weft on labelled nodes only (none yet).
-          await c.kubectl(
-            ["apply", "-f", "-"],
-            await migrationManifest("localhost/weft:v0.1.1"),
-          );
-          // 3. Move nodes one at a time.
-          for (const node of c.nodes) {
-            await c.kubectl(["label", "node", node.name, "weft/agent=weft"]);
-            await until(
-              `weft Ready on ${node.name}, flanneld gone`,
-              90_000,
-              async () => {
-                const w = await pods(c, "app=weft", "kube-flannel");
-                const f = await pods(c, "app=flannel", "kube-flannel");
-                return w.some((p) => p.node === node.name && p.ready) &&
-                    !f.some((p) => p.node === node.name)
-                  ? true
-                  : undefined;
-              },
-            );
-          }
-        });
-        console.log(
-          `  flanneld to weft migration: ${count.received}/${count.sent} answered`,
-        );
-        assertEquals(count.received, count.sent);
-        const w = await pods(c, "app=weft", "kube-flannel");
-        assertEquals(w.filter((p) => p.ready).length, c.nodes.length);
-        await assertPings(c, a.name, d.ip);
       },
     );
 

@@ -11,7 +11,7 @@ import {
 import { gatedTest } from "../_gate.ts";
 import {
   KUBE_FLANNEL_YML,
-  kubeFlannelWithWeft,
+  kubeFlannelImages,
   manifest,
   migrationManifest,
   parsePingCount,
@@ -72,7 +72,7 @@ Deno.test("migrationManifest() uncomments the weft/agent affinity and drops the 
 
 await gatedTest({
   name:
-    "kubeFlannelWithWeft() changes only the image references of flannel's kube-flannel.yml",
+    "kubeFlannelImages() changes only the image references of flannel's kube-flannel.yml",
   needs: [
     async () =>
       (await Deno.stat(KUBE_FLANNEL_YML).catch(() => null))
@@ -81,8 +81,8 @@ await gatedTest({
   ],
   fn: async () => {
     const stock = await Deno.readTextFile(KUBE_FLANNEL_YML);
-    const changed = changedLines(stock, await kubeFlannelWithWeft("w:1"));
-    assertEquals(changed, Array(3).fill("image: w:1"));
+    const changed = changedLines(stock, await kubeFlannelImages("a:1", "p:1"));
+    assertEquals(changed, ["image: p:1", "image: a:1", "image: a:1"]);
   },
 });
 

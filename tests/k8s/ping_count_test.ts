@@ -26,6 +26,7 @@ Deno.test("countPings() leaves the echoes after the last reply out of the lost o
     lost: 0,
     inFlight: 2,
     longestGapMs: 0,
+    lostSeqs: [],
   });
 });
 
@@ -36,6 +37,7 @@ Deno.test("countPings() counts a gap before the last reply as lost, with its len
     lost: 4,
     inFlight: 0,
     longestGapMs: 150,
+    lostSeqs: [2, 3, 4, 7],
   });
 });
 
@@ -46,5 +48,6 @@ Deno.test("countPings() with no reply at all: everything is unanswered at the en
     lost: 0,
     inFlight: 40,
     longestGapMs: 0,
+    lostSeqs: [],
   });
 });

@@ -79,7 +79,15 @@ export async function signedCert(
     `${dir}/ca.crt`,
     "-CAkey",
     `${dir}/ca.key`,
-    "-CAcreateserial",
+    // A random serial, not -CAcreateserial's file: certificates signed at
+    // the same moment (nodes starting together) would race on it.
+    "-set_serial",
+    `0x${
+      Array.from(
+        crypto.getRandomValues(new Uint8Array(12)),
+        (b) => b.toString(16).padStart(2, "0"),
+      ).join("")
+    }`,
     "-out",
     `${base}.crt`,
     "-days",

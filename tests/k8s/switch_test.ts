@@ -1,0 +1,457 @@
+/**
+ * The switch operators make, on clusters that have only ever run flanneld:
+ * flannel v0.28.9's own `Documentation/kube-flannel.yml` applied with
+ * flanneld v0.28.9 as its agent, workload pods on every node, then
+ *
+ * 1. in place: `kubectl set image` changes the agent container of the
+ *    running `kube-flannel-ds` to weft, and `kubectl rollout undo` takes it
+ *    back to flanneld;
+ * 2. on a second such cluster: the node-by-node path of
+ *    docs/migrate-from-flanneld.md (label a node, its agent moves), and back
+ *    (label removed, node by node).
+ *
+ * Each switch and rollback is one window: traffic between every ordered
+ * pair of three nodes (tests/k8s/_traffic.ts: ICMP every 50 ms and a TCP
+ * connection) must lose nothing, while a fourth node is deleted, a new one
+ * joins and a pod is created and deleted on every node, twice
+ * (tests/k8s/_churn.ts). Afterwards every pod reaches every pod on the
+ * other nodes 3 of 3, the deleted node is in no kernel, the new node is in
+ * every kernel, and on each of the three nodes what the previous agent left
+ * was adopted: the VXLAN device (same ifindex and MAC, VtepMAC annotation
+ * unchanged), no route, neighbour or FDB entry of a peer deleted while the
+ * traffic flowed (`ip monitor` and `bridge monitor` ran through the
+ * window), the same iptables rules as before (no duplicates), the same
+ * subnet.env; and pods the previous agent's network set up are deleted
+ * cleanly under the new one. The per-pair counts go to
+ * bench/results/k8s.md.
+ *
+ * The CNI plugin: flannel's own (github.com/flannel-io/cni-plugin) is not
+ * served here, so the manifest's install-cni-plugin step runs weft's image,
+ * which installs weft's plugin as /opt/cni/bin/flannel under both agents.
+ * What that leaves untested: pods set up by flannel's Go plugin being torn
+ * down by weft's.
+ *
+ * @module
+ */
+import {
+  deepStrictEqual as assertEquals,
+  ok as assert,
+} from "node:assert/strict";
+import { gatedTest, ROOT } from "../_gate.ts";
+import {
+  assertAgents,
+  CLUSTER,
+  IMAGES,
+  K8sCluster,
+  type K8sNode,
+  kubeFlannelImages,
+  migrationManifest,
+  pods,
+  rollout,
+} from "./_k8s.ts";
+import {
+  assertAllReach,
+  assertPeerGone,
+  assertPeerPresent,
+  churnDuring,
+  daemonSetReady,
+  deletedEntries,
+  peerOf,
+  podStateClean,
+  PROBES,
+} from "./_churn.ts";
+import {
+  assertNoLoss,
+  summary,
+  trafficDuring,
+  type TrafficWindow,
+  writeSection,
+} from "./_traffic.ts";
+
+const NS = "kube-flannel";
+const FLANNELD = "localhost/flanneld:v0.28.9";
+const WEFT = "localhost/weft:v0.1.1";
+
+/** A DaemonSet of pods set up by one agent and deleted under the next. */
+function workload(name: string): string {
+  return `apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: ${name}, namespace: default}
+spec:
+  selector: {matchLabels: {app: ${name}}}
+  template:
+    metadata: {labels: {app: ${name}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      enableServiceLinks: false
+      containers:
+      - name: c
+        image: localhost/weft-testpod:1
+        command: ["sleep", "100000"]
+`;
+}
+
+/** docs/migrate-from-flanneld.md, step 1. */
+const PIN_FLANNELD = `
+spec:
+  template:
+    spec:
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+            - matchExpressions:
+              - key: kubernetes.io/os
+                operator: In
+                values: ["linux"]
+              - key: weft/agent
+                operator: NotIn
+                values: ["weft"]
+`;
+
+/** What an agent left on a node that the next one must keep. */
+interface Left {
+  /** flannel.1's ifindex and MAC (`ip -o link`). */
+  readonly device: string;
+  /** The Node's VtepMAC annotation. */
+  readonly vtepMac: string;
+  /** Every iptables rule and chain of either agent, sorted, no counters. */
+  readonly rules: string[];
+  readonly subnetEnv: string;
+}
+
+async function left(c: K8sCluster, node: K8sNode): Promise<Left> {
+  const link = await node.exec(["ip", "-o", "link", "show", "flannel.1"]);
+  const m = link.match(/^(\d+): flannel\.1: .* link\/ether (\S+) /);
+  assert(m, `${node.name}: flannel.1: ${link}`);
+  const rules = [];
+  for (const table of ["nat", "filter"]) {
+    const save = await node.exec(["iptables-save", "-t", table]);
+    rules.push(
+      ...save.split("\n").filter((l) => /FLANNEL|flanneld/.test(l)).map((l) =>
+        `${table} ${l.replace(/ \[\d+:\d+\]$/, "")}`
+      ),
+    );
+  }
+  return {
+    device: `${m[1]} ${m[2]}`,
+    vtepMac: (await peerOf(c, node)).mac,
+    rules: rules.sort(),
+    subnetEnv: await node.exec(["cat", "/run/flannel/subnet.env"]),
+  };
+}
+
+/**
+ * `ip monitor route neigh` and `bridge monitor fdb` in a node's network
+ * namespace for the length of a window.
+ */
+class Monitor {
+  readonly #children: Deno.ChildProcess[];
+  constructor(readonly node: K8sNode) {
+    const pid = node.proc?.child.pid;
+    if (pid === undefined) throw new Error(`${node.name} is not running`);
+    this.#children = [
+      ["ip", "-o", "monitor", "route", "neigh"],
+      ["bridge", "monitor", "fdb"],
+    ].map((cmd) =>
+      new Deno.Command("nsenter", {
+        args: ["-t", String(pid), "-n", ...cmd],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "null",
+      }).spawn()
+    );
+  }
+
+  /** Stops both monitors: their lines. */
+  async stop(): Promise<string[]> {
+    const lines: string[] = [];
+    for (const child of this.#children) {
+      child.kill("SIGTERM");
+      const out = await child.output();
+      lines.push(...new TextDecoder().decode(out.stdout).split("\n"));
+    }
+    return lines.filter((l) => l.trim() !== "");
+  }
+}
+
+/**
+ * The node of `c` that neither carries traffic nor is deleted next: the
+ * fourth one, deleted in the next window.
+ */
+function spare(c: K8sCluster, stable: K8sNode[]): K8sNode {
+  const n = c.nodes.find((x) => !stable.includes(x));
+  assert(n, "a fourth node to delete");
+  return n;
+}
+
+interface Switch {
+  /** A table's first column: what the window does. */
+  readonly what: string;
+  /** Short, for names of objects and files. */
+  readonly tag: string;
+  /** The agent on each node after it (one for all, or by node name). */
+  readonly to: "weft" | "flanneld" | ((node: string) => "weft" | "flanneld");
+  /** The operator's commands, waited on until the cluster says done. */
+  readonly act: () => Promise<void>;
+}
+
+/**
+ * One switch under traffic and churn, then every check of this file.
+ * `stable` are the three nodes whose pods carry the traffic.
+ */
+async function switchWindow(
+  c: K8sCluster,
+  stable: K8sNode[],
+  s: Switch,
+): Promise<TrafficWindow> {
+  const probes = (await pods(c, "app=probe")).filter((p) =>
+    stable.some((n) => n.name === p.node)
+  );
+  assertEquals(probes.length, stable.length);
+  const before = new Map<string, Left>();
+  for (const n of stable) before.set(n.name, await left(c, n));
+  const peers = await Promise.all(stable.map((n) => peerOf(c, n)));
+
+  // Pods the previous agent's network set up, deleted under the next one.
+  const old = `old-${s.tag}`;
+  await c.kubectl(["apply", "-f", "-"], workload(old));
+  await daemonSetReady(c, old);
+
+  const monitors = stable.map((n) => new Monitor(n));
+  let churn;
+  const window = await trafficDuring(c, probes, s.what, async () => {
+    churn = await churnDuring(c, s.tag, spare(c, stable), s.act);
+  });
+  const seen = await Promise.all(monitors.map((m) => m.stop()));
+  console.log(`  ${summary(window)}`);
+  const deletions = monitors.map((m, i) =>
+    deletedEntries(seen[i]!, peers.filter((p) => p.name !== m.node.name))
+      .map((l) => `${m.node.name}: ${l}`)
+  ).flat();
+  if (deletions.length > 0) console.log(deletions.join("\n"));
+  assertNoLoss(window);
+  assertEquals(deletions, [], "a peer's entry deleted while traffic flowed");
+  assert(churn);
+  const { joined, deleted } = churn as Awaited<ReturnType<typeof churnDuring>>;
+
+  await assertAgents(c, s.to);
+  await assertPeerGone(c, deleted);
+  await assertPeerPresent(c, joined);
+  await assertAllReach(c, "app=probe");
+
+  for (const n of stable) {
+    const was = before.get(n.name)!;
+    const now = await left(c, n);
+    assertEquals(now.device, was.device, `${n.name}: flannel.1 recreated`);
+    assertEquals(now.vtepMac, was.vtepMac, `${n.name}: VtepMAC changed`);
+    assertEquals(now.rules, was.rules, `${n.name}: iptables rules differ`);
+    assertEquals(now.subnetEnv, was.subnetEnv, `${n.name}: subnet.env`);
+  }
+
+  await c.kubectl(["delete", `daemonset/${old}`, "--wait=true"]);
+  for (const n of c.nodes) await podStateClean(c, n);
+  return window;
+}
+
+/** Up with four nodes, flanneld's manifest, probes on every node. */
+async function flanneldCluster(): Promise<K8sCluster> {
+  const t0 = Date.now();
+  const c = await K8sCluster.up({
+    images: IMAGES,
+    nodes: 4,
+    log: (l) => console.log(`  ${l}`),
+  });
+  try {
+    console.log(`  cluster up in ${Date.now() - t0} ms`);
+    await c.kubectl(
+      ["apply", "-f", "-"],
+      await kubeFlannelImages(FLANNELD, WEFT),
+    );
+    await rollout(c, NS, "daemonset/kube-flannel-ds", 180);
+    await assertAgents(c, "flanneld");
+    await c.kubectl(["apply", "-f", "-"], PROBES);
+    await daemonSetReady(c, "probe");
+    await assertAllReach(c, "app=probe");
+    return c;
+  } catch (e) {
+    await c.close();
+    throw e;
+  }
+}
+
+/** Where this file's windows go in bench/results/k8s.md. */
+const SECTION_IN_PLACE =
+  "## kube-flannel-ds switched in place from flanneld to weft and back";
+const SECTION_BY_NODE =
+  "## flanneld to weft node by node (docs/migrate-from-flanneld.md) and back";
+
+const CHURN_LINES = [
+  "Each window also deletes a fourth node (stopped, then `kubectl delete",
+  "node`), adds a new one, and creates and deletes a pod on every node,",
+  "twice. Every figure below is for the three nodes that stay.",
+];
+
+await gatedTest({
+  name:
+    "k8s switch: a running kube-flannel-ds is switched to weft by kubectl set image and rolled back, while nodes and pods change, no packet lost",
+  needs: [ROOT, CLUSTER],
+  fn: async (t) => {
+    await using c = await flanneldCluster();
+    const stable = c.nodes.slice(0, 3);
+    const windows: TrafficWindow[] = [];
+
+    // Each step starts from the state the one before left: a failed step
+    // ends the test.
+    const up = await t.step(
+      "kubectl set image: flanneld to weft on every node; weft adopts what flanneld left",
+      async () => {
+        windows.push(
+          await switchWindow(c, stable, {
+            what: "set image flanneld → weft",
+            tag: "up",
+            to: "weft",
+            act: async () => {
+              await c.kubectl([
+                "-n",
+                NS,
+                "set",
+                "image",
+                "daemonset/kube-flannel-ds",
+                `kube-flannel=${WEFT}`,
+              ]);
+              await rollout(c, NS, "daemonset/kube-flannel-ds", 240);
+            },
+          }),
+        );
+      },
+    );
+
+    if (!up) return;
+    await t.step(
+      "kubectl rollout undo: weft back to flanneld on every node; flanneld keeps what weft left",
+      async () => {
+        windows.push(
+          await switchWindow(c, stable, {
+            what: "rollout undo weft → flanneld",
+            tag: "back",
+            to: "flanneld",
+            act: async () => {
+              await c.kubectl([
+                "-n",
+                NS,
+                "rollout",
+                "undo",
+                "daemonset/kube-flannel-ds",
+              ]);
+              await rollout(c, NS, "daemonset/kube-flannel-ds", 240);
+            },
+          }),
+        );
+        await writeSection(
+          SECTION_IN_PLACE,
+          "tests/k8s/switch_test.ts",
+          [
+            "flannel v0.28.9's own Documentation/kube-flannel.yml applied with",
+            "flanneld v0.28.9 as its agent on a cluster that never ran weft, pods on",
+            "every node; then `kubectl set image daemonset/kube-flannel-ds",
+            "kube-flannel=<weft>` and `kubectl rollout undo`. A window runs from the",
+            "command to the DaemonSet rolled out and the churn done.",
+            ...CHURN_LINES,
+          ],
+          windows,
+        );
+      },
+    );
+  },
+});
+
+await gatedTest({
+  name:
+    "k8s switch: flanneld moved to weft node by node as docs/migrate-from-flanneld.md says, and back, while nodes and pods change, no packet lost",
+  needs: [ROOT, CLUSTER],
+  fn: async (t) => {
+    await using c = await flanneldCluster();
+    const stable = c.nodes.slice(0, 3);
+    const windows: TrafficWindow[] = [];
+    const moved = new Set<string>();
+    const planned = (node: string) => moved.has(node) ? "weft" : "flanneld";
+
+    const labelled = await t.step(
+      "labelled one at a time, each node moves from flanneld to weft; weft adopts what flanneld left",
+      async () => {
+        windows.push(
+          await switchWindow(c, stable, {
+            what: "node by node flanneld → weft",
+            tag: "label",
+            to: planned,
+            act: async () => {
+              await c.kubectl([
+                "-n",
+                NS,
+                "patch",
+                "daemonset",
+                "kube-flannel-ds",
+                "--type=strategic",
+                "-p",
+                PIN_FLANNELD,
+              ]);
+              await rollout(c, NS, "daemonset/kube-flannel-ds", 240);
+              await c.kubectl(
+                ["apply", "-f", "-"],
+                await migrationManifest(WEFT),
+              );
+              for (const node of stable) {
+                await c.kubectl([
+                  "label",
+                  "node",
+                  node.name,
+                  "weft/agent=weft",
+                ]);
+                moved.add(node.name);
+                await assertAgents(c, planned);
+              }
+            },
+          }),
+        );
+      },
+    );
+
+    if (!labelled) return;
+    await t.step(
+      "the labels removed one at a time, each node moves back to flanneld; flanneld keeps what weft left",
+      async () => {
+        windows.push(
+          await switchWindow(c, stable, {
+            what: "node by node weft → flanneld",
+            tag: "unlabel",
+            to: planned,
+            act: async () => {
+              for (const node of stable) {
+                await c.kubectl(["label", "node", node.name, "weft/agent-"]);
+                moved.delete(node.name);
+                await assertAgents(c, planned);
+              }
+            },
+          }),
+        );
+        await writeSection(
+          SECTION_BY_NODE,
+          "tests/k8s/switch_test.ts",
+          [
+            "flannel v0.28.9's own Documentation/kube-flannel.yml applied with",
+            "flanneld v0.28.9 as its agent on a cluster that never ran weft, pods on",
+            "every node; then docs/migrate-from-flanneld.md's steps 1 to 3 (flanneld",
+            "pinned to unlabelled nodes, weft's DaemonSet for labelled ones, three",
+            "nodes labelled one at a time), and back by removing the labels one at",
+            "a time. A window runs from the first command to the last node's agent",
+            "Ready and the churn done. A node joining meanwhile is unlabelled: it",
+            "runs flanneld.",
+            ...CHURN_LINES,
+          ],
+          windows,
+        );
+      },
+    );
+  },
+});
