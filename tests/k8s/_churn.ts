@@ -21,7 +21,8 @@ import {
 
 /**
  * The pods traffic runs between: a DaemonSet, so a node that joins gets
- * one; each serves its name over HTTP on :8080 (as echo pods do).
+ * one; each serves its name over HTTP on :8080, with /tmp in memory and
+ * CAP_SYS_NICE, as echo pods (tests/k8s/_k8s.ts) do.
  */
 export const PROBES = `apiVersion: apps/v1
 kind: DaemonSet
@@ -38,6 +39,8 @@ spec:
         image: localhost/weft-testpod:1
         command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
         securityContext: {capabilities: {add: ["SYS_NICE"]}}
+        volumeMounts: [{name: tmp, mountPath: /tmp}]
+      volumes: [{name: tmp, emptyDir: {medium: Memory}}]
 `;
 
 /** What the other nodes' kernels hold for one node. */
@@ -131,6 +134,27 @@ export async function assertPeerGone(
         return !h.route && !h.neigh && !h.fdb ? true : undefined;
       },
     );
+  }
+}
+
+/**
+ * The nodes of `c` still holding any of `peer`'s entries once every node
+ * that will remove them has (waited for up to `timeoutMs`).
+ */
+export async function nodesHolding(
+  c: K8sCluster,
+  peer: Peer,
+  timeoutMs = 30_000,
+): Promise<K8sNode[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const left: K8sNode[] = [];
+    for (const node of c.nodes) {
+      const h = await holds(node, peer);
+      if (h.route || h.neigh || h.fdb) left.push(node);
+    }
+    if (left.length === 0 || Date.now() > deadline) return left;
+    await new Promise((r) => setTimeout(r, 1000));
   }
 }
 
@@ -236,6 +260,8 @@ export interface Churn {
   readonly joined: K8sNode;
   /** The node deleted, as the others knew it. */
   readonly deleted: Peer;
+  /** When its Node object was deleted (ms since the epoch). */
+  readonly deletedAt: number;
   /** Pods created (and deleted) on the nodes. */
   readonly pods: number;
 }
@@ -251,16 +277,17 @@ export async function churnDuring(
   during: () => Promise<void>,
 ): Promise<Churn> {
   const deleted = await peerOf(c, remove);
-  const [, joined, , created] = await Promise.all([
+  const [, joined, deletedAt, created] = await Promise.all([
     during(),
     c.addNode(),
     (async () => {
       await c.stopNode(remove);
       await c.kubectl(["delete", "node", remove.name]);
+      return Date.now();
     })(),
     podChurn(c, tag, 2),
   ]);
-  return { joined, deleted, pods: created };
+  return { joined, deleted, deletedAt, pods: created };
 }
 
 /**

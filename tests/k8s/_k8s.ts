@@ -821,13 +821,23 @@ async function nodeScript(
     `mkdir -p "${p}" "${n}/fs${p}" && mount --bind "${n}/fs${p}" "${p}"`
   ).join("\n");
   const imports = ["weft-pause.tar", "weft-testpod.tar"];
+  // weft's tags are one image under several names (images.sh): the first
+  // is imported, the others are tagged, not read again.
+  const weftTags: string[] = [];
   for await (const e of Deno.readDir(images)) {
-    if (/^(weft-v.*|weft-coredns|flanneld)\.tar$/.test(e.name)) {
-      imports.push(e.name);
-    }
+    if (/^(weft-coredns|flanneld)\.tar$/.test(e.name)) imports.push(e.name);
+    const tag = e.name.match(/^weft-(v.*)\.tar$/)?.[1];
+    if (tag !== undefined) weftTags.push(tag);
   }
+  weftTags.sort();
+  const [firstTag, ...moreTags] = weftTags;
+  if (firstTag === undefined) throw new Error(`No weft image in ${images}`);
+  imports.push(`weft-${firstTag}.tar`);
   const containerd = await must("containerd");
   const ctr = await must("ctr");
+  const tagging = moreTags.map((t) =>
+    `${ctr} -n k8s.io images tag localhost/weft:${firstTag} localhost/weft:${t} >/dev/null`
+  );
   return `#!/bin/bash
 # ${node.name}: runs in its own mount namespace and its network namespace.
 set -euo pipefail
@@ -845,6 +855,7 @@ for i in $(seq 100); do [ -S /run/containerd/containerd.sock ] && break; sleep 0
 for img in ${imports.join(" ")}; do
   ${ctr} -n k8s.io images import --no-unpack=false "${images}/$img" >/dev/null
 done
+${tagging.join("\n")}
 ${await must(
     "kubelet",
   )} --config="${n}/kubelet.yaml" --kubeconfig="${n}/kubelet.kubeconfig" \\
@@ -1080,7 +1091,10 @@ export async function rollout(
 
 /**
  * The test workload: `replicas` busybox pods spread over the nodes, each
- * serving its own name over HTTP on :8080, and the `echo` Service.
+ * serving its own name over HTTP on :8080, and the `echo` Service. /tmp is
+ * in memory and the pods may lower their nice value: the traffic probes of
+ * tests/k8s/_traffic.ts write there and run at nice -10, so that neither a
+ * disk busy with a joining node's image imports nor a busy CPU delays them.
  */
 export function echoManifest(replicas: number, name = "echo"): string {
   return `apiVersion: apps/v1
@@ -1101,6 +1115,8 @@ spec:
         image: localhost/weft-testpod:1
         command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
         securityContext: {capabilities: {add: ["SYS_NICE"]}}
+        volumeMounts: [{name: tmp, mountPath: /tmp}]
+      volumes: [{name: tmp, emptyDir: {medium: Memory}}]
 ---
 apiVersion: v1
 kind: Service

@@ -376,9 +376,10 @@ const LEGEND = [
   `TCP: one connection per pair carrying a numbered ${PAD}-byte line every ${LINE_MS} ms`,
   "(busybox nc). Resets: the connection ended before the stop. Line delay:",
   "from the sender's clock reading to the receiver's (/proc/uptime of the one",
-  `kernel, 10 ms resolution); over ${TCP_STALL_MAX_MS} ms is a stall. Probes run at nice -10;`,
-  "a delay still includes the time a probe waited for a CPU. Length: from",
-  "the first action to the last one done, plus 3 s measured after.",
+  `kernel, 10 ms resolution); over ${TCP_STALL_MAX_MS} ms is a stall. Probes run at nice -10`,
+  "and write to memory; a delay still includes the time a probe waited for a",
+  "CPU. Gap between lines: at the receiver, sender pauses included. Length:",
+  "from the first action to the last one done, plus 3 s measured after.",
 ];
 
 /**
@@ -390,6 +391,7 @@ export async function writeSection(
   source: string,
   intro: readonly string[],
   windows: readonly TrafficWindow[],
+  notes: readonly string[] = [],
 ): Promise<void> {
   const commit = await describeCommit();
   const section = [
@@ -403,6 +405,7 @@ export async function writeSection(
     ...LEGEND,
     "",
     ...table(windows),
+    ...notes.flatMap((n) => ["", n]),
     "",
   ].join("\n");
   const text = await Deno.readTextFile(RESULTS).catch(() => "");
