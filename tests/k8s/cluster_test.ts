@@ -5,17 +5,18 @@
  * checked from the outside: the runtime the kubelets report, readiness,
  * files the init step installed, annotations and conditions, pod traffic
  * across nodes, cluster DNS and what pods do across nodes
- * (tests/k8s/_pod_paths.ts), and pod traffic under 50 ms pings while the
- * DaemonSet is updated, a weft pod deleted, a node added and a node
- * removed; finally 50 pods created and deleted must leave no IPs, veths,
- * network namespaces or stored CNI configurations; then the Helm steps of
- * _helm.ts.
+ * (tests/k8s/_pod_paths.ts); a fourth node joins; then traffic between
+ * every ordered pair of nodes (tests/k8s/_traffic.ts) must lose nothing
+ * while the DaemonSet is updated and while a weft pod is deleted, each
+ * time as a node is deleted, a node joins and pods come and go
+ * (tests/k8s/_churn.ts); a node deleted leaves every kernel; 50 pods
+ * created and deleted must leave no IPs, veths, network namespaces or
+ * stored CNI configurations; then the Helm steps of _helm.ts.
  *
  * One cluster serves every step (it takes about a minute to build). Needs
  * root and the binaries of `.ci/build_servers.sh --with-cluster
  * --with-containerd`; under `CI=true` nothing is ignored. Hostile Nodes
- * (tests/k8s/_hostile.ts) are applied between the weft pod deletion and the
- * fourth node.
+ * (tests/k8s/_hostile.ts) are applied after the node deletion.
  *
  * @module
  */
