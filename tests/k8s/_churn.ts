@@ -12,6 +12,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import {
   crossNodeReach,
+  ECHO_POD_SPEC,
   type K8sCluster,
   type K8sNode,
   type PodInfo,
@@ -32,15 +33,7 @@ spec:
   template:
     metadata: {labels: {app: probe}}
     spec:
-      terminationGracePeriodSeconds: 1
-      enableServiceLinks: false
-      containers:
-      - name: probe
-        image: localhost/weft-testpod:1
-        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
-        securityContext: {capabilities: {add: ["SYS_NICE"]}}
-        volumeMounts: [{name: tmp, mountPath: /tmp}]
-      volumes: [{name: tmp, emptyDir: {medium: Memory}}]
+${ECHO_POD_SPEC}
 `;
 
 /** What the other nodes' kernels hold for one node. */
@@ -185,8 +178,8 @@ export async function assertPeerPresent(
   }
 }
 
-/** A DaemonSet of busybox pods: one pod created on every node. */
-function churnDaemonSet(name: string): string {
+/** A DaemonSet `name` of busybox pods that sleep: one on every node. */
+export function sleepDaemonSet(name: string): string {
   return `apiVersion: apps/v1
 kind: DaemonSet
 metadata: {name: ${name}, namespace: default}
@@ -240,7 +233,7 @@ async function podChurn(
   let created = 0;
   for (let i = 0; i < rounds; i++) {
     const name = `churn-${tag}-${i}`;
-    await c.kubectl(["apply", "-f", "-"], churnDaemonSet(name));
+    await c.kubectl(["apply", "-f", "-"], sleepDaemonSet(name));
     const list = await daemonSetReady(c, name);
     created += list.length;
     await c.kubectl(["delete", `daemonset/${name}`, "--wait=true"]);

@@ -1090,6 +1090,20 @@ export async function rollout(
 }
 
 /**
+ * An echo pod's spec, as lines of a pod template's `spec:` (six spaces
+ * in): busybox serving its own name over HTTP on :8080.
+ */
+export const ECHO_POD_SPEC = `      terminationGracePeriodSeconds: 1
+      enableServiceLinks: false
+      containers:
+      - name: echo
+        image: localhost/weft-testpod:1
+        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        securityContext: {capabilities: {add: ["SYS_NICE"]}}
+        volumeMounts: [{name: tmp, mountPath: /tmp}]
+      volumes: [{name: tmp, emptyDir: {medium: Memory}}]`;
+
+/**
  * The test workload: `replicas` busybox pods spread over the nodes, each
  * serving its own name over HTTP on :8080, and the `echo` Service. /tmp is
  * in memory and the pods may lower their nice value: the traffic probes of
@@ -1106,17 +1120,9 @@ spec:
   template:
     metadata: {labels: {app: ${name}}}
     spec:
-      terminationGracePeriodSeconds: 1
-      enableServiceLinks: false
+${ECHO_POD_SPEC}
       topologySpreadConstraints:
       - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: ${name}}}}
-      containers:
-      - name: echo
-        image: localhost/weft-testpod:1
-        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
-        securityContext: {capabilities: {add: ["SYS_NICE"]}}
-        volumeMounts: [{name: tmp, mountPath: /tmp}]
-      volumes: [{name: tmp, emptyDir: {medium: Memory}}]
 ---
 apiVersion: v1
 kind: Service

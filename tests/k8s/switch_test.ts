@@ -61,6 +61,7 @@ import {
   peerOf,
   podStateClean,
   PROBES,
+  sleepDaemonSet,
 } from "./_churn.ts";
 import {
   assertNoLoss,
@@ -73,25 +74,6 @@ import {
 const NS = "kube-flannel";
 const FLANNELD = "localhost/flanneld:v0.28.9";
 const WEFT = "localhost/weft:v0.1.1";
-
-/** A DaemonSet of pods set up by one agent and deleted under the next. */
-function workload(name: string): string {
-  return `apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: ${name}, namespace: default}
-spec:
-  selector: {matchLabels: {app: ${name}}}
-  template:
-    metadata: {labels: {app: ${name}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      enableServiceLinks: false
-      containers:
-      - name: c
-        image: localhost/weft-testpod:1
-        command: ["sleep", "100000"]
-`;
-}
 
 /** docs/migrate-from-flanneld.md, step 1. */
 const PIN_FLANNELD = `
@@ -243,7 +225,7 @@ async function switchWindow(
 
   // Pods the previous agent's network set up, deleted under the next one.
   const old = `old-${s.tag}`;
-  await c.kubectl(["apply", "-f", "-"], workload(old));
+  await c.kubectl(["apply", "-f", "-"], sleepDaemonSet(old));
   await daemonSetReady(c, old);
 
   const monitors = stable.map((n) => new Monitor(n));
@@ -341,78 +323,85 @@ const CHURN_LINES = [
   "twice. Every figure below is for the three nodes that stay.",
 ];
 
+/**
+ * Runs `steps` in order on `c`, one switch window each (a failed step ends
+ * the test: each starts from the state the one before left), then writes
+ * their windows to `section` of bench/results/k8s.md.
+ */
+async function switchSteps(
+  t: Deno.TestContext,
+  c: K8sCluster,
+  steps: readonly { readonly name: string; readonly s: Switch }[],
+  section: string,
+  intro: readonly string[],
+): Promise<void> {
+  const stable = c.nodes.slice(0, 3);
+  const windows: TrafficWindow[] = [];
+  const notes: string[] = [];
+  for (const { name, s } of steps) {
+    const ok = await t.step(name, async () => {
+      windows.push(await switchWindow(c, stable, s, notes));
+    });
+    if (!ok) return;
+  }
+  await writeSection(
+    section,
+    "tests/k8s/switch_test.ts",
+    [...intro, ...CHURN_LINES],
+    windows,
+    notes,
+  );
+}
+
+/** `kubectl -n kube-flannel ARGS`, then kube-flannel-ds rolled out. */
+async function onFlannelDs(c: K8sCluster, args: string[]): Promise<void> {
+  await c.kubectl(["-n", NS, ...args]);
+  await rollout(c, NS, "daemonset/kube-flannel-ds", 240);
+}
+
 await gatedTest({
   name:
     "k8s switch: a running kube-flannel-ds is switched to weft by kubectl set image and rolled back, while nodes and pods change, no packet lost",
   needs: [ROOT, CLUSTER],
   fn: async (t) => {
     await using c = await flanneldCluster();
-    const stable = c.nodes.slice(0, 3);
-    const windows: TrafficWindow[] = [];
-    const notes: string[] = [];
-
-    // Each step starts from the state the one before left: a failed step
-    // ends the test.
-    const up = await t.step(
-      "kubectl set image: flanneld to weft on every node; weft adopts what flanneld left",
-      async () => {
-        windows.push(
-          await switchWindow(c, stable, {
-            what: "set image flanneld → weft",
-            tag: "up",
-            to: "weft",
-            act: async () => {
-              await c.kubectl([
-                "-n",
-                NS,
-                "set",
-                "image",
-                "daemonset/kube-flannel-ds",
-                `kube-flannel=${WEFT}`,
-              ]);
-              await rollout(c, NS, "daemonset/kube-flannel-ds", 240);
-            },
-          }, notes),
-        );
-      },
-    );
-
-    if (!up) return;
-    await t.step(
-      "kubectl rollout undo: weft back to flanneld on every node; flanneld keeps what weft left",
-      async () => {
-        windows.push(
-          await switchWindow(c, stable, {
-            what: "rollout undo weft → flanneld",
-            tag: "back",
-            to: "flanneld",
-            act: async () => {
-              await c.kubectl([
-                "-n",
-                NS,
-                "rollout",
-                "undo",
-                "daemonset/kube-flannel-ds",
-              ]);
-              await rollout(c, NS, "daemonset/kube-flannel-ds", 240);
-            },
-          }, notes),
-        );
-        await writeSection(
-          SECTION_IN_PLACE,
-          "tests/k8s/switch_test.ts",
-          [
-            "flannel v0.28.9's own Documentation/kube-flannel.yml applied with",
-            "flanneld v0.28.9 as its agent on a cluster that never ran weft, pods on",
-            "every node; then `kubectl set image daemonset/kube-flannel-ds",
-            "kube-flannel=<weft>` and `kubectl rollout undo`. A window runs from the",
-            "command to the DaemonSet rolled out and the churn done.",
-            ...CHURN_LINES,
-          ],
-          windows,
-          notes,
-        );
-      },
+    await switchSteps(
+      t,
+      c,
+      [{
+        name:
+          "kubectl set image: flanneld to weft on every node; weft adopts what flanneld left",
+        s: {
+          what: "set image flanneld → weft",
+          tag: "up",
+          to: "weft",
+          act: () =>
+            onFlannelDs(c, [
+              "set",
+              "image",
+              "daemonset/kube-flannel-ds",
+              `kube-flannel=${WEFT}`,
+            ]),
+        },
+      }, {
+        name:
+          "kubectl rollout undo: weft back to flanneld on every node; flanneld keeps what weft left",
+        s: {
+          what: "rollout undo weft → flanneld",
+          tag: "back",
+          to: "flanneld",
+          act: () =>
+            onFlannelDs(c, ["rollout", "undo", "daemonset/kube-flannel-ds"]),
+        },
+      }],
+      SECTION_IN_PLACE,
+      [
+        "flannel v0.28.9's own Documentation/kube-flannel.yml applied with",
+        "flanneld v0.28.9 as its agent on a cluster that never ran weft, pods on",
+        "every node; then `kubectl set image daemonset/kube-flannel-ds",
+        "kube-flannel=<weft>` and `kubectl rollout undo`. A window runs from the",
+        "command to the DaemonSet rolled out and the churn done.",
+      ],
     );
   },
 });
@@ -424,87 +413,64 @@ await gatedTest({
   fn: async (t) => {
     await using c = await flanneldCluster();
     const stable = c.nodes.slice(0, 3);
-    const windows: TrafficWindow[] = [];
-    const notes: string[] = [];
     const moved = new Set<string>();
     const planned = (node: string) => moved.has(node) ? "weft" : "flanneld";
-
-    const labelled = await t.step(
-      "labelled one at a time, each node moves from flanneld to weft; weft adopts what flanneld left",
-      async () => {
-        windows.push(
-          await switchWindow(c, stable, {
-            what: "node by node flanneld → weft",
-            tag: "label",
-            to: planned,
-            act: async () => {
-              await c.kubectl([
-                "-n",
-                NS,
-                "patch",
-                "daemonset",
-                "kube-flannel-ds",
-                "--type=strategic",
-                "-p",
-                PIN_FLANNELD,
-              ]);
-              await rollout(c, NS, "daemonset/kube-flannel-ds", 240);
-              await c.kubectl(
-                ["apply", "-f", "-"],
-                await migrationManifest(WEFT),
-              );
-              for (const node of stable) {
-                await c.kubectl([
-                  "label",
-                  "node",
-                  node.name,
-                  "weft/agent=weft",
-                ]);
-                moved.add(node.name);
-                await assertAgents(c, planned);
-              }
-            },
-          }, notes),
-        );
-      },
-    );
-
-    if (!labelled) return;
-    await t.step(
-      "the labels removed one at a time, each node moves back to flanneld; flanneld keeps what weft left",
-      async () => {
-        windows.push(
-          await switchWindow(c, stable, {
-            what: "node by node weft → flanneld",
-            tag: "unlabel",
-            to: planned,
-            act: async () => {
-              for (const node of stable) {
-                await c.kubectl(["label", "node", node.name, "weft/agent-"]);
-                moved.delete(node.name);
-                await assertAgents(c, planned);
-              }
-            },
-          }, notes),
-        );
-        await writeSection(
-          SECTION_BY_NODE,
-          "tests/k8s/switch_test.ts",
-          [
-            "flannel v0.28.9's own Documentation/kube-flannel.yml applied with",
-            "flanneld v0.28.9 as its agent on a cluster that never ran weft, pods on",
-            "every node; then docs/migrate-from-flanneld.md's steps 1 to 3 (flanneld",
-            "pinned to unlabelled nodes, weft's DaemonSet for labelled ones, three",
-            "nodes labelled one at a time), and back by removing the labels one at",
-            "a time. A window runs from the first command to the last node's agent",
-            "Ready and the churn done. A node joining meanwhile is unlabelled: it",
-            "runs flanneld.",
-            ...CHURN_LINES,
-          ],
-          windows,
-          notes,
-        );
-      },
+    /** Labels (or unlabels) the nodes one at a time, each moved before the next. */
+    const move = async (label: string, weft: boolean) => {
+      for (const node of stable) {
+        await c.kubectl(["label", "node", node.name, label]);
+        if (weft) moved.add(node.name);
+        else moved.delete(node.name);
+        await assertAgents(c, planned);
+      }
+    };
+    await switchSteps(
+      t,
+      c,
+      [{
+        name:
+          "labelled one at a time, each node moves from flanneld to weft; weft adopts what flanneld left",
+        s: {
+          what: "node by node flanneld → weft",
+          tag: "label",
+          to: planned,
+          act: async () => {
+            await onFlannelDs(c, [
+              "patch",
+              "daemonset",
+              "kube-flannel-ds",
+              "--type=strategic",
+              "-p",
+              PIN_FLANNELD,
+            ]);
+            await c.kubectl(
+              ["apply", "-f", "-"],
+              await migrationManifest(WEFT),
+            );
+            await move("weft/agent=weft", true);
+          },
+        },
+      }, {
+        name:
+          "the labels removed one at a time, each node moves back to flanneld; flanneld keeps what weft left",
+        s: {
+          what: "node by node weft → flanneld",
+          tag: "unlabel",
+          to: planned,
+          act: () => move("weft/agent-", false),
+        },
+      }],
+      SECTION_BY_NODE,
+      [
+        "flannel v0.28.9's own Documentation/kube-flannel.yml applied with",
+        "flanneld v0.28.9 as its agent on a cluster that never ran weft, pods on",
+        "every node; then docs/migrate-from-flanneld.md's steps 1 to 3 (flanneld",
+        "pinned to unlabelled nodes, weft's DaemonSet for labelled ones, three",
+        "nodes labelled one at a time), and back by removing the labels one at",
+        "a time. A window runs from the first command to the last node's agent",
+        "Ready and the churn done. A node joining meanwhile is unlabelled: it",
+        "runs flanneld.",
+      ],
     );
   },
 });
