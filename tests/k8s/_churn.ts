@@ -2,9 +2,9 @@
  * The cluster changing while agents roll: a node joins, a node is deleted,
  * and pods are created and deleted on every node, all while a window's
  * action runs ({@linkcode churnDuring}). Then what every kernel must hold
- * afterwards: the deleted node's route, neighbour and FDB entry gone from
- * every node, the new node's in every node ({@linkcode assertPeerGone},
- * {@linkcode assertPeerPresent}), and every pod reaching every pod on the
+ * afterwards: which nodes still hold the deleted node's route, neighbour
+ * or FDB entry ({@linkcode nodesHolding}), the new node's in every node
+ * ({@linkcode assertPeerPresent}), and every pod reaching every pod on the
  * other nodes with every probe answered ({@linkcode assertAllReach}).
  *
  * @module
@@ -75,7 +75,7 @@ export async function peerOf(c: K8sCluster, node: K8sNode): Promise<Peer> {
 }
 
 /** `cidr`'s network address, the peer's gateway and neighbour on flannel.1. */
-export function gatewayOf(cidr: string): string {
+function gatewayOf(cidr: string): string {
   return cidr.split("/")[0]!;
 }
 
@@ -111,23 +111,6 @@ async function holds(
       l.startsWith(`${peer.mac} `) && l.includes(`dst ${peer.ip} `)
     ),
   };
-}
-
-/** Waits until no node of `c` holds anything for `peer`. */
-export async function assertPeerGone(
-  c: K8sCluster,
-  peer: Peer,
-): Promise<void> {
-  for (const node of c.nodes) {
-    await until(
-      `${peer.name}'s route, neighbour and FDB entry gone from ${node.name}`,
-      60_000,
-      async () => {
-        const h = await holds(node, peer);
-        return !h.route && !h.neigh && !h.fdb ? true : undefined;
-      },
-    );
-  }
 }
 
 /**
