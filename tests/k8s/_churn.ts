@@ -144,10 +144,10 @@ export async function assertPeerPresent(
 ): Promise<void> {
   const peers = new Map<string, Peer>();
   for (const n of c.nodes) peers.set(n.name, await peerOf(c, n));
-  const want = { route: true, neigh: true, fdb: true };
   for (const other of c.nodes.filter((n) => n !== node)) {
     for (const [at, of] of [[other, node], [node, other]] as const) {
       const peer = peers.get(of.name)!;
+      // Times out (and fails) naming the entry still missing.
       await until(
         `${of.name}'s route, neighbour and FDB entry on ${at.name}`,
         60_000,
@@ -156,7 +156,6 @@ export async function assertPeerPresent(
           return h.route && h.neigh && h.fdb ? h : undefined;
         },
       );
-      assertEquals(await holds(at, peer), want);
     }
   }
 }

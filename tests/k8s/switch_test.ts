@@ -229,7 +229,7 @@ async function switchWindow(
   await daemonSetReady(c, old);
 
   const monitors = stable.map((n) => new Monitor(n));
-  let churn;
+  let churn: Churn | undefined;
   const window = await trafficDuring(c, probes, s.what, async () => {
     churn = await churnDuring(c, s.tag, spare(c, stable), s.act);
   });
@@ -243,7 +243,7 @@ async function switchWindow(
   assertNoLoss(window);
   assertEquals(deletions, [], "a peer's entry deleted while traffic flowed");
   assert(churn);
-  const { joined, deleted, deletedAt } = churn as Churn;
+  const { joined, deleted, deletedAt } = churn;
 
   await assertAgents(c, s.to);
   // flanneld removes a peer's entries when it sees the Node deleted, and
