@@ -12,11 +12,12 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import {
   crossNodeReach,
-  ECHO_POD_SPEC,
+  echoPodSpec,
   type K8sCluster,
   type K8sNode,
   type PodInfo,
   pods,
+  PROBE_CPU,
   until,
 } from "./_k8s.ts";
 
@@ -33,7 +34,7 @@ spec:
   template:
     metadata: {labels: {app: probe}}
     spec:
-${ECHO_POD_SPEC}
+${echoPodSpec(PROBE_CPU)}
 `;
 
 /** What the other nodes' kernels hold for one node. */

@@ -433,10 +433,22 @@ export class K8sCluster implements AsyncDisposable {
     );
   }
 
+  /**
+   * Starts a control-plane process in `ns` and in the control plane's CPU
+   * cgroup ({@linkcode cpuCgroup}).
+   */
   #spawn(name: string, ns: Netns, cmd: string[]): Proc {
     const p = Proc.spawn(
       name,
-      ["ip", "netns", "exec", ns.name, ...cmd],
+      [
+        // Before `ip netns exec`, which mounts a /sys without cgroups.
+        ...cpuCgroup(`${CGROUP}/cpu/${this.prefix}-cp`),
+        "ip",
+        "netns",
+        "exec",
+        ns.name,
+        ...cmd,
+      ],
       `${this.dir}/${name}.log`,
     );
     this.#procs.push(p);
@@ -446,6 +458,7 @@ export class K8sCluster implements AsyncDisposable {
   async #controlPlane(): Promise<void> {
     const d = this.dir;
     const t0 = Date.now();
+    await cgroupRoot(`${this.prefix}-cp`);
     this.#spawn("etcd", this.#cp, [
       await must("etcd"),
       "--name=weft-k",
@@ -663,6 +676,7 @@ export class K8sCluster implements AsyncDisposable {
     node.proc = Proc.spawn(
       name,
       [
+        ...cpuCgroup(`${CGROUP}/cpu/${name}/system`),
         "unshare",
         "-m",
         "--propagation",
@@ -872,6 +886,25 @@ wait
 
 // Through the shell: Deno lets only --allow-all read or write /sys.
 const CGROUP = "/sys/fs/cgroup";
+
+/**
+ * The command prefix that moves a process into CPU cgroup `dir` before it
+ * runs the rest of the command line.
+ *
+ * Each node's processes (kubelet, containerd, kube-proxy, image imports)
+ * run in `<node>/system`, its pods in `<node>/kubepods`, the control plane
+ * in `<prefix>-cp`: on the CPU each weighs as one machine would. In the
+ * root cgroup every busy thread would weigh as much as a whole node, and a
+ * node importing images while it joins would starve the others' pods.
+ */
+function cpuCgroup(dir: string): string[] {
+  return [
+    "sh",
+    "-c",
+    'mkdir -p "$0" && echo $$ >"$0/cgroup.procs" && exec "$@"',
+    dir,
+  ];
+}
 
 /** Creates the kubelet's cgroupRoot in every v1 hierarchy (cpuset filled). */
 async function cgroupRoot(name: string): Promise<void> {
@@ -1091,26 +1124,41 @@ export async function rollout(
 
 /**
  * An echo pod's spec, as lines of a pod template's `spec:` (six spaces
- * in): busybox serving its own name over HTTP on :8080.
+ * in): busybox serving its own name over HTTP on :8080. With `cpu`, the
+ * container requests that much CPU: the pod is then Burstable, its cgroup
+ * weighted by the request, where a BestEffort pod weighs 2 against its
+ * node's 1024 and waits whole seconds for a CPU while a node joins.
  */
-export const ECHO_POD_SPEC = `      terminationGracePeriodSeconds: 1
+export function echoPodSpec(cpu?: string): string {
+  return `      terminationGracePeriodSeconds: 1
       enableServiceLinks: false
       containers:
       - name: echo
         image: localhost/weft-testpod:1
         command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
-        securityContext: {capabilities: {add: ["SYS_NICE"]}}
+        securityContext: {capabilities: {add: ["SYS_NICE"]}}${
+    cpu === undefined ? "" : `\n        resources: {requests: {cpu: ${cpu}}}`
+  }
         volumeMounts: [{name: tmp, mountPath: /tmp}]
       volumes: [{name: tmp, emptyDir: {medium: Memory}}]`;
+}
+
+/** The CPU a pod carrying a traffic window's probes requests. */
+export const PROBE_CPU = "500m";
 
 /**
  * The test workload: `replicas` busybox pods spread over the nodes, each
  * serving its own name over HTTP on :8080, and the `echo` Service. /tmp is
- * in memory and the pods may lower their nice value: the traffic probes of
- * tests/k8s/_traffic.ts write there and run at nice -10, so that neither a
- * disk busy with a joining node's image imports nor a busy CPU delays them.
+ * in memory, the pods may lower their nice value and, with `cpu`, request
+ * CPU ({@linkcode echoPodSpec}): the traffic probes of tests/k8s/_traffic.ts
+ * write there and run at nice -10, so that neither a disk busy with a
+ * joining node's image imports nor a busy CPU delays them.
  */
-export function echoManifest(replicas: number, name = "echo"): string {
+export function echoManifest(
+  replicas: number,
+  name = "echo",
+  cpu?: string,
+): string {
   return `apiVersion: apps/v1
 kind: Deployment
 metadata: {name: ${name}, namespace: default}
@@ -1120,7 +1168,7 @@ spec:
   template:
     metadata: {labels: {app: ${name}}}
     spec:
-${ECHO_POD_SPEC}
+${echoPodSpec(cpu)}
       topologySpreadConstraints:
       - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: ${name}}}}
 ---
