@@ -5,17 +5,18 @@
  * checked from the outside: the runtime the kubelets report, readiness,
  * files the init step installed, annotations and conditions, pod traffic
  * across nodes, cluster DNS and what pods do across nodes
- * (tests/k8s/_pod_paths.ts), and pod traffic under 50 ms pings while the
- * DaemonSet is updated, a weft pod deleted, a node added and a node
- * removed; finally 50 pods created and deleted must leave no IPs, veths,
- * network namespaces or stored CNI configurations; then the Helm steps of
- * _helm.ts.
+ * (tests/k8s/_pod_paths.ts); a fourth node joins; then traffic between
+ * every ordered pair of nodes (tests/k8s/_traffic.ts) must lose nothing
+ * while the DaemonSet is updated and while a weft pod is deleted, each
+ * time as a node is deleted, a node joins and pods come and go
+ * (tests/k8s/_churn.ts); a node deleted leaves every kernel; 50 pods
+ * created and deleted must leave no IPs, veths, network namespaces or
+ * stored CNI configurations; then the Helm steps of _helm.ts.
  *
  * One cluster serves every step (it takes about a minute to build). Needs
  * root and the binaries of `.ci/build_servers.sh --with-cluster
  * --with-containerd`; under `CI=true` nothing is ignored. Hostile Nodes
- * (tests/k8s/_hostile.ts) are applied between the weft pod deletion and the
- * fourth node.
+ * (tests/k8s/_hostile.ts) are applied after the node deletion.
  *
  * @module
  */
@@ -27,6 +28,7 @@ import { gatedTest, ROOT } from "../_gate.ts";
 import { HELM } from "../servers/helm.ts";
 import { helmSteps } from "./_helm.ts";
 import {
+  assertAgents,
   CLUSTER,
   CLUSTER_CIDR,
   crossNodeReach,
@@ -41,12 +43,25 @@ import {
   parsePingCount,
   type PodInfo,
   pods,
+  PROBE_CPU,
   rollout,
   servicePod,
   until,
 } from "./_k8s.ts";
 import { hostileNodes } from "./_hostile.ts";
-import { podState, podStateClean } from "./_churn.ts";
+import {
+  assertAllReach,
+  assertPeerPresent,
+  type Churn,
+  churnDuring,
+  daemonSetReady,
+  nodesHolding,
+  peerOf,
+  podState,
+  podStateClean,
+  PROBES,
+} from "./_churn.ts";
+import { assertNoLoss, summary, trafficDuring } from "./_traffic.ts";
 import { nodeOf, podPathSteps } from "./_pod_paths.ts";
 
 /**
@@ -114,16 +129,6 @@ async function pingDuring(
   const count = parsePingCount(text);
   assert(count.sent > seconds * 10, `too few pings sent: ${text}`);
   return count;
-}
-
-/** Three pings from pod `from` to `ip`; every one must be answered. */
-async function assertPings(
-  c: K8sCluster,
-  from: string,
-  ip: string,
-): Promise<void> {
-  const r = await execPod(c, from, ["ping", "-c", "3", "-W", "2", ip]);
-  assertEquals(parsePingCount(r.stdout), { sent: 3, received: 3 }, r.stdout);
 }
 
 await gatedTest({
@@ -259,7 +264,8 @@ await gatedTest({
       },
     );
 
-    await c.kubectl(["apply", "-f", "-"], echoManifest(3));
+    // The echo pods carry the traffic windows' probes.
+    await c.kubectl(["apply", "-f", "-"], echoManifest(3, "echo", PROBE_CPU));
     await rollout(c, "default", "deployment/echo");
     const echo = await pods(c, "app=echo");
     assertEquals(new Set(echo.map((p) => p.node)).size, 3);
@@ -329,10 +335,60 @@ await gatedTest({
 
     await podPathSteps(t, c, echo);
 
+    await c.kubectl(["apply", "-f", "-"], PROBES);
+    await daemonSetReady(c, "probe");
+
+    let spare: K8sNode | undefined;
     await t.step(
-      "a rolling update of the DaemonSet loses no packet",
+      "a fourth node joins and gets a podCIDR, routes and traffic",
       async () => {
-        const count = await pingDuring(c, a, d.ip, 60, async () => {
+        spare = await c.addNode();
+        await until("weft Ready on 4/4 nodes", 120_000, async () => {
+          const w = await pods(c, "app=weft", "kube-flannel");
+          return w.filter((p) => p.ready).length === 4 ? true : undefined;
+        });
+        const n4 = await c.getJson<NodeJson>(["node", spare.name]);
+        assert(/^10\.244\.\d+\.0\/24$/.test(n4.spec.podCIDRs?.[0] ?? ""));
+        await assertPeerPresent(c, spare);
+        await assertAllReach(c, "app=probe");
+      },
+    );
+
+    /**
+     * `act` under traffic between every ordered pair of the echo pods'
+     * nodes while the spare node is deleted, a new one joins and pods come
+     * and go on every node; then both nodes' entries checked in every
+     * kernel and every probe pod reaching every other.
+     */
+    const churnWindow = async (
+      what: string,
+      tag: string,
+      act: () => Promise<void>,
+    ) => {
+      assert(spare);
+      let churn: Churn | undefined;
+      const w = await trafficDuring(c, [a, b, d], what, async () => {
+        churn = await churnDuring(c, tag, spare!, act);
+      });
+      assert(churn);
+      // The next window deletes the node that joined, whatever this one saw.
+      spare = churn.joined;
+      console.log(`  ${summary(w)}`);
+      assertNoLoss(w);
+      assertEquals(
+        (await nodesHolding(c, churn.deleted)).map((n) => n.name),
+        [],
+        `nodes holding ${churn.deleted.name}`,
+      );
+      await assertPeerPresent(c, churn.joined);
+      await assertAgents(c, "weft");
+      await assertAllReach(c, "app=probe");
+    };
+
+    await t.step(
+      "a rolling update of the DaemonSet loses no packet while a node leaves, a node joins and pods come and go",
+      () =>
+        churnWindow("rolling update weft → weft", "update", async () => {
           await c.kubectl([
             "-n",
             "kube-flannel",
@@ -343,41 +399,56 @@ await gatedTest({
             "install-cni-plugin=localhost/weft:v0.1.1",
             "install-cni=localhost/weft:v0.1.1",
           ]);
-          await rollout(c, "kube-flannel", "daemonset/weft", 45);
-        });
-        console.log(
-          `  rolling update: ${count.received}/${count.sent} answered`,
-        );
-        assertEquals(count.received, count.sent);
-        const weft = await pods(c, "app=weft", "kube-flannel");
-        assertEquals(weft.filter((p) => p.ready).length, 3);
-      },
+          await rollout(c, "kube-flannel", "daemonset/weft", 240);
+        }),
     );
 
-    await t.step("deleting a weft pod loses no packet", async () => {
-      const victim = (await pods(c, "app=weft", "kube-flannel")).find((p) =>
-        p.node === a.node
-      );
-      assert(victim);
-      const count = await pingDuring(c, a, d.ip, 40, async () => {
-        await c.kubectl(["-n", "kube-flannel", "delete", "pod", victim.name]);
-        await until(
-          "the replacement weft pod to be Ready",
-          30_000,
-          async () => {
-            const now = await pods(c, "app=weft", "kube-flannel");
-            return now.filter((p) => p.ready && p.name !== victim.name)
-                .length === 3
-              ? true
-              : undefined;
-          },
+    await t.step(
+      "deleting a weft pod loses no packet while a node leaves, a node joins and pods come and go",
+      () =>
+        churnWindow("weft pod deleted", "delete", async () => {
+          const victim = (await pods(c, "app=weft", "kube-flannel")).find((
+            p,
+          ) => p.node === a.node);
+          assert(victim);
+          await c.kubectl([
+            "-n",
+            "kube-flannel",
+            "delete",
+            "pod",
+            victim.name,
+          ]);
+          await until(
+            "the replacement weft pod to be Ready",
+            60_000,
+            async () => {
+              const now = await pods(c, "app=weft", "kube-flannel");
+              return now.some((p) =>
+                  p.ready && p.node === a.node && p.name !== victim.name
+                )
+                ? true
+                : undefined;
+            },
+          );
+        }),
+    );
+
+    await t.step(
+      "a node deleted from the API disappears from the others' kernels",
+      async () => {
+        assert(spare);
+        const gone = await peerOf(c, spare);
+        // Its probe (a DaemonSet's) goes with it; pods a, b and d stay.
+        await c.stopNode(spare);
+        await c.kubectl(["delete", "node", spare.name]);
+        assertEquals(
+          (await nodesHolding(c, gone)).map((n) => n.name),
+          [],
+          `nodes holding ${gone.name}`,
         );
-      });
-      console.log(
-        `  weft pod deleted: ${count.received}/${count.sent} answered`,
-      );
-      assertEquals(count.received, count.sent);
-    });
+        assertEquals(c.nodes.length, 3);
+      },
+    );
 
     await t.step(
       "hostile Nodes (a copied VtepMAC, a stolen podCIDR, a wider podCIDR, the oldest node re-pointing its MAC) change no victim's route or FDB entry, lose no packet, and are counted, also by a restarted agent",
@@ -388,78 +459,6 @@ await gatedTest({
           (from, dst, seconds, during) =>
             pingDuring(c, from, dst, seconds, during),
         ),
-    );
-
-    let fourth: K8sNode | undefined;
-    await t.step(
-      "a fourth node joins and gets a podCIDR, routes and traffic",
-      async () => {
-        fourth = await c.addNode();
-        await until("weft Ready on 4/4 nodes", 120_000, async () => {
-          const w = await pods(c, "app=weft", "kube-flannel");
-          return w.filter((p) => p.ready).length === 4 ? true : undefined;
-        });
-        const n4 = await c.getJson<NodeJson>(["node", fourth.name]);
-        const cidr = n4.spec.podCIDRs?.[0] ?? "";
-        assert(/^10\.244\.\d+\.0\/24$/.test(cidr), cidr);
-        await until(`a route to ${cidr} on ${a.node}`, 30_000, async () => {
-          const r = await nodeOf(c, a.node).exec(["ip", "route", "show", cidr]);
-          return r.includes("dev flannel.1") ? true : undefined;
-        });
-        await c.kubectl(["scale", "deployment/echo", "--replicas=4"]);
-        await rollout(c, "default", "deployment/echo");
-        const on4 = (await pods(c, "app=echo")).find((p) =>
-          p.node === fourth!.name
-        );
-        assert(on4, "an echo pod runs on the fourth node");
-        await assertPings(c, a.name, on4.ip);
-        assertEquals(await httpGet(c, on4.name, a.ip, 8080), a.name);
-      },
-    );
-
-    await t.step(
-      "a node deleted from the API disappears from the others' kernels",
-      async () => {
-        assert(fourth);
-        const n4 = await c.getJson<NodeJson>(["node", fourth.name]);
-        const cidr = n4.spec.podCIDRs?.[0] ?? "";
-        const mac = JSON.parse(
-          n4.metadata.annotations?.["flannel.alpha.coreos.com/backend-data"] ??
-            "{}",
-        ).VtepMAC as string;
-        // The echo pod on the fourth node goes with it (pod GC); its
-        // replacement lands on another node. Pods a, b and d stay.
-        await c.stopNode(fourth);
-        await c.kubectl(["delete", "node", fourth.name]);
-        for (const node of c.nodes) {
-          await until(
-            `${fourth.name}'s entries gone from ${node.name}`,
-            30_000,
-            async () => {
-              const route = await node.exec(["ip", "route", "show", cidr]);
-              const neigh = await node.exec([
-                "ip",
-                "neigh",
-                "show",
-                "dev",
-                "flannel.1",
-              ]);
-              const fdb = await node.exec([
-                "bridge",
-                "fdb",
-                "show",
-                "dev",
-                "flannel.1",
-              ]);
-              return route.trim() === "" &&
-                  !neigh.includes(cidr.replace("/24", "")) &&
-                  !fdb.includes(mac)
-                ? true
-                : undefined;
-            },
-          );
-        }
-      },
     );
 
     await t.step(
