@@ -135,6 +135,12 @@ export async function nodesHolding(
   }
 }
 
+/** Asserts that no node of `c` holds `peer`'s entries once they had time to go. */
+export async function assertPeerGone(c: K8sCluster, peer: Peer) {
+  const left = (await nodesHolding(c, peer)).map((n) => n.name);
+  assertEquals(left, [], `nodes still holding ${peer.name}'s entries`);
+}
+
 /**
  * Waits until every other node of `c` holds `node`'s route, neighbour and
  * FDB entry, and `node` holds theirs.

@@ -79,7 +79,7 @@ export function parseKernel(
 
 /**
  * Every counter of the pods' and their nodes' namespaces and of the
- * kernel. A read that fails is left out (and so reads as unchanged).
+ * kernel. A read that fails throws, naming the pod or node.
  */
 export async function readCounters(
   c: K8sCluster,
@@ -96,12 +96,13 @@ export async function readCounters(
   const script = files.map((f) => `cat ${f}`).join("; echo --; ");
   await Promise.all(list.map(async (p) => {
     const r = await execPod(c, p.name, ["sh", "-c", script]);
-    if (r.code === 0) split(r.stdout, podCounter(p, "").trimEnd());
-  }));
-  await Promise.all(list.map(async (p) => {
+    if (r.code !== 0) throw new Error(`Counters of pod ${p.name}: ${r.stderr}`);
+    split(r.stdout, podCounter(p, "").trimEnd());
     const node = c.nodes.find((n) => n.name === p.node);
-    const r = await node?.tryExec(["sh", "-c", script]);
-    if (r?.code === 0) split(r.stdout, p.node);
+    if (!node) {
+      throw new Error(`Counters of node ${p.node}: not in the cluster`);
+    }
+    split(await node.exec(["sh", "-c", script]), p.node);
   }));
   // Through cat: Deno lets only --allow-all read /proc.
   const [softnet, arp] = await Promise.all([

@@ -346,7 +346,9 @@ async function stop(c: K8sCluster, probes: Probe[]): Promise<PairTraffic[]> {
       from: p.from.node,
       icmp,
       lostAt: icmp.lostSeqs.map((q) =>
-        new Date(boot + t0 * 1000 + q * PING_MS).toISOString().slice(11, 22)
+        Number.isFinite(t0)
+          ? new Date(boot + t0 * 1000 + q * PING_MS).toISOString().slice(11, 22)
+          : "unknown (no start time)"
       ),
       tcp: countTcp(rx, sent, reset),
     });
@@ -421,8 +423,8 @@ function echoLine(w: TrafficWindow): string {
  * every echo it sent: the network lost none. And each ping must have seen
  * every reply but those its pod's sockets dropped: busybox ping asks for a
  * 7280-byte receive buffer (the kernel doubles it), which every ICMP
- * packet of its pod fills, so a ping kept off the CPU for a fifth of a
- * second misses replies its kernel received.
+ * packet of its pod fills, so a ping kept off the CPU for a moment
+ * misses replies its kernel received.
  */
 export function assertNoLoss(w: TrafficWindow): void {
   for (const e of w.echoes) {
@@ -438,6 +440,13 @@ export function assertNoLoss(w: TrafficWindow): void {
     const at = `${w.what}, ${p.pair}`;
     const e = w.echoes.find((x) => x.node === p.from);
     assert(e, `${at}: no kernel counts for ${p.from}`);
+    // The kernel's count covers this pod's pings, or it counted elsewhere.
+    const pinged = w.pairs.filter((x) => x.from === p.from)
+      .reduce((sum, x) => sum + x.icmp.sent, 0);
+    assert(
+      e.sent >= pinged,
+      `${at}: the pod's kernel counted ${e.sent} echoes sent, its pings ${pinged}`,
+    );
     assert(
       p.icmp.sent > w.ms / PING_MS / 2,
       `${at}: too few pings sent (${p.icmp.sent} in ${w.ms} ms)`,

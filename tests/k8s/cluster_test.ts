@@ -51,11 +51,11 @@ import {
 import { hostileNodes } from "./_hostile.ts";
 import {
   assertAllReach,
+  assertPeerGone,
   assertPeerPresent,
   type Churn,
   churnDuring,
   daemonSetReady,
-  nodesHolding,
   peerOf,
   podState,
   podStateClean,
@@ -375,11 +375,7 @@ await gatedTest({
       spare = churn.joined;
       console.log(`  ${summary(w)}`);
       assertNoLoss(w);
-      assertEquals(
-        (await nodesHolding(c, churn.deleted)).map((n) => n.name),
-        [],
-        `nodes holding ${churn.deleted.name}`,
-      );
+      await assertPeerGone(c, churn.deleted);
       await assertPeerPresent(c, churn.joined);
       await assertAgents(c, "weft");
       await assertAllReach(c, "app=probe");
@@ -441,11 +437,7 @@ await gatedTest({
         // Its probe (a DaemonSet's) goes with it; pods a, b and d stay.
         await c.stopNode(spare);
         await c.kubectl(["delete", "node", spare.name]);
-        assertEquals(
-          (await nodesHolding(c, gone)).map((n) => n.name),
-          [],
-          `nodes holding ${gone.name}`,
-        );
+        await assertPeerGone(c, gone);
         assertEquals(c.nodes.length, 3);
       },
     );
