@@ -547,7 +547,6 @@ export class LeaseTable {
    * conflicts with an accepted one ahead of it).
    */
   #settle(events: LeaseEvent[], receivedAt: number): LeaseEvent[] {
-    if (!this.#displaced) return events;
     while (this.#displaced) {
       this.#displaced = false;
       events.push(...this.#unblock(receivedAt));

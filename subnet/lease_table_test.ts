@@ -63,6 +63,16 @@ Deno.test("LeaseTable emits added, changed (removed+added) and removed", () => {
   assert.equal(t.leases.length, 0);
 });
 
+Deno.test("LeaseTable: a claim time moved with nothing to conflict emits nothing", () => {
+  // A field manager that owns the flannel annotations wrote something
+  // else (a label): the claim time moves, the lease does not.
+  const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
+  const a = { ...lease("a", "10.244.1.0/24"), claimedAt: 100 };
+  assert.deepEqual(t.update("a", ok(a), 0).map((e) => e.type), ["added"]);
+  assert.deepEqual(t.update("a", ok({ ...a, claimedAt: 200 }), 0), []);
+  assert.equal(t.leases[0]!.claimedAt, 200);
+});
+
 Deno.test("LeaseTable never reports our own key", () => {
   const t = new LeaseTable(config, { ownKey: "me", noun: "node" });
   assert.equal(t.update("me", ok(lease("me", "10.244.1.0/24")), 0).length, 0);
