@@ -47,7 +47,9 @@
  *
  * Images: tests/k8s/images.sh builds them offline (weft from the
  * Containerfile in its deno-run variant, a pause and a busybox test-pod
- * image) and each node imports them with `ctr -n k8s.io images import`.
+ * image); `ctr -n k8s.io images import` puts them into a containerd root
+ * once, and each node starts from a hard-linked copy of it
+ * ({@linkcode containerdTemplate}).
  * The weft image runs its CNI plugin with deno from /usr/local/lib/weft,
  * which is bind-mounted from the image's own copy on each node.
  *
@@ -672,6 +674,10 @@ export class K8sCluster implements AsyncDisposable {
       `${dir}/node.sh`,
       await nodeScript(node, this.#images, this.#cni),
     );
+    await copyContainerdRoot(
+      await containerdTemplate(this.#images),
+      `${dir}/fs/var/lib/containerd`,
+    );
     await cgroupRoot(name);
     node.proc = Proc.spawn(
       name,
@@ -825,6 +831,139 @@ const NODE_DIRS = [
   "/usr/local/lib/weft",
 ];
 
+/**
+ * The images of `images` (tests/k8s/images.sh's tarballs) imported and
+ * unpacked once into a containerd root, kept beside them as
+ * `containerd-root` and rebuilt when the tarballs or the containerd binary
+ * change: every node starts from a copy ({@linkcode copyContainerdRoot})
+ * instead of importing some 900 MB of images itself, which took a node 15
+ * to 40 s and loaded the disk while other nodes carried the measured
+ * traffic. The root is built by the nodes' own containerd with their
+ * configuration, at the path they use (/var/lib/containerd, bound there in
+ * a private mount namespace). Lanes running at once (tests/k8s/run.sh)
+ * take a lock, so one builds and the other waits.
+ */
+async function containerdTemplate(images: string): Promise<string> {
+  const root = `${images}/containerd-root`;
+  const containerd = await must("containerd");
+  const lock = await Deno.open(`${images}/containerd-root.lock`, {
+    write: true,
+    create: true,
+  });
+  try {
+    await lock.lock(true);
+    const imports = ["weft-pause.tar", "weft-testpod.tar"];
+    // weft's tags are one image under several names (images.sh): the first
+    // is imported, the others are tagged, not read again.
+    const weftTags: string[] = [];
+    for await (const e of Deno.readDir(images)) {
+      if (/^(weft-coredns|flanneld)\.tar$/.test(e.name)) imports.push(e.name);
+      const tag = e.name.match(/^weft-(v.*)\.tar$/)?.[1];
+      if (tag !== undefined) weftTags.push(tag);
+    }
+    imports.sort();
+    weftTags.sort();
+    const [firstTag, ...moreTags] = weftTags;
+    if (firstTag === undefined) throw new Error(`No weft image in ${images}`);
+    imports.push(`weft-${firstTag}.tar`);
+    const stamp = [
+      (await Deno.readTextFile(`${images}/inputs.sha256`)).trim(),
+      (await sh(["sha256sum", containerd])).split(" ")[0],
+      ...imports,
+      ...moreTags,
+    ].join(" ");
+    const stampFile = `${root}.stamp`;
+    if (await Deno.readTextFile(stampFile).catch(() => "") === stamp) {
+      return root;
+    }
+    const t0 = Date.now();
+    await Deno.remove(stampFile).catch(() => {});
+    await Deno.remove(root, { recursive: true }).catch(() => {});
+    const work = await Deno.makeTempDir({ prefix: "weft-containerd-root-" });
+    try {
+      await Deno.mkdir(root);
+      await Deno.writeTextFile(
+        `${work}/containerd.toml`,
+        containerdConfig(await must("containerd-shim-runc-v2"), DEFAULT_CNI),
+      );
+      const ctr = await must("ctr");
+      const script = `set -euo pipefail
+mkdir -p /var/lib/containerd /run/containerd "${work}/state"
+mount --bind "${root}" /var/lib/containerd
+mount --bind "${work}/state" /run/containerd
+${containerd} --config "${work}/containerd.toml" >"${work}/containerd.log" 2>&1 &
+for i in $(seq 100); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.1; done
+for img in ${imports.join(" ")}; do
+  ${ctr} -n k8s.io images import --no-unpack=false "${images}/$img" >/dev/null
+done
+${
+        moreTags.map((t) =>
+          `${ctr} -n k8s.io images tag localhost/weft:${firstTag} localhost/weft:${t} >/dev/null`
+        ).join("\n")
+      }
+kill %1
+wait %1 || true`;
+      const r = await run([
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "bash",
+        "-c",
+        script,
+      ]);
+      if (r.code !== 0) {
+        const log = await Deno.readTextFile(`${work}/containerd.log`)
+          .catch(() => "");
+        throw new Error(
+          `Importing ${imports.join(", ")} from ${images} into ${root} ` +
+            `failed (exit ${r.code}): ${r.stderr.trim()}\n` +
+            `containerd's log ends:\n${log.split("\n").slice(-20).join("\n")}`,
+        );
+      }
+      await Deno.writeTextFile(stampFile, stamp);
+      console.log(
+        `  containerd root with ${imports.join(", ")} built in ${
+          Date.now() - t0
+        } ms`,
+      );
+      return root;
+    } finally {
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  } finally {
+    lock.close();
+  }
+}
+
+/**
+ * Copies the template root to a node's /var/lib/containerd: image blobs
+ * and unpacked layers, which containerd never writes again, as hard links
+ * (a plain copy where the two directories are on different file systems);
+ * every other file (its databases) as a copy of its own. The instance
+ * UUID is left out, so each node's containerd makes its own.
+ */
+async function copyContainerdRoot(from: string, to: string): Promise<void> {
+  await sh([
+    "bash",
+    "-c",
+    `set -euo pipefail
+from="$1" to="$2"
+mkdir -p "$to"
+if ! cp -a --link "$from/." "$to/" 2>/dev/null; then
+  rm -rf "$to"; mkdir -p "$to"; cp -a "$from/." "$to/"
+fi
+cd "$from"
+find . -type f ! -path './io.containerd.content.v1.content/blobs/*' \
+  ! -path './io.containerd.snapshotter.v1.overlayfs/snapshots/*' -print0 |
+  while IFS= read -r -d '' f; do cp -a --remove-destination "$f" "$to/$f"; done
+rm -f "$to/io.containerd.grpc.v1.introspection/uuid"`,
+    "copy-containerd-root",
+    from,
+    to,
+  ]);
+}
+
 async function nodeScript(
   node: K8sNode,
   images: string,
@@ -834,24 +973,6 @@ async function nodeScript(
   const binds = [...NODE_DIRS, ...cni.dirs].map((p) =>
     `mkdir -p "${p}" "${n}/fs${p}" && mount --bind "${n}/fs${p}" "${p}"`
   ).join("\n");
-  const imports = ["weft-pause.tar", "weft-testpod.tar"];
-  // weft's tags are one image under several names (images.sh): the first
-  // is imported, the others are tagged, not read again.
-  const weftTags: string[] = [];
-  for await (const e of Deno.readDir(images)) {
-    if (/^(weft-coredns|flanneld)\.tar$/.test(e.name)) imports.push(e.name);
-    const tag = e.name.match(/^weft-(v.*)\.tar$/)?.[1];
-    if (tag !== undefined) weftTags.push(tag);
-  }
-  weftTags.sort();
-  const [firstTag, ...moreTags] = weftTags;
-  if (firstTag === undefined) throw new Error(`No weft image in ${images}`);
-  imports.push(`weft-${firstTag}.tar`);
-  const containerd = await must("containerd");
-  const ctr = await must("ctr");
-  const tagging = moreTags.map((t) =>
-    `${ctr} -n k8s.io images tag localhost/weft:${firstTag} localhost/weft:${t} >/dev/null`
-  );
   return `#!/bin/bash
 # ${node.name}: runs in its own mount namespace and its network namespace.
 set -euo pipefail
@@ -864,12 +985,10 @@ ${binds}
 ${cni.install}
 tar -C /usr/local/lib -xf "${images}/weft-lib.tar"
 ip link set lo up
-${containerd} --config "${n}/containerd.toml" >"${n}/containerd.log" 2>&1 &
+${await must(
+    "containerd",
+  )} --config "${n}/containerd.toml" >"${n}/containerd.log" 2>&1 &
 for i in $(seq 100); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.1; done
-for img in ${imports.join(" ")}; do
-  ${ctr} -n k8s.io images import --no-unpack=false "${images}/$img" >/dev/null
-done
-${tagging.join("\n")}
 ${await must(
     "kubelet",
   )} --config="${n}/kubelet.yaml" --kubeconfig="${n}/kubelet.kubeconfig" \\

@@ -558,11 +558,23 @@ export async function writeSection(
     ...notes.flatMap((n) => ["", n]),
     "",
   ].join("\n");
-  const text = await Deno.readTextFile(RESULTS).catch(() => "");
-  const at = text.indexOf(`${heading}\n`);
-  const next = at < 0 ? -1 : text.indexOf("\n## ", at + heading.length);
-  const updated = at < 0
-    ? `${text.trimEnd()}\n\n${section}`
-    : `${text.slice(0, at)}${section}${next < 0 ? "" : text.slice(next + 1)}`;
-  await Deno.writeTextFile(RESULTS, updated);
+  // The tier's two lanes (tests/k8s/run.sh) write sections of one file:
+  // each read-modify-write holds an exclusive lock on it.
+  const file = await Deno.open(RESULTS, {
+    read: true,
+    write: true,
+    create: true,
+  });
+  try {
+    await file.lock(true);
+    const text = await Deno.readTextFile(RESULTS);
+    const at = text.indexOf(`${heading}\n`);
+    const next = at < 0 ? -1 : text.indexOf("\n## ", at + heading.length);
+    const updated = at < 0
+      ? `${text.trimEnd()}\n\n${section}`
+      : `${text.slice(0, at)}${section}${next < 0 ? "" : text.slice(next + 1)}`;
+    await Deno.writeTextFile(RESULTS, updated);
+  } finally {
+    file.close();
+  }
 }
