@@ -372,15 +372,21 @@ export async function trafficDuring(
     "one pod per node",
   );
   const tag = what.replace(/[^a-z0-9]+/gi, "-").toLowerCase();
-  const before = await readCounters(c, list);
-  const probes = await start(c, list, tag);
-  const t0 = Date.now();
-  await during();
-  const ms = Date.now() - t0;
-  await new Promise((r) => setTimeout(r, 3000));
-  const dropped = await socketDropsOf(c, list);
-  const pairs = await stop(c, probes);
-  const after = await readCounters(c, list);
+  const { before, after, dropped, pairs, ms } = await laneLock(
+    "shared",
+    async () => {
+      const before = await readCounters(c, list);
+      const probes = await start(c, list, tag);
+      const t0 = Date.now();
+      await during();
+      const ms = Date.now() - t0;
+      await new Promise((r) => setTimeout(r, 3000));
+      const dropped = await socketDropsOf(c, list);
+      const pairs = await stop(c, probes);
+      const after = await readCounters(c, list);
+      return { before, after, dropped, pairs, ms };
+    },
+  );
   const echoes = list.map((p) => ({
     node: p.node,
     sent: grewBy(before, after, podCounter(p, "Icmp.OutEchos")),
@@ -388,6 +394,29 @@ export async function trafficDuring(
     socketDrops: dropped.get(p.name)!,
   }));
   return { what, ms, pairs, echoes, drops: dropsBetween(before, after) };
+}
+
+/**
+ * Keeps the tier's two lanes (tests/k8s/run.sh) from measuring each
+ * other's deliberate load: a traffic window holds the lock shared (windows
+ * of both lanes may overlap), a step that loads the machine on purpose
+ * (dozens of pods created at once, each a CNI plugin start) holds it
+ * exclusive and waits for the other lane's window to end.
+ */
+export async function laneLock<T>(
+  mode: "shared" | "exclusive",
+  fn: () => Promise<T>,
+): Promise<T> {
+  const file = await Deno.open("/tmp/weft-k8s-lanes.lock", {
+    write: true,
+    create: true,
+  });
+  try {
+    await file.lock(mode === "exclusive");
+    return await fn();
+  } finally {
+    file.close();
+  }
 }
 
 /** One line per pair: what a log shows of a window. */

@@ -61,7 +61,7 @@ import {
   podStateClean,
   PROBES,
 } from "./_churn.ts";
-import { assertNoLoss, summary, trafficDuring } from "./_traffic.ts";
+import { assertNoLoss, laneLock, summary, trafficDuring } from "./_traffic.ts";
 import { nodeOf, podPathSteps } from "./_pod_paths.ts";
 
 /**
@@ -455,47 +455,48 @@ await gatedTest({
 
     await t.step(
       "50 pods created and deleted leave no IPs, veths, netns or stored configurations; DEL is idempotent",
-      async () => {
-        const seen = new Set<string>();
-        for (let round = 0; round < 2; round++) {
-          await c.kubectl(["apply", "-f", "-"], echoManifest(25, "churn"));
-          await rollout(c, "default", "deployment/churn", 240);
-          for (const node of c.nodes) {
-            for (const id of (await podState(node)).stored) {
-              seen.add(`${node.name}/${id}`);
+      () =>
+        laneLock("exclusive", async () => {
+          const seen = new Set<string>();
+          for (let round = 0; round < 2; round++) {
+            await c.kubectl(["apply", "-f", "-"], echoManifest(25, "churn"));
+            await rollout(c, "default", "deployment/churn", 240);
+            for (const node of c.nodes) {
+              for (const id of (await podState(node)).stored) {
+                seen.add(`${node.name}/${id}`);
+              }
             }
+            await c.kubectl(["delete", "deployment/churn", "--wait=true"]);
+            await until(
+              "churn pods gone",
+              120_000,
+              async () =>
+                (await pods(c, "app=churn")).length === 0 ? true : undefined,
+            );
           }
-          await c.kubectl(["delete", "deployment/churn", "--wait=true"]);
-          await until(
-            "churn pods gone",
-            120_000,
-            async () =>
-              (await pods(c, "app=churn")).length === 0 ? true : undefined,
+          await c.kubectl(["delete", "service/churn"]);
+          for (const node of c.nodes) await podStateClean(c, node);
+          // DEL of a sandbox already deleted, twice: success, nothing run.
+          const gone = [...seen].find((s) =>
+            s.startsWith(`${c.nodes[0]!.name}/`)
           );
-        }
-        await c.kubectl(["delete", "service/churn"]);
-        for (const node of c.nodes) await podStateClean(c, node);
-        // DEL of a sandbox already deleted, twice: success, nothing run.
-        const gone = [...seen].find((s) =>
-          s.startsWith(`${c.nodes[0]!.name}/`)
-        );
-        assert(gone, "churn pods ran on the first node");
-        const id = gone.split("/")[1]!;
-        const conf = JSON.stringify({
-          cniVersion: "0.3.1",
-          name: "cbr0",
-          type: "flannel",
-          delegate: { hairpinMode: true, isDefaultGateway: true },
-        });
-        for (let i = 0; i < 2; i++) {
-          const r = await c.nodes[0]!.tryExec([
-            "sh",
-            "-c",
-            `echo '${conf}' | CNI_COMMAND=DEL CNI_CONTAINERID=${id} CNI_NETNS= CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin /opt/cni/bin/flannel`,
-          ]);
-          assertEquals([r.code, r.stdout], [0, ""], r.stderr);
-        }
-      },
+          assert(gone, "churn pods ran on the first node");
+          const id = gone.split("/")[1]!;
+          const conf = JSON.stringify({
+            cniVersion: "0.3.1",
+            name: "cbr0",
+            type: "flannel",
+            delegate: { hairpinMode: true, isDefaultGateway: true },
+          });
+          for (let i = 0; i < 2; i++) {
+            const r = await c.nodes[0]!.tryExec([
+              "sh",
+              "-c",
+              `echo '${conf}' | CNI_COMMAND=DEL CNI_CONTAINERID=${id} CNI_NETNS= CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin /opt/cni/bin/flannel`,
+            ]);
+            assertEquals([r.code, r.stdout], [0, ""], r.stderr);
+          }
+        }),
     );
 
     await helmSteps(t, c, () => pods(c, "app=echo"));
