@@ -9,16 +9,16 @@
 # output is shown when it ends.
 #
 # A run that passes records how long each part took in
-# bench/results/test-times.md, in the section for a cold run (no cached
-# server binaries in WEFT_CACHE and no Deno cache in DENO_DIR at the start)
-# or a warm one.
+# bench/results/test-times.md, in the section for a cold run (no server
+# binaries cached in WEFT_CACHE at the start: everything is built) or a
+# warm one. Deno's own cache cannot tell: `deno task` fills DENO_DIR with
+# the npm packages before this script starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cache="${WEFT_CACHE:-/var/cache/weft}"
-deno_dir="${DENO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deno}"
 cold=1
-if [ -d "$cache/bin" ] || [ -d "$deno_dir/npm" ]; then cold=0; fi
+if [ -d "$cache/bin" ]; then cold=0; fi
 start=$SECONDS
 times=()
 timed() { # timed NAME CMD...: runs CMD, records its seconds under NAME
@@ -63,9 +63,9 @@ if [ -n "$(git status --porcelain --untracked-files=no -- . ':!bench/results' 2>
   commit="$commit plus uncommitted changes"
 fi
 if ((cold)); then
-  heading="## Cold: no server binaries in $cache, no npm packages in $deno_dir"
+  heading="## Cold: no server binaries cached in $cache at the start"
 else
-  heading="## Warm: server binaries and Deno's cache from an earlier run"
+  heading="## Warm: server binaries cached by an earlier run"
 fi
 section="$heading
 
