@@ -846,48 +846,46 @@ const NODE_DIRS = [
 async function containerdTemplate(images: string): Promise<string> {
   const root = `${images}/containerd-root`;
   const containerd = await must("containerd");
-  const lock = await Deno.open(`${images}/containerd-root.lock`, {
-    write: true,
-    create: true,
-  });
-  try {
-    await lock.lock(true);
-    const imports = ["weft-pause.tar", "weft-testpod.tar"];
-    // weft's tags are one image under several names (images.sh): the first
-    // is imported, the others are tagged, not read again.
-    const weftTags: string[] = [];
-    for await (const e of Deno.readDir(images)) {
-      if (/^(weft-coredns|flanneld)\.tar$/.test(e.name)) imports.push(e.name);
-      const tag = e.name.match(/^weft-(v.*)\.tar$/)?.[1];
-      if (tag !== undefined) weftTags.push(tag);
-    }
-    imports.sort();
-    weftTags.sort();
-    const [firstTag, ...moreTags] = weftTags;
-    if (firstTag === undefined) throw new Error(`No weft image in ${images}`);
-    imports.push(`weft-${firstTag}.tar`);
-    const stamp = [
-      (await Deno.readTextFile(`${images}/inputs.sha256`)).trim(),
-      (await sh(["sha256sum", containerd])).split(" ")[0],
-      ...imports,
-      ...moreTags,
-    ].join(" ");
-    const stampFile = `${root}.stamp`;
-    if (await Deno.readTextFile(stampFile).catch(() => "") === stamp) {
-      return root;
-    }
-    const t0 = Date.now();
-    await Deno.remove(stampFile).catch(() => {});
-    await Deno.remove(root, { recursive: true }).catch(() => {});
-    const work = await Deno.makeTempDir({ prefix: "weft-containerd-root-" });
-    try {
-      await Deno.mkdir(root);
-      await Deno.writeTextFile(
-        `${work}/containerd.toml`,
-        containerdConfig(await must("containerd-shim-runc-v2"), DEFAULT_CNI),
-      );
-      const ctr = await must("ctr");
-      const script = `set -euo pipefail
+  return await withFileLock(
+    `${images}/containerd-root.lock`,
+    true,
+    async () => {
+      const imports = ["weft-pause.tar", "weft-testpod.tar"];
+      // weft's tags are one image under several names (images.sh): the first
+      // is imported, the others are tagged, not read again.
+      const weftTags: string[] = [];
+      for await (const e of Deno.readDir(images)) {
+        if (/^(weft-coredns|flanneld)\.tar$/.test(e.name)) imports.push(e.name);
+        const tag = e.name.match(/^weft-(v.*)\.tar$/)?.[1];
+        if (tag !== undefined) weftTags.push(tag);
+      }
+      imports.sort();
+      weftTags.sort();
+      const [firstTag, ...moreTags] = weftTags;
+      if (firstTag === undefined) throw new Error(`No weft image in ${images}`);
+      imports.push(`weft-${firstTag}.tar`);
+      const stamp = [
+        (await Deno.readTextFile(`${images}/inputs.sha256`)).trim(),
+        (await sh(["sha256sum", containerd])).split(" ")[0],
+        ...imports,
+        ...moreTags,
+      ].join(" ");
+      const stampFile = `${root}.stamp`;
+      if (await Deno.readTextFile(stampFile).catch(() => "") === stamp) {
+        return root;
+      }
+      const t0 = Date.now();
+      await Deno.remove(stampFile).catch(() => {});
+      await Deno.remove(root, { recursive: true }).catch(() => {});
+      const work = await Deno.makeTempDir({ prefix: "weft-containerd-root-" });
+      try {
+        await Deno.mkdir(root);
+        await Deno.writeTextFile(
+          `${work}/containerd.toml`,
+          containerdConfig(await must("containerd-shim-runc-v2"), DEFAULT_CNI),
+        );
+        const ctr = await must("ctr");
+        const script = `set -euo pipefail
 mkdir -p /var/lib/containerd /run/containerd "${work}/state"
 mount --bind "${root}" /var/lib/containerd
 mount --bind "${work}/state" /run/containerd
@@ -897,42 +895,62 @@ for img in ${imports.join(" ")}; do
   ${ctr} -n k8s.io images import --no-unpack=false "${images}/$img" >/dev/null
 done
 ${
-        moreTags.map((t) =>
-          `${ctr} -n k8s.io images tag localhost/weft:${firstTag} localhost/weft:${t} >/dev/null`
-        ).join("\n")
-      }
+          moreTags.map((t) =>
+            `${ctr} -n k8s.io images tag localhost/weft:${firstTag} localhost/weft:${t} >/dev/null`
+          ).join("\n")
+        }
 kill %1
 wait %1 || true`;
-      const r = await run([
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "bash",
-        "-c",
-        script,
-      ]);
-      if (r.code !== 0) {
-        const log = await Deno.readTextFile(`${work}/containerd.log`)
-          .catch(() => "");
-        throw new Error(
-          `Importing ${imports.join(", ")} from ${images} into ${root} ` +
-            `failed (exit ${r.code}): ${r.stderr.trim()}\n` +
-            `containerd's log ends:\n${log.split("\n").slice(-20).join("\n")}`,
+        const r = await run([
+          "unshare",
+          "-m",
+          "--propagation",
+          "private",
+          "bash",
+          "-c",
+          script,
+        ]);
+        if (r.code !== 0) {
+          const log = await Deno.readTextFile(`${work}/containerd.log`)
+            .catch(() => "");
+          throw new Error(
+            `Importing ${imports.join(", ")} from ${images} into ${root} ` +
+              `failed (exit ${r.code}): ${r.stderr.trim()}\n` +
+              `containerd's log ends:\n${
+                log.split("\n").slice(-20).join("\n")
+              }`,
+          );
+        }
+        await Deno.writeTextFile(stampFile, stamp);
+        console.log(
+          `  containerd root with ${imports.join(", ")} built in ${
+            Date.now() - t0
+          } ms`,
         );
+        return root;
+      } finally {
+        await Deno.remove(work, { recursive: true }).catch(() => {});
       }
-      await Deno.writeTextFile(stampFile, stamp);
-      console.log(
-        `  containerd root with ${imports.join(", ")} built in ${
-          Date.now() - t0
-        } ms`,
-      );
-      return root;
-    } finally {
-      await Deno.remove(work, { recursive: true }).catch(() => {});
-    }
+    },
+  );
+}
+
+/**
+ * Runs `fn` holding a flock(2) on `path` (created if missing), exclusive
+ * or shared: between the tier's lanes (tests/k8s/run.sh) and between the
+ * nodes of one cluster started at once.
+ */
+export async function withFileLock<T>(
+  path: string,
+  exclusive: boolean,
+  fn: () => Promise<T>,
+): Promise<T> {
+  const file = await Deno.open(path, { write: true, create: true });
+  try {
+    await file.lock(exclusive);
+    return await fn();
   } finally {
-    lock.close();
+    file.close();
   }
 }
 

@@ -34,6 +34,7 @@ import {
   type PodInfo,
   PROBE_CPU,
   until,
+  withFileLock,
 } from "./_k8s.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
@@ -407,16 +408,11 @@ export async function laneLock<T>(
   mode: "shared" | "exclusive",
   fn: () => Promise<T>,
 ): Promise<T> {
-  const file = await Deno.open("/tmp/weft-k8s-lanes.lock", {
-    write: true,
-    create: true,
-  });
-  try {
-    await file.lock(mode === "exclusive");
-    return await fn();
-  } finally {
-    file.close();
-  }
+  return await withFileLock(
+    "/tmp/weft-k8s-lanes.lock",
+    mode === "exclusive",
+    fn,
+  );
 }
 
 /** One line per pair: what a log shows of a window. */
@@ -589,13 +585,7 @@ export async function writeSection(
   ].join("\n");
   // The tier's two lanes (tests/k8s/run.sh) write sections of one file:
   // each read-modify-write holds an exclusive lock on it.
-  const file = await Deno.open(RESULTS, {
-    read: true,
-    write: true,
-    create: true,
-  });
-  try {
-    await file.lock(true);
+  await withFileLock(RESULTS, true, async () => {
     const text = await Deno.readTextFile(RESULTS);
     const at = text.indexOf(`${heading}\n`);
     const next = at < 0 ? -1 : text.indexOf("\n## ", at + heading.length);
@@ -603,7 +593,5 @@ export async function writeSection(
       ? `${text.trimEnd()}\n\n${section}`
       : `${text.slice(0, at)}${section}${next < 0 ? "" : text.slice(next + 1)}`;
     await Deno.writeTextFile(RESULTS, updated);
-  } finally {
-    file.close();
-  }
+  });
 }
