@@ -34,6 +34,7 @@ import { formatNet } from "../lib/ip.ts";
 import type { SubnetManager } from "../subnet/lease.ts";
 import { VERSION } from "../lib/version.ts";
 import { RunPermissionError } from "../lib/command.ts";
+import { claimProcessTrust } from "../lib/exact_trust.ts";
 
 const log = logger("main");
 
@@ -310,6 +311,12 @@ export async function runAgent(
     log.info(
       "-vmodule and -log_backtrace_at are accepted for flanneld compatibility and ignored (-v applies to every file)",
     );
+  }
+  // Before any TLS connection: the process's root store can still become
+  // exactly the API server's (or etcd's) CA (lib/exact_trust.ts).
+  const notFetch = claimProcessTrust();
+  if (notFetch) {
+    log.info(`HTTPS goes through node:https (exact CA trust): ${notFetch}`);
   }
   const readiness = new Readiness();
   const setLease = readiness.register(READY.lease);

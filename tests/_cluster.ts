@@ -169,7 +169,7 @@ export function teeToFile(
 
 /** Environment variables weft reads. */
 export const ENV_NAMES =
-  "FLANNELD_*,WEFT_*,NODE_NAME,POD_NAME,POD_NAMESPACE,KUBERNETES_SERVICE_HOST,KUBERNETES_SERVICE_PORT";
+  "FLANNELD_*,WEFT_*,NODE_NAME,POD_NAME,POD_NAMESPACE,KUBERNETES_SERVICE_HOST,KUBERNETES_SERVICE_PORT,DENO_TLS_CA_STORE,DENO_CERT,SSL_CERT_FILE";
 
 /**
  * Permissions the agent runs with: exactly the files, hosts, variables

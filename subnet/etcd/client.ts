@@ -21,7 +21,7 @@ import { parseRetryAfter, sleep } from "../../lib/retry.ts";
 import { readBounded } from "../../lib/bytes.ts";
 import { quote } from "../../lib/log.ts";
 import { urlScheme } from "../../lib/url.ts";
-import { type PinnedFetch, pinnedFetch } from "../../lib/pinned_fetch.ts";
+import { exactCaFetch, type PinnedFetch } from "../../lib/exact_trust.ts";
 
 /** TLS material for `--etcd-cafile/--etcd-certfile/--etcd-keyfile`. */
 export interface EtcdTlsFiles {
@@ -802,7 +802,7 @@ export class EtcdClient implements Disposable {
   }
 
   /**
-   * How requests go out. With a CA file: through {@linkcode pinnedFetch},
+   * How requests go out. With a CA file: through {@linkcode exactCaFetch},
    * trusting that CA alone (an https endpoint whose certificate chains to
    * any other root, the process's own included, is refused before the
    * password or token is sent). A client certificate without a CA file
@@ -835,7 +835,9 @@ export class EtcdClient implements Disposable {
         : undefined;
       if (tls.caFile) {
         const ca = await read("CA file", tls.caFile);
-        return { pinned: pinnedFetch({ ca, ...pair }) };
+        return {
+          pinned: exactCaFetch({ ca, caFile: tls.caFile, ...pair }),
+        };
       }
       return { client: Deno.createHttpClient(pair!) };
     })();

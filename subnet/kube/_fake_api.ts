@@ -81,17 +81,22 @@ export class Changes {
   ): Promise<void> {
     if (pred()) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiters.delete(wake);
-        reject(new Error(`timed out waiting; ${describe()}`));
-      }, timeoutMs);
+      let timer: ReturnType<typeof setTimeout> | undefined;
       const wake = () => {
         if (!pred()) return;
         clearTimeout(timer);
         this.#waiters.delete(wake);
         resolve();
       };
+      // Registered before the timer: a process's first setTimeout can
+      // load Deno's Node timer module, which runs pending microtasks
+      // (and so notifications) before it returns.
       this.#waiters.add(wake);
+      timer = setTimeout(() => {
+        this.#waiters.delete(wake);
+        reject(new Error(`timed out waiting; ${describe()}`));
+      }, timeoutMs);
+      wake();
     });
   }
 }

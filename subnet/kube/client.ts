@@ -11,7 +11,11 @@
  */
 import { logger, quote } from "../../lib/log.ts";
 import { lowerScheme, urlScheme } from "../../lib/url.ts";
-import { type PinnedFetch, pinnedFetch } from "../../lib/pinned_fetch.ts";
+import {
+  exactCaFetch,
+  type ExactFetch,
+  type PinnedFetch,
+} from "../../lib/exact_trust.ts";
 import { readBody } from "./_body.ts";
 import { VERSION } from "../../lib/version.ts";
 import {
@@ -619,7 +623,8 @@ export async function connect(opts: ConnectOptions = {}): Promise<KubeClient> {
   }
   const token = new FileToken(tokenPath);
   await token.token(); // fail early, naming the file
-  const build = (pem: string) => pinnedFetch({ ca: pem });
+  const build = (pem: string) =>
+    logTransport(exactCaFetch({ ca: pem, caFile: caPath }), `"${caPath}"`);
   return new KubeClient({
     server,
     token,
@@ -630,6 +635,11 @@ export async function connect(opts: ConnectOptions = {}): Promise<KubeClient> {
     }),
     ...timeout,
   });
+}
+
+function logTransport(f: ExactFetch, ca: string): ExactFetch {
+  log.info(`API server TLS: trusting only the CA in ${ca}, via ${f.transport}`);
+  return f;
 }
 
 async function clientFromKubeconfig(
@@ -657,9 +667,20 @@ async function clientFromKubeconfig(
     );
   }
   const https = urlScheme(c.server) === "https";
-  // With a CA: trust exactly it (pinned_fetch.ts). Without one, client-go
+  // With a CA: trust exactly it (exact_trust.ts). Without one, client-go
   // uses the system roots, and so does Deno's fetch.
-  const build = (caPem: string) => pinnedFetch({ ca: caPem, ...(tls && tls) });
+  const caFile = c.ca && "file" in c.ca ? c.ca.file : undefined;
+  const build = (caPem: string) =>
+    logTransport(
+      exactCaFetch({
+        ca: caPem,
+        ...(caFile !== undefined && { caFile }),
+        ...(tls && tls),
+      }),
+      caFile !== undefined
+        ? `"${caFile}"`
+        : `the certificate-authority-data of ${where}`,
+    );
   const pinned = https && caCerts ? build(caCerts[0]!) : undefined;
   const httpClient = https && !caCerts && tls
     ? Deno.createHttpClient(tls)

@@ -265,3 +265,192 @@ Deno.test("Kube client refuses to send a token over plain http unless --allow-to
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+const FETCH_CHILD = `
+import { connect } from "${
+  new URL("../../subnet/kube/client.ts", import.meta.url).href
+}";
+import { EtcdClient } from "${
+  new URL("../../subnet/etcd/client.ts", import.meta.url).href
+}";
+import { claimProcessTrust } from "${
+  new URL("../../lib/exact_trust.ts", import.meta.url).href
+}";
+import { setLogSink } from "${
+  new URL("../../lib/log.ts", import.meta.url).href
+}";
+const logs = [];
+setLogSink((line) => logs.push(line));
+const [what, url, arg] = Deno.args;
+const out = { claim: claimProcessTrust() ?? "claimed" };
+if (what === "kube") {
+  const client = await connect({ kubeconfigFile: arg, requestTimeoutMs: 5000 });
+  try {
+    out.result = "ok " + (await client.getJson("/api/v1/nodes/n1")).metadata.name;
+  } catch (e) { out.result = "refused: " + e.message; }
+  client.close();
+} else {
+  const etcd = new EtcdClient({
+    endpoints: [url], tls: { caFile: arg }, username: "root",
+    password: "etcd-pw", requestTimeoutMs: 5000,
+  });
+  try {
+    out.result = "ok " + (await etcd.range("/coreos.com/network/config")).revision;
+  } catch (e) { out.result = "refused: " + e.message; }
+  etcd.close();
+}
+out.transport = logs.join("\\n").match(/via (fetch|node:https)/)?.[1] ?? "not logged";
+console.log(JSON.stringify(out));
+`;
+
+Deno.test("With DENO_TLS_CA_STORE=system the agent's fetch trusts exactly the configured CA: SSL_CERT_FILE, SSL_CERT_DIR and DENO_CERT naming an impostor's CA do not make it trusted", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "weft-tls-fetch-" });
+  const seen: { path: string; auth: string | null; body: string }[] = [];
+  const ac = new AbortController();
+  try {
+    for (const ca of ["a", "b"]) {
+      await Deno.mkdir(`${dir}/${ca}`);
+      await makeCa(`${dir}/${ca}`);
+    }
+    // The impostor: a server whose certificate CA b signed.
+    await signedCert(`${dir}/b`, `${dir}/b/srv`, "/CN=127.0.0.1", [
+      ...SERVER_EXT,
+      "subjectAltName=IP:127.0.0.1",
+    ]);
+    // CA b in an OpenSSL hashed directory, as SSL_CERT_DIR expects.
+    await Deno.mkdir(`${dir}/certdir`);
+    await Deno.copyFile(`${dir}/b/ca.crt`, `${dir}/certdir/b.pem`);
+    const hash = new TextDecoder().decode(
+      (await new Deno.Command("openssl", {
+        args: ["x509", "-noout", "-subject_hash", "-in", `${dir}/b/ca.crt`],
+        stdout: "piped",
+      }).output()).stdout,
+    ).trim();
+    await Deno.copyFile(`${dir}/b/ca.crt`, `${dir}/certdir/${hash}.0`);
+    const server = Deno.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      cert: await Deno.readTextFile(`${dir}/b/srv.crt`),
+      key: await Deno.readTextFile(`${dir}/b/srv.key`),
+      signal: ac.signal,
+      onListen: () => {},
+    }, async (req) => {
+      const path = new URL(req.url).pathname;
+      seen.push({
+        path,
+        auth: req.headers.get("authorization"),
+        body: await req.text(),
+      });
+      if (path === "/v3/auth/authenticate") {
+        return Response.json({ header: { revision: "7" }, token: "etcd-tok" });
+      }
+      if (path === "/v3/kv/range") {
+        return Response.json({ header: { revision: "7" }, kvs: [] });
+      }
+      return Response.json({ kind: "Node", metadata: { name: "n1" } });
+    });
+    const url = `https://127.0.0.1:${(server.addr as Deno.NetAddr).port}`;
+    for (const ca of ["a", "b"]) {
+      await Deno.writeTextFile(
+        `${dir}/kube-${ca}.json`,
+        kubeconfig(url, `${dir}/${ca}/ca.crt`, `secret-${ca}`),
+      );
+    }
+    await Deno.writeTextFile(`${dir}/child.ts`, FETCH_CHILD);
+    // The agent's own variable grants, from the shipped list.
+    const shipped = await Deno.readTextFile(
+      new URL("../../deploy/permissions.txt", import.meta.url),
+    );
+    const allowEnv = shipped.split(/\s+/).find((w) =>
+      w.startsWith("--allow-env=")
+    )!;
+    const child = async (
+      env: Record<string, string>,
+      args: string[],
+    ): Promise<Record<string, string>> => {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--no-prompt",
+          "--allow-net",
+          "--allow-read",
+          allowEnv,
+          "--config",
+          new URL("../../deno.json", import.meta.url).pathname,
+          `${dir}/child.ts`,
+          ...args,
+        ],
+        env,
+        clearEnv: true,
+        cwd: new URL("../..", import.meta.url).pathname,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(out.stdout);
+      assert.equal(
+        out.code,
+        0,
+        `${text}\n${new TextDecoder().decode(out.stderr)}`,
+      );
+      return JSON.parse(text);
+    };
+    const impostorTrusted = {
+      DENO_TLS_CA_STORE: "system",
+      SSL_CERT_FILE: `${dir}/b/ca.crt`,
+      SSL_CERT_DIR: `${dir}/certdir`,
+    };
+    const cases: [string, Record<string, string>, string[], RegExp, string][] =
+      [
+        // The kubeconfig names CA a; everything else names the impostor's.
+        [
+          "kube, wrong CA",
+          impostorTrusted,
+          ["kube", url, `${dir}/kube-a.json`],
+          /^refused: Cannot reach Kubernetes API server .*TLS error/,
+          "fetch",
+        ],
+        [
+          "kube, right CA",
+          impostorTrusted,
+          ["kube", url, `${dir}/kube-b.json`],
+          /^ok n1$/,
+          "fetch",
+        ],
+        [
+          "kube, DENO_CERT names the impostor's CA",
+          { DENO_TLS_CA_STORE: "system", DENO_CERT: `${dir}/b/ca.crt` },
+          ["kube", url, `${dir}/kube-a.json`],
+          /^refused: Cannot reach Kubernetes API server .*TLS error/,
+          "node:https",
+        ],
+        [
+          "etcd, wrong CA",
+          impostorTrusted,
+          ["etcd", url, `${dir}/a/ca.crt`],
+          /^refused: Cannot reach etcd for \/v3\/auth\/authenticate: .*(certificate|TLS|verify)/i,
+          "",
+        ],
+      ];
+    for (const [label, env, args, expect, transport] of cases) {
+      seen.length = 0;
+      const r = await child(env, args);
+      assert.match(r.result!, expect, `${label}: ${JSON.stringify(r)}`);
+      if (transport !== "") assert.equal(r.transport, transport, label);
+      assert.equal(
+        r.claim,
+        env.DENO_CERT === undefined
+          ? "claimed"
+          : `DENO_CERT "${env.DENO_CERT}" adds a root to the process`,
+        label,
+      );
+      assert.deepEqual(
+        seen.map((s) => s.auth),
+        expect.source.startsWith("^ok") ? ["Bearer secret-b"] : [],
+        `${label}: only a client trusting CA b reaches the server`,
+      );
+    }
+  } finally {
+    ac.abort();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
