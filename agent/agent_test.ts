@@ -79,3 +79,16 @@ Deno.test("changeSource() is quiet only while nothing about our objects arrived,
   assert.equal(src.quiet!(), false, "a failed monitor hears nothing");
   assert.equal(src.quiet!(), false);
 });
+
+Deno.test("changeSource() is never quiet once closed (the monitor stopped)", () => {
+  const src = changeSource(
+    monitorOf([]),
+    () => ({ overlay: new Set([7]), external: 2 }),
+    idle,
+  );
+  src.quiet!();
+  assert.equal(src.quiet!(), true);
+  src.close();
+  assert.equal(src.quiet!(), false, "a closed monitor hears nothing");
+  assert.equal(src.quiet!(), false);
+});

@@ -449,7 +449,7 @@ const FLAGS: readonly FlagDef[] = [
     key: "reconcilePeriod",
     def: "10",
     help:
-      "period of the full kernel reconcile (routes, neighbours, FDB), in seconds; while the kernel reports no change to weft's objects, every sixth period (weft only)",
+      "period of the full kernel reconcile (routes, neighbours, FDB), in seconds; while the kernel reports no change to weft's objects, every sixtieth period (weft only)",
     check: range(1, 86400),
   },
   {

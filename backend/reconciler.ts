@@ -6,11 +6,14 @@
  * - events: a lease added, changed or removed is applied at once by diffing
  *   the peer's new entries against what was programmed for it, with no
  *   kernel dump, so convergence costs a few netlink calls;
- * - passes: on a timer, when rtnetlink reports a change to our objects,
- *   and after any failure, the device is re-ensured and the kernel state
+ * - passes: when rtnetlink reports a change to our objects, after any
+ *   failure, and on a timer, the device is re-ensured and the kernel state
  *   of our device and of the cluster routes is read back and diffed
  *   against the whole desired state, repairing drift and removing stale
- *   entries (peers deleted while weft was down).
+ *   entries (peers deleted while weft was down). The timer runs no pass
+ *   while the change source is quiet: nothing about our objects was
+ *   reported, nothing was lost, so there is nothing new to compare (see
+ *   {@linkcode Reconciler.run}).
  *
  * No pass prunes before the subnet manager has delivered its first full
  * listing: a restart must never withdraw routes it has not yet heard of.
@@ -30,8 +33,10 @@
  * A backend may also keep per-peer objects that are none of these (WireGuard
  * peers, see peer_objects.ts): they follow the same two paths, diffed by
  * their identity. rtnetlink reports no change to them, so while a family has
- * such objects no pass is skipped for a quiet change source: an object
- * removed by hand is back within one period (`periodMs`, default 10 s).
+ * such objects every period runs a pass, quiet change source or not: an
+ * object removed by hand is back within one period (`periodMs`, default
+ * 10 s). Without such objects, drift is repaired by the pass the kernel's
+ * notification of it wakes, not by the timer.
  *
  * @module
  */
@@ -99,10 +104,14 @@ export interface ChangeSource {
 }
 
 /**
- * Periods in a row whose pass is skipped while the change source is
- * quiet: with the default period, a full pass at least once a minute.
+ * Quiet periods in a row whose pass is skipped: with the default period a
+ * full pass at least every ten minutes, a few milliseconds per ten minutes
+ * even at thousands of peers. It bounds the one drift the kernel reports
+ * in a form the change source does not hear: a route at a peer's
+ * destination replaced onto a device weft does not watch (only an
+ * "added" notification naming that device, no deletion).
  */
-export const MAX_QUIET_SKIPS = 5;
+export const MAX_QUIET_SKIPS = 59;
 
 /** Options of {@linkcode Reconciler}. */
 export interface ReconcilerOptions {
@@ -111,9 +120,11 @@ export interface ReconcilerOptions {
   /** Backend type whose leases are peers (`vxlan`, `host-gw`). */
   readonly backendType: string;
   /**
-   * Time between full passes, milliseconds. Default 10 000. While the
-   * change source is quiet, only every {@linkcode MAX_QUIET_SKIPS}+1st
-   * period runs one: the kernel has reported no change to compare.
+   * Time between full passes, milliseconds. Default 10 000. A period
+   * runs no pass while the change source is quiet (the kernel reported
+   * no change to compare, and lost no notification) and nothing else
+   * asks for one, up to {@linkcode MAX_QUIET_SKIPS} periods in a row: see
+   * {@linkcode Reconciler.run}.
    */
   readonly periodMs?: number;
   /** Debounce after a kernel notification, milliseconds. Default 100. */
@@ -262,6 +273,8 @@ export class Reconciler {
   #synced = false;
   #passes = 0;
   #dirty = true;
+  /** A pass was asked for ({@linkcode #trigger}) since the loop last looked. */
+  #wanted = false;
   #wake: (() => void) | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
 
@@ -855,16 +868,31 @@ export class Reconciler {
     metrics.peersWaitingForeignRoute.set(waiting.size);
   }
 
-  /** Asks the run loop for a pass soon. */
+  /**
+   * Asks the run loop for a pass soon. Remembered until the loop looks,
+   * so an ask that comes as the period ends is not taken for a quiet
+   * period.
+   */
   #trigger(): void {
+    this.#wanted = true;
     this.#wake?.();
   }
 
   /**
-   * Runs passes until `signal` aborts: on the period (skipping up to
-   * {@linkcode MAX_QUIET_SKIPS} periods in a row while `changes` is
-   * quiet), soon after a kernel change reported by `changes`, and with
-   * backoff after a failure.
+   * Runs passes until `signal` aborts: soon after a kernel change reported
+   * by `changes`, when an event asks for one, with backoff after a
+   * failure, and on the period. A period runs no pass (up to
+   * {@linkcode MAX_QUIET_SKIPS} in a row) while `changes` is quiet (see {@linkcode ChangeSource.quiet}: an
+   * overrun or a stopped monitor is never quiet), the last pass left
+   * nothing failed or dirty, no peer waits for a foreign route, and every
+   * family's objects are ones rtnetlink reports; each such period counts
+   * in `weft_reconcile_quiet_skips_total`. Without `changes`, or without
+   * its `quiet()`, every period runs a pass.
+   *
+   * A peer waiting for a foreign route keeps the periods running: that
+   * route may go without a notification (IPv4 flushes the routes of a
+   * device that goes down or loses its address silently, and the device
+   * is not ours), and only a pass sees it gone.
    */
   async run(signal: AbortSignal, changes?: ChangeSource): Promise<void> {
     let failures = 0;
@@ -887,14 +915,18 @@ export class Reconciler {
       changes?.close();
       this.#trigger();
     }, { once: true });
-    let byTimer = false;
+    // The first round is not the timer's.
+    this.#wanted = true;
     let skipped = 0;
     // Per-peer objects change without a notification (see the module doc).
     const notified = this.#families.every((f) => f.net.objects === undefined);
     while (!signal.aborted) {
+      const byTimer = !this.#wanted;
+      this.#wanted = false;
       const quiet = notified && (changes?.quiet?.() ?? false);
       if (
         this.#synced && byTimer && quiet && failures === 0 && !this.#dirty &&
+        this.#families.every((f) => f.waiting.size === 0) &&
         skipped < MAX_QUIET_SKIPS
       ) {
         skipped++;
@@ -908,9 +940,9 @@ export class Reconciler {
       const wait = failures > 0
         ? Math.min(this.#opts.periodMs, 500 * 2 ** Math.min(failures, 6))
         : this.#opts.periodMs;
-      byTimer = await new Promise<boolean>((resolve) => {
-        this.#wake = () => resolve(false);
-        this.#timer = setTimeout(() => resolve(true), wait);
+      await new Promise<void>((resolve) => {
+        this.#wake = resolve;
+        this.#timer = setTimeout(resolve, wait);
       });
       clearTimeout(this.#timer);
       this.#wake = undefined;

@@ -2,7 +2,12 @@ import assert from "node:assert/strict";
 import { added, node, peer, removed } from "./_testing.ts";
 import { MemoryKernel } from "./memory_kernel.ts";
 import { createBackend } from "./registry.ts";
-import { Reconciler, type ReconcilerOptions } from "./reconciler.ts";
+import {
+  type ChangeSource,
+  MAX_QUIET_SKIPS,
+  Reconciler,
+  type ReconcilerOptions,
+} from "./reconciler.ts";
 import { parseNetConfig } from "../subnet/config.ts";
 import { unwrap } from "../lib/result.ts";
 import { RTPROT_BOOT } from "../ffi/types.ts";
@@ -705,41 +710,165 @@ Deno.test("Reconciler reads the kernel once per listing, and holds a peer that w
   );
 });
 
-Deno.test("Reconciler.run() skips at most five periods in a row while the kernel reports nothing", async () => {
-  const { rec } = runnable({ periodMs: 2 });
-  let quiet = true;
+/**
+ * A change source under the test's control: `notify()` resolves the
+ * pending `next()` (a notification the agent's source would return), and
+ * `quiet()` answers as the agent's does: not after `hear()` (a change or
+ * an overrun), once per call.
+ */
+function fakeChanges() {
+  let notified: () => void = () => {};
   let closed: (e: Error) => void = () => {};
-  const changes = {
-    next: () => new Promise<never>((_, reject) => closed = reject),
+  let heard = false;
+  const source = {
+    next: () =>
+      new Promise<unknown>((resolve, reject) => {
+        notified = () => resolve(undefined);
+        closed = reject;
+      }),
     close: () => closed(new Error("closed")),
-    quiet: () => quiet,
+    quiet: () => {
+      const quiet = !heard;
+      heard = false;
+      return quiet;
+    },
   };
-  const skips = () => metrics.reconcileQuietSkips.get();
-  const before = skips();
-  rec.handle(added(peer(2)));
-  const ac = new AbortController();
-  const done = rec.run(ac.signal, changes);
-  // Bounded: without the skipping this must fail, not hang.
-  const deadline = Date.now() + 2000;
-  while (skips() - before < 12 && Date.now() < deadline) {
+  return {
+    source,
+    notify: () => notified(),
+    hear: () => heard = true,
+  };
+}
+
+/** The periods skipped so far; each counts one period of the timer. */
+const skips = () => metrics.reconcileQuietSkips.get();
+
+/**
+ * Waits, bounded, until `done()`: a loop that never gets there fails the
+ * assertion after it instead of hanging the test.
+ */
+async function until(done: () => boolean, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done() && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 2));
   }
-  const skipped = skips() - before;
-  assert.ok(skipped >= 12, `only ${skipped} periods skipped in 2 s`);
-  const passes = rec.passes;
-  // The listing's own pass, then one after every fifth skip.
-  assert.ok(
-    passes >= 1 + Math.floor(skipped / 5) - 1 &&
-      passes <= 1 + Math.ceil(skipped / 5),
-    `${passes} passes for ${skipped} skips`,
-  );
-  // Heard something: every period runs a pass again, none is skipped.
-  quiet = false;
-  const [p0, s0] = [rec.passes, skips()];
-  while (rec.passes < p0 + 3) await new Promise((r) => setTimeout(r, 2));
-  ac.abort();
-  await done;
-  assert.equal(skips(), s0);
+}
+
+/** Runs `rec` while `body` runs, and stops it even when `body` throws. */
+async function running(
+  rec: Reconciler,
+  changes: ChangeSource | undefined,
+  body: () => Promise<void>,
+): Promise<void> {
+  const ac = new AbortController();
+  const done = rec.run(ac.signal, changes);
+  try {
+    await body();
+  } finally {
+    ac.abort();
+    await done;
+  }
+}
+
+Deno.test("Reconciler.run() runs no pass while the kernel reports nothing, up to MAX_QUIET_SKIPS periods; a notification wakes one, a period after an overrun runs one", async () => {
+  const { rec } = runnable({ periodMs: 2, debounceMs: 0 });
+  const { source, notify, hear } = fakeChanges();
+  rec.handle(added(peer(2)));
+  const s0 = skips();
+  await running(rec, source, async () => {
+    // The listing's own pass, then no pass over many periods.
+    await until(() => skips() - s0 >= 30);
+    assert.ok(skips() - s0 >= 30, `only ${skips() - s0} periods skipped`);
+    assert.equal(rec.passes, 1, "no period ran a pass");
+    // A notification wakes a pass, even while the periods are quiet.
+    notify();
+    await until(() => rec.passes === 2);
+    assert.equal(rec.passes, 2, "the notification woke a pass");
+    const s1 = skips();
+    await until(() => skips() - s1 >= 10);
+    assert.equal(rec.passes, 2, "and quiet again after it");
+    // An overrun (or any change heard) makes the next period run a pass:
+    // no period is skipped before it.
+    const s2 = skips();
+    hear();
+    await until(() => rec.passes === 3);
+    assert.equal(rec.passes, 3, "the period after the overrun ran a pass");
+    assert.equal(skips(), s2, "the very next period");
+    const s3 = skips();
+    await until(() => skips() - s3 >= 10);
+    assert.equal(rec.passes, 3, "quiet again: no pass");
+    // The backstop: after MAX_QUIET_SKIPS quiet periods, one pass.
+    await until(() => rec.passes === 4);
+    assert.equal(rec.passes, 4, "a pass after MAX_QUIET_SKIPS quiet periods");
+    assert.equal(skips() - s3, MAX_QUIET_SKIPS, "not one period sooner");
+  });
+});
+
+Deno.test("Reconciler.run() runs a pass every period without a change source (the monitor could not be opened), or with one that has no quiet()", async () => {
+  const { next, close } = fakeChanges().source;
+  for (const changes of [undefined, { next, close }]) {
+    const { rec } = runnable({ periodMs: 2 });
+    rec.handle(added(peer(2)));
+    const s0 = skips();
+    await running(rec, changes, () => until(() => rec.passes >= 6));
+    assert.ok(rec.passes >= 6, `only ${rec.passes} passes`);
+    assert.equal(skips(), s0, "no period skipped");
+  }
+});
+
+Deno.test("Reconciler.run() runs a pass every period while a peer fails or waits for a foreign route, quiet source or not", async () => {
+  const { kernel, rec } = runnable({ periodMs: 2, debounceMs: 0 });
+  const eth0 = kernel.linkByName("eth0")!;
+  const { source } = fakeChanges();
+  // The foreign route may go without a notification (IPv4 flushes the
+  // routes of a device going down silently): only a pass sees it gone.
+  const theirs = {
+    dst: "10.244.2.0/24",
+    gw: "198.18.0.77",
+    index: eth0.index,
+    protocol: 4,
+  };
+  kernel.routes.push(theirs);
+  rec.handle(added(peer(2), peer(3)));
+  const s0 = skips();
+  await running(rec, source, async () => {
+    await until(() => rec.passes >= 5);
+    assert.ok(rec.passes >= 5, `only ${rec.passes} passes while a peer waits`);
+    assert.equal(skips(), s0, "no period skipped while a peer waits");
+    assert.equal(metrics.peersWaitingForeignRoute.get(), 1);
+    // The route goes, unreported: a period's pass programs the lease, and
+    // then the periods are quiet.
+    kernel.routes = kernel.routes.filter((r) => r !== theirs);
+    await until(() => skips() - s0 >= 10);
+    assert.equal(
+      kernel.routes.find((r) => r.dst === "10.244.2.0/24")?.protocol,
+      87,
+    );
+    assert.equal(metrics.peersWaitingForeignRoute.get(), 0);
+    // A peer the kernel refuses: every period retries it (with backoff capped
+    // at the period), none is skipped.
+    let refuse = true;
+    kernel.fault = (op, obj) =>
+      refuse && op.startsWith("route") &&
+        (obj as { dst?: string }).dst === "10.244.4.0/24"
+        ? NLE_INVAL
+        : undefined;
+    rec.handle(added(peer(4)));
+    const [p1, s1] = [rec.passes, skips()];
+    await until(() => rec.passes >= p1 + 5);
+    assert.ok(rec.passes >= p1 + 5, "the failing peer is retried");
+    assert.equal(skips(), s1, "no period skipped while it fails");
+    refuse = false;
+    await until(() => skips() - s1 >= 5);
+    assert.equal(
+      kernel.routes.find((r) => r.dst === "10.244.4.0/24")?.protocol,
+      87,
+    );
+    const p2 = rec.passes;
+    const s2 = skips();
+    await until(() => skips() - s2 >= 10);
+    assert.equal(rec.passes, p2, "once it is programmed, quiet periods");
+  });
 });
 
 Deno.test("Reconciler: a lease whose destination holds a foreign route waits, logged once, counted, and is programmed once the route is gone", () => {
