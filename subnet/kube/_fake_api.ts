@@ -81,6 +81,8 @@ export class Changes {
   ): Promise<void> {
     if (pred()) return Promise.resolve();
     return new Promise((resolve, reject) => {
+      // Assigned once, but after `wake`, which may run inside setTimeout.
+      // deno-lint-ignore prefer-const
       let timer: ReturnType<typeof setTimeout> | undefined;
       const wake = () => {
         if (!pred()) return;

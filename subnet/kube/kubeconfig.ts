@@ -3,14 +3,18 @@
  * the server and credentials of the current context out, or a reason that
  * names the file and the field. Relative file paths are resolved against
  * the kubeconfig's directory, as client-go does. Reading the files it
- * names is the client's job. A kubeconfig in JSON (a subset of YAML) is
- * read without loading the YAML parser: npm:yaml pulls in Deno's Node
- * compatibility layer, about 15 MiB of RSS.
+ * names is the client's job. A kubeconfig in JSON (a subset of YAML), or
+ * in YAML of the usual shape (block mappings and sequences of one-line
+ * scalars, as kubeadm, k3s, kind and kubectl write them), is read without
+ * loading the YAML parser: npm:yaml pulls in Deno's Node compatibility
+ * layer (its cost is measured in bench/results/compare.md). Any other YAML
+ * falls back to npm:yaml.
  *
  * @module
  */
 import { fail, ok, type Result } from "../../lib/result.ts";
 import { lowerScheme } from "../../lib/url.ts";
+import { parseYamlSubset } from "./_yaml_subset.ts";
 
 /** Where a PEM blob comes from: inline (`*-data`, decoded) or a file. */
 export type PemSource = { readonly data: string } | { readonly file: string };
@@ -96,9 +100,14 @@ export async function parseKubeconfig(
   const where = `kubeconfig "${path}"`;
   let doc: unknown;
   try {
-    doc = text.trimStart().startsWith("{")
-      ? JSON.parse(text)
-      : (await import("./_yaml.ts")).parseYaml(text);
+    if (text.trimStart().startsWith("{")) {
+      doc = JSON.parse(text);
+    } else {
+      const subset = parseYamlSubset(text);
+      doc = subset.ok
+        ? subset.value
+        : (await import("./_yaml.ts")).parseYaml(text);
+    }
   } catch (e) {
     return fail(
       `Cannot parse ${where}: ${(e as Error).message.split("\n")[0]}`,

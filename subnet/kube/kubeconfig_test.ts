@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { parseKubeconfig } from "./kubeconfig.ts";
+import { parseYamlSubset } from "./_yaml_subset.ts";
 import { unwrap } from "../../lib/result.ts";
 
 const PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
@@ -48,6 +49,47 @@ Deno.test("parseKubeconfig() takes the current context's server and credentials"
   );
   assert.equal(c.insecureSkipTlsVerify, false);
   assert.equal(c.context, "weft@cluster");
+});
+
+Deno.test("parseKubeconfig() reads a kubeadm-style YAML kubeconfig without npm:yaml", async () => {
+  const key = btoa(
+    "-----BEGIN RSA PRIVATE KEY-----\nAA\n-----END RSA PRIVATE KEY-----\n",
+  );
+  const text = `apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: ${b64}
+    server: https://192.168.56.10:6443
+  name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: kubernetes-admin
+  name: kubernetes-admin@kubernetes
+current-context: kubernetes-admin@kubernetes
+kind: Config
+preferences: {}
+users:
+- name: kubernetes-admin
+  user:
+    client-certificate-data: ${b64}
+    client-key-data: ${key}
+`;
+  // The fast path takes it; npm:yaml would only be loaded on a refusal.
+  assert.ok(parseYamlSubset(text).ok);
+  for (const t of [text, text.replaceAll("\n", "\r\n")]) {
+    const c = unwrap(await parseKubeconfig(t, "/etc/kubernetes/admin.conf"));
+    assert.deepEqual(c, {
+      server: "https://192.168.56.10:6443",
+      ca: { data: PEM },
+      clientCert: { data: PEM },
+      clientKey: { data: atob(key) },
+      insecureSkipTlsVerify: false,
+      context: "kubernetes-admin@kubernetes",
+      cluster: "kubernetes",
+      user: "kubernetes-admin",
+    });
+  }
 });
 
 Deno.test("parseKubeconfig() lets --kube-api-url override the server", async () => {
