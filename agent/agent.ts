@@ -450,11 +450,6 @@ export async function runAgent(
           (failing.length > 20 ? `; and ${failing.length - 20} more` : ""),
       );
     };
-    const tick = setInterval(() => {
-      refresh();
-      metrics.heapUsed.set(Deno.memoryUsage().heapUsed);
-      metrics.runSignalListeners.set(listeners());
-    }, 500);
 
     let monitor: NetlinkMonitor | undefined;
     try {
@@ -483,6 +478,14 @@ export async function runAgent(
     // may already have fired while we were acquiring the lease).
     const stop = new AbortController();
     const listeners = countAbortListeners(stop.signal);
+    // Looked at when /healthz, /readyz or /metrics is asked, not on a
+    // timer: an idle agent does not wake up for it.
+    refresh();
+    readiness.onRead(() => {
+      refresh();
+      metrics.heapUsed.set(Deno.memoryUsage().heapUsed);
+      metrics.runSignalListeners.set(listeners());
+    });
     const onAbort = () => stop.abort();
     if (signal.aborted) stop.abort();
     else signal.addEventListener("abort", onAbort, { once: true });
@@ -525,7 +528,6 @@ export async function runAgent(
       await settleWithin(tasks, STOP_GRACE_MS);
       throw err;
     } finally {
-      clearInterval(tick);
       signal.removeEventListener("abort", onAbort);
     }
     await settleWithin(tasks, STOP_GRACE_MS);

@@ -52,6 +52,22 @@ export interface Condition {
 export class Readiness {
   readonly #conditions = new Map<string, { ready: boolean; detail: string }>();
   readonly #info = new Map<string, string>();
+  readonly #onRead: (() => void)[] = [];
+
+  /**
+   * Registers `fn` to bring the conditions up to date just before they
+   * are read ({@linkcode Readiness.refresh}): state that is cheap to read
+   * but changes all the time is looked at when someone asks, not on a
+   * timer that would wake an idle process.
+   */
+  onRead(fn: () => void): void {
+    this.#onRead.push(fn);
+  }
+
+  /** Runs the {@linkcode Readiness.onRead} callbacks. */
+  refresh(): void {
+    for (const fn of this.#onRead) fn();
+  }
 
   /**
    * Sets an informational line shown by `/readyz?verbose` that never
@@ -122,6 +138,7 @@ export function healthHandler(
 ): (req: Request) => Response {
   const render = opts.renderMetrics ?? (() => metrics.registry.render());
   return (req) => {
+    opts.readiness.refresh();
     const url = new URL(req.url);
     const path = url.pathname;
     if (req.method !== "GET" && req.method !== "HEAD") {

@@ -107,3 +107,21 @@ Deno.test("/readyz?verbose lists informational lines that never make the node un
     "[+]lease held ok\nreadyz check passed\n",
   );
 });
+
+Deno.test("Every request brings the conditions up to date first (onRead), with no timer", async () => {
+  const readiness = new Readiness();
+  const peers = readiness.register(READY.peers);
+  let synced = false;
+  let reads = 0;
+  readiness.onRead(() => {
+    reads++;
+    peers(synced, synced ? "ok" : "waiting for the first listing");
+  });
+  const handler = healthHandler({ readiness });
+  assertEquals((await get(handler, "/readyz"))[0], 503);
+  synced = true;
+  // Nothing reported the change: the read itself looks.
+  assertEquals((await get(handler, "/readyz"))[0], 200);
+  await get(handler, "/metrics");
+  assertEquals(reads, 3);
+});
