@@ -1,53 +1,55 @@
 /**
- * Benchmark (not a test): weft beside upstream flanneld, one after the
- * other, against the same real kube-apiserver holding N realistic Node
- * objects annotated as flannel vxlan nodes, and in etcd mode against the
- * same etcd holding N flannel leases.
+ * Benchmark (not a test): weft beside upstream flanneld against the same
+ * real kube-apiserver holding N realistic Node objects annotated as
+ * flannel vxlan nodes, and in etcd mode against the same etcd holding N
+ * flannel leases. Each cell runs every variant `--reps` times (default
+ * 3), rotating who goes first; compare_report.ts turns the runs into
+ * medians and ranges, and calls a difference only where the ranges do not
+ * overlap.
  *
  * Each agent runs alone in a fresh network namespace (`eth0` on a bridge
  * in a fresh hub namespace, `198.18.0.1/15`, default route via
- * `198.18.0.254`) with the same flags: `--kube-subnet-mgr
- * --kubeconfig-file --net-config-path --subnet-file --iface=eth0
- * --ip-masq=false`, `NODE_NAME=bench-self`. weft is `deno run <the
- * agent's permissions> main.ts`.
+ * `198.18.0.254`) with the same flags. weft runs as the image runs it:
+ * `deploy/permissions.txt` (the benchmark's directories added to the read
+ * and write paths), `deploy/v8-flags.txt`, `DENO_TLS_CA_STORE=system`.
+ * The kubeconfig is YAML with the CA in a file.
  *
- * How each figure is taken, the same way for both agents:
+ * How each figure is taken, the same way for every agent:
  * - API server path and bytes: the kubeconfig says
  *   `https://127.0.0.1:6443`; inside the agent's namespace that port is a
  *   TCP relay owned by this process (its listening socket is created on a
  *   thread moved into the namespace with setns(2)), which forwards to the
  *   apiserver on the host loopback and counts bytes in each direction.
- *   TLS passes through, so the count is what crossed the wire: TLS
- *   records of gzip-compressed or plain JSON as the apiserver chose.
  * - cold sync: from just before the process is spawned to the moment all
  *   N−1 routes are on `flannel.1` (timestamps from an `ip monitor route`
  *   running in the namespace; a route dump every second backs it up), then
- *   confirmed by dumping neighbours and FDB entries (both agents add them
- *   before the route).
+ *   confirmed by dumping neighbours and FDB entries.
  * - CPU seconds to sync: utime + stime of the agent process
- *   (`/proc/<pid>/stat`) at that moment; RSS: `VmRSS` of the agent
- *   process (for weft, the deno process) 2 s after the sync.
- * - idle CPU: utime + stime over a window after the additions, at one N;
- *   with `--arp-churn`, the benchmark meanwhile flips neighbour entries on
- *   the agent's eth0 between reachable and stale at that rate, as traffic
- *   to peers does on a real node, and weft's full passes are counted.
+ *   (`/proc/<pid>/stat`, 10 ms ticks) at that moment; RSS: `VmRSS` of the
+ *   agent process (for weft, the deno process) 2 s after the sync.
+ * - control-plane CPU: the servers' utime + stime over a window of fixed
+ *   length from the spawn ({@linkcode serverWindowSec}), the same for every
+ *   agent at one N, and over a window of that length with no agent, once
+ *   per repetition (the background the report takes off).
  * - convergence: a new Node is POSTed and the time until its route shows
- *   up in `ip monitor route`; p50 and p99 over the additions.
+ *   up in `ip monitor route`, pooled over the repetitions.
  * - floors: `ip -batch` + `bridge -batch` for the same N−1 peers in a
- *   fresh namespace, and, for reference, a paginated LIST of the nodes
- *   (`limit=500`, read and parsed) by this process.
+ *   fresh namespace; a paginated LIST of the nodes by this process; with
+ *   lever variants, a `deno run` of an empty module.
+ * - steady state (`--steady`): {@linkcode benchSteady}.
  *
- * Run: `deno run -A bench/compare.ts [--weft=<checkout>] [--logs=<dir>]
- * [--out=<dir>] [--idle=<s>] [--arp-churn=<changes/s>] [--additions=60]
- * [--modes=kube,etcd] [--agents=weft,flanneld] [--tag=<namespace tag>]
- * [N...]`
- * (default N = 0 10 100 1000 5000 in both modes; idle CPU over <s>
- * seconds, default 60, at N=1000; results go to bench/results/ unless
- * `--out` says otherwise);
- * `--from=bench/results/compare.json` re-renders saved figures.
- * Writes bench/results/compare.md and compare.svg (through
- * compare_report.ts, which renders them). Needs root and the
- * servers built by `.ci/build_servers.sh`.
+ * Run: `deno run -A bench/compare.ts [N...] [--modes=kube,etcd]
+ * [--reps=3] [--additions=70] [--weft=<checkout>] [--levers]
+ * [--lever='weft: <what>=<checkout>'] [--levers-up-to=100]
+ * [--steady=kube:100,kube:1000,...] [--idle-sec=600] [--churn-sec=900]
+ * [--previous=<old compare.json>@<commit>] [--logs=<dir>] [--out=<dir>]
+ * [--tag=<namespace tag>]` (default N = 0 10 100 1000 5000 in both
+ * modes; with only `--steady`, no cold-sync cells). Steady cells run at the
+ * same time, each against its own control plane.
+ * `--from=bench/results/compare.json [--readme]` re-renders saved
+ * figures. Writes bench/results/compare.md, compare.json and compare.svg
+ * unless `--out` says otherwise. Needs root and the servers built by
+ * `.ci/build_servers.sh`.
  *
  * @module
  */
@@ -55,7 +57,6 @@ import { joinOnBridge, Netns, run } from "../tests/_netns.ts";
 import { KubeServers } from "../tests/servers/kube.ts";
 import { EtcdServer } from "../tests/servers/etcd.ts";
 import { serverBinary } from "../tests/servers/paths.ts";
-import { agentPermissions } from "../tests/_cluster.ts";
 import { inNetns } from "../ffi/_native.ts";
 import { libs } from "../ffi/libnl.ts";
 import { openNetlink } from "../ffi/netlink.ts";
@@ -66,14 +67,19 @@ import { percentile, readProc } from "./_stats.ts";
 import {
   type Agent,
   type AgentResult,
+  commitOf,
+  type CompareResults,
   type CompareRow,
+  machine,
   type Mode,
+  type SteadyResult,
   writeCompareResults,
   writeReadme,
 } from "./compare_report.ts";
 
-export type { Agent, AgentResult, CompareRow, Mode };
+export type { Agent, AgentResult, CompareResults, CompareRow, Mode };
 export {
+  commitOf,
   compareSvg,
   formatCompare,
   readmeSection,
@@ -87,47 +93,6 @@ const SELF = "bench-self";
 const SELF_SUBNET = "10.0.1.0/24";
 const API_PORT = 6443;
 const ROOT = new URL("../", import.meta.url).pathname;
-
-/** Options of {@linkcode benchCompare}. */
-export interface CompareOptions {
-  /** New nodes added, one at a time, per agent and N. Default 60. */
-  readonly additions?: number;
-  /** Progress lines. Default: nothing. */
-  readonly progress?: (line: string) => void;
-  /** Give up on a cold sync after this long, ms. Default 180 000. */
-  readonly syncTimeoutMs?: number;
-  /**
-   * Directory of the weft checkout whose `main.ts` runs. Default: this
-   * repository. (A clean `git archive` snapshot keeps other people's
-   * uncommitted edits out of a measurement.)
-   */
-  readonly weftRoot?: string;
-  /** If set, each agent's log is kept there as `<agent>-<N>.log`. */
-  readonly logDir?: string;
-  /** Idle CPU is measured at this N (after the additions). Default 1000. */
-  readonly idleAtN?: number;
-  /** Length of the idle window, s. Default 60. */
-  readonly idleSec?: number;
-  /**
-   * ARP state changes a second on the agent's eth0 during the idle window,
-   * as a real node's traffic to its peers makes them. Default 0.
-   */
-  readonly arpChurn?: number;
-  /**
-   * Only these agents run (default both). With one, no row is written and
-   * its figures are only in the progress lines: for a size the other
-   * agent cannot sync at.
-   */
-  readonly agents?: Agent[];
-  /** Where the leases live. Default kube. */
-  readonly mode?: Mode;
-  /**
-   * Namespace tag: namespaces are `weft-t-<tag>-hub-*` and
-   * `weft-t-<tag>-<agent>-*`. Default `cmp`; a run beside another one
-   * (an idle measurement outside the shared lock) takes its own.
-   */
-  readonly nsTag?: string;
-}
 
 // ---- cluster content -------------------------------------------------------
 
@@ -164,7 +129,7 @@ function floorPeer(i: number): FloorPeer {
 }
 
 /** The agent's own node, as kubelet registers it: no flannel annotations. */
-function selfNode(): Record<string, unknown> {
+function selfNode(name = SELF, subnet = SELF_SUBNET): Record<string, unknown> {
   const node = realisticNode(65000) as {
     metadata: Record<string, unknown>;
     spec: Record<string, unknown>;
@@ -172,7 +137,7 @@ function selfNode(): Record<string, unknown> {
   return {
     ...node,
     metadata: {
-      name: SELF,
+      name,
       labels: node.metadata.labels,
       // kubelet's own annotations, none of flannel's. (flanneld v0.28.9
       // panics on a Node with no annotations at all.)
@@ -183,7 +148,7 @@ function selfNode(): Record<string, unknown> {
         "volumes.kubernetes.io/controller-managed-attach-detach": "true",
       },
     },
-    spec: { podCIDR: SELF_SUBNET, podCIDRs: [SELF_SUBNET] },
+    spec: { podCIDR: subnet, podCIDRs: [subnet] },
   };
 }
 
@@ -194,8 +159,8 @@ interface Store extends AsyncDisposable {
   readonly port: number;
   /** Port of the relay inside the agent's namespace. */
   readonly relayPort: number;
-  /** The agent's flags that name the store. */
-  flags(): string[];
+  /** The agent's flags that name the store (`fullYaml`: see Variant). */
+  flags(fullYaml?: boolean): string[];
   /** Peers `from..to-1` (24 requests in flight). */
   populate(from: number, to: number): Promise<void>;
   /** Before each agent: the agent's own lease starts from scratch. */
@@ -229,7 +194,7 @@ async function inParallel(
   await Promise.all(Array.from({ length: 24 }, worker));
 }
 
-/** Kube mode: Nodes in a kube-apiserver, read through a JSON kubeconfig. */
+/** Kube mode: Nodes in a kube-apiserver, read through a YAML kubeconfig. */
 export class KubeStore implements Store {
   readonly mode = "kube";
   readonly relayPort = API_PORT;
@@ -248,7 +213,7 @@ export class KubeStore implements Store {
     await Deno.writeTextFile(`${dir}/net-conf.json`, NET_CONF);
     return new KubeStore(
       k,
-      await jsonKubeconfig(`${dir}/kubeconfig`, k),
+      await yamlKubeconfig(dir, k),
       `${dir}/net-conf.json`,
     );
   }
@@ -257,10 +222,14 @@ export class KubeStore implements Store {
     return this.#k.port;
   }
 
-  flags(): string[] {
+  flags(fullYaml = false): string[] {
     return [
       "--kube-subnet-mgr",
-      `--kubeconfig-file=${this.#kubeconfig}`,
+      `--kubeconfig-file=${
+        fullYaml
+          ? this.#kubeconfig.replace(/\.yaml$/, "-full.yaml")
+          : this.#kubeconfig
+      }`,
       `--net-config-path=${this.#netConf}`,
     ];
   }
@@ -269,12 +238,17 @@ export class KubeStore implements Store {
     return inParallel(from, to, (i) => this.#k.createNode(peerNode(i)));
   }
 
-  async reset(): Promise<void> {
-    const r = await this.#k.request("DELETE", `/api/v1/nodes/${SELF}`);
+  reset(): Promise<void> {
+    return this.createSelf(SELF, SELF_SUBNET);
+  }
+
+  /** (Re)creates an agent's own Node as kubelet registers it. */
+  async createSelf(name: string, subnet: string): Promise<void> {
+    const r = await this.#k.request("DELETE", `/api/v1/nodes/${name}`);
     if (r.status !== 200 && r.status !== 404) {
-      throw new Error(`DELETE node ${SELF}: ${r.status}`);
+      throw new Error(`DELETE node ${name}: ${r.status}`);
     }
-    await this.#k.createNode(selfNode());
+    await this.#k.createNode(selfNode(name, subnet));
   }
 
   async add(i: number): Promise<string> {
@@ -649,7 +623,9 @@ class RouteMonitor implements AsyncDisposable {
 /** CPU seconds (utime + stime) and VmRSS bytes of a process. */
 async function procStats(
   pid: number,
-): Promise<{ cpuSec: number; rss: number; hwm: number }> {
+): Promise<
+  { cpuSec: number; rss: number; hwm: number; anon: number; file: number }
+> {
   const stat = await readProc(`/proc/${pid}/stat`);
   // Fields after the command name, which may hold spaces: state is 3rd.
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
@@ -658,7 +634,13 @@ async function procStats(
   const kb = (k: string) =>
     Number(new RegExp(`^${k}:\\s+(\\d+) kB$`, "m").exec(status)?.[1] ?? NaN) *
     1024;
-  return { cpuSec: ticks / 100, rss: kb("VmRSS"), hwm: kb("VmHWM") };
+  return {
+    cpuSec: ticks / 100,
+    rss: kb("VmRSS"),
+    hwm: kb("VmHWM"),
+    anon: kb("RssAnon"),
+    file: kb("RssFile") + kb("RssShmem"),
+  };
 }
 
 /** weft's health and metrics port inside its namespace. */
@@ -684,6 +666,12 @@ async function fullPasses(ns: Netns): Promise<number> {
   return m ? Number(m[1]) : NaN;
 }
 
+/** weft's V8 heap in use (`weft_process_heap_used_bytes`), NaN if unread. */
+async function heapUsed(ns: Netns): Promise<number> {
+  const m = /^weft_process_heap_used_bytes (\S+)$/m.exec(await weftMetrics(ns));
+  return m ? Number(m[1]) : NaN;
+}
+
 /** weft's /metrics in `ns` ("" if nothing answers). */
 async function weftMetrics(ns: Netns): Promise<string> {
   const out = await new Deno.Command("ip", {
@@ -701,38 +689,43 @@ async function weftMetrics(ns: Netns): Promise<string> {
   return new TextDecoder().decode(out.stdout);
 }
 
-/**
- * Changes the state of `perSecond` neighbour entries a second on `eth0`
- * in `ns`, in steps of 100 ms, between reachable and stale: what traffic
- * to peers does to a real node's underlay ARP entries. Until stopped.
- */
-function arpChurn(ns: Netns, perSecond: number): { stop(): Promise<void> } {
-  let stopped = false;
-  const perStep = Math.max(1, Math.round(perSecond / 10));
-  const loop = (async () => {
-    for (let step = 0; !stopped; step++) {
-      const lines = Array.from({ length: perStep }, (_, k) => {
-        const i = (step * perStep + k) % 250;
-        const nud = step % 2 === 0 ? "reachable" : "stale";
-        return `neigh replace 198.19.254.${i + 1} lladdr 02:00:00:00:fe:${
-          i.toString(16).padStart(2, "0")
-        } dev eth0 nud ${nud}`;
-      });
-      await run(["ip", "-n", ns.name, "-batch", "-"], lines.join("\n") + "\n");
-      await sleep(100);
-    }
-  })();
-  return {
-    stop: async () => {
-      stopped = true;
-      await loop;
-    },
-  };
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-// ---- one agent run -------------------------------------------------------------
+// ---- what runs ---------------------------------------------------------------
+
+/** One thing measured: flanneld, weft, or weft with one lever changed. */
+export interface Variant {
+  /** `flanneld`, `weft`, or `weft: <what differs>`. */
+  readonly name: string;
+  readonly agent: Agent;
+  /** weft's checkout. Default: the benchmark's `weftRoot`. */
+  readonly root?: string;
+  /**
+   * weft's environment beyond `NODE_NAME`. Default: the image's
+   * (`DENO_TLS_CA_STORE=system`, see Containerfile).
+   */
+  readonly env?: Readonly<Record<string, string>>;
+  /** weft's V8 flags. Default: the checkout's `deploy/v8-flags.txt`. */
+  readonly v8Flags?: readonly string[];
+  /** A module weft's `deno run` preloads (bench/_quorum_list.ts). */
+  readonly preload?: string;
+  /** Runs only at N up to this. Default: every N. */
+  readonly upTo?: number;
+  /** Runs only in these modes. Default: both. */
+  readonly modes?: readonly Mode[];
+  /** Additions per run. Default: the benchmark's. */
+  readonly additions?: number;
+  /**
+   * Kube mode: the kubeconfig starts with a `%YAML 1.2` directive, which
+   * weft's subset parser refuses, so npm:yaml reads it.
+   */
+  readonly fullYaml?: boolean;
+}
+
+/** The image's environment for weft (Containerfile). */
+export const IMAGE_ENV: Readonly<Record<string, string>> = {
+  DENO_TLS_CA_STORE: "system",
+};
 
 /** What every agent run of one benchmark shares. */
 export interface RunContext {
@@ -740,26 +733,39 @@ export interface RunContext {
   /** Holds the kubeconfig and net-conf.json, readable by the agents. */
   readonly dir: string;
   readonly flanneld: string;
-  readonly weftMain: string;
-  /** The V8 flags of the checkout's `deno task start`, if any. */
-  readonly v8Flags: string[];
+  /** The weft checkout a variant without its own `root` runs. */
+  readonly weftRoot: string;
   readonly logDir: string | undefined;
-  readonly idleAtN: number;
-  readonly idleSec: number;
-  /** ARP state changes a second on eth0 during the idle window. */
-  readonly arpChurn: number;
   readonly additions: number;
   readonly syncTimeoutMs: number;
   readonly progress: (line: string) => void;
   /** Namespace tag (see {@linkcode CompareOptions.nsTag}). */
   readonly nsTag: string;
-  /** A module weft's `deno run` preloads (bench/_quorum_list.ts). */
-  readonly weftPreload?: string;
 }
 
-function agentCommand(agent: Agent, ctx: RunContext, dir: string): string[] {
+/**
+ * weft's permission flags as the image has them (`deploy/permissions.txt`
+ * of `root`), with `dirs` added to the read and write paths.
+ */
+export async function shippedPermissions(
+  root: string,
+  dirs: readonly string[],
+): Promise<string[]> {
+  const text = await Deno.readTextFile(`${root}/deploy/permissions.txt`);
+  return text.split(/\s+/).filter((w) => w !== "").map((w) =>
+    w.startsWith("--allow-read=") || w.startsWith("--allow-write=")
+      ? `${w},${dirs.join(",")}`
+      : w
+  );
+}
+
+async function agentCommand(
+  v: Variant,
+  ctx: RunContext,
+  dir: string,
+): Promise<string[]> {
   const flags = [
-    ...ctx.store.flags(),
+    ...ctx.store.flags(v.fullYaml),
     `--subnet-file=${dir}/subnet.env`,
     // Both agents serve /healthz, as in a DaemonSet with probes; weft's
     // also serves /metrics, read for its event → kernel histogram.
@@ -767,33 +773,79 @@ function agentCommand(agent: Agent, ctx: RunContext, dir: string): string[] {
     "--iface=eth0",
     "--ip-masq=false",
   ];
-  if (agent === "flanneld") return [ctx.flanneld, ...flags];
+  if (v.agent === "flanneld") return [ctx.flanneld, ...flags];
+  const root = v.root ?? ctx.weftRoot;
   return [
     Deno.execPath(),
     "run",
-    ...(ctx.weftPreload ? [`--preload=${ctx.weftPreload}`] : []),
-    ...ctx.v8Flags,
-    ...agentPermissions(
-      dir,
-      [`127.0.0.1:${ctx.store.relayPort}`],
-      METRICS_PORT,
-      [ctx.dir],
-    ),
-    ctx.weftMain,
+    "--no-prompt",
+    ...(v.preload ? [`--preload=${v.preload}`] : []),
+    ...(v.v8Flags ?? await startV8Flags(root)),
+    ...await shippedPermissions(root, [ctx.dir, dir]),
+    `${root}/main.ts`,
     ...flags,
   ];
 }
 
+/** Spawns `cmd` in `ns` with its output in `log`. */
+function spawnIn(
+  ns: Netns,
+  cmd: string[],
+  log: string,
+  env: Record<string, string>,
+): Deno.ChildProcess {
+  return new Deno.Command("sh", {
+    args: [
+      "-c",
+      'exec ip netns exec "$NS" "$@" >"$LOG" 2>&1',
+      "sh",
+      ...cmd,
+    ],
+    env: { ...env, NS: ns.name, LOG: log },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+}
+
+/** SIGTERM, then SIGKILL after 10 s; waits for the exit. */
+async function stop(child: Deno.ChildProcess): Promise<void> {
+  try {
+    child.kill("SIGTERM");
+  } catch {
+    // Already gone.
+  }
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // Already gone.
+    }
+  }, 10_000);
+  await child.status;
+  clearTimeout(timer);
+}
+
 /**
- * Runs one agent at N in fresh namespaces against `ctx.store`: its cold
- * sync, then the additions and, at `ctx.idleAtN`, the idle window.
+ * The length of the control-plane CPU window at N, s: longer than any
+ * agent's cold sync plus the 2 s before RSS is read, in the runs so far.
+ */
+export function serverWindowSec(n: number): number {
+  return n >= 5000 ? 14 : n >= 1000 ? 6 : 4;
+}
+
+/**
+ * Runs one variant at N in fresh namespaces against `ctx.store`: its cold
+ * sync, then the additions.
  */
 export async function runAgent(
-  agent: Agent,
+  v: Variant,
   n: number,
   ctx: RunContext,
+  rep = 0,
 ): Promise<AgentResult> {
   const { store } = ctx;
+  const agent = v.agent;
   const want = Math.max(n - 1, 0);
   await store.reset();
   await using hub = await Netns.create(`${ctx.nsTag}-hub`);
@@ -806,7 +858,9 @@ export async function runAgent(
   await using mon = new RouteMonitor(ns);
   using nl = openNetlink({ netns: ns.path });
   const log = `${dir}/agent.log`;
-  const cmd = agentCommand(agent, ctx, dir);
+  const cmd = await agentCommand(v, ctx, dir);
+  const additions = v.additions ?? ctx.additions;
+  const windowSec = serverWindowSec(n);
   // Ready: subnet.env written (both agents write it once the lease and
   // the device are set up, before any peer), seen through inotify.
   const fsw = Deno.watchFs(dir, { recursive: false });
@@ -824,18 +878,10 @@ export async function runAgent(
 
   const cpu0 = await store.cpuSec();
   const t0 = performance.now();
-  const child = new Deno.Command("sh", {
-    args: [
-      "-c",
-      'exec ip netns exec "$NS" "$@" >"$LOG" 2>&1',
-      "sh",
-      ...cmd,
-    ],
-    env: { NS: ns.name, LOG: log, NODE_NAME: SELF },
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
+  const child = spawnIn(ns, cmd, log, {
+    NODE_NAME: SELF,
+    ...(agent === "weft" ? v.env ?? IMAGE_ENV : {}),
+  });
   let exited = false;
   child.status.then(() => exited = true);
   const pid = child.pid;
@@ -846,7 +892,7 @@ export async function runAgent(
   const fail = async (why: string) => {
     const text = await Deno.readTextFile(log).catch(() => "");
     return new Error(
-      `${agent} at N=${n}: ${why}\n${text.split("\n").slice(-30).join("\n")}`,
+      `${v.name} at N=${n}: ${why}\n${text.split("\n").slice(-30).join("\n")}`,
     );
   };
 
@@ -855,8 +901,7 @@ export async function runAgent(
     let syncAt: number | undefined;
     let firstRouteAt = NaN;
     let stats: { cpuSec: number; rss: number } | undefined;
-    let serverCpuSec = NaN;
-    let rx = 0, tx = 0;
+    let rx = 0;
     let lastDump = 0;
     while (syncAt === undefined) {
       if (exited) throw await fail("exited before the sync");
@@ -880,8 +925,7 @@ export async function runAgent(
       if (routes < want || readyAt === undefined) continue;
       const at = performance.now();
       const s = await procStats(pid);
-      const cpuNow = await store.cpuSec();
-      const [r0, t0b] = [relay.rx, relay.tx];
+      const r0 = relay.rx;
       const dev = nl.linkByName("flannel.1");
       if (want > 0) {
         if (!dev) continue;
@@ -903,31 +947,39 @@ export async function runAgent(
         : at;
       firstRouteAt = times.length > 0 ? Math.min(...times) : NaN;
       stats = s;
-      serverCpuSec = cpuNow - cpu0;
       rx = r0;
-      tx = t0b;
     }
     const syncMs = syncAt - t0;
+    await sleep(Math.max(0, syncAt + 2000 - performance.now()));
+    const { rss, anon, file } = await procStats(pid);
+    const heap = agent === "weft" ? await heapUsed(ns) : NaN;
+    // The control plane's CPU over the same window for every agent.
+    const left = t0 + windowSec * 1000 - performance.now();
+    if (left < 0) {
+      throw await fail(
+        `sync + 2 s took longer than the ${windowSec} s control-plane window`,
+      );
+    }
+    await sleep(left);
+    const serverCpuSec = (await store.cpuSec()) - cpu0;
     ctx.progress(
-      `  ${agent} N=${n}: ready at ${
+      `  ${v.name} N=${n}: ready at ${
         (readyAt! - t0).toFixed(0)
-      } ms, synced in ${syncMs.toFixed(0)} ms (API connection at ${
-        ((relay.firstConnAt ?? NaN) - t0).toFixed(0)
-      } ms, first route at ${(firstRouteAt - t0).toFixed(0)} ms), CPU ${
+      } ms, synced in ${syncMs.toFixed(0)} ms, CPU ${
         stats!.cpuSec.toFixed(2)
-      } s, ${(rx / 2 ** 20).toFixed(1)} MiB from the API server, ${
+      } s, RSS ${(rss / 2 ** 20).toFixed(1)} MiB, ${
+        (rx / 2 ** 20).toFixed(1)
+      } MiB from the API server, control plane ${
         serverCpuSec.toFixed(2)
-      } s apiserver+etcd CPU`,
+      } s over ${windowSec} s`,
     );
-    await sleep(2000);
-    const { rss } = await procStats(pid);
 
     // Convergence of new nodes, one at a time.
     const before = agent === "weft" ? await eventToKernel(ns) : undefined;
     const conv: number[] = [];
     const delivery: number[] = [];
     let timeouts = 0;
-    for (let a = 0; a < ctx.additions; a++) {
+    for (let a = 0; a < additions; a++) {
       const t = performance.now();
       const subnet = await store.add(50_000 + a);
       const at = await mon.wait(subnet, 15_000);
@@ -941,68 +993,32 @@ export async function runAgent(
     const agentSideMs = before && after && after.count > before.count
       ? ((after.sum - before.sum) / (after.count - before.count)) * 1000
       : undefined;
-    const end = await procStats(pid);
-    const rssEnd = end.rss;
-    let idle: { idleCpuPct: number; idleSec: number } | undefined;
-    if (n === ctx.idleAtN && ctx.idleSec > 0) {
-      const c0 = end.cpuSec;
-      const p0 = await fullPasses(ns);
-      const churn = ctx.arpChurn > 0 ? arpChurn(ns, ctx.arpChurn) : undefined;
-      try {
-        await sleep(ctx.idleSec * 1000);
-      } finally {
-        await churn?.stop();
-      }
-      const c1 = (await procStats(pid)).cpuSec;
-      const passes = (await fullPasses(ns)) - p0;
-      idle = {
-        idleCpuPct: ((c1 - c0) / ctx.idleSec) * 100,
-        idleSec: ctx.idleSec,
-      };
+    const rssPeak = (await procStats(pid)).hwm;
+    if (conv.length > 0) {
       ctx.progress(
-        `  ${agent} N=${n}: idle CPU ${
-          idle.idleCpuPct.toFixed(3)
-        }% of a core over ${ctx.idleSec} s${
-          ctx.arpChurn > 0
-            ? ` with ${ctx.arpChurn} ARP state changes a second on eth0`
-            : ""
-        }${Number.isNaN(passes) ? "" : `, ${passes} full passes`}`,
+        `  ${v.name} N=${n}: convergence p50 ${
+          percentile(conv, 50).toFixed(1)
+        } ms, p99 ${percentile(conv, 99).toFixed(1)} ms over ${conv.length}`,
       );
     }
-    const rssPeak = (await procStats(pid)).hwm;
-    ctx.progress(
-      `  ${agent} N=${n}: convergence p50 ${
-        percentile(conv, 50).toFixed(1)
-      } ms, p99 ${percentile(conv, 99).toFixed(1)} ms${
-        agentSideMs !== undefined
-          ? ` (event → kernel in the agent: ${agentSideMs.toFixed(2)} ms)`
-          : ""
-      }${
-        delivery.length > 0
-          ? `, write → event at the benchmark's own watch p50 ${
-            percentile(delivery, 50).toFixed(1)
-          } ms`
-          : ""
-      }, RSS ${(rss / 2 ** 20).toFixed(1)} MiB, at the end ${
-        (rssEnd / 2 ** 20).toFixed(1)
-      } MiB`,
-    );
     return {
-      agent,
+      agent: v.name,
       n,
+      rep,
       syncMs,
       firstConnMs: (relay.firstConnAt ?? NaN) - t0,
       readyMs: readyAt! - t0,
       rssReady,
       rssPeak,
       serverCpuSec,
-      ...idle,
+      serverWindowSec: windowSec,
       firstRouteMs: firstRouteAt - t0,
       cpuSec: stats!.cpuSec,
       rss,
-      rssEnd,
+      rssAnon: anon,
+      rssFile: file,
+      ...(Number.isFinite(heap) && { heapUsed: heap }),
       rxBytes: rx,
-      txBytes: tx,
       convergenceMs: conv,
       convergenceTimeouts: timeouts,
       ...(agentSideMs !== undefined && { agentSideMs }),
@@ -1011,58 +1027,87 @@ export async function runAgent(
   } finally {
     fsw.close();
     await watching.catch(() => {});
-    try {
-      child.kill("SIGTERM");
-    } catch {
-      // Already gone.
-    }
-    const timer = setTimeout(() => {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // Already gone.
-      }
-    }, 10_000);
-    await child.status;
-    clearTimeout(timer);
+    await stop(child);
     if (ctx.logDir) {
       await Deno.mkdir(ctx.logDir, { recursive: true });
       await Deno.copyFile(
         log,
-        `${ctx.logDir}/${ctx.store.mode}-${agent}-${n}.log`,
-      ).catch(
-        () => {},
-      );
+        `${ctx.logDir}/${ctx.store.mode}-${
+          v.name.replace(/[^\w.-]+/g, "_")
+        }-${n}-${rep}.log`,
+      ).catch(() => {});
     }
-    await inParallel(0, ctx.additions, (a) => store.remove(50_000 + a));
+    await inParallel(0, additions, (a) => store.remove(50_000 + a));
     await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/**
+ * A bare `deno run` of an empty module that only keeps running, with
+ * weft's V8 flags: RSS 2 s after start and CPU by then, the floor under
+ * any Deno program.
+ */
+async function denoFloor(
+  v8Flags: readonly string[],
+): Promise<{ cpuSec: number; rss: number; anon: number; file: number }> {
+  const dir = await Deno.makeTempDir({ prefix: "weft-cmp-floor-" });
+  try {
+    await Deno.writeTextFile(
+      `${dir}/empty.ts`,
+      "setInterval(() => {}, 1e9);\n",
+    );
+    await run([Deno.execPath(), "cache", `${dir}/empty.ts`]);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--no-prompt", ...v8Flags, `${dir}/empty.ts`],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      await sleep(2000);
+      const s = await procStats(child.pid);
+      return { cpuSec: s.cpuSec, rss: s.rss, anon: s.anon, file: s.file };
+    } finally {
+      await stop(child);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 }
 
 // ---- the benchmark ----------------------------------------------------------
 
 /**
- * A kubeconfig in JSON, which is YAML too: flanneld reads it as any
- * kubeconfig, weft without loading its YAML parser (see
- * subnet/kube/kubeconfig.ts; a YAML kubeconfig costs weft about 15 MiB).
+ * A kubeconfig in YAML, as users have it: `certificate-authority` names
+ * the CA file (as k3s's agent kubeconfigs do), a bearer token.
  */
-async function jsonKubeconfig(path: string, k: KubeServers): Promise<string> {
+async function yamlKubeconfig(dir: string, k: KubeServers): Promise<string> {
+  await Deno.writeTextFile(`${dir}/ca.crt`, k.caPem);
+  const path = `${dir}/kubeconfig.yaml`;
+  const text = `apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority: ${dir}/ca.crt
+    server: https://127.0.0.1:${API_PORT}
+  name: bench
+contexts:
+- context:
+    cluster: bench
+    user: bench
+  name: bench
+current-context: bench
+preferences: {}
+users:
+- name: bench
+  user:
+    token: ${k.adminToken}
+`;
+  await Deno.writeTextFile(path, text);
+  // The same, as only a full YAML parser reads it (a lever variant).
   await Deno.writeTextFile(
-    path,
-    JSON.stringify({
-      apiVersion: "v1",
-      kind: "Config",
-      "current-context": "bench",
-      clusters: [{
-        name: "bench",
-        cluster: {
-          server: `https://127.0.0.1:${API_PORT}`,
-          "certificate-authority-data": btoa(k.caPem),
-        },
-      }],
-      contexts: [{ name: "bench", context: { cluster: "bench", user: "b" } }],
-      users: [{ name: "b", user: { token: k.adminToken } }],
-    }),
+    `${dir}/kubeconfig-full.yaml`,
+    `%YAML 1.2\n---\n${text}`,
   );
   return path;
 }
@@ -1088,9 +1133,44 @@ export async function compareAvailable(): Promise<boolean> {
     (await serverBinary("etcd")) !== undefined;
 }
 
+/** Options of {@linkcode benchCompare}. */
+export interface CompareOptions {
+  /** New nodes added, one at a time, per run. Default 70. */
+  readonly additions?: number;
+  /** Runs per variant and N, rotating who goes first. Default 3. */
+  readonly reps?: number;
+  /** What runs. Default: flanneld and weft. */
+  readonly variants?: readonly Variant[];
+  /** Progress lines. Default: nothing. */
+  readonly progress?: (line: string) => void;
+  /** Give up on a cold sync after this long, ms. Default 180 000. */
+  readonly syncTimeoutMs?: number;
+  /**
+   * Directory of the weft checkout whose `main.ts` runs. Default: this
+   * repository. (A clean `git archive` snapshot keeps other people's
+   * uncommitted edits out of a measurement.)
+   */
+  readonly weftRoot?: string;
+  /** If set, each run's log is kept there. */
+  readonly logDir?: string;
+  /** Where the leases live. Default kube. */
+  readonly mode?: Mode;
+  /**
+   * Namespace tag: namespaces are `weft-t-<tag>-hub-*` and
+   * `weft-t-<tag>-<agent>-*`. Default `cmp`.
+   */
+  readonly nsTag?: string;
+}
+
+/** flanneld and weft as the image runs it. */
+export const MAIN_VARIANTS: readonly Variant[] = [
+  { name: "flanneld", agent: "flanneld" },
+  { name: "weft", agent: "weft" },
+];
+
 /**
- * Runs flanneld and weft at each N (ascending; the cluster grows between
- * sizes) against one fresh control plane.
+ * Runs every variant at each N (ascending; the cluster grows between
+ * sizes), `reps` times, against one fresh control plane.
  */
 export async function benchCompare(
   ns: number[] = [0, 10, 100, 1000, 5000],
@@ -1101,10 +1181,15 @@ export async function benchCompare(
   if (!flanneld) {
     throw new Error("flanneld is missing: run .ci/build_servers.sh");
   }
-  const weftMain = `${opts.weftRoot ?? ROOT}/main.ts`.replace(/\/\/+/g, "/");
-  // Compile weft's modules once so the first run does not pay for it.
-  await run([Deno.execPath(), "cache", weftMain]);
+  const weftRoot = (opts.weftRoot ?? ROOT).replace(/\/+$/, "");
+  const variants = opts.variants ?? MAIN_VARIANTS;
+  // Compile each checkout's modules once so no run pays for it.
+  for (const root of new Set(variants.map((v) => v.root ?? weftRoot))) {
+    await run([Deno.execPath(), "cache", `${root}/main.ts`]);
+  }
+  const v8Flags = await startV8Flags(weftRoot);
   const mode = opts.mode ?? "kube";
+  const reps = opts.reps ?? 3;
   const dir = await Deno.makeTempDir({ prefix: "weft-cmp-" });
   try {
     await using store = mode === "kube"
@@ -1113,21 +1198,17 @@ export async function benchCompare(
     const ctx: RunContext = {
       store,
       dir,
-      v8Flags: await startV8Flags(opts.weftRoot ?? ROOT),
-      idleAtN: opts.idleAtN ?? 1000,
-      idleSec: opts.idleSec ?? 60,
-      arpChurn: opts.arpChurn ?? 0,
+      weftRoot,
       nsTag: opts.nsTag ?? "cmp",
       flanneld,
-      weftMain,
       logDir: opts.logDir,
-      additions: opts.additions ?? 60,
+      additions: opts.additions ?? 70,
       syncTimeoutMs: opts.syncTimeoutMs ?? 180_000,
       progress,
     };
     const rows: CompareRow[] = [];
     let have = 0;
-    for (const [idx, n] of [...ns].sort((a, b) => a - b).entries()) {
+    for (const n of [...ns].sort((a, b) => a - b)) {
       const t0 = performance.now();
       await store.populate(have, Math.max(n - 1, 0));
       have = Math.max(n - 1, have);
@@ -1147,25 +1228,34 @@ export async function benchCompare(
           list.ms.toFixed(0)
         } ms (${(list.bytes / 2 ** 20).toFixed(1)} MiB)`,
       );
-      // Alternate who goes first, so neither always meets a colder server.
-      const order: Agent[] = idx % 2 === 0
-        ? ["flanneld", "weft"]
-        : ["weft", "flanneld"];
-      const res: Partial<Record<Agent, AgentResult>> = {};
-      for (const agent of order) {
-        if (opts.agents && !opts.agents.includes(agent)) continue;
-        res[agent] = await runAgent(agent, n, ctx);
+      const here = variants.filter((v) =>
+        n <= (v.upTo ?? Infinity) && (v.modes ?? [mode]).includes(mode)
+      );
+      const runs: Record<string, AgentResult[]> = {};
+      const bg: number[] = [];
+      const floor: CompareRow["denoFloor"][number][] = [];
+      for (let rep = 0; rep < reps; rep++) {
+        // The control plane's own CPU over the window, no agent running.
+        const c0 = await store.cpuSec();
+        await sleep(serverWindowSec(n) * 1000);
+        bg.push((await store.cpuSec()) - c0);
+        if (here.length > 2) floor.push(await denoFloor(v8Flags));
+        for (let k = 0; k < here.length; k++) {
+          // Who goes first rotates with the repetition and with N.
+          const v = here[(k + rep + rows.length) % here.length]!;
+          progress(`${mode} N=${n} run ${rep + 1}/${reps}: ${v.name}`);
+          (runs[v.name] ??= []).push(await runAgent(v, n, ctx, rep));
+        }
       }
-      // A row compares both; one agent alone is only in the progress lines.
-      if (!res.flanneld || !res.weft) continue;
       rows.push({
         mode,
         n,
         floorMs,
         listMs: list.ms,
         listBytes: list.bytes,
-        flanneld: res.flanneld!,
-        weft: res.weft!,
+        bgServerCpuSec: bg,
+        denoFloor: floor,
+        runs,
       });
     }
     return rows;
@@ -1174,61 +1264,345 @@ export async function benchCompare(
   }
 }
 
+// ---- steady state --------------------------------------------------------------
+
+/** Options of {@linkcode benchSteady}. */
+export interface SteadyOptions {
+  readonly mode: Mode;
+  readonly n: number;
+  /** Idle window, s. Default 600. */
+  readonly idleSec?: number;
+  /** Churn window, s. Default 900. */
+  readonly churnSec?: number;
+  readonly weftRoot?: string;
+  readonly progress?: (line: string) => void;
+  readonly logDir?: string;
+  readonly nsTag?: string;
+}
+
+/**
+ * flanneld and weft at the same time against one control plane with N−1
+ * peers, each in its own namespace as its own node: the idle window, then
+ * the churn window (each second one peer added or removed, alternately).
+ */
+export async function benchSteady(
+  opts: SteadyOptions,
+): Promise<SteadyResult[]> {
+  const { mode, n } = opts;
+  const progress = opts.progress ?? (() => {});
+  const idleSec = opts.idleSec ?? 600;
+  const churnSec = opts.churnSec ?? 900;
+  const flanneld = await serverBinary("flanneld");
+  if (!flanneld) throw new Error("flanneld is missing");
+  const weftRoot = (opts.weftRoot ?? ROOT).replace(/\/+$/, "");
+  await run([Deno.execPath(), "cache", `${weftRoot}/main.ts`]);
+  const tag = opts.nsTag ?? `st${mode[0]}${n}`;
+  const dir = await Deno.makeTempDir({ prefix: "weft-steady-" });
+  try {
+    await using store = mode === "kube"
+      ? await KubeStore.start(dir)
+      : await EtcdStore.start();
+    await store.populate(0, Math.max(n - 1, 0));
+    const ctx: RunContext = {
+      store,
+      dir,
+      weftRoot,
+      nsTag: tag,
+      flanneld,
+      logDir: opts.logDir,
+      additions: 0,
+      syncTimeoutMs: 180_000,
+      progress,
+    };
+    await using hub = await Netns.create(`${tag}-hub`);
+    const agents = [
+      { v: MAIN_VARIANTS[0]!, node: SELF, subnet: SELF_SUBNET },
+      { v: MAIN_VARIANTS[1]!, node: `${SELF}-2`, subnet: "10.0.2.0/24" },
+    ];
+    const spaces: Netns[] = [];
+    try {
+      for (const a of agents) {
+        spaces.push(await Netns.create(`${tag}-${a.v.agent}`));
+      }
+      await joinOnBridge(hub, spaces, ["198.18.0.1/15", "198.18.0.2/15"]);
+      await hub.ip("addr", "add", "198.18.0.254/15", "dev", "br0");
+      for (const ns of spaces) {
+        await ns.ip("route", "add", "default", "via", "198.18.0.254");
+      }
+      if (store instanceof KubeStore) {
+        for (const a of agents) await store.createSelf(a.node, a.subnet);
+      }
+      await using relays = new AsyncDisposableStack();
+      for (const ns of spaces) {
+        relays.use(new CountingRelay(ns.path, store.relayPort, store.port));
+      }
+      const procs: { child: Deno.ChildProcess; dir: string; log: string }[] =
+        [];
+      try {
+        for (const [i, a] of agents.entries()) {
+          const adir = await Deno.makeTempDir({
+            prefix: `weft-steady-${a.v.agent}-`,
+          });
+          const log = `${adir}/agent.log`;
+          const cmd = await agentCommand(a.v, ctx, adir);
+          procs.push({
+            child: spawnIn(spaces[i]!, cmd, log, {
+              NODE_NAME: a.node,
+              ...(a.v.agent === "weft" ? IMAGE_ENV : {}),
+            }),
+            dir: adir,
+            log,
+          });
+        }
+        // Both synced: every peer's route on flannel.1.
+        const want = Math.max(n - 1, 0);
+        const nls = spaces.map((ns) => openNetlink({ netns: ns.path }));
+        try {
+          const t0 = performance.now();
+          const routes = (i: number) => {
+            const dev = nls[i]!.linkByName("flannel.1");
+            return dev
+              ? nls[i]!.routeList({ family: 4 }).filter((r) =>
+                r.index === dev.index
+              ).length
+              : -1;
+          };
+          while (!agents.every((_, i) => routes(i) >= want)) {
+            if (performance.now() - t0 > 180_000) {
+              throw new Error(`${mode} ${n}: not both synced in 180 s`);
+            }
+            await sleep(200);
+          }
+        } finally {
+          for (const nl of nls) nl.close();
+        }
+        const stats = () =>
+          Promise.all(procs.map((p) => procStats(p.child.pid)));
+        const atSync = await stats();
+        progress(
+          `steady ${mode} ${n}: both synced; idle ${idleSec} s, then churn ${churnSec} s`,
+        );
+        const idleRss: number[][] = agents.map(() => []);
+        const churnRss: number[][] = agents.map(() => []);
+        const p0 = await fullPasses(spaces[1]!);
+        const s0 = await store.cpuSec();
+        const i0 = await stats();
+        for (let m = 0; m < idleSec / 60; m++) {
+          await sleep(60_000);
+          (await stats()).forEach((s, i) => idleRss[i]!.push(s.rss));
+        }
+        const i1 = await stats();
+        const s1 = await store.cpuSec();
+        const passes = (await fullPasses(spaces[1]!)) - p0;
+        progress(
+          `steady ${mode} ${n}: idle CPU flanneld ${
+            ((i1[0]!.cpuSec - i0[0]!.cpuSec) / idleSec * 100).toFixed(3)
+          }%, weft ${
+            ((i1[1]!.cpuSec - i0[1]!.cpuSec) / idleSec * 100).toFixed(3)
+          }% (${passes} passes)`,
+        );
+        // Churn: one peer a second, added or removed alternately.
+        let ops = 0;
+        const added: number[] = [];
+        const tc = performance.now();
+        for (let sec = 1; sec <= churnSec; sec++) {
+          if (sec % 2 === 1) {
+            const i = 60_000 + sec;
+            await store.add(i);
+            added.push(i);
+          } else {
+            await store.remove(added.shift()!);
+          }
+          ops++;
+          if (sec % 60 === 0) {
+            (await stats()).forEach((s, i) => churnRss[i]!.push(s.rss));
+            progress(
+              `steady ${mode} ${n}: churn minute ${sec / 60}: RSS ${
+                churnRss.map((r) => ((r.at(-1) ?? NaN) / 2 ** 20).toFixed(1))
+                  .join(" / ")
+              } MiB (flanneld / weft)`,
+            );
+          }
+          await sleep(Math.max(0, tc + sec * 1000 - performance.now()));
+        }
+        const c1 = await stats();
+        const s2 = await store.cpuSec();
+        for (const i of added) await store.remove(i);
+        return agents.map((a, i) => ({
+          agent: a.v.name,
+          mode,
+          n,
+          idleCpuPct: (i1[i]!.cpuSec - i0[i]!.cpuSec) / idleSec * 100,
+          idleSec,
+          idlePasses: a.v.agent === "weft" ? passes : NaN,
+          churnCpuPct: (c1[i]!.cpuSec - i1[i]!.cpuSec) / churnSec * 100,
+          churnSec,
+          churnOps: ops,
+          rssAtSync: atSync[i]!.rss,
+          idleRss: idleRss[i]!,
+          churnRss: churnRss[i]!,
+          rssPeak: c1[i]!.hwm,
+          serverIdleCpuPct: (s1 - s0) / idleSec * 100,
+          serverChurnCpuPct: (s2 - s1) / churnSec * 100,
+        }));
+      } finally {
+        for (const [i, p] of procs.entries()) {
+          await stop(p.child);
+          if (opts.logDir) {
+            await Deno.mkdir(opts.logDir, { recursive: true });
+            await Deno.copyFile(
+              p.log,
+              `${opts.logDir}/steady-${mode}-${n}-${agents[i]!.v.agent}.log`,
+            ).catch(() => {});
+          }
+          await Deno.remove(p.dir, { recursive: true }).catch(() => {});
+        }
+      }
+    } finally {
+      for (const ns of spaces) await ns[Symbol.asyncDispose]();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+// ---- the command ----------------------------------------------------------------
+
+/**
+ * The ratios of a compare.json of the old shape (one run per cell):
+ * `previous.json@<commit>`.
+ */
+async function previousRatios(
+  spec: string,
+): Promise<CompareResults["previous"]> {
+  const [path, commit] = spec.split("@") as [string, string];
+  const old = JSON.parse(await Deno.readTextFile(path)) as {
+    rows: {
+      mode?: Mode;
+      n: number;
+      weft: { rss: number; cpuSec: number; syncMs: number };
+      flanneld: { rss: number; cpuSec: number; syncMs: number };
+    }[];
+  };
+  const ratios: Record<string, Record<string, number>> = {};
+  for (const r of old.rows) {
+    ratios[`${r.mode ?? "kube"} ${r.n}`] = {
+      rss: r.weft.rss / r.flanneld.rss,
+      cpuSec: r.weft.cpuSec / r.flanneld.cpuSec,
+      syncMs: r.weft.syncMs / r.flanneld.syncMs,
+    };
+  }
+  return { commit, ratios };
+}
+
 if (import.meta.main) {
-  const out = Deno.args.find((a) => a.startsWith("--out="));
-  const from = Deno.args.find((a) => a.startsWith("--from="));
+  const arg = (name: string) =>
+    Deno.args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+  const out = arg("out");
+  const from = arg("from");
   if (from) {
     // Re-renders saved figures (compare.json) without running anything;
     // --readme also regenerates the README's section from them.
-    const saved = JSON.parse(
-      await Deno.readTextFile(from.slice("--from=".length)),
-    ) as { rows: CompareRow[]; machine: string };
-    if (Deno.args.includes("--readme")) {
-      await writeReadme(
-        saved.rows,
-        `Machine: ${saved.machine}, flanneld v0.28.9, shared with other work (expect run-to-run spread).`,
-      );
-      Deno.exit(0);
-    }
-    console.log(
-      await writeCompareResults(saved.rows, out?.slice("--out=".length)),
-    );
+    const saved = JSON.parse(await Deno.readTextFile(from)) as CompareResults;
+    if (Deno.args.includes("--readme")) await writeReadme(saved);
+    else console.log(await writeCompareResults(saved, out));
     Deno.exit(0);
   }
-  const weft = Deno.args.find((a) => a.startsWith("--weft="));
-  const logs = Deno.args.find((a) => a.startsWith("--logs="));
-  const idle = Deno.args.find((a) => a.startsWith("--idle="));
-  const churn = Deno.args.find((a) => a.startsWith("--arp-churn="));
-  const agents = Deno.args.find((a) => a.startsWith("--agents="));
-  const additions = Deno.args.find((a) => a.startsWith("--additions="));
-  const modesArg = Deno.args.find((a) => a.startsWith("--modes="));
-  const tag = Deno.args.find((a) => a.startsWith("--tag="));
-  const modes = (modesArg?.slice("--modes=".length) ?? "kube,etcd")
-    .split(",") as Mode[];
+  const progress = (l: string) =>
+    console.error(`${new Date().toISOString().slice(11, 19)} ${l}`);
+  const weftRoot = (arg("weft") ?? ROOT).replace(/\/+$/, "");
+  const reps = Number(arg("reps") ?? 3);
+  const modes = (arg("modes") ?? "kube,etcd").split(",") as Mode[];
   const sizes = Deno.args.filter((a) => !a.startsWith("--")).map(Number);
-  const rows: CompareRow[] = [];
-  for (const mode of modes) {
-    rows.push(
-      ...await benchCompare(
-        sizes.length > 0 ? sizes : [0, 10, 100, 1000, 5000],
-        {
-          mode,
-          ...(idle && { idleSec: Number(idle.slice("--idle=".length)) }),
-          ...(churn &&
-            { arpChurn: Number(churn.slice("--arp-churn=".length)) }),
-          ...(agents &&
-            { agents: agents.slice("--agents=".length).split(",") as Agent[] }),
-          ...(additions &&
-            { additions: Number(additions.slice("--additions=".length)) }),
-          progress: (l) => console.error(l),
-          ...(weft && { weftRoot: weft.slice("--weft=".length) }),
-          ...(logs && { logDir: logs.slice("--logs=".length) }),
-          ...(tag && { nsTag: tag.slice("--tag=".length) }),
-        },
-      ),
+  const variants: Variant[] = [...MAIN_VARIANTS];
+  if (Deno.args.includes("--levers")) {
+    const upTo = Number(arg("levers-up-to") ?? 100);
+    variants.push(
+      {
+        name: "weft: HTTPS via node:https (DENO_TLS_CA_STORE unset)",
+        agent: "weft",
+        env: {},
+        // etcd here speaks plain http: no TLS to compare.
+        modes: ["kube"],
+        upTo,
+        additions: 0,
+      },
+      {
+        name: "weft: no V8 flags",
+        agent: "weft",
+        v8Flags: [],
+        upTo,
+        additions: 0,
+      },
     );
-    // Saved after each mode, so a failure later keeps what was measured.
-    await writeCompareResults(rows, out?.slice("--out=".length));
   }
-  console.log(await writeCompareResults(rows, out?.slice("--out=".length)));
+  // --lever='weft: <what>=<checkout>' runs another checkout as a variant.
+  for (const a of Deno.args.filter((a) => a.startsWith("--lever="))) {
+    const spec = a.slice("--lever=".length);
+    const eq = spec.lastIndexOf("=");
+    variants.push({
+      name: spec.slice(0, eq),
+      agent: "weft",
+      root: spec.slice(eq + 1).replace(/\/+$/, ""),
+      upTo: Number(arg("levers-up-to") ?? 100),
+      additions: 0,
+    });
+  }
+  const steadySpecs = (arg("steady") ?? "").split(",").filter((s) => s !== "")
+    .map((s) => {
+      const [mode, n] = s.split(":");
+      return { mode: mode as Mode, n: Number(n) };
+    });
+  const started = new Date().toISOString();
+  const commit = await commitOf(weftRoot);
+  const previous = arg("previous")
+    ? await previousRatios(arg("previous")!)
+    : undefined;
+  const rows: CompareRow[] = [];
+  let steady: SteadyResult[] = [];
+  const results = async (): Promise<CompareResults> => ({
+    machine: await machine(),
+    commit,
+    started,
+    finished: new Date().toISOString(),
+    reps,
+    rows,
+    steady,
+    ...(previous && { previous }),
+  });
+  if (sizes.length > 0 || steadySpecs.length === 0) {
+    for (const mode of modes) {
+      rows.push(
+        ...await benchCompare(
+          sizes.length > 0 ? sizes : [0, 10, 100, 1000, 5000],
+          {
+            mode,
+            reps,
+            variants,
+            progress,
+            weftRoot,
+            ...(arg("additions") && { additions: Number(arg("additions")) }),
+            ...(arg("logs") && { logDir: arg("logs")! }),
+            ...(arg("tag") && { nsTag: arg("tag")! }),
+          },
+        ),
+      );
+      // Saved after each mode, so a failure later keeps what was measured.
+      await writeCompareResults(await results(), out);
+    }
+  }
+  if (steadySpecs.length > 0) {
+    const parts = await Promise.all(steadySpecs.map((s) =>
+      benchSteady({
+        ...s,
+        weftRoot,
+        progress,
+        ...(arg("idle-sec") && { idleSec: Number(arg("idle-sec")) }),
+        ...(arg("churn-sec") && { churnSec: Number(arg("churn-sec")) }),
+        ...(arg("logs") && { logDir: arg("logs")! }),
+      })
+    ));
+    steady = parts.flat();
+  }
+  console.log(await writeCompareResults(await results(), out));
 }

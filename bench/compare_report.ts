@@ -1,18 +1,23 @@
 /**
  * The results of the weft-vs-flanneld benchmark (`compare.ts`): their
- * shape, the markdown tables and the SVG chart, and the files under
- * bench/results/. Pure apart from `writeCompareResults`; `compare.ts
- * --from=compare.json` re-renders saved figures through it.
+ * shape, the statistics, the markdown tables and the SVG chart, and the
+ * files under bench/results/. Pure apart from `writeCompareResults` and
+ * `writeReadme`; `compare.ts --from=compare.json` re-renders saved figures
+ * through it.
+ *
+ * Every cell is run several times, the agents alternating; a figure is
+ * the median with the range of the runs, and a difference is called only
+ * when the two ranges do not overlap.
  *
  * @module
  */
 import { run } from "../tests/_netns.ts";
 import { serverBinary } from "../tests/servers/paths.ts";
-import { machine, percentile } from "./_stats.ts";
+import { machine, median, percentile } from "./_stats.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
-/** The agents compared. */
+/** The two agents; a variant of weft is named `weft: <lever>`. */
 export type Agent = "flanneld" | "weft";
 
 /** Where leases live: `--kube-subnet-mgr` or `--etcd-endpoints`. */
@@ -20,8 +25,11 @@ export type Mode = "kube" | "etcd";
 
 /** What one agent run measured. */
 export interface AgentResult {
-  readonly agent: Agent;
+  /** The variant's name: `flanneld`, `weft`, `weft: <lever>`. */
+  readonly agent: string;
   readonly n: number;
+  /** Which repetition of the cell, from 0. */
+  readonly rep: number;
   /** Process start to all N−1 peers programmed, ms. */
   readonly syncMs: number;
   /** Process start to its first connection to the API server, ms. */
@@ -32,24 +40,27 @@ export interface AgentResult {
   readonly rssReady: number;
   /** VmHWM (peak RSS) at the end of the run, bytes. */
   readonly rssPeak: number;
-  /** CPU seconds of kube-apiserver + etcd from spawn to sync. */
+  /**
+   * CPU seconds of the control plane (kube-apiserver + its etcd; etcd
+   * mode: etcd) over a fixed window from the agent's spawn, the same
+   * length for every agent at this N.
+   */
   readonly serverCpuSec: number;
-  /** Agent CPU over the idle window, % of one core (when measured). */
-  readonly idleCpuPct?: number;
-  /** Length of that window, s. */
-  readonly idleSec?: number;
+  /** That window, s. */
+  readonly serverWindowSec: number;
   /** Process start to the first peer route in the kernel, ms. */
   readonly firstRouteMs: number;
-  /** utime + stime of the agent at sync, seconds. */
+  /** utime + stime of the agent at sync, seconds (10 ms ticks). */
   readonly cpuSec: number;
   /** VmRSS 2 s after the sync, bytes. */
   readonly rss: number;
-  /** VmRSS after the additions (some 5-15 s after the sync), bytes. */
-  readonly rssEnd: number;
+  /** Its private part (RssAnon) and the file-backed and shared part. */
+  readonly rssAnon: number;
+  readonly rssFile: number;
+  /** weft only: V8 heap in use then (its /metrics), bytes. */
+  readonly heapUsed?: number;
   /** Bytes from the API server to the agent up to the sync. */
   readonly rxBytes: number;
-  /** Bytes from the agent to the API server up to the sync. */
-  readonly txBytes: number;
   /** New Node POSTed → its route in the kernel, ms, one per addition. */
   readonly convergenceMs: readonly number[];
   /** Additions whose route did not appear in time. */
@@ -68,10 +79,9 @@ export interface AgentResult {
   readonly deliveryMs?: readonly number[];
 }
 
-/** One N: both agents and the floors. */
+/** One mode and N: every variant's runs and the floors. */
 export interface CompareRow {
-  /** Absent in figures saved before etcd mode existed: kube. */
-  readonly mode?: Mode;
+  readonly mode: Mode;
   readonly n: number;
   /** `ip -batch` + `bridge -batch` for N−1 peers, ms. */
   readonly floorMs: number;
@@ -79,150 +89,447 @@ export interface CompareRow {
   readonly listMs: number;
   /** Size of that LIST, bytes of JSON. */
   readonly listBytes: number;
+  /**
+   * Control-plane CPU seconds over the same window with no agent running,
+   * one per repetition: the background every agent's figure includes.
+   */
+  readonly bgServerCpuSec: readonly number[];
+  /** A bare `deno run` of an empty module, one per repetition. */
+  readonly denoFloor: readonly {
+    cpuSec: number;
+    rss: number;
+    anon: number;
+    file: number;
+  }[];
+  /** Variant name → its runs, in repetition order. */
+  readonly runs: Readonly<Record<string, readonly AgentResult[]>>;
+}
+
+/** An agent's run at one size, collapsed to medians (the chart's input). */
+export interface MedianRow {
+  readonly mode: Mode;
+  readonly n: number;
+  readonly floorMs: number;
   readonly flanneld: AgentResult;
   readonly weft: AgentResult;
 }
 
+/** Steady state of one agent: idle, then under churn. */
+export interface SteadyResult {
+  readonly agent: string;
+  readonly mode: Mode;
+  readonly n: number;
+  /** Agent CPU over the idle window, % of one core. */
+  readonly idleCpuPct: number;
+  readonly idleSec: number;
+  /** weft's full passes in the idle window (NaN for flanneld). */
+  readonly idlePasses: number;
+  /** Agent CPU over the churn window, % of one core. */
+  readonly churnCpuPct: number;
+  readonly churnSec: number;
+  /** Peers added and removed over the churn window. */
+  readonly churnOps: number;
+  /** VmRSS at the end of the sync, each idle minute, each churn minute. */
+  readonly rssAtSync: number;
+  readonly idleRss: readonly number[];
+  readonly churnRss: readonly number[];
+  /** VmHWM at the end. */
+  readonly rssPeak: number;
+  /** Control-plane CPU over each window, % of one core (both agents). */
+  readonly serverIdleCpuPct: number;
+  readonly serverChurnCpuPct: number;
+}
+
+/** The figures one run of the benchmark saves (compare.json). */
+export interface CompareResults {
+  readonly machine: string;
+  readonly commit: string;
+  readonly started: string;
+  readonly finished: string;
+  readonly reps: number;
+  readonly rows: readonly CompareRow[];
+  readonly steady: readonly SteadyResult[];
+  /** The previous run's medians ratios at N ≥ 1000, for "not worse". */
+  readonly previous?: {
+    readonly commit: string;
+    readonly ratios: Readonly<Record<string, Record<string, number>>>;
+  };
+}
+
 const mib = (b: number) => (b / 2 ** 20).toFixed(1);
 const ms = (x: number) => x >= 100 ? x.toFixed(0) : x.toFixed(1);
-const verdict = (ok: boolean) => ok ? "met" : "**missed**";
-
-/** `kube 100`: the row's mode and N. */
-const label = (r: CompareRow) => `${r.mode ?? "kube"} ${r.n}`;
-
+const sec = (x: number) => x.toFixed(2);
+const label = (r: { mode: Mode; n: number }) => `${r.mode} ${r.n}`;
 const ratio = (w: number, f: number) =>
   Number.isFinite(w / f) ? (w / f).toFixed(2) : "n/a";
 
-/** The rows as markdown: one table of figures, one of targets. */
-export function formatCompare(rows: CompareRow[]): string {
+/** Median, least and most of `xs`. */
+export function spread(
+  xs: readonly number[],
+): { med: number; min: number; max: number } {
+  const ok = xs.filter(Number.isFinite);
+  return {
+    med: median(ok),
+    min: ok.length ? Math.min(...ok) : NaN,
+    max: ok.length ? Math.max(...ok) : NaN,
+  };
+}
+
+/** `12.3 (11.9–13.0)`: the median and the range. */
+function cell(xs: readonly number[], f: (x: number) => string): string {
+  const s = spread(xs);
+  if (!Number.isFinite(s.med)) return "-";
+  return s.min === s.max ? f(s.med) : `${f(s.med)} (${f(s.min)}–${f(s.max)})`;
+}
+
+/**
+ * Which of two sets of runs is lower, only when their ranges do not
+ * overlap: `"weft"`, `"flanneld"` or `undefined` (no difference shown).
+ */
+export function lower(
+  weft: readonly number[],
+  flanneld: readonly number[],
+): Agent | undefined {
+  const w = spread(weft), f = spread(flanneld);
+  if (!Number.isFinite(w.med) || !Number.isFinite(f.med)) return undefined;
+  if (w.max < f.min) return "weft";
+  if (f.max < w.min) return "flanneld";
+  return undefined;
+}
+
+/** `0.16, weft lower` / `1.47, weft higher` / `0.98, ranges overlap`. */
+function judged(w: readonly number[], f: readonly number[]): string {
+  const r = ratio(median(w), median(f));
+  const who = lower(w, f);
+  return who === "weft"
+    ? `**${r}**, weft lower`
+    : who === "flanneld"
+    ? `**${r}**, weft higher`
+    : `${r}, ranges overlap`;
+}
+
+/** Like {@linkcode judged}, as a difference: for figures near zero. */
+function judgedDiff(w: readonly number[], f: readonly number[]): string {
+  const d = median(w) - median(f);
+  const who = lower(w, f);
+  const txt = `${d >= 0 ? "+" : "−"}${Math.abs(d).toFixed(2)} s`;
+  return who === "weft"
+    ? `**${txt}**, weft lower`
+    : who === "flanneld"
+    ? `**${txt}**, weft higher`
+    : `${txt}, ranges overlap`;
+}
+
+const of = (xs: readonly AgentResult[], f: (a: AgentResult) => number) =>
+  xs.map(f);
+
+/** Control-plane CPU with the background of the same window taken off. */
+const netServer = (row: CompareRow, a: AgentResult) =>
+  a.serverCpuSec - (row.bgServerCpuSec[a.rep] ?? NaN);
+
+const pooled = (
+  xs: readonly AgentResult[],
+  f: (a: AgentResult) => readonly number[] | undefined,
+) => xs.flatMap((a) => [...(f(a) ?? [])]);
+
+/** The main table: flanneld and weft at every mode and N. */
+export function formatCompare(res: CompareResults): string {
   const lines = [
-    "| mode, N nodes | agent | ready (ms) | cold sync (ms) | ÷ ip -batch floor | start → API conn → 1st route (ms) | CPU to sync (s) | RSS ready / +2 s after sync / peak (MiB) | from API server (MiB) | apiserver+etcd CPU during sync (s) | convergence p50 / p99 (ms) | idle CPU |",
-    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    `Each cell: median (least–most) of ${res.reps} runs per agent, the agents alternating who goes first. A ratio is weft's median over flanneld's; "lower"/"higher" only when the two ranges do not overlap.`,
+    "",
+    "| mode, N | agent | ready (ms) | cold sync (ms) | CPU to sync (s) | RSS +2 s after sync (MiB) | peak RSS (MiB) | from API server (MiB) | control-plane CPU over the window, background taken off (s) | convergence p50 / p99 (ms; samples) |",
+    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
-  for (const r of rows) {
-    for (const a of [r.flanneld, r.weft]) {
-      const to = a.convergenceTimeouts > 0
-        ? ` (${a.convergenceTimeouts} timed out)`
-        : "";
-      const idle = a.idleCpuPct !== undefined
-        ? `${a.idleCpuPct.toFixed(3)}% over ${a.idleSec} s`
-        : "";
+  for (const row of res.rows) {
+    const f = row.runs.flanneld ?? [], w = row.runs.weft ?? [];
+    if (f.length === 0 || w.length === 0) continue;
+    for (const xs of [f, w]) {
+      const conv = pooled(xs, (a) => a.convergenceMs);
+      const to = xs.reduce((s, a) => s + a.convergenceTimeouts, 0);
+      const side = xs.map((a) => a.agentSideMs).filter((x) =>
+        x !== undefined
+      ) as number[];
+      const deliv = pooled(xs, (a) => a.deliveryMs);
       lines.push(
-        `| ${label(r)} | ${a.agent} | ${ms(a.readyMs)} | ${ms(a.syncMs)} | ${
-          ratio(a.syncMs, r.floorMs)
-        } | ${a.firstConnMs.toFixed(0)} → ${
-          Number.isFinite(a.firstRouteMs) ? a.firstRouteMs.toFixed(0) : "-"
-        } | ${a.cpuSec.toFixed(2)} | ${mib(a.rssReady)} / ${mib(a.rss)} / ${
-          mib(a.rssPeak)
-        } | ${mib(a.rxBytes)} | ${a.serverCpuSec.toFixed(2)} | ${
-          ms(percentile(a.convergenceMs, 50))
-        } / ${ms(percentile(a.convergenceMs, 99))}${to}${
-          a.agentSideMs !== undefined
-            ? ` (in the agent: ${a.agentSideMs.toFixed(2)} mean)`
-            : ""
-        }${
-          a.deliveryMs && a.deliveryMs.length > 0
-            ? `; API server delivery ${ms(percentile(a.deliveryMs, 50))}`
-            : ""
-        } | ${idle} |`,
+        `| ${label(row)} | ${xs[0]!.agent} | ${
+          cell(of(xs, (a) => a.readyMs), ms)
+        } | ${cell(of(xs, (a) => a.syncMs), ms)} | ${
+          cell(of(xs, (a) => a.cpuSec), sec)
+        } | ${cell(of(xs, (a) => a.rss), mib)} | ${
+          cell(of(xs, (a) => a.rssPeak), mib)
+        } | ${cell(of(xs, (a) => a.rxBytes), mib)} | ${
+          cell(xs.map((a) => netServer(row, a)), sec)
+        } over ${xs[0]!.serverWindowSec} s | ${
+          conv.length > 0
+            ? `${ms(percentile(conv, 50))} / ${
+              ms(percentile(conv, 99))
+            }; ${conv.length}${to > 0 ? ` (${to} timed out)` : ""}${
+              side.length > 0
+                ? `; in the agent ${median(side).toFixed(2)} mean`
+                : ""
+            }${
+              deliv.length > 0
+                ? `; API server delivery p50 ${ms(percentile(deliv, 50))}`
+                : ""
+            }`
+            : "-"
+        } |`,
       );
     }
     lines.push(
-      `| ${label(r)} | *floor* | | ${
-        Number.isFinite(r.floorMs) ? `${ms(r.floorMs)} (ip -batch)` : "-"
-      }; LIST alone ${ms(r.listMs)} | 1.00 | | | | ${
-        mib(r.listBytes)
-      } (LIST JSON) | | | |`,
+      `| ${label(row)} | *floor* | | ${
+        Number.isFinite(row.floorMs) ? `${ms(row.floorMs)} (ip -batch)` : "-"
+      }; LIST alone ${ms(row.listMs)} | | | | ${
+        mib(row.listBytes)
+      } (LIST JSON) | background ${cell(row.bgServerCpuSec, sec)} | |`,
     );
-    const w = r.weft, f = r.flanneld;
+    const cf = pooled(f, (a) => a.convergenceMs);
+    const cw = pooled(w, (a) => a.convergenceMs);
     lines.push(
-      `| ${label(r)} | **weft ÷ flanneld** | ${
-        ratio(w.readyMs, f.readyMs)
-      } | **${ratio(w.syncMs, f.syncMs)}** | | | **${
-        ratio(w.cpuSec, f.cpuSec)
-      }** | ${ratio(w.rssReady, f.rssReady)} / **${ratio(w.rss, f.rss)}** / ${
-        ratio(w.rssPeak, f.rssPeak)
-      } | ${ratio(w.rxBytes, f.rxBytes)} | **${
-        ratio(w.serverCpuSec, f.serverCpuSec)
-      }** | ${
-        ratio(
-          percentile(w.convergenceMs, 50),
-          percentile(f.convergenceMs, 50),
+      `| ${label(row)} | weft ÷ flanneld | ${
+        judged(of(w, (a) => a.readyMs), of(f, (a) => a.readyMs))
+      } | ${judged(of(w, (a) => a.syncMs), of(f, (a) => a.syncMs))} | ${
+        judged(of(w, (a) => a.cpuSec), of(f, (a) => a.cpuSec))
+      } | ${judged(of(w, (a) => a.rss), of(f, (a) => a.rss))} | ${
+        judged(of(w, (a) => a.rssPeak), of(f, (a) => a.rssPeak))
+      } | ${
+        ratio(median(of(w, (a) => a.rxBytes)), median(of(f, (a) => a.rxBytes)))
+      } | ${
+        judgedDiff(
+          w.map((a) => netServer(row, a)),
+          f.map((a) => netServer(row, a)),
         )
-      } / **${
-        ratio(
-          percentile(w.convergenceMs, 99),
-          percentile(f.convergenceMs, 99),
-        )
-      }** | ${
-        w.idleCpuPct !== undefined && f.idleCpuPct !== undefined
-          ? ratio(w.idleCpuPct, f.idleCpuPct)
+      } | ${
+        cw.length > 0 && cf.length > 0
+          ? `${ratio(percentile(cw, 50), percentile(cf, 50))} / ${
+            ratio(percentile(cw, 99), percentile(cf, 99))
+          }`
           : ""
-      } |`,
-    );
-  }
-  lines.push("", "| mode, N | target | weft | flanneld / floor | verdict |");
-  lines.push("|---:|---|---:|---:|---|");
-  for (const r of rows) {
-    const w = r.weft, f = r.flanneld;
-    const wp99 = percentile(w.convergenceMs, 99);
-    const fp99 = percentile(f.convergenceMs, 99);
-    const rssCap = r.n >= 5000 ? 0.5 : r.n <= 100 ? 1.0 : undefined;
-    if (rssCap !== undefined) {
-      lines.push(
-        `| ${label(r)} | RSS after sync ≤ ${rssCap.toFixed(1)}x flanneld | ${
-          mib(w.rss)
-        } MiB | ${mib(f.rss)} MiB (x${ratio(w.rss, f.rss)}) | ${
-          verdict(w.rss <= rssCap * f.rss)
-        } |`,
-      );
-    }
-    lines.push(
-      `| ${label(r)} | CPU to sync ≤ flanneld | ${w.cpuSec.toFixed(2)} s | ${
-        f.cpuSec.toFixed(2)
-      } s (x${ratio(w.cpuSec, f.cpuSec)}) | ${verdict(w.cpuSec <= f.cpuSec)} |`,
-      `| ${label(r)} | cold sync ≤ 0.5x flanneld | ${ms(w.syncMs)} ms | ${
-        ms(f.syncMs)
-      } ms (x${ratio(w.syncMs, f.syncMs)}) | ${
-        verdict(w.syncMs <= 0.5 * f.syncMs)
-      } |`,
-    );
-    if (r.n >= 5000) {
-      lines.push(
-        `| ${label(r)} | cold sync ≤ 2x ip -batch floor | ${
-          ms(w.syncMs)
-        } ms | ${ms(r.floorMs)} ms (x${ratio(w.syncMs, r.floorMs)}) | ${
-          verdict(w.syncMs <= 2 * r.floorMs)
-        } |`,
-      );
-    }
-    if (w.convergenceMs.length > 0) {
-      lines.push(
-        `| ${label(r)} | convergence p99 ≤ flanneld | ${ms(wp99)} ms | ${
-          ms(fp99)
-        } ms | ${verdict(wp99 <= fp99 && w.convergenceTimeouts === 0)} |`,
-      );
-    }
-    lines.push(
-      `| ${label(r)} | apiserver+etcd CPU per cold sync ≤ flanneld's | ${
-        w.serverCpuSec.toFixed(2)
-      } s | ${f.serverCpuSec.toFixed(2)} s | ${
-        verdict(w.serverCpuSec <= f.serverCpuSec)
       } |`,
     );
   }
   return lines.join("\n");
 }
 
+/** Medians of each variant at one row: the main two, for the targets. */
+function medians(row: CompareRow, agent: string) {
+  const xs = row.runs[agent] ?? [];
+  return {
+    rss: median(of(xs, (a) => a.rss)),
+    cpuSec: median(of(xs, (a) => a.cpuSec)),
+    syncMs: median(of(xs, (a) => a.syncMs)),
+    readyMs: median(of(xs, (a) => a.readyMs)),
+    server: median(xs.map((a) => netServer(row, a))),
+  };
+}
+
+/** The ratios "not worse than today" compares, by mode and N. */
+export function headlineRatios(
+  rows: readonly CompareRow[],
+): Record<string, Record<string, number>> {
+  const out: Record<string, Record<string, number>> = {};
+  for (const row of rows) {
+    if (!row.runs.weft || !row.runs.flanneld) continue;
+    const w = medians(row, "weft"), f = medians(row, "flanneld");
+    out[label(row)] = {
+      rss: w.rss / f.rss,
+      cpuSec: w.cpuSec / f.cpuSec,
+      syncMs: w.syncMs / f.syncMs,
+    };
+  }
+  return out;
+}
+
+const verdict = (ok: boolean) => ok ? "met" : "**missed**";
+
+/** The targets, each against this run's medians. */
+export function formatTargets(res: CompareResults): string {
+  const lines = [
+    "| mode, N | target | weft | flanneld | ratio | verdict |",
+    "|---:|---|---:|---:|---:|---|",
+  ];
+  for (const row of res.rows) {
+    if (!row.runs.weft || !row.runs.flanneld) continue;
+    const w = medians(row, "weft"), f = medians(row, "flanneld");
+    if (row.n <= 100) {
+      lines.push(
+        `| ${label(row)} | RSS after sync ≤ 1.1x | ${mib(w.rss)} MiB | ${
+          mib(f.rss)
+        } MiB | ${ratio(w.rss, f.rss)} | ${verdict(w.rss <= 1.1 * f.rss)} |`,
+        `| ${label(row)} | CPU to sync ≤ 1.5x | ${sec(w.cpuSec)} s | ${
+          sec(f.cpuSec)
+        } s | ${ratio(w.cpuSec, f.cpuSec)} | ${
+          verdict(w.cpuSec <= 1.5 * f.cpuSec)
+        } |`,
+      );
+    }
+    const before = res.previous?.ratios[label(row)];
+    if (row.n >= 1000 && before) {
+      for (
+        const [key, name, now] of [
+          ["rss", "RSS after sync", w.rss / f.rss],
+          ["cpuSec", "CPU to sync", w.cpuSec / f.cpuSec],
+          ["syncMs", "cold sync", w.syncMs / f.syncMs],
+        ] as const
+      ) {
+        const was = before[key]!;
+        lines.push(
+          `| ${label(row)} | ${name}: ratio not worse than at ${
+            res.previous!.commit
+          } (${was.toFixed(2)}, one run) | ${
+            key === "rss"
+              ? `${mib(w.rss)} MiB`
+              : key === "cpuSec"
+              ? `${sec(w.cpuSec)} s`
+              : `${ms(w.syncMs)} ms`
+          } | ${
+            key === "rss"
+              ? `${mib(f.rss)} MiB`
+              : key === "cpuSec"
+              ? `${sec(f.cpuSec)} s`
+              : `${ms(f.syncMs)} ms`
+          } | ${now.toFixed(2)} | ${verdict(now <= was)} |`,
+        );
+      }
+    }
+  }
+  for (const s of res.steady) {
+    if (s.agent !== "weft" || s.n !== 1000) continue;
+    const f = res.steady.find((x) =>
+      x.agent === "flanneld" && x.mode === s.mode && x.n === s.n
+    );
+    if (!f) continue;
+    lines.push(
+      `| ${label(s)} | idle CPU over ${s.idleSec / 60} min ≤ 1.0x | ${
+        s.idleCpuPct.toFixed(3)
+      }% | ${f.idleCpuPct.toFixed(3)}% | ${
+        ratio(s.idleCpuPct, f.idleCpuPct)
+      } | ${verdict(s.idleCpuPct <= f.idleCpuPct)} |`,
+    );
+  }
+  return lines.join("\n");
+}
+
+/**
+ * The levers: each weft variant against weft and against the floor of a
+ * bare `deno run` of an empty module, at the sizes it ran.
+ */
+export function formatLevers(res: CompareResults): string {
+  const lines = [
+    "| mode, N | variant | ready (ms) | CPU to sync (s) | RSS +2 s after sync (MiB) | of it private / file-backed (MiB) | V8 heap in use (MiB) | against weft: RSS (MiB), CPU (ms) |",
+    "|---:|---|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const row of res.rows) {
+    const names = Object.keys(row.runs).filter((k) => k.startsWith("weft: "));
+    if (names.length === 0) continue;
+    const base = medians(row, "weft");
+    for (const name of ["flanneld", "weft", ...names]) {
+      const xs = row.runs[name] ?? [];
+      if (xs.length === 0) continue;
+      const m = medians(row, name);
+      lines.push(
+        `| ${label(row)} | ${name} | ${cell(of(xs, (a) => a.readyMs), ms)} | ${
+          cell(of(xs, (a) => a.cpuSec), sec)
+        } | ${cell(of(xs, (a) => a.rss), mib)} | ${
+          mib(median(of(xs, (a) => a.rssAnon)))
+        } / ${mib(median(of(xs, (a) => a.rssFile)))} | ${
+          xs.every((a) => a.heapUsed !== undefined)
+            ? mib(median(of(xs, (a) => a.heapUsed!)))
+            : ""
+        } | ${
+          name === "weft"
+            ? ""
+            : `${(m.rss - base.rss) / 2 ** 20 >= 0 ? "+" : ""}${
+              mib(m.rss - base.rss)
+            }, ${m.cpuSec >= base.cpuSec ? "+" : ""}${
+              ((m.cpuSec - base.cpuSec) * 1000).toFixed(0)
+            }`
+        } |`,
+      );
+    }
+    if (row.denoFloor.length > 0) {
+      const rss = row.denoFloor.map((d) => d.rss);
+      const cpu = row.denoFloor.map((d) => d.cpuSec);
+      lines.push(
+        `| ${
+          label(row)
+        } | *\`deno run\` of an empty module, same V8 flags* | | ${
+          cell(cpu, sec)
+        } | ${cell(rss, mib)} | weft − this: ${
+          mib(base.rss - median(rss))
+        } MiB, ${((base.cpuSec - median(cpu)) * 1000).toFixed(0)} ms |`,
+      );
+    }
+  }
+  return lines.length > 2 ? lines.join("\n") : "";
+}
+
+/** Steady state: idle, then churn, both agents side by side. */
+export function formatSteady(res: CompareResults): string {
+  if (res.steady.length === 0) return "";
+  const lines = [
+    "| mode, N | agent | RSS at sync (MiB) | idle: CPU (% of a core) | idle: RSS at its end (MiB) | churn: CPU (% of a core) | churn: RSS each 5 min (MiB) | peak RSS (MiB) | control plane idle / churn (% of a core) |",
+    "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const s of res.steady) {
+    const every5 = s.churnRss.filter((_, i) =>
+      i % 5 === 0 || i === s.churnRss.length - 1
+    );
+    lines.push(
+      `| ${label(s)} | ${s.agent} | ${mib(s.rssAtSync)} | ${
+        s.idleCpuPct.toFixed(3)
+      }${
+        Number.isFinite(s.idlePasses) ? ` (${s.idlePasses} full passes)` : ""
+      } | ${mib(s.idleRss.at(-1) ?? NaN)} | ${s.churnCpuPct.toFixed(3)} | ${
+        every5.map(mib).join(" → ")
+      } | ${mib(s.rssPeak)} | ${s.serverIdleCpuPct.toFixed(2)} / ${
+        s.serverChurnCpuPct.toFixed(2)
+      } |`,
+    );
+  }
+  const s0 = res.steady[0]!;
+  lines.push(
+    "",
+    `Idle window ${s0.idleSec / 60} min, then ${
+      s0.churnSec / 60
+    } min of churn (${
+      res.steady.filter((s) => s.agent === "weft").map((s) =>
+        `${label(s)}: ${s.churnOps} peers added or removed`
+      ).join("; ")
+    }); RSS sampled each minute.`,
+  );
+  return lines.join("\n");
+}
+
+/** The runs collapsed to medians, for the chart. */
+export function medianRows(rows: readonly CompareRow[]): MedianRow[] {
+  const collapse = (xs: readonly AgentResult[]): AgentResult => {
+    const m = (f: (a: AgentResult) => number) => median(xs.map(f));
+    return {
+      ...xs[0]!,
+      syncMs: m((a) => a.syncMs),
+      rss: m((a) => a.rss),
+      convergenceMs: xs.flatMap((a) => [...a.convergenceMs]),
+    };
+  };
+  return rows.filter((r) => r.runs.weft && r.runs.flanneld).map((r) => ({
+    mode: r.mode,
+    n: r.n,
+    floorMs: r.floorMs,
+    flanneld: collapse(r.runs.flanneld!),
+    weft: collapse(r.runs.weft!),
+  }));
+}
+
 /** A bar chart of cold sync, convergence p99 and RSS, as SVG text. */
-export function compareSvg(rows: CompareRow[], title: string): string {
+export function compareSvg(rows: MedianRow[], title: string): string {
   const panels: {
     name: string;
     unit: string;
     series: {
       label: string;
       color: string;
-      value: (r: CompareRow) => number;
+      value: (r: MedianRow) => number;
     }[];
   }[] = [
     {
@@ -336,7 +643,7 @@ export function compareSvg(rows: CompareRow[], title: string): string {
           `<rect x="${bx.toFixed(1)}" y="${(top + ph - h).toFixed(1)}" width="${
             (barW - 2).toFixed(1)
           }" height="${h.toFixed(1)}" fill="${s.color}"><title>${
-            esc(`${s.label}, ${label(r)}: ${fmtTick(v)} ${p.unit}`)
+            esc(`${s.label}, ${r.mode} ${r.n}: ${fmtTick(v)} ${p.unit}`)
           }</title></rect>`,
           `<text x="${(bx + (barW - 2) / 2).toFixed(1)}" y="${
             (top + ph - h - 3).toFixed(1)
@@ -348,7 +655,7 @@ export function compareSvg(rows: CompareRow[], title: string): string {
       out.push(
         `<text x="${(x0 + ri * groupW + groupW / 2).toFixed(1)}" y="${
           top + ph + 16
-        }" text-anchor="middle" font-size="9">${label(r)}</text>`,
+        }" text-anchor="middle" font-size="9">${r.mode} ${r.n}</text>`,
       );
     });
   });
@@ -378,184 +685,205 @@ function fmtTick(v: number): string {
 
 const METHOD = `## How it is measured
 
-- The machine is shared: other work (builds, test clusters) runs beside
-  this benchmark, which holds the shared lock for heavy work while it runs;
-  expect run-to-run spread.
+- The machine has 2 cores. Nothing else ran on it during the run unless the
+  header says so.
 - One kube-apiserver (etcd >= 3.5, watch cache on) holds N−1 realistic peer
   Nodes (labels, kubelet annotations, capacity, conditions, addresses, node
   info, 30 images with long names: about 13 kB of JSON each) annotated as
   flannel vxlan nodes, plus the agent's own Node \`bench-self\`
   (\`10.0.1.0/24\`, recreated before every run); N=0 means that Node
-  alone. Network \`10.0.0.0/8\`, SubnetLen 24.
-- Each agent runs alone, flanneld and weft one after the other (who goes
-  first alternates with N), in a fresh namespace with \`eth0\` on a bridge
-  (\`198.18.0.1/15\`, default route), same flags: \`--kube-subnet-mgr
-  --kubeconfig-file --net-config-path --subnet-file --iface=eth0
-  --ip-masq=false\`, \`NODE_NAME=bench-self\`. weft is \`deno run\` with the
-  agent's own permission set and the V8 flags of \`deno task start\` (the
-  same ones \`deno task compile\` bakes into the binary). The kubeconfig
-  is JSON (valid YAML; a YAML one makes weft load its YAML parser, +15 MiB).
+  alone. In etcd mode one etcd holds N−1 flannel leases. Network
+  \`10.0.0.0/8\`, SubnetLen 24.
+- Each agent runs alone, in a fresh namespace with \`eth0\` on a bridge
+  (\`198.18.0.1/15\`, default route), with the same flags:
+  \`--kube-subnet-mgr --kubeconfig-file --net-config-path --subnet-file
+  --iface=eth0 --ip-masq=false --healthz-port=18400\` (etcd mode:
+  \`--etcd-endpoints --etcd-prefix\`), \`NODE_NAME=bench-self\`. Every cell
+  runs each variant several times; each repetition rotates who goes first.
+- weft runs as the image runs it: \`deno run\` with the list of
+  \`deploy/permissions.txt\` (the benchmark's directory added to the read
+  and write paths, for the kubeconfig, net-conf.json and subnet.env), the
+  V8 flags of \`deploy/v8-flags.txt\`, and the image's environment
+  (\`DENO_TLS_CA_STORE=system\`). The kubeconfig is YAML, as users have it,
+  with \`certificate-authority\` naming a file and a bearer token (the shape
+  of k3s's agent kubeconfigs); in a DaemonSet weft reads the service
+  account's files instead, which takes the same path.
 - Ready: process spawn → \`subnet.env\` written (inotify), which both
-  agents do once the lease and the device are set up; RSS is sampled then.
+  agents do once the lease and the device are set up.
 - Cold sync: process spawn → the last of the N−1 routes on \`flannel.1\`
   (timestamps from \`ip monitor route\` in the namespace), confirmed by
   dumping neighbours and FDB entries; with no peer it is the ready moment.
-  CPU: utime+stime of the agent at that moment. RSS: VmRSS of the agent
-  process (for weft the deno process) 2 s after the sync; peak: VmHWM at
-  the end of the run.
-- apiserver+etcd CPU: utime+stime of kube-apiserver and its etcd from the
-  agent's spawn to its sync: the cost one agent's cold start puts on the
-  control plane (includes their background work over the same interval).
+  CPU to sync: utime+stime of the agent at that moment, from
+  \`/proc/<pid>/stat\` in 10 ms ticks (so 0.01 s is the resolution). RSS:
+  VmRSS of the agent process (for weft the deno process) 2 s after the
+  sync; peak: VmHWM at the end of the run.
+- Control-plane CPU: utime+stime of kube-apiserver and its etcd (etcd
+  mode: etcd) over a window of fixed length from the agent's spawn, the
+  same for every agent at one N and longer than every agent's sync plus
+  2 s, minus the same servers' CPU over a window of that length with no
+  agent running, taken in each repetition (10 ms ticks).
 - Bytes from the API server: the kubeconfig points at 127.0.0.1:6443 in
-  the agent's namespace, a TCP relay of the benchmark process (socket made
-  in the namespace with setns, TCP_NODELAY on both sides) that forwards to
-  the apiserver and counts bytes; TLS passes through, so this is what
-  crossed the wire (both agents get gzip-compressed LISTs).
+  the agent's namespace, a TCP relay of the benchmark process that
+  forwards to the apiserver and counts bytes; TLS passes through.
 - Convergence: a new Node (etcd: lease key) is written, then the time
-  until its route shows up in \`ip monitor route\`; one at a time, 60
-  additions. "API server delivery": write → the same event at a watch
-  the benchmark holds straight on the API server (no relay, no agent),
-  p50. "In the agent": weft's own histogram of watch event received
-  → kernel entries programmed (\`weft_event_to_kernel_seconds\` on
-  /metrics), its mean over the additions. Both agents run their health
-  server (\`--healthz-port=18400\`, in its own namespace).
-- Idle CPU: the agent's utime+stime over a window after the additions, at
-  N=1000, as % of one core (window length in the table).
+  until its route shows up in \`ip monitor route\`; one at a time, pooled
+  over the repetitions (the sample count is in the table). "API server
+  delivery": write → the same event at a watch the benchmark holds straight
+  on the API server. "In the agent": weft's own histogram of watch event
+  received → kernel entries programmed (\`weft_event_to_kernel_seconds\`).
 - Floor: \`ip -batch\` + \`bridge -batch\` programming the same N−1 peers in a
-  fresh namespace (kernel programming only; it fetches nothing). "LIST
-  alone" is a paginated LIST (limit=500) of all nodes by the benchmark
-  process, for scale.
+  fresh namespace (kernel programming only). "LIST alone" is a paginated
+  LIST (limit=500) of all nodes by the benchmark process. The \`deno run\`
+  floor is an empty module under the same V8 flags, its RSS read 2 s
+  after start, as weft's is.
+- Steady state: both agents run at the same time against one control
+  plane, each in its own namespace as its own node, for the idle window
+  (nothing changes) and then the churn window (every second one peer is
+  added or one removed, alternately, as \`bench/soak.ts\` does). Their CPU is
+  read over the same windows, so background work falls on both alike.
 `;
+
+/** The commit this checkout is at, and whether it has local changes. */
+export async function commitOf(root: string): Promise<string> {
+  const head = (await run(["git", "-C", root, "rev-parse", "--short", "HEAD"]))
+    .stdout.trim();
+  const dirty = (await run(["git", "-C", root, "status", "--porcelain"]))
+    .stdout.trim();
+  return dirty ? `${head} plus uncommitted changes` : head;
+}
+
+/** The whole compare.md. */
+export async function formatResults(res: CompareResults): Promise<string> {
+  const steady = formatSteady(res);
+  const levers = formatLevers(res);
+  return `# weft vs flanneld (${res.started.slice(0, 10)})
+
+Machine: ${res.machine}. flanneld ${await flanneldVersion()}. weft at ${res.commit}. Run ${
+    res.started.slice(11, 16)
+  }–${res.finished.slice(11, 16)} UTC by \`deno run -A bench/compare.ts${
+    res.reps !== 3 ? ` --reps=${res.reps}` : ""
+  }\`, ${res.reps} runs per agent and cell.
+
+${formatCompare(res)}
+
+![chart](compare.svg)
+
+## Targets
+
+${formatTargets(res)}
+${
+    steady
+      ? `
+## Steady state: idle, then churn
+
+${steady}
+`
+      : ""
+  }${
+    levers
+      ? `
+## Levers: what each costs at small N
+
+Each row is a variant of weft run in the same repetitions as the two
+agents above; the last column is its median against weft's. The floor is
+what any Deno program pays before its first line.
+
+${levers}
+`
+      : ""
+  }
+${METHOD}`;
+}
 
 /**
  * Writes compare.md, compare.svg and the raw figures (compare.json) under
  * `dir` and returns the markdown.
  */
 export async function writeCompareResults(
-  rows: CompareRow[],
+  res: CompareResults,
   dir = `${ROOT}bench/results`,
 ): Promise<string> {
-  const m = await machine();
-  const md = `# weft vs flanneld (${
-    new Date().toISOString().slice(0, 10)
-  })\n\nMachine: ${m}. flanneld ${await flanneldVersion()}.\n\n${
-    formatCompare(rows)
-  }\n\n![chart](compare.svg)\n\n${METHOD}`;
+  const md = await formatResults(res);
   await Deno.mkdir(dir, { recursive: true });
   await Deno.writeTextFile(`${dir}/compare.md`, md);
   await Deno.writeTextFile(
     `${dir}/compare.json`,
-    JSON.stringify({ machine: m, rows }, null, 1) + "\n",
+    JSON.stringify(res, null, 1) + "\n",
   );
   await Deno.writeTextFile(
     `${dir}/compare.svg`,
-    compareSvg(rows, `weft vs flanneld: ${m}`),
+    compareSvg(medianRows(res.rows), `weft vs flanneld: ${res.machine}`),
   );
   return md;
 }
 
+/** What a set of runs says, in words, for the README. */
+function said(w: readonly number[], f: readonly number[]): string {
+  const who = lower(w, f);
+  const r = ratio(median(w), median(f));
+  return who === "weft"
+    ? `${r}x (weft lower)`
+    : who === "flanneld"
+    ? `${r}x (weft higher)`
+    : `${r}x (ranges overlap)`;
+}
+
 /**
  * The README's side-by-side section, generated from the figures: a table
- * and only the claims these rows support.
+ * and only the claims these runs support.
  */
-export function readmeSection(rows: CompareRow[], machineLine: string): string {
-  const p50 = (a: AgentResult) => percentile(a.convergenceMs, 50);
-  const p99 = (a: AgentResult) => percentile(a.convergenceMs, 99);
+export function readmeSection(res: CompareResults): string {
   const out = [
-    machineLine,
+    `Measured by \`bench/compare.ts\` at ${res.commit} on ${res.machine}, ${res.reps} runs per agent and cell, the agents alternating (\`bench/results/compare.md\`, chart \`compare.svg\`). Figures are medians; weft ÷ flanneld says "lower" or "higher" only when the ranges of the runs do not overlap.`,
     "",
-    "**weft vs flanneld** (`bench/compare.ts`, `bench/results/compare.md`,",
-    "chart `compare.svg`). In kube mode one kube-apiserver holds N realistic",
-    "Nodes (~13 kB each) annotated as flannel vxlan nodes; in etcd mode one",
-    "etcd holds N flannel leases. flanneld and weft run one after the other",
-    "against it, each alone in a fresh namespace with the same flags. Ready is",
-    "`subnet.env` written; cold sync is process start until every peer's",
-    "route, neighbour and FDB entry is in the kernel; control-plane CPU is",
-    "kube-apiserver + etcd (etcd mode: etcd) CPU during that cold sync, in",
-    "10 ms ticks. Convergence is a write until the peer's route exists; in",
-    "kube mode ~46 ms of it is the API server's delivery to any watcher (see",
-    "`bench/results/compare.md`).",
-    "",
-    "| mode, N | agent | ready | cold sync | CPU to sync | RSS after sync | peak RSS | control-plane CPU | convergence p50 / p99 |",
-    "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| mode, N | ready: weft / flanneld (ms) | cold sync: weft / flanneld (ms) | weft ÷ flanneld: cold sync | CPU to sync | RSS after sync | control-plane CPU |",
+    "| ---: | ---: | ---: | --- | --- | --- | --- |",
   ];
-  for (const r of rows) {
-    for (const a of [r.flanneld, r.weft]) {
+  for (const row of res.rows) {
+    const f = row.runs.flanneld, w = row.runs.weft;
+    if (!f || !w) continue;
+    out.push(
+      `| ${label(row)} | ${ms(median(of(w, (a) => a.readyMs)))} / ${
+        ms(median(of(f, (a) => a.readyMs)))
+      } | ${ms(median(of(w, (a) => a.syncMs)))} / ${
+        ms(median(of(f, (a) => a.syncMs)))
+      } | ${said(of(w, (a) => a.syncMs), of(f, (a) => a.syncMs))} | ${
+        said(of(w, (a) => a.cpuSec), of(f, (a) => a.cpuSec))
+      } | ${said(of(w, (a) => a.rss), of(f, (a) => a.rss))} | ${
+        said(w.map((a) => netServer(row, a)), f.map((a) => netServer(row, a)))
+      } |`,
+    );
+  }
+  const idle = res.steady.filter((s) => s.agent === "weft");
+  if (idle.length > 0) {
+    out.push(
+      "",
+      "Steady state, both agents at once against one control plane:",
+      "",
+      "| mode, N | idle CPU, weft / flanneld (% of a core) | RSS after idle, weft / flanneld (MiB) | RSS after churn, weft / flanneld (MiB) |",
+      "| ---: | ---: | ---: | ---: |",
+    );
+    for (const s of idle) {
+      const f = res.steady.find((x) =>
+        x.agent === "flanneld" && x.mode === s.mode && x.n === s.n
+      );
+      if (!f) continue;
       out.push(
-        `| ${label(r)} | ${a.agent} | ${ms(a.readyMs)} ms | ${
-          ms(a.syncMs)
-        } ms | ${a.cpuSec.toFixed(2)} s | ${mib(a.rss)} MiB | ${
-          mib(a.rssPeak)
-        } MiB | ${a.serverCpuSec.toFixed(2)} s | ${ms(p50(a))} / ${
-          ms(p99(a))
-        } ms |`,
+        `| ${label(s)} | ${s.idleCpuPct.toFixed(3)} / ${
+          f.idleCpuPct.toFixed(3)
+        } over ${s.idleSec / 60} min | ${mib(s.idleRss.at(-1) ?? NaN)} / ${
+          mib(f.idleRss.at(-1) ?? NaN)
+        } | ${mib(s.churnRss.at(-1) ?? NaN)} / ${
+          mib(f.churnRss.at(-1) ?? NaN)
+        } after ${s.churnSec / 60} min |`,
       );
     }
-  }
-  const list = (pred: (r: CompareRow) => boolean) =>
-    rows.filter(pred).map(label).join(", ") || "none";
-  const claim = (
-    what: string,
-    pred: (r: CompareRow) => boolean,
-    detail: (r: CompareRow) => string,
-  ) =>
-    `- **${what}:** ${list(pred)}; weft ÷ flanneld: ${
-      rows.map((r) => `${label(r)}: ${detail(r)}`).join(", ")
-    }.`;
-  out.push(
-    "",
-    claim(
-      "Less memory after sync",
-      (r) => r.weft.rss < r.flanneld.rss,
-      (r) => ratio(r.weft.rss, r.flanneld.rss),
-    ),
-    claim(
-      "Less CPU to sync",
-      (r) => r.weft.cpuSec < r.flanneld.cpuSec,
-      (r) => ratio(r.weft.cpuSec, r.flanneld.cpuSec),
-    ),
-    claim(
-      "Faster cold sync",
-      (r) => r.weft.syncMs < r.flanneld.syncMs,
-      (r) => ratio(r.weft.syncMs, r.flanneld.syncMs),
-    ),
-    claim(
-      "Less control-plane CPU per cold start",
-      (r) => r.weft.serverCpuSec < r.flanneld.serverCpuSec,
-      (r) => ratio(r.weft.serverCpuSec, r.flanneld.serverCpuSec),
-    ),
-    claim(
-      "Convergence p99 at or below flanneld's",
-      (r) => r.weft.convergenceMs.length > 0 && p99(r.weft) <= p99(r.flanneld),
-      (r) => ratio(p99(r.weft), p99(r.flanneld)),
-    ),
-  );
-  for (const idle of rows.filter((r) => r.weft.idleCpuPct !== undefined)) {
-    if (idle.flanneld.idleCpuPct === undefined) continue;
-    out.push(
-      `- **Idle CPU** at ${label(idle)} over ${idle.weft.idleSec} s: weft ${
-        idle.weft.idleCpuPct!.toFixed(3)
-      }% of a core, flanneld ${idle.flanneld.idleCpuPct.toFixed(3)}%.`,
-    );
-  }
-  const top = Math.max(...rows.map((r) => r.n));
-  for (const big of rows.filter((r) => r.n === top)) {
-    if (!Number.isFinite(big.floorMs)) continue;
-    out.push(
-      `- **Against the \`ip -batch\` floor** at ${
-        label(big)
-      }: the floor only programs the kernel (${
-        ms(big.floorMs)
-      } ms) and fetches nothing; weft's cold sync is ${
-        ratio(big.weft.syncMs, big.floorMs)
-      }× it, flanneld's ${ratio(big.flanneld.syncMs, big.floorMs)}×.`,
-    );
   }
   return out.join("\n");
 }
 
 /** Replaces the README's generated side-by-side section. */
-export async function writeReadme(rows: CompareRow[], machineLine: string) {
+export async function writeReadme(res: CompareResults) {
   const path = `${ROOT}README.md`;
   const text = await Deno.readTextFile(path);
   const begin = "<!-- compare:begin -->", end = "<!-- compare:end -->";
@@ -563,9 +891,9 @@ export async function writeReadme(rows: CompareRow[], machineLine: string) {
   if (a < 0 || b < a) throw new Error(`README.md has no ${begin} section`);
   await Deno.writeTextFile(
     path,
-    `${text.slice(0, a + begin.length)}\n\n${
-      readmeSection(rows, machineLine)
-    }\n\n${text.slice(b)}`,
+    `${text.slice(0, a + begin.length)}\n\n${readmeSection(res)}\n\n${
+      text.slice(b)
+    }`,
   );
   // Tables aligned and lines wrapped as `deno task check` wants them.
   await run([Deno.execPath(), "fmt", path]);
@@ -577,3 +905,5 @@ async function flanneldVersion(): Promise<string> {
   const out = await run([bin, "--version"]);
   return (out.stdout + out.stderr).trim() || "(unknown)";
 }
+
+export { machine };

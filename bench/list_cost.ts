@@ -24,7 +24,7 @@ import {
   KubeStore,
   runAgent,
   type RunContext,
-  startV8Flags,
+  type Variant,
 } from "./compare.ts";
 import { serverBinary } from "../tests/servers/paths.ts";
 import { run } from "../tests/_netns.ts";
@@ -32,13 +32,6 @@ import { machine } from "./_stats.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const QUORUM = `${ROOT}bench/_quorum_list.ts`;
-
-/** One way of running an agent. */
-interface Variant {
-  readonly name: string;
-  readonly agent: "weft" | "flanneld";
-  readonly preload?: string;
-}
 
 const VARIANTS: readonly Variant[] = [
   { name: "weft, resourceVersion=0 (watch cache)", agent: "weft" },
@@ -104,12 +97,8 @@ export async function benchListCost(
       store,
       dir,
       flanneld,
-      weftMain,
-      v8Flags: await startV8Flags(ROOT),
+      weftRoot: ROOT.replace(/\/+$/, ""),
       logDir,
-      idleAtN: -1,
-      idleSec: 0,
-      arpChurn: 0,
       additions: 0,
       syncTimeoutMs: 180_000,
       progress,
@@ -127,12 +116,9 @@ export async function benchListCost(
           const i = (k + r) % VARIANTS.length;
           const v = VARIANTS[i]!;
           progress(`N=${n} run ${r + 1}/${repeats}: ${v.name}`);
-          const res = await runAgent(v.agent, n, {
-            ...ctx,
-            ...(v.preload && { weftPreload: v.preload }),
-          });
+          const res = await runAgent(v, n, ctx, r);
           const log = await Deno.readTextFile(
-            `${logDir}/kube-${v.agent}-${n}.log`,
+            `${logDir}/kube-${v.name.replace(/[^\w.-]+/g, "_")}-${n}-${r}.log`,
           );
           if (Boolean(v.preload) !== log.includes("quorum-list: ")) {
             throw new Error(`${v.name} at N=${n}: LIST not as intended`);

@@ -26,6 +26,7 @@ import { benchNetlink, formatRows as formatNetlink } from "./netlink.ts";
 import { benchReconcile, formatRows as formatReconcile } from "./reconcile.ts";
 import {
   benchCompare,
+  commitOf,
   compareAvailable,
   formatCompare,
   writeCompareResults,
@@ -107,14 +108,27 @@ if (want("kube")) {
 
 if (want("compare")) {
   if (await compareAvailable()) {
+    const started = new Date().toISOString();
     const rows = await benchCompare(quick ? [100, 1000] : [100, 1000, 5000], {
       progress,
+      ...(quick && { reps: 1 }),
       ...(weftRoot && { weftRoot }),
     });
-    await writeCompareResults(rows);
+    const res = {
+      machine: m,
+      commit: await commitOf(
+        weftRoot ?? new URL("../", import.meta.url).pathname,
+      ),
+      started,
+      finished: new Date().toISOString(),
+      reps: quick ? 1 : 3,
+      rows,
+      steady: [],
+    };
+    await writeCompareResults(res);
     section(
       "weft vs flanneld (bench/compare.ts; chart: compare.svg)",
-      formatCompare(rows),
+      formatCompare(res),
     );
   } else {
     section(
@@ -130,6 +144,10 @@ await Deno.writeTextFile(
   `${dir}bench.md`,
   `# weft benchmarks (${
     new Date().toISOString().slice(0, 10)
-  })\n\nMachine: ${m}.\n\n${sections.join("\n")}`,
+  })\n\nMachine: ${m}. weft at ${await commitOf(
+    weftRoot ?? new URL("../", import.meta.url).pathname,
+  )}; written by \`deno task bench ${Deno.args.join(" ")}\`.\n\n${
+    sections.join("\n")
+  }`,
 );
 console.error(`Wrote ${dir}bench.md`);

@@ -4,10 +4,11 @@
  * caches do not flatter the next: a bare `deno run` of an empty script
  * (the runtime alone), loading every module of the agent's etcd path, and
  * of its kube path from a cold and from a warm transpile cache
- * (`DENO_DIR`; the kube client's transport is `node:https`, which brings
- * Deno's Node compatibility layer), opening libnl plus the first link and
- * route dumps (read only, in the host's own namespace), and one GET
- * through the kube client's transport to a local TLS server. Each probe
+ * (`DENO_DIR`), opening libnl plus the first link and route dumps (read
+ * only, in the host's own namespace), one GET with exact CA trust to a
+ * local TLS server through fetch (as the image runs) and through
+ * `node:https` (the fallback, which brings Deno's Node compatibility
+ * layer), and the health server answering once. Each probe
  * then lets the event loop run for 200 ms, as any long-lived process does
  * (a bare Deno process grows by some 7 MiB on its first timer). Prints a
  * markdown table with time, CPU (utime+stime, 10 ms ticks) and RSS;
@@ -19,13 +20,14 @@
  * without dropping each Node's status: the figures behind the flags baked
  * into `deno task start` and `deno task compile`.
  *
- * Run: `deno run -A bench/startup.ts [--runs=5]`.
+ * Run: `deno run -A bench/startup.ts [--runs=5]`; writes
+ * bench/results/startup.md.
  *
  * @module
  */
-import { median } from "./_stats.ts";
+import { machine, median } from "./_stats.ts";
 import { realisticNode } from "./kube.ts";
-import { startV8Flags } from "./compare.ts";
+import { commitOf, startV8Flags } from "./compare.ts";
 import { makeCa, SERVER_EXT, signedCert } from "../tests/servers/pki.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -195,7 +197,7 @@ import "${ROOT}subnet/etcd/manager.ts";`,
       flags,
     ),
     await probe(
-      "agent modules, kube path (with `node:https`), warm transpile cache",
+      "agent modules, kube path, warm transpile cache",
       kubePath,
       runs,
       undefined,
@@ -209,15 +211,48 @@ import "${ROOT}subnet/etcd/manager.ts";`,
       flags,
     ),
     await probe(
-      "the same + one GET through the kube client's transport to a local TLS server",
+      "the same + one GET with exact CA trust through fetch (the image's `DENO_TLS_CA_STORE=system`)",
       `${netlinkPath}
-const { pinnedFetch } = await import("${ROOT}lib/pinned_fetch.ts");
-const get = pinnedFetch({ ca: Deno.readTextFileSync("${tls.dir}/ca.crt") });
+const { claimProcessTrust, exactCaFetch } = await import("${ROOT}lib/exact_trust.ts");
+if (claimProcessTrust()) throw new Error("store not claimed");
+const get = exactCaFetch({ ca: Deno.readTextFileSync("${tls.dir}/ca.crt"), caFile: "${tls.dir}/ca.crt" });
+if (get.transport !== "fetch") throw new Error(get.transport);
+const res = await get("https://127.0.0.1:${tls.port}/");
+if ((await res.text()) !== "ok") throw new Error("TLS probe");
+get.close();`,
+      runs,
+      () => ({ DENO_TLS_CA_STORE: "system" }),
+      flags,
+    ),
+    await probe(
+      "the same, through `node:https` (`DENO_TLS_CA_STORE` unset)",
+      `${netlinkPath}
+const { exactCaFetch } = await import("${ROOT}lib/exact_trust.ts");
+const get = exactCaFetch({ ca: Deno.readTextFileSync("${tls.dir}/ca.crt"), caFile: "${tls.dir}/ca.crt" });
+if (get.transport !== "node:https") throw new Error(get.transport);
 const res = await get("https://127.0.0.1:${tls.port}/");
 if ((await res.text()) !== "ok") throw new Error("TLS probe");
 get.close();`,
       runs,
       undefined,
+      flags,
+    ),
+    await probe(
+      "the fetch row + the health server (`Deno.serve`) answering one request",
+      `${netlinkPath}
+const { claimProcessTrust, exactCaFetch } = await import("${ROOT}lib/exact_trust.ts");
+if (claimProcessTrust()) throw new Error("store not claimed");
+const get = exactCaFetch({ ca: Deno.readTextFileSync("${tls.dir}/ca.crt"), caFile: "${tls.dir}/ca.crt" });
+const res = await get("https://127.0.0.1:${tls.port}/");
+if ((await res.text()) !== "ok") throw new Error("TLS probe");
+const ac = new AbortController();
+const srv = Deno.serve({ hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} }, () => new Response("ok"));
+const r2 = await fetch("http://127.0.0.1:" + srv.addr.port + "/healthz");
+await r2.text();
+srv.unref(); // as the agent's, it lives on; it must not keep the probe alive
+get.close();`,
+      runs,
+      () => ({ DENO_TLS_CA_STORE: "system" }),
       flags,
     ),
   ];
@@ -246,27 +281,33 @@ get.close();`,
   } finally {
     await Deno.remove(body);
   }
-  console.log(
-    [
-      `Start-up, median of ${runs} runs (${flags.join(" ") || "no V8 flags"}):`,
-      "",
-      "| step | in-process, to the step's end (ms) | CPU (ms) | RSS (MiB) |",
-      "|---|---:|---:|---:|",
-      ...rows.map((r) =>
-        `| ${r.name} | ${r.innerMs.toFixed(0)} | ${r.cpu.toFixed(0)} | ${
-          r.rss.toFixed(1)
-        } |`
-      ),
-      "",
-      `Decoding a LIST of 5000 realistic Nodes (${
-        bodyMiB.toFixed(1)
-      } MiB of JSON; agent modules loaded), median of ${runs} runs:`,
-      "",
-      "| V8 flags | CPU, whole process (ms) | RSS after (MiB) |",
-      "|---|---:|---:|",
-      ...decode.map((r) =>
-        `| ${r.name} | ${r.cpu.toFixed(0)} | ${r.rss.toFixed(1)} |`
-      ),
-    ].join("\n"),
-  );
+  const text = [
+    `# Where weft's start-up goes (bench/startup.ts)`,
+    "",
+    `Machine: ${await machine()}. weft at ${await commitOf(ROOT)}, run ${
+      new Date().toISOString().slice(0, 16)
+    } UTC by \`deno run -A bench/startup.ts\`.`,
+    "",
+    `Start-up, median of ${runs} runs (${flags.join(" ") || "no V8 flags"}):`,
+    "",
+    "| step | in-process, to the step's end (ms) | CPU (ms) | RSS (MiB) |",
+    "|---|---:|---:|---:|",
+    ...rows.map((r) =>
+      `| ${r.name} | ${r.innerMs.toFixed(0)} | ${r.cpu.toFixed(0)} | ${
+        r.rss.toFixed(1)
+      } |`
+    ),
+    "",
+    `Decoding a LIST of 5000 realistic Nodes (${
+      bodyMiB.toFixed(1)
+    } MiB of JSON; agent modules loaded), median of ${runs} runs:`,
+    "",
+    "| V8 flags | CPU, whole process (ms) | RSS after (MiB) |",
+    "|---|---:|---:|",
+    ...decode.map((r) =>
+      `| ${r.name} | ${r.cpu.toFixed(0)} | ${r.rss.toFixed(1)} |`
+    ),
+  ].join("\n");
+  await Deno.writeTextFile(`${ROOT}bench/results/startup.md`, text + "\n");
+  console.log(text);
 }
