@@ -40,7 +40,8 @@
  *
  * Run: `deno run -A bench/compare.ts [N...] [--modes=kube,etcd]
  * [--reps=3] [--additions=70] [--weft=<checkout>] [--levers]
- * [--lever='weft: <what>=<checkout>'] [--levers-up-to=100]
+ * [--lever='weft: <what>=<checkout>'] [--lever-v8[-all]=<flags>]
+ * [--levers-up-to=100]
  * [--steady=kube:100,kube:1000,...] [--idle-sec=600] [--churn-sec=900]
  * [--previous=<old compare.json>@<commit>] [--logs=<dir>] [--out=<dir>]
  * [--tag=<namespace tag>]` (default N = 0 10 100 1000 5000 in both
@@ -1534,7 +1535,35 @@ if (import.meta.main) {
         upTo,
         additions: 0,
       },
+      {
+        name: "weft: kubeconfig read by npm:yaml (a `%YAML 1.2` line)",
+        agent: "weft",
+        fullYaml: true,
+        modes: ["kube"],
+        upTo,
+        additions: 0,
+      },
     );
+  }
+  // --lever-v8=<flags> runs weft with other V8 flags, as a variant;
+  // --lever-v8-all=<flags> the same at every N.
+  for (const a of Deno.args.filter((a) => a.startsWith("--lever-v8"))) {
+    const all = a.startsWith("--lever-v8-all=");
+    const flags = a.slice(a.indexOf("=") + 1);
+    // `+--flag` adds to the shipped flags.
+    const shipped = (await startV8Flags(weftRoot)).join("");
+    const v8Flags = flags.startsWith("+")
+      ? [`${shipped || "--v8-flags="}${shipped ? "," : ""}${flags.slice(1)}`]
+      : [`--v8-flags=${flags}`];
+    variants.push({
+      name: flags.startsWith("+")
+        ? `weft: the shipped V8 flags ${flags.replace("+", "+ ")}`
+        : `weft: V8 flags ${flags}`,
+      agent: "weft",
+      v8Flags,
+      upTo: all ? Infinity : Number(arg("levers-up-to") ?? 100),
+      additions: 0,
+    });
   }
   // --lever='weft: <what>=<checkout>' runs another checkout as a variant.
   for (const a of Deno.args.filter((a) => a.startsWith("--lever="))) {

@@ -455,7 +455,9 @@ export function formatLevers(res: CompareResults): string {
           label(row)
         } | *\`deno run\` of an empty module, same V8 flags* | | ${
           cell(cpu, sec)
-        } | ${cell(rss, mib)} | weft − this: ${
+        } | ${cell(rss, mib)} | ${
+          mib(median(row.denoFloor.map((d) => d.anon)))
+        } / ${mib(median(row.denoFloor.map((d) => d.file)))} | | weft − this: ${
           mib(base.rss - median(rss))
         } MiB, ${((base.cpuSec - median(cpu)) * 1000).toFixed(0)} ms |`,
       );
