@@ -1385,6 +1385,7 @@ export async function benchSteady(
         );
         const idleRss: number[][] = agents.map(() => []);
         const churnRss: number[][] = agents.map(() => []);
+        const churnHeap: number[] = [];
         const p0 = await fullPasses(spaces[1]!);
         const s0 = await store.cpuSec();
         const i0 = await stats();
@@ -1417,6 +1418,7 @@ export async function benchSteady(
           ops++;
           if (sec % 60 === 0) {
             (await stats()).forEach((s, i) => churnRss[i]!.push(s.rss));
+            churnHeap.push(await heapUsed(spaces[1]!));
             progress(
               `steady ${mode} ${n}: churn minute ${sec / 60}: RSS ${
                 churnRss.map((r) => ((r.at(-1) ?? NaN) / 2 ** 20).toFixed(1))
@@ -1443,6 +1445,9 @@ export async function benchSteady(
           idleRss: idleRss[i]!,
           churnRss: churnRss[i]!,
           rssPeak: c1[i]!.hwm,
+          rssAnonEnd: c1[i]!.anon,
+          rssFileEnd: c1[i]!.file,
+          ...(a.v.agent === "weft" && { churnHeap }),
           serverIdleCpuPct: (s1 - s0) / idleSec * 100,
           serverChurnCpuPct: (s2 - s1) / churnSec * 100,
         }));

@@ -135,6 +135,11 @@ export interface SteadyResult {
   readonly churnRss: readonly number[];
   /** VmHWM at the end. */
   readonly rssPeak: number;
+  /** Private and file-backed RSS at the end. */
+  readonly rssAnonEnd: number;
+  readonly rssFileEnd: number;
+  /** weft only: its V8 heap in use each churn minute (its /metrics). */
+  readonly churnHeap?: readonly number[];
   /** Control-plane CPU over each window, % of one core (both agents). */
   readonly serverIdleCpuPct: number;
   readonly serverChurnCpuPct: number;
@@ -470,8 +475,8 @@ export function formatLevers(res: CompareResults): string {
 export function formatSteady(res: CompareResults): string {
   if (res.steady.length === 0) return "";
   const lines = [
-    "| mode, N | agent | RSS at sync (MiB) | idle: CPU (% of a core) | idle: RSS at its end (MiB) | churn: CPU (% of a core) | churn: RSS each 5 min (MiB) | peak RSS (MiB) | control plane idle / churn (% of a core) |",
-    "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    "| mode, N | agent | RSS at sync (MiB) | idle: CPU (% of a core) | idle: RSS at its end (MiB) | churn: CPU (% of a core) | churn: RSS each 5 min (MiB) | at the end: private / file-backed (MiB) | churn: V8 heap each 5 min (MiB) | peak RSS (MiB) | control plane idle / churn (% of a core) |",
+    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const s of res.steady) {
     const every5 = s.churnRss.filter((_, i) =>
