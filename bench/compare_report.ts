@@ -489,6 +489,12 @@ export function formatSteady(res: CompareResults): string {
         Number.isFinite(s.idlePasses) ? ` (${s.idlePasses} full passes)` : ""
       } | ${mib(s.idleRss.at(-1) ?? NaN)} | ${s.churnCpuPct.toFixed(3)} | ${
         every5.map(mib).join(" → ")
+      } | ${mib(s.rssAnonEnd)} / ${mib(s.rssFileEnd)} | ${
+        s.churnHeap
+          ? s.churnHeap.filter((_, i) =>
+            i % 5 === 0 || i === s.churnHeap!.length - 1
+          ).map(mib).join(" → ")
+          : ""
       } | ${mib(s.rssPeak)} | ${s.serverIdleCpuPct.toFixed(2)} / ${
         s.serverChurnCpuPct.toFixed(2)
       } |`,
