@@ -12,7 +12,8 @@
  * checked on Deno 2.9.6, see docs/tls.md). So a process that has made no
  * TLS connection yet can point `SSL_CERT_FILE` at the configured CA file
  * and use `fetch` with exact trust, without loading Node's compatibility
- * layer: about 8 MiB and tens of milliseconds of CPU less at start.
+ * layer (what that saves is measured in bench/results/compare.md, under
+ * "Levers").
  *
  * Because the store is the process's, the agent opts in once, at start,
  * before any connection ({@linkcode claimProcessTrust}); the first client
