@@ -75,42 +75,61 @@ function kubeconfig(server: string, ca: string, token: string): string {
   });
 }
 
+/** What the impostor server saw of one request. */
+interface Seen {
+  path: string;
+  auth: string | null;
+  body: string;
+}
+
+/**
+ * Makes CAs `a` and `b` under `dir` and serves, until `signal`, a fake
+ * API server and etcd whose certificate CA b signed; returns its URL.
+ */
+async function impostor(
+  dir: string,
+  seen: Seen[],
+  signal: AbortSignal,
+): Promise<string> {
+  for (const ca of ["a", "b"]) {
+    await Deno.mkdir(`${dir}/${ca}`);
+    await makeCa(`${dir}/${ca}`);
+  }
+  await signedCert(`${dir}/b`, `${dir}/b/srv`, "/CN=127.0.0.1", [
+    ...SERVER_EXT,
+    "subjectAltName=IP:127.0.0.1",
+  ]);
+  const server = Deno.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: await Deno.readTextFile(`${dir}/b/srv.crt`),
+    key: await Deno.readTextFile(`${dir}/b/srv.key`),
+    signal,
+    onListen: () => {},
+  }, async (req) => {
+    const path = new URL(req.url).pathname;
+    seen.push({
+      path,
+      auth: req.headers.get("authorization"),
+      body: await req.text(),
+    });
+    if (path === "/v3/auth/authenticate") {
+      return Response.json({ header: { revision: "7" }, token: "etcd-tok" });
+    }
+    if (path === "/v3/kv/range") {
+      return Response.json({ header: { revision: "7" }, kvs: [] });
+    }
+    return Response.json({ kind: "Node", metadata: { name: "n1" } });
+  });
+  return `https://127.0.0.1:${(server.addr as Deno.NetAddr).port}`;
+}
+
 Deno.test("Kube and etcd clients trust exactly the configured CA (HTTPS:// too), not the process's extra roots, and never send the token or password to an impostor", async () => {
   const dir = await Deno.makeTempDir({ prefix: "weft-tls-" });
-  const seen: { path: string; auth: string | null; body: string }[] = [];
+  const seen: Seen[] = [];
   const ac = new AbortController();
   try {
-    await Deno.mkdir(`${dir}/a`);
-    await Deno.mkdir(`${dir}/b`);
-    await makeCa(`${dir}/a`);
-    await makeCa(`${dir}/b`);
-    await signedCert(`${dir}/b`, `${dir}/b/srv`, "/CN=127.0.0.1", [
-      ...SERVER_EXT,
-      "subjectAltName=IP:127.0.0.1",
-    ]);
-    const server = Deno.serve({
-      hostname: "127.0.0.1",
-      port: 0,
-      cert: await Deno.readTextFile(`${dir}/b/srv.crt`),
-      key: await Deno.readTextFile(`${dir}/b/srv.key`),
-      signal: ac.signal,
-      onListen: () => {},
-    }, async (req) => {
-      const path = new URL(req.url).pathname;
-      seen.push({
-        path,
-        auth: req.headers.get("authorization"),
-        body: await req.text(),
-      });
-      if (path === "/v3/auth/authenticate") {
-        return Response.json({ header: { revision: "7" }, token: "etcd-tok" });
-      }
-      if (path === "/v3/kv/range") {
-        return Response.json({ header: { revision: "7" }, kvs: [] });
-      }
-      return Response.json({ kind: "Node", metadata: { name: "n1" } });
-    });
-    const url = `https://127.0.0.1:${(server.addr as Deno.NetAddr).port}`;
+    const url = await impostor(dir, seen, ac.signal);
     await Deno.writeTextFile(
       `${dir}/kube-a.json`,
       kubeconfig(url, `${dir}/a/ca.crt`, "secret-a"),
@@ -305,18 +324,11 @@ console.log(JSON.stringify(out));
 
 Deno.test("With DENO_TLS_CA_STORE=system the agent's fetch trusts exactly the configured CA: SSL_CERT_FILE, SSL_CERT_DIR and DENO_CERT naming an impostor's CA do not make it trusted", async () => {
   const dir = await Deno.makeTempDir({ prefix: "weft-tls-fetch-" });
-  const seen: { path: string; auth: string | null; body: string }[] = [];
+  const seen: Seen[] = [];
   const ac = new AbortController();
   try {
-    for (const ca of ["a", "b"]) {
-      await Deno.mkdir(`${dir}/${ca}`);
-      await makeCa(`${dir}/${ca}`);
-    }
     // The impostor: a server whose certificate CA b signed.
-    await signedCert(`${dir}/b`, `${dir}/b/srv`, "/CN=127.0.0.1", [
-      ...SERVER_EXT,
-      "subjectAltName=IP:127.0.0.1",
-    ]);
+    const url = await impostor(dir, seen, ac.signal);
     // CA b in an OpenSSL hashed directory, as SSL_CERT_DIR expects.
     await Deno.mkdir(`${dir}/certdir`);
     await Deno.copyFile(`${dir}/b/ca.crt`, `${dir}/certdir/b.pem`);
@@ -327,29 +339,6 @@ Deno.test("With DENO_TLS_CA_STORE=system the agent's fetch trusts exactly the co
       }).output()).stdout,
     ).trim();
     await Deno.copyFile(`${dir}/b/ca.crt`, `${dir}/certdir/${hash}.0`);
-    const server = Deno.serve({
-      hostname: "127.0.0.1",
-      port: 0,
-      cert: await Deno.readTextFile(`${dir}/b/srv.crt`),
-      key: await Deno.readTextFile(`${dir}/b/srv.key`),
-      signal: ac.signal,
-      onListen: () => {},
-    }, async (req) => {
-      const path = new URL(req.url).pathname;
-      seen.push({
-        path,
-        auth: req.headers.get("authorization"),
-        body: await req.text(),
-      });
-      if (path === "/v3/auth/authenticate") {
-        return Response.json({ header: { revision: "7" }, token: "etcd-tok" });
-      }
-      if (path === "/v3/kv/range") {
-        return Response.json({ header: { revision: "7" }, kvs: [] });
-      }
-      return Response.json({ kind: "Node", metadata: { name: "n1" } });
-    });
-    const url = `https://127.0.0.1:${(server.addr as Deno.NetAddr).port}`;
     for (const ca of ["a", "b"]) {
       await Deno.writeTextFile(
         `${dir}/kube-${ca}.json`,
