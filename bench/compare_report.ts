@@ -760,8 +760,17 @@ const METHOD = `## How it is measured
 export async function commitOf(root: string): Promise<string> {
   const head = (await run(["git", "-C", root, "rev-parse", "--short", "HEAD"]))
     .stdout.trim();
-  const dirty = (await run(["git", "-C", root, "status", "--porcelain"]))
-    .stdout.trim();
+  // Results the benchmarks themselves write do not change what is measured.
+  const dirty = (await run([
+    "git",
+    "-C",
+    root,
+    "status",
+    "--porcelain",
+    "--",
+    ".",
+    ":(exclude)bench/results",
+  ])).stdout.trim();
   return dirty ? `${head} plus uncommitted changes` : head;
 }
 
