@@ -1279,6 +1279,8 @@ export interface SteadyOptions {
   readonly progress?: (line: string) => void;
   readonly logDir?: string;
   readonly nsTag?: string;
+  /** Added to weft's environment (`--weft-env=K=V`): a lever. */
+  readonly weftEnv?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -1349,7 +1351,9 @@ export async function benchSteady(
           procs.push({
             child: spawnIn(spaces[i]!, cmd, log, {
               NODE_NAME: a.node,
-              ...(a.v.agent === "weft" ? IMAGE_ENV : {}),
+              ...(a.v.agent === "weft"
+                ? { ...IMAGE_ENV, ...opts.weftEnv }
+                : {}),
             }),
             dir: adir,
             log,
@@ -1634,6 +1638,16 @@ if (import.meta.main) {
         ...(arg("idle-sec") && { idleSec: Number(arg("idle-sec")) }),
         ...(arg("churn-sec") && { churnSec: Number(arg("churn-sec")) }),
         ...(arg("logs") && { logDir: arg("logs")! }),
+        weftEnv: Object.fromEntries(
+          Deno.args.filter((a) => a.startsWith("--weft-env=")).map((a) => {
+            const kv = a.slice("--weft-env=".length);
+            return [
+              kv.slice(0, kv.indexOf("=")),
+              kv.slice(kv.indexOf("=") + 1),
+            ];
+          }),
+        ),
+        ...(arg("tag") && { nsTag: `${arg("tag")}${s.mode[0]}${s.n}` }),
       })
     ));
     steady = parts.flat();

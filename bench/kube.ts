@@ -281,14 +281,21 @@ export async function measure(
       { env: (v) => v === "NODE_NAME" ? "bench-self" : undefined },
     );
     keep.push(sm);
+    // The first listing comes in batches (`partial`) before the complete
+    // set; the sync is the complete set.
+    const seen = new Set<string>();
     await new Promise<void>((resolve) => {
-      sm.watchLeases((events) => {
-        if (syncAt === 0) {
-          syncAt = performance.now();
-          leases = events.length;
-          bytes = sm.client.bytesReceived;
-          resolve();
+      sm.watchLeases((events, partial) => {
+        if (syncAt !== 0) return;
+        for (const e of events) {
+          if (e.type === "added") seen.add(e.lease.key);
+          else seen.delete(e.lease.key);
         }
+        if (partial) return;
+        syncAt = performance.now();
+        leases = seen.size;
+        bytes = sm.client.bytesReceived;
+        resolve();
       }, signal.signal).catch(() => {});
     });
   } else {
