@@ -235,25 +235,46 @@ export function changeSource(
  * Heap growth since the last collection that makes the next pass collect.
  * A pass over 1000 peers leaves several MiB, one over 5000 tens of MiB,
  * so large clusters collect after every pass; one over 100 peers leaves a
- * few hundred KiB, and a full collection (10-20 ms) after each of its
- * passes was most of weft's idle CPU (bench/results/footprint.md).
+ * few hundred KiB, and a full collection after each of its passes was most
+ * of weft's idle CPU.
  */
 const GC_GROWTH_BYTES = 8 << 20;
+
+/**
+ * Longest time between two full collections while the agent runs. Objects
+ * that outlive the 1 MiB young generation wait in the old one for a major
+ * collection, and some hold native memory V8 does not count (buffers of
+ * the runtime's resources): with no pass to collect after, weft's RSS grew
+ * by tens of MiB over minutes of churn and levelled off only when V8 at
+ * last collected on its own (bench/results/footprint.md). One collection
+ * a minute costs a few milliseconds.
+ */
+const GC_INTERVAL_MS = 60_000;
 let heapAfterGc = 0;
+// The first minute, start-up and the first sync included, collects only
+// on growth, as before there was an interval.
+let lastGcAt = performance.now();
 
 /**
  * A full V8 collection, when the runtime exposes one (`--expose-gc` in
  * deploy/v8-flags.txt, which `deno task start`, `deno task compile` and
  * the image use) and the heap grew by {@linkcode GC_GROWTH_BYTES} since
- * the last one; nothing otherwise.
+ * the last one or {@linkcode GC_INTERVAL_MS} has passed; nothing
+ * otherwise.
  */
 function collectGarbage(): void {
   const gc = (globalThis as { gc?: () => void }).gc;
-  if (!gc || Deno.memoryUsage().heapUsed - heapAfterGc < GC_GROWTH_BYTES) {
+  if (!gc) return;
+  const now = performance.now();
+  if (
+    now - lastGcAt < GC_INTERVAL_MS &&
+    Deno.memoryUsage().heapUsed - heapAfterGc < GC_GROWTH_BYTES
+  ) {
     return;
   }
   gc();
   heapAfterGc = Deno.memoryUsage().heapUsed;
+  lastGcAt = now;
 }
 
 /** Gateways of the main table's default routes, both families. */
@@ -489,6 +510,9 @@ export async function runAgent(
     const onAbort = () => stop.abort();
     if (signal.aborted) stop.abort();
     else signal.addEventListener("abort", onAbort, { once: true });
+    // Passes collect after themselves; this bounds the time between
+    // collections when there are none (quiet kernel, churn by events).
+    const gcTimer = setInterval(collectGarbage, GC_INTERVAL_MS);
     const tasks = [
       sm.watchLeases((events, partial) => {
         rec.handle(events, partial);
@@ -528,6 +552,7 @@ export async function runAgent(
       await settleWithin(tasks, STOP_GRACE_MS);
       throw err;
     } finally {
+      clearInterval(gcTimer);
       signal.removeEventListener("abort", onAbort);
     }
     await settleWithin(tasks, STOP_GRACE_MS);
