@@ -1603,6 +1603,7 @@ if (import.meta.main) {
     commit,
     started,
     finished: new Date().toISOString(),
+    args: Deno.args,
     reps,
     rows,
     steady,

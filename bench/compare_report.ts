@@ -151,6 +151,8 @@ export interface CompareResults {
   readonly commit: string;
   readonly started: string;
   readonly finished: string;
+  /** The arguments the benchmark ran with (absent in older files). */
+  readonly args?: readonly string[];
   readonly reps: number;
   readonly rows: readonly CompareRow[];
   readonly steady: readonly SteadyResult[];
@@ -783,7 +785,11 @@ export async function formatResults(res: CompareResults): Promise<string> {
 Machine: ${res.machine}. flanneld ${await flanneldVersion()}. weft at ${res.commit}. Run ${
     res.started.slice(11, 16)
   }–${res.finished.slice(11, 16)} UTC by \`deno run -A bench/compare.ts${
-    res.reps !== 3 ? ` --reps=${res.reps}` : ""
+    res.args
+      ? res.args.map((a) => ` ${/[\s'"]/.test(a) ? `'${a}'` : a}`).join("")
+      : res.reps !== 3
+      ? ` --reps=${res.reps}`
+      : ""
   }\`, ${res.reps} runs per agent and cell.
 
 ${formatCompare(res)}
