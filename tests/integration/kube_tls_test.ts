@@ -75,6 +75,36 @@ function kubeconfig(server: string, ca: string, token: string): string {
   });
 }
 
+/**
+ * Runs a child `deno run` with network and read access plus `flags`, and
+ * returns the JSON it printed; fails the test if it exits non-zero.
+ */
+async function runChild(
+  flags: string[],
+  env: Record<string, string>,
+  clearEnv = false,
+): Promise<Record<string, string | number>> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--no-prompt",
+      "--allow-net",
+      "--allow-read",
+      "--config",
+      new URL("../../deno.json", import.meta.url).pathname,
+      ...flags,
+    ],
+    env,
+    clearEnv,
+    cwd: new URL("../..", import.meta.url).pathname,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assert.equal(out.code, 0, `${text}\n${new TextDecoder().decode(out.stderr)}`);
+  return JSON.parse(text);
+}
+
 /** What the impostor server saw of one request. */
 interface Seen {
   path: string;
@@ -152,15 +182,9 @@ Deno.test("Kube and etcd clients trust exactly the configured CA (HTTPS:// too),
       ]
     ) {
       seen.length = 0;
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "--no-prompt",
-          "--allow-net",
-          "--allow-read",
+      const r = await runChild(
+        [
           "--allow-env",
-          "--config",
-          new URL("../../deno.json", import.meta.url).pathname,
           `${dir}/child.ts`,
           url,
           `${dir}/a/ca.crt`,
@@ -170,17 +194,7 @@ Deno.test("Kube and etcd clients trust exactly the configured CA (HTTPS:// too),
           `${dir}/kube-upper-a.json`,
         ],
         env,
-        cwd: new URL("../..", import.meta.url).pathname,
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const text = new TextDecoder().decode(out.stdout);
-      assert.equal(
-        out.code,
-        0,
-        `${text}\n${new TextDecoder().decode(out.stderr)}`,
       );
-      const r = JSON.parse(text) as Record<string, string | number>;
       const label = JSON.stringify(env);
       assert.equal(r.control, 200, `control trusts CA b through ${label}`);
       assert.match(
@@ -357,31 +371,11 @@ Deno.test("With DENO_TLS_CA_STORE=system the agent's fetch trusts exactly the co
       env: Record<string, string>,
       args: string[],
     ): Promise<Record<string, string>> => {
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "--no-prompt",
-          "--allow-net",
-          "--allow-read",
-          allowEnv,
-          "--config",
-          new URL("../../deno.json", import.meta.url).pathname,
-          `${dir}/child.ts`,
-          ...args,
-        ],
+      return await runChild(
+        [allowEnv, `${dir}/child.ts`, ...args],
         env,
-        clearEnv: true,
-        cwd: new URL("../..", import.meta.url).pathname,
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const text = new TextDecoder().decode(out.stdout);
-      assert.equal(
-        out.code,
-        0,
-        `${text}\n${new TextDecoder().decode(out.stderr)}`,
-      );
-      return JSON.parse(text);
+        true,
+      ) as Record<string, string>;
     };
     const impostorTrusted = {
       DENO_TLS_CA_STORE: "system",
