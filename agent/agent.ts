@@ -241,7 +241,9 @@ export function changeSource(
 const GC_GROWTH_BYTES = 8 << 20;
 
 /**
- * Longest time between two full collections while the agent runs. Objects
+ * Time since the last full collection after which the next check collects;
+ * a timer of the same period checks, so collections are at most two
+ * periods apart when nothing else collects. Objects
  * that outlive the 1 MiB young generation wait in the old one for a major
  * collection, and some hold native memory V8 does not count (buffers of
  * the runtime's resources): with no pass to collect after, weft's RSS grew
@@ -267,7 +269,9 @@ function collectGarbage(): void {
   if (!gc) return;
   const now = performance.now();
   if (
-    now - lastGcAt < GC_INTERVAL_MS &&
+    // A tenth of slack: the timer's own ticks are one period apart give or
+    // take its jitter, and a tick a millisecond early must not skip one.
+    now - lastGcAt < GC_INTERVAL_MS * 0.9 &&
     Deno.memoryUsage().heapUsed - heapAfterGc < GC_GROWTH_BYTES
   ) {
     return;
