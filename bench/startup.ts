@@ -179,6 +179,24 @@ const nl = openNetlink();
 nl.linkList();
 nl.routeList({ family: 4 });`;
   await using tls = await tlsServer();
+  /**
+   * The netlink step, then one GET through weft's exact-CA transport,
+   * which must be `transport`, then `after`.
+   */
+  const tlsGet = (transport: "fetch" | "node:https", after = "") =>
+    `${netlinkPath}
+const { claimProcessTrust, exactCaFetch } = await import("${ROOT}lib/exact_trust.ts");
+${
+      transport === "fetch"
+        ? 'if (claimProcessTrust()) throw new Error("store not claimed");'
+        : ""
+    }
+const get = exactCaFetch({ ca: Deno.readTextFileSync("${tls.dir}/ca.crt"), caFile: "${tls.dir}/ca.crt" });
+if (get.transport !== "${transport}") throw new Error(get.transport);
+const res = await get("https://127.0.0.1:${tls.port}/");
+if ((await res.text()) !== "ok") throw new Error("TLS probe");
+${after}
+get.close();`;
   const rows = [
     await probe("empty script (the runtime alone)", "", runs, undefined, flags),
     await probe(
@@ -212,45 +230,27 @@ import "${ROOT}subnet/etcd/manager.ts";`,
     ),
     await probe(
       "the same + one GET with exact CA trust through fetch (the image's `DENO_TLS_CA_STORE=system`)",
-      `${netlinkPath}
-const { claimProcessTrust, exactCaFetch } = await import("${ROOT}lib/exact_trust.ts");
-if (claimProcessTrust()) throw new Error("store not claimed");
-const get = exactCaFetch({ ca: Deno.readTextFileSync("${tls.dir}/ca.crt"), caFile: "${tls.dir}/ca.crt" });
-if (get.transport !== "fetch") throw new Error(get.transport);
-const res = await get("https://127.0.0.1:${tls.port}/");
-if ((await res.text()) !== "ok") throw new Error("TLS probe");
-get.close();`,
+      tlsGet("fetch"),
       runs,
       () => ({ DENO_TLS_CA_STORE: "system" }),
       flags,
     ),
     await probe(
       "the same, through `node:https` (`DENO_TLS_CA_STORE` unset)",
-      `${netlinkPath}
-const { exactCaFetch } = await import("${ROOT}lib/exact_trust.ts");
-const get = exactCaFetch({ ca: Deno.readTextFileSync("${tls.dir}/ca.crt"), caFile: "${tls.dir}/ca.crt" });
-if (get.transport !== "node:https") throw new Error(get.transport);
-const res = await get("https://127.0.0.1:${tls.port}/");
-if ((await res.text()) !== "ok") throw new Error("TLS probe");
-get.close();`,
+      tlsGet("node:https"),
       runs,
       undefined,
       flags,
     ),
     await probe(
       "the fetch row + the health server (`Deno.serve`) answering one request",
-      `${netlinkPath}
-const { claimProcessTrust, exactCaFetch } = await import("${ROOT}lib/exact_trust.ts");
-if (claimProcessTrust()) throw new Error("store not claimed");
-const get = exactCaFetch({ ca: Deno.readTextFileSync("${tls.dir}/ca.crt"), caFile: "${tls.dir}/ca.crt" });
-const res = await get("https://127.0.0.1:${tls.port}/");
-if ((await res.text()) !== "ok") throw new Error("TLS probe");
-const ac = new AbortController();
-const srv = Deno.serve({ hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} }, () => new Response("ok"));
+      tlsGet(
+        "fetch",
+        `const srv = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () => new Response("ok"));
 const r2 = await fetch("http://127.0.0.1:" + srv.addr.port + "/healthz");
 await r2.text();
-srv.unref(); // as the agent's, it lives on; it must not keep the probe alive
-get.close();`,
+srv.unref(); // as the agent's, it lives on; it must not keep the probe alive`,
+      ),
       runs,
       () => ({ DENO_TLS_CA_STORE: "system" }),
       flags,
