@@ -86,6 +86,9 @@ function named(
  * Parses kubeconfig `text` read from `path`. `serverOverride`
  * (`--kube-api-url`) replaces the cluster's server.
  *
+ * `fullYaml` parses what the subset parser refuses; by default npm:yaml,
+ * loaded only then.
+ *
  * @example
  * ```ts
  * const c = await parseKubeconfig(Deno.readTextFileSync(p), p);
@@ -96,6 +99,8 @@ export async function parseKubeconfig(
   text: string,
   path: string,
   serverOverride?: string,
+  fullYaml: (text: string) => Promise<unknown> = async (t) =>
+    (await import("./_yaml.ts")).parseYaml(t),
 ): Promise<Result<KubeconfigConnection>> {
   const where = `kubeconfig "${path}"`;
   let doc: unknown;
@@ -104,9 +109,7 @@ export async function parseKubeconfig(
       doc = JSON.parse(text);
     } else {
       const subset = parseYamlSubset(text);
-      doc = subset.ok
-        ? subset.value
-        : (await import("./_yaml.ts")).parseYaml(text);
+      doc = subset.ok ? subset.value : await fullYaml(text);
     }
   } catch (e) {
     return fail(

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { parseKubeconfig } from "./kubeconfig.ts";
-import { parseYamlSubset } from "./_yaml_subset.ts";
 import { unwrap } from "../../lib/result.ts";
 
 const PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
@@ -76,9 +75,16 @@ users:
     client-key-data: ${key}
 `;
   // The fast path takes it; npm:yaml would only be loaded on a refusal.
-  assert.ok(parseYamlSubset(text).ok);
+  const noFullYaml = () => Promise.reject(new Error("npm:yaml was asked"));
   for (const t of [text, text.replaceAll("\n", "\r\n")]) {
-    const c = unwrap(await parseKubeconfig(t, "/etc/kubernetes/admin.conf"));
+    const c = unwrap(
+      await parseKubeconfig(
+        t,
+        "/etc/kubernetes/admin.conf",
+        undefined,
+        noFullYaml,
+      ),
+    );
     assert.deepEqual(c, {
       server: "https://192.168.56.10:6443",
       ca: { data: PEM },
@@ -89,7 +95,14 @@ users:
       cluster: "kubernetes",
       user: "kubernetes-admin",
     });
-  }
+  } // YAML outside the subset goes to the full parser.
+  let asked = 0;
+  const full = (t: string) => {
+    asked++;
+    return Promise.resolve(JSON.parse(JSON.stringify({ x: t.length })));
+  };
+  await parseKubeconfig(`%YAML 1.2\n---\n${text}`, "/k", undefined, full);
+  assert.equal(asked, 1);
 });
 
 Deno.test("parseKubeconfig() lets --kube-api-url override the server", async () => {
