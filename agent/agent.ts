@@ -25,7 +25,13 @@ import { countAbortListeners } from "../lib/listeners.ts";
 import { TrafficManager } from "../traffic/manager.ts";
 import { openNetlink } from "../ffi/netlink.ts";
 import { openMonitor } from "../ffi/monitor.ts";
-import type { Netlink, NetlinkMonitor } from "../ffi/types.ts";
+import type {
+  ChangeCounts,
+  Netlink,
+  NetlinkMonitor,
+  NotificationSummary,
+} from "../ffi/types.ts";
+import { noChanges } from "../ffi/nlmsg.ts";
 import { checkNetworkAgainstHost } from "../subnet/validate.ts";
 import { createBackend, Reconciler } from "../backend/mod.ts";
 import type { ChangeSource } from "../backend/mod.ts";
@@ -171,21 +177,69 @@ export interface WatchedDevices {
  * deletion. Pod churn (veths coming and going, ARP on cni0) and the
  * external interface's own neighbour states (ARP and NDP of the
  * underlay, which change with every peer's traffic) are ignored, so a
- * busy node does not spin passes. It is quiet (see
- * {@linkcode ChangeSource.quiet}) while none of those arrived, echoes
- * included, since it was last asked, and while it hears everything: after
- * an overrun or once the monitor fails, it never is.
+ * busy node does not spin passes.
+ *
  * Notifications right after our own writes are echoes of them: waking a
  * full pass for each would stall the next lease event behind a pass over
  * thousands of peers. A deletion is only an echo if we deleted something.
+ *
+ * It is quiet (see {@linkcode ChangeSource.quiet}) while nothing but
+ * echoes arrived since it was last asked, and while it hears everything:
+ * after an overrun or once the monitor fails, it never is. A wake-up
+ * counts as echoes only when it came within {@linkcode ECHO_MS} of our
+ * last write, named no device but ours, changed no link or address, and
+ * held no more notifications of each kind (route, neighbour, FDB entry;
+ * added or deleted) than our writes of that kind not yet matched by
+ * earlier notifications. Anyone else's change on our devices in that
+ * window adds a notification our writes do not account for, and the next
+ * period runs a full pass. (A write the kernel takes without a
+ * notification, because the entry was already so, leaves one unmatched
+ * until the window closes; a foreign change of the same kind on our
+ * devices within that window would pass for its echo, and waits for the
+ * full pass at least every ten minutes.)
  */
 export function changeSource(
   monitor: NetlinkMonitor,
   watched: () => WatchedDevices,
-  rec: Pick<Reconciler, "lastWrite">,
+  rec: Pick<Reconciler, "lastWrite" | "writes">,
 ): ChangeSource {
   let heard = true;
   let deaf = false;
+  // Our writes already matched by notifications (or given up on).
+  let matched: ChangeCounts = rec.writes;
+  /** Whether `s` is nothing but echoes of writes not yet matched. */
+  const onlyEchoes = (
+    s: NotificationSummary,
+    { overlay, external }: WatchedDevices,
+    now: number,
+  ): boolean => {
+    const writes = rec.writes;
+    if (now - rec.lastWrite.any > ECHO_MS) {
+      matched = writes;
+      return false;
+    }
+    const ours = noChanges();
+    for (const [index, c] of s.byIndex) {
+      const onOverlay = overlay.has(index);
+      if (!onOverlay && index !== external) continue;
+      for (const k of ECHO_KINDS) {
+        // The external interface's neighbour states are nobody's writes.
+        if (!onOverlay && (k.endsWith("Neigh") || k.endsWith("Fdb"))) continue;
+        ours[k] += c[k];
+      }
+      if (c.newLink + c.delLink + c.newAddr + c.delAddr > 0) return false;
+    }
+    // A route deleted elsewhere: not ours.
+    if (s.delRoute > ours.delRoute) return false;
+    if (ECHO_KINDS.some((k) => ours[k] > writes[k] - matched[k])) {
+      matched = writes;
+      return false;
+    }
+    const next = { ...matched };
+    for (const k of ECHO_KINDS) next[k] += ours[k];
+    matched = next;
+    return true;
+  };
   return {
     async next() {
       for (;;) {
@@ -207,14 +261,17 @@ export function changeSource(
           return s;
         }
         const now = performance.now();
-        const { overlay, external } = watched();
+        const devices = watched();
+        const { overlay, external } = devices;
         const dels = s.delLink + s.delAddr + s.delNeigh + s.delFdb;
         const onOurs = s.indexes.some((i) =>
           i === external || overlay.has(i)
         ) ||
           s.neighIndexes.some((i) => overlay.has(i));
         const del = s.delRoute > 0 || (onOurs && dels > 0);
-        if (del || onOurs) heard = true;
+        if (!del && !onOurs) continue;
+        if (onlyEchoes(s, devices, now)) continue;
+        heard = true;
         if (del && now - rec.lastWrite.del > ECHO_MS) return s;
         if (onOurs && now - rec.lastWrite.any > ECHO_MS) return s;
       }
@@ -230,6 +287,16 @@ export function changeSource(
     },
   };
 }
+
+/** The notifications our own writes cause (see {@linkcode changeSource}). */
+const ECHO_KINDS = [
+  "newRoute",
+  "delRoute",
+  "newNeigh",
+  "delNeigh",
+  "newFdb",
+  "delFdb",
+] as const satisfies readonly (keyof ChangeCounts)[];
 
 /**
  * Heap growth since the last collection that makes the next pass collect.

@@ -41,6 +41,7 @@
  * @module
  */
 import {
+  type ChangeCounts,
   type FdbInfo,
   KernelError,
   type NeighInfo,
@@ -50,6 +51,7 @@ import {
   RTPROT_WEFT,
 } from "../ffi/types.ts";
 import { describeRoute } from "../ffi/validate.ts";
+import { noChanges } from "../ffi/nlmsg.ts";
 import type { Lease, LeaseEvent } from "../subnet/lease.ts";
 import {
   asState,
@@ -253,6 +255,24 @@ function routeKey(r: RouteInfo): string {
  */
 const NOT_YET_READ = "";
 
+/**
+ * The notifications each kernel write causes: one each, but a neighbour
+ * deleted is first reported as changed (RTM_NEWNEIGH, its state failed),
+ * then deleted.
+ */
+const ECHOES_OF: Record<
+  Exclude<Op["kind"], "routeHeld">,
+  readonly (keyof ChangeCounts)[]
+> = {
+  routeAdd: ["newRoute"],
+  routeReplace: ["newRoute"],
+  routeDel: ["delRoute"],
+  neighSet: ["newNeigh"],
+  neighDel: ["newNeigh", "delNeigh"],
+  fdbSet: ["newFdb"],
+  fdbDel: ["delFdb"],
+};
+
 /** Outcome of one pass, for logs, tests and benchmarks. */
 export interface PassResult {
   readonly ops: number;
@@ -268,6 +288,8 @@ export class Reconciler {
   /** Receive time of the oldest unprogrammed event per key. */
   readonly #pendingSince = new Map<string, number>();
   #lastWrite = { any: -Infinity, del: -Infinity };
+  /** Kernel writes that succeeded, by the notification each causes. */
+  readonly #writes = noChanges();
   /** Backend type last warned about, by key of an ignored lease. */
   readonly #ignored = new Map<string, string>();
   #synced = false;
@@ -346,6 +368,16 @@ export class Reconciler {
    */
   get lastWrite(): { readonly any: number; readonly del: number } {
     return this.#lastWrite;
+  }
+
+  /**
+   * The notifications this reconciler's kernel writes cause, counted by
+   * kind (a route added or replaced is a new route; a neighbour deleted
+   * is a new one, then a deleted one): an echo of our own writes can be
+   * told from someone else's change by its count (see agent.ts).
+   */
+  get writes(): ChangeCounts {
+    return { ...this.#writes };
   }
 
   /** The current plan of a family (after a pass), for callers and tests. */
@@ -763,6 +795,7 @@ export class Reconciler {
       if (log.enabled(level)) log.v(level, describeOp(op, name));
       try {
         this.#run(op);
+        for (const k of ECHOES_OF[op.kind]) this.#writes[k]++;
         const now = performance.now();
         this.#lastWrite = {
           any: now,

@@ -295,6 +295,40 @@ Deno.test("Reconciler applies events at once, without a pass", () => {
   assert.equal(rec.passes, passes);
 });
 
+Deno.test("Reconciler counts its kernel writes by the notification each causes, failed ones not", () => {
+  const { kernel, rec } = node();
+  rec.handle(added(peer(2)));
+  rec.pass();
+  const before = rec.writes;
+  rec.handle(added(peer(5)));
+  rec.handle(removed(peer(5)));
+  const after = rec.writes;
+  const diff = Object.fromEntries(
+    Object.entries(after).map((
+      [k, n],
+    ) => [k, n - before[k as keyof typeof before]]),
+  );
+  assert.deepEqual(diff, {
+    newLink: 0,
+    delLink: 0,
+    newAddr: 0,
+    delAddr: 0,
+    newRoute: 1,
+    delRoute: 1,
+    // The neighbour's deletion is reported as a change, then a deletion.
+    newNeigh: 2,
+    delNeigh: 1,
+    newFdb: 1,
+    delFdb: 1,
+  });
+  // A write the kernel refuses is no echo to expect.
+  kernel.fault = (op) => op === "routeAdd" ? NLE_INVAL : undefined;
+  const failing = rec.writes;
+  rec.handle(added(peer(6)));
+  assert.equal(kernel.routes.some((r) => r.dst === "10.244.6.0/24"), false);
+  assert.equal(rec.writes.newRoute, failing.newRoute);
+});
+
 Deno.test("Reconciler with DirectRouting routes on-link peers directly, others through VXLAN", () => {
   const { kernel, rec, eth0 } = node(
     '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}',

@@ -7,7 +7,7 @@
  * @module
  */
 import { bytesToIp } from "./validate.ts";
-import type { NotificationSummary, RouteInfo } from "./types.ts";
+import type { ChangeCounts, NotificationSummary, RouteInfo } from "./types.ts";
 
 /** Netlink message types (linux/netlink.h, linux/rtnetlink.h). */
 export const NLMSG_NOOP = 1;
@@ -206,8 +206,34 @@ export function emptySummary(): SummaryCounts {
     delFdb: 0,
     indexes: [],
     neighIndexes: [],
+    byIndex: new Map(),
     overrun: false,
   };
+}
+
+/** Counts of nothing. */
+export function noChanges(): { -readonly [K in keyof ChangeCounts]: number } {
+  return {
+    newLink: 0,
+    delLink: 0,
+    newAddr: 0,
+    delAddr: 0,
+    newRoute: 0,
+    delRoute: 0,
+    newNeigh: 0,
+    delNeigh: 0,
+    newFdb: 0,
+    delFdb: 0,
+  };
+}
+
+/** Counts one message of `kind` in `s`, in total and by device. */
+function count(s: SummaryCounts, kind: keyof ChangeCounts, index: number) {
+  s[kind]++;
+  const byIndex = s.byIndex as Map<number, ReturnType<typeof noChanges>>;
+  let c = byIndex.get(index);
+  if (!c) byIndex.set(index, c = noChanges());
+  c[kind]++;
 }
 
 function addIndex(indexes: readonly number[], index: number): void {
@@ -232,36 +258,40 @@ export function summarize(buf: Uint8Array, s: SummaryCounts): SummaryCounts {
     const p = m.payload;
     switch (m.type) {
       case RTM_NEWLINK:
-      case RTM_DELLINK:
-        if (m.type === RTM_NEWLINK) s.newLink++;
-        else s.delLink++;
-        addIndex(s.indexes, i32At(p, 4));
+      case RTM_DELLINK: {
+        const index = i32At(p, 4);
+        count(s, m.type === RTM_NEWLINK ? "newLink" : "delLink", index);
+        addIndex(s.indexes, index);
         break;
+      }
       case RTM_NEWADDR:
-      case RTM_DELADDR:
-        if (m.type === RTM_NEWADDR) s.newAddr++;
-        else s.delAddr++;
-        addIndex(s.indexes, i32At(p, 4));
+      case RTM_DELADDR: {
+        const index = i32At(p, 4);
+        count(s, m.type === RTM_NEWADDR ? "newAddr" : "delAddr", index);
+        addIndex(s.indexes, index);
         break;
+      }
       case RTM_NEWROUTE:
       case RTM_DELROUTE: {
-        if (m.type === RTM_NEWROUTE) s.newRoute++;
-        else s.delRoute++;
         const oif = p.length >= RTMSG_LEN
           ? parseAttrs(p, RTMSG_LEN).get(RTA_OIF)
           : undefined;
-        if (oif && oif.length >= 4) addIndex(s.indexes, u32(oif));
+        const index = oif && oif.length >= 4 ? u32(oif) : 0;
+        count(s, m.type === RTM_NEWROUTE ? "newRoute" : "delRoute", index);
+        addIndex(s.indexes, index);
         break;
       }
       case RTM_NEWNEIGH:
       case RTM_DELNEIGH: {
         const bridge = p[0] === AF_BRIDGE;
-        if (m.type === RTM_NEWNEIGH) {
-          if (bridge) s.newFdb++;
-          else s.newNeigh++;
-        } else if (bridge) s.delFdb++;
-        else s.delNeigh++;
-        addIndex(s.neighIndexes, i32At(p, 4));
+        const index = i32At(p, 4);
+        const kind = m.type === RTM_NEWNEIGH
+          ? bridge ? "newFdb" : "newNeigh"
+          : bridge
+          ? "delFdb"
+          : "delNeigh";
+        count(s, kind, index);
+        addIndex(s.neighIndexes, index);
         break;
       }
     }

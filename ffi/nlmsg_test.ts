@@ -4,6 +4,7 @@ import {
   errorCode,
   NLMSG_DONE,
   NLMSG_ERROR,
+  noChanges,
   parseMessages,
   parseRouteMessage,
   RTA_DST,
@@ -151,6 +152,10 @@ Deno.test("summarize counts notifications by kind and collects device indexes", 
     newFdb: 1,
     indexes: [4, 9],
     neighIndexes: [4],
+    byIndex: new Map([
+      [4, { ...noChanges(), delRoute: 1, newRoute: 1, newNeigh: 1, newFdb: 1 }],
+      [9, { ...noChanges(), delLink: 1 }],
+    ]),
   });
   assert(!s.overrun);
 });

@@ -231,12 +231,8 @@ export const NLE_OBJ_NOTFOUND = 12;
 /** libnl: no such device. */
 export const NLE_NODEV = 31;
 
-/**
- * What one wake-up of a {@linkcode NetlinkMonitor} saw: notifications
- * counted by type, and the device indexes they named. Neighbour messages of
- * family AF_BRIDGE count as FDB.
- */
-export interface NotificationSummary {
+/** Kernel notifications counted by type. */
+export interface ChangeCounts {
   readonly newLink: number;
   readonly delLink: number;
   readonly newAddr: number;
@@ -247,6 +243,20 @@ export interface NotificationSummary {
   readonly delNeigh: number;
   readonly newFdb: number;
   readonly delFdb: number;
+}
+
+/**
+ * What one wake-up of a {@linkcode NetlinkMonitor} saw: notifications
+ * counted by type, and the device indexes they named. Neighbour messages of
+ * family AF_BRIDGE count as FDB.
+ */
+export interface NotificationSummary extends ChangeCounts {
+  /**
+   * The same counts by the device index each message named (a route by
+   * its RTA_OIF; 0 when it names none), so that changes on one's own
+   * devices can be told from the rest.
+   */
+  readonly byIndex: ReadonlyMap<number, ChangeCounts>;
   /**
    * Device indexes named by link, address and route messages,
    * deduplicated, in order seen.

@@ -8,6 +8,8 @@
 import assert from "node:assert/strict";
 import { joinOnBridge, kernelTest, Netns } from "../_netns.ts";
 import { openNetlink } from "../../ffi/netlink.ts";
+import { openMonitor } from "../../ffi/monitor.ts";
+import { noChanges } from "../../ffi/nlmsg.ts";
 import type { LibnlNetlink } from "../../ffi/netlink.ts";
 import { createBackend, Reconciler } from "../../backend/mod.ts";
 import type { Lease, LeaseEvent } from "../../subnet/lease.ts";
@@ -302,3 +304,55 @@ kernelTest(
     });
   },
 );
+
+kernelTest(
+  "vxlan backend: the kernel reports a peer added and removed exactly as the reconciler counts its writes",
+  async () => {
+    await cluster(async (nodes) => {
+      const n1 = nodes[0]!;
+      const dev = n1.nl.linkByName("flannel.1")!.index;
+      using mon = openMonitor({ netns: n1.ns.path });
+      const before = n1.rec.writes;
+      const peer: Lease = {
+        key: "node9",
+        subnet: "10.244.9.0/24",
+        attrs: {
+          ...nodes[1]!.lease.attrs,
+          publicIP: "198.18.0.9",
+          backendData: { VNI: 1, VtepMAC: "0a:00:00:00:00:09" },
+        },
+      };
+      const at = performance.now();
+      n1.rec.handle([{ type: "added", lease: peer, receivedAt: at }]);
+      n1.rec.handle([{ type: "removed", lease: peer, receivedAt: at }]);
+      const after = n1.rec.writes;
+      // A marker after them: notifications arrive in order, so once it is
+      // seen, every notification of the writes has been read.
+      await n1.ns.ip("addr", "add", "198.18.0.201/32", "dev", "eth0");
+      const seen = noChanges();
+      for (let marked = false; !marked;) {
+        const s = await mon.next();
+        assert.equal(s.overrun, false);
+        const c = s.byIndex.get(dev);
+        if (c) { for (const k of keysOf(seen)) seen[k] += c[k]; }
+        marked = s.newAddr > (s.byIndex.get(dev)?.newAddr ?? 0);
+      }
+      const wrote = noChanges();
+      for (const k of keysOf(wrote)) wrote[k] = after[k] - before[k];
+      assert.deepEqual(wrote, {
+        ...noChanges(),
+        newRoute: 1,
+        delRoute: 1,
+        newNeigh: 2,
+        delNeigh: 1,
+        newFdb: 1,
+        delFdb: 1,
+      });
+      assert.deepEqual(seen, wrote);
+    });
+  },
+);
+
+function keysOf<T extends object>(o: T): (keyof T)[] {
+  return Object.keys(o) as (keyof T)[];
+}
