@@ -308,41 +308,52 @@ const ECHO_KINDS = [
 const GC_GROWTH_BYTES = 8 << 20;
 
 /**
- * Time since the last full collection after which the next check collects;
- * a timer of the same period checks, so collections are at most two
- * periods apart when nothing else collects. Objects
- * that outlive the 1 MiB young generation wait in the old one for a major
- * collection, and some hold native memory V8 does not count (buffers of
- * the runtime's resources): with no pass to collect after, weft's RSS grew
- * by tens of MiB over minutes of churn and levelled off only when V8 at
- * last collected on its own (bench/results/footprint.md). One collection
- * a minute costs a few milliseconds.
+ * Time since the last full collection after which the next check collects,
+ * if the heap grew by {@linkcode GC_INTERVAL_GROWTH_BYTES}; a timer of the
+ * same period checks. Objects that outlive the 1 MiB young generation wait
+ * in the old one for a major collection, and some hold native memory V8
+ * does not count (buffers of the runtime's resources): with no pass to
+ * collect after, weft's RSS grew by tens of MiB over minutes of churn and
+ * levelled off only when V8 at last collected on its own
+ * (bench/results/footprint.md).
  */
 const GC_INTERVAL_MS = 60_000;
+
+/**
+ * Heap growth below which the minute's collection waits for the next
+ * minute. An idle agent grows its heap by about half a MiB a minute, and a
+ * collection of its 7 to 9 MiB heap takes 10 to 20 ms on one thread, a
+ * good part of its idle CPU; under churn the heap grows by more.
+ */
+const GC_INTERVAL_GROWTH_BYTES = 1 << 20;
 let heapAfterGc = 0;
 // The first minute, start-up and the first sync included, collects only
 // on growth, as before there was an interval.
 let lastGcAt = performance.now();
 
 /**
+ * Whether a full collection is due, `sinceMs` after the last one with the
+ * heap grown by `grownBytes` since.
+ */
+export function collectionDue(sinceMs: number, grownBytes: number): boolean {
+  // A tenth of slack: the timer's own ticks are one period apart give or
+  // take its jitter, and a tick a millisecond early must not skip one.
+  const minute = sinceMs >= GC_INTERVAL_MS * 0.9 &&
+    grownBytes >= GC_INTERVAL_GROWTH_BYTES;
+  return minute || grownBytes >= GC_GROWTH_BYTES;
+}
+
+/**
  * A full V8 collection, when the runtime exposes one (`--expose-gc` in
  * deploy/v8-flags.txt, which `deno task start`, `deno task compile` and
- * the image use) and the heap grew by {@linkcode GC_GROWTH_BYTES} since
- * the last one or {@linkcode GC_INTERVAL_MS} has passed; nothing
- * otherwise.
+ * the image use) when {@linkcode collectionDue}; nothing otherwise.
  */
 function collectGarbage(): void {
   const gc = (globalThis as { gc?: () => void }).gc;
   if (!gc) return;
   const now = performance.now();
-  if (
-    // A tenth of slack: the timer's own ticks are one period apart give or
-    // take its jitter, and a tick a millisecond early must not skip one.
-    now - lastGcAt < GC_INTERVAL_MS * 0.9 &&
-    Deno.memoryUsage().heapUsed - heapAfterGc < GC_GROWTH_BYTES
-  ) {
-    return;
-  }
+  const grown = Deno.memoryUsage().heapUsed - heapAfterGc;
+  if (!collectionDue(now - lastGcAt, grown)) return;
   gc();
   heapAfterGc = Deno.memoryUsage().heapUsed;
   lastGcAt = now;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { changeSource } from "./agent.ts";
+import { changeSource, collectionDue } from "./agent.ts";
 import { emptySummary, noChanges } from "../ffi/nlmsg.ts";
 import type {
   ChangeCounts,
@@ -218,4 +218,16 @@ Deno.test("changeSource() is never quiet once closed (the monitor stopped)", () 
   src.close();
   assert.equal(src.quiet!(), false, "a closed monitor hears nothing");
   assert.equal(src.quiet!(), false);
+});
+
+Deno.test("collectionDue(): 8 MiB of growth at once; a minute's growth of 1 MiB a minute after the last; timer jitter tolerated", () => {
+  const MiB = 1 << 20;
+  assert.equal(collectionDue(1_000, 8 * MiB), true);
+  assert.equal(collectionDue(30_000, 2 * MiB), false);
+  assert.equal(collectionDue(60_000, 1 * MiB), true);
+  assert.equal(collectionDue(59_000, 2 * MiB), true, "a tick a little early");
+  assert.equal(collectionDue(50_000, 2 * MiB), false);
+  // Idle: the heap grows by about half a MiB a minute.
+  assert.equal(collectionDue(60_000, MiB / 2), false);
+  assert.equal(collectionDue(120_000, MiB / 2 * 2), true);
 });
