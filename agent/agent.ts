@@ -187,10 +187,10 @@ export interface WatchedDevices {
  * echoes arrived since it was last asked, and while it hears everything:
  * after an overrun or once the monitor fails, it never is. A wake-up
  * counts as echoes only when it came within {@linkcode ECHO_MS} of our
- * last write, named no device but ours, changed no link or address, and
- * held no more notifications of each kind (route, neighbour, FDB entry;
- * added or deleted) than our writes of that kind not yet matched by
- * earlier notifications. Anyone else's change on our devices in that
+ * last write, changed no link or address of ours, deleted no route
+ * elsewhere, and held no more notifications of each kind on our devices
+ * (route, neighbour, FDB entry; added or deleted) than our writes of that
+ * kind not yet matched by earlier notifications. Anyone else's change on our devices in that
  * window adds a notification our writes do not account for, and the next
  * period runs a full pass. (A write the kernel takes without a
  * notification, because the entry was already so, leaves one unmatched

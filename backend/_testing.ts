@@ -12,6 +12,8 @@ import { Reconciler } from "./reconciler.ts";
 import type { Lease, LeaseEvent } from "../subnet/lease.ts";
 import { parseNetConfig } from "../subnet/config.ts";
 import { unwrap } from "../lib/result.ts";
+import { noChanges } from "../ffi/nlmsg.ts";
+import type { ChangeCounts } from "../ffi/types.ts";
 import "./vxlan.ts";
 import "./hostgw.ts";
 
@@ -76,3 +78,18 @@ export function node(
   });
   return { kernel, eth0, backend, attrs, own, network, rec };
 }
+
+/**
+ * The notifications of one vxlan peer added, then removed: its route,
+ * neighbour and FDB entry each added and deleted, the neighbour reported
+ * changed (failed) before it is deleted.
+ */
+export const PEER_ADDED_AND_REMOVED: ChangeCounts = {
+  ...noChanges(),
+  newRoute: 1,
+  delRoute: 1,
+  newNeigh: 2,
+  delNeigh: 1,
+  newFdb: 1,
+  delFdb: 1,
+};
