@@ -40,7 +40,9 @@ export function wireguardMount(dir: string): string[] {
     "-m",
     "sh",
     "-c",
-    'mount --bind "$0" /var/run/wireguard && exec "$@"',
+    // The mount point may not exist yet on a fresh machine (it is
+    // wireguard-go's, made on its first run outside such a namespace).
+    'mkdir -p /var/run/wireguard && mount --bind "$0" /var/run/wireguard && exec "$@"',
     dir,
   ];
 }
