@@ -193,7 +193,7 @@ async function shippedCni(setup: string, cniPath: string) {
     delegate: { hairpinMode: true, isDefaultGateway: true },
   });
   const script = `set -e
-for d in /var/lib /run/flannel /opt/cni/bin; do mount -t tmpfs tmpfs "$d"; done
+for d in /var/lib /run/flannel /opt/cni/bin; do mkdir -p "$d"; mount -t tmpfs tmpfs "$d"; done
 printf 'FLANNEL_NETWORK=10.42.0.0/16\\nFLANNEL_SUBNET=10.42.1.1/24\\nFLANNEL_MTU=1450\\nFLANNEL_IPMASQ=true\\n' >/run/flannel/subnet.env
 cat >/var/lib/result <<'RESULT'
 ${CNI_RESULT}
