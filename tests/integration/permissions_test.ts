@@ -178,7 +178,8 @@ const CNI_RESULT =
 /**
  * Runs weft's CNI plugin ADD under `deno run` with the shipped permissions,
  * in a private mount namespace whose /var/lib, /run/flannel and
- * /opt/cni/bin are empty tmpfs (nothing on the host is touched): subnet.env
+ * /opt/cni/bin are empty tmpfs (the host gets at most those mount points,
+ * made when missing): subnet.env
  * written, `setup` run first (it lays out plugins), CNI_PATH `cniPath`.
  * Returns the plugin's exit code, its stdout and the calls the fake plugins
  * logged (`<argv0> <CNI_COMMAND>` lines in /var/lib/calls).
