@@ -190,9 +190,9 @@ export interface WatchedDevices {
  * last write, changed no link or address of ours, deleted no route
  * elsewhere, and held no more notifications of each kind on our devices
  * (route, neighbour, FDB entry; added or deleted) than our writes of that
- * kind not yet matched by earlier notifications. Anyone else's change on our devices in that
- * window adds a notification our writes do not account for, and the next
- * period runs a full pass. (A write the kernel takes without a
+ * kind not yet matched by earlier notifications. Anyone else's change on
+ * our devices in that window adds a notification our writes do not
+ * account for, and the next period runs a full pass. (A write the kernel takes without a
  * notification, because the entry was already so, leaves one unmatched
  * until the window closes; a foreign change of the same kind on our
  * devices within that window would pass for its echo, and waits for the
@@ -321,9 +321,9 @@ const GC_INTERVAL_MS = 60_000;
 
 /**
  * Heap growth below which the minute's collection waits for the next
- * minute. An idle agent grows its heap by about half a MiB a minute, and a
- * collection of its 7 to 9 MiB heap takes 10 to 20 ms on one thread, a
- * good part of its idle CPU; under churn the heap grows by more.
+ * minute: an idle agent's heap grows slowly, and a full collection on one
+ * thread is a good part of its idle CPU; under churn the heap grows by
+ * more.
  */
 const GC_INTERVAL_GROWTH_BYTES = 1 << 20;
 let heapAfterGc = 0;

@@ -194,16 +194,7 @@ export type SummaryCounts = {
 /** An empty summary. */
 export function emptySummary(): SummaryCounts {
   return {
-    newLink: 0,
-    delLink: 0,
-    newAddr: 0,
-    delAddr: 0,
-    newRoute: 0,
-    delRoute: 0,
-    newNeigh: 0,
-    delNeigh: 0,
-    newFdb: 0,
-    delFdb: 0,
+    ...noChanges(),
     indexes: [],
     neighIndexes: [],
     byIndex: new Map(),
