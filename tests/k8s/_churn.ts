@@ -342,26 +342,34 @@ export async function podState(node: K8sNode) {
 /**
  * Waits until `node` holds exactly what its running pods need: one
  * address, veth, network namespace and stored CNI configuration each, and
- * nothing of pods deleted.
+ * nothing of pods deleted. All four counts are waited for, not only the
+ * addresses: the bridge plugin's DEL removes a pod's veth before it
+ * releases the address, and weft's DEL removes the stored configuration
+ * last, so a pod still listed while its DEL runs holds an address and a
+ * stored file without a veth for a moment. A leak stays past the
+ * deadline and fails with the counts last seen.
  */
 export async function podStateClean(
   c: K8sCluster,
   node: K8sNode,
 ): Promise<void> {
   const { running, state } = await until(
-    `${node.name} holding only its running pods' addresses`,
+    `${node.name} holding only its running pods' addresses, veths, netns and stored configurations`,
     60_000,
     async () => {
       const running = await podsOn(c, node.name);
       const state = await podState(node);
-      return state.ips.length === running.length &&
-          state.stored.length === running.length
-        ? { running, state }
-        : undefined;
+      const n = running.length;
+      if (
+        state.ips.length === n && state.stored.length === n &&
+        state.veths === n && state.netns === n
+      ) return { running, state };
+      throw new Error(
+        `${n} pods listed; ${state.ips.length} addresses, ${state.veths} ` +
+          `veths, ${state.netns} netns, ${state.stored.length} stored`,
+      );
     },
   );
+  // The counts agree; the addresses must also be the listed pods' own.
   assertEquals(state.ips, running.map((p) => p.ip).sort(), node.name);
-  assertEquals(state.veths, running.length, `${node.name} veths`);
-  assertEquals(state.netns, running.length, `${node.name} netns`);
-  assertEquals(state.stored.length, running.length, `${node.name} stored`);
 }

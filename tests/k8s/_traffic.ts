@@ -360,12 +360,21 @@ async function stop(c: K8sCluster, probes: Probe[]): Promise<PairTraffic[]> {
 /**
  * Runs `during` under traffic between every ordered pair of `list` (one
  * pod per node), then 3 s more over the new agents' first seconds.
+ *
+ * `lock` is how the window holds the lanes' lock ({@linkcode laneLock}):
+ * "shared" when `during` only changes the agents, "exclusive" when it
+ * also loads the machine on purpose (nodes joining with their images,
+ * pods created and deleted). Two such windows at once, one per lane, kept
+ * a probe pod off the CPU for two seconds on this 2-core machine: its TCP
+ * lines arrived 1.96 s late while every ICMP echo, answered by the
+ * kernel, came back.
  */
 export async function trafficDuring(
   c: K8sCluster,
   list: PodInfo[],
   what: string,
   during: () => Promise<void>,
+  lock: "shared" | "exclusive" = "shared",
 ): Promise<TrafficWindow> {
   assertEquals(
     new Set(list.map((p) => p.node)).size,
@@ -374,7 +383,7 @@ export async function trafficDuring(
   );
   const tag = what.replace(/[^a-z0-9]+/gi, "-").toLowerCase();
   const { before, after, dropped, pairs, ms } = await laneLock(
-    "shared",
+    lock,
     async () => {
       const before = await readCounters(c, list);
       const probes = await start(c, list, tag);
@@ -401,8 +410,9 @@ export async function trafficDuring(
  * Keeps the tier's two lanes (tests/k8s/run.sh) from measuring each
  * other's deliberate load: a traffic window holds the lock shared (windows
  * of both lanes may overlap), a step that loads the machine on purpose
- * (dozens of pods created at once, each a CNI plugin start) holds it
- * exclusive and waits for the other lane's window to end.
+ * (dozens of pods created at once, each a CNI plugin start; a window in
+ * which nodes join and leave and pods come and go) holds it exclusive and
+ * waits for the other lane's window to end.
  */
 export async function laneLock<T>(
   mode: "shared" | "exclusive",

@@ -369,7 +369,7 @@ await gatedTest({
       let churn: Churn | undefined;
       const w = await trafficDuring(c, [a, b, d], what, async () => {
         churn = await churnDuring(c, tag, spare!, act);
-      });
+      }, "exclusive");
       assert(churn);
       // The next window deletes the node that joined, whatever this one saw.
       spare = churn.joined;

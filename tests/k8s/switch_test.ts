@@ -232,7 +232,7 @@ async function switchWindow(
   let churn: Churn | undefined;
   const window = await trafficDuring(c, probes, s.what, async () => {
     churn = await churnDuring(c, s.tag, spare(c, stable), s.act);
-  });
+  }, "exclusive");
   const seen = await Promise.all(monitors.map((m) => m.stop()));
   console.log(`  ${summary(window)}`);
   const deletions = monitors.map((m, i) =>
