@@ -43,10 +43,12 @@
  * [--lever='weft: <what>=<checkout>'] [--lever-v8[-all]=<flags>]
  * [--levers-up-to=100]
  * [--steady=kube:100,kube:1000,...] [--idle-sec=600] [--churn-sec=900]
+ * [--malloc-probe]
  * [--previous=<old compare.json>@<commit>] [--logs=<dir>] [--out=<dir>]
- * [--tag=<namespace tag>]` (default N = 0 10 100 1000 5000 in both
+ * [--tag=<namespace tag>] [--prof=<dir>]` (default N = 0 10 100 1000 5000 in both
  * modes; with only `--steady`, no cold-sync cells). Steady cells run at the
- * same time, each against its own control plane.
+ * same time, each against its own control plane. `--prof` profiles every
+ * weft run into `<dir>` for bench/profile_report.ts.
  * `--from=bench/results/compare.json [--readme]` re-renders saved
  * figures. Writes bench/results/compare.md, compare.json and compare.svg
  * unless `--out` says otherwise. Needs root and the servers built by
@@ -72,6 +74,7 @@ import {
   type CompareResults,
   type CompareRow,
   machine,
+  type MallocSample,
   type Mode,
   type SteadyResult,
   writeCompareResults,
@@ -644,6 +647,31 @@ async function procStats(
   };
 }
 
+/**
+ * A process's resident memory by kind of mapping (`/proc/<pid>/smaps`):
+ * the main thread's malloc heap (`[heap]`, grown by brk), other anonymous
+ * memory (V8's heap pages and code, other threads' malloc arenas, stacks)
+ * and file-backed pages (the executable and libraries, as far as paged
+ * in). Bytes.
+ */
+export async function rssByMapping(
+  pid: number,
+): Promise<{ brk: number; anon: number; file: number }> {
+  const out = { brk: 0, anon: 0, file: 0 };
+  let kind: keyof typeof out = "anon";
+  for (const line of (await readProc(`/proc/${pid}/smaps`)).split("\n")) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (head) {
+      const name = head[1]!;
+      kind = name === "[heap]" ? "brk" : name.startsWith("/") ? "file" : "anon";
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB$/.exec(line);
+    if (rss) out[kind] += Number(rss[1]) * 1024;
+  }
+  return out;
+}
+
 /** weft's health and metrics port inside its namespace. */
 const METRICS_PORT = 18400;
 
@@ -742,6 +770,8 @@ export interface RunContext {
   readonly progress: (line: string) => void;
   /** Namespace tag (see {@linkcode CompareOptions.nsTag}). */
   readonly nsTag: string;
+  /** If set, weft's runs are profiled there (see {@linkcode profiled}). */
+  readonly profDir?: string;
 }
 
 /**
@@ -760,10 +790,26 @@ export async function shippedPermissions(
   );
 }
 
+/**
+ * `flags` (weft's `--v8-flags=...`, or none) with V8's sampling profiler
+ * added: a tick every 100 µs of the main thread's CPU, written to `log`
+ * (read by bench/profile_report.ts). The profiler costs CPU of its own,
+ * so a profiled run's figures are not compared with unprofiled ones.
+ */
+export function profiled(flags: readonly string[], log: string): string[] {
+  const prof =
+    `--prof,--prof-sampling-interval=100,--logfile=${log},--no-logfile-per-isolate`;
+  const v8 = flags.find((f) => f.startsWith("--v8-flags="));
+  return v8 === undefined
+    ? [...flags, `--v8-flags=${prof}`]
+    : flags.map((f) => f === v8 ? `${v8},${prof}` : f);
+}
+
 async function agentCommand(
   v: Variant,
   ctx: RunContext,
   dir: string,
+  profLog?: string,
 ): Promise<string[]> {
   const flags = [
     ...ctx.store.flags(v.fullYaml),
@@ -781,7 +827,9 @@ async function agentCommand(
     "run",
     "--no-prompt",
     ...(v.preload ? [`--preload=${v.preload}`] : []),
-    ...(v.v8Flags ?? await startV8Flags(root)),
+    ...(profLog === undefined
+      ? v.v8Flags ?? await startV8Flags(root)
+      : profiled(v.v8Flags ?? await startV8Flags(root), profLog)),
     ...await shippedPermissions(root, [ctx.dir, dir]),
     `${root}/main.ts`,
     ...flags,
@@ -859,7 +907,12 @@ export async function runAgent(
   await using mon = new RouteMonitor(ns);
   using nl = openNetlink({ netns: ns.path });
   const log = `${dir}/agent.log`;
-  const cmd = await agentCommand(v, ctx, dir);
+  const profLog = ctx.profDir && agent === "weft"
+    ? `${ctx.profDir}/${store.mode}-${n}-${
+      v.name.replace(/[^\w.-]+/g, "_")
+    }-${rep}.v8.log`
+    : undefined;
+  const cmd = await agentCommand(v, ctx, dir, profLog);
   const additions = v.additions ?? ctx.additions;
   const windowSec = serverWindowSec(n);
   // Ready: subnet.env written (both agents write it once the lease and
@@ -951,6 +1004,20 @@ export async function runAgent(
       rx = r0;
     }
     const syncMs = syncAt - t0;
+    if (profLog) {
+      // What the report cuts the profile at, and the CPU it accounts for.
+      await Deno.writeTextFile(
+        `${profLog}.json`,
+        JSON.stringify({
+          variant: v.name,
+          mode: store.mode,
+          n,
+          rep,
+          syncMs,
+          cpuSec: stats!.cpuSec,
+        }),
+      );
+    }
     await sleep(Math.max(0, syncAt + 2000 - performance.now()));
     const { rss, anon, file } = await procStats(pid);
     const heap = agent === "weft" ? await heapUsed(ns) : NaN;
@@ -1161,6 +1228,12 @@ export interface CompareOptions {
    * `weft-t-<tag>-<agent>-*`. Default `cmp`.
    */
   readonly nsTag?: string;
+  /**
+   * If set, every weft run is profiled into this directory (V8's
+   * sampling profiler, see {@linkcode profiled}), with the run's sync
+   * moment beside each log.
+   */
+  readonly profDir?: string;
 }
 
 /** flanneld and weft as the image runs it. */
@@ -1201,6 +1274,7 @@ export async function benchCompare(
       dir,
       weftRoot,
       nsTag: opts.nsTag ?? "cmp",
+      ...(opts.profDir && { profDir: opts.profDir }),
       flanneld,
       logDir: opts.logDir,
       additions: opts.additions ?? 70,
@@ -1281,6 +1355,11 @@ export interface SteadyOptions {
   readonly nsTag?: string;
   /** Added to weft's environment (`--weft-env=K=V`): a lever. */
   readonly weftEnv?: Readonly<Record<string, string>>;
+  /**
+   * Preload bench/_malloc_probe.ts into weft (`--malloc-probe`): glibc's
+   * and V8's counts every 10 s, kept for the churn window.
+   */
+  readonly mallocProbe?: boolean;
 }
 
 /**
@@ -1318,9 +1397,12 @@ export async function benchSteady(
       progress,
     };
     await using hub = await Netns.create(`${tag}-hub`);
+    const weftVariant: Variant = opts.mallocProbe
+      ? { ...MAIN_VARIANTS[1]!, preload: `${ROOT}bench/_malloc_probe.ts` }
+      : MAIN_VARIANTS[1]!;
     const agents = [
       { v: MAIN_VARIANTS[0]!, node: SELF, subnet: SELF_SUBNET },
-      { v: MAIN_VARIANTS[1]!, node: `${SELF}-2`, subnet: "10.0.2.0/24" },
+      { v: weftVariant, node: `${SELF}-2`, subnet: "10.0.2.0/24" },
     ];
     const spaces: Netns[] = [];
     try {
@@ -1352,7 +1434,12 @@ export async function benchSteady(
             child: spawnIn(spaces[i]!, cmd, log, {
               NODE_NAME: a.node,
               ...(a.v.agent === "weft"
-                ? { ...IMAGE_ENV, ...opts.weftEnv }
+                ? {
+                  ...IMAGE_ENV,
+                  ...opts.weftEnv,
+                  ...(opts.mallocProbe &&
+                    { WEFT_BENCH_MALLOC_FILE: `${adir}/malloc.jsonl` }),
+                }
                 : {}),
             }),
             dir: adir,
@@ -1407,7 +1494,11 @@ export async function benchSteady(
             ((i1[1]!.cpuSec - i0[1]!.cpuSec) / idleSec * 100).toFixed(3)
           }% (${passes} passes)`,
         );
-        // Churn: one peer a second, added or removed alternately.
+        // Churn: one peer a second, added or removed alternately. weft's
+        // RSS by mapping at its start and each minute.
+        const weftPid = procs[1]!.child.pid;
+        const churnMaps = [await rssByMapping(weftPid)];
+        const churnFrom = Date.now();
         let ops = 0;
         const added: number[] = [];
         const tc = performance.now();
@@ -1423,6 +1514,7 @@ export async function benchSteady(
           if (sec % 60 === 0) {
             (await stats()).forEach((s, i) => churnRss[i]!.push(s.rss));
             churnHeap.push(await heapUsed(spaces[1]!));
+            churnMaps.push(await rssByMapping(weftPid));
             progress(
               `steady ${mode} ${n}: churn minute ${sec / 60}: RSS ${
                 churnRss.map((r) => ((r.at(-1) ?? NaN) / 2 ** 20).toFixed(1))
@@ -1435,6 +1527,12 @@ export async function benchSteady(
         const c1 = await stats();
         const s2 = await store.cpuSec();
         for (const i of added) await store.remove(i);
+        const malloc = opts.mallocProbe
+          ? (await Deno.readTextFile(`${procs[1]!.dir}/malloc.jsonl`))
+            .split("\n").filter((l) => l !== "")
+            .map((l) => JSON.parse(l) as MallocSample)
+            .filter((m) => m.t >= churnFrom)
+          : undefined;
         return agents.map((a, i) => ({
           agent: a.v.name,
           mode,
@@ -1451,7 +1549,8 @@ export async function benchSteady(
           rssPeak: c1[i]!.hwm,
           rssAnonEnd: c1[i]!.anon,
           rssFileEnd: c1[i]!.file,
-          ...(a.v.agent === "weft" && { churnHeap }),
+          ...(a.v.agent === "weft" && { churnHeap, churnMaps }),
+          ...(a.v.agent === "weft" && malloc && { churnMalloc: malloc }),
           serverIdleCpuPct: (s1 - s0) / idleSec * 100,
           serverChurnCpuPct: (s2 - s1) / churnSec * 100,
         }));
@@ -1623,6 +1722,7 @@ if (import.meta.main) {
             ...(arg("additions") && { additions: Number(arg("additions")) }),
             ...(arg("logs") && { logDir: arg("logs")! }),
             ...(arg("tag") && { nsTag: arg("tag")! }),
+            ...(arg("prof") && { profDir: arg("prof")! }),
           },
         ),
       );
@@ -1638,6 +1738,7 @@ if (import.meta.main) {
         progress,
         ...(arg("idle-sec") && { idleSec: Number(arg("idle-sec")) }),
         ...(arg("churn-sec") && { churnSec: Number(arg("churn-sec")) }),
+        ...(Deno.args.includes("--malloc-probe") && { mallocProbe: true }),
         ...(arg("logs") && { logDir: arg("logs")! }),
         weftEnv: Object.fromEntries(
           Deno.args.filter((a) => a.startsWith("--weft-env=")).map((a) => {

@@ -114,6 +114,30 @@ export interface MedianRow {
   readonly weft: AgentResult;
 }
 
+/** One line `bench/_malloc_probe.ts` writes. */
+export interface MallocSample {
+  readonly t: number;
+  /** Bytes malloc holds from the system in its arenas (brk and mmapped). */
+  readonly arena: number;
+  /** Bytes of blocks mmapped on their own. */
+  readonly hblkhd: number;
+  /** Bytes in use. */
+  readonly inUse: number;
+  readonly v8HeapTotal: number;
+  readonly v8HeapUsed: number;
+  readonly v8External: number;
+}
+
+/** weft's resident memory by kind of mapping, bytes (compare.ts). */
+export interface RssByMapping {
+  /** The main thread's malloc heap (`[heap]`). */
+  readonly brk: number;
+  /** Other anonymous memory: V8's pages, other arenas, stacks. */
+  readonly anon: number;
+  /** File-backed pages. */
+  readonly file: number;
+}
+
 /** Steady state of one agent: idle, then under churn. */
 export interface SteadyResult {
   readonly agent: string;
@@ -140,6 +164,10 @@ export interface SteadyResult {
   readonly rssFileEnd: number;
   /** weft only: its V8 heap in use each churn minute (its /metrics). */
   readonly churnHeap?: readonly number[];
+  /** weft only: its RSS by mapping at the churn's start and each minute. */
+  readonly churnMaps?: readonly RssByMapping[];
+  /** weft only, with `--malloc-probe`: the probe's samples over the churn. */
+  readonly churnMalloc?: readonly MallocSample[];
   /** Control-plane CPU over each window, % of one core (both agents). */
   readonly serverIdleCpuPct: number;
   readonly serverChurnCpuPct: number;
@@ -503,7 +531,9 @@ export function formatSteady(res: CompareResults): string {
     );
   }
   const s0 = res.steady[0]!;
+  const growth = formatChurnGrowth(res.steady);
   lines.push(
+    ...(growth ? ["", growth] : []),
     "",
     `Idle window ${s0.idleSec / 60} min, then ${
       s0.churnSec / 60
@@ -513,6 +543,56 @@ export function formatSteady(res: CompareResults): string {
       ).join("; ")
     }); RSS sampled each minute.`,
   );
+  return lines.join("\n");
+}
+
+/**
+ * Where weft's RSS went over the churn, by kind of mapping (first and last
+ * sample), and with `--malloc-probe` what malloc had in use against what
+ * it held from the system: the median and highest of each 5 minutes' 10 s
+ * samples. Empty for results without the breakdown.
+ */
+export function formatChurnGrowth(steady: readonly SteadyResult[]): string {
+  const withMaps = steady.filter((s) => s.churnMaps && s.churnMaps.length > 1);
+  if (withMaps.length === 0) return "";
+  const d = (a: number, b: number) => {
+    const x = (b - a) / 2 ** 20;
+    return `${x >= 0 ? "+" : ""}${x.toFixed(1)}`;
+  };
+  const lines = [
+    "weft's RSS over the churn by kind of mapping (`/proc/<pid>/smaps`, the churn's first and last minute), and malloc's own counts where the probe ran (bench/_malloc_probe.ts: glibc's `mallinfo2()` every 10 s; each 5 minutes' median, highest in brackets):",
+    "",
+    "| mode, N | RSS (MiB) | main thread's malloc heap `[heap]` (MiB) | other anonymous: V8 pages, other arenas, stacks (MiB) | file-backed (MiB) | malloc in use each 5 min (MiB) | malloc held from the system each 5 min (MiB) | V8 heap committed each 5 min (MiB) |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const s of withMaps) {
+    const m = s.churnMaps!;
+    const a = m[0]!, b = m[m.length - 1]!;
+    const sum = (x: RssByMapping) => x.brk + x.anon + x.file;
+    const windows = (f: (x: MallocSample) => number) => {
+      if (!s.churnMalloc || s.churnMalloc.length === 0) return "";
+      const t0 = s.churnMalloc[0]!.t;
+      const by = new Map<number, number[]>();
+      for (const x of s.churnMalloc) {
+        const w = Math.floor((x.t - t0) / 300_000);
+        by.set(w, [...by.get(w) ?? [], f(x)]);
+      }
+      return [...by.values()].map((xs) =>
+        `${mib(median(xs))} (${mib(Math.max(...xs))})`
+      ).join(" → ");
+    };
+    lines.push(
+      `| ${label(s)} | ${mib(sum(a))} → ${mib(sum(b))} (${
+        d(sum(a), sum(b))
+      }) | ${mib(a.brk)} → ${mib(b.brk)} (${d(a.brk, b.brk)}) | ${
+        mib(a.anon)
+      } → ${mib(b.anon)} (${d(a.anon, b.anon)}) | ${mib(a.file)} → ${
+        mib(b.file)
+      } (${d(a.file, b.file)}) | ${windows((x) => x.inUse)} | ${
+        windows((x) => x.arena + x.hblkhd)
+      } | ${windows((x) => x.v8HeapTotal)} |`,
+    );
+  }
   return lines.join("\n");
 }
 
