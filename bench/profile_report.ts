@@ -24,8 +24,9 @@
  * other.
  *
  * Run: `deno run -A bench/profile_report.ts --dir=<dir> [--out=<file>]
- * [--title=<heading>] [--compare=<the run's compare.json>]`; prints
- * markdown, and writes it to `--out` if given.
+ * [--title=<heading>] [--note=<a paragraph under it>]
+ * [--compare=<the run's compare.json>]`; prints markdown, and writes it to
+ * `--out` if given.
  *
  * @module
  */
@@ -51,6 +52,9 @@ interface Preprocessed {
 const VM_GC = 1;
 const VM_COMPILING = new Set([2, 3, 4]);
 
+/** How many functions the table of moved functions lists per cell. */
+const FUNCTIONS_LISTED = 12;
+
 /** weft's top-level directories; a module's share is named by them. */
 const TOP = ["agent", "backend", "cni", "ffi", "lib", "subnet", "traffic"];
 
@@ -69,29 +73,41 @@ export function moduleShare(name: string): string | undefined {
   return parts[parts.length - 1] === "main.ts" ? "main.ts" : undefined;
 }
 
-/** The share of one tick (see the module comment). */
+/**
+ * The share of one tick (see the module comment) and the nearest weft
+ * function on its stack, as `name (file.ts)` (the share when there is
+ * none).
+ */
 export function tickShare(
   tick: { vm: number; s: readonly number[] },
   code: Preprocessed["code"],
-): string {
-  if (tick.vm === VM_GC) return "GC";
-  if (VM_COMPILING.has(tick.vm)) return "parsing and compiling JS";
+): { share: string; fn: string } {
+  const only = (share: string) => ({ share, fn: share });
+  if (tick.vm === VM_GC) return only("GC");
+  if (VM_COMPILING.has(tick.vm)) return only("parsing and compiling JS");
   let runtime = false;
   for (let i = 0; i < tick.s.length; i += 2) {
     const c = code[tick.s[i]!];
     if (c === undefined || c.type !== "JS") continue;
     const share = moduleShare(c.name);
-    if (share !== undefined) return share;
+    if (share !== undefined) {
+      // "^name file:///…/dir/file.ts:line:col", the prefix V8's tier.
+      const m = /^[~^*+]?(\S*) file:\/\/\S*\/([^/]+\.ts):/.exec(c.name);
+      return { share, fn: m ? `${m[1] || "(module)"} (${m[2]})` : share };
+    }
     if (c.name.includes("ext:")) runtime = true;
   }
-  return runtime ? "Deno's runtime JS" : "no JS on the stack";
+  return only(runtime ? "Deno's runtime JS" : "no JS on the stack");
 }
 
-/** Ticks by share for one log, cut at `untilMs` from the log's start. */
+/**
+ * Ticks by share and by nearest weft function for one log, cut at
+ * `untilMs` from the log's start.
+ */
 async function shares(
   log: string,
   untilMs: number,
-): Promise<Map<string, number>> {
+): Promise<{ by: Map<string, number>; byFn: Map<string, number> }> {
   const out = await new Deno.Command("node", {
     args: ["--prof-process", "--preprocess", log],
     stdout: "piped",
@@ -112,12 +128,14 @@ async function shares(
   }
   const p = JSON.parse(text.slice(start)) as Preprocessed;
   const by = new Map<string, number>();
+  const byFn = new Map<string, number>();
   for (const t of p.ticks) {
     if (t.tm > untilMs * 1000) continue;
-    const k = tickShare(t, p.code);
-    by.set(k, (by.get(k) ?? 0) + 1);
+    const { share, fn } = tickShare(t, p.code);
+    by.set(share, (by.get(share) ?? 0) + 1);
+    byFn.set(fn, (byFn.get(fn) ?? 0) + 1);
   }
-  return by;
+  return { by, byFn };
 }
 
 function arg(name: string): string | undefined {
@@ -133,6 +151,7 @@ async function main(): Promise<void> {
   }
   // Cell → variant → one map of ticks by share per run.
   const cells = new Map<string, Map<string, Map<string, number>[]>>();
+  const fnCells = new Map<string, Map<string, Map<string, number>[]>>();
   const cpu = new Map<string, number[]>();
   const infos: RunInfo[] = [];
   for await (const e of Deno.readDir(dir)) {
@@ -145,7 +164,13 @@ async function main(): Promise<void> {
     cells.set(cell, variants);
     const runs = variants.get(info.variant) ?? [];
     variants.set(info.variant, runs);
-    runs.push(await shares(log, info.syncMs));
+    const fnVariants = fnCells.get(cell) ?? new Map();
+    fnCells.set(cell, fnVariants);
+    const fnRuns = fnVariants.get(info.variant) ?? [];
+    fnVariants.set(info.variant, fnRuns);
+    const { by, byFn } = await shares(log, info.syncMs);
+    runs.push(by);
+    fnRuns.push(byFn);
     const ck = `${cell}\u0000${info.variant}`;
     cpu.set(ck, [...cpu.get(ck) ?? [], info.cpuSec]);
   }
@@ -159,8 +184,9 @@ async function main(): Promise<void> {
     `# ${arg("title") ?? "Where weft's CPU to sync goes"}`,
     "",
     ...await measuredBy(arg("compare")),
+    ...(arg("note") ? [arg("note")!, ""] : []),
     `Decoded by \`deno run -A bench/profile_report.ts ${
-      Deno.args.join(" ")
+      Deno.args.map(shellQuote).join(" ")
     }\` (Node ${await nodeVersion()} as the tick processor). Each share is`,
     "the median over the runs of the main thread's ticks before the sync,",
     "0.1 ms each; the whole process's CPU to sync is read from /proc (10 ms",
@@ -224,6 +250,44 @@ async function main(): Promise<void> {
       ),
     );
     lines.push("");
+    if (diff) {
+      // The functions whose time moved most between the first variant and
+      // the others, by the nearest weft function on each tick's stack.
+      const fnRuns = fnCells.get(cell)!;
+      const fns = new Set<string>();
+      for (const runs of fnRuns.values()) {
+        for (const r of runs) for (const k of r.keys()) fns.add(k);
+      }
+      const fmed = (name: string, k: string) =>
+        median(fnRuns.get(name)!.map((r) => r.get(k) ?? 0)) / 10;
+      const moved = [...fns].map((k) => ({
+        k,
+        d: Math.max(
+          ...names.slice(1).map((n) =>
+            Math.abs(fmed(names[0]!, k) - fmed(n, k))
+          ),
+        ),
+      })).sort((a, b) => b.d - a.d).slice(0, FUNCTIONS_LISTED);
+      lines.push(
+        `The ${FUNCTIONS_LISTED} functions whose time moved most (ms; each tick to the nearest weft function on its stack, so native work such as a netlink write counts for the function that made it; a function the optimizer inlined counts for its caller):`,
+        "",
+        `| function | ${names.join(" | ")} | ${
+          names.slice(1).map((n) => `${names[0]} − ${n}`).join(" | ")
+        } |`,
+        `|---|${names.map(() => "---:").join("|")}|${
+          names.slice(1).map(() => "---:").join("|")
+        }|`,
+        ...moved.map(({ k }) =>
+          `| ${k} | ${names.map((n) => fmed(n, k).toFixed(1)).join(" | ")} | ${
+            names.slice(1).map((n) => {
+              const d = fmed(names[0]!, k) - fmed(n, k);
+              return `${d >= 0 ? "+" : ""}${d.toFixed(1)}`;
+            }).join(" | ")
+          } |`
+        ),
+        "",
+      );
+    }
   }
   const text = lines.join("\n");
   console.log(text);
@@ -245,10 +309,15 @@ async function measuredBy(file: string | undefined): Promise<string[]> {
     `Machine: ${r.machine}. weft at ${r.commit}. Profiled ${
       r.started.slice(0, 16).replace("T", " ")
     }–${r.finished.slice(11, 16)} UTC by \`deno run -A bench/compare.ts ${
-      r.args.map((a) => /[\s']/.test(a) ? `'${a}'` : a).join(" ")
+      r.args.map(shellQuote).join(" ")
     }\`.`,
     "",
   ];
+}
+
+/** `a` as a shell word. */
+function shellQuote(a: string): string {
+  return /[\s'"$`\\]/.test(a) ? `'${a.replaceAll("'", `'\\''`)}'` : a;
 }
 
 async function nodeVersion(): Promise<string> {
