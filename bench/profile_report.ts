@@ -186,8 +186,11 @@ async function main(): Promise<void> {
     ...await measuredBy(arg("compare")),
     ...(arg("note") ? [arg("note")!, ""] : []),
     `Decoded by \`deno run -A bench/profile_report.ts ${
-      Deno.args.map(shellQuote).join(" ")
-    }\` (Node ${await nodeVersion()} as the tick processor). Each share is`,
+      // The heading and the note are words, not figures: left out here.
+      Deno.args.filter((a) => !/^--(title|note)=/.test(a)).map(shellQuote)
+        .join(
+          " ",
+        )}\` (Node ${await nodeVersion()} as the tick processor). Each share is`,
     "the median over the runs of the main thread's ticks before the sync,",
     "0.1 ms each; the whole process's CPU to sync is read from /proc (10 ms",
     "ticks) and includes the profiler's own cost and other threads.",
