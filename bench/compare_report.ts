@@ -870,8 +870,14 @@ Machine: ${res.machine}. flanneld ${await flanneldVersion()}. weft at ${res.comm
       : res.reps !== 3
       ? ` --reps=${res.reps}`
       : ""
-  }\`, ${res.reps} runs per agent and cell.
-
+  }\`, ${
+    res.rows.length > 0
+      ? `${res.reps} runs per agent and cell`
+      : "the steady state alone, one run of each cell"
+  }.
+${
+    res.rows.length > 0
+      ? `
 ${formatCompare(res)}
 
 ![chart](compare.svg)
@@ -879,7 +885,9 @@ ${formatCompare(res)}
 ## Targets
 
 ${formatTargets(res)}
-${
+`
+      : ""
+  }${
     steady
       ? `
 ## Steady state: idle, then churn
