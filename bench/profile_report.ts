@@ -153,11 +153,11 @@ async function main(): Promise<void> {
   const cells = new Map<string, Map<string, Map<string, number>[]>>();
   const fnCells = new Map<string, Map<string, Map<string, number>[]>>();
   const cpu = new Map<string, number[]>();
-  const infos: RunInfo[] = [];
   for await (const e of Deno.readDir(dir)) {
     if (!e.name.endsWith(".v8.log.json")) continue;
-    infos.push(JSON.parse(await Deno.readTextFile(`${dir}/${e.name}`)));
-    const info = infos[infos.length - 1]!;
+    const info = JSON.parse(
+      await Deno.readTextFile(`${dir}/${e.name}`),
+    ) as RunInfo;
     const log = `${dir}/${e.name.slice(0, -".json".length)}`;
     const cell = `${info.mode} ${info.n}`;
     const variants = cells.get(cell) ?? new Map();
@@ -180,17 +180,16 @@ async function main(): Promise<void> {
     );
     Deno.exit(1);
   }
+  // The heading and the note are words, not figures: left out of the
+  // command shown.
+  const command = Deno.args.filter((a) => !/^--(title|note)=/.test(a))
+    .map(shellQuote).join(" ");
   const lines = [
     `# ${arg("title") ?? "Where weft's CPU to sync goes"}`,
     "",
     ...await measuredBy(arg("compare")),
     ...(arg("note") ? [arg("note")!, ""] : []),
-    `Decoded by \`deno run -A bench/profile_report.ts ${
-      // The heading and the note are words, not figures: left out here.
-      Deno.args.filter((a) => !/^--(title|note)=/.test(a)).map(shellQuote)
-        .join(
-          " ",
-        )}\` (Node ${await nodeVersion()} as the tick processor). Each share is`,
+    `Decoded by \`deno run -A bench/profile_report.ts ${command}\` (Node ${await nodeVersion()} as the tick processor). Each share is`,
     "the median over the runs of the main thread's ticks before the sync,",
     "0.1 ms each; the whole process's CPU to sync is read from /proc (10 ms",
     "ticks) and includes the profiler's own cost and other threads.",
