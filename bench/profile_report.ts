@@ -149,9 +149,9 @@ async function main(): Promise<void> {
     console.error("Usage: bench/profile_report.ts --dir=<dir> [--out=<file>]");
     Deno.exit(2);
   }
-  // Cell → variant → one map of ticks by share per run.
-  const cells = new Map<string, Map<string, Map<string, number>[]>>();
-  const fnCells = new Map<string, Map<string, Map<string, number>[]>>();
+  // Cell → variant → each run's ticks by share and by function.
+  type Run = Awaited<ReturnType<typeof shares>>;
+  const cells = new Map<string, Map<string, Run[]>>();
   const cpu = new Map<string, number[]>();
   for await (const e of Deno.readDir(dir)) {
     if (!e.name.endsWith(".v8.log.json")) continue;
@@ -164,13 +164,7 @@ async function main(): Promise<void> {
     cells.set(cell, variants);
     const runs = variants.get(info.variant) ?? [];
     variants.set(info.variant, runs);
-    const fnVariants = fnCells.get(cell) ?? new Map();
-    fnCells.set(cell, fnVariants);
-    const fnRuns = fnVariants.get(info.variant) ?? [];
-    fnVariants.set(info.variant, fnRuns);
-    const { by, byFn } = await shares(log, info.syncMs);
-    runs.push(by);
-    fnRuns.push(byFn);
+    runs.push(await shares(log, info.syncMs));
     const ck = `${cell}\u0000${info.variant}`;
     cpu.set(ck, [...cpu.get(ck) ?? [], info.cpuSec]);
   }
@@ -201,14 +195,14 @@ async function main(): Promise<void> {
     );
     const keys = new Set<string>();
     for (const runs of variants.values()) {
-      for (const r of runs) for (const k of r.keys()) keys.add(k);
+      for (const r of runs) for (const k of r.by.keys()) keys.add(k);
     }
     const med = (name: string, k: string) =>
-      median(variants.get(name)!.map((r) => r.get(k) ?? 0));
+      median(variants.get(name)!.map((r) => r.by.get(k) ?? 0));
     const total = (name: string) =>
       median(
         variants.get(name)!.map((r) =>
-          [...r.values()].reduce((a, b) => a + b, 0)
+          [...r.by.values()].reduce((a, b) => a + b, 0)
         ),
       );
     const order = [...keys].sort((a, b) =>
@@ -255,13 +249,12 @@ async function main(): Promise<void> {
     if (diff) {
       // The functions whose time moved most between the first variant and
       // the others, by the nearest weft function on each tick's stack.
-      const fnRuns = fnCells.get(cell)!;
       const fns = new Set<string>();
-      for (const runs of fnRuns.values()) {
-        for (const r of runs) for (const k of r.keys()) fns.add(k);
+      for (const runs of variants.values()) {
+        for (const r of runs) for (const k of r.byFn.keys()) fns.add(k);
       }
       const fmed = (name: string, k: string) =>
-        median(fnRuns.get(name)!.map((r) => r.get(k) ?? 0)) / 10;
+        median(variants.get(name)!.map((r) => r.byFn.get(k) ?? 0)) / 10;
       const moved = [...fns].map((k) => ({
         k,
         d: Math.max(
